@@ -1,0 +1,34 @@
+"""Parameter counts and forward FLOPs of HSNet and its Table 6 ablations (for docs and benchmarks)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .hsnet import HSNet
+
+
+def count(model: torch.nn.Module, size: int) -> tuple[int, float]:
+    """(parameters, forward GFLOPs per image at ``size``x``size``), FLOPs counted by PyTorch."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
+
+
+def describe(num_classes: int = 7, sizes=(100, 224)) -> str:
+    header = "| DIB | FGAL | KTL | parameters | trainable | " + " | ".join(
+        f"GFLOPs @{s}" for s in sizes) + " |"
+    rows = [header, "|" + "---|" * (5 + len(sizes))]
+    for dib, fgal, ktl in itertools.product([True, False], repeat=3):
+        model = HSNet(num_classes, dib=dib, fgal=fgal, ktl=ktl,
+                      stem_weights="skip" if ktl else None)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        flops = [count(model, s)[1] for s in sizes]
+        params = sum(p.numel() for p in model.parameters())
+        mark = lambda b: "✓" if b else "✗"  # noqa: E731
+        rows.append(f"| {mark(dib)} | {mark(fgal)} | {mark(ktl)} | {params:,} | {trainable:,} | "
+                    + " | ".join(f"{f:.3f}" for f in flops) + " |")
+    return "\n".join(rows)
