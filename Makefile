@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/constraints.txt
+PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -qq -c requirements/constraints.txt
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
@@ -15,6 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	@echo "installing hsnet and its pinned dependencies into $(VENV) (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[all,test]'
 	touch $@

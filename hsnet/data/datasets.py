@@ -1,0 +1,252 @@
+"""The FER datasets: one importer each, reading the layout its publisher ships.
+
+A new dataset is one function decorated with :func:`dataset` here plus one entry in
+``params.yaml``. An importer yields :class:`Record` s; splitting, stray-file
+accounting and the manifest are shared (:func:`import_dataset`).
+
+Class order (the manifest's ``label``) per dataset:
+
+* rafdb: surprise, fear, disgust, happiness, sadness, anger, neutral (RAF-DB's 1-7)
+* rafd: angry, contemptuous, disgusted, fearful, happy, neutral, sad, surprised
+* kdef: afraid, angry, disgusted, happy, neutral, sad, surprised (AF AN DI HA NE SA SU)
+* ferg, sample: anger, disgust, fear, joy, neutral, sadness, surprise
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import HSNetError
+from . import splits
+from .manifest import SPLITS, write_manifest
+
+log = logging.getLogger(__name__)
+
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+class DatasetLayoutError(HSNetError):
+    """The dataset root does not look like the named dataset."""
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # relative to the root, '/'-separated
+    label_name: str
+    subject: str = ""
+    split: str | None = None  # an official split, where the dataset has one
+
+
+@dataclass
+class Scan:
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # stray files, relative paths
+    missing: list[str] = field(default_factory=list)  # listed by the dataset but not on disk
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    classes: tuple[str, ...]
+    layout: str  # what the root must look like, for error messages
+    scan: Callable[[Path, dict], Scan]
+    fractions: tuple[float, float]  # (val, test) as fractions of all images (test: of the pool)
+    official_test: bool = False  # test split given by the dataset; val is drawn from train
+    subjects_known: bool = True
+    paper_split_sizes: dict[str, int] | None = None  # warn when a copy differs
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def dataset(name: str, classes, layout: str, fractions, **kw):
+    def register(scan):
+        DATASETS[name] = DatasetSpec(name, tuple(classes), layout, scan, tuple(fractions), **kw)
+        return scan
+    return register
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise HSNetError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+
+
+def _walk(root: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath, name).relative_to(root).as_posix()
+
+
+def _is_junk(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.lower() in JUNK_NAMES or name.startswith("._")
+
+
+def _scan_by_pattern(root: Path, pattern: re.Pattern, make: Callable[[re.Match, str], Record]) -> Scan:
+    scan = Scan()
+    for rel in _walk(root):
+        m = pattern.match(rel.rsplit("/", 1)[-1])
+        if m and not _is_junk(rel):
+            scan.records.append(make(m, rel))
+        else:
+            scan.skipped.append(rel)
+    return scan
+
+
+# --- RAF-DB ------------------------------------------------------------------------------
+
+RAFDB_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
+RAFDB_LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the file RAF-DB ships
+
+
+@dataclass(frozen=True)
+class _RafdbLine:
+    name: str
+    label: int
+
+
+@dataset("rafdb", RAFDB_CLASSES, fractions=(0.1, 0.0), official_test=True, subjects_known=False,
+         layout=f"RAF-DB basic: {RAFDB_LABEL_FILE} with lines like 'train_00001.jpg 5' (labels 1-7) "
+                "and the images in Image/aligned/train_00001_aligned.jpg (or Image/original/)",
+         paper_split_sizes={"train+val": 12271, "test": 3068})
+def scan_rafdb(root: Path, options: dict) -> Scan:
+    label_file = root / RAFDB_LABEL_FILE
+    if not label_file.is_file():
+        raise DatasetLayoutError(f"{root} does not look like RAF-DB: {label_file} is missing")
+    variant = options.get("rafdb_images", "aligned")
+    if variant not in ("aligned", "original"):
+        raise HSNetError(f"rafdb_images must be 'aligned' or 'original', got {variant!r}")
+    scan = Scan()
+    listed = set()
+    for n, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DatasetLayoutError(f"{label_file} line {n}: expected '<image name> <label 1-7>', got {line!r}")
+        name, label = parts[0], int(parts[1])
+        if not 1 <= label <= len(RAFDB_CLASSES):
+            raise DatasetLayoutError(f"{label_file} line {n}: unknown label {label} (RAF-DB basic has 1-7)")
+        split = "test" if name.startswith("test_") else "train" if name.startswith("train_") else None
+        if split is None:
+            raise DatasetLayoutError(f"{label_file} line {n}: {name!r} starts with neither train_ nor test_")
+        stem, ext = os.path.splitext(name)
+        rel = f"Image/aligned/{stem}_aligned{ext}" if variant == "aligned" else f"Image/original/{name}"
+        listed.add(rel)
+        if (root / rel).is_file():
+            scan.records.append(Record(rel, RAFDB_CLASSES[label - 1], "", split))
+        else:
+            scan.missing.append(rel)
+    image_dir = f"Image/{variant}/"
+    scan.skipped = [rel for rel in _walk(root) if rel not in listed and rel != RAFDB_LABEL_FILE
+                    and (rel.startswith(image_dir) or not rel.startswith("Image/"))]
+    return scan
+
+
+# --- RaFD --------------------------------------------------------------------------------
+
+RAFD_CLASSES = ("angry", "contemptuous", "disgusted", "fearful", "happy", "neutral", "sad", "surprised")
+RAFD_PATTERN = re.compile(
+    r"^Rafd(?P<angle>\d{3})_(?P<subject>\d{2})_(?P<ethnicity>Caucasian|Moroccan|Kid)_"
+    r"(?P<gender>female|male)_(?P<emotion>" + "|".join(RAFD_CLASSES) + r")_"
+    r"(?P<gaze>frontal|left|right)\.jpg$", re.IGNORECASE)
+
+
+@dataset("rafd", RAFD_CLASSES, fractions=(160 / 1005, 201 / 1005),
+         layout="RaFD: files named Rafd{angle}_{subject}_{Caucasian|Moroccan|Kid}_{gender}_{emotion}_"
+                "{frontal|left|right}.jpg, e.g. Rafd090_01_Caucasian_female_angry_frontal.jpg",
+         paper_split_sizes={"train": 5152, "val": 1440, "test": 1608})
+def scan_rafd(root: Path, options: dict) -> Scan:
+    return _scan_by_pattern(root, RAFD_PATTERN, lambda m, rel: Record(
+        rel, m["emotion"].lower(), f"{m['ethnicity'].lower()}{m['subject']}"))
+
+
+# --- KDEF --------------------------------------------------------------------------------
+
+KDEF_CODES = {"AF": "afraid", "AN": "angry", "DI": "disgusted", "HA": "happy", "NE": "neutral",
+              "SA": "sad", "SU": "surprised"}
+KDEF_PATTERN = re.compile(r"^([AB])([FM])(\d\d)(AF|AN|DI|HA|NE|SA|SU)(S|HL|HR|FL|FR)\.JPG$", re.IGNORECASE)
+
+
+@dataset("kdef", KDEF_CODES.values(), fractions=(0.16, 0.2),
+         layout="KDEF: KDEF/<session><gender><id>/<session><gender><id><emotion><angle>.JPG, "
+                "e.g. KDEF/AF01/AF01ANS.JPG")
+def scan_kdef(root: Path, options: dict) -> Scan:
+    # subject: gender + id (the same person in sessions A and B)
+    return _scan_by_pattern(root, KDEF_PATTERN, lambda m, rel: Record(
+        rel, KDEF_CODES[m[4].upper()], f"{m[2].upper()}{m[3]}"))
+
+
+# --- FERG-DB (and the built-in sample, drawn in its layout) ------------------------------
+
+FERG_CLASSES = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+FERG_CHARACTERS = ("aia", "bonnie", "jules", "malcolm", "mery", "ray")
+FERG_PATTERN = re.compile(
+    r"^(?P<c>" + "|".join(FERG_CHARACTERS) + r")/(?P=c)_(?P<e>" + "|".join(FERG_CLASSES)
+    + r")/(?P=c)_(?P=e)_\d+\.png$", re.IGNORECASE)
+FERG_LAYOUT = ("FERG-DB: {character}/{character}_{emotion}/{character}_{emotion}_{n}.png with "
+               f"characters {', '.join(FERG_CHARACTERS)} and emotions {', '.join(FERG_CLASSES)}")
+
+
+def scan_ferg(root: Path, options: dict) -> Scan:
+    scan = Scan()
+    for rel in _walk(root):
+        m = FERG_PATTERN.match(rel)
+        if m and not _is_junk(rel):
+            scan.records.append(Record(rel, m["e"].lower(), m["c"].lower()))
+        else:
+            scan.skipped.append(rel)
+    return scan
+
+
+dataset("ferg", FERG_CLASSES, fractions=(0.1, 0.1), layout=FERG_LAYOUT)(scan_ferg)
+dataset("sample", FERG_CLASSES, fractions=(0.1, 0.1),
+        layout="the built-in sample ('hsnet data sample'), in the " + FERG_LAYOUT)(scan_ferg)
+
+
+# --- shared --------------------------------------------------------------------------------
+
+def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0,
+                   split_by: str = "class", **options) -> dict:
+    """Read dataset ``name`` at ``root`` and write its manifest to ``out``. Returns a summary."""
+    spec = get_spec(name)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"dataset root {root} is not a directory; expected {spec.layout}")
+    if split_by not in ("class", "subject"):
+        raise HSNetError(f"--split-by must be 'class' or 'subject', got {split_by!r}")
+    if split_by == "subject" and not spec.subjects_known:
+        raise HSNetError(f"--split-by subject: {name} does not identify subjects; use --split-by class")
+    scan = spec.scan(root, options)
+    if not scan.records:
+        examples = ", ".join(scan.skipped[:3]) or "no files at all"
+        raise DatasetLayoutError(f"{root} does not look like {name}: no image matched. Expected {spec.layout}. "
+                           f"Found {len(scan.skipped)} other file(s) ({examples})")
+    scan.records.sort(key=lambda r: r.path)
+    assigned = splits.assign(scan.records, spec, seed=seed, by=split_by)
+    rows = [{"path": r.path, "label": spec.classes.index(r.label_name), "label_name": r.label_name,
+             "split": split, "subject": r.subject} for r, split in zip(scan.records, assigned)]
+    write_manifest(out, rows)
+    summary = {
+        "dataset": name, "root": str(root), "images": len(rows), "seed": seed, "split_by": split_by,
+        "splits": {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS},
+        "classes": dict(Counter(r["label_name"] for r in rows)),
+        "skipped": len(scan.skipped), "skipped_examples": scan.skipped[:5],
+        "missing": len(scan.missing), "missing_examples": scan.missing[:5],
+    }
+    if scan.skipped:
+        log.info("skipped %d stray file(s) under %s, e.g. %s", len(scan.skipped), root,
+                 ", ".join(scan.skipped[:3]))
+    if scan.missing:
+        log.warning("%d image(s) listed by %s are not on disk, e.g. %s", len(scan.missing), name,
+                    ", ".join(scan.missing[:3]))
+    return summary
