@@ -19,6 +19,33 @@ def _model_info(args: argparse.Namespace) -> None:
     print(describe(args.num_classes, args.input_sizes))
 
 
+def _data_import(args: argparse.Namespace) -> None:
+    from .data.datasets import import_dataset
+
+    summary = import_dataset(args.dataset, args.root, args.out, seed=args.seed, split_by=args.split_by,
+                             rafdb_images=args.rafdb_images)
+    print(f"{summary['images']} images of {args.dataset} -> {args.out} "
+          f"(train {summary['splits']['train']}, val {summary['splits']['val']}, "
+          f"test {summary['splits']['test']}; skipped {summary['skipped']} stray file(s), "
+          f"{summary['missing']} listed but missing)")
+
+
+def _data_sample(args: argparse.Namespace) -> None:
+    from .data.sample import generate
+
+    n = generate(args.out, per_class=args.per_class, size=args.size, seed=args.seed)
+    print(f"{n} sample images -> {args.out}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from .data.validate import validate
+
+    summary = validate(args.manifest, args.root, args.dataset, args.report, min_size=args.min_size,
+                       workers=args.workers, use_cache=not args.no_cache)
+    print(f"{summary['images']} images of {args.dataset} passed validation "
+          f"({len(summary['warnings'])} warning(s)); report: {summary['data_docs']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsnet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -28,6 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=7)
     p.add_argument("--input-sizes", type=int, nargs="+", default=[100, 224])
     p.set_defaults(func=_model_info)
+
+    data = verbs.add_parser("data", help="raw datasets: import into a manifest, draw the sample")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="VERB")
+    p = data_verbs.add_parser("import", help="read a dataset in its publisher's layout, write a manifest")
+    p.add_argument("--dataset", required=True, help="rafdb, rafd, kdef, ferg or sample")
+    p.add_argument("--root", required=True, help="the dataset's folder, as its publisher ships it")
+    p.add_argument("--out", required=True, help="the manifest CSV to write")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--split-by", choices=["class", "subject"], default="class",
+                   help="stratify by class, or keep subjects disjoint across splits")
+    p.add_argument("--rafdb-images", choices=["aligned", "original"], default="aligned")
+    p.set_defaults(func=_data_import)
+    p = data_verbs.add_parser("sample", help="draw the built-in synthetic sample dataset (FERG-DB layout)")
+    p.add_argument("--out", default="data/raw/sample")
+    p.add_argument("--per-class", type=int, default=30, help="images per character and expression")
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data_sample)
+
+    p = verbs.add_parser("validate", help="check a manifest and its images with Great Expectations")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--report", required=True, help="folder for the GX results (JSON) and Data Docs (HTML)")
+    p.add_argument("--min-size", type=int, default=32, help="smallest acceptable image side in pixels")
+    p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores)")
+    p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
+    p.set_defaults(func=_validate)
     return parser
 
 
@@ -35,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "botocore", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         result = args.func(args)
     except HSNetError as exc:

@@ -42,6 +42,8 @@ def read_manifest(path: str | os.PathLike, required: list[str] | None = None) ->
                                 "re-create it with 'hsnet data import'")
         rows = list(reader)
     for i, row in enumerate(rows, start=2):
+        if "label" not in row:
+            continue
         try:
             row["label"] = int(row["label"])
         except (TypeError, ValueError):
