@@ -46,6 +46,19 @@ def _validate(args: argparse.Namespace) -> None:
           f"({len(summary['warnings'])} warning(s)); report: {summary['data_docs']}")
 
 
+def _crop(args: argparse.Namespace) -> None:
+    from .data.crop import CropSettings, crop
+
+    settings = CropSettings(detector=args.detector, size=args.size, margin=args.margin,
+                            no_face=args.no_face, min_prob=args.min_prob)
+    report = crop(args.manifest, args.root, args.out, settings=settings, device=args.device,
+                  batch_size=args.batch_size)
+    print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
+          f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
+          f"{len(report['multi_face'])} with several, {len(report['unreadable'])} unreadable; "
+          f"see {args.out}/crop_report.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsnet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -83,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
     p.set_defaults(func=_validate)
+
+    p = verbs.add_parser("crop", help="detect and crop faces with MTCNN (or just resize)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
+    p.add_argument("--out", required=True, help="folder for the crops, their manifest and the report")
+    p.add_argument("--detector", choices=["mtcnn", "none"], default="mtcnn")
+    p.add_argument("--size", type=int, default=100, help="output side in pixels (RaFD 100, KDEF 256)")
+    p.add_argument("--margin", type=int, default=0, help="margin around the face, in output pixels")
+    p.add_argument("--no-face", choices=["drop", "center"], default="drop",
+                   help="images without a face: drop them (listed in the report) or centre-crop")
+    p.add_argument("--min-prob", type=float, default=0.0, help="ignore detections below this probability")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_crop)
     return parser
 
 

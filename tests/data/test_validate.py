@@ -1,0 +1,146 @@
+"""Great Expectations validation: passes on good data, fails with the right message for each bad case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from hsnet.cli import main
+from hsnet.data.datasets import import_dataset
+from hsnet.data.manifest import read_manifest, write_manifest
+from hsnet.data.validate import ValidationFailed, validate
+
+
+@pytest.fixture
+def good(ferg_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = tmp_path / "m.csv"
+    import_dataset("ferg", ferg_root, manifest)
+    return manifest, ferg_root
+
+
+def _edit(manifest, change):
+    rows = read_manifest(manifest)
+    change(rows)
+    write_manifest(manifest, rows)
+
+
+def test_good_data_passes_and_writes_the_report(good, tmp_path):
+    manifest, root = good
+    summary = validate(manifest, root, "ferg", tmp_path / "report", progress=False)
+    assert summary["success"] and summary["images"] == 126 and not summary["failed"]
+    assert (tmp_path / "report" / "data_docs" / "index.html").is_file()
+    results = json.loads((tmp_path / "report" / "gx_results.json").read_text())
+    assert results["manifest"]["success"] is True and len(results["manifest"]["results"]) >= 15
+    assert (tmp_path / "cache" / "image-info.sqlite").is_file()
+
+
+def _fails(manifest, root, tmp_path, what, example=None):
+    with pytest.raises(ValidationFailed) as err:
+        validate(manifest, root, "ferg", tmp_path / "report", progress=False)
+    message = str(err.value)
+    assert what in message, message
+    if example:
+        assert example in message, message
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["success"] is False
+    return message
+
+
+def test_corrupt_file(good, tmp_path):
+    manifest, root = good
+    victim = read_manifest(manifest)[5]["path"]
+    (root / victim).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)  # PNG header, no pixels
+    _fails(manifest, root, tmp_path, "files that do not decode as images", victim)
+
+
+def test_truncated_file(good, tmp_path):
+    manifest, root = good
+    victim = read_manifest(manifest)[7]["path"]
+    data = (root / victim).read_bytes()
+    (root / victim).write_bytes(data[: len(data) // 2])  # header fine, pixels cut off
+    _fails(manifest, root, tmp_path, "files that do not decode as images", victim)
+
+
+def test_unknown_label(good, tmp_path):
+    manifest, root = good
+    _edit(manifest, lambda rows: rows[0].update(label=9))
+    message = _fails(manifest, root, tmp_path, "unknown labels")
+    assert "label and label_name disagree" in message
+
+
+def test_label_name_inconsistent(good, tmp_path):
+    manifest, root = good
+    _edit(manifest, lambda rows: rows[0].update(label_name="joy"))
+    _fails(manifest, root, tmp_path, "label and label_name disagree")
+
+
+def test_leakage_across_splits(good, tmp_path):
+    manifest, root = good
+    rows = read_manifest(manifest)
+    train = next(r for r in rows if r["split"] == "train")
+    test = next(r for r in rows if r["split"] == "test" and r["label"] == train["label"])
+    shutil.copyfile(root / train["path"], root / test["path"])
+    _fails(manifest, root, tmp_path, "identical images in more than one split (leakage)", test["path"])
+
+
+def test_missing_file(good, tmp_path):
+    manifest, root = good
+    victim = read_manifest(manifest)[3]["path"]
+    (root / victim).unlink()
+    _fails(manifest, root, tmp_path, "missing files", victim)
+
+
+def test_path_escaping_the_root(good, tmp_path):
+    manifest, root = good
+    _edit(manifest, lambda rows: rows[0].update(path="../outside.png"))
+    _fails(manifest, root, tmp_path, "paths escaping the root", "../outside.png")
+    _edit(manifest, lambda rows: rows[0].update(path="/etc/passwd"))
+    _fails(manifest, root, tmp_path, "paths escaping the root", "/etc/passwd")
+
+
+def test_empty_split(good, tmp_path):
+    manifest, root = good
+    _edit(manifest, lambda rows: [r.update(split="train") for r in rows if r["split"] == "val"])
+    _fails(manifest, root, tmp_path, "a split is empty")
+
+
+def test_class_missing_from_train(good, tmp_path):
+    manifest, root = good
+    _edit(manifest, lambda rows: [r.update(split="test") for r in rows
+                                  if r["split"] == "train" and r["label_name"] == "fear"])
+    _fails(manifest, root, tmp_path, "a class is missing from train")
+
+
+def test_too_small_images(good, tmp_path):
+    manifest, root = good
+    with pytest.raises(ValidationFailed, match="smaller than the minimum size"):
+        validate(manifest, root, "ferg", tmp_path / "report", min_size=64, progress=False)
+
+
+def test_paper_split_sizes_only_warn(rafd_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    import_dataset("rafd", rafd_root, tmp_path / "m.csv")
+    summary = validate(tmp_path / "m.csv", rafd_root, "rafd", tmp_path / "report", progress=False)
+    assert summary["success"] and summary["warnings"]
+    assert summary["warnings"][0]["what"] == "split sizes differ from the paper's"
+
+
+def test_cache_is_keyed_by_size_and_mtime(good, tmp_path):
+    manifest, root = good
+    validate(manifest, root, "ferg", tmp_path / "r1", progress=False)
+    victim = read_manifest(manifest)[9]["path"]
+    (root / victim).write_bytes(b"garbage")  # new size and mtime: must be re-inspected
+    _fails(manifest, root, tmp_path, "files that do not decode as images", victim)
+
+
+def test_cli_exit_code(good, tmp_path, capsys):
+    manifest, root = good
+    args = ["validate", "--manifest", str(manifest), "--root", str(root), "--dataset", "ferg",
+            "--report", str(tmp_path / "rep")]
+    assert main(args) == 0
+    _edit(manifest, lambda rows: rows[0].update(label=42))
+    assert main(args) == 2
+    assert "unknown labels" in capsys.readouterr().err
