@@ -59,6 +59,25 @@ def _crop(args: argparse.Namespace) -> None:
           f"see {args.out}/crop_report.json)")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    overrides = {"train": {"max_epochs": args.max_epochs}} if args.max_epochs else None
+    summary = train(args.data, args.params, args.dataset, args.out, resume=args.resume, device=args.device,
+                    track=not args.no_mlflow, overrides=overrides)
+    print(f"trained {summary['epochs_run']} epoch(s); best val accuracy {summary['best_val_accuracy']:.4f} "
+          f"at epoch {summary['best_epoch']} -> {summary['checkpoint']}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device,
+                 tta_hflip=True if args.tta_hflip else None, track=not args.no_mlflow)
+    print(f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.4f}, mean accuracy {m['mean_accuracy']:.4f} "
+          f"({m['images']} images) -> {args.out}/metrics.json, confusion_matrix.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsnet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -110,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_crop)
+
+    p = verbs.add_parser("train", help="train HSNet on a cropped dataset with the paper's recipe")
+    p.add_argument("--data", required=True, help="output folder of 'hsnet crop' (with manifest.csv)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="folder for last.pt, best.pt, history.json")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--max-epochs", type=int, default=None, help="cap the epochs for a quick run")
+    p.add_argument("--no-mlflow", action="store_true", help="don't record an MLflow run")
+    p.set_defaults(func=_train)
+
+    p = verbs.add_parser("evaluate", help="test accuracy, mean accuracy, confusion matrix, plots")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--tta-hflip", action="store_true", help="average with the flipped image (off in the paper)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-mlflow", action="store_true")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -19,12 +19,16 @@ class SelfGuidedClassifier(nn.Module):
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
+        # Psi is standardised (no learned parameters) before W_1 only: on raw, all-positive
+        # pooled features Adam moves W_1 Psi by about lr * sum(Psi) per step and the sigmoid
+        # saturates at 0 within an epoch (docs/paper-notes.md, "FGAL level weights").
+        self.weight_norm = nn.BatchNorm1d(channels, affine=False)
         self.weight = nn.Linear(channels, 1)  # W_1
         self.classifier = nn.Linear(channels, num_classes)  # W_C
 
     def forward(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         psi = self.pool(fused).flatten(1)
-        lam = torch.sigmoid(self.weight(psi))  # (N, 1)
+        lam = torch.sigmoid(self.weight(self.weight_norm(psi)))  # (N, 1)
         return lam, self.classifier(psi)
 
 
@@ -47,6 +51,12 @@ class FGAL(nn.Module):
             level: SelfGuidedClassifier(c, num_classes) for level, c in zip(self.LEVELS, channels)
         })
         self._weights: dict[str, torch.Tensor] = {}
+
+    def reset_parameters(self) -> None:
+        """Lateral 1x1 convolutions are linear (no ReLU follows): unit gain, as in FPN."""
+        for conv in (self.lateral_c, self.lateral_b, self.lateral_a):
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

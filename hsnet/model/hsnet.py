@@ -109,6 +109,8 @@ class HSNet(nn.Module):
 
         for name in STAGES[1:] + ("head",):
             ktl_.he_init(getattr(self, name))
+        if fgal:
+            self.head.reset_parameters()
         if ktl:
             if os.fspath(stem_weights or "vggface2") != SKIP_STEM_WEIGHTS:
                 ktl_.load_stem(self.stem, stem_weights or "vggface2")

@@ -175,12 +175,21 @@ def freeze(stem: nn.Module) -> None:
 
 
 def he_init(module: nn.Module) -> None:
-    """Eq. 18: He initialisation (He et al. 2015) of convolutions and linear layers."""
+    """Eq. 18: He initialisation (He et al. 2015, fan-in, ReLU gain) of the convolutions.
+
+    Classifier layers (``nn.Linear``) start at N(0, 0.01) with zero bias, as classifier heads
+    usually do: He-scaled heads on HSNet's un-normalised pooled features give logits with a
+    standard deviation around 5 and a first-step loss that makes FGAL's sigmoid weights
+    collapse to 0 (see docs/paper-notes.md).
+    """
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -1,0 +1,84 @@
+"""params.yaml: the paper's settings as defaults, per-dataset overrides on top.
+
+    defaults:            # Sect. 4.2 of the paper
+      train: {optimizer: adam, lr: 0.01, ...}
+    datasets:
+      sample: {input_size: 100, train: {epochs: 6}, ...}
+
+``resolve(path, dataset)`` returns ``defaults`` deep-merged with ``datasets[dataset]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from .errors import HSNetError
+
+PAPER_DEFAULTS = {
+    "input_size": 224,
+    "crop": {"detector": "mtcnn", "size": 224, "margin": 0, "no_face": "drop", "min_prob": 0.0},
+    "model": {"dib": True, "fgal": True, "ktl": True, "stem_weights": "vggface2"},
+    "train": {
+        "optimizer": "adam", "lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0.0,
+        "epochs": 500, "batch_size": 32,
+        "scheduler": {"name": "plateau", "monitor": "val_loss", "patience": 20, "factor": 0.1},
+        "augment": {"hflip": True, "rotate_degrees": 5.0},
+        "max_epochs": None,  # cap for quick runs
+        "early_stopping": None,  # epochs without val-accuracy gain before stopping; None = off
+        "seed": 0,
+        "num_threads": None,  # CPU threads; None = torch's default
+        "compile": False,  # torch.compile the model (GPU; slow start on a CPU)
+    },
+    "evaluate": {"tta_hflip": False},
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HSNetError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HSNetError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HSNetError(f"params file {path} must hold a mapping")
+    return data
+
+
+def resolve(path: str | os.PathLike | None, dataset: str) -> dict:
+    """The settings for ``dataset``: paper defaults <- params' ``defaults`` <- ``datasets[dataset]``."""
+    data = load(path) if path else {}
+    datasets = data.get("datasets") or {}
+    if path and dataset not in datasets:
+        raise HSNetError(f"dataset {dataset!r} has no entry under 'datasets' in {path} "
+                         f"(entries: {', '.join(datasets) or 'none'}); add one")
+    merged = deep_merge(deep_merge(PAPER_DEFAULTS, data.get("defaults") or {}), datasets.get(dataset) or {})
+    merged["dataset"] = dataset
+    return merged
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 0.01}} -> {'train.lr': 0.01} (for MLflow params)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

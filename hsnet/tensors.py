@@ -1,0 +1,171 @@
+"""The training input pipeline: decode once into a uint8 tensor cache, augment on the device.
+
+* :func:`load_split` decodes a split's cropped images once into a memory-mapped
+  ``(N, 3, S, S)`` uint8 ``.npy`` file (cached by manifest content and size), so epochs
+  read raw bytes instead of decoding PNGs.
+* :class:`Batches` gathers shuffled batches from it in a background thread into pinned
+  memory and copies them to the device without blocking.
+* :func:`augment` flips and rotates a whole batch on the device (the paper's random
+  horizontal flip and ±5° rotation); :func:`normalize` is facenet-pytorch's fixed image
+  standardisation, (x - 127.5) / 128, which the VGGFace2 stem was trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import HSNetError
+from .io import open_rgb
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 3, S, S) uint8, memory-mapped
+    labels: torch.Tensor  # (N,) int64
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet") / "tensors"
+
+
+def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | None = None,
+               progress: bool = True) -> Split:
+    """The images of ``rows`` (paths relative to ``root``) as a cached uint8 tensor file."""
+    from tqdm import tqdm
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    key = hashlib.sha256(repr((size, [(r["path"], r["label"]) for r in rows])).encode())
+    for r in rows:  # content changes under the same names invalidate the cache too
+        st = (root / r["path"]).stat()
+        key.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    path = cache_dir / f"{key.hexdigest()[:24]}_{size}.npy"
+    labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
+    paths = [r["path"] for r in rows]
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, size, size))
+
+        def decode(i):
+            img = open_rgb(root / rows[i]["path"])
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            arr[i] = np.asarray(img).transpose(2, 0, 1)
+
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            list(tqdm(pool.map(decode, range(len(rows))), total=len(rows), disable=not progress,
+                      desc="decoding into tensor cache", unit="img", leave=False))
+        arr.flush()
+        del arr
+        os.replace(tmp, path)
+    return Split(np.load(path, mmap_mode="r"), labels, paths)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float 0-255) -> facenet-pytorch's fixed standardisation."""
+    return (x.float() - 127.5) / 128.0
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
+            rotate_degrees: float = 5.0) -> torch.Tensor:
+    """Random horizontal flip (p = 0.5) and rotation in [-deg, deg] of a normalised batch.
+
+    The random numbers come from a CPU ``generator`` so that CPU and GPU runs draw the same
+    augmentations; the work itself runs on ``x``'s device. Rotated-in corners are 0 (mid-grey).
+    """
+    n = x.shape[0]
+    if hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if rotate_degrees:
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate_degrees)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x
+
+
+class Batches:
+    """Batches of (uint8 images on ``device``, labels on ``device``) in ``order``.
+
+    A background thread gathers the next batches from the memory-mapped cache into pinned
+    memory while the device works on the current one.
+    """
+
+    def __init__(self, split: Split, order: torch.Tensor, batch_size: int, device: torch.device,
+                 *, drop_singleton: bool = True, prefetch: int = 3):
+        self.split, self.device = split, device
+        self.chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if drop_singleton and self.chunks and len(self.chunks[-1]) < 2 and len(self.chunks) > 1:
+            self.chunks.pop()  # BatchNorm can't train on one image
+        self.prefetch = prefetch
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def _gather(self, idx: torch.Tensor):
+        idx_np = idx.numpy()
+        x = torch.from_numpy(np.ascontiguousarray(self.split.images[np.sort(idx_np)]))
+        # restore the shuffled order (memmap reads are faster sorted)
+        x = x[torch.from_numpy(np.argsort(np.argsort(idx_np)))]
+        y = self.split.labels[idx]
+        if self.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def __iter__(self):
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def worker():
+            try:
+                for idx in self.chunks:
+                    if stop.is_set():
+                        return
+                    q.put(self._gather(idx))
+            except BaseException as exc:  # surfaced in the consumer
+                q.put(exc)
+            q.put(None)
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                x, y = item
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
+
+
+def check_nonempty(name: str, split: Split | list, where: str) -> None:
+    if len(split) == 0:
+        raise HSNetError(f"the {name} split of {where} is empty; re-import with other split settings "
+                         "or check the crop report for dropped images")

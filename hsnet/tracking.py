@@ -1,0 +1,115 @@
+"""MLflow tracking: where runs go, what every run records, and a fast failure when the server is down.
+
+The tracking URI is ``MLFLOW_TRACKING_URI``, or a local sqlite store under ``mlflow/``
+(no server needed). Credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``,
+``AWS_*``) are read by MLflow from the environment and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import HSNetError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = Path("mlflow") / "mlflow.db"
+DEFAULT_ARTIFACTS = Path("mlflow") / "artifacts"
+EXPERIMENT = "hsnet"
+
+
+class TrackingUnavailable(HSNetError):
+    pass
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training time is spent, when an HTTP tracking server is not answering."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status >= 500:
+                raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
+            return  # up (e.g. 401/404 behind a proxy): MLflow will report auth errors itself
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({exc}). Start it "
+            "(mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it to track in the local store "
+            f"{DEFAULT_STORE}") from exc
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip()
+        if commit:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("HSNET_GIT_COMMIT", "unknown")
+
+
+def data_version(manifest: Path) -> str:
+    """A version of the data a run used: the sha256 of its manifest (paths, labels, splits).
+
+    Crop manifests embed the source paths and detection boxes, so the same raw data cropped
+    the same way gives the same version on any machine.
+    """
+    return "sha256:" + hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+
+
+def system_tags() -> dict:
+    import torch
+
+    tags = {"system.python": platform.python_version(), "system.torch": torch.__version__,
+            "system.platform": platform.platform(), "system.device": "cpu"}
+    if torch.cuda.is_available():
+        tags["system.device"] = torch.cuda.get_device_name(0)
+        tags["system.cuda"] = str(torch.version.cuda)
+    return tags
+
+
+@contextmanager
+def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True):
+    """An MLflow run in experiment ``hsnet`` (created with artifacts under mlflow/artifacts)."""
+    if not enabled:
+        yield None
+        return
+    import mlflow
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            location = None if uri.startswith("http") else DEFAULT_ARTIFACTS.resolve().as_uri()
+            client.create_experiment(EXPERIMENT, artifact_location=location)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a dead store
+        raise TrackingUnavailable(f"MLflow tracking store {uri} is not usable: {exc}") from exc
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_name=run_name) as active:
+        mlflow.set_tags({**system_tags(), **tags})
+        flat = {k: ("null" if v is None else v) for k, v in params.items()}
+        mlflow.log_params(flat)
+        yield active
