@@ -1,0 +1,142 @@
+"""Training and evaluation end to end on the CPU, resuming, metrics, MLflow records, bad settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from hsnet.errors import HSNetError
+from hsnet.evaluate import confusion_matrix, evaluate, metrics_from_confusion
+from hsnet.model import StemWeightsError
+from hsnet.tensors import augment, normalize
+from hsnet.train import load_checkpoint, train
+from hsnet.tracking import TrackingUnavailable
+
+
+def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp_path):
+    import mlflow
+
+    summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
+    assert summary["epochs_run"] == 2
+    for name in ("last.pt", "best.pt", "history.json", "train_summary.json"):
+        assert (tmp_path / "run" / name).is_file()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"loss", "val_accuracy", "lr", "lambda_A", "lambda_B", "lambda_C", "images_per_s"} <= set(history[0])
+
+    metrics = evaluate(tmp_path / "run" / "best.pt", tiny_data, tmp_path / "eval", progress=False)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and 0 <= saved["accuracy"] <= 1
+    assert len(saved["per_class_accuracy"]) == 7 and np.array(saved["confusion_matrix"]).sum() == saved["images"]
+    with open(tmp_path / "eval" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"actual", "predicted"} <= set(rows[0]) and len(rows) == saved["images"]
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| this run |" in (tmp_path / "eval" / "comparison.md").read_text()
+
+    client = mlflow.MlflowClient(local_mlflow)
+    runs = {r.data.tags["step"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("hsnet").experiment_id])}
+    tr = runs["train"]
+    assert tr.data.params["train.lr"] == "0.001" and tr.data.params["model.fgal"] == "True"
+    assert tr.data.tags["data_version"].startswith("sha256:") and tr.data.tags["git_commit"]
+    assert [m.step for m in client.get_metric_history(tr.info.run_id, "val_accuracy")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(tr.info.run_id)}
+    assert {"history.json", "checkpoint"} <= artifacts
+    ev = runs["evaluate"]
+    assert ev.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert ev.data.tags["train_run_id"] == tr.info.run_id
+    assert "confusion_matrix.png" in {a.path for a in client.list_artifacts(ev.info.run_id)}
+    assert not any("SECRET" in k.upper() or "PASSWORD" in k.upper() for k in tr.data.params)
+
+
+def test_loss_goes_down(tiny_data, tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False,
+                    overrides={"train": {"epochs": 4}, "model": {"fgal": False}})
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["epochs_run"] == 4
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_kill_and_resume_gives_the_same_weights(tiny_data, tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    opts = dict(track=False, progress=False, overrides={"train": {"epochs": 3}})
+    train(tiny_data, tiny_params, "sample", tmp_path / "straight", **opts)
+    train(tiny_data, tiny_params, "sample", tmp_path / "killed", stop_after_epochs=1, **opts)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["state"]["epoch"] == 1
+    (tmp_path / "killed" / ".last.pt.half-written.tmp").write_bytes(b"partial")  # a kill mid-save
+    summary = train(tiny_data, tiny_params, "sample", tmp_path / "killed", resume=True, **opts)
+    assert summary["epochs_run"] == 3
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    same = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+    assert [[h[k] for k in same] for h in a["state"]["history"]] == \
+        [[h[k] for k in same] for h in b["state"]["history"]]
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+
+
+def test_metrics_of_a_known_confusion_matrix():
+    # rows: actual, columns: predicted
+    cm = np.array([[8, 2, 0],
+                   [1, 3, 0],
+                   [0, 0, 0]])  # class 2 absent from the test set
+    m = metrics_from_confusion(cm, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(11 / 14)  # eq. 22
+    assert m["mean_accuracy"] == pytest.approx((8 / 10 + 3 / 4) / 2)  # eq. 23 over present classes
+    assert m["per_class_accuracy"] == pytest.approx({"a": 0.8, "b": 0.75, "c": 0.0})
+    assert m["confusion_matrix_normalized"][1] == pytest.approx([0.25, 0.75, 0.0])
+    assert confusion_matrix([0, 0, 1, 2], [0, 1, 1, 2], 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_device_augmentation_on_cpu_tensors():
+    x = normalize(torch.randint(0, 256, (64, 3, 80, 80), dtype=torch.uint8))
+    flipped = augment(x, torch.Generator().manual_seed(0), hflip=True, rotate_degrees=0)
+    same = [torch.equal(a, b) for a, b in zip(flipped, x)]
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(flipped, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 16 < sum(mirrored) < 48
+    again = augment(x, torch.Generator().manual_seed(0), hflip=True, rotate_degrees=0)
+    assert torch.equal(flipped, again)  # the generator decides, not global state
+    rotated = augment(x, torch.Generator().manual_seed(1), hflip=False, rotate_degrees=5)
+    assert rotated.shape == x.shape and not torch.equal(rotated, x)
+    centre = (slice(None), slice(None), slice(30, 50), slice(30, 50))
+    assert (rotated[centre] - x[centre]).abs().mean() < (rotated - x).abs().mean() * 1.5
+    assert torch.equal(augment(x, torch.Generator(), hflip=False, rotate_degrees=0), x)
+
+
+def test_bad_settings_fail_before_training(tiny_data, tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    opts = dict(track=False, progress=False)
+    with pytest.raises(HSNetError, match="unknown dataset 'affectnet'"):
+        train(tiny_data, tiny_params, "affectnet", out, **opts)
+    with pytest.raises(HSNetError, match="smaller than HSNet's minimum 75"):
+        train(tiny_data, tiny_params, "sample", out, overrides={"input_size": 64}, **opts)
+    with pytest.raises(StemWeightsError, match="does not exist"):
+        train(tiny_data, tiny_params, "sample", out,
+              overrides={"model": {"ktl": True, "stem_weights": str(tmp_path / "none.pt")}}, **opts)
+    rows = (tiny_data / "manifest.csv").read_text().splitlines()
+    empty = tmp_path / "noval"
+    empty.mkdir()
+    (empty / "manifest.csv").write_text("\n".join(r for r in rows if ",val," not in r) + "\n")
+    with pytest.raises(HSNetError, match="val split .* is empty"):
+        train(empty, tiny_params, "sample", out, **opts)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unreachable_tracking_server_fails_fast(tiny_data, tiny_params, tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
+        train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
