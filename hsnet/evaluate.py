@@ -15,7 +15,6 @@ import torch
 
 from . import tracking
 from .data.manifest import read_manifest
-from .errors import HSNetError
 from .io import atomic_path, write_json, write_text
 from .tensors import Batches, check_nonempty, load_split, normalize
 from .train import load_checkpoint, model_from_checkpoint, pick_device
@@ -196,11 +195,3 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
             mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
     return metrics
 
-
-def read_metrics(path: str | os.PathLike) -> dict:
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise HSNetError(f"metrics file {path} does not exist; run 'hsnet evaluate' first")
-    return json.loads(path.read_text())

@@ -11,7 +11,6 @@ uninterrupted run (each epoch's shuffling and augmentation come from (seed, epoc
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -285,7 +284,3 @@ def train(data_dir: str | os.PathLike, params_path: str | os.PathLike | None, da
                 mlflow.log_artifact(str(best_path), artifact_path="checkpoint")
             mlflow.set_tag("best_val_accuracy", f"{state['best_acc']:.4f}")
     return summary
-
-
-def history_json(path: Path) -> list[dict]:
-    return json.loads(Path(path).read_text())
