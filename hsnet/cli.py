@@ -78,6 +78,50 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"({m['images']} images) -> {args.out}/metrics.json, confusion_matrix.png")
 
 
+def _register(args: argparse.Namespace) -> None:
+    from .registry import register
+
+    r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
+    state = "already registered as" if r["already_registered"] else "registered"
+    print(f"{state} {r['name']} version {r['version']} (alias candidate; test accuracy "
+          f"{r['test_accuracy']:.4f}): {r['model_uri']}")
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from .registry import promote, rollback
+
+    if args.rollback:
+        r = rollback(args.name)
+        print(f"{args.name}: production rolled back to version {r['production']} "
+              f"(version {r['previous']} is now 'previous')")
+        return
+    r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
+    if r["promoted"]:
+        print(f"{args.name}: production -> version {r['production']}"
+              f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
+              + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
+    else:
+        print(f"{args.name}: nothing to do, {r['reason']}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    s = predict(args.inputs, args.model, out=args.out, annotate_dir=args.annotate, device=args.device,
+                min_prob=args.min_prob)
+    if not args.out:
+        import json
+
+        for record in s["results"]:
+            print(json.dumps(record))
+    for record in s["results"]:
+        faces = ", ".join(f"{f['expression']} ({f['confidence']:.0%})" for f in record["faces"])
+        print(f"{record['path']}: {faces or record.get('error') or 'no face found'}", file=sys.stderr)
+    print(f"{s['photos']} photo(s), {s['faces']} face(s); {len(s['no_face'])} without a face, "
+          f"{len(s['unreadable'])} unreadable" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+    return 0 if len(s["unreadable"]) < s["photos"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsnet", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -150,6 +194,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--no-mlflow", action="store_true")
     p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("register", help="register an evaluated checkpoint in the MLflow model registry")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--metrics", required=True, help="metrics.json of 'hsnet evaluate' for this checkpoint")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--name", default=None, help="registered model name (default hsnet-DATASET)")
+    p.set_defaults(func=_register)
+
+    p = verbs.add_parser("promote", help="move the 'production' alias to a better version, or roll back")
+    p.add_argument("--name", required=True, help="registered model, e.g. hsnet-rafdb")
+    p.add_argument("--version", default=None, help="version to promote (default: the 'candidate' alias)")
+    p.add_argument("--metric", choices=["accuracy", "mean_accuracy"], default="accuracy")
+    p.add_argument("--min-delta", type=float, default=0.0, help="required gain over production")
+    p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
+    p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
+    p.set_defaults(func=_promote)
+
+    p = verbs.add_parser("predict", help="find the faces in photos and classify their expressions")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--model", required=True, help="a checkpoint, or models:/hsnet-NAME@production")
+    p.add_argument("--out", default=None, help="JSON lines file (default: print to stdout)")
+    p.add_argument("--annotate", default=None, metavar="DIR", help="save copies with boxes and labels here")
+    p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_predict)
     return parser
 
 

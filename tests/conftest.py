@@ -35,3 +35,94 @@ def stem_weights_file(irv1_state_dict, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "irv1-vggface2-like.pt"
     torch.save(irv1_state_dict, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A few dozen sample images per split, cropped (resized) to 80x80: the trainer's input."""
+    from hsnet.data.crop import CropSettings, crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.sample import generate
+
+    base = tmp_path_factory.mktemp("tiny")
+    generate(base / "raw", per_class=4, size=96, seed=5)
+    import_dataset("sample", base / "raw", base / "manifest.csv")
+    crop(base / "manifest.csv", base / "raw", base / "crops", settings=CropSettings(detector="none", size=80),
+         progress=False)
+    return base / "crops"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a loopback port (a subprocess), with the bucket ``hsnet``."""
+    from servers import make_bucket, start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    try:
+        make_bucket(server, "hsnet")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_server):
+    """A real ``mlflow server`` (mlflow/server.sh): sqlite backend, artifacts in s3://hsnet/mlflow on moto."""
+    from servers import s3_env, start_mlflow
+
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow-server"), "s3://hsnet/mlflow", s3_env(s3_server))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def use_mlflow_server(mlflow_server, s3_server, monkeypatch, tmp_path):
+    """Point hsnet (and boto3) at the test servers for one test."""
+    from servers import s3_env
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    for key, value in s3_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return mlflow_server.url
+
+
+@pytest.fixture
+def tiny_params(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("""
+datasets:
+  sample:
+    input_size: 80
+    model: {ktl: false}
+    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3, scheduler: {patience: 1}}
+""")
+    return path
+
+
+@pytest.fixture
+def local_mlflow(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts go under ./mlflow/artifacts
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    return uri
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """A checkpoint trained for two epochs on the tiny sample, and its real evaluation."""
+    from hsnet.evaluate import evaluate
+    from hsnet.train import train
+
+    base = tmp_path_factory.mktemp("trained")
+    params = base / "params.yaml"
+    params.write_text("datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false}\n"
+                      "    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3}\n")
+    train(tiny_data, params, "sample", base / "run", track=False, progress=False)
+    evaluate(base / "run" / "best.pt", tiny_data, base / "eval", track=False, progress=False)
+    return {"checkpoint": base / "run" / "best.pt", "metrics": base / "eval" / "metrics.json",
+            "data": tiny_data, "base": base}

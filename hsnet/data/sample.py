@@ -48,6 +48,7 @@ EXPRESSIONS = {
 }
 assert tuple(EXPRESSIONS) == FERG_CLASSES
 JITTER = (0.25, 0.05, 0.15, 0.20, 0.10, 0.08)  # std of each expression parameter
+POSE = {"scale": (0.85, 1.05), "shift": 0.03, "rotate": 10.0}  # face scale, centre shift (std), rotation (deg)
 
 
 def _rng(seed: int, *key) -> np.random.Generator:
@@ -67,9 +68,9 @@ def draw_face(character: str, emotion: str, rng: np.random.Generator, size: int 
     bg = tuple(int(c) for c in rng.integers(40, 230, 3))
     img = Image.new("RGB", (s, s), bg)
     d = ImageDraw.Draw(img)
-    scale = s * rng.uniform(0.85, 1.05)
-    cx = s / 2 + rng.normal(0, s * 0.03)
-    cy = s / 2 + rng.normal(0, s * 0.03)
+    scale = s * rng.uniform(*POSE["scale"])
+    cx = s / 2 + rng.normal(0, s * POSE["shift"])
+    cy = s / 2 + rng.normal(0, s * POSE["shift"])
     w, h = fw * scale / 2, fh * scale / 2
 
     def box(x, y, rx, ry):
@@ -128,7 +129,7 @@ def draw_face(character: str, emotion: str, rng: np.random.Generator, size: int 
     else:
         d.line(pts_top, fill=(120, 30, 40), width=max(3, int(s * 0.018)))
 
-    img = img.rotate(rng.uniform(-10, 10), resample=Image.BICUBIC, fillcolor=bg)
+    img = img.rotate(rng.uniform(-POSE["rotate"], POSE["rotate"]), resample=Image.BICUBIC, fillcolor=bg)
     img = img.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.6)))
     arr = np.asarray(img, dtype=np.float32)
     # lighting: a linear gradient in a random direction, then sensor noise

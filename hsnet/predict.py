@@ -1,0 +1,262 @@
+"""Inference: faces in photos to expressions, from a local checkpoint or a registered model.
+
+* :class:`Classifier` is HSNet plus the preprocessing it was trained with (resize to its
+  input size, fixed image standardisation, class names). It classifies face images.
+  The MLflow pyfunc (:mod:`hsnet.pyfunc`) wraps one.
+* :func:`predict` finds every face in each photo with MTCNN, crops it as ``hsnet crop``
+  did for training (square box plus the training margin), classifies all faces of a chunk
+  of photos in one batch, and writes one JSON line per photo; photos without a face or
+  that can't be read are reported in the output and the summary, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .errors import HSNetError
+from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, open_rgb, write_json
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32  # photos decoded, detected and classified together
+
+
+class Classifier:
+    """HSNet with its preprocessing: RGB uint8 face images of any size in, class probabilities out."""
+
+    def __init__(self, model: torch.nn.Module, classes: list[str], input_size: int, *,
+                 device: str | None = None, crop: dict | None = None, info: dict | None = None):
+        from .train import pick_device
+
+        self.setup = pick_device(device)
+        self.model = model.to(self.setup.device).eval()
+        if self.setup.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.classes = list(classes)
+        self.input_size = int(input_size)
+        self.crop = dict(crop or {})
+        self.info = dict(info or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | None = None) -> "Classifier":
+        from .train import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(path)
+        meta = ckpt["meta"]
+        return cls(model_from_checkpoint(ckpt), meta["classes"], meta["input_size"], device=device,
+                   crop=meta.get("params", {}).get("crop"),
+                   info={"dataset": meta["dataset"], "data_version": meta["data_version"],
+                         "model": meta["model"], "source": str(path)})
+
+    @property
+    def margin(self) -> int:
+        return int(self.crop.get("margin", 0) or 0)
+
+    def to_tensor(self, faces: list[np.ndarray | Image.Image]) -> torch.Tensor:
+        """Resize each face to the input size; (N, 3, S, S) uint8."""
+        s = self.input_size
+        out = np.empty((len(faces), s, s, 3), dtype=np.uint8)
+        for i, face in enumerate(faces):
+            img = face if isinstance(face, Image.Image) else Image.fromarray(as_rgb_array(face))
+            if img.size != (s, s):
+                img = img.resize((s, s), Image.BILINEAR)
+            out[i] = np.asarray(img.convert("RGB"))
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def probabilities(self, faces: list, batch_size: int = 64) -> np.ndarray:
+        """(N, C) class probabilities for N face images."""
+        from .tensors import normalize
+
+        if not len(faces):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        setup, parts = self.setup, []
+        for start in range(0, len(faces), batch_size):
+            x = self.to_tensor(faces[start:start + batch_size]).to(setup.device, non_blocking=True)
+            x = normalize(x)
+            if setup.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
+                parts.append(self.model(x).float().softmax(1).cpu())
+        return torch.cat(parts).numpy()
+
+
+def as_rgb_array(face) -> np.ndarray:
+    """An (H, W, 3) uint8 array from an array-like image (H, W), (H, W, 3) or (H, W, 4)."""
+    arr = np.asarray(face)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
+        raise HSNetError(f"an image array must be (H, W, 3) RGB uint8, got shape {arr.shape}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def load_classifier(model: str | os.PathLike, device: str | None = None) -> Classifier:
+    """A checkpoint file, or an MLflow model URI (``models:/hsnet-rafdb@production``, ``runs:/...``)."""
+    text = str(model)
+    if Path(text).is_file():
+        return Classifier.from_checkpoint(text, device=device)
+    if "://" in text or text.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from . import tracking
+
+        uri = tracking.tracking_uri()
+        tracking.check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            loaded = mlflow.pyfunc.load_model(text)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many types
+            raise HSNetError(f"--model {text}: can't load it from MLflow at {uri} "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check the name "
+                             "and alias (hsnet promote) and MLFLOW_TRACKING_URI") from exc
+        inner = loaded.unwrap_python_model()
+        if not hasattr(inner, "classifier"):
+            raise HSNetError(f"--model {text} is not an hsnet model")
+        if device and str(inner.classifier.setup.device) != device:
+            inner.classifier = Classifier(inner.classifier.model, inner.classifier.classes,
+                                          inner.classifier.input_size, device=device,
+                                          crop=inner.classifier.crop, info=inner.classifier.info)
+        return inner.classifier
+    raise HSNetError(f"--model {text}: no such checkpoint file, and not an MLflow model URI "
+                     "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model)")
+
+
+def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the image files under each directory (recursively, sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.name.startswith("."))
+            if not found:
+                log.warning("%s holds no image files (%s)", p, ", ".join(sorted(IMAGE_SUFFIXES)))
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise HSNetError(f"{p}: no such file or directory")
+    if not files:
+        raise HSNetError("no image files to predict on: " + ", ".join(str(i) for i in inputs))
+    return files
+
+
+@dataclass
+class _Photo:
+    path: Path
+    image: Image.Image | None = None
+    error: str | None = None
+
+
+def _detect(detector, photos: list[_Photo]) -> list[np.ndarray]:
+    """MTCNN boxes per photo (equal sizes batched together, as MTCNN's batch mode needs)."""
+    boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(photos)
+    groups: dict[tuple, list[int]] = {}
+    for i, photo in enumerate(photos):
+        if photo.image is not None:
+            groups.setdefault(photo.image.size, []).append(i)
+    for idx in groups.values():
+        found = detector([np.asarray(photos[i].image) for i in idx])
+        for i, b in zip(idx, found):
+            boxes[i] = b
+    return boxes
+
+
+def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
+    """A copy of ``image`` with each face's box and expression drawn."""
+    out = image.copy()
+    d = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 300))
+    for face in faces:
+        x1, y1, x2, y2 = face["box"]
+        d.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=width)
+        label = f"{face['expression']} {face['confidence']:.0%}"
+        left, top, right, bottom = d.textbbox((x1, y1), label)
+        ty = y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y2 + 2
+        d.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 4], fill=(255, 40, 40))
+        d.text((x1 + 2, ty + 1), label, fill=(255, 255, 255))
+    return out
+
+
+def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: str | os.PathLike | None = None,
+            annotate_dir: str | os.PathLike | None = None, device: str | None = None, min_prob: float = 0.9,
+            min_face_size: int = 20, progress: bool = True, classifier: Classifier | None = None) -> dict:
+    """Detect and classify the faces in ``inputs`` (files and directories).
+
+    Writes JSON lines to ``out`` (atomically) when given; returns a summary with the per-photo
+    results under ``results``.
+    """
+    from tqdm import tqdm
+
+    from .data.crop import Detector, square_crop
+
+    files = expand_inputs(inputs)
+    clf = classifier or load_classifier(model, device)
+    detector = Detector(str(clf.setup.device), min_face_size=min_face_size)
+    results, no_face, unreadable, n_faces = [], [], [], 0
+    bar = tqdm(total=len(files), desc="predict", unit="photo", disable=not progress)
+    for start in range(0, len(files), CHUNK):
+        photos = []
+        for path in files[start:start + CHUNK]:
+            try:
+                photos.append(_Photo(path, open_rgb(path)))
+            except ImageReadError as exc:
+                photos.append(_Photo(path, error=str(exc)))
+        boxes = _detect(detector, photos)
+        crops, owners = [], []
+        for i, (photo, b) in enumerate(zip(photos, boxes)):
+            for box in b[b[:, 4] >= min_prob] if len(b) else b:
+                crops.append(square_crop(photo.image, box, clf.input_size, clf.margin))
+                owners.append((i, box))
+        probs = clf.probabilities(crops)
+        per_photo: list[list[dict]] = [[] for _ in photos]
+        for (i, box), p in zip(owners, probs):
+            k = int(p.argmax())
+            per_photo[i].append({
+                "box": [round(float(v), 1) for v in box[:4]], "detection_probability": round(float(box[4]), 4),
+                "expression": clf.classes[k], "confidence": round(float(p[k]), 4),
+                "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+        for photo, faces in zip(photos, per_photo):
+            record = {"path": str(photo.path), "faces": faces}
+            if photo.error:
+                record["error"] = photo.error
+                unreadable.append(str(photo.path))
+                log.warning("skipped %s", photo.error)
+            else:
+                record["size"] = list(photo.image.size)
+                if not faces:
+                    no_face.append(str(photo.path))
+                if annotate_dir:
+                    target = Path(annotate_dir) / (photo.path.stem + ".annotated.jpg")
+                    with atomic_path(target) as tmp:
+                        annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
+            n_faces += len(faces)
+            results.append(record)
+        bar.update(len(photos))
+    bar.close()
+    if out:
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for record in results:
+                f.write(json.dumps(record) + "\n")
+    if no_face:
+        log.warning("%d photo(s) with no face found (detection probability >= %s), e.g. %s", len(no_face),
+                    min_prob, ", ".join(no_face[:3]))
+    return {"photos": len(files), "faces": n_faces, "no_face": no_face, "unreadable": unreadable,
+            "model": clf.info, "results": results}
+
+
+def write_summary(path: str | os.PathLike, summary: dict) -> None:
+    write_json(path, {k: v for k, v in summary.items() if k != "results"})

@@ -1,0 +1,118 @@
+"""hsnet predict: faces in real photographs, photos without a face, bad files, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hsnet.cli import main
+from hsnet.data.datasets import FERG_CLASSES
+from hsnet.errors import HSNetError
+from hsnet.predict import Classifier, annotate, expand_inputs, load_classifier, predict
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """scikit-image's astronaut (a public-domain NASA portrait, one face) and a photo without a face."""
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()).save(d / "astronaut.jpg", quality=95)
+    yy, xx = np.mgrid[0:240, 0:320]
+    sky = np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    Image.fromarray(sky).save(d / "no_face.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(trained):
+    return trained["checkpoint"]
+
+
+def test_faces_boxes_and_expressions(photos, trained_ckpt, tmp_path):
+    out = tmp_path / "results.jsonl"
+    s = predict([photos], str(trained_ckpt), out=out, annotate_dir=tmp_path / "annotated", device="cpu",
+                progress=False)
+    assert s["photos"] == 2 and s["faces"] == 1
+    assert s["no_face"] == [str(photos / "no_face.png")] and s["unreadable"] == []
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in lines}
+    face = by_name["astronaut.jpg"]["faces"][0]
+    x1, y1, x2, y2 = face["box"]
+    assert 150 < (x1 + x2) / 2 < 290 and 40 < (y1 + y2) / 2 < 200  # her face, not the flag or the suit
+    assert face["detection_probability"] > 0.99
+    assert face["expression"] in FERG_CLASSES and set(face["probabilities"]) == set(FERG_CLASSES)
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert face["confidence"] == max(face["probabilities"].values())
+    assert by_name["no_face.png"]["faces"] == []
+    img = Image.open(tmp_path / "annotated" / "astronaut.annotated.jpg")
+    assert img.size == (512, 512)
+    assert (tmp_path / "annotated" / "no_face.annotated.jpg").is_file()
+
+
+def test_same_crop_same_probabilities_as_the_classifier(photos, trained_ckpt):
+    """The face is cropped as for training and classified by the checkpoint's model."""
+    from hsnet.data.crop import Detector, best_box, square_crop
+
+    clf = Classifier.from_checkpoint(trained_ckpt, device="cpu")
+    s = predict([photos / "astronaut.jpg"], str(trained_ckpt), progress=False, classifier=clf)
+    img = Image.open(photos / "astronaut.jpg").convert("RGB")
+    box, _ = best_box(Detector("cpu")([np.asarray(img)])[0], 0.9)
+    expected = clf.probabilities([square_crop(img, box, clf.input_size, clf.margin)])[0]
+    got = s["results"][0]["faces"][0]["probabilities"]
+    np.testing.assert_allclose([got[c] for c in clf.classes], expected, atol=2e-4)
+
+
+def test_bad_inputs_are_reported(photos, trained_ckpt, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    s = predict([photos / "astronaut.jpg", tmp_path / "broken.jpg", tmp_path / "notes.txt"], str(trained_ckpt),
+                device="cpu", progress=False)
+    assert s["faces"] == 1 and len(s["unreadable"]) == 2
+    errors = {r["path"]: r.get("error", "") for r in s["results"]}
+    assert "not a readable image" in errors[str(tmp_path / "broken.jpg")]
+    with pytest.raises(HSNetError, match="no such file"):
+        expand_inputs([tmp_path / "nope.jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HSNetError, match="no image files"):
+        expand_inputs([tmp_path / "empty"])
+    with pytest.raises(HSNetError, match="no such checkpoint file, and not an MLflow model URI"):
+        load_classifier(tmp_path / "missing.pt")
+    with pytest.raises(HSNetError, match="not an hsnet training checkpoint"):
+        torch_save_garbage = tmp_path / "garbage.pt"
+        import torch
+
+        torch.save({"hello": 1}, torch_save_garbage)
+        load_classifier(torch_save_garbage)
+
+
+def test_huge_image_is_refused_by_name(trained_ckpt, tmp_path, monkeypatch):
+    import hsnet.io
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "big.png")
+    monkeypatch.setattr(hsnet.io, "MAX_IMAGE_PIXELS", 100_000)
+    monkeypatch.setattr(hsnet.io.open_rgb, "__defaults__", (100_000,))
+    s = predict([tmp_path / "big.png"], str(trained_ckpt), device="cpu", progress=False)
+    assert "over the limit" in s["results"][0]["error"]
+
+
+def test_cli(photos, trained_ckpt, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(["predict", str(photos), "--model", str(trained_ckpt), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "astronaut.jpg:" in err and "no_face.png: no face found" in err and "2 photo(s), 1 face(s)" in err
+    assert len(out.read_text().splitlines()) == 2
+    (tmp_path / "x.jpg").write_bytes(b"junk")
+    assert main(["predict", str(tmp_path / "x.jpg"), "--model", str(trained_ckpt)]) == 1  # nothing readable
+    assert main(["predict", str(tmp_path / "missing.jpg"), "--model", str(trained_ckpt)]) == 2
+
+
+def test_annotate_draws_the_box():
+    img = Image.new("RGB", (200, 200), (0, 0, 0))
+    out = np.asarray(annotate(img, [{"box": [50, 60, 150, 170], "expression": "joy", "confidence": 0.9}]))
+    assert out[100, 50].tolist() == [255, 40, 40] and out[100, 100].tolist() == [0, 0, 0]

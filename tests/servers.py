@@ -1,0 +1,88 @@
+"""Real servers for tests: moto's S3 server and an MLflow tracking server, as subprocesses on loopback.
+
+Each runs in its own process group, killed as a group at the end (the MLflow server forks
+workers). Nothing here is mocked in-process: boto3, DVC's s3fs and MLflow talk HTTP to them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, cmd: list[str], url: str, health: str, env: dict, log: Path):
+        self.url, self.log = url, log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 90
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{cmd[:3]} exited with {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + health, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{cmd[:3]} did not answer at {url}{health}:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=15)
+        self._log.close()
+
+
+def start_s3(workdir: Path) -> Server:
+    port = free_port()
+    env = {**os.environ, **FAKE_AWS}
+    return Server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                  f"http://127.0.0.1:{port}", "/moto-api/", env, workdir / "moto.log")
+
+
+def s3_env(s3: Server) -> dict:
+    """What a client needs to use the moto server: endpoint and (fake) credentials."""
+    return {**FAKE_AWS, "AWS_ENDPOINT_URL_S3": s3.url, "MLFLOW_S3_ENDPOINT_URL": s3.url}
+
+
+def make_bucket(s3: Server, bucket: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+
+
+def start_mlflow(workdir: Path, artifacts: str, extra_env: dict | None = None) -> Server:
+    """``bash mlflow/server.sh`` (the launch script users run) on a free port, sqlite backend."""
+    port = free_port()
+    env = {**os.environ, **(extra_env or {}), "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{workdir / 'server.db'}",
+           "MLFLOW_ARTIFACTS_DESTINATION": artifacts, "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port),
+           "MLFLOW_WORKERS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return Server(["bash", str(ROOT / "mlflow" / "server.sh")], f"http://127.0.0.1:{port}", "/health", env,
+                  workdir / "mlflow-server.log")
