@@ -21,9 +21,12 @@ def _model_info(args: argparse.Namespace) -> None:
 
 def _data_import(args: argparse.Namespace) -> None:
     from .data.datasets import import_dataset
+    from .params import settings
 
-    summary = import_dataset(args.dataset, args.root, args.out, seed=args.seed, split_by=args.split_by,
-                             rafdb_images=args.rafdb_images)
+    opts = settings(args.params, args.dataset, "import", {"seed": args.seed, "split_by": args.split_by,
+                                                          "rafdb_images": args.rafdb_images})
+    summary = import_dataset(args.dataset, args.root, args.out, seed=int(opts["seed"]), split_by=opts["split_by"],
+                             rafdb_images=opts["rafdb_images"])
     print(f"{summary['images']} images of {args.dataset} -> {args.out} "
           f"(train {summary['splits']['train']}, val {summary['splits']['val']}, "
           f"test {summary['splits']['test']}; skipped {summary['skipped']} stray file(s), "
@@ -37,10 +40,19 @@ def _data_sample(args: argparse.Namespace) -> None:
     print(f"{n} sample images -> {args.out}")
 
 
+def _data_fetch(args: argparse.Namespace) -> None:
+    from .data.fetch import fetch
+
+    r = fetch(args.source, args.out, dvc_path=args.dvc_path, rev=args.rev)
+    print(f"{r['files']} file(s) from {r['source']} -> {r['out']}")
+
+
 def _validate(args: argparse.Namespace) -> None:
     from .data.validate import validate
+    from .params import settings
 
-    summary = validate(args.manifest, args.root, args.dataset, args.report, min_size=args.min_size,
+    opts = settings(args.params, args.dataset, "validate", {"min_size": args.min_size})
+    summary = validate(args.manifest, args.root, args.dataset, args.report, min_size=int(opts["min_size"]),
                        workers=args.workers, use_cache=not args.no_cache)
     print(f"{summary['images']} images of {args.dataset} passed validation "
           f"({len(summary['warnings'])} warning(s)); report: {summary['data_docs']}")
@@ -48,10 +60,18 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _crop(args: argparse.Namespace) -> None:
     from .data.crop import CropSettings, crop
+    from .params import settings
 
-    settings = CropSettings(detector=args.detector, size=args.size, margin=args.margin,
-                            no_face=args.no_face, min_prob=args.min_prob)
-    report = crop(args.manifest, args.root, args.out, settings=settings, device=args.device,
+    if args.params and not args.dataset:
+        raise HSNetError("--params needs --dataset (whose 'crop' settings to use)")
+    opts = settings(args.params, args.dataset, "crop", {
+        "detector": args.detector, "size": args.size, "margin": args.margin, "no_face": args.no_face,
+        "min_prob": args.min_prob})
+    if not args.params and args.size is None:
+        opts["size"] = 100
+    fields = CropSettings.__dataclass_fields__
+    report = crop(args.manifest, args.root, args.out, device=args.device,
+                  settings=CropSettings(**{k: v for k, v in opts.items() if k in fields}),
                   batch_size=args.batch_size)
     print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
@@ -82,6 +102,10 @@ def _register(args: argparse.Namespace) -> None:
     from .registry import register
 
     r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
+    if args.out:
+        from .io import write_json
+
+        write_json(args.out, r)
     state = "already registered as" if r["already_registered"] else "registered"
     print(f"{state} {r['name']} version {r['version']} (alias candidate; test accuracy "
           f"{r['test_accuracy']:.4f}): {r['model_uri']}")
@@ -138,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="rafdb, rafd, kdef, ferg or sample")
     p.add_argument("--root", required=True, help="the dataset's folder, as its publisher ships it")
     p.add_argument("--out", required=True, help="the manifest CSV to write")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--split-by", choices=["class", "subject"], default="class",
-                   help="stratify by class, or keep subjects disjoint across splits")
-    p.add_argument("--rafdb-images", choices=["aligned", "original"], default="aligned")
+    p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.import settings")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default 0)")
+    p.add_argument("--split-by", choices=["class", "subject"], default=None,
+                   help="stratify by class (default), or keep subjects disjoint across splits")
+    p.add_argument("--rafdb-images", choices=["aligned", "original"], default=None)
     p.set_defaults(func=_data_import)
     p = data_verbs.add_parser("sample", help="draw the built-in synthetic sample dataset (FERG-DB layout)")
     p.add_argument("--out", default="data/raw/sample")
@@ -149,13 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_data_sample)
+    p = data_verbs.add_parser("fetch", help="copy a raw dataset from S3, a DVC repository or a folder")
+    p.add_argument("--source", required=True,
+                   help="s3://BUCKET/PREFIX, a local folder, or a DVC repository URL (with --dvc-path)")
+    p.add_argument("--out", required=True, help="an empty or new folder")
+    p.add_argument("--dvc-path", default=None, help="the path in the DVC repository, e.g. data/raw/rafdb")
+    p.add_argument("--rev", default=None, help="git revision of the DVC repository")
+    p.set_defaults(func=_data_fetch)
 
     p = verbs.add_parser("validate", help="check a manifest and its images with Great Expectations")
     p.add_argument("--manifest", required=True)
     p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
     p.add_argument("--dataset", required=True)
     p.add_argument("--report", required=True, help="folder for the GX results (JSON) and Data Docs (HTML)")
-    p.add_argument("--min-size", type=int, default=32, help="smallest acceptable image side in pixels")
+    p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.validate settings")
+    p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side (default 32 px)")
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
     p.set_defaults(func=_validate)
@@ -164,12 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
     p.add_argument("--out", required=True, help="folder for the crops, their manifest and the report")
-    p.add_argument("--detector", choices=["mtcnn", "none"], default="mtcnn")
-    p.add_argument("--size", type=int, default=100, help="output side in pixels (RaFD 100, KDEF 256)")
-    p.add_argument("--margin", type=int, default=0, help="margin around the face, in output pixels")
-    p.add_argument("--no-face", choices=["drop", "center"], default="drop",
-                   help="images without a face: drop them (listed in the report) or centre-crop")
-    p.add_argument("--min-prob", type=float, default=0.0, help="ignore detections below this probability")
+    p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.crop settings (with --dataset)")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--detector", choices=["mtcnn", "none"], default=None, help="default mtcnn")
+    p.add_argument("--size", type=int, default=None, help="output side in pixels (RaFD 100, KDEF 256; default 100)")
+    p.add_argument("--margin", type=int, default=None, help="margin around the face, in output pixels (default 0)")
+    p.add_argument("--no-face", choices=["drop", "center"], default=None,
+                   help="images without a face: drop them (default; listed in the report) or centre-crop")
+    p.add_argument("--min-prob", type=float, default=None, help="ignore detections below this probability")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_crop)
@@ -200,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, help="metrics.json of 'hsnet evaluate' for this checkpoint")
     p.add_argument("--dataset", required=True)
     p.add_argument("--name", default=None, help="registered model name (default hsnet-DATASET)")
+    p.add_argument("--out", default=None, help="write the registered name, version and URI here (JSON)")
     p.set_defaults(func=_register)
 
     p = verbs.add_parser("promote", help="move the 'production' alias to a better version, or roll back")
@@ -220,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=_predict)
     return parser
+
+
+def run(argv: list[str]):
+    """Run one verb in-process and let its errors propagate (Kubeflow components call this)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = args.func(args)
+    if result:
+        raise HSNetError(f"hsnet {' '.join(argv[:2])} finished with status {result}")
 
 
 def main(argv: list[str] | None = None) -> int:

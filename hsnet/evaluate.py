@@ -44,6 +44,7 @@ def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
     return {
         "accuracy": float(tp.sum() / max(cm.sum(), 1)),
         "mean_accuracy": float(per_class[present].mean()) if present.any() else 0.0,
+        "classes": list(classes),  # the confusion matrix's row/column order
         "per_class_accuracy": {c: float(a) for c, a in zip(classes, per_class)},
         "support": {c: int(n) for c, n in zip(classes, n_j)},
         "confusion_matrix": cm.tolist(),

@@ -19,6 +19,8 @@ import yaml
 from .errors import HSNetError
 
 PAPER_DEFAULTS = {
+    "import": {"split_by": "class", "seed": 0, "rafdb_images": "aligned"},
+    "validate": {"min_size": 32},
     "input_size": 224,
     "crop": {"detector": "mtcnn", "size": 224, "margin": 0, "no_face": "drop", "min_prob": 0.0},
     "model": {"dib": True, "fgal": True, "ktl": True, "stem_weights": "vggface2"},
@@ -72,6 +74,15 @@ def resolve(path: str | os.PathLike | None, dataset: str) -> dict:
     return merged
 
 
+def settings(path: str | os.PathLike | None, dataset: str, section: str, given: dict) -> dict:
+    """One section's settings for a verb: explicit values in ``given`` (not None) win over
+    ``params.yaml`` (when ``path`` is given), which wins over the paper's defaults."""
+    base = resolve(path, dataset).get(section, {}) if path else PAPER_DEFAULTS.get(section, {})
+    out = dict(base)
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """{'train': {'lr': 0.01}} -> {'train.lr': 0.01} (for MLflow params)."""
     out = {}
@@ -82,3 +93,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+def write_params(params: dict, directory: str | os.PathLike | None = None) -> str:
+    """Write ``params`` (a whole params.yaml as a mapping) to a new file; returns its path.
+
+    Kubeflow passes params.yaml as a pipeline parameter; the verbs read files.
+    """
+    import tempfile
+
+    if not isinstance(params, dict) or not isinstance(params.get("datasets"), dict):
+        raise HSNetError("params must be a params.yaml mapping with a 'datasets' section")
+    def restore_ints(value):  # protobuf (Kubeflow's parameter transport) turns every int into a float
+        if isinstance(value, dict):
+            return {k: restore_ints(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [restore_ints(v) for v in value]
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    params = restore_ints(params)
+    fd, path = tempfile.mkstemp(prefix="hsnet-params-", suffix=".yaml", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        yaml.safe_dump(params, f, sort_keys=False)
+    return path

@@ -47,8 +47,8 @@ EXPRESSIONS = {
     "surprise": (0.0, 0.25, 1.20, 0.05, 0.85, 0.40),
 }
 assert tuple(EXPRESSIONS) == FERG_CLASSES
-JITTER = (0.25, 0.05, 0.15, 0.20, 0.10, 0.08)  # std of each expression parameter
-POSE = {"scale": (0.85, 1.05), "shift": 0.03, "rotate": 10.0}  # face scale, centre shift (std), rotation (deg)
+JITTER = (0.125, 0.025, 0.075, 0.10, 0.05, 0.04)  # std of each expression parameter
+POSE = {"scale": (0.9, 1.0), "shift": 0.015, "rotate": 5.0}  # face scale, centre shift (std), rotation (deg)
 
 
 def _rng(seed: int, *key) -> np.random.Generator:

@@ -83,7 +83,6 @@ def _fetch_vggface2() -> Path:
 
 def _fetch_s3(uri: str) -> Path:
     try:
-        import boto3
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError as exc:  # pragma: no cover - boto3 is in the 'pipeline' extra
         raise StemWeightsError(f"reading {uri} needs boto3: pip install 'hsnet[pipeline]'") from exc
@@ -93,9 +92,9 @@ def _fetch_s3(uri: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".pt", prefix="hsnet-stem-")
     os.close(fd)
     try:
-        client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
-                              or os.environ.get("AWS_ENDPOINT_URL"))
-        client.download_file(bucket, key, tmp)
+        from ..s3 import client
+
+        client().download_file(bucket, key, tmp)
     except (BotoCoreError, ClientError) as exc:
         os.unlink(tmp)
         raise StemWeightsError(

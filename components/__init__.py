@@ -1,0 +1,24 @@
+"""Kubeflow Pipelines components: one per pipeline step, each a thin wrapper over one ``hsnet`` verb.
+
+Every component runs in the project's image (``IMAGE``, built from the top-level
+``Dockerfile``) with hsnet and kfp installed, so ``install_kfp_package=False`` and no
+packages are installed at run time. A component turns its KFP artifacts into paths,
+calls ``hsnet.cli.run([...])`` with the same verb and flags as the DVC stage in
+``dvc.yaml``, and turns the files written into typed outputs (Metrics,
+ClassificationMetrics, HTML, Markdown).
+"""
+
+from hsnet import __version__
+
+IMAGE = f"ghcr.io/hsnet-pipeline/hsnet:{__version__}"
+
+from .crop import crop_faces  # noqa: E402
+from .evaluate import evaluate_model  # noqa: E402
+from .fetch import fetch_raw  # noqa: E402
+from .import_data import import_data  # noqa: E402
+from .register import register_model  # noqa: E402
+from .train import train_model  # noqa: E402
+from .validate import validate_data  # noqa: E402
+
+__all__ = ["IMAGE", "fetch_raw", "import_data", "validate_data", "crop_faces", "train_model", "evaluate_model",
+           "register_model"]

@@ -1,0 +1,27 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from . import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset],
+                model: Output[Model], metrics: Output[Metrics]):
+    """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI."""
+    import json
+    import os
+    from pathlib import Path
+
+    from hsnet.cli import run
+    from hsnet.params import write_params
+
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    run(["train", "--data", crops.path, "--dataset", dataset, "--params", write_params(params),
+         "--out", model.path])
+    summary = json.loads((Path(model.path) / "train_summary.json").read_text())
+    metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])
+    metrics.log_metric("best_epoch", summary["best_epoch"])
+    metrics.log_metric("epochs_run", summary["epochs_run"])
+    model.metadata.update(dataset=dataset, framework="pytorch", checkpoint="best.pt",
+                          mlflow_run_id=summary["mlflow_run_id"] or "")

@@ -1,0 +1,99 @@
+"""S3 access with boto3 (AWS, MinIO, Ceph): credentials and endpoint only from the environment.
+
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (or any boto3 credential source) and, for
+S3-compatible stores, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+from .errors import HSNetError
+from .io import atomic_path
+
+
+class S3Error(HSNetError):
+    pass
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise S3Error(f"{uri!r} is not an s3:// URI")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise S3Error(f"{uri!r} has no bucket; expected s3://BUCKET/PREFIX")
+    return bucket, key
+
+
+def client():
+    try:
+        import boto3
+    except ImportError as exc:  # pragma: no cover - boto3 is in the 'pipeline' extra
+        raise S3Error("S3 access needs boto3: pip install 'hsnet[pipeline]'") from exc
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
+                        or os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def _hint(uri: str, exc: Exception) -> S3Error:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    return S3Error(f"{uri}: {type(exc).__name__}: {exc} (endpoint {endpoint}). Check the URI, the credentials "
+                   "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment) and, for MinIO, "
+                   "AWS_ENDPOINT_URL_S3")
+
+
+def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, progress: bool = True) -> int:
+    """Copy every object under ``uri`` (a prefix) to ``dest``, keeping the relative paths. Returns the count."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from tqdm import tqdm
+
+    bucket, prefix = split_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    dest = Path(dest)
+    s3 = client()
+    try:
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except (BotoCoreError, ClientError) as exc:
+        raise _hint(uri, exc) from exc
+    if not keys:
+        raise S3Error(f"{uri}: no objects under this prefix; upload the raw dataset there first")
+
+    def get(key: str) -> None:
+        rel = PurePosixPath(key[len(prefix):])
+        if ".." in rel.parts:
+            raise S3Error(f"s3://{bucket}/{key}: refusing a key that leaves the destination")
+        with atomic_path(dest / rel) as tmp:
+            s3.download_file(bucket, key, str(tmp))
+
+    try:
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(keys), desc="download", unit="file",
+                                                      disable=not progress) as bar:
+            for _ in pool.map(get, keys):
+                bar.update()
+    except (BotoCoreError, ClientError) as exc:
+        raise _hint(uri, exc) from exc
+    return len(keys)
+
+
+def upload_dir(src: str | os.PathLike, uri: str, *, workers: int = 16) -> int:
+    """Upload every file under ``src`` to the prefix ``uri``. Returns the count."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_uri(uri)
+    src = Path(src)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    s3 = client()
+
+    def put(p: Path) -> None:
+        key = str(PurePosixPath(prefix) / p.relative_to(src).as_posix()) if prefix else p.relative_to(src).as_posix()
+        s3.upload_file(str(p), bucket, key)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(put, files))
+    except (BotoCoreError, ClientError) as exc:
+        raise _hint(uri, exc) from exc
+    return len(files)

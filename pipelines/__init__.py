@@ -1,0 +1,1 @@
+"""Kubeflow pipelines: ``hsnet_pipeline`` (one dataset, import to registered model)."""
