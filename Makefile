@@ -16,12 +16,21 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	@echo "installing hsnet and its pinned dependencies into $(VENV) (a few minutes the first time)"
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[all,test]'
 	touch $@
 
 test: setup
 	$(BIN)/pytest -q
+
+# The whole pipeline on the built-in sample: draw it (byte-identical to what data.dvc records),
+# then dvc repro import -> validate -> crop -> train -> evaluate -> register (local MLflow).
+# A second run with nothing changed does nothing.
+pipeline: setup
+	@test -d data/raw/sample || $(BIN)/hsnet data sample --out data/raw/sample
+	@$(BIN)/dvc status data.dvc | grep -q "modified" && { echo "data/raw differs from data.dvc: dvc pull, or dvc commit data.dvc if you changed it on purpose"; exit 1; } || true
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	@$(BIN)/python -m hsnet.summary runs
 
 # Pin what is installed now (after changing dependencies in pyproject.toml).
 lock: setup

@@ -196,7 +196,7 @@ def promote(name: str, *, version: int | str | None = None, metric: str = "accur
     tag = METRICS[metric]
     decision = {"name": name, "candidate": int(cand.version), "metric": metric, "forced": False,
                 "previous": int(prod.version) if prod else None}
-    if prod is not None and prod.version == cand.version:
+    if prod is not None and str(prod.version) == str(cand.version):
         decision.update(promoted=False, reason=f"version {cand.version} is already production")
         return decision
     if prod is not None:
@@ -236,7 +236,7 @@ def _move(client, name: str, new_version, old) -> None:
         client.set_registered_model_alias(name, PREVIOUS, old.version)
     client.set_registered_model_alias(name, PRODUCTION, new_version)
     now = _alias_version(client, name, PRODUCTION)
-    if now is None or now.version != str(new_version):
+    if now is None or str(now.version) != str(new_version):
         raise HSNetError(f"{name}: another promotion moved production to version "
                          f"{now.version if now else None} at the same time; check and retry")
 
@@ -247,7 +247,7 @@ def rollback(name: str) -> dict:
     prev, prod = _alias_version(client, name, PREVIOUS), _alias_version(client, name, PRODUCTION)
     if prev is None:
         raise HSNetError(f"{name} has no '{PREVIOUS}' version to roll back to")
-    if prod is not None and prod.version == prev.version:
+    if prod is not None and str(prod.version) == str(prev.version):
         raise HSNetError(f"{name}: '{PREVIOUS}' is already production (version {prev.version})")
     _move(client, name, prev.version, prod)
     if prod is not None:

@@ -178,3 +178,16 @@ def test_mlflow_models_serve(use_mlflow_server, trained, tmp_path):
         [np.asarray(Image.open(face).convert("RGB"))])[0]
     assert len(rows) == 1 and rows[0]["expression"] == FERG_CLASSES[int(expected.argmax())]
     np.testing.assert_allclose([rows[0][f"prob_{c}"] for c in FERG_CLASSES], expected, atol=1e-5)
+
+
+def test_local_sqlite_registry_without_a_server(local_mlflow, trained, variant):
+    """The default store (sqlite under mlflow/, no server) returns versions as ints: same behaviour."""
+    client = MlflowClient(local_mlflow)
+    assert register(trained["checkpoint"], trained["metrics"], "sample")["version"] == 1
+    assert promote("hsnet-sample")["production"] == 1
+    assert promote("hsnet-sample")["promoted"] is False  # already production: nothing to do
+    better, better_metrics, _ = variant(+0.05)
+    register(better, better_metrics, "sample")
+    assert promote("hsnet-sample")["production"] == 2
+    assert rollback("hsnet-sample")["production"] == 1
+    assert _aliases(client, "hsnet-sample") == {"candidate": 2, "production": 1, "previous": 2}

@@ -1,0 +1,36 @@
+"""What a pipeline run left, per dataset: ``python -m hsnet.summary runs`` (the end of ``make pipeline``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def summarize(runs: str | Path = "runs") -> str:
+    runs = Path(runs)
+    lines = []
+    for eval_dir in sorted(runs.glob("*/eval")):
+        dataset = eval_dir.parent.name
+        metrics_path = eval_dir / "metrics.json"
+        if not metrics_path.is_file():
+            continue
+        m = json.loads(metrics_path.read_text())
+        lines.append(f"{dataset}: test accuracy {m['accuracy']:.2%}, mean accuracy {m['mean_accuracy']:.2%} "
+                     f"({m['images']} test images)")
+        lines.append(f"  confusion matrix: {eval_dir / 'confusion_matrix.png'}; curves: "
+                     f"{eval_dir / 'training_curves.png'}; vs the paper: {eval_dir / 'comparison.md'}")
+        reg = eval_dir.parent / "registered.json"
+        if reg.is_file():
+            r = json.loads(reg.read_text())
+            lines.append(f"  registered: {r['name']} version {r['version']} (alias candidate), {r['model_uri']}")
+            lines.append(f"  promote it: hsnet promote --name {r['name']}; then "
+                         f"hsnet predict PHOTO --model models:/{r['name']}@production")
+    if not lines:
+        return f"no evaluated runs under {runs}/"
+    lines.append("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db (or bash mlflow/server.sh)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1] if len(sys.argv) > 1 else "runs"))

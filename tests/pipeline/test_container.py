@@ -1,0 +1,70 @@
+"""What can be checked about the image without a Docker engine: one image for every step,
+a multi-stage build that installs the package, a non-root user, a small build context."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+import components
+from components import IMAGE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    lines, stages = [], []
+    for raw in re.sub(r"\\\n", " ", dockerfile).splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+        lines.append(line)
+    return stages
+
+
+def test_every_component_runs_in_the_project_image():
+    for name in components.__all__:
+        if name == "IMAGE":
+            continue
+        comp = getattr(components, name)
+        container = comp.component_spec.implementation.container
+        assert container.image == IMAGE, name
+        assert "pip install" not in " ".join(container.command or []), f"{name} installs packages at run time"
+
+
+def test_dockerfile_multi_stage_installs_package_non_root():
+    stages = _stages((ROOT / "Dockerfile").read_text())
+    assert len(stages) >= 2, "expected a build stage and a runtime stage"
+    build, final = stages[0], stages[-1]
+    assert any(re.search(r"pip install .*-c requirements/constraints\.txt .*\"\.\[all", s) for s in build)
+    assert any(s.startswith("COPY --from=build /opt/venv") for s in final)
+    users = [s.split()[1] for s in final if s.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime stage must end as a non-root user"
+    assert not any("build-essential" in s or "gcc" in s for s in final), "no build tools in the runtime image"
+    assert any("MTCNN" in s for s in final), "the image checks that the MTCNN weights load offline"
+
+
+def test_build_context_is_small():
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[[i for i, l in enumerate(ignore) if l and not l.startswith("#")][0]] == "*", "allow-list context"
+    allowed = {l[1:].rstrip("/") for l in ignore if l.startswith("!")}
+    assert {"hsnet", "pyproject.toml", "requirements/constraints.txt"} <= allowed
+    assert not allowed & {".venv", "data", "runs", "mlflow", ".git", "tests"}
+
+
+def test_mlflow_manifest_uses_the_image_and_no_inline_credentials():
+    docs = list(yaml.safe_load_all((ROOT / "mlflow" / "k8s" / "mlflow.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert {"Deployment", "Service", "ConfigMap"} <= set(kinds)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["image"] == IMAGE
+    assert {"secretRef": {"name": "mlflow-s3"}} in container["envFrom"]
+    assert not any(k.endswith(("SECRET_ACCESS_KEY", "PASSWORD")) for k in kinds["ConfigMap"]["data"])
