@@ -6,8 +6,9 @@ from . import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset],
-                model: Output[Model], metrics: Output[Metrics]):
-    """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI."""
+                model: Output[Model], metrics: Output[Metrics], model_overrides: dict = {}):
+    """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI.
+    ``model_overrides``: model switches to change, e.g. {"dib": false} (the ablation)."""
     import json
     import os
     from pathlib import Path
@@ -17,11 +18,13 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
 
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    sets = [a for key, value in (model_overrides or {}).items() for a in ("--set", f"model.{key}={json.dumps(value)}")]
     run(["train", "--data", crops.path, "--dataset", dataset, "--params", write_params(params),
-         "--out", model.path])
+         "--out", model.path, *sets])
     summary = json.loads((Path(model.path) / "train_summary.json").read_text())
     metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])
     metrics.log_metric("best_epoch", summary["best_epoch"])
     metrics.log_metric("epochs_run", summary["epochs_run"])
     model.metadata.update(dataset=dataset, framework="pytorch", checkpoint="best.pt",
+                          **{f"model.{k}": v for k, v in (model_overrides or {}).items()},
                           mlflow_run_id=summary["mlflow_run_id"] or "")

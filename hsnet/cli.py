@@ -82,7 +82,11 @@ def _crop(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .train import train
 
-    overrides = {"train": {"max_epochs": args.max_epochs}} if args.max_epochs else None
+    from .params import deep_merge, parse_set
+
+    overrides = parse_set(args.set or [])
+    if args.max_epochs:
+        overrides = deep_merge(overrides, {"train": {"max_epochs": args.max_epochs}})
     summary = train(args.data, args.params, args.dataset, args.out, resume=args.resume, device=args.device,
                     track=not args.no_mlflow, overrides=overrides)
     print(f"trained {summary['epochs_run']} epoch(s); best val accuracy {summary['best_val_accuracy']:.4f} "
@@ -144,6 +148,32 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{s['photos']} photo(s), {s['faces']} face(s); {len(s['no_face'])} without a face, "
           f"{len(s['unreadable'])} unreadable" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
     return 0 if len(s["unreadable"]) < s["photos"] else 1
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce
+
+    if args.table == "ablation":
+        r = reproduce.ablation(args.dataset, params_path=args.params, stem_weights=args.stem_weights,
+                               queue=args.queue, jobs=args.jobs)
+        print(f"ablation on {args.dataset}: {len(r['ran'])} ran, {len(r['queued'])} queued "
+              f"(start them: dvc queue start -j N), {len(r['skipped'])} skipped, {len(r['failed'])} failed")
+        for name, why in {**r["skipped"], **r["failed"]}.items():
+            print(f"  {name}: {why.splitlines()[-1] if why else ''}")
+        print("then: hsnet reproduce report --out docs/results.md")
+        return 1 if r["failed"] else 0
+    if args.table == "datasets":
+        r = reproduce.datasets([d.strip() for d in args.datasets.split(",") if d.strip()], params_path=args.params,
+                               queue=args.queue)
+        print(f"{len(r['ran'])} ran, {len(r['queued'])} queued, {len(r['missing'])} missing, "
+              f"{len(r['failed'])} failed")
+        for name, why in {**r["missing"], **r["failed"]}.items():
+            print(f"  {name}: {why.splitlines()[-1] if why else ''}")
+        return 1 if r["failed"] else 0
+    r = reproduce.report(args.out)
+    print(f"{r['out']}: {r['rows']} result(s); {len(r['missing'])} missing" +
+          "".join(f"\n  missing: {m}" for m in r["missing"]))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--max-epochs", type=int, default=None, help="cap the epochs for a quick run")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting of the dataset, e.g. model.dib=false (YAML value; repeatable)")
     p.add_argument("--no-mlflow", action="store_true", help="don't record an MLflow run")
     p.set_defaults(func=_train)
 
@@ -229,6 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--no-mlflow", action="store_true")
     p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("reproduce", help="the paper's tables as DVC experiments, and a report of them")
+    rverbs = p.add_subparsers(dest="table", required=True, metavar="WHAT")
+    r = rverbs.add_parser("ablation", help="Table 6: the 8 DIB/FGAL/KTL configurations on one dataset")
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--stem-weights", default=None, help="KTL weights file or s3:// URI (default: params')")
+    r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
+    r.add_argument("--jobs", type=int, default=None, help="with --queue: run the queue now with N workers")
+    r.set_defaults(func=_reproduce)
+    r = rverbs.add_parser("datasets", help="Tables 2-5: the paper's setting on each dataset")
+    r.add_argument("--datasets", default="rafd,kdef,ferg,rafdb")
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--queue", action="store_true")
+    r.set_defaults(func=_reproduce)
+    r = rverbs.add_parser("report", help="the finished experiments in the paper's table layouts")
+    r.add_argument("--out", default="docs/results.md")
+    r.set_defaults(func=_reproduce)
 
     p = verbs.add_parser("register", help="register an evaluated checkpoint in the MLflow model registry")
     p.add_argument("--checkpoint", required=True)

@@ -83,6 +83,21 @@ def settings(path: str | os.PathLike | None, dataset: str, section: str, given: 
     return out
 
 
+def parse_set(items: list[str]) -> dict:
+    """["model.dib=false", "train.lr=0.002"] -> {"model": {"dib": False}, "train": {"lr": 0.002}}."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HSNetError(f"--set {item!r}: expected KEY=VALUE, e.g. model.dib=false")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """{'train': {'lr': 0.01}} -> {'train.lr': 0.01} (for MLflow params)."""
     out = {}

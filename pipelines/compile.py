@@ -11,10 +11,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def compile_all(out_dir: Path = HERE) -> list[Path]:
+    from .ablation_pipeline import ablation_pipeline
     from .hsnet_pipeline import hsnet_pipeline
 
     written = []
-    for func, name in ((hsnet_pipeline, "hsnet_pipeline.yaml"),):
+    for func, name in ((hsnet_pipeline, "hsnet_pipeline.yaml"), (ablation_pipeline, "ablation_pipeline.yaml")):
         path = Path(out_dir) / name
         tmp = path.with_name(f".{path.stem}.tmp.yaml")
         compiler.Compiler().compile(func, str(tmp))

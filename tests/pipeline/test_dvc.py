@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,41 +30,11 @@ def _digest(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, s3_server):
-    """A git repo with the project's dvc.yaml, hsnet/ (the stages' code deps), tiny params and data.dvc."""
-    from hsnet.data.sample import generate
+    from dvcrepo import make_repo
     from servers import s3_env
 
     path = tmp_path_factory.mktemp("repo")
-    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
-    shutil.copytree(ROOT / "hsnet", path / "hsnet", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert params["datasets_to_run"] == ["sample"]
-    params["datasets"]["sample"] = TINY
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / ".gitignore").write_text("/mlflow/\n__pycache__/\n")
-    env = {**os.environ, **s3_env(s3_server), "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow' / 'mlflow.db'}",
-           "HSNET_CACHE_DIR": str(path.parent / "cache"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
-
-    def sh(*cmd, check=True):
-        proc = subprocess.run(cmd, cwd=path, env=env, capture_output=True, text=True)
-        if check and proc.returncode:
-            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                                 f"{proc.stderr[-3000:]}")
-        return proc
-
-    (path / "mlflow").mkdir()
-    sh("git", "init", "-q", "-b", "main")
-    sh("dvc", "init", "-q")
-    generate(path / "data" / "raw" / "sample", per_class=3, size=96, seed=11)
-    sh("dvc", "add", "-q", "data/raw")  # as the project's data.dvc was made
-    text = (path / "data" / "raw.dvc").read_text().replace("path: raw", "path: data/raw")
-    (path / "data.dvc").write_text(text)
-    (path / "data" / "raw.dvc").unlink()
-    sh("git", "add", "-A")
-    sh("git", "commit", "-qm", "data")
+    _, sh = make_repo(path, TINY, extra_env=s3_env(s3_server))
     return path, sh
 
 

@@ -31,9 +31,9 @@ def _aliases(client, name):
 def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, variant, s3_server, capsys):
     client = MlflowClient(use_mlflow_server)
     metrics = json.loads(trained["metrics"].read_text())
-    name = "hsnet-sample"
+    name = "hsnet-sample-gate"  # the server is shared by the session: a name of its own
 
-    first = register(trained["checkpoint"], trained["metrics"], "sample")
+    first = register(trained["checkpoint"], trained["metrics"], "sample", name=name)
     assert (first["name"], first["version"], first["already_registered"]) == (name, 1, False)
     mv = client.get_model_version(name, "1")
     assert float(mv.tags["test_accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-6)
@@ -42,7 +42,7 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert mv.tags["git_commit"] and "train_run_id" in mv.tags
     assert _aliases(client, name) == {"candidate": 1}
     # the same checkpoint again: no second version
-    again = register(trained["checkpoint"], trained["metrics"], "sample")
+    again = register(trained["checkpoint"], trained["metrics"], "sample", name=name)
     assert again["already_registered"] and again["version"] == 1
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
@@ -56,7 +56,7 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert _aliases(client, name) == {"candidate": 1, "production": 1}
 
     worse, worse_metrics, _ = variant(-0.05)
-    assert register(worse, worse_metrics, "sample")["version"] == 2
+    assert register(worse, worse_metrics, "sample", name=name)["version"] == 2
     with pytest.raises(PromotionRefused, match="does not beat production"):
         promote(name)
     assert _aliases(client, name)["production"] == 1
@@ -64,7 +64,7 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert "Production is unchanged" in capsys.readouterr().err
 
     better, better_metrics, _ = variant(+0.05)
-    assert register(better, better_metrics, "sample")["version"] == 3
+    assert register(better, better_metrics, "sample", name=name)["version"] == 3
     with pytest.raises(PromotionRefused):  # not by the required margin
         promote(name, min_delta=0.10)
     decision = promote(name, min_delta=0.01)
@@ -72,7 +72,7 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert _aliases(client, name) == {"candidate": 3, "production": 3, "previous": 1}
 
     other, other_metrics, _ = variant(+0.2, test_data_version="sha256:someotherdata")
-    assert register(other, other_metrics, "sample")["version"] == 4
+    assert register(other, other_metrics, "sample", name=name)["version"] == 4
     with pytest.raises(PromotionRefused, match="not comparable"):
         promote(name)
     assert main(["promote", "--name", name, "--force"]) == 0
