@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -152,11 +153,13 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         with tracking.run(f"register-{dataset}", params={"checkpoint": str(checkpoint), "name": name},
                           tags=run_tags) as active:
             mlflow.log_metrics({"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
-                artifacts={"checkpoint": str(slim)}, code_paths=[str(code)],
-                signature=signature(meta["classes"]), input_example=_input_example(int(meta["input_size"])),
-                pip_requirements=_requirements())
+            with warnings.catch_warnings():  # "add type hints": the signature below is explicit
+                warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                    artifacts={"checkpoint": str(slim)}, code_paths=[str(code)],
+                    signature=signature(meta["classes"]), input_example=_input_example(int(meta["input_size"])),
+                    pip_requirements=_requirements())
             run_id = active.info.run_id
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     client.update_model_version(name, mv.version, description=(

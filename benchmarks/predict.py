@@ -1,0 +1,147 @@
+"""Inference speed: ``hsnet predict`` latency per photo (p50, p95) on a 640x480 photo with one
+face, throughput on a folder of photos against a naive per-image, per-face loop, and the
+MLflow pyfunc against the checkpoint for the classification of one face.
+
+The model is HSNet at RaFD's 100x100 input with random weights (speed does not depend on
+them); the photos are scikit-image's astronaut (public domain) on 640x480 canvases.
+
+    python -m benchmarks.predict [--smoke]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .common import parser, percentile, save
+
+
+def make_checkpoint(path: Path, input_size: int = 100) -> Path:
+    from hsnet.data.datasets import FERG_CLASSES
+    from hsnet.model import HSNet
+    from hsnet.params import PAPER_DEFAULTS
+    from hsnet.train import CHECKPOINT_FORMAT
+
+    torch.manual_seed(0)
+    model = HSNet(7, ktl=False)
+    meta = {"dataset": "sample", "classes": list(FERG_CLASSES), "input_size": input_size,
+            "model": {"dib": True, "fgal": True, "ktl": False}, "normalization": "fixed",
+            "data_version": "sha256:benchmark", "params": PAPER_DEFAULTS, "mlflow_run_id": None}
+    torch.save({"format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(),
+                "state": {"epoch": 1, "best_epoch": 1, "best_acc": 0.0, "history": [], "stale": 0}}, path)
+    return path
+
+
+def make_photos(root: Path, n: int) -> list[Path]:
+    from skimage import data
+
+    face = Image.fromarray(data.astronaut())
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        canvas = Image.new("RGB", (640, 480), tuple(int(c) for c in rng.integers(60, 200, 3)))
+        side = int(rng.integers(260, 420))
+        canvas.paste(face.resize((side, side)), (int(rng.integers(0, 640 - side)), int(rng.integers(0, 480 - side))))
+        paths.append(root / f"photo{i:03d}.jpg")
+        canvas.save(paths[-1], quality=90)
+    return paths
+
+
+def naive(paths, clf, detector) -> int:
+    """Per photo: decode, detect; per face: crop, classify alone."""
+    from hsnet.data.crop import square_crop
+    from hsnet.io import open_rgb
+
+    faces = 0
+    for p in paths:
+        img = open_rgb(p)
+        boxes = detector([np.asarray(img)])[0]
+        for box in boxes[boxes[:, 4] >= 0.9]:
+            clf.probabilities([square_crop(img, box, clf.input_size, clf.margin)])
+            faces += 1
+    return faces
+
+
+def main(argv=None) -> dict:
+    args = parser(__doc__).parse_args(argv)
+    from hsnet.data.crop import Detector
+    from hsnet.predict import Classifier, predict
+
+    repeat, n_folder = (3, 4) if args.smoke else (30, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = make_checkpoint(tmp / "model.pt")
+        clf = Classifier.from_checkpoint(ckpt, device="cpu")
+        photos = make_photos(tmp / "photos", n_folder)
+        one = photos[0]
+        predict([one], str(ckpt), classifier=clf, progress=False)  # warm-up
+        lat = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            s = predict([one], str(ckpt), classifier=clf, progress=False)
+            lat.append((time.perf_counter() - t0) * 1000)
+        assert s["faces"] == 1, s
+        t0 = time.perf_counter()
+        s = predict([tmp / "photos"], str(ckpt), classifier=clf, progress=False)
+        batched = len(photos) / (time.perf_counter() - t0)
+        detector = Detector("cpu")
+        t0 = time.perf_counter()
+        faces = naive(photos, clf, detector)
+        naive_rate = len(photos) / (time.perf_counter() - t0)
+
+        # one face: the checkpoint's Classifier against the MLflow pyfunc (encoded PNG in, as over REST)
+        import mlflow
+        import pandas as pd
+
+        from hsnet import registry
+
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        metrics = tmp / "metrics.json"
+        metrics.write_text(json.dumps({"dataset": "sample", "accuracy": 0.0, "mean_accuracy": 0.0,
+                                       "data_version": "x", "train_data_version": "sha256:benchmark"}))
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            reg = registry.register(ckpt, metrics, "sample", name="hsnet-benchmark")
+            pyfunc = mlflow.pyfunc.load_model(reg["model_uri"])
+        finally:
+            os.chdir(cwd)
+        crop = Image.open(one).convert("RGB").resize((100, 100))
+        buf = io.BytesIO()
+        crop.save(buf, format="PNG")
+        frame = pd.DataFrame({"image": [buf.getvalue()]})
+        arr = np.asarray(crop)
+
+        def p50(fn):
+            fn()
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1000)
+            return percentile(times, 0.5)
+
+        result = {
+            "photo": "640x480, one face", "threads": torch.get_num_threads(),
+            "latency_ms_p50": percentile(lat, 0.5), "latency_ms_p95": percentile(lat, 0.95),
+            "folder_photos": len(photos), "folder_faces": s["faces"], "batched_photos_s": batched,
+            "naive_photos_s": naive_rate, "naive_faces": faces, "throughput_ratio": batched / naive_rate,
+            "classify_one_face_ms_checkpoint": p50(lambda: clf.probabilities([arr])),
+            "classify_one_face_ms_pyfunc": p50(lambda: pyfunc.predict(frame)),
+        }
+    print(result)
+    save("predict" + ("-smoke" if args.smoke else ""), result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
