@@ -140,3 +140,34 @@ def test_unreachable_tracking_server_fails_fast(tiny_data, tiny_params, tmp_path
     with pytest.raises(TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
         train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_process_then_resume(tiny_data, tiny_params, tmp_path):
+    """A real kill: `hsnet train` is SIGKILLed after its first epoch; `--resume` ends bit-identical."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HSNET_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "hsnet", "train", "--data", str(tiny_data), "--params", str(tiny_params),
+           "--dataset", "sample", "--no-mlflow", "--set", "train.epochs=4"]
+    subprocess.run(cmd + ["--out", str(tmp_path / "straight")], env=env, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    epoch_at_kill = load_checkpoint(killed / "last.pt")["state"]["epoch"]
+    assert 1 <= epoch_at_kill < 4
+    subprocess.run(cmd + ["--out", str(killed), "--resume"], env=env, check=True, capture_output=True)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(killed / "last.pt")
+    assert b["state"]["epoch"] == 4
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
