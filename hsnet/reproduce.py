@@ -168,8 +168,23 @@ def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: st
 
 def collect(repo: str | os.PathLike = ".") -> list[dict]:
     """Every experiment (and the workspace) with its dataset, model switches and test metrics."""
-    proc = _dvc(["exp", "show", "-A", "--json"], Path(repo))
+    repo = Path(repo)
+    proc = _dvc(["exp", "show", "-A", "--json"], repo)
     rows = []
+
+    def full_metrics(rev: str, path: str, m: dict) -> dict:
+        """DVC's exp show leaves out list values (the confusion matrix): read the file at that commit."""
+        if m.get("confusion_matrix") is not None:
+            return m
+        try:
+            if rev == "workspace":
+                text = (repo / path).read_text()
+            else:
+                text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True,
+                                      check=True).stdout
+            return {**m, **json.loads(text)}
+        except (OSError, subprocess.CalledProcessError, ValueError):
+            return m
 
     def add(entry: dict, name: str | None):
         data = entry.get("data") or {}
@@ -178,6 +193,7 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
             m = (metrics or {}).get("data")
             if not m or not path.endswith("eval/metrics.json") or "accuracy" not in m:
                 continue
+            m = full_metrics(entry.get("rev") or "workspace", path, m)
             dataset = m.get("dataset") or Path(path).parent.parent.name
             model = m.get("model") or ((p.get("datasets") or {}).get(dataset) or {}).get("model") or {}
             rows.append({"experiment": name or entry.get("rev"), "rev": entry.get("rev"),

@@ -85,6 +85,7 @@ def test_ablation_then_report(repo, stem_weights_file, monkeypatch):
     assert [tuple(c == "✓" for c in row[:3]) for row in table] == CONFIGS
     for row in table:
         assert 0.0 <= float(row[3]) <= 100.0, row  # a real number from a real run in every row
+    assert text.count("<details><summary>confusion matrix: sample") == 8  # read from each experiment's commit
     # each experiment trained the configuration its name says
     shown = reproduce.collect(path)
     assert {r["experiment"]: r["config"] for r in shown if r["experiment"].startswith("ablation-")} == {
