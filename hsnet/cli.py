@@ -136,7 +136,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
     s = predict(args.inputs, args.model, out=args.out, annotate_dir=args.annotate, device=args.device,
-                min_prob=args.min_prob)
+                min_prob=args.min_prob, min_face_size=args.min_face_size)
     if not args.out:
         import json
 
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON lines file (default: print to stdout)")
     p.add_argument("--annotate", default=None, metavar="DIR", help="save copies with boxes and labels here")
     p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
+    p.add_argument("--min-face-size", type=int, default=40,
+                   help="smallest face searched for, in pixels (default 40; MTCNN's own default is 20)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_predict)
     return parser

@@ -7,6 +7,12 @@
   did for training (square box plus the training margin), classifies all faces of a chunk
   of photos in one batch, and writes one JSON line per photo; photos without a face or
   that can't be read are reported in the output and the summary, never dropped silently.
+
+Speed (docs/performance.md): on a GPU, photos of equal size go through MTCNN as one batch;
+on a CPU, where MTCNN's batches don't help, one photo per core is decoded and detected in
+parallel threads (one intra-op thread each). Faces smaller than ``min_face_size`` (40 px by
+default: too little detail for an expression classifier working at 100-256 px) are not
+searched for, which halves MTCNN's image pyramid on a 640x480 photo.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +30,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import HSNetError
-from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, open_rgb, write_json
+from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, open_rgb
 
 log = logging.getLogger(__name__)
 
 CHUNK = 32  # photos decoded, detected and classified together
+MIN_FACE_SIZE = 40  # pixels; MTCNN's default of 20 finds faces too small to read an expression from
 
 
 class Classifier:
@@ -161,8 +170,8 @@ class _Photo:
     error: str | None = None
 
 
-def _detect(detector, photos: list[_Photo]) -> list[np.ndarray]:
-    """MTCNN boxes per photo (equal sizes batched together, as MTCNN's batch mode needs)."""
+def _detect_batched(detector, photos: list[_Photo]) -> list[np.ndarray]:
+    """MTCNN boxes per photo, equal sizes as one batch (what a GPU wants)."""
     boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(photos)
     groups: dict[tuple, list[int]] = {}
     for i, photo in enumerate(photos):
@@ -173,6 +182,39 @@ def _detect(detector, photos: list[_Photo]) -> list[np.ndarray]:
         for i, b in zip(idx, found):
             boxes[i] = b
     return boxes
+
+
+@contextmanager
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _read(path: Path) -> _Photo:
+    try:
+        return _Photo(path, open_rgb(path))
+    except ImageReadError as exc:
+        return _Photo(path, error=str(exc))
+
+
+def _load_and_detect(paths: list[Path], detector, pool: ThreadPoolExecutor | None):
+    """(photos, boxes): decoded photos and MTCNN's boxes for each."""
+    if pool is None or len(paths) == 1:  # GPU (or a single photo): decode, then batch by size
+        photos = [_read(p) for p in paths]
+        return photos, _detect_batched(detector, photos)
+
+    def one(path: Path):
+        photo = _read(path)
+        boxes = detector([np.asarray(photo.image)])[0] if photo.image is not None else np.zeros((0, 5))
+        return photo, boxes
+
+    with _torch_threads(1):  # one photo per core, one intra-op thread each
+        done = list(pool.map(one, paths))
+    return [d[0] for d in done], [d[1] for d in done]
 
 
 def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
@@ -191,9 +233,44 @@ def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
     return out
 
 
+def _predict_chunk(paths, clf, detector, pool, min_prob, annotate_dir, results, no_face, unreadable) -> None:
+    from .data.crop import square_crop
+
+    photos, boxes = _load_and_detect(paths, detector, pool)
+    crops, owners = [], []
+    for i, (photo, b) in enumerate(zip(photos, boxes)):
+        for box in b[b[:, 4] >= min_prob] if len(b) else b:
+            crops.append(square_crop(photo.image, box, clf.input_size, clf.margin))
+            owners.append((i, box))
+    probs = clf.probabilities(crops)
+    per_photo: list[list[dict]] = [[] for _ in photos]
+    for (i, box), p in zip(owners, probs):
+        k = int(p.argmax())
+        per_photo[i].append({
+            "box": [round(float(v), 1) for v in box[:4]], "detection_probability": round(float(box[4]), 4),
+            "expression": clf.classes[k], "confidence": round(float(p[k]), 4),
+            "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+    for photo, faces in zip(photos, per_photo):
+        record = {"path": str(photo.path), "faces": faces}
+        if photo.error:
+            record["error"] = photo.error
+            unreadable.append(str(photo.path))
+            log.warning("skipped %s", photo.error)
+        else:
+            record["size"] = list(photo.image.size)
+            if not faces:
+                no_face.append(str(photo.path))
+            if annotate_dir:
+                target = Path(annotate_dir) / (photo.path.stem + ".annotated.jpg")
+                with atomic_path(target) as tmp:
+                    annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
+        results.append(record)
+
+
 def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: str | os.PathLike | None = None,
             annotate_dir: str | os.PathLike | None = None, device: str | None = None, min_prob: float = 0.9,
-            min_face_size: int = 20, progress: bool = True, classifier: Classifier | None = None) -> dict:
+            min_face_size: int = MIN_FACE_SIZE, progress: bool = True, classifier: Classifier | None = None,
+            workers: int | None = None) -> dict:
     """Detect and classify the faces in ``inputs`` (files and directories).
 
     Writes JSON lines to ``out`` (atomically) when given; returns a summary with the per-photo
@@ -201,52 +278,25 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     """
     from tqdm import tqdm
 
-    from .data.crop import Detector, square_crop
+    from .data.crop import Detector
 
     files = expand_inputs(inputs)
     clf = classifier or load_classifier(model, device)
     detector = Detector(str(clf.setup.device), min_face_size=min_face_size)
-    results, no_face, unreadable, n_faces = [], [], [], 0
+    results, no_face, unreadable = [], [], []
     bar = tqdm(total=len(files), desc="predict", unit="photo", disable=not progress)
-    for start in range(0, len(files), CHUNK):
-        photos = []
-        for path in files[start:start + CHUNK]:
-            try:
-                photos.append(_Photo(path, open_rgb(path)))
-            except ImageReadError as exc:
-                photos.append(_Photo(path, error=str(exc)))
-        boxes = _detect(detector, photos)
-        crops, owners = [], []
-        for i, (photo, b) in enumerate(zip(photos, boxes)):
-            for box in b[b[:, 4] >= min_prob] if len(b) else b:
-                crops.append(square_crop(photo.image, box, clf.input_size, clf.margin))
-                owners.append((i, box))
-        probs = clf.probabilities(crops)
-        per_photo: list[list[dict]] = [[] for _ in photos]
-        for (i, box), p in zip(owners, probs):
-            k = int(p.argmax())
-            per_photo[i].append({
-                "box": [round(float(v), 1) for v in box[:4]], "detection_probability": round(float(box[4]), 4),
-                "expression": clf.classes[k], "confidence": round(float(p[k]), 4),
-                "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
-        for photo, faces in zip(photos, per_photo):
-            record = {"path": str(photo.path), "faces": faces}
-            if photo.error:
-                record["error"] = photo.error
-                unreadable.append(str(photo.path))
-                log.warning("skipped %s", photo.error)
-            else:
-                record["size"] = list(photo.image.size)
-                if not faces:
-                    no_face.append(str(photo.path))
-                if annotate_dir:
-                    target = Path(annotate_dir) / (photo.path.stem + ".annotated.jpg")
-                    with atomic_path(target) as tmp:
-                        annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
-            n_faces += len(faces)
-            results.append(record)
-        bar.update(len(photos))
-    bar.close()
+    on_gpu = clf.setup.device.type == "cuda"
+    pool = None if on_gpu else ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    try:
+        chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
+        for chunk in chunks:
+            _predict_chunk(chunk, clf, detector, pool, min_prob, annotate_dir, results, no_face, unreadable)
+            bar.update(len(chunk))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+    n_faces = sum(len(r["faces"]) for r in results)
     if out:
         with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for record in results:
@@ -256,7 +306,3 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
                     min_prob, ", ".join(no_face[:3]))
     return {"photos": len(files), "faces": n_faces, "no_face": no_face, "unreadable": unreadable,
             "model": clf.info, "results": results}
-
-
-def write_summary(path: str | os.PathLike, summary: dict) -> None:
-    write_json(path, {k: v for k, v in summary.items() if k != "results"})

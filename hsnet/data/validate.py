@@ -64,14 +64,19 @@ class ImageInfoCache:
             self._local.db = sqlite3.connect(self.path, timeout=30)
         return self._local.db
 
-    def get(self, key: str, size: int, mtime_ns: int) -> ImageInfo | None:
-        if self.path is None:
-            return None
-        row = self._db().execute("SELECT size, mtime_ns, decodes, width, height, sha256, error FROM "
-                                 "image_info WHERE path = ?", (key,)).fetchone()
-        if row and row[0] == size and row[1] == mtime_ns:
-            return ImageInfo(True, bool(row[2]), row[3], row[4], row[5], row[6])
-        return None
+    def get_many(self, keys: list[str]) -> dict[str, tuple[int, int, ImageInfo]]:
+        """key -> (size, mtime_ns, ImageInfo) for the keys the cache knows, in a few queries."""
+        if self.path is None or not keys:
+            return {}
+        out = {}
+        db = self._db()
+        for start in range(0, len(keys), 900):  # sqlite's default limit of bound parameters
+            chunk = keys[start:start + 900]
+            rows = db.execute("SELECT path, size, mtime_ns, decodes, width, height, sha256, error FROM image_info "
+                              f"WHERE path IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            for key, size, mtime, decodes, w, h, sha, err in rows:
+                out[key] = (size, mtime, ImageInfo(True, bool(decodes), w, h, sha, err))
+        return out
 
     def put_many(self, items: list[tuple[str, int, int, ImageInfo]]) -> None:
         if self.path is None or not items:
@@ -98,26 +103,34 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
     from tqdm import tqdm
 
     cache = cache or ImageInfoCache(None)
-
-    def one(path: Path):
+    # one stat per file and a few cache queries up front; only new or changed files are decoded
+    infos: list[ImageInfo | None] = [None] * len(paths)
+    todo = []
+    keys, stats = [], []
+    for i, path in enumerate(paths):
         try:
             st = path.stat()
         except OSError:
-            return ImageInfo(False, False, 0, 0, "", f"{path}: file not found"), None
-        key = str(path.resolve())
-        hit = cache.get(key, st.st_size, st.st_mtime_ns)
-        if hit is not None:
-            return hit, None
-        info = _inspect(path)
-        return info, (key, st.st_size, st.st_mtime_ns, info)
+            infos[i] = ImageInfo(False, False, 0, 0, "", f"{path}: file not found")
+            continue
+        keys.append(os.path.abspath(path))
+        stats.append((i, path, st))
+    known = cache.get_many(keys)
+    for key, (i, path, st) in zip(keys, stats):
+        hit = known.get(key)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            infos[i] = hit[2]
+        else:
+            todo.append((i, path, key, st))
 
-    infos, fresh = [], []
-    with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) * 2)) as pool:
-        for info, entry in tqdm(pool.map(one, paths, chunksize=64), total=len(paths), disable=not progress,
-                                desc="inspecting images", unit="img", leave=False):
-            infos.append(info)
-            if entry:
-                fresh.append(entry)
+    fresh = []
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) * 2)) as pool:
+            results = pool.map(lambda t: _inspect(t[1]), todo)
+            for (i, _, key, st), info in tqdm(zip(todo, results), total=len(todo), disable=not progress,
+                                              desc="inspecting images", unit="img", leave=False):
+                infos[i] = info
+                fresh.append((key, st.st_size, st.st_mtime_ns, info))
     cache.put_many(fresh)
     return infos
 

@@ -122,7 +122,7 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
 
     params = copy.deepcopy(DEFAULT_PARAMS)
     params["datasets"]["sample"] = TINY
-    run = hsnet_pipeline(dataset="sample", raw_source=f"{raw_on_s3}/sample", params=params,
+    hsnet_pipeline(dataset="sample", raw_source=f"{raw_on_s3}/sample", params=params,
                          mlflow_tracking_uri=use_mlflow_server)
     client = MlflowClient(use_mlflow_server)
     versions = client.search_model_versions("name='hsnet-sample'")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hsnet import reproduce
-from hsnet.reproduce import CONFIGS, TABLE6, config_name, exp_name
+from hsnet.reproduce import CONFIGS, TABLE6, exp_name
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"input_size": 80, "import": {"split_by": "class", "seed": 0}, "validate": {"min_size": 32},

@@ -11,7 +11,7 @@ from PIL import Image
 from hsnet.cli import main
 from hsnet.data.datasets import FERG_CLASSES
 from hsnet.errors import HSNetError
-from hsnet.predict import Classifier, annotate, expand_inputs, load_classifier, predict
+from hsnet.predict import MIN_FACE_SIZE, Classifier, annotate, expand_inputs, load_classifier, predict
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_same_crop_same_probabilities_as_the_classifier(photos, trained_ckpt):
     clf = Classifier.from_checkpoint(trained_ckpt, device="cpu")
     s = predict([photos / "astronaut.jpg"], str(trained_ckpt), progress=False, classifier=clf)
     img = Image.open(photos / "astronaut.jpg").convert("RGB")
-    box, _ = best_box(Detector("cpu")([np.asarray(img)])[0], 0.9)
+    box, _ = best_box(Detector("cpu", min_face_size=MIN_FACE_SIZE)([np.asarray(img)])[0], 0.9)
     expected = clf.probabilities([square_crop(img, box, clf.input_size, clf.margin)])[0]
     got = s["results"][0]["faces"][0]["probabilities"]
     np.testing.assert_allclose([got[c] for c in clf.classes], expected, atol=2e-4)
