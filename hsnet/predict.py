@@ -21,7 +21,6 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,16 +183,6 @@ def _detect_batched(detector, photos: list[_Photo]) -> list[np.ndarray]:
     return boxes
 
 
-@contextmanager
-def _torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _read(path: Path) -> _Photo:
     try:
         return _Photo(path, open_rgb(path))
@@ -207,14 +196,12 @@ def _load_and_detect(paths: list[Path], detector, pool: ThreadPoolExecutor | Non
         photos = [_read(p) for p in paths]
         return photos, _detect_batched(detector, photos)
 
-    def one(path: Path):
-        photo = _read(path)
-        boxes = detector([np.asarray(photo.image)])[0] if photo.image is not None else np.zeros((0, 5))
-        return photo, boxes
-
-    with _torch_threads(1):  # one photo per core, one intra-op thread each
-        done = list(pool.map(one, paths))
-    return [d[0] for d in done], [d[1] for d in done]
+    photos = list(pool.map(_read, paths))
+    readable = [i for i, p in enumerate(photos) if p.image is not None]
+    boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(photos)
+    for i, b in zip(readable, detector.each([np.asarray(photos[i].image) for i in readable], pool)):
+        boxes[i] = b  # one photo per core on the CPU
+    return photos, boxes
 
 
 def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:

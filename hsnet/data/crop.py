@@ -83,6 +83,18 @@ class Detector:
             return [self([img])[0] for img in images]
         return [np.asarray(b, dtype=np.float64).reshape(-1, 5) for b in boxes]
 
+    def each(self, images: list[np.ndarray], pool: ThreadPoolExecutor) -> list[np.ndarray]:
+        """One image per worker thread, one intra-op thread each: what a CPU wants, where
+        MTCNN's batches are no faster than single images (docs/performance.md)."""
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return list(pool.map(lambda img: self([img])[0], images))
+        finally:
+            torch.set_num_threads(old)
+
 
 def best_box(boxes: np.ndarray, min_prob: float) -> tuple[np.ndarray | None, int]:
     """(the most probable box, largest on ties; number of faces at or above ``min_prob``)."""
@@ -145,6 +157,8 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     previous = state.get("entries", {}) if state.get("settings") == settings.key() else {}
 
     detector = Detector(device, settings.min_face_size) if settings.detector == "mtcnn" else None
+    # batch_size 1: one image at a time; more: MTCNN batches on a GPU, one image per core on a CPU
+    parallel_cpu = detector is not None and detector.device.type == "cpu" and batch_size > 1
     entries: dict[str, dict] = {}
     report = {"images": len(rows), "settings": asdict(settings), "processed": 0, "reused": 0,
               "faces_found": 0, "no_face": [], "multi_face": [], "unreadable": [], "center_fallback": []}
@@ -186,10 +200,12 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
             for item in todo:
                 by_size.setdefault(item[2].size, []).append(item)
             for group in by_size.values():
-                for b in range(0, len(group), batch_size):
-                    batch = group[b:b + batch_size]
-                    detections = (detector([np.asarray(img) for _, _, img in batch]) if detector
-                                  else [None] * len(batch))
+                step = len(group) if parallel_cpu else batch_size
+                for b in range(0, len(group), step):
+                    batch = group[b:b + step]
+                    images = [np.asarray(img) for _, _, img in batch]
+                    detections = ([None] * len(batch) if not detector
+                                  else detector.each(images, pool) if parallel_cpu else detector(images))
                     for (row, digest, img), boxes in zip(batch, detections):
                         _crop_one(row, digest, img, boxes, settings, out, finish)
                         report["processed"] += 1
