@@ -155,3 +155,14 @@ def test_broken_dataset_stops_at_validation(kfp_local, use_mlflow_server, raw_on
     assert list(root.rglob("manifest*")) or list(root.rglob("import-data*"))
     assert not list(root.rglob("*crop-faces*")), "cropping ran after a failed validation"
     assert not list(root.rglob("*train-model*"))
+
+
+def test_submit_reports_an_unreachable_host_and_unknown_dataset(capsys):
+    from pipelines.submit import main
+    from servers import free_port
+
+    assert main(["--host", f"http://127.0.0.1:{free_port()}", "--dataset", "sample"]) == 2
+    err = capsys.readouterr().err
+    assert "did not accept the run" in err and "Check --host" in err
+    assert main(["--host", "http://127.0.0.1:1", "--dataset", "nope"]) == 2
+    assert "--dataset nope: no entry under 'datasets'" in capsys.readouterr().err
