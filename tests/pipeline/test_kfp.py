@@ -136,10 +136,14 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
 
     m = json.loads(metrics[0].read_text())
     assert m["images"] > 0 and float(tags["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-6)
-    # the confusion matrix went to KFP as ClassificationMetrics
-    executor_outputs = [json.loads(p.read_text()) for p in (kfp_local / "kfp-root").rglob("executor_output.json")
-                        if "evaluate-model" in str(p)]
-    assert any("confusionMatrix" in json.dumps(o) for o in executor_outputs) or not executor_outputs
+    # the confusion matrix went to KFP as ClassificationMetrics, the Data Docs page as HTML
+    (evaluate_out,) = [p for p in (kfp_local / "kfp-root").rglob("executor_output.json")
+                       if p.parent.name == "evaluate-model"]
+    cm = json.loads(evaluate_out.read_text())["artifacts"]["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    assert [a["displayName"] for a in cm["annotationSpecs"]] == m["classes"]
+    assert [r["row"] for r in cm["rows"]] == m["confusion_matrix"]
+    (docs,) = [p for p in (kfp_local / "kfp-root").rglob("data_docs") if p.parent.name == "validate-data"]
+    assert "<html" in docs.read_text().lower()
 
 
 @pytest.mark.slow
