@@ -30,5 +30,6 @@ case "$artifacts" in
   s3://*|gs://*|wasbs://*|hdfs://*) ;;
   *) mkdir -p "$artifacts" ;;
 esac
-echo "mlflow server: store ${backend%%\?*} (credentials not shown), artifacts ${artifacts}, http://${host}:${port}" >&2
+shown="$(printf '%s' "${backend%%\?*}" | sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#')"  # never print a password
+echo "mlflow server: store ${shown}, artifacts ${artifacts}, http://${host}:${port}" >&2
 exec mlflow "${args[@]}"

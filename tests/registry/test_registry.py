@@ -191,3 +191,26 @@ def test_local_sqlite_registry_without_a_server(local_mlflow, trained, variant):
     assert promote("hsnet-sample")["production"] == 2
     assert rollback("hsnet-sample")["production"] == 1
     assert _aliases(client, "hsnet-sample") == {"candidate": 2, "production": 1, "previous": 2}
+
+
+def test_server_script_never_prints_the_database_password(tmp_path):
+    """mlflow/server.sh with a Postgres URI: the arguments reach `mlflow server`, the password not the log."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    fake = tmp_path / "bin" / "mlflow"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\necho "ARGS: $*"\n')
+    fake.chmod(0o755)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:s3cr3t-pw@db:5432/mlflow",
+           "MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/mlflow", "MLFLOW_ALLOWED_HOSTS": "mlflow.example.com"}
+    proc = subprocess.run(["bash", str(root / "mlflow" / "server.sh")], env=env, capture_output=True, text=True,
+                          check=True)
+    assert "s3cr3t-pw" not in proc.stderr and "postgresql://mlflow:***@db:5432/mlflow" in proc.stderr
+    args = proc.stdout
+    assert "--backend-store-uri postgresql://mlflow:s3cr3t-pw@db:5432/mlflow" in args
+    assert "--artifacts-destination s3://bucket/mlflow" in args and "--serve-artifacts" in args
+    assert "--allowed-hosts localhost,localhost:5000,127.0.0.1,127.0.0.1:5000,mlflow.example.com" in args
