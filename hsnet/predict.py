@@ -121,9 +121,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
         from . import tracking
 
-        uri = tracking.tracking_uri()
-        tracking.check_reachable(uri)
-        mlflow.set_tracking_uri(uri)
+        uri = tracking.connect()
         try:
             loaded = mlflow.pyfunc.load_model(text)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types

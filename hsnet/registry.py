@@ -14,7 +14,6 @@ without ``production``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from . import tracking
 from .errors import HSNetError
+from .io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,8 @@ def default_name(dataset: str) -> str:
 def _client():
     import mlflow
 
-    uri = tracking.tracking_uri()
-    tracking.check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    tracking.connect()
     return mlflow.MlflowClient()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _requirements() -> list[str]:
@@ -122,7 +112,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         raise HSNetError(f"{metrics_path} evaluated a checkpoint trained on {m.get('train_data_version')}, "
                          f"but {checkpoint} was trained on {meta['data_version']}: evaluate this checkpoint")
     name = name or default_name(dataset)
-    sha = _sha256(checkpoint)
+    sha = sha256_file(checkpoint)
     client = _client()
     from mlflow.exceptions import MlflowException
 

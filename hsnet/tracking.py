@@ -55,6 +55,16 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"{DEFAULT_STORE}") from exc
 
 
+def connect() -> str:
+    """Point MLflow at the tracking URI after checking it answers; returns the URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -96,9 +106,7 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True):
         return
     import mlflow
 
-    uri = tracking_uri()
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    uri = connect()
     client = mlflow.MlflowClient()
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT)

@@ -35,6 +35,29 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
     return task
 
 
+def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device) -> dsl.PipelineTask:
+    """fetch -> import -> validate -> crop (only after validation passed); returns the crop task."""
+    fetch = _secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev)).set_display_name("fetch")
+    imported = import_data(dataset=dataset, params=params, raw=fetch.outputs["raw"]).set_display_name("import")
+    validated = validate_data(dataset=dataset, params=params, raw=fetch.outputs["raw"],
+                              manifest=imported.outputs["manifest"]).set_display_name("validate")
+    cropped = crop_faces(dataset=dataset, params=params, device=crop_device, raw=fetch.outputs["raw"],
+                         manifest=imported.outputs["manifest"]).set_display_name("crop").after(validated)
+    return cropped.set_cpu_request("2").set_memory_request("4G")
+
+
+def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None):
+    """train on one GPU (tolerating its taint) -> evaluate; returns both tasks."""
+    extra = {} if model_overrides is None else {"model_overrides": model_overrides}
+    trained = _secrets(train_model(dataset=dataset, params=params, mlflow_tracking_uri=mlflow_tracking_uri,
+                                   crops=crops, **extra), mlflow=True).set_display_name("train")
+    trained.set_accelerator_type(GPU).set_accelerator_limit(1).set_cpu_request("4").set_memory_request("16G")
+    kubernetes.add_toleration(trained, key=GPU, operator="Exists", effect="NoSchedule")
+    evaluated = _secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
+                                        model=trained.outputs["model"]), mlflow=True).set_display_name("evaluate")
+    return trained, evaluated
+
+
 @dsl.pipeline(name="hsnet", description="HSNet facial expression recognition: raw data to a registered model")
 def hsnet_pipeline(
     dataset: str = "sample",
@@ -47,19 +70,8 @@ def hsnet_pipeline(
 ):
     """``raw_source``: an s3:// prefix, or (with ``dvc_path``) a DVC repository URL read at ``dvc_rev``.
     ``params``: the whole params.yaml (defaults to the repository's at compile time)."""
-    fetch = _secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev)).set_display_name("fetch")
-    imported = import_data(dataset=dataset, params=params, raw=fetch.outputs["raw"]).set_display_name("import")
-    validated = validate_data(dataset=dataset, params=params, raw=fetch.outputs["raw"],
-                              manifest=imported.outputs["manifest"]).set_display_name("validate")
-    cropped = crop_faces(dataset=dataset, params=params, device=crop_device, raw=fetch.outputs["raw"],
-                         manifest=imported.outputs["manifest"]).set_display_name("crop").after(validated)
-    cropped.set_cpu_request("2").set_memory_request("4G")
-    trained = _secrets(train_model(dataset=dataset, params=params, mlflow_tracking_uri=mlflow_tracking_uri,
-                                   crops=cropped.outputs["crops"]), mlflow=True).set_display_name("train")
-    trained.set_accelerator_type(GPU).set_accelerator_limit(1).set_cpu_request("4").set_memory_request("16G")
-    kubernetes.add_toleration(trained, key=GPU, operator="Exists", effect="NoSchedule")
-    evaluated = _secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=cropped.outputs["crops"],
-                                        model=trained.outputs["model"]), mlflow=True).set_display_name("evaluate")
+    cropped = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device)
+    trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, cropped.outputs["crops"])
     registered = _secrets(register_model(dataset=dataset, mlflow_tracking_uri=mlflow_tracking_uri,
                                          model=trained.outputs["model"], report=evaluated.outputs["report"]),
                           mlflow=True).set_display_name("register")

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HSNetError
-from ..io import ImageReadError, atomic_path, open_rgb, write_json
+from ..io import ImageReadError, atomic_path, open_rgb, sha256_file, write_json
 from .manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,6 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _out_rel(rel: str) -> str:
     return (PurePosixPath("images") / PurePosixPath(rel).with_suffix(".png")).as_posix()
 
@@ -168,7 +160,7 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     def load(row):
         src = root / row["path"]
         try:
-            digest = _sha256(src)
+            digest = sha256_file(src)
         except OSError as exc:
             return row, None, None, f"{src}: {exc.strerror or exc}"
         old = previous.get(row["path"])
