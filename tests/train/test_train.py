@@ -28,6 +28,9 @@ def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"loss", "val_accuracy", "lr", "lambda_A", "lambda_B", "lambda_C", "images_per_s"} <= set(history[0])
+    best, last = (load_checkpoint(tmp_path / "run" / n) for n in ("best.pt", "last.pt"))
+    assert "optimizer" in last and "optimizer" not in best  # best.pt is for evaluation: no Adam moments
+    assert (tmp_path / "run" / "best.pt").stat().st_size < (tmp_path / "run" / "last.pt").stat().st_size / 2
 
     metrics = evaluate(tmp_path / "run" / "best.pt", tiny_data, tmp_path / "eval", progress=False)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
