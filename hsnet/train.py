@@ -68,8 +68,15 @@ def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
 
 
 def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as exc:  # a full disk (torch's zip writer raises RuntimeError): the
+        # previous checkpoint at ``path`` is still whole
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+        raise HSNetError(f"can't write checkpoint {path} ({reason}); is the disk full? Free space there or train "
+                         f"with another --out; {path.name} from the last finished epoch is intact, and "
+                         "--resume continues from last.pt") from exc
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

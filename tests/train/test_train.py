@@ -174,3 +174,56 @@ def test_sigkill_of_the_process_then_resume(tiny_data, tiny_params, tmp_path):
     assert b["state"]["epoch"] == 4
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
+
+
+def test_the_gpu_recipe_bf16_channels_last_trains_on_cpu():
+    """The CUDA setup's code path (bf16 autocast, channels-last model and batches, device-side
+    augmentation, the pinned-batch iterator) run on the CPU, where autocast takes bf16 too: its
+    losses follow an fp32 run of the same steps, they fall, and the weights stay fp32."""
+    from hsnet.tensors import Batches, Split
+    from hsnet.train import Setup, build_model, run_epoch
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (8, 3, 80, 80), dtype=np.uint8), torch.arange(8) % 7,
+                  [f"{i}.png" for i in range(8)])
+
+    def losses(setup):
+        torch.manual_seed(0)
+        model = build_model(7, {"dib": True, "fgal": True, "ktl": False})
+        if setup.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        out = [run_epoch(model, Batches(split, torch.arange(8), 8, setup.device), setup, optimizer=opt,
+                         generator=gen, aug={"hflip": True, "rotate_degrees": 5.0})[0] for _ in range(8)]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        return np.array(out)
+
+    fp32 = losses(Setup(torch.device("cpu"), None, False))
+    bf16 = losses(Setup(torch.device("cpu"), torch.bfloat16, True))
+    assert np.isfinite(bf16).all() and bf16[-1] < bf16[0] - 0.5
+    assert np.abs(bf16 - fp32).max() < 0.1, (bf16, fp32)
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_params, tmp_path, monkeypatch):
+    """A full disk in the middle of epoch 2's checkpoint: a clear error naming the file, epoch 1's
+    last.pt whole, no temporary file left, and --resume carries on from it."""
+    import hsnet.train as train_mod
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False, stop_after_epochs=1)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)  # part of it lands, then the device is full
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(train_mod.torch, "save", full_disk)
+    with pytest.raises(HSNetError, match=r"can't write checkpoint .*last\.pt.*disk full.*--resume"):
+        train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(train_mod.torch, "save", real_save)
+    summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
+    assert summary["epochs_run"] == 2
