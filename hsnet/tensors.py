@@ -2,7 +2,9 @@
 
 * :func:`load_split` decodes a split's cropped images once into a memory-mapped
   ``(N, 3, S, S)`` uint8 ``.npy`` file (cached by manifest content and size), so epochs
-  read raw bytes instead of decoding PNGs.
+  read raw bytes instead of decoding PNGs. The cache (``HSNET_CACHE_DIR``, default
+  ``~/.cache/hsnet``) keeps under ``HSNET_CACHE_MAX_GB`` (default 20) by dropping the least
+  recently used files.
 * :class:`Batches` gathers shuffled batches from it in a background thread into pinned
   memory and copies them to the device without blocking.
 * :func:`augment` flips and rotates a whole batch on the device (the paper's random
@@ -17,6 +19,7 @@ import math
 import os
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +43,58 @@ class Split:
         return len(self.labels)
 
 
+DEFAULT_CACHE_MAX_GB = 20.0
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet") / "tensors"
+
+
+def cache_limit_bytes() -> int:
+    """``HSNET_CACHE_MAX_GB`` (default 20): the tensor cache's size cap."""
+    raw = os.environ.get("HSNET_CACHE_MAX_GB") or DEFAULT_CACHE_MAX_GB
+    try:
+        gb = float(raw)
+    except ValueError:
+        raise HSNetError(f"HSNET_CACHE_MAX_GB={raw!r} is not a number of gigabytes (e.g. 20)") from None
+    return int(gb * 1e9)
+
+
+def prune_cache(cache_dir: Path, keep: Path, limit: int | None = None) -> list[Path]:
+    """Delete the least recently used tensor files until the cache fits ``limit`` bytes.
+
+    ``keep`` (the split just loaded) is never deleted, however large. Also drops temporary files
+    that a killed decode left behind more than a day ago. Returns what was deleted.
+    """
+    limit = cache_limit_bytes() if limit is None else limit
+    gone, now = [], time.time()
+    for tmp in cache_dir.glob("*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > 86_400:
+                tmp.unlink()
+                gone.append(tmp)
+        except FileNotFoundError:
+            pass
+    files = []
+    for f in cache_dir.glob("*.npy"):
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # another process pruned it
+            continue
+        files.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    for _, size, f in sorted(files, key=lambda t: t[0]):
+        if total <= limit:
+            break
+        if f == keep:
+            continue
+        try:
+            f.unlink()  # a reader that has it memory-mapped keeps its pages (POSIX)
+        except FileNotFoundError:
+            pass
+        total -= size
+        gone.append(f)
+    return gone
 
 
 def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | None = None,
@@ -74,6 +127,9 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
         arr.flush()
         del arr
         os.replace(tmp, path)
+    else:
+        os.utime(path)  # most recently used: the last to be pruned
+    prune_cache(cache_dir, keep=path)
     return Split(np.load(path, mmap_mode="r"), labels, paths)
 
 

@@ -12,6 +12,16 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_hsnet_cache(tmp_path_factory):
+    """The tensor and image-check caches of the whole run (subprocesses too) live in its tmp
+    folder, never in the user's ~/.cache/hsnet; tests that need an empty one set their own."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HSNET_CACHE_DIR", str(tmp_path_factory.mktemp("hsnet-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def irv1_state_dict():
     """A whole InceptionResnetV1 state dict (with logits.*), as facenet-pytorch's VGGFace2 file has.
