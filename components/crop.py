@@ -12,9 +12,10 @@ def crop_faces(dataset: str, params: dict, device: str, raw: Input[Dataset], man
     from pathlib import Path
 
     from hsnet.cli import run
-    from hsnet.params import write_params
+    from hsnet.params import params_file
 
-    run(["crop", "--manifest", manifest.path, "--root", raw.path, "--dataset", dataset,
-         "--params", write_params(params), "--out", crops.path, "--device", device or "cpu"])
+    with params_file(params) as params_path:
+        run(["crop", "--manifest", manifest.path, "--root", raw.path, "--dataset", dataset,
+             "--params", params_path, "--out", crops.path, "--device", device or "cpu"])
     report = json.loads((Path(crops.path) / "crop_report.json").read_text())
     crops.metadata.update(dataset=dataset, images=report["output_images"], no_face=len(report["no_face"]))

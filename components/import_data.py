@@ -8,8 +8,9 @@ from . import IMAGE
 def import_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Output[Dataset]):
     """hsnet data import: the dataset's files in its publisher's layout -> manifest.csv with splits."""
     from hsnet.cli import run
-    from hsnet.params import write_params
+    from hsnet.params import params_file
 
-    run(["data", "import", "--dataset", dataset, "--root", raw.path, "--params", write_params(params),
-         "--out", manifest.path])
+    with params_file(params) as params_path:
+        run(["data", "import", "--dataset", dataset, "--root", raw.path, "--params", params_path,
+             "--out", manifest.path])
     manifest.metadata["dataset"] = dataset

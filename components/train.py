@@ -14,13 +14,14 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     from pathlib import Path
 
     from hsnet.cli import run
-    from hsnet.params import write_params
+    from hsnet.params import params_file
 
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
     sets = [a for key, value in (model_overrides or {}).items() for a in ("--set", f"model.{key}={json.dumps(value)}")]
-    run(["train", "--data", crops.path, "--dataset", dataset, "--params", write_params(params),
-         "--out", model.path, *sets])
+    with params_file(params) as params_path:
+        run(["train", "--data", crops.path, "--dataset", dataset, "--params", params_path,
+             "--out", model.path, *sets])
     summary = json.loads((Path(model.path) / "train_summary.json").read_text())
     metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])
     metrics.log_metric("best_epoch", summary["best_epoch"])

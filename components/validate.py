@@ -14,17 +14,18 @@ def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Inp
     from pathlib import Path
 
     from hsnet.cli import run
-    from hsnet.params import write_params
+    from hsnet.params import params_file
 
-    report = Path(tempfile.mkdtemp(prefix="validation-"))
-    try:
-        run(["validate", "--manifest", manifest.path, "--root", raw.path, "--dataset", dataset,
-             "--params", write_params(params), "--report", str(report)])
-    finally:  # the Data Docs page of this validation, also when it failed
-        pages = sorted((report / "data_docs" / "validations").rglob("*.html"))
-        if pages:
-            shutil.copyfile(pages[-1], data_docs.path)
-    s = json.loads((report / "summary.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="validation-") as tmp, params_file(params) as params_path:
+        report = Path(tmp)
+        try:
+            run(["validate", "--manifest", manifest.path, "--root", raw.path, "--dataset", dataset,
+                 "--params", params_path, "--report", str(report)])
+        finally:  # the Data Docs page of this validation, also when it failed
+            pages = sorted((report / "data_docs" / "validations").rglob("*.html"))
+            if pages:
+                shutil.copyfile(pages[-1], data_docs.path)
+        s = json.loads((report / "summary.json").read_text())
     summary.log_metric("images", s["images"])
     summary.log_metric("warnings", len(s["warnings"]))
     for split, n in s["splits"].items():

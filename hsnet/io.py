@@ -18,6 +18,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_IMAGE_PIXELS = 64_000_000  # larger files are refused (decompression bombs, scans)
 
 
+def cache_root() -> Path:
+    """Where hsnet keeps its caches (tensor files, image checks, downloaded models):
+    ``HSNET_CACHE_DIR``, default ``~/.cache/hsnet``."""
+    return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet")
+
+
 class ImageReadError(HSNetError):
     """An image file could not be read; the message names it."""
 

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -83,6 +86,9 @@ def settings(path: str | os.PathLike | None, dataset: str, section: str, given: 
     return out
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_set(items: list[str]) -> dict:
     """["model.dib=false", "train.lr=0.002"] -> {"model": {"dib": False}, "train": {"lr": 0.002}}."""
     out: dict = {}
@@ -94,7 +100,10 @@ def parse_set(items: list[str]) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed.strip()):
+            parsed = float(parsed)  # YAML 1.1 reads 2e-3 (no dot) as a string
+        node[parts[-1]] = parsed
     return out
 
 
@@ -110,15 +119,14 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def write_params(params: dict, directory: str | os.PathLike | None = None) -> str:
-    """Write ``params`` (a whole params.yaml as a mapping) to a new file; returns its path.
-
-    Kubeflow passes params.yaml as a pipeline parameter; the verbs read files.
+@contextlib.contextmanager
+def params_file(params: dict):
+    """``params`` (a whole params.yaml as a mapping) as a temporary file for the verbs to read,
+    deleted afterwards. Kubeflow passes params.yaml as a pipeline parameter; the verbs read files.
     """
-    import tempfile
-
     if not isinstance(params, dict) or not isinstance(params.get("datasets"), dict):
         raise HSNetError("params must be a params.yaml mapping with a 'datasets' section")
+
     def restore_ints(value):  # protobuf (Kubeflow's parameter transport) turns every int into a float
         if isinstance(value, dict):
             return {k: restore_ints(v) for k, v in value.items()}
@@ -126,8 +134,10 @@ def write_params(params: dict, directory: str | os.PathLike | None = None) -> st
             return [restore_ints(v) for v in value]
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
-    params = restore_ints(params)
-    fd, path = tempfile.mkstemp(prefix="hsnet-params-", suffix=".yaml", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        yaml.safe_dump(params, f, sort_keys=False)
-    return path
+    fd, path = tempfile.mkstemp(prefix="hsnet-params-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(restore_ints(params), f, sort_keys=False)
+        yield path
+    finally:
+        os.unlink(path)

@@ -123,7 +123,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
         uri = tracking.connect()
         try:
-            loaded = mlflow.pyfunc.load_model(text)
+            loaded = mlflow.pyfunc.load_model(str(tracking.fetch_model(text) or text))
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types
             raise HSNetError(f"--model {text}: can't load it from MLflow at {uri} "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check the name "

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import HSNetError
-from .io import open_rgb
+from .io import cache_root, open_rgb
 
 
 @dataclass
@@ -47,7 +47,7 @@ DEFAULT_CACHE_MAX_GB = 20.0
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet") / "tensors"
+    return cache_root() / "tensors"
 
 
 def cache_limit_bytes() -> int:
@@ -110,7 +110,12 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
     path = cache_dir / f"{key.hexdigest()[:24]}_{size}.npy"
     labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
     paths = [r["path"] for r in rows]
-    if not path.is_file():
+    try:
+        os.utime(path)  # a hit: now the most recently used, the last to be pruned
+        hit = True
+    except FileNotFoundError:
+        hit = False
+    if not hit:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, size, size))
@@ -127,8 +132,6 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
         arr.flush()
         del arr
         os.replace(tmp, path)
-    else:
-        os.utime(path)  # most recently used: the last to be pruned
     prune_cache(cache_dir, keep=path)
     return Split(np.load(path, mmap_mode="r"), labels, paths)
 

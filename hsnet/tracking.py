@@ -11,13 +11,17 @@ import hashlib
 import logging
 import os
 import platform
+import re
+import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HSNetError
+from .io import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,60 @@ def connect() -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+MODEL_CACHE_KEEP = 5  # model copies kept per tracking server, the most recently used
+
+
+def fetch_model(uri: str) -> Path | None:
+    """A local copy of the MLflow model at ``uri``, downloaded once and reused.
+
+    ``models:/NAME@ALIAS`` is resolved to its version first; model versions and run artifacts
+    never change, so ``models:/NAME/VERSION`` and ``runs:/RUN_ID/PATH`` are cached under
+    ``<cache>/models/<tracking server>/``, of which the :data:`MODEL_CACHE_KEEP` most recently
+    used are kept. Other URIs (a local folder, ``s3://``): ``None``, MLflow loads them as they are.
+    Errors are MLflow's (no such model or alias); the caller names the URI.
+    """
+    import mlflow
+
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/"):].strip("/")
+        client = mlflow.MlflowClient()
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, version = rest.rpartition("/")
+            client.get_model_version(name, version)  # exists?
+        source, key = f"models:/{name}/{version}", f"{name}-v{version}"
+    elif uri.startswith("runs:/"):
+        source, key = uri, "run-" + uri[len("runs:/"):].strip("/")
+    else:
+        return None
+    root = cache_root() / "models" / hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
+    local = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+    if not (local / "MLmodel").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
+            if not (got / "MLmodel").is_file():
+                raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {source})")
+            try:
+                os.rename(got, local)
+            except OSError:  # another process cached it meanwhile
+                if not (local / "MLmodel").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("downloaded %s (%s) to %s", uri, source, local)
+    os.utime(local)
+    copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in copies[MODEL_CACHE_KEEP:]:
+        if old != local:
+            shutil.rmtree(old, ignore_errors=True)
+    return local
 
 
 def git_commit() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import HSNetError
-from ..io import ImageReadError, open_rgb, write_json
+from ..io import ImageReadError, cache_root, open_rgb, write_json
 from .datasets import get_spec
 from .manifest import COLUMNS, SPLITS, read_manifest
 
@@ -30,10 +30,6 @@ DEFAULT_MIN_SIZE = 32
 
 class ValidationFailed(HSNetError):
     """The data failed one or more critical expectations; the message lists them."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet")
 
 
 @dataclass
@@ -261,7 +257,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
     for row in rows:  # a missing core column is reported by the suite, not by a KeyError here
         for col in COLUMNS:
             row.setdefault(col, None)
-    cache = ImageInfoCache(cache_dir() / "image-info.sqlite") if use_cache else None
+    cache = ImageInfoCache(cache_root() / "image-info.sqlite") if use_cache else None
     df = build_table(rows, root, spec.classes, min_size, workers, cache, progress)
     present_cols = set(read_manifest_columns(manifest))
     for col in COLUMNS:

@@ -127,6 +127,52 @@ def test_production_model_as_pyfunc(use_mlflow_server, trained, tmp_path):
         model.predict(pd.DataFrame({"image": [b"not an image"]}))
 
 
+def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server, trained, variant, tmp_path,
+                                                              monkeypatch):
+    """`hsnet predict --model models:/NAME@production`: the alias is resolved, the version is
+    downloaded once into the model cache and reused; promoting another version moves to it."""
+    import mlflow
+
+    from hsnet import tracking
+    from hsnet.predict import load_classifier
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    downloads = []
+    real_download = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
+                        lambda **kw: downloads.append(kw["artifact_uri"]) or real_download(**kw))
+    name = "hsnet-sample-predict"
+    register(trained["checkpoint"], trained["metrics"], "sample", name=name)
+    promote(name)
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
+    for _ in range(2):
+        assert main(["predict", str(tmp_path / "astronaut.jpg"), "--model", f"models:/{name}@production",
+                     "--out", str(tmp_path / "out.jsonl")]) == 0
+        (result,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert len(result["faces"]) == 1 and result["faces"][0]["expression"] in FERG_CLASSES
+    assert downloads == [f"models:/{name}/1"]
+    cached = list((tmp_path / "cache" / "models").glob("*/*"))
+    assert [p.name for p in cached] == [f"{name}-v1"] and (cached[0] / "MLmodel").is_file()
+    assert not list((tmp_path / "cache" / "models").glob("*/.download-*"))  # no half-downloaded copy left
+
+    better, better_metrics, _ = variant(+0.05)
+    register(better, better_metrics, "sample", name=name)
+    promote(name)
+    classifier = load_classifier(f"models:/{name}@production")
+    assert downloads[-1] == f"models:/{name}/2"
+    local = Classifier.from_checkpoint(better, device="cpu")
+    x = [np.asarray(Image.open(sorted((trained["data"] / "images").rglob("*.png"))[0]).convert("RGB"))]
+    np.testing.assert_allclose(classifier.probabilities(x), local.probabilities(x), atol=1e-5)
+
+    monkeypatch.setattr(tracking, "MODEL_CACHE_KEEP", 1)
+    load_classifier(f"models:/{name}/1")
+    assert [p.name for p in (tmp_path / "cache" / "models").glob("*/*")] == [f"{name}-v1"]
+    with pytest.raises(HSNetError, match=f"models:/{name}@nosuchalias.*alias"):
+        load_classifier(f"models:/{name}@nosuchalias")
+
+
 def test_register_checks_its_inputs(use_mlflow_server, trained, tmp_path):
     with pytest.raises(HSNetError, match="run hsnet evaluate first"):
         register(trained["checkpoint"], tmp_path / "missing.json", "sample")
