@@ -16,7 +16,8 @@ def register_model(dataset: str, mlflow_tracking_uri: str, model: Input[Model], 
 
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    out = Path(tempfile.mkdtemp()) / "registered.json"
-    run(["register", "--checkpoint", str(Path(model.path) / "best.pt"),
-         "--metrics", str(Path(report.path) / "metrics.json"), "--dataset", dataset, "--out", str(out)])
-    return json.loads(out.read_text())["model_uri"]
+    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
+        out = Path(tmp) / "registered.json"
+        run(["register", "--checkpoint", str(Path(model.path) / "best.pt"),
+             "--metrics", str(Path(report.path) / "metrics.json"), "--dataset", dataset, "--out", str(out)])
+        return json.loads(out.read_text())["model_uri"]

@@ -13,11 +13,18 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _private_hsnet_cache(tmp_path_factory):
-    """The tensor and image-check caches of the whole run (subprocesses too) live in its tmp
-    folder, never in the user's ~/.cache/hsnet; tests that need an empty one set their own."""
+def _private_dirs(tmp_path_factory):
+    """The run's caches (tensor files, image checks, models) and temporary files (ours, MLflow's
+    model downloads, kfp.local's, the servers'), subprocesses included, live in its tmp folder,
+    which pytest deletes when the run passes: never in ~/.cache/hsnet, nothing left in /tmp.
+    Tests that need an empty cache set their own."""
+    import tempfile
+
     mp = pytest.MonkeyPatch()
     mp.setenv("HSNET_CACHE_DIR", str(tmp_path_factory.mktemp("hsnet-cache")))
+    tmp = str(tmp_path_factory.mktemp("tmp"))
+    mp.setenv("TMPDIR", tmp)
+    mp.setattr(tempfile, "tempdir", tmp)
     yield
     mp.undo()
 
