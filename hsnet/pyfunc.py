@@ -19,6 +19,7 @@ import io
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 
 INPUT_COLUMN = "image"
 
@@ -61,9 +62,9 @@ class HSNetModel(mlflow.pyfunc.PythonModel):
 
         self.classifier = Classifier.from_checkpoint(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        # The DataFrame hint tells MLflow to pass the input as it comes (arrays and lists work
+        # too) and to check it against the logged signature only.
         if isinstance(model_input, pd.DataFrame):
             cells = model_input[INPUT_COLUMN] if INPUT_COLUMN in model_input else model_input.iloc[:, 0]
         elif isinstance(model_input, np.ndarray) and model_input.ndim == 4:
