@@ -125,7 +125,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
             log.info("%s is already registered as %s version %s; not registering it again", checkpoint,
                      name, mv.version)
             return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
-                    "already_registered": True, "test_accuracy": test_acc, "test_mean_accuracy": test_macc}
+                    "run_id": mv.run_id, "already_registered": True, "test_accuracy": test_acc,
+                    "test_mean_accuracy": test_macc}
 
     tags = {
         "dataset": dataset, "test_accuracy": f"{test_acc:.6f}", "test_mean_accuracy": f"{test_macc:.6f}",

@@ -43,7 +43,7 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert _aliases(client, name) == {"candidate": 1}
     # the same checkpoint again: no second version
     again = register(trained["checkpoint"], trained["metrics"], "sample", name=name)
-    assert again["already_registered"] and again["version"] == 1
+    assert again["already_registered"] and again["version"] == 1 and again["run_id"] == first["run_id"]
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
     # the artifacts went through the server to S3
