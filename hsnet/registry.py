@@ -93,7 +93,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     import torch
 
     from .pyfunc import signature
-    from .train import load_checkpoint
+    from .train import for_inference, load_checkpoint
 
     checkpoint, metrics_path = Path(checkpoint), Path(metrics)
     ckpt = load_checkpoint(checkpoint)
@@ -136,8 +136,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         **{f"model.{k}": str(v) for k, v in meta["model"].items()},
     }
     with tempfile.TemporaryDirectory(prefix="hsnet-register-") as tmp:
-        slim = Path(tmp) / "model.pt"  # weights and metadata, no optimizer state
-        torch.save({k: ckpt[k] for k in ("format", "meta", "model", "state")}, slim)
+        slim = Path(tmp) / "model.pt"  # last.pt may be registered too: drop its optimizer state
+        torch.save(for_inference(ckpt), slim)
         code = Path(tmp) / "hsnet"  # the package's source travels with the model (no caches)
         shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}

@@ -79,6 +79,12 @@ def _save(path: Path, obj: dict) -> None:
                          "--resume continues from last.pt") from exc
 
 
+def for_inference(ckpt: dict) -> dict:
+    """A checkpoint without what only resuming needs (optimizer, scheduler, RNG: 2/3 of last.pt):
+    weights, metadata and history, for evaluate, register and predict."""
+    return {k: ckpt[k] for k in ("format", "meta", "model", "state")}
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -260,8 +266,8 @@ def train(data_dir: str | os.PathLike, params_path: str | os.PathLike | None, da
                             "cuda": torch.cuda.get_rng_state() if setup.device.type == "cuda" else None},
                     "state": state}
             _save(last_path, ckpt)
-            if improved:  # what evaluate and register need; the optimizer state (2/3 of last.pt) only resumes
-                _save(best_path, {k: ckpt[k] for k in ("format", "meta", "model", "state")})
+            if improved:
+                _save(best_path, for_inference(ckpt))
             lam = "/".join(f"{weights[k]:.2f}" for k in "ABC") if weights else "-"
             log.info("epoch %d/%d loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2g λ(A/B/C) %s %.1f img/s%s",
                      epoch, epochs, loss, acc, val_loss, val_acc, lr, lam, ips, " *" if improved else "")
