@@ -63,6 +63,32 @@ def build_model(num_classes: int, model_params: dict, *, for_checkpoint: bool = 
                  ktl=ktl, stem_weights=("skip" if for_checkpoint else weights) if ktl else None)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model: torch.nn.Module, setting) -> torch.nn.Module:
+    """``train.compile``: false (eager), true (torch.compile's default mode) or one of torch.compile's
+    modes. ``reduce-overhead`` also captures CUDA graphs on a GPU: one launch per step instead of
+    one per kernel, the cost that bounds eager training at the paper's batch of 32 (docs/performance.md)."""
+    if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("false", "no", "")):
+        return model
+    mode = "default" if setting is True or str(setting).lower() == "true" else str(setting)
+    if mode not in COMPILE_MODES:
+        raise HSNetError(f"train.compile {setting!r}: use false, true or one of {', '.join(COMPILE_MODES)}")
+    # static shapes: the few batch sizes (train, its remainder, validation) get a graph each
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+
+
+def make_optimizer(trainable: list, tp: dict, setup: Setup) -> torch.optim.Optimizer:
+    """The paper's Adam; on a GPU the fused kernel (a handful of launches per step instead of
+    several per parameter tensor; the same update)."""
+    if str(tp["optimizer"]).lower() != "adam":
+        raise HSNetError(f"train.optimizer {tp['optimizer']!r}: only 'adam' (the paper's) is implemented")
+    return torch.optim.Adam(trainable, lr=float(tp["lr"]), betas=tuple(tp["betas"]),
+                            weight_decay=float(tp.get("weight_decay") or 0),
+                            fused=True if setup.device.type == "cuda" else None)
+
+
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + salt)
 
@@ -113,9 +139,12 @@ def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, a
     total_loss = torch.zeros((), device=setup.device)
     correct = torch.zeros((), device=setup.device, dtype=torch.long)
     seen = 0
+    compiled = hasattr(model, "_orig_mod")  # torch.compile'd
     start = time.perf_counter()
     with torch.set_grad_enabled(training):
         for x, y in batches:
+            if compiled:  # a new step for CUDA graphs (reduce-overhead): earlier outputs may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             x = normalize(x)
             if training and aug:
                 x = augment(x, generator, **aug)
@@ -187,16 +216,12 @@ def train(data_dir: str | os.PathLike, params_path: str | os.PathLike | None, da
     model = build_model(len(spec.classes), cfg["model"]).to(setup.device)  # KTL weights: fails here
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if tp["optimizer"].lower() != "adam":
-        raise HSNetError(f"train.optimizer {tp['optimizer']!r}: only 'adam' (the paper's) is implemented")
-    optimizer = torch.optim.Adam(trainable, lr=float(tp["lr"]), betas=tuple(tp["betas"]),
-                                 weight_decay=float(tp.get("weight_decay") or 0))
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], tp, setup)
     sch = tp["scheduler"]
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=int(sch["patience"]),
                                                            factor=float(sch["factor"]))
     epochs = int(tp["epochs"]) if not tp.get("max_epochs") else min(int(tp["epochs"]), int(tp["max_epochs"]))
-    step_model = torch.compile(model) if tp.get("compile") else model
+    step_model = compile_model(model, tp.get("compile"))
 
     meta = {"dataset": dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": "fixed_image_standardization: (x - 127.5) / 128",

@@ -227,3 +227,76 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
     monkeypatch.setattr(train_mod.torch, "save", real_save)
     summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
     assert summary["epochs_run"] == 2
+
+
+def test_train_compile_setting(monkeypatch):
+    """``train.compile``: false/true/a torch.compile mode reach torch.compile; anything else is refused
+    with the setting's name, before any training."""
+    from hsnet.train import compile_model
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or ("compiled", model))
+    model = torch.nn.Linear(2, 2)
+    for off in (False, None, "false"):
+        assert compile_model(model, off) is model
+    assert compile_model(model, True) == ("compiled", model)
+    compile_model(model, "reduce-overhead")
+    assert calls == [{"mode": None, "dynamic": False}, {"mode": "reduce-overhead", "dynamic": False}]
+    with pytest.raises(HSNetError, match="train.compile 'fastest'.*reduce-overhead"):
+        compile_model(model, "fastest")
+
+
+def test_a_compiled_model_trains_like_the_eager_one_and_marks_each_step(monkeypatch):
+    """run_epoch with a torch.compile'd model (dynamo, eager backend: no C++ compiler needed) gives the
+    eager losses and starts a new CUDA-graph step before every batch (reduce-overhead reuses the
+    previous step's output buffers otherwise)."""
+    from hsnet.tensors import Batches, Split
+    from hsnet.train import Setup, run_epoch
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8), torch.arange(12) % 7,
+                  [f"{i}.png" for i in range(12)])
+    marks = []
+    real_mark = torch.compiler.cudagraph_mark_step_begin
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1) or real_mark())
+    setup = Setup(torch.device("cpu"), None, False)
+
+    def losses(compiled):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 7))
+        step_model = torch.compile(model, backend="eager", dynamic=False) if compiled else model
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(0)
+        return [run_epoch(step_model, Batches(split, torch.arange(12), 4, setup.device), setup, optimizer=opt,
+                          generator=gen, aug={"hflip": True, "rotate_degrees": 5.0})[0] for _ in range(3)]
+
+    eager = losses(False)
+    assert marks == []
+    compiled = losses(True)
+    assert len(marks) == 3 * 3  # 3 epochs of 3 batches
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+    assert compiled[-1] < compiled[0]
+
+
+def test_the_optimizer_is_the_papers_adam_fused_on_a_gpu():
+    """make_optimizer: Adam with the settings given; the fused kernel for a CUDA setup (PyTorch's CPU
+    has it too, so it is checked here) makes the same update as the plain one."""
+    from hsnet.train import Setup, make_optimizer
+
+    tp = {"optimizer": "Adam", "lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0}
+    weights = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+        opt = make_optimizer(list(model.parameters()), tp, Setup(torch.device(device), None, False))
+        assert opt.defaults["lr"] == 0.01 and opt.defaults["betas"] == (0.9, 0.999)
+        assert bool(opt.defaults["fused"]) == (device == "cuda")
+        x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+        for _ in range(5):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        weights[device] = model.weight.detach().clone()
+    torch.testing.assert_close(weights["cuda"], weights["cpu"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(HSNetError, match="train.optimizer 'sgd'"):
+        make_optimizer(list(model.parameters()), {**tp, "optimizer": "sgd"}, Setup(torch.device("cpu"), None, False))
