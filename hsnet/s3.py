@@ -32,8 +32,13 @@ def client():
         import boto3
     except ImportError as exc:  # pragma: no cover - boto3 is in the 'pipeline' extra
         raise S3Error("S3 access needs boto3: pip install 'hsnet[pipeline]'") from exc
+    from botocore.config import Config
+
+    # an endpoint that doesn't answer fails in about half a minute, not after boto3's default
+    # 60 s connect timeout times 5 attempts
+    config = Config(connect_timeout=10, read_timeout=120, retries={"mode": "standard", "max_attempts": 3})
     return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
-                        or os.environ.get("AWS_ENDPOINT_URL") or None)
+                        or os.environ.get("AWS_ENDPOINT_URL") or None, config=config)
 
 
 def _hint(uri: str, exc: Exception) -> S3Error:

@@ -1,0 +1,65 @@
+"""`hsnet data fetch` (the Kubeflow pipeline's first step): from a folder and from S3 (moto's server),
+and what a user sees when the source is wrong or the store is unreachable. The DVC source is
+tested with a real DVC repository in tests/pipeline/test_dvc.py."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from hsnet.data.fetch import fetch
+from hsnet.errors import HSNetError
+from hsnet.s3 import S3Error
+from tests.servers import FAKE_AWS, free_port, make_bucket, s3_env
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_fetch_from_a_folder_and_its_refusals(tmp_path):
+    src = tmp_path / "src"
+    (src / "aia" / "aia_joy").mkdir(parents=True)
+    (src / "aia" / "aia_joy" / "aia_joy_1.png").write_bytes(b"png-1")
+    (src / "aia" / "aia_joy" / "aia_joy_2.png").write_bytes(b"png-2")
+    out = tmp_path / "out"
+    assert fetch(str(src), out, progress=False)["files"] == 2
+    assert _files(out) == _files(src)
+    with pytest.raises(HSNetError, match=f"--out {out} exists and is not empty"):
+        fetch(str(src), out, progress=False)
+    with pytest.raises(HSNetError, match="'nowhere/raw': not an s3:// prefix, not a folder"):
+        fetch("nowhere/raw", tmp_path / "other", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HSNetError, match="no files arrived"):
+        fetch(str(tmp_path / "empty"), tmp_path / "out2", progress=False)
+
+
+def test_fetch_from_s3(s3_server, tmp_path, monkeypatch):
+    for key, value in s3_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    make_bucket(s3_server, "fetch-raw")
+    s3 = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    objects = {"aia/aia_joy/aia_joy_1.png": b"one", "aia/aia_sadness/aia_sadness_1.png": b"two",
+               "bonnie/bonnie_fear/bonnie_fear_3.png": b"three"}
+    for key, body in objects.items():
+        s3.put_object(Bucket="fetch-raw", Key=f"raw/ferg/{key}", Body=body)
+    s3.put_object(Bucket="fetch-raw", Key="raw/ferg-old/aia/x.png", Body=b"not this one")
+    out = tmp_path / "ferg"
+    result = fetch("s3://fetch-raw/raw/ferg", out, progress=False)
+    assert result["files"] == 3 and _files(out) == objects
+    with pytest.raises(S3Error, match="s3://fetch-raw/raw/rafdb: no objects under this prefix"):
+        fetch("s3://fetch-raw/raw/rafdb", tmp_path / "rafdb", progress=False)
+    with pytest.raises(S3Error, match="s3://no-such-bucket/raw.*NoSuchBucket.*Check the URI"):
+        fetch("s3://no-such-bucket/raw", tmp_path / "nb", progress=False)
+
+
+def test_fetch_from_an_unreachable_s3_endpoint_says_which(tmp_path, monkeypatch):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for key, value in FAKE_AWS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    out = tmp_path / "raw"
+    with pytest.raises(S3Error, match=f"s3://hsnet-data/raw/kdef: EndpointConnectionError.*endpoint {endpoint}"):
+        fetch("s3://hsnet-data/raw/kdef", out, progress=False)
+    assert not out.exists()
