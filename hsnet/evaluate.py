@@ -16,6 +16,7 @@ import torch
 from . import tracking
 from .data.manifest import read_manifest
 from .io import atomic_path, write_json, write_text
+from .plots import plot_confusion
 from .tensors import Batches, check_nonempty, load_split, normalize
 from .train import load_checkpoint, model_from_checkpoint, pick_device
 
@@ -51,61 +52,6 @@ def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
         "confusion_matrix_normalized": np.divide(cm, n_j[:, None], out=np.zeros(cm.shape),
                                                  where=present[:, None]).round(4).tolist(),
     }
-
-
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.8 * len(classes)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def plot_training_curves(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [h["loss"] for h in history], label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], label="val")
-    axes[0].set_title("loss")
-    axes[1].plot(epochs, [h["accuracy"] for h in history], label="train")
-    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val")
-    axes[1].set_title("accuracy")
-    for level in "ABC":
-        if f"lambda_{level}" in (history[0] if history else {}):
-            axes[2].plot(epochs, [h[f"lambda_{level}"] for h in history], label=f"λ̃_{level}")
-    ax_lr = axes[2].twinx()
-    ax_lr.plot(epochs, [h["lr"] for h in history], "k:", label="lr")
-    ax_lr.set_yscale("log")
-    axes[2].set_title("FGAL level weights (and lr, dotted)")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.legend(loc="best", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def comparison_markdown(dataset: str, metrics: dict) -> str:
@@ -175,7 +121,6 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
             w.writerow([path, classes[a], classes[p], f"{pr[p]:.4f}"])
     title = f"HSNet on {dataset} ({split}): acc {metrics['accuracy']:.2%}, mAcc {metrics['mean_accuracy']:.2%}"
     plot_confusion(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title)
-    plot_training_curves(ckpt["state"]["history"], out_dir / "training_curves.png", f"training on {dataset}")
     write_text(out_dir / "comparison.md", comparison_markdown(dataset, metrics))
     log.info("%s %s: accuracy %.4f, mean accuracy %.4f on %d images -> %s", dataset, split,
              metrics["accuracy"], metrics["mean_accuracy"], len(rows), out_dir)
@@ -190,8 +135,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
             mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
                                 "test_mean_accuracy": metrics["mean_accuracy"],
                                 **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()}})
-            for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "training_curves.png",
-                         "comparison.md"):
+            for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "comparison.md"):
                 mlflow.log_artifact(str(out_dir / name))
             mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
     return metrics

@@ -19,7 +19,7 @@ def summarize(runs: str | Path = "runs") -> str:
         lines.append(f"{dataset}: test accuracy {m['accuracy']:.2%}, mean accuracy {m['mean_accuracy']:.2%} "
                      f"({m['images']} test images)")
         lines.append(f"  confusion matrix: {eval_dir / 'confusion_matrix.png'}; curves: "
-                     f"{eval_dir / 'training_curves.png'}; vs the paper: {eval_dir / 'comparison.md'}")
+                     f"{eval_dir.parent / 'train' / 'training_curves.png'}; vs the paper: {eval_dir / 'comparison.md'}")
         reg = eval_dir.parent / "registered.json"
         if reg.is_file():
             r = json.loads(reg.read_text())

@@ -28,6 +28,7 @@ from .data.manifest import read_manifest
 from .errors import HSNetError
 from .io import atomic_path, write_json
 from .model import MIN_INPUT_SIZE, HSNet
+from .plots import plot_training_curves
 from .tensors import Batches, augment, check_nonempty, load_split, normalize
 
 log = logging.getLogger(__name__)
@@ -313,10 +314,13 @@ def train(data_dir: str | os.PathLike, params_path: str | os.PathLike | None, da
                    "mlflow_run_id": meta["mlflow_run_id"], "checkpoint": str(best_path)}
         write_json(out_dir / "history.json", state["history"])
         write_json(out_dir / "train_summary.json", summary)
+        plot_training_curves(state["history"], out_dir / "training_curves.png", f"training on {dataset}",
+                             best_epoch=state["best_epoch"])
         if active:
             import mlflow
 
             mlflow.log_artifact(str(out_dir / "history.json"))
+            mlflow.log_artifact(str(out_dir / "training_curves.png"))
             mlflow.log_artifact(str(out_dir / "train_summary.json"))
             if best_path.is_file():
                 mlflow.log_artifact(str(best_path), artifact_path="checkpoint")

@@ -144,6 +144,13 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
     assert [r["row"] for r in cm["rows"]] == m["confusion_matrix"]
     (docs,) = [p for p in (kfp_local / "kfp-root").rglob("data_docs") if p.parent.name == "validate-data"]
     assert "<html" in docs.read_text().lower()
+    # ... and the training curves as an HTML page with the PNG inside
+    import base64
+    import re
+
+    (curves,) = [p for p in (kfp_local / "kfp-root").rglob("curves") if p.parent.name == "train-model"]
+    png = re.search(r'src="data:image/png;base64,([^"]+)"', curves.read_text()).group(1)
+    assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp
     assert summary["epochs_run"] == 2
     for name in ("last.pt", "best.pt", "history.json", "train_summary.json"):
         assert (tmp_path / "run" / name).is_file()
+    assert (tmp_path / "run" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"loss", "val_accuracy", "lr", "lambda_A", "lambda_B", "lambda_C", "images_per_s"} <= set(history[0])
@@ -39,8 +40,7 @@ def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp
     with open(tmp_path / "eval" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"actual", "predicted"} <= set(rows[0]) and len(rows) == saved["images"]
-    for png in ("confusion_matrix.png", "training_curves.png"):
-        assert (tmp_path / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| this run |" in (tmp_path / "eval" / "comparison.md").read_text()
 
     client = mlflow.MlflowClient(local_mlflow)
@@ -51,7 +51,7 @@ def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp
     assert tr.data.tags["data_version"].startswith("sha256:") and tr.data.tags["git_commit"]
     assert [m.step for m in client.get_metric_history(tr.info.run_id, "val_accuracy")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(tr.info.run_id)}
-    assert {"history.json", "checkpoint"} <= artifacts
+    assert {"history.json", "training_curves.png", "checkpoint"} <= artifacts
     ev = runs["evaluate"]
     assert ev.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert ev.data.tags["train_run_id"] == tr.info.run_id
