@@ -141,6 +141,15 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() - 127.5) / 128.0
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor onto ``device`` without stopping the host: a plain copy from pageable
+    memory waits for the GPU to finish all queued work, so the host could no longer run ahead of
+    the GPU (a stall per batch); from pinned memory the copy is queued like a kernel."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
             rotate_degrees: float = 5.0) -> torch.Tensor:
     """Random horizontal flip (p = 0.5) and rotation in [-deg, deg] of a normalised batch.
@@ -150,14 +159,14 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
     """
     n = x.shape[0]
     if hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = _to_device((torch.rand(n, generator=generator) < 0.5), x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if rotate_degrees:
         angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate_degrees)
         cos, sin = torch.cos(angle), torch.sin(angle)
         zeros = torch.zeros_like(cos)
         theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
-        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        grid = F.affine_grid(_to_device(theta.to(x.dtype), x.device), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return x
 
