@@ -73,16 +73,18 @@ def synthetic_split(n: int, size: int):
                  [f"{i}.png" for i in range(n)])
 
 
-def train_path(size, batch, steps):
+def train_path(size, batch, steps, device: str = "cpu"):
     """hsnet train's loop on a synthetic uint8 split: returns a callable and the model."""
     from hsnet.tensors import Batches
-    from hsnet.train import build_model, pick_device, run_epoch
+    from hsnet.train import build_model, make_optimizer, pick_device, run_epoch
 
-    setup = pick_device("cpu")
+    setup = pick_device(device)
     model = build_model(7, {"dib": True, "fgal": True, "ktl": True}, for_checkpoint=True)  # frozen stem
+    model = model.to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad],
+                         {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999)}, setup)
     split = synthetic_split(batch * steps, size)
     gen = torch.Generator().manual_seed(0)
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything to check and measure on a GPU machine, in one go (GPU time is scarce): the CUDA path of
+# `hsnet train`/`evaluate` end to end on the sample's crops, then the GPU benchmarks. Each step has
+# its own time limit and a failing step doesn't stop the others. Results and logs go to $OUT
+# (default benchmarks/results); write the figures up in docs/performance.md.
+#
+#   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
+#
+# Where hsnet isn't installed (a bare GPU image with PyTorch), the package runs from the checkout;
+# facenet-pytorch can come as a wheel in .whl/ (pip download --no-deps facenet-pytorch==2.5.3 -d .whl).
+set -u
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HSNET_CACHE_DIR=${HSNET_CACHE_DIR:-/tmp/hsnet-cache} MPLBACKEND=Agg
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say how it ended
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  grep -v "img/s\]" "$OUT/$name.log" | tail -n 6
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s"
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu_machine.txt"
+$PY -c "import torch, facenet_pytorch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu_machine.txt"
+
+# 1. the CUDA path end to end: train (bf16, channels-last, fused Adam, device augmentation) and evaluate
+if [ -f data/processed/sample/manifest.csv ]; then
+  step cuda_train 100 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
+    --out /tmp/hsnet-run --no-mlflow --device cuda
+  step cuda_evaluate 45 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-run/best.pt --data data/processed/sample \
+    --out "$OUT/cuda_eval" --no-mlflow --device cuda
+fi
+# 2. training speed at 224, batch 32: eager (the default), then with CUDA graphs
+step gpu_eager 90 $PY -m benchmarks.gpu --out "$OUT"
+step input_pipeline 75 $PY -m benchmarks.input_pipeline --out "$OUT"
+step gpu_reduce_overhead 180 $PY -m benchmarks.gpu --compile reduce-overhead --out "$OUT"
+# 3. MTCNN cropping on the GPU (and the CPU, same run)
+step crop 75 $PY -m benchmarks.crop --out "$OUT"
