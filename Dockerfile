@@ -25,9 +25,11 @@ RUN pip install -c requirements/constraints.txt ".[all,server]" \
  && python -c "import hsnet, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations"
 
 # --- runtime: the environment, git (for dvc get), a non-root user -----------------------------
+# gcc + libc headers: Triton compiles its small kernel launchers with the system C compiler when
+# torch.compile runs on a GPU (train.compile: auto = CUDA graphs there, 3.7x eager on an H100).
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git ca-certificates \
+ && apt-get install -y --no-install-recommends git ca-certificates gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 --user-group hsnet
 COPY --from=build /opt/venv /opt/venv

@@ -36,7 +36,7 @@ PAPER_DEFAULTS = {
         "early_stopping": None,  # epochs without val-accuracy gain before stopping; None = off
         "seed": 0,
         "num_threads": None,  # CPU threads; None = torch's default
-        "compile": False,  # false, true or a torch.compile mode (reduce-overhead: + CUDA graphs on a GPU)
+        "compile": "auto",  # auto (CUDA graphs on a GPU, eager on a CPU), false, true or a torch.compile mode
     },
     "evaluate": {"tta_hflip": False},
 }

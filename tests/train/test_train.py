@@ -232,7 +232,12 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
 def test_train_compile_setting(monkeypatch):
     """``train.compile``: false/true/a torch.compile mode reach torch.compile; anything else is refused
     with the setting's name, before any training."""
+    import torch._dynamo as dynamo
+
+    from hsnet.params import PAPER_DEFAULTS
     from hsnet.train import compile_model
+
+    suppress_errors = dynamo.config.suppress_errors  # auto sets it: restored at the end
 
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or ("compiled", model))
@@ -242,6 +247,15 @@ def test_train_compile_setting(monkeypatch):
     assert compile_model(model, True) == ("compiled", model)
     compile_model(model, "reduce-overhead")
     assert calls == [{"mode": None, "dynamic": False}, {"mode": "reduce-overhead", "dynamic": False}]
+    # auto, the default: eager on a CPU, CUDA graphs on a GPU
+    assert PAPER_DEFAULTS["train"]["compile"] == "auto"
+    assert compile_model(model, "auto", torch.device("cpu")) is model
+    try:
+        assert compile_model(model, "auto", torch.device("cuda")) == ("compiled", model)
+        assert dynamo.config.suppress_errors  # auto falls back to eager where compiling fails
+    finally:
+        dynamo.config.suppress_errors = suppress_errors
+    assert calls[-1] == {"mode": "reduce-overhead", "dynamic": False}
     with pytest.raises(HSNetError, match="train.compile 'fastest'.*reduce-overhead"):
         compile_model(model, "fastest")
 
