@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import parser, save
-from .model import synthetic_split
+from .model import BENCH_TRAIN, synthetic_split
 
 RAFDB_IMAGES_PER_EPOCH = 12_271  # train (incl. our val) images of RAF-DB basic, one pass each
 TARGET_IMG_S = 5_000
@@ -161,8 +161,7 @@ def measure_gpu(args) -> dict:
     model = build_model(7, {"dib": True, "fgal": True, "ktl": True}, for_checkpoint=True).to(setup.device)
     model = model.to(memory_format=torch.channels_last)
     step_model = compile_model(model, args.compile or False)
-    tp = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999)}
-    opt = make_optimizer([q for q in model.parameters() if q.requires_grad], tp, setup)
+    opt = make_optimizer([q for q in model.parameters() if q.requires_grad], BENCH_TRAIN, setup)
     split = synthetic_split(n, size)
     gen = torch.Generator().manual_seed(0)
     util, stop = [], threading.Event()

@@ -73,6 +73,9 @@ def synthetic_split(n: int, size: int):
                  [f"{i}.png" for i in range(n)])
 
 
+BENCH_TRAIN = {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999)}  # train settings of the speed runs
+
+
 def train_path(size, batch, steps, device: str = "cpu"):
     """hsnet train's loop on a synthetic uint8 split: returns a callable and the model."""
     from hsnet.tensors import Batches
@@ -83,8 +86,7 @@ def train_path(size, batch, steps, device: str = "cpu"):
     model = model.to(setup.device)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad],
-                         {"optimizer": "adam", "lr": 1e-3, "betas": (0.9, 0.999)}, setup)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], BENCH_TRAIN, setup)
     split = synthetic_split(batch * steps, size)
     gen = torch.Generator().manual_seed(0)
 

@@ -75,17 +75,18 @@ def compile_model(model: torch.nn.Module, setting, device: torch.device | None =
     per step instead of ~340. Eager training at the paper's batch of 32 is bound by that host work
     (an H100 measured 1,454 images/s eager, 27% busy, against 5,362 with CUDA graphs:
     docs/performance.md). On a CPU compiling gains little (+9%) for a minute of compilation."""
-    if isinstance(setting, str) and setting.lower() == "auto":
+    key = str(setting).strip().lower()  # YAML/CLI give bools, None or strings
+    mode = {"none": None, "false": None, "no": None, "": None, "true": "default"}.get(key, key)
+    if mode == "auto":
         if device is None or device.type != "cuda":
             return model
         import torch._dynamo as dynamo
 
         # auto may fall back: a step that can't be compiled (no C compiler for Triton, say) runs eager
         dynamo.config.suppress_errors = True
-        setting = "reduce-overhead"
-    if setting is None or setting is False or (isinstance(setting, str) and setting.lower() in ("false", "no", "")):
+        mode = "reduce-overhead"
+    if mode is None:
         return model
-    mode = "default" if setting is True or str(setting).lower() == "true" else str(setting)
     if mode not in COMPILE_MODES:
         raise HSNetError(f"train.compile {setting!r}: use auto, false, true or one of {', '.join(COMPILE_MODES)}")
     # static shapes: the few batch sizes (train, its remainder, validation) get a graph each
