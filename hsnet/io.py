@@ -1,13 +1,17 @@
-"""File helpers shared by every step: atomic writes and robust image reading."""
+"""File helpers shared by every step: names from outside turned into paths, atomic writes, and
+robust reading of regular files and images."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from pathlib import Path
+import time
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,20 +28,93 @@ def cache_root() -> Path:
     return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet")
 
 
-class ImageReadError(HSNetError):
+class FileReadError(HSNetError):
+    """A file could not be opened or read (missing, not a regular file, no permission); names it."""
+
+
+class ImageReadError(FileReadError):
     """An image file could not be read; the message names it."""
+
+
+class UnsafePath(HSNetError):
+    """A name from outside (a manifest row, an object key, a model name) would lead outside its folder."""
+
+
+def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: bool = True) -> Path:
+    """``name``, a relative name that came from outside (a manifest's path, an S3 key, a model
+    name), as a path inside ``root``; :class:`UnsafePath` naming it otherwise.
+
+    Refused: empty names, NUL characters, absolute paths (``/x``, ``C:x``, ``\\x``, ``~x``), any
+    ``..`` component (``/`` and ``\\`` both count as separators) and names that lead out of
+    ``root`` through a symbolic link that exists now (``links=False``: the name alone is checked,
+    for a ``root`` that isn't local). Returns ``root / name`` (not resolved).
+    """
+    text = name if isinstance(name, str) else os.fspath(name)
+    shown = f"{what} {text!r}"
+    if not text or "\0" in text:
+        raise UnsafePath(f"{shown}: {'empty' if not text else 'contains a NUL character'}; "
+                         f"expected a path relative to {root}")
+    parts = PurePosixPath(text.replace("\\", "/"))
+    if parts.is_absolute() or text.startswith("~") or (len(text) > 1 and text[1] == ":" and text[0].isalpha()):
+        raise UnsafePath(f"{shown} is absolute; expected a path relative to {root}")
+    if ".." in parts.parts:
+        raise UnsafePath(f"{shown} contains '..'; expected a path inside {root}")
+    if not parts.parts:
+        raise UnsafePath(f"{shown} names {root} itself, not a file in it")
+    path = Path(root) / text
+    if not links:
+        return path
+    base = Path(root).resolve()
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise UnsafePath(f"{shown}: can't be resolved inside {root} ({exc})") from exc
+    if not target.is_relative_to(base):
+        raise UnsafePath(f"{shown} leads outside {root} through a symbolic link (to {target})")
+    return path
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (os.umask can only be read by setting it, which races threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+TMP_SUFFIX = ".tmp"  # atomic_path's temporary files: .NAME.RANDOM.tmp beside the target
+STALE_TMP_SECONDS = 3600
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
 
-    A crash or an exception leaves whatever ``path`` held before untouched.
+    A crash or an exception leaves whatever ``path`` held before untouched. The new file gets the
+    mode an ordinary write would give it: the old file's mode, or 0666 less the umask (0644 by
+    default), not mkstemp's 0600. A killed process leaves ``.NAME.*.tmp``:
+    :func:`clean_stale_tmp` removes old ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    try:
+        os.fchmod(fd, mode)
+    except OSError:  # a filesystem without modes: keep mkstemp's
+        pass
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -47,12 +124,74 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def clean_stale_tmp(folder: str | os.PathLike, *, recursive: bool = False,
+                    older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files that killed atomic writes left in ``folder`` (and below it
+    with ``recursive``) more than ``older_than`` seconds ago; a write in progress keeps its file's
+    modification time fresh, so it is left alone. Returns what was deleted."""
+    folder, gone, now = Path(folder), [], time.time()
+    if not folder.is_dir():
+        return gone
+    for tmp in (folder.rglob if recursive else folder.glob)(f".*{TMP_SUFFIX}"):
+        try:
+            st = tmp.lstat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than:
+                tmp.unlink()
+                gone.append(tmp)
+        except FileNotFoundError:  # another process cleaned it
+            pass
+    return gone
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work is done;
+    :class:`HSNetError` naming ``what`` (e.g. ``--out``) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise HSNetError(f"{what} {folder}: can't write there ({exc.strerror or exc}); "
+                         "give a folder you can write to") from exc
+    return folder
+
+
+def open_regular(path: str | os.PathLike):
+    """``path`` opened for binary reading if it is a regular file (after symbolic links);
+    :class:`FileReadError` naming it otherwise. A FIFO, a device, a socket or a directory is
+    refused without blocking on it or reading from it."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise FileReadError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise FileReadError(f"{path}: can't open it ({exc.strerror or exc})") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+            raise FileReadError(f"{path}: {kind}, not a regular file; only regular files are read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's content, read in 1 MiB blocks."""
+    """The hex sha256 of a regular file's content, read in 1 MiB blocks; :class:`FileReadError`
+    naming the file when it can't be read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    with open_regular(path) as f:
+        try:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        except OSError as exc:
+            raise FileReadError(f"{path}: read error ({exc.strerror or exc})") from exc
     return h.hexdigest()
 
 
@@ -73,7 +212,7 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             if img.width * img.height > max_pixels:
                 raise ImageReadError(
                     f"{path}: {img.width}x{img.height} pixels is over the limit of {max_pixels:,}; "
@@ -83,8 +222,8 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
             return to_rgb(img)
     except ImageReadError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"{path}: file not found") from exc
+    except FileReadError as exc:
+        raise ImageReadError(str(exc)) from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 

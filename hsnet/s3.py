@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from .errors import HSNetError
-from .io import atomic_path
+from .io import UnsafePath, atomic_path, safe_join
 
 
 class S3Error(HSNetError):
@@ -48,6 +48,35 @@ def _hint(uri: str, exc: Exception) -> S3Error:
                    "AWS_ENDPOINT_URL_S3")
 
 
+def local_paths(bucket: str, prefix: str, keys: list[str], dest: Path) -> dict[str, Path]:
+    """Where each object goes under ``dest``: its key less ``prefix``. Checked for all keys before
+    anything is downloaded: a key that would be written outside ``dest`` (absolute once the prefix
+    is cut, as ``raw//tmp/x``, or with ``..``), two keys for one file, or a key that is also
+    another key's folder, refuses the whole download by name, and nothing is written."""
+    targets, bad = {}, []
+    for key in keys:
+        try:
+            targets[key] = safe_join(dest, key[len(prefix):], what=f"object s3://{bucket}/{key}:")
+        except UnsafePath as exc:
+            bad.append(str(exc))
+    owners: dict[str, str] = {}
+    for key, path in targets.items():
+        norm = os.path.normpath(path)
+        if norm in owners:
+            bad.append(f"objects s3://{bucket}/{owners[norm]} and s3://{bucket}/{key} are the same file {path}")
+        owners[norm] = key
+    for norm, key in owners.items():
+        for parent in Path(norm).parents:
+            if str(parent) in owners:
+                bad.append(f"object s3://{bucket}/{owners[str(parent)]} is also the folder of s3://{bucket}/{key}")
+                break
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; ... {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise S3Error(f"s3://{bucket}/{prefix}: refusing to download, nothing was written: {shown}. "
+                      f"Every object must land inside {dest}: rename or remove these keys")
+    return targets
+
+
 def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, progress: bool = True) -> int:
     """Copy every object under ``uri`` (a prefix) to ``dest``, keeping the relative paths. Returns the count."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -65,12 +94,10 @@ def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, pro
         raise _hint(uri, exc) from exc
     if not keys:
         raise S3Error(f"{uri}: no objects under this prefix; upload the raw dataset there first")
+    targets = local_paths(bucket, prefix, keys, dest)
 
     def get(key: str) -> None:
-        rel = PurePosixPath(key[len(prefix):])
-        if ".." in rel.parts:
-            raise S3Error(f"s3://{bucket}/{key}: refusing a key that leaves the destination")
-        with atomic_path(dest / rel) as tmp:
+        with atomic_path(targets[key]) as tmp:
             s3.download_file(bucket, key, str(tmp))
 
     try:

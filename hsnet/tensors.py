@@ -8,8 +8,7 @@
 * :class:`Batches` gathers shuffled batches from it in a background thread into pinned
   memory and copies them to the device without blocking.
 * :func:`augment` flips and rotates a whole batch on the device (the paper's random
-  horizontal flip and ±5° rotation); :func:`normalize` is facenet-pytorch's fixed image
-  standardisation, (x - 127.5) / 128, which the VGGFace2 stem was trained with.
+  horizontal flip and ±5° rotation) after :func:`hsnet.device.normalize`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import HSNetError
-from .io import cache_root, open_rgb
+from .io import cache_root, open_rgb, safe_join
 
 
 @dataclass
@@ -104,8 +103,12 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
 
     cache_dir = Path(cache_dir or default_cache_dir())
     key = hashlib.sha256(repr((size, [(r["path"], r["label"]) for r in rows])).encode())
-    for r in rows:  # content changes under the same names invalidate the cache too
-        st = (root / r["path"]).stat()
+    files = [safe_join(root, r["path"], what="manifest path") for r in rows]  # nothing outside root is read
+    for f in files:  # content changes under the same names invalidate the cache too
+        try:
+            st = f.stat()
+        except OSError as exc:
+            raise HSNetError(f"{f}: {exc.strerror or exc}; the manifest lists it: re-run 'hsnet crop'") from exc
         key.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     path = cache_dir / f"{key.hexdigest()[:24]}_{size}.npy"
     labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
@@ -121,24 +124,19 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, size, size))
 
         def decode(i):
-            img = open_rgb(root / rows[i]["path"])
+            img = open_rgb(files[i])
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             arr[i] = np.asarray(img).transpose(2, 0, 1)
 
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            list(tqdm(pool.map(decode, range(len(rows))), total=len(rows), disable=not progress,
+            list(tqdm(pool.map(decode, range(len(rows))), total=len(rows), disable=None if progress else True,
                       desc="decoding into tensor cache", unit="img", leave=False))
         arr.flush()
         del arr
         os.replace(tmp, path)
     prune_cache(cache_dir, keep=path)
     return Split(np.load(path, mmap_mode="r"), labels, paths)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float 0-255) -> facenet-pytorch's fixed standardisation."""
-    return (x.float() - 127.5) / 128.0
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -31,7 +32,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HSNetError
-from ..io import ImageReadError, atomic_path, open_rgb, sha256_file, write_json
+from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
+                  safe_join, sha256_file, write_json)
+from ..params import CropParams, Params
 from .manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -40,19 +43,6 @@ DETECTORS = ("mtcnn", "none")
 NO_FACE_POLICIES = ("drop", "center")
 STATE_FILE = "crop_state.json"
 CHUNK = 256  # images decoded at a time: bounds memory on large photos
-
-
-@dataclass(frozen=True)
-class CropSettings:
-    detector: str = "mtcnn"
-    size: int = 100
-    margin: int = 0
-    no_face: str = "drop"
-    min_face_size: int = 20
-    min_prob: float = 0.0  # detections below are ignored
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Detector:
@@ -67,7 +57,20 @@ class Detector:
         self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size).eval()
         self.device = torch.device(device)
 
+    def can_hold_a_face(self, image: np.ndarray) -> bool:
+        """Whether MTCNN's image pyramid has a level for ``image``: its shorter side must be at least
+        ``min_face_size`` (MTCNN itself crashes in torch.cat on smaller images)."""
+        return image.ndim == 3 and min(image.shape[:2]) * (12.0 / self.mtcnn.min_face_size) >= 12
+
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Boxes per image; an image too small to hold a face of ``min_face_size`` has none."""
+        fits = [self.can_hold_a_face(img) for img in images]
+        if not all(fits):
+            found = iter(self._detect([img for img, ok in zip(images, fits) if ok]) if any(fits) else [])
+            return [next(found) if ok else np.zeros((0, 5)) for ok in fits]
+        return self._detect(images)
+
+    def _detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         import torch
         from facenet_pytorch.models.utils.detect_face import detect_face
 
@@ -80,7 +83,7 @@ class Detector:
             if len(images) == 1:
                 raise
             log.debug("batched detection failed (%s); retrying image by image", exc)
-            return [self([img])[0] for img in images]
+            return [self._detect([img])[0] for img in images]
         return [np.asarray(b, dtype=np.float64).reshape(-1, 5) for b in boxes]
 
     def each(self, images: list[np.ndarray], pool: ThreadPoolExecutor) -> list[np.ndarray]:
@@ -122,16 +125,87 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
 
 
-def _out_rel(rel: str) -> str:
-    return (PurePosixPath("images") / PurePosixPath(rel).with_suffix(".png")).as_posix()
+def output_name(rel: str) -> str:
+    """Where the crop of the manifest row ``rel`` goes, relative to the output folder.
+
+    The whole source name is kept, so that ``x.png`` and ``x.jpg``, ``x.JPG`` and ``x.jpg``, or
+    ``x.png`` and ``x.png`` plus a newline get different crops: ``images/<rel>``, plus ``.png``
+    unless ``rel`` already ends with it; control characters and ``%`` become ``%XX``.
+    Names that still collide (``x.jpg`` and ``x.jpg.png``, or names equal but for case, which
+    collide on macOS and Windows) are found by :func:`colliding_rows`.
+    """
+    name = "".join(f"%{ord(c):02X}" if c == "%" or ord(c) < 32 or ord(c) == 127 else c for c in rel)
+    return (PurePosixPath("images") / (name if name.endswith(".png") else name + ".png")).as_posix()
 
 
-def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike, *,
-         settings: CropSettings = CropSettings(), device: str = "cpu", batch_size: int = 16,
-         workers: int | None = None, progress: bool = True) -> dict:
-    """Crop every row of ``manifest`` (files under ``root``) into ``out``. Returns the report."""
-    from tqdm import tqdm
+def colliding_rows(paths: list[str]) -> dict[int, int]:
+    """{row index: index of the earlier row whose crop it would overwrite} for manifest paths whose
+    :func:`output_name` is the same, compared as a case-insensitive filesystem would."""
+    first: dict[str, int] = {}
+    clashes = {}
+    for i, rel in enumerate(paths):
+        key = unicodedata.normalize("NFC", output_name(rel)).casefold()
+        if key in first:
+            clashes[i] = first[key]
+        else:
+            first[key] = i
+    return clashes
 
+
+@dataclass
+class _Item:
+    row: dict
+    src: Path
+    dest: str  # output_name(row["path"])
+
+
+def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[dict]]:
+    """The rows crop may read and write, and the refused ones (paths outside ``root``, crops that
+    would land outside ``out`` or on another row's crop) as report records."""
+    items, refused = [], []
+    clashes = colliding_rows([r["path"] for r in rows])
+    try:
+        name_max = os.pathconf(out, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    for i, row in enumerate(rows):
+        try:
+            if i in clashes:
+                raise HSNetError(f"its crop {output_name(row['path'])!r} would overwrite the crop of the row "
+                                 f"{rows[clashes[i]]['path']!r}; rename one of the files")
+            src = safe_join(root, row["path"], what="manifest path")
+            dest = output_name(row["path"])
+            safe_join(out, dest, what="crop output")
+            if any(len(os.fsencode(part)) > name_max for part in PurePosixPath(dest).parts):
+                raise HSNetError(f"its crop's name {dest!r} is over this filesystem's limit of {name_max} bytes")
+        except HSNetError as exc:
+            refused.append({"path": row["path"], "error": str(exc)})
+            continue
+        items.append(_Item(row, src, dest))
+    return items, refused
+
+
+def _previous_entries(out: Path, settings: CropParams) -> dict:
+    """The last run's entries when it used the same settings; {} when there is none or it is unreadable."""
+    try:
+        state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+        return dict(state.get("entries", {})) if state.get("settings") == settings.key() else {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s is unreadable (%s): cropping everything again", out / STATE_FILE, exc)
+        return {}
+
+
+def _reusable(old, digest: str, item: _Item, out: Path) -> bool:
+    try:
+        return old["sha256"] == digest and (old["row"] is None or (
+            old["row"]["path"] == item.dest and (out / item.dest).is_file()))
+    except (TypeError, KeyError):
+        return False
+
+
+def _check_settings(settings: CropParams) -> None:
     if settings.detector not in DETECTORS:
         raise HSNetError(f"--detector must be one of {', '.join(DETECTORS)}, got {settings.detector!r}")
     if settings.no_face not in NO_FACE_POLICIES:
@@ -139,58 +213,83 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
                          f"got {settings.no_face!r}")
     if settings.size < 16:
         raise HSNetError(f"--size {settings.size} is too small for a face crop")
+
+
+def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike, *,
+         settings: CropParams = Params().crop, device: str = "cpu", batch_size: int = 16,
+         workers: int | None = None, progress: bool = True) -> dict:
+    """Crop every row of ``manifest`` (files under ``root``) into ``out``. Returns the report.
+
+    Every row path is checked here, validated or not: a path outside ``root`` (absolute, ``..``,
+    a symbolic link out of it), a crop that would land on another row's, a file that isn't a
+    regular file or an image: each is a record in the report, never the end of the run.
+    """
+    _check_settings(settings)
     root, out = Path(root), Path(out)
     rows = read_manifest(manifest)
     if not rows:
         raise HSNetError(f"manifest {manifest} has no rows: nothing to crop")
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    previous = state.get("entries", {}) if state.get("settings") == settings.key() else {}
-
+    check_writable(out, "--out")
+    clean_stale_tmp(out, recursive=True)
+    items, refused = _plan(rows, root, out)
+    previous = _previous_entries(out, settings)
     detector = Detector(device, settings.min_face_size) if settings.detector == "mtcnn" else None
+    report = {"images": len(rows), "settings": asdict(settings), "processed": 0, "reused": 0,
+              "faces_found": 0, "no_face": [], "multi_face": [], "unreadable": [], "refused": refused,
+              "center_fallback": []}
+    entries = _crop_all(items, previous, detector, settings, out, report, batch_size=batch_size,
+                        workers=workers, progress=progress)
+    out_rows = _summarise(items, entries, report, settings)
+    _write_outputs(out, out_rows, report, entries, settings)
+    accounted = len(out_rows) + len(report["unreadable"]) + len(refused) + (
+        len(report["no_face"]) if settings.no_face == "drop" else 0)
+    assert accounted == len(rows), "every input row is in the output manifest or the report"
+    log.info("cropped %d of %d images (%d reused, %d without a face, %d unreadable, %d refused) -> %s",
+             len(out_rows), len(rows), report["reused"], len(report["no_face"]),
+             len(report["unreadable"]), len(refused), out)
+    return report
+
+
+def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams, out: Path, report: dict,
+              *, batch_size: int, workers: int | None, progress: bool) -> dict[str, dict]:
+    """Decode, detect and crop ``items`` chunk by chunk; the state entries of the done ones."""
+    from tqdm import tqdm
+
     # batch_size 1: one image at a time; more: MTCNN batches on a GPU, one image per core on a CPU
     parallel_cpu = detector is not None and detector.device.type == "cpu" and batch_size > 1
     entries: dict[str, dict] = {}
-    report = {"images": len(rows), "settings": asdict(settings), "processed": 0, "reused": 0,
-              "faces_found": 0, "no_face": [], "multi_face": [], "unreadable": [], "center_fallback": []}
     pool = ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2))
-    bar = tqdm(total=len(rows), disable=not progress, desc="cropping", unit="img")
+    bar = tqdm(total=len(items), disable=not progress, desc="cropping", unit="img")
 
-    def load(row):
-        src = root / row["path"]
+    def load(item: _Item):
         try:
-            digest = sha256_file(src)
-        except OSError as exc:
-            return row, None, None, f"{src}: {exc.strerror or exc}"
-        old = previous.get(row["path"])
-        if old and old["sha256"] == digest and (old["row"] is None or (out / old["row"]["path"]).is_file()):
-            return row, digest, old, None
+            digest = sha256_file(item.src)
+        except FileReadError as exc:
+            return item, None, None, str(exc)
+        old = previous.get(item.row["path"])
+        if old and _reusable(old, digest, item, out):
+            return item, digest, old, None
         try:
-            return row, digest, open_rgb(src), None
+            return item, digest, open_rgb(item.src), None
         except ImageReadError as exc:
-            return row, digest, None, str(exc)
-
-    def finish(row, digest, result_row, outcome):
-        entries[row["path"]] = {"sha256": digest, "row": result_row, "outcome": outcome}
+            return item, digest, None, str(exc)
 
     try:
-        for start in range(0, len(rows), CHUNK):
-            loaded = list(pool.map(load, rows[start:start + CHUNK]))
+        for start in range(0, len(items), CHUNK):
             todo = []
-            for row, digest, img, error in loaded:
+            for item, digest, img, error in pool.map(load, items[start:start + CHUNK]):
                 if error:
-                    report["unreadable"].append({"path": row["path"], "error": error})
+                    report["unreadable"].append({"path": item.row["path"], "error": error})
                     bar.update()
                 elif isinstance(img, dict):  # unchanged since the last run
-                    entries[row["path"]] = img
+                    entries[item.row["path"]] = img
                     report["reused"] += 1
                     bar.update()
                 else:
-                    todo.append((row, digest, img))
+                    todo.append((item, digest, img))
             by_size: dict[tuple[int, int], list] = {}
-            for item in todo:
-                by_size.setdefault(item[2].size, []).append(item)
+            for job in todo:
+                by_size.setdefault(job[2].size, []).append(job)
             for group in by_size.values():
                 step = len(group) if parallel_cpu else batch_size
                 for b in range(0, len(group), step):
@@ -198,34 +297,43 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
                     images = [np.asarray(img) for _, _, img in batch]
                     detections = ([None] * len(batch) if not detector
                                   else detector.each(images, pool) if parallel_cpu else detector(images))
-                    for (row, digest, img), boxes in zip(batch, detections):
-                        _crop_one(row, digest, img, boxes, settings, out, finish)
+                    for (item, digest, img), boxes in zip(batch, detections):
+                        result, outcome = _crop_one(item, img, boxes, settings, out)
+                        entries[item.row["path"]] = {"sha256": digest, "row": result, "outcome": outcome}
                         report["processed"] += 1
                         bar.update()
     finally:
         bar.close()
         pool.shutdown()
+    return entries
 
+
+def _summarise(items: list[_Item], entries: dict[str, dict], report: dict, settings: CropParams) -> list[dict]:
+    """Fill the report's lists from the entries; the output manifest's rows, in manifest order."""
     out_rows = []
-    for row in rows:
-        entry = entries.get(row["path"])
+    for item in items:
+        entry = entries.get(item.row["path"])
         if entry is None:
             continue  # unreadable: in the report
         outcome = entry["outcome"]
         if outcome == "no_face":
-            report["no_face"].append(row["path"])
+            report["no_face"].append(item.row["path"])
         if outcome == "center_fallback":
-            report["center_fallback"].append(row["path"])
-            report["no_face"].append(row["path"])
+            report["center_fallback"].append(item.row["path"])
+            report["no_face"].append(item.row["path"])
         if outcome.startswith("face"):
             report["faces_found"] += 1
             if outcome == "faces_multi":
-                report["multi_face"].append(row["path"])
+                report["multi_face"].append(item.row["path"])
         if entry["row"] is not None:
             out_rows.append(entry["row"])
     report["output_images"] = len(out_rows)
     if settings.detector == "none":
         report["faces_found"] = None
+    return out_rows
+
+
+def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict, settings: CropParams) -> None:
     write_manifest(out / "manifest.csv", out_rows,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "crop",
                             "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
@@ -234,19 +342,14 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     for stale in (out / "images").rglob("*.png") if (out / "images").is_dir() else []:
         if stale not in keep:  # crops of rows that left the manifest or now have no face
             stale.unlink()
-    write_json(state_path, {"settings": settings.key(), "entries": entries})
-    accounted = len(out_rows) + len(report["unreadable"]) + (
-        len(report["no_face"]) if settings.no_face == "drop" else 0)
-    assert accounted == len(rows), "every input row is in the output manifest or the report"
-    log.info("cropped %d of %d images (%d reused, %d without a face, %d unreadable) -> %s",
-             len(out_rows), len(rows), report["reused"], len(report["no_face"]),
-             len(report["unreadable"]), out)
-    return report
+    write_json(out / STATE_FILE, {"settings": settings.key(), "entries": entries})
 
 
-def _crop_one(row, digest, img, boxes, settings: CropSettings, out: Path, finish) -> None:
+def _crop_one(item: _Item, img, boxes, settings: CropParams, out: Path) -> tuple[dict | None, str]:
+    """Crop one image and write it; (its output manifest row or None, outcome)."""
+    row = item.row
     result = {k: row[k] for k in ("label", "label_name", "split", "subject")}
-    result.update(path=_out_rel(row["path"]), source_path=row["path"],
+    result.update(path=item.dest, source_path=row["path"],
                   box_x1="", box_y1="", box_x2="", box_y2="", det_prob="")
     if boxes is None:
         face, outcome = center_crop(img, settings.size), "full"
@@ -255,8 +358,7 @@ def _crop_one(row, digest, img, boxes, settings: CropSettings, out: Path, finish
         box, n = best_box(boxes, settings.min_prob)
         if box is None:
             if settings.no_face == "drop":
-                finish(row, digest, None, "no_face")
-                return
+                return None, "no_face"
             face, outcome = center_crop(img, settings.size), "center_fallback"
             result["crop"] = "center_fallback"
         else:
@@ -265,8 +367,10 @@ def _crop_one(row, digest, img, boxes, settings: CropSettings, out: Path, finish
             result["crop"] = "mtcnn"
             result.update(box_x1=f"{box[0]:.1f}", box_y1=f"{box[1]:.1f}", box_x2=f"{box[2]:.1f}",
                           box_y2=f"{box[3]:.1f}", det_prob=f"{box[4]:.4f}")
-    dest = out / result["path"]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        face.save(tmp, format="PNG", compress_level=1)
-    finish(row, digest, result, outcome)
+    dest = out / item.dest
+    try:
+        with atomic_path(dest) as tmp:
+            face.save(tmp, format="PNG", compress_level=1)
+    except OSError as exc:
+        raise HSNetError(f"{dest}: can't write the crop of {row['path']!r} ({exc.strerror or exc})") from exc
+    return result, outcome

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import HSNetError
+from ..io import check_writable, open_regular, safe_join
 
 
 def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, rev: str | None = None,
@@ -24,7 +25,23 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise HSNetError(f"--out {out} exists and is not empty; give an empty or new folder")
+    existed = out.is_dir()
+    check_writable(out, "--out")
+    try:
+        how = _fetch(source, out, dvc_path=dvc_path, rev=rev, progress=progress)
+        _check_tree(out, how)
+    except BaseException:  # out was empty or new: leave it so, nothing half-fetched behind
+        _empty(out, keep=existed)
+        raise
+    files = sum(1 for p in out.rglob("*") if p.is_file())
+    if not files:
+        raise HSNetError(f"{how}: no files arrived in {out}")
+    return {"source": how, "out": str(out), "files": files}
+
+
+def _fetch(source: str, out: Path, *, dvc_path: str | None, rev: str | None, progress: bool) -> str:
     if dvc_path:
+        safe_join(source, dvc_path, what="--dvc-path", links=False)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
@@ -42,12 +59,52 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
         download_prefix(source, out, progress=progress)
         how = f"s3 {source}"
     elif Path(source).is_dir():
-        shutil.copytree(source, out, dirs_exist_ok=True)
+        try:
+            shutil.copytree(source, out, dirs_exist_ok=True, copy_function=_copy_regular)
+        except shutil.Error as exc:
+            bad = [f"{src}: {why}" for src, _, why in exc.args[0]][:5]
+            raise HSNetError(f"copy of {source}: {len(exc.args[0])} file(s) not copied: {'; '.join(bad)}") from exc
         how = f"copy of {source}"
     else:
         raise HSNetError(f"--source {source!r}: not an s3:// prefix, not a folder here, and no --dvc-path "
                          "was given for a DVC repository")
-    files = sum(1 for p in out.rglob("*") if p.is_file())
-    if not files:
-        raise HSNetError(f"{how}: no files arrived in {out}")
-    return {"source": how, "out": str(out), "files": files}
+    return how
+
+
+def _empty(out: Path, keep: bool) -> None:
+    """Remove what a failed fetch left in ``out``; the folder itself too unless ``keep``."""
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _copy_regular(src: str, dst: str) -> None:
+    """shutil.copy2 for regular files only: a FIFO would hang the copy, /dev/zero never end."""
+    with open_regular(src):
+        pass
+    shutil.copy2(src, dst)
+
+
+def _check_tree(out: Path, how: str) -> None:
+    """Everything that arrived is a regular file or a folder inside ``out``: no symbolic link leading
+    out of it (which a later step would follow), no FIFO or device."""
+    bad = []
+    base = out.resolve()
+    for folder, dirs, files in os.walk(out):
+        for name in dirs + files:
+            p = Path(folder) / name
+            if p.is_symlink():
+                target = p.resolve()
+                if not target.is_relative_to(base):
+                    bad.append(f"{p} is a link to {target}, outside {out}")
+            elif not (p.is_dir() or p.is_file()):
+                bad.append(f"{p} is not a regular file")
+    if bad:
+        raise HSNetError(f"{how}: refusing what arrived ({'; '.join(bad[:5])}"
+                         f"{f'; ... {len(bad) - 5} more' if len(bad) > 5 else ''}); {out} was removed")

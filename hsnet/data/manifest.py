@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 from ..errors import HSNetError
-from ..io import atomic_path
+from ..io import FileReadError, atomic_path, open_regular
 
 COLUMNS = ["path", "label", "label_name", "split", "subject"]
 SPLITS = ("train", "val", "test")
@@ -29,23 +30,59 @@ def write_manifest(path: str | os.PathLike, rows: list[dict], columns: list[str]
 
 
 def read_manifest(path: str | os.PathLike, required: list[str] | None = None) -> list[dict]:
-    """Rows of a manifest as dicts (``label`` as int). Fails clearly on a missing or bad file."""
+    """Rows of a manifest as dicts (``label`` as int). Fails clearly on a missing or bad file:
+    not a regular file, not UTF-8, not CSV, short or long rows, labels that aren't integers."""
+    return _read(path, required)[1]
+
+
+def manifest_columns(path: str | os.PathLike) -> list[str]:
+    """The header of a manifest, read as :func:`read_manifest` reads it."""
+    return _read(path, [])[0]
+
+
+def _read(path: str | os.PathLike, required: list[str] | None) -> tuple[list[str], list[dict]]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ManifestError(f"manifest {path} does not exist; create it with 'hsnet data import'")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in (required or COLUMNS) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ManifestError(f"manifest {path} lacks the column(s) {', '.join(missing)} "
-                                f"(has: {', '.join(reader.fieldnames or [])}); "
-                                "re-create it with 'hsnet data import'")
-        rows = list(reader)
-    for i, row in enumerate(rows, start=2):
+    try:
+        with open_regular(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, restval="")
+            fieldnames = list(reader.fieldnames or [])
+            missing = [c for c in (required if required is not None else COLUMNS) if c not in fieldnames]
+            if missing:
+                raise ManifestError(f"manifest {path} lacks the column(s) {', '.join(missing)} "
+                                    f"(has: {', '.join(fieldnames)}); re-create it with 'hsnet data import'")
+            rows = []
+            for row in reader:
+                if None in row:
+                    raise ManifestError(f"manifest {path} line {reader.line_num}: {len(fieldnames) + len(row[None])} "
+                                        f"fields, the header has {len(fieldnames)}")
+                rows.append(row)
+    except FileReadError as exc:
+        raise ManifestError(f"manifest {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path} is not UTF-8 text ({_first_bad_line(path)}); "
+                            "save it as UTF-8") from exc
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {path}: not a readable CSV file ({exc})") from exc
+    except OSError as exc:
+        raise ManifestError(f"manifest {path}: read error ({exc.strerror or exc})") from exc
+    for i, row in enumerate(rows, start=1):
         if "label" not in row:
             continue
         try:
             row["label"] = int(row["label"])
         except (TypeError, ValueError):
-            raise ManifestError(f"manifest {path} line {i}: label {row['label']!r} is not an integer")
-    return rows
+            raise ManifestError(f"manifest {path} row {i}: label {row['label'][:50]!r} is not an integer") from None
+    return fieldnames, rows
+
+
+def _first_bad_line(path: Path) -> str:
+    """Where a file stops being UTF-8: 'line N: b'...''."""
+    with open_regular(path) as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {n}: {line[max(0, exc.start - 10):exc.start + 10]!r}"
+    return "an invalid byte sequence"

@@ -8,7 +8,6 @@ report directory gets the GX results as JSON and GX's Data Docs as HTML.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
@@ -16,16 +15,18 @@ import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import HSNetError
-from ..io import ImageReadError, cache_root, open_rgb, write_json
+from ..params import ValidateParams
+from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, open_rgb, safe_join, \
+    sha256_file, write_json
+from .crop import colliding_rows, output_name
 from .datasets import get_spec
-from .manifest import COLUMNS, SPLITS, read_manifest
+from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_SIZE = 32
 
 
 class ValidationFailed(HSNetError):
@@ -84,11 +85,13 @@ class ImageInfoCache:
 
 
 def _inspect(path: Path) -> ImageInfo:
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    """Only regular files are read (a FIFO would hang, /dev/zero never end): anything else, and
+    anything that doesn't decode, is a row with ``decodes`` False and the reason in ``error``."""
+    digest = ""
     try:
+        digest = sha256_file(path)
         img = open_rgb(path)
-    except ImageReadError as exc:
+    except FileReadError as exc:
         return ImageInfo(True, False, 0, 0, digest, str(exc))
     return ImageInfo(True, True, img.width, img.height, digest, "")
 
@@ -131,12 +134,6 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
     return infos
 
 
-def _inside_root(rel: str) -> bool:
-    p = PurePosixPath(rel.replace("\\", "/"))
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and not rel.startswith("~") \
-        and not (len(rel) > 1 and rel[1] == ":")  # no drive letters
-
-
 def build_table(rows: list[dict], root: Path, classes: tuple[str, ...], min_size: int,
                 workers: int | None, cache: ImageInfoCache | None, progress: bool):
     """The manifest as a pandas DataFrame with the columns the expectations check."""
@@ -145,13 +142,25 @@ def build_table(rows: list[dict], root: Path, classes: tuple[str, ...], min_size
     df = pd.DataFrame(rows)
     for col in ("path", "label_name", "split"):
         df[col] = df[col].replace("", None)
-    inside = [_inside_root(p or "") for p in df["path"]]
-    files = [root / p if ok else None for p, ok in zip(df["path"], inside)]
+    files, refusals = [], []
+    for p in df["path"]:
+        try:
+            files.append(safe_join(root, p or "", what="path"))
+            refusals.append("")
+        except UnsafePath as exc:
+            files.append(None)
+            refusals.append(str(exc))
     checked = [f for f in files if f is not None]
     infos = iter(inspect_images(checked, workers=workers, cache=cache, progress=progress))
-    infos = [next(infos) if f is not None else ImageInfo(False, False, 0, 0, "", "path outside root")
-             for f in files]
-    df["path_inside_root"] = inside
+    infos = [next(infos) if f is not None else ImageInfo(False, False, 0, 0, "", why)
+             for f, why in zip(files, refusals)]
+    df["path_inside_root"] = [f is not None for f in files]
+    clashes = colliding_rows([p or "" for p in df["path"]])
+    df["crop_name_unique"] = [i not in clashes for i in range(len(df))]
+    for i, j in clashes.items():
+        infos[i] = ImageInfo(infos[i].exists, infos[i].decodes, infos[i].width, infos[i].height, infos[i].sha256,
+                             f"its crop {output_name(df['path'].iloc[i] or '')!r} would overwrite the crop of "
+                             f"{df['path'].iloc[j]!r}")
     df["file_exists"] = [i.exists for i in infos]
     df["decodes"] = [i.decodes for i in infos]
     df["min_side"] = [min(i.width, i.height) for i in infos]
@@ -184,7 +193,7 @@ def _suites(gx, gxe, classes, min_size, paper_sizes):
     rows.add_expectation(gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=n,
                                                                      max_value=n))
     rows.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="path"))
-    for col in ("path_inside_root", "file_exists", "decodes"):
+    for col in ("path_inside_root", "crop_name_unique", "file_exists", "decodes"):
         rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=[True]))
     rows.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="min_side", min_value=min_size))
     rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="sha256_splits", value_set=[1]))
@@ -205,7 +214,8 @@ WHAT = {  # expectation type (+ column) -> what a person should read
     "expect_column_distinct_values_to_contain_set:train_label": "a class is missing from train",
     "expect_column_unique_value_count_to_be_between:label": "wrong number of classes",
     "expect_column_values_to_be_unique:path": "duplicate paths",
-    "expect_column_values_to_be_in_set:path_inside_root": "paths escaping the root (absolute or '..')",
+    "expect_column_values_to_be_in_set:path_inside_root": "paths escaping the root (absolute, '..' or a link out)",
+    "expect_column_values_to_be_in_set:crop_name_unique": "rows whose crops would get the same file name",
     "expect_column_values_to_be_in_set:file_exists": "missing files",
     "expect_column_values_to_be_in_set:decodes": "files that do not decode as images",
     "expect_column_values_to_be_between:min_side": "images smaller than the minimum size",
@@ -235,13 +245,14 @@ def _explain(result: dict, df) -> dict:
 
 
 def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
-             report: str | os.PathLike, *, min_size: int = DEFAULT_MIN_SIZE, workers: int | None = None,
-             use_cache: bool = True, progress: bool = True) -> dict:
+             report: str | os.PathLike, settings: ValidateParams = ValidateParams(), *,
+             workers: int | None = None, use_cache: bool = True, progress: bool = True) -> dict:
     """Validate ``manifest`` (rows under ``root``) for ``dataset``; write the report; return the summary.
 
     Raises :class:`ValidationFailed` (after writing the report) when a critical expectation fails.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    min_size = settings.min_size
     import great_expectations as gx
     import great_expectations.expectations as gxe
     import pandas as pd
@@ -252,6 +263,8 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
     if not root.is_dir():
         raise HSNetError(f"data root {root} is not a directory")
     rows = read_manifest(manifest, required=[])
+    check_writable(report, "--report")
+    clean_stale_tmp(report)
     if not rows:
         raise ValidationFailed(f"manifest {manifest} has no rows")
     for row in rows:  # a missing core column is reported by the suite, not by a KeyError here
@@ -259,7 +272,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
             row.setdefault(col, None)
     cache = ImageInfoCache(cache_root() / "image-info.sqlite") if use_cache else None
     df = build_table(rows, root, spec.classes, min_size, workers, cache, progress)
-    present_cols = set(read_manifest_columns(manifest))
+    present_cols = set(manifest_columns(manifest))
     for col in COLUMNS:
         if col not in present_cols:
             df = df.drop(columns=[col])
@@ -272,7 +285,6 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
         counts = pd.DataFrame([{"split": k, "count": observed[k], "paper": v}
                                for k, v in spec.paper_split_sizes.items()])
 
-    report.mkdir(parents=True, exist_ok=True)
     docs_dir = report / "data_docs"
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -319,9 +331,3 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
                                + f"\nFull report: {report / 'summary.json'}, {summary['data_docs']}")
     return summary
 
-
-def read_manifest_columns(manifest) -> list[str]:
-    import csv
-
-    with open(manifest, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), [])
