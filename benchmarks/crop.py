@@ -41,7 +41,8 @@ def make_photos(root: Path, n: int, size: tuple[int, int]) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parser(__doc__).parse_args(argv)
-    from hsnet.data.crop import CropSettings, crop
+    from hsnet.data.crop import crop
+    from hsnet.params import CropParams
     from hsnet.data.manifest import write_manifest
 
     n = 4 if args.smoke else 32
@@ -59,7 +60,7 @@ def main(argv=None) -> dict:
                 for mode, batch in (("one_at_a_time", 1), ("batched", 16)):
                     out = tmp / f"out-{root.name}-{device}-{mode}"
                     t0 = time.perf_counter()
-                    report = crop(tmp / f"{root.name}.csv", root, out, settings=CropSettings(detector="mtcnn", size=100),
+                    report = crop(tmp / f"{root.name}.csv", root, out, settings=CropParams(detector="mtcnn", size=100),
                                   device=device, batch_size=batch, progress=False)
                     result[f"{mode}_img_s"] = n / (time.perf_counter() - t0)
                     result[f"{mode}_faces"] = report["output_images"]

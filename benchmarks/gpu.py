@@ -69,7 +69,8 @@ ADAM_VARIANTS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "
 
 
 def _train_step(model, opt, x8, y, gen):
-    from hsnet.tensors import augment, normalize
+    from hsnet.device import normalize
+    from hsnet.tensors import augment
 
     def step():
         x = augment(normalize(x8), gen, hflip=True, rotate_degrees=5.0)
@@ -85,10 +86,11 @@ def count_step_ops(model_params: dict, adam: str, *, size: int = 80, batch: int 
     backward, Adam), counted on the CPU; the count does not depend on the input size. Adam: PyTorch's
     CPU default ``for-loop`` (several ops per parameter tensor), its CUDA default ``foreach``
     (one op per step of the update for all tensors), or ``fused`` (what hsnet uses on a GPU)."""
-    from hsnet.train import build_model
+    from hsnet.checkpoint import build_model
+    from hsnet.params import ModelParams
 
     torch.manual_seed(0)
-    model = build_model(7, model_params, for_checkpoint=True).train()
+    model = build_model(7, ModelParams(**model_params), for_checkpoint=True).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, **ADAM_VARIANTS[adam])
     step = _train_step(model, opt, torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8),
                        torch.randint(0, 7, (batch,)), torch.Generator().manual_seed(0))
@@ -153,12 +155,15 @@ def launch_budget() -> dict:
 
 def measure_gpu(args) -> dict:
     from hsnet.tensors import Batches
-    from hsnet.train import build_model, compile_model, make_optimizer, pick_device, run_epoch
+    from hsnet.checkpoint import build_model
+    from hsnet.device import pick_device
+    from hsnet.params import ModelParams
+    from hsnet.train import compile_model, make_optimizer, run_epoch
 
     size, batch = (96, 8) if args.smoke else (224, BATCH)
     n = batch * (4 if args.smoke else 200)
     setup = pick_device("cuda")
-    model = build_model(7, {"dib": True, "fgal": True, "ktl": True}, for_checkpoint=True).to(setup.device)
+    model = build_model(7, ModelParams(), for_checkpoint=True).to(setup.device)
     model = model.to(memory_format=torch.channels_last)
     step_model = compile_model(model, args.compile or False)
     opt = make_optimizer([q for q in model.parameters() if q.requires_grad], BENCH_TRAIN, setup)

@@ -20,7 +20,8 @@ from .model import train_path
 
 
 def pipeline_rate(split, batch: int, device: torch.device, repeat: int) -> float:
-    from hsnet.tensors import Batches, augment, normalize
+    from hsnet.device import normalize
+    from hsnet.tensors import Batches, augment
 
     gen = torch.Generator().manual_seed(0)
 

@@ -8,14 +8,10 @@ from . import IMAGE
 def crop_faces(dataset: str, params: dict, device: str, raw: Input[Dataset], manifest: Input[Dataset],
                crops: Output[Dataset]):
     """hsnet crop: MTCNN face crops (or resizing) with the dataset's crop settings."""
-    import json
-    from pathlib import Path
+    from components.convert import params_for, start_step
+    from hsnet.data.crop import crop
 
-    from hsnet.cli import run
-    from hsnet.params import params_file
-
-    with params_file(params) as params_path:
-        run(["crop", "--manifest", manifest.path, "--root", raw.path, "--dataset", dataset,
-             "--params", params_path, "--out", crops.path, "--device", device or "cpu"])
-    report = json.loads((Path(crops.path) / "crop_report.json").read_text())
+    start_step()
+    report = crop(manifest.path, raw.path, crops.path, settings=params_for(params, dataset).crop,
+                  device=device or "cpu")
     crops.metadata.update(dataset=dataset, images=report["output_images"], no_face=len(report["no_face"]))

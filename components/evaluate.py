@@ -8,18 +8,15 @@ from . import IMAGE
 def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input[Model], report: Output[Artifact],
                    metrics: Output[Metrics], confusion: Output[ClassificationMetrics], comparison: Output[Markdown]):
     """hsnet evaluate on the test split: accuracy, mean accuracy, confusion matrix, comparison with the paper."""
-    import json
-    import os
     import shutil
     from pathlib import Path
 
-    from hsnet.cli import run
+    from components.convert import start_step
+    from hsnet.checkpoint import BEST
+    from hsnet.evaluate import evaluate
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    run(["evaluate", "--checkpoint", str(Path(model.path) / "best.pt"), "--data", crops.path,
-         "--out", report.path])
-    m = json.loads((Path(report.path) / "metrics.json").read_text())
+    start_step(mlflow_tracking_uri)
+    m = evaluate(Path(model.path) / BEST, crops.path, report.path)
     metrics.log_metric("accuracy", m["accuracy"])
     metrics.log_metric("mean_accuracy", m["mean_accuracy"])
     for name, acc in m["per_class_accuracy"].items():

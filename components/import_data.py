@@ -7,10 +7,9 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def import_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Output[Dataset]):
     """hsnet data import: the dataset's files in its publisher's layout -> manifest.csv with splits."""
-    from hsnet.cli import run
-    from hsnet.params import params_file
+    from components.convert import params_for, start_step
+    from hsnet.data.datasets import import_dataset
 
-    with params_file(params) as params_path:
-        run(["data", "import", "--dataset", dataset, "--root", raw.path, "--params", params_path,
-             "--out", manifest.path])
+    start_step()
+    import_dataset(dataset, raw.path, manifest.path, params_for(params, dataset).import_)
     manifest.metadata["dataset"] = dataset

@@ -7,17 +7,11 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_model(dataset: str, mlflow_tracking_uri: str, model: Input[Model], report: Input[Artifact]) -> str:
     """hsnet register: a new version of hsnet-DATASET (alias candidate); returns its models:/ URI."""
-    import json
-    import os
-    import tempfile
     from pathlib import Path
 
-    from hsnet.cli import run
+    from components.convert import start_step
+    from hsnet.checkpoint import BEST
+    from hsnet.registry import register
 
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
-        out = Path(tmp) / "registered.json"
-        run(["register", "--checkpoint", str(Path(model.path) / "best.pt"),
-             "--metrics", str(Path(report.path) / "metrics.json"), "--dataset", dataset, "--out", str(out)])
-        return json.loads(out.read_text())["model_uri"]
+    start_step(mlflow_tracking_uri)
+    return register(Path(model.path) / BEST, Path(report.path) / "metrics.json", dataset)["model_uri"]

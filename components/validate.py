@@ -13,14 +13,15 @@ def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Inp
     import tempfile
     from pathlib import Path
 
-    from hsnet.cli import run
-    from hsnet.params import params_file
+    from components.convert import params_for, start_step
+    from hsnet.data.validate import validate
 
-    with tempfile.TemporaryDirectory(prefix="validation-") as tmp, params_file(params) as params_path:
+    start_step()
+    settings = params_for(params, dataset).validate
+    with tempfile.TemporaryDirectory(prefix="validation-") as tmp:
         report = Path(tmp)
         try:
-            run(["validate", "--manifest", manifest.path, "--root", raw.path, "--dataset", dataset,
-                 "--params", params_path, "--report", str(report)])
+            validate(manifest.path, raw.path, dataset, report, settings)
         finally:  # the Data Docs page of this validation, also when it failed
             pages = sorted((report / "data_docs" / "validations").rglob("*.html"))
             if pages:

@@ -1,92 +1,342 @@
-"""params.yaml: the paper's settings as defaults, per-dataset overrides on top.
+"""params.yaml, typed: the paper's settings as defaults, per-dataset entries on top.
 
-    defaults:            # Sect. 4.2 of the paper
-      train: {optimizer: adam, lr: 0.01, ...}
+    defaults:            # applies to every dataset
+      train: {seed: 0}
     datasets:
-      sample: {input_size: 100, train: {epochs: 6}, ...}
+      sample: {input_size: 80, train: {lr: 0.001, epochs: 12}}
 
-``resolve(path, dataset)`` returns ``defaults`` deep-merged with ``datasets[dataset]``.
+One dataclass per section below holds each setting's type, allowed values and default (the
+paper's choice, Sect. 4.2). :meth:`Params.resolve` reads the file once, checks every layer
+against the schema (an unknown key, a wrong type or a value out of range is refused with its
+dotted name and what is allowed) and returns the merged settings as objects that the steps
+take as arguments: the paper's defaults <- ``defaults`` <- ``datasets.<name>`` <- overrides
+(``--set``, command-line flags).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import dataclasses
+import functools
+import hashlib
+import json
 import os
 import re
-import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Union
 
 import yaml
 
 from .errors import HSNetError
 
-PAPER_DEFAULTS = {
-    "import": {"split_by": "class", "seed": 0, "rafdb_images": "aligned"},
-    "validate": {"min_size": 32},
-    "input_size": 224,
-    "crop": {"detector": "mtcnn", "size": 224, "margin": 0, "no_face": "drop", "min_prob": 0.0},
-    "model": {"dib": True, "fgal": True, "ktl": True, "stem_weights": "vggface2"},
-    "train": {
-        "optimizer": "adam", "lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0.0,
-        "epochs": 500, "batch_size": 32,
-        "scheduler": {"name": "plateau", "monitor": "val_loss", "patience": 20, "factor": 0.1},
-        "augment": {"hflip": True, "rotate_degrees": 5.0},
-        "max_epochs": None,  # cap for quick runs
-        "early_stopping": None,  # epochs without val-accuracy gain before stopping; None = off
-        "seed": 0,
-        "num_threads": None,  # CPU threads; None = torch's default
-        "compile": "auto",  # auto (CUDA graphs on a GPU, eager on a CPU), false, true or a torch.compile mode
-    },
-    "evaluate": {"tta_hflip": False},
-}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+
+class ParamsError(HSNetError):
+    """A setting is unknown, of the wrong type or out of range; the message names it."""
+
+
+def _range(lo=None, hi=None, *, lo_open=False, hi_open=False) -> dict:
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+@dataclass(frozen=True)
+class ImportParams:
+    split_by: Literal["class", "subject"] = "class"
+    seed: int = 0
+    rafdb_images: Literal["aligned", "original"] = "aligned"
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    min_size: int = field(default=32, metadata=_range(1))  # smallest acceptable image side, px
+
+
+@dataclass(frozen=True)
+class CropParams:
+    detector: Literal["mtcnn", "none"] = "mtcnn"  # the paper crops RaFD and KDEF with MTCNN
+    size: int | None = field(default=None, metadata=_range(1))  # None: the dataset's input_size
+    margin: int = field(default=0, metadata=_range(0))  # around the face, in output pixels
+    no_face: Literal["drop", "center"] = "drop"
+    min_face_size: int = field(default=20, metadata=_range(1))  # MTCNN's own default
+    min_prob: float = field(default=0.0, metadata=_range(0, 1))  # detections below are ignored
+
+    def key(self) -> str:
+        """A short hash of the settings: crops made with other settings are redone."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    dib: bool = True  # kernel scale: SDIB/RDIB
+    fgal: bool = True  # network scale
+    ktl: bool = True  # knowledge scale: the frozen VGGFace2 stem
+    stem_weights: str = "vggface2"  # facenet-pytorch's download, a file or s3:// URI
+
+
+@dataclass(frozen=True)
+class SchedulerParams:
+    name: Literal["plateau"] = "plateau"  # ReduceLROnPlateau
+    monitor: Literal["val_loss"] = "val_loss"
+    patience: int = field(default=20, metadata=_range(0))
+    factor: float = field(default=0.1, metadata=_range(0, 1, lo_open=True, hi_open=True))
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    hflip: bool = True
+    rotate_degrees: float = field(default=5.0, metadata=_range(0, 180))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    optimizer: Literal["adam"] = "adam"
+    lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = field(default=0.0, metadata=_range(0))
+    epochs: int = field(default=500, metadata=_range(1))
+    batch_size: int = field(default=32, metadata=_range(2))  # BatchNorm needs 2 images
+    scheduler: SchedulerParams = SchedulerParams()
+    augment: AugmentParams = AugmentParams()
+    max_epochs: int | None = field(default=None, metadata=_range(1))  # cap for quick runs
+    early_stopping: int | None = field(default=None, metadata=_range(1))  # epochs without val gain
+    seed: int = 0
+    num_threads: int | None = field(default=None, metadata=_range(1))  # CPU threads; None: torch's
+    # auto: CUDA graphs on a GPU, eager on a CPU; false; true (torch.compile's default); or a mode
+    compile: Union[bool, None, Literal["auto", "default", "reduce-overhead", "max-autotune",
+                                       "max-autotune-no-cudagraphs"]] = "auto"
+
+    @property
+    def epochs_to_run(self) -> int:
+        return min(self.epochs, self.max_epochs) if self.max_epochs else self.epochs
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    tta_hflip: bool = False  # average with the flipped image (not in the paper)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything one dataset's pipeline run is configured by."""
+
+    dataset: str = ""
+    input_size: int = field(default=224, metadata=_range(1))  # train checks HSNet's minimum
+    import_: ImportParams = field(default=ImportParams(), metadata={"key": "import"})
+    validate: ValidateParams = ValidateParams()
+    crop: CropParams = CropParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    def __post_init__(self):
+        if self.crop.size is None:  # crops are stored at the size the model trains on
+            object.__setattr__(self, "crop", dataclasses.replace(self.crop, size=self.input_size))
+
+    @classmethod
+    def resolve(cls, path: str | os.PathLike | None, dataset: str, overrides: dict | None = None,
+                *, overrides_name: str = "--set") -> "Params":
+        """``dataset``'s settings from the params file at ``path`` (the paper's defaults alone when
+        ``path`` is None), with ``overrides`` (a nested mapping, e.g. from ``--set``) on top."""
+        return cls.from_mapping(load(path) if path else None, dataset, overrides, source=str(path),
+                                overrides_name=overrides_name)
+
+    @classmethod
+    def from_mapping(cls, data: dict | None, dataset: str, overrides: dict | None = None, *,
+                     source: str = "params", overrides_name: str = "--set") -> "Params":
+        """The same from a params.yaml already read into a mapping (Kubeflow's pipeline parameter)."""
+        layers = [{}]
+        if data is not None:
+            check_file(data, source)
+            datasets = data.get("datasets") or {}
+            if dataset not in datasets:
+                raise ParamsError(f"dataset {dataset!r} has no entry under 'datasets' in {source} "
+                                  f"(entries: {', '.join(datasets) or 'none'}); add one")
+            layers += [data.get("defaults") or {}, datasets[dataset] or {}]
+        if overrides:
+            _convert(cls, overrides, f"{overrides_name}:")
+            layers.append(overrides)
+        merged: dict = {}
+        for layer in layers:
+            merged = deep_merge(merged, layer)
+        merged["dataset"] = dataset
+        return _build(cls, merged, source)
+
+    def to_dict(self) -> dict:
+        """Plain types, with the file's key names (``import``), for MLflow, checkpoints and YAML."""
+        return _plain(self)
+
+
+def check_file(data, source: str) -> None:
+    """Every layer of a params mapping against the schema: top-level keys, ``defaults`` and each
+    ``datasets`` entry."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source} must hold a mapping (datasets_to_run, defaults, datasets)")
+    unknown = sorted(set(data) - {"datasets_to_run", "defaults", "datasets"})
+    if unknown:
+        raise ParamsError(f"{source}: unknown top-level key(s) {', '.join(map(str, unknown))}; "
+                          "allowed: datasets_to_run, defaults, datasets")
+    datasets = data.get("datasets") or {}
+    if not isinstance(datasets, dict):
+        raise ParamsError(f"{source}: 'datasets' must map dataset names to their settings")
+    _convert(Params, data.get("defaults") or {}, f"{source}: defaults")
+    for name, entry in datasets.items():
+        _convert(Params, entry or {}, f"{source}: datasets.{name}")
+    to_run = data.get("datasets_to_run") or []
+    if not isinstance(to_run, list) or any(d not in datasets for d in to_run):
+        raise ParamsError(f"{source}: datasets_to_run must list names under 'datasets' "
+                          f"({', '.join(datasets) or 'none'}), got {to_run!r}")
+
+
+# --- the schema's machinery -------------------------------------------------------------------
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _keys(cls) -> dict[str, dataclasses.Field]:
+    return {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls) if f.name != "dataset"}
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin is tuple:
+        return f"a list of {len(args)} numbers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _value(tp, value, where: str, meta: dict):
+    """``value`` checked (and, for numbers, converted) against the type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _convert(tp, value, where)
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return _value(option, value, where, meta)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
+    if origin is Literal:
+        if isinstance(value, str) and value.lower() in [str(a).lower() for a in args]:
+            return value.lower()
+        raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ParamsError(f"{where}: {value!r} is not null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
+        return tuple(_value(a, v, f"{where}[{i}]", {}) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParamsError(f"{where}: {value!r} is not true or false (write it without quotes)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _in_range(value, where, meta)
+        raise ParamsError(f"{where}: {value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _in_range(float(value), where, meta)
+        raise ParamsError(f"{where}: {value!r} is not a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ParamsError(f"{where}: {value!r} is not a string")
+    raise TypeError(f"no rule for {tp}")  # a schema bug, not an input error
+
+
+def _in_range(value, where: str, meta: dict):
+    lo, hi, lo_open, hi_open = meta.get("range", (None, None, False, False))
+    bounds = ([f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []) + \
+        ([f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or \
+            (hi is not None and (value > hi or (hi_open and value == hi))):
+        raise ParamsError(f"{where}: {value} is out of range; it must be {' and '.join(bounds)}")
+    return value
+
+
+def _convert(cls, data, where: str) -> dict:
+    """A partial mapping for section ``cls`` checked key by key; returns it with converted values."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where}: expected a mapping of {', '.join(_keys(cls))}, got {data!r}")
+    keys, hints = _keys(cls), _hints(cls)
+    out = {}
+    for key, value in data.items():
+        name = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+        if key not in keys:
+            raise ParamsError(f"{name}: unknown key; allowed: {', '.join(keys)}")
+        f = keys[key]
+        out[key] = _value(hints[f.name], value, name, dict(f.metadata))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, merged: dict, where: str):
+    converted = _convert(cls, {k: v for k, v in merged.items() if k != "dataset"}, where)
+    hints, kwargs = _hints(cls), {}
+    for key, f in _keys(cls).items():
+        if key in converted:
+            value = converted[key]
+            nested = dataclasses.is_dataclass(hints[f.name])
+            kwargs[f.name] = _build(hints[f.name], value, f"{where}.{key}") if nested else value
+    if "dataset" in merged:
+        kwargs["dataset"] = merged["dataset"]
+    return cls(**kwargs)
+
+
+def _plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.metadata.get("key", f.name): _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def section(cls, data: dict | None) -> object:
+    """A section's object from a plain mapping that a checkpoint or an MLflow record carries."""
+    return _build(cls, data or {}, cls.__name__)
+
+
+# --- files and command-line overrides ---------------------------------------------------------
 
 def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
+    out = dict(base)
     for key, value in (override or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = value
     return out
 
 
 def load(path: str | os.PathLike) -> dict:
+    """A params file as a mapping; the schema is checked by :meth:`Params.resolve`."""
     path = Path(path)
     if not path.is_file():
-        raise HSNetError(f"params file {path} does not exist")
+        raise ParamsError(f"params file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise HSNetError(f"params file {path} is not valid YAML: {exc}") from exc
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise HSNetError(f"params file {path} must hold a mapping")
+        raise ParamsError(f"params file {path} must hold a mapping")
     return data
-
-
-def resolve(path: str | os.PathLike | None, dataset: str) -> dict:
-    """The settings for ``dataset``: paper defaults <- params' ``defaults`` <- ``datasets[dataset]``."""
-    data = load(path) if path else {}
-    datasets = data.get("datasets") or {}
-    if path and dataset not in datasets:
-        raise HSNetError(f"dataset {dataset!r} has no entry under 'datasets' in {path} "
-                         f"(entries: {', '.join(datasets) or 'none'}); add one")
-    merged = deep_merge(deep_merge(PAPER_DEFAULTS, data.get("defaults") or {}), datasets.get(dataset) or {})
-    merged["dataset"] = dataset
-    return merged
-
-
-def settings(path: str | os.PathLike | None, dataset: str, section: str, given: dict) -> dict:
-    """One section's settings for a verb: explicit values in ``given`` (not None) win over
-    ``params.yaml`` (when ``path`` is given), which wins over the paper's defaults."""
-    base = resolve(path, dataset).get(section, {}) if path else PAPER_DEFAULTS.get(section, {})
-    out = dict(base)
-    out.update({k: v for k, v in given.items() if v is not None})
-    return out
-
-
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -95,16 +345,24 @@ def parse_set(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise HSNetError(f"--set {item!r}: expected KEY=VALUE, e.g. model.dib=false")
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. model.dib=false")
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed.strip()):
-            parsed = float(parsed)  # YAML 1.1 reads 2e-3 (no dot) as a string
-        node[parts[-1]] = parsed
+            if not isinstance(node, dict):
+                raise ParamsError(f"--set {item!r}: {part} is set to a value and a section at once")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
     return out
+
+
+def flags(section_name: str, given: dict) -> dict:
+    """Command-line flags of one section as overrides: {"crop": {"size": 100}}; None = not given."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return {section_name: chosen} if chosen else {}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -117,27 +375,3 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
-
-
-@contextlib.contextmanager
-def params_file(params: dict):
-    """``params`` (a whole params.yaml as a mapping) as a temporary file for the verbs to read,
-    deleted afterwards. Kubeflow passes params.yaml as a pipeline parameter; the verbs read files.
-    """
-    if not isinstance(params, dict) or not isinstance(params.get("datasets"), dict):
-        raise HSNetError("params must be a params.yaml mapping with a 'datasets' section")
-
-    def restore_ints(value):  # protobuf (Kubeflow's parameter transport) turns every int into a float
-        if isinstance(value, dict):
-            return {k: restore_ints(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [restore_ints(v) for v in value]
-        return int(value) if isinstance(value, float) and value.is_integer() else value
-
-    fd, path = tempfile.mkstemp(prefix="hsnet-params-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(restore_ints(params), f, sort_keys=False)
-        yield path
-    finally:
-        os.unlink(path)

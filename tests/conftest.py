@@ -57,14 +57,15 @@ def stem_weights_file(irv1_state_dict, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A few dozen sample images per split, cropped (resized) to 80x80: the trainer's input."""
-    from hsnet.data.crop import CropSettings, crop
+    from hsnet.data.crop import crop
+    from hsnet.params import CropParams
     from hsnet.data.datasets import import_dataset
     from hsnet.data.sample import generate
 
     base = tmp_path_factory.mktemp("tiny")
     generate(base / "raw", per_class=4, size=96, seed=5)
     import_dataset("sample", base / "raw", base / "manifest.csv")
-    crop(base / "manifest.csv", base / "raw", base / "crops", settings=CropSettings(detector="none", size=80),
+    crop(base / "manifest.csv", base / "raw", base / "crops", settings=CropParams(detector="none", size=80),
          progress=False)
     return base / "crops"
 
@@ -133,13 +134,14 @@ def local_mlflow(tmp_path, monkeypatch):
 def trained(tiny_data, tmp_path_factory):
     """A checkpoint trained for two epochs on the tiny sample, and its real evaluation."""
     from hsnet.evaluate import evaluate
+    from hsnet.params import Params
     from hsnet.train import train
 
     base = tmp_path_factory.mktemp("trained")
     params = base / "params.yaml"
     params.write_text("datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false}\n"
                       "    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3}\n")
-    train(tiny_data, params, "sample", base / "run", track=False, progress=False)
+    train(tiny_data, Params.resolve(params, "sample"), base / "run", track=False, progress=False)
     evaluate(base / "run" / "best.pt", tiny_data, base / "eval", track=False, progress=False)
     return {"checkpoint": base / "run" / "best.pt", "metrics": base / "eval" / "metrics.json",
             "data": tiny_data, "base": base}

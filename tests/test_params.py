@@ -1,64 +1,112 @@
-"""params.yaml: the paper's choices as defaults, per-dataset entries on top, and the files the
-Kubeflow components hand to the verbs."""
+"""params.yaml, typed: the paper's choices as defaults, per-dataset entries on top, every key and
+value checked against the schema with its dotted name in the error."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hsnet.errors import HSNetError
-from hsnet.params import PAPER_DEFAULTS, params_file, parse_set, resolve, settings
+from hsnet.cli import main
+from hsnet.params import CropParams, ModelParams, Params, ParamsError, TrainParams, parse_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_paper_recipe_is_the_default():
-    t = PAPER_DEFAULTS["train"]
-    assert (t["optimizer"], t["lr"], t["betas"], t["epochs"], t["batch_size"]) == ("adam", 0.01, [0.9, 0.999], 500, 32)
-    assert (t["scheduler"]["monitor"], t["scheduler"]["patience"]) == ("val_loss", 20)
-    assert t["augment"] == {"hflip": True, "rotate_degrees": 5.0}
-    assert PAPER_DEFAULTS["model"] == {"dib": True, "fgal": True, "ktl": True, "stem_weights": "vggface2"}
+    """Sect. 4.2: Adam, lr 0.01, betas (0.9, 0.999), 500 epochs, batch 32, ReduceLROnPlateau on the
+    validation loss with patience 20, random horizontal flip and ±5° rotation; HSNet = DIB+FGAL+KTL."""
+    t = TrainParams()
+    assert (t.optimizer, t.lr, t.betas, t.epochs, t.batch_size) == ("adam", 0.01, (0.9, 0.999), 500, 32)
+    assert (t.scheduler.name, t.scheduler.monitor, t.scheduler.patience) == ("plateau", "val_loss", 20)
+    assert (t.augment.hflip, t.augment.rotate_degrees) == (True, 5.0)
+    assert ModelParams() == ModelParams(dib=True, fgal=True, ktl=True, stem_weights="vggface2")
+    assert Params().crop.size == Params().input_size == 224  # crops are stored at the training size
 
 
-@pytest.mark.parametrize("dataset, size", [("rafd", 100), ("kdef", 256), ("ferg", 256), ("rafdb", 224)])
-def test_the_committed_params_carry_the_papers_input_sizes(dataset, size):
-    cfg = resolve(ROOT / "params.yaml", dataset)
-    assert cfg["input_size"] == size and cfg["crop"]["size"] == size
-    assert cfg["train"]["lr"] == 0.01 and cfg["train"]["epochs"] == 500 and cfg["model"]["ktl"] is True
+@pytest.mark.parametrize("dataset, size, detector", [("rafd", 100, "mtcnn"), ("kdef", 256, "mtcnn"),
+                                                     ("ferg", 256, "none"), ("rafdb", 224, "none")])
+def test_the_committed_params_carry_the_papers_input_sizes(dataset, size, detector):
+    p = Params.resolve(ROOT / "params.yaml", dataset)
+    assert (p.input_size, p.crop.size, p.crop.detector) == (size, size, detector)
+    assert p.train.lr == 0.01 and p.train.epochs == 500 and p.model.ktl is True
 
 
 def test_precedence_and_unknown_datasets(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"defaults": {"train": {"lr": 0.002, "seed": 4}},
                                     "datasets": {"x": {"train": {"lr": 0.003}}}}))
-    cfg = resolve(path, "x")
-    assert (cfg["train"]["lr"], cfg["train"]["seed"], cfg["train"]["batch_size"]) == (0.003, 4, 32)
-    assert settings(path, "x", "train", {"lr": 0.5, "seed": None})["lr"] == 0.5
-    assert settings(path, "x", "train", {"seed": None})["seed"] == 4
-    with pytest.raises(HSNetError, match=r"dataset 'y' has no entry under 'datasets' in .*params.yaml.*entries: x"):
-        resolve(path, "y")
+    p = Params.resolve(path, "x")
+    assert (p.train.lr, p.train.seed, p.train.batch_size) == (0.003, 4, 32)
+    assert Params.resolve(path, "x", {"train": {"lr": 0.5}}).train.lr == 0.5
+    with pytest.raises(ParamsError, match=r"dataset 'y' has no entry under 'datasets' in .*params.yaml.*entries: x"):
+        Params.resolve(path, "y")
 
 
-def test_set_overrides_are_yaml_values():
+@pytest.mark.parametrize("entry, message", [
+    ({"model": {"fgal": "false"}}, r"datasets\.x\.model\.fgal: 'false' is not true or false"),
+    ({"train": {"max_epoch": 1}}, r"datasets\.x\.train\.max_epoch: unknown key; allowed: optimizer, lr, .*max_epochs"),
+    ({"train": {"epochs": "many"}}, r"datasets\.x\.train\.epochs: 'many' is not an integer"),
+    ({"train": {"epochs": 12.5}}, r"datasets\.x\.train\.epochs: 12\.5 is not an integer"),
+    ({"train": {"lr": 0}}, r"datasets\.x\.train\.lr: 0\.0 is out of range; it must be > 0"),
+    ({"train": {"batch_size": 1}}, r"datasets\.x\.train\.batch_size: 1 is out of range; it must be >= 2"),
+    ({"train": {"betas": [0.9]}}, r"datasets\.x\.train\.betas: \[0\.9\] is not a list of 2 numbers"),
+    ({"train": {"scheduler": {"factor": 1.0}}}, r"scheduler\.factor: 1\.0 is out of range; it must be > 0 and < 1"),
+    ({"crop": {"detector": "haar"}}, r"datasets\.x\.crop\.detector: 'haar' is not one of mtcnn, none"),
+    ({"train": {"compile": "fastest"}}, r"train\.compile: 'fastest' is not true or false or null or one of auto"),
+    ({"train": 5}, r"datasets\.x\.train: expected a mapping of optimizer, lr"),
+])
+def test_a_wrong_key_or_value_is_refused_by_its_dotted_name(tmp_path, entry, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {"x": entry}}))
+    with pytest.raises(ParamsError, match=message):
+        Params.resolve(path, "x")
+
+
+def test_every_entry_and_the_top_level_are_checked_not_only_the_dataset_asked_for(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {"x": {}, "y": {"model": {"dib": 1}}}}))
+    with pytest.raises(ParamsError, match=r"datasets\.y\.model\.dib: 1 is not true or false"):
+        Params.resolve(path, "x")
+    path.write_text(yaml.safe_dump({"dataset": {"x": {}}}))
+    with pytest.raises(ParamsError, match="unknown top-level key.*dataset; allowed: datasets_to_run, defaults"):
+        Params.resolve(path, "x")
+    path.write_text(yaml.safe_dump({"datasets_to_run": ["z"], "datasets": {"x": {}}}))
+    with pytest.raises(ParamsError, match="datasets_to_run must list names under 'datasets'"):
+        Params.resolve(path, "x")
+
+
+def test_set_overrides_are_yaml_values_checked_like_the_file():
     assert parse_set(["model.dib=false", "train.lr=2e-3", "train.augment.rotate_degrees=0"]) == \
-        {"model": {"dib": False}, "train": {"lr": 0.002, "augment": {"rotate_degrees": 0}}}
-    with pytest.raises(HSNetError, match="--set 'model.dib': expected KEY=VALUE"):
+        {"model": {"dib": False}, "train": {"lr": "2e-3", "augment": {"rotate_degrees": 0}}}
+    p = Params.resolve(None, "x", parse_set(["model.dib=false", "train.lr=2e-3", "train.augment.rotate_degrees=0"]))
+    assert (p.model.dib, p.train.lr, p.train.augment.rotate_degrees) == (False, 0.002, 0.0)
+    with pytest.raises(ParamsError, match="--set 'model.dib': expected KEY=VALUE"):
         parse_set(["model.dib"])
+    with pytest.raises(ParamsError, match=r"--set: train\.max_epoch: unknown key"):
+        Params.resolve(None, "x", parse_set(["train.max_epoch=1"]))
 
 
-def test_params_file_restores_ints_and_is_deleted_afterwards():
-    """Kubeflow's parameter transport turns ints into floats: 500.0 epochs must be 500 again."""
-    sent = {"datasets": {"sample": {"input_size": 80.0, "train": {"epochs": 12.0, "lr": 0.001, "betas": [0.9, 1.0]}}}}
-    with params_file(sent) as path:
-        got = yaml.safe_load(Path(path).read_text())
-        cfg = resolve(path, "sample")
-    train = got["datasets"]["sample"]["train"]
-    assert type(train["epochs"]) is int and train["lr"] == 0.001 and train["betas"] == [0.9, 1]
-    assert cfg["input_size"] == 80 and type(cfg["input_size"]) is int
-    assert not os.path.exists(path)
-    with pytest.raises(HSNetError, match="'datasets' section"):
-        with params_file({"train": {}}):
-            pass
+def test_the_cli_refuses_a_bad_set_before_any_work(tmp_path, capsys):
+    """`hsnet train --set train.max_epoch=1` used to train all 12 epochs; now exit 2 naming the key."""
+    code = main(["train", "--data", str(tmp_path / "none"), "--dataset", "sample", "--params",
+                 str(ROOT / "params.yaml"), "--out", str(tmp_path / "run"), "--set", "train.max_epoch=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.max_epoch: unknown key" in err and "max_epochs" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_crop_size_follows_the_input_size_unless_given():
+    assert Params.resolve(None, "x", {"input_size": 100}).crop.size == 100
+    assert Params.resolve(None, "x", {"input_size": 100, "crop": {"size": 120}}).crop.size == 120
+    assert CropParams(size=80).key() != CropParams(size=81).key()
+
+
+def test_to_dict_round_trips_through_yaml():
+    p = Params.resolve(ROOT / "params.yaml", "sample")
+    data = p.to_dict()
+    assert data["import"] == {"split_by": "class", "seed": 0, "rafdb_images": "aligned"}
+    again = Params.from_mapping({"datasets": {"sample": yaml.safe_load(yaml.safe_dump(
+        {k: v for k, v in data.items() if k != "dataset"}))}}, "sample")
+    assert again == p

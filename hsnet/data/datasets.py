@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HSNetError
+from ..params import ImportParams
 from . import splits
 from .manifest import SPLITS, write_manifest
 
@@ -215,10 +216,11 @@ dataset("sample", FERG_CLASSES, fractions=(0.1, 0.1),
 
 # --- shared --------------------------------------------------------------------------------
 
-def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike, *, seed: int = 0,
-                   split_by: str = "class", **options) -> dict:
+def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
+                   settings: ImportParams = ImportParams()) -> dict:
     """Read dataset ``name`` at ``root`` and write its manifest to ``out``. Returns a summary."""
     spec = get_spec(name)
+    seed, split_by, options = settings.seed, settings.split_by, {"rafdb_images": settings.rafdb_images}
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset root {root} is not a directory; expected {spec.layout}")

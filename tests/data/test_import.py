@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from hsnet.cli import main
+from hsnet.params import ImportParams
 from hsnet.data.datasets import DATASETS, import_dataset
 from hsnet.data.manifest import read_manifest
 from hsnet.errors import HSNetError
@@ -19,7 +20,7 @@ def _rows(path):
 
 def test_rafd(rafd_root, tmp_path):
     out = tmp_path / "rafd.csv"
-    summary = import_dataset("rafd", rafd_root, out, seed=1)
+    summary = import_dataset("rafd", rafd_root, out, ImportParams(seed=1))
     rows = _rows(out)
     assert len(rows) == 5 * 8 * 2 and summary["skipped"] == 2  # .DS_Store, readme.txt
     assert {r["label_name"] for r in rows} == set(DATASETS["rafd"].classes)
@@ -73,9 +74,9 @@ def test_rafdb_unknown_label_names_the_line(rafdb_root, tmp_path):
 def test_splits_are_deterministic_and_seeded(dataset, request, tmp_path):
     root = request.getfixturevalue(f"{dataset}_root")
     a, b, c = (tmp_path / f"{n}.csv" for n in "abc")
-    import_dataset(dataset, root, a, seed=7)
-    import_dataset(dataset, root, b, seed=7)
-    import_dataset(dataset, root, c, seed=8)
+    import_dataset(dataset, root, a, ImportParams(seed=7))
+    import_dataset(dataset, root, b, ImportParams(seed=7))
+    import_dataset(dataset, root, c, ImportParams(seed=8))
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
 
@@ -84,7 +85,7 @@ def test_splits_are_deterministic_and_seeded(dataset, request, tmp_path):
 def test_split_by_subject_is_disjoint(dataset, request, tmp_path):
     root = request.getfixturevalue(f"{dataset}_root")
     out = tmp_path / "m.csv"
-    import_dataset(dataset, root, out, split_by="subject")
+    import_dataset(dataset, root, out, ImportParams(split_by="subject"))
     subjects = {s: {r["subject"] for r in _rows(out) if r["split"] == s} for s in ("train", "val", "test")}
     assert all(subjects.values())
     assert not (subjects["train"] & subjects["val"]) and not (subjects["train"] & subjects["test"])
@@ -93,7 +94,7 @@ def test_split_by_subject_is_disjoint(dataset, request, tmp_path):
 
 def test_split_by_subject_refused_where_subjects_are_unknown(rafdb_root, tmp_path):
     with pytest.raises(HSNetError, match="does not identify subjects"):
-        import_dataset("rafdb", rafdb_root, tmp_path / "m.csv", split_by="subject")
+        import_dataset("rafdb", rafdb_root, tmp_path / "m.csv", ImportParams(split_by="subject"))
 
 
 def test_wrong_layout_says_what_was_expected(ferg_root, tmp_path):

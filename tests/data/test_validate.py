@@ -10,6 +10,7 @@ import pytest
 from hsnet.cli import main
 from hsnet.data.datasets import import_dataset
 from hsnet.data.manifest import read_manifest, write_manifest
+from hsnet.params import ValidateParams
 from hsnet.data.validate import ValidationFailed, validate
 
 
@@ -117,7 +118,7 @@ def test_class_missing_from_train(good, tmp_path):
 def test_too_small_images(good, tmp_path):
     manifest, root = good
     with pytest.raises(ValidationFailed, match="smaller than the minimum size"):
-        validate(manifest, root, "ferg", tmp_path / "report", min_size=64, progress=False)
+        validate(manifest, root, "ferg", tmp_path / "report", ValidateParams(min_size=64), progress=False)
 
 
 def test_paper_split_sizes_only_warn(rafd_root, tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import json
 import socket
@@ -13,15 +15,23 @@ import torch
 from hsnet.errors import HSNetError
 from hsnet.evaluate import confusion_matrix, evaluate, metrics_from_confusion
 from hsnet.model import StemWeightsError
-from hsnet.tensors import augment, normalize
-from hsnet.train import load_checkpoint, train
+from hsnet.device import normalize
+from hsnet.tensors import augment
+from hsnet.checkpoint import load as load_checkpoint
+from hsnet.params import Params
+from hsnet.train import train
+
+
+def _train(data, params_path, dataset, out, overrides=None, **kw):
+    """train() with the settings of ``dataset`` in the params file at ``params_path``."""
+    return train(data, Params.resolve(params_path, dataset, overrides), out, **kw)
 from hsnet.tracking import TrackingUnavailable
 
 
 def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp_path):
     import mlflow
 
-    summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
+    summary = _train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
     assert summary["epochs_run"] == 2
     for name in ("last.pt", "best.pt", "history.json", "train_summary.json"):
         assert (tmp_path / "run" / name).is_file()
@@ -61,7 +71,7 @@ def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp
 
 def test_loss_goes_down(tiny_data, tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False,
+    summary = _train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False,
                     overrides={"train": {"epochs": 4}, "model": {"fgal": False}})
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert summary["epochs_run"] == 4
@@ -71,11 +81,11 @@ def test_loss_goes_down(tiny_data, tiny_params, tmp_path, monkeypatch):
 def test_kill_and_resume_gives_the_same_weights(tiny_data, tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     opts = dict(track=False, progress=False, overrides={"train": {"epochs": 3}})
-    train(tiny_data, tiny_params, "sample", tmp_path / "straight", **opts)
-    train(tiny_data, tiny_params, "sample", tmp_path / "killed", stop_after_epochs=1, **opts)
+    _train(tiny_data, tiny_params, "sample", tmp_path / "straight", **opts)
+    _train(tiny_data, tiny_params, "sample", tmp_path / "killed", stop_after_epochs=1, **opts)
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["state"]["epoch"] == 1
     (tmp_path / "killed" / ".last.pt.half-written.tmp").write_bytes(b"partial")  # a kill mid-save
-    summary = train(tiny_data, tiny_params, "sample", tmp_path / "killed", resume=True, **opts)
+    summary = _train(tiny_data, tiny_params, "sample", tmp_path / "killed", resume=True, **opts)
     assert summary["epochs_run"] == 3
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "last.pt")
@@ -119,18 +129,18 @@ def test_bad_settings_fail_before_training(tiny_data, tiny_params, tmp_path, mon
     out = tmp_path / "run"
     opts = dict(track=False, progress=False)
     with pytest.raises(HSNetError, match="unknown dataset 'affectnet'"):
-        train(tiny_data, tiny_params, "affectnet", out, **opts)
+        train(tiny_data, Params(dataset="affectnet"), out, **opts)
     with pytest.raises(HSNetError, match="smaller than HSNet's minimum 75"):
-        train(tiny_data, tiny_params, "sample", out, overrides={"input_size": 64}, **opts)
+        _train(tiny_data, tiny_params, "sample", out, overrides={"input_size": 64}, **opts)
     with pytest.raises(StemWeightsError, match="does not exist"):
-        train(tiny_data, tiny_params, "sample", out,
+        _train(tiny_data, tiny_params, "sample", out,
               overrides={"model": {"ktl": True, "stem_weights": str(tmp_path / "none.pt")}}, **opts)
     rows = (tiny_data / "manifest.csv").read_text().splitlines()
     empty = tmp_path / "noval"
     empty.mkdir()
     (empty / "manifest.csv").write_text("\n".join(r for r in rows if ",val," not in r) + "\n")
     with pytest.raises(HSNetError, match="val split .* is empty"):
-        train(empty, tiny_params, "sample", out, **opts)
+        _train(empty, tiny_params, "sample", out, **opts)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -141,7 +151,7 @@ def test_unreachable_tracking_server_fails_fast(tiny_data, tiny_params, tmp_path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(TrackingUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
-        train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
+        _train(tiny_data, tiny_params, "sample", tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -181,7 +191,10 @@ def test_the_gpu_recipe_bf16_channels_last_trains_on_cpu():
     augmentation, the pinned-batch iterator) run on the CPU, where autocast takes bf16 too: its
     losses follow an fp32 run of the same steps, they fall, and the weights stay fp32."""
     from hsnet.tensors import Batches, Split
-    from hsnet.train import Setup, build_model, run_epoch
+    from hsnet.checkpoint import build_model
+    from hsnet.device import Setup
+    from hsnet.params import ModelParams
+    from hsnet.train import run_epoch
 
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (8, 3, 80, 80), dtype=np.uint8), torch.arange(8) % 7,
@@ -189,7 +202,7 @@ def test_the_gpu_recipe_bf16_channels_last_trains_on_cpu():
 
     def losses(setup):
         torch.manual_seed(0)
-        model = build_model(7, {"dib": True, "fgal": True, "ktl": False})
+        model = build_model(7, ModelParams(ktl=False))
         if setup.channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -211,7 +224,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
     import hsnet.train as train_mod
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False, stop_after_epochs=1)
+    _train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False, stop_after_epochs=1)
     before = (tmp_path / "run" / "last.pt").read_bytes()
     real_save = torch.save
 
@@ -221,11 +234,11 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
 
     monkeypatch.setattr(train_mod.torch, "save", full_disk)
     with pytest.raises(HSNetError, match=r"can't write checkpoint .*last\.pt.*disk full.*--resume"):
-        train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
+        _train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     monkeypatch.setattr(train_mod.torch, "save", real_save)
-    summary = train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
+    summary = _train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
     assert summary["epochs_run"] == 2
 
 
@@ -234,7 +247,7 @@ def test_train_compile_setting(monkeypatch):
     with the setting's name, before any training."""
     import torch._dynamo as dynamo
 
-    from hsnet.params import PAPER_DEFAULTS
+    from hsnet.params import TrainParams
     from hsnet.train import compile_model
 
     suppress_errors = dynamo.config.suppress_errors  # auto sets it: restored at the end
@@ -242,13 +255,13 @@ def test_train_compile_setting(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or ("compiled", model))
     model = torch.nn.Linear(2, 2)
-    for off in (False, None, "false"):
+    for off in (False, None):  # the params schema refuses the string "false"
         assert compile_model(model, off) is model
     assert compile_model(model, True) == ("compiled", model)
     compile_model(model, "reduce-overhead")
     assert calls == [{"mode": None, "dynamic": False}, {"mode": "reduce-overhead", "dynamic": False}]
     # auto, the default: eager on a CPU, CUDA graphs on a GPU
-    assert PAPER_DEFAULTS["train"]["compile"] == "auto"
+    assert TrainParams().compile == "auto"
     assert compile_model(model, "auto", torch.device("cpu")) is model
     try:
         assert compile_model(model, "auto", torch.device("cuda")) == ("compiled", model)
@@ -265,7 +278,8 @@ def test_a_compiled_model_trains_like_the_eager_one_and_marks_each_step(monkeypa
     eager losses and starts a new CUDA-graph step before every batch (reduce-overhead reuses the
     previous step's output buffers otherwise)."""
     from hsnet.tensors import Batches, Split
-    from hsnet.train import Setup, run_epoch
+    from hsnet.device import Setup
+    from hsnet.train import run_epoch
 
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8), torch.arange(12) % 7,
@@ -295,9 +309,11 @@ def test_a_compiled_model_trains_like_the_eager_one_and_marks_each_step(monkeypa
 def test_the_optimizer_is_the_papers_adam_fused_on_a_gpu():
     """make_optimizer: Adam with the settings given; the fused kernel for a CUDA setup (PyTorch's CPU
     has it too, so it is checked here) makes the same update as the plain one."""
-    from hsnet.train import Setup, make_optimizer
+    from hsnet.device import Setup
+    from hsnet.params import TrainParams
+    from hsnet.train import make_optimizer
 
-    tp = {"optimizer": "Adam", "lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0}
+    tp = TrainParams(lr=0.01, betas=(0.9, 0.999), weight_decay=0.0)
     weights = {}
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
@@ -313,4 +329,4 @@ def test_the_optimizer_is_the_papers_adam_fused_on_a_gpu():
         weights[device] = model.weight.detach().clone()
     torch.testing.assert_close(weights["cuda"], weights["cpu"], rtol=1e-5, atol=1e-6)
     with pytest.raises(HSNetError, match="train.optimizer 'sgd'"):
-        make_optimizer(list(model.parameters()), {**tp, "optimizer": "sgd"}, Setup(torch.device("cpu"), None, False))
+        make_optimizer(list(model.parameters()), dataclasses.replace(tp, optimizer="sgd"), Setup(torch.device("cpu"), None, False))

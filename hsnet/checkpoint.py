@@ -1,0 +1,72 @@
+"""Checkpoints: what ``hsnet train`` writes and evaluate, register, predict and serve read.
+
+A checkpoint is a plain mapping that ``torch.load(weights_only=True)`` can read (no pickled
+objects): ``format``, ``meta`` (dataset, classes, input size, model switches, the data
+version, the resolved params), ``model`` (the state dict), ``state`` (epochs, best epoch,
+history) and, in ``last.pt`` only, what resuming needs (optimizer, scheduler, RNG states).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import HSNetError
+from .io import atomic_path
+from .params import ModelParams, section
+
+FORMAT = 1
+BEST, LAST = "best.pt", "last.pt"  # in train's output folder: the best epoch's weights; resume state
+INFERENCE_KEYS = ("format", "meta", "model", "state")
+
+
+def build_model(num_classes: int, model: ModelParams, *, for_checkpoint: bool = False):
+    """HSNet with ``model``'s switches. ``for_checkpoint``: the stem's weights come from a
+    checkpoint about to be loaded, so KTL's VGGFace2 file is not read."""
+    from .model import HSNet
+
+    stem = ("skip" if for_checkpoint else model.stem_weights) if model.ktl else None
+    return HSNet(num_classes, dib=model.dib, fgal=model.fgal, ktl=model.ktl, stem_weights=stem)
+
+
+def save(path: Path, ckpt: dict) -> None:
+    """Write ``ckpt`` to ``path`` atomically; a failed write (full disk) leaves the old file whole."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    except (OSError, RuntimeError) as exc:  # a full disk: torch's zip writer raises RuntimeError
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+        raise HSNetError(f"can't write checkpoint {path} ({reason}); is the disk full? Free space there or train "
+                         f"with another --out; {path.name} from the last finished epoch is intact, and "
+                         f"--resume continues from {LAST}") from exc
+
+
+def for_inference(ckpt: dict) -> dict:
+    """A checkpoint without what only resuming needs (optimizer, scheduler, RNG: 2/3 of last.pt):
+    weights, metadata and history, for evaluate, register and predict."""
+    return {k: ckpt[k] for k in INFERENCE_KEYS}
+
+
+def load(path: str | os.PathLike) -> dict:
+    """A checkpoint read safely (``weights_only``), or an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HSNetError(f"checkpoint {path} does not exist (or is not a regular file)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HSNetError(f"checkpoint {path} can't be loaded safely ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not all(k in ckpt for k in INFERENCE_KEYS):
+        raise HSNetError(f"{path} is not an hsnet training checkpoint")
+    return ckpt
+
+
+def model_from(ckpt: dict):
+    """The trained HSNet of a loaded checkpoint, on the CPU."""
+    meta = ckpt["meta"]
+    model = build_model(len(meta["classes"]), section(ModelParams, meta["model"]), for_checkpoint=True)
+    model.load_state_dict(ckpt["model"])
+    return model

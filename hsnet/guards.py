@@ -1,0 +1,74 @@
+"""Checks that stop a training run that can't end well, with what to try instead.
+
+:func:`check_epoch` runs after every epoch (``hsnet.train``'s epoch loop). It stops a run that
+
+* diverged: a non-finite training loss;
+* blew up: a training loss far above ln C after an epoch. A model that guesses uniformly over
+  C classes scores ln C (1.95 for 7); HSNet at the paper's lr 0.01 before the fix of
+  docs/paper-notes.md ("Learning rate 0.01") scored 828 after its first epoch on the sample;
+* is not learning: a validation accuracy at chance for :data:`CHANCE_EPOCHS` epochs in a row.
+
+Pure functions of the epoch records (the ``history.json`` rows), so they can be checked on
+hand-made histories.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+from .errors import HSNetError
+
+LOSS_FACTOR = 10.0  # a training loss above LOSS_FACTOR * ln C after an epoch stops the run
+CHANCE_EPOCHS = 10  # epochs in a row with the validation accuracy at chance that stop the run
+CHANCE_Z = 2.0  # "at chance": at most chance + CHANCE_Z standard errors of a guesser's accuracy
+
+TRY = ("Try a lower train.lr (it is {lr:g} now; the sample trains at 0.001), check that the manifest's labels "
+       "match the images (hsnet validate), and with KTL that model.stem_weights holds the VGGFace2 weights.")
+
+
+def chance_level(num_classes: int, val_labels: Sequence[int] | None = None) -> tuple[float, float]:
+    """(chance accuracy, the highest validation accuracy still counted as chance).
+
+    Chance is what always answering the most frequent validation class scores (1/C on a balanced
+    set); the threshold adds ``CHANCE_Z`` standard errors of that guesser's accuracy on as many
+    images (``sqrt(p (1 - p) / n)``), or 0.02 when the labels are not given.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    counts = Counter(int(v) for v in val_labels) if val_labels is not None else Counter()
+    n = sum(counts.values())
+    if not n:
+        p = 1.0 / num_classes
+        return p, p + 0.02
+    p = max(max(counts.values()) / n, 1.0 / num_classes)
+    return p, p + CHANCE_Z * math.sqrt(p * (1 - p) / n)
+
+
+def check_epoch(row: dict, history: list[dict], num_classes: int, *, val_labels: Sequence[int] | None = None,
+                loss_factor: float = LOSS_FACTOR, chance_epochs: int = CHANCE_EPOCHS) -> None:
+    """Raise :class:`HSNetError` saying what to try when the epoch ``row`` (with ``history``, the
+    epochs before it) shows a run that diverged, blew up or is not learning.
+
+    ``row`` and ``history`` hold ``epoch``, ``loss`` (training), ``val_accuracy`` and ``lr``;
+    ``val_labels`` (the validation set's labels) set the chance level, else it is 1/C.
+    """
+    epoch, loss, lr = row["epoch"], float(row["loss"]), float(row.get("lr", float("nan")))
+    if not math.isfinite(loss):
+        raise HSNetError(f"training diverged at epoch {epoch} (loss {loss}); " + TRY.format(lr=lr))
+    ceiling = loss_factor * math.log(num_classes)
+    if loss > ceiling:
+        raise HSNetError(
+            f"training is not learning: the training loss after epoch {epoch} is {loss:.4g}, far above "
+            f"ln {num_classes} = {math.log(num_classes):.2f} (what guessing scores; the limit is {ceiling:.3g}). "
+            + TRY.format(lr=lr))
+    if chance_epochs <= 0:
+        return
+    recent = (list(history) + [row])[-chance_epochs:]
+    chance, at_most = chance_level(num_classes, val_labels)
+    if len(recent) == chance_epochs and all(float(r["val_accuracy"]) <= at_most for r in recent):
+        raise HSNetError(
+            f"training is not learning: the validation accuracy stayed at chance ({chance:.3f}; every epoch "
+            f"scored at most {at_most:.3f}) for {chance_epochs} epochs (epochs {recent[0]['epoch']}-{epoch}). "
+            + TRY.format(lr=lr))
