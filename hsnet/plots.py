@@ -26,8 +26,9 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     ax.set_title(title)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            if cm[i, j]:  # empty cells stay blank: only where predictions went is written
+                ax.text(j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -47,16 +48,20 @@ def plot_training_curves(history: list[dict], path: Path, title: str, best_epoch
     axes[0].plot(epochs, [h["loss"] for h in history], label="train")
     axes[0].plot(epochs, [h["val_loss"] for h in history], label="val")
     axes[0].set_title("loss")
+    axes[0].set_ylabel("cross-entropy loss")
     axes[1].plot(epochs, [h["accuracy"] for h in history], label="train")
     axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val")
     axes[1].set_title("accuracy")
+    axes[1].set_ylabel("accuracy")
     for level in "ABC":
         if f"lambda_{level}" in (history[0] if history else {}):
-            axes[2].plot(epochs, [h[f"lambda_{level}"] for h in history], label=f"λ̃_{level}")
+            axes[2].plot(epochs, [h[f"lambda_{level}"] for h in history], label=rf"$\tilde{{\lambda}}_{level}$")
     ax_lr = axes[2].twinx()
     ax_lr.plot(epochs, [h["lr"] for h in history], "k:", label="lr")
     ax_lr.set_yscale("log")
-    axes[2].set_title("FGAL level weights (and lr, dotted)")
+    ax_lr.set_ylabel("learning rate (dotted)")
+    axes[2].set_ylabel("FGAL level weight")
+    axes[2].set_title("FGAL level weights and learning rate")
     if best_epoch:
         for ax in axes:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=0.8,
