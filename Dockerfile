@@ -1,38 +1,91 @@
-# syntax=docker/dockerfile:1
-# The one image every pipeline step runs in (components/ use it as their base image) and the
-# MLflow server's (mlflow/k8s/mlflow.yaml):
+# The project's two images (components/ use them as base images; see components/__init__.py):
 #
-#   docker build -t ghcr.io/hsnet-pipeline/hsnet:0.1.0 .      # the tag components/__init__.py names
-#   docker push ghcr.io/hsnet-pipeline/hsnet:0.1.0
+#   default target   ghcr.io/hsnet-pipeline/hsnet:0.1.0        crop, train, evaluate, register, and
+#                    every hsnet verb: PyTorch (CUDA build), MTCNN, MLflow, DVC, KFP
+#   --target slim    ghcr.io/hsnet-pipeline/hsnet:0.1.0-slim   fetch, import, validate, and the MLflow
+#                    server (mlflow/k8s/mlflow.yaml): the same package and pins without torch
+#
+# Build with BuildKit (the pip steps take the index's CA bundle as a secret, and cache wheels):
+#   make image                      # both images, tagged with the release and the source commit
+# which runs (see tests/container/build.sh):
+#   DOCKER_BUILDKIT=1 docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt \
+#     --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t ghcr.io/hsnet-pipeline/hsnet:0.1.0 .
+# Proxies: docker build's own HTTP(S)_PROXY/NO_PROXY build args (never recorded in the image);
+# a CA bundle or pip.conf only as secrets (pip_cert, pip_conf): nothing of either stays in a layer.
 #
 # PyTorch comes from PyPI's Linux wheels, which are CUDA builds (the CUDA runtime and cuDNN are
 # the nvidia-* wheels pinned in requirements/constraints.txt): on a GPU node the NVIDIA
 # container toolkit supplies the driver, nothing else is needed. The MTCNN weights ship inside
 # the facenet-pytorch wheel. The VGGFace2 stem weights are not baked in: point
 # model.stem_weights at an s3:// copy (see the README).
+#
+# Non-root and the KFP launcher: both images run as uid 1000 (user hsnet), which owns /minio,
+# /s3 and /gcs (where the KFP v2 launcher puts the local copies of artifacts) and its home; nothing
+# is world-writable beyond the base image's /tmp.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: a virtual environment with hsnet and its pinned dependencies ----------------------
+# The dependencies are installed from pyproject.toml and the pins alone (an empty README stands
+# in for the real one), so editing the package's code reinstalls only the package.
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY requirements/constraints.txt requirements/constraints.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
+    touch README.md \
+ && { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
+ && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
+ && pip install -c requirements/constraints.txt ".[all,server]" \
+ && pip uninstall -y hsnet
+COPY README.md ./
 COPY hsnet hsnet
-RUN pip install -c requirements/constraints.txt ".[all,server]" \
+COPY components components
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
+    { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
+ && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
+ && pip install --no-deps -c requirements/constraints.txt . \
  && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
- && python -c "import hsnet, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations"
+ && cd / && python -c "import hsnet, components, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations"
 
-# --- runtime: the environment, git (for dvc get), a non-root user -----------------------------
-# gcc + libc headers: Triton compiles its small kernel launchers with the system C compiler when
-# torch.compile runs on a GPU (train.compile: auto = CUDA graphs there, 3.7x eager on an H100).
-FROM ${PYTHON_IMAGE}
+# --- build-slim: the same, less torch, torchvision and facenet-pytorch ------------------------
+# (what depends on them: the model, crop, train, evaluate, register, predict). The package's
+# requirements are read from pyproject.toml; pip resolves the rest against the same pins.
+FROM ${PYTHON_IMAGE} AS build-slim
+ARG TORCH_PACKAGES="torch torchvision facenet-pytorch"
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY requirements/constraints.txt requirements/constraints.txt
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
+    { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
+ && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
+ && python -c "import re, sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+x = p['optional-dependencies']; skip = sys.argv[1].split(); \
+print('\n'.join(r for r in p['dependencies'] + x['data'] + x['pipeline'] + x['track'] + x['server'] \
+if re.match(r'[A-Za-z0-9_.-]+', r)[0].lower() not in skip))" "$TORCH_PACKAGES" > /tmp/requirements-slim.txt \
+ && pip install -c requirements/constraints.txt -r /tmp/requirements-slim.txt \
+ && rm /tmp/requirements-slim.txt
+COPY README.md ./
+COPY hsnet hsnet
+COPY components components
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
+    { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
+ && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
+ && pip install --no-deps -c requirements/constraints.txt . \
+ && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
+ && cd / && python -c "import hsnet, components, kfp, mlflow, dvc, boto3, great_expectations, psycopg2" \
+ && ! python -c "import torch" 2> /dev/null
+
+# --- runtime: what both images share: git (for dvc get), the non-root user and its directories --
+FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git ca-certificates gcc libc6-dev \
+ && apt-get install -y --no-install-recommends git ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --create-home --uid 1000 --user-group hsnet
-COPY --from=build /opt/venv /opt/venv
+ && useradd --create-home --uid 1000 --user-group hsnet \
+ && install -d -o 1000 -g 1000 -m 0755 /minio /s3 /gcs
 COPY mlflow/server.sh /opt/hsnet/mlflow/server.sh
 COPY params.yaml /opt/hsnet/params.yaml
 ENV PATH=/opt/venv/bin:$PATH \
@@ -42,8 +95,39 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     HSNET_CACHE_DIR=/tmp/hsnet-cache \
     MLFLOW_HOST=0.0.0.0
-# the MTCNN weights load from the installed wheel, with no network
-RUN python -c "from facenet_pytorch import MTCNN; MTCNN(device='cpu')" && hsnet --help > /dev/null
-USER 1000:1000
 WORKDIR /home/hsnet
 CMD ["hsnet", "--help"]
+
+# --- slim: the torch-free image ---------------------------------------------------------------
+FROM runtime AS slim
+COPY --from=build-slim /opt/venv /opt/venv
+RUN hsnet --help > /dev/null
+ARG GIT_COMMIT=unknown
+ARG VERSION=unknown
+ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
+LABEL org.opencontainers.image.source=$SOURCE \
+      org.opencontainers.image.revision=$GIT_COMMIT \
+      org.opencontainers.image.version=$VERSION \
+      org.opencontainers.image.title="hsnet (slim: no torch)"
+ENV HSNET_GIT_COMMIT=$GIT_COMMIT
+USER 1000:1000
+
+# --- the image (default target) ---------------------------------------------------------------
+# gcc + libc headers: Triton compiles its small kernel launchers with the system C compiler when
+# torch.compile runs on a GPU (train.compile: auto = CUDA graphs there, 3.7x eager on an H100).
+FROM runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv /opt/venv
+# the MTCNN weights load from the installed wheel, with no network
+RUN python -c "from facenet_pytorch import MTCNN; MTCNN(device='cpu')" && hsnet --help > /dev/null
+ARG GIT_COMMIT=unknown
+ARG VERSION=unknown
+ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
+LABEL org.opencontainers.image.source=$SOURCE \
+      org.opencontainers.image.revision=$GIT_COMMIT \
+      org.opencontainers.image.version=$VERSION \
+      org.opencontainers.image.title=hsnet
+ENV HSNET_GIT_COMMIT=$GIT_COMMIT
+USER 1000:1000

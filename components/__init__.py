@@ -10,7 +10,23 @@ ClassificationMetrics, HTML, Markdown).
 
 from hsnet import __version__
 
+# The release tags the committed YAML names (``python -m pipelines.compile --image REF`` compiles
+# against another build, e.g. the sha-<commit> tag tests/container/build.sh gives every build).
+# IMAGE: the Dockerfile's default target, for the steps that need torch (crop, train, evaluate,
+# register); SLIM_IMAGE: its ``slim`` target, no torch (fetch, import, validate; the MLflow server).
 IMAGE = f"ghcr.io/hsnet-pipeline/hsnet:{__version__}"
+
+
+def slim_image(image: str) -> str:
+    """The torch-free image built with ``image``: its tag + ``-slim`` (a digest reference has no
+    tag to extend: name the slim image explicitly then)."""
+    name, _, tag = image.rpartition(":")
+    if "@" in image or not name or "/" in tag:
+        raise ValueError(f"{image!r} has no tag to derive the slim image's from: give the slim image too")
+    return f"{image}-slim"
+
+
+SLIM_IMAGE = slim_image(IMAGE)
 
 from .crop import crop_faces  # noqa: E402
 from .evaluate import evaluate_model  # noqa: E402

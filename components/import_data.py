@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from . import IMAGE
+from . import SLIM_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def import_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Output[Dataset]):
     """hsnet data import: the dataset's files in its publisher's layout -> manifest.csv with splits."""
     from components.convert import params_for, start_step

@@ -1,10 +1,10 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 
-from . import IMAGE
+from . import SLIM_IMAGE
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Input[Dataset],
                   data_docs: Output[HTML], summary: Output[Metrics]):
     """hsnet validate (Great Expectations). A failed expectation fails this task and stops the run."""

@@ -124,16 +124,22 @@ def fetch_model(uri: str) -> Path | None:
 
 
 def git_commit() -> str:
+    """The commit of the hsnet source that runs: ``HSNET_GIT_COMMIT`` (set by the image's build,
+    which has no checkout), else the git checkout this package lives in (never the working
+    directory's repository), ``-dirty`` when it has uncommitted changes; else ``unknown``."""
+    if os.environ.get("HSNET_GIT_COMMIT"):
+        return os.environ["HSNET_GIT_COMMIT"]
+    here = str(Path(__file__).resolve().parent)
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip()
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
         if commit:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
                                    capture_output=True, text=True, timeout=10).stdout.strip()
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("HSNET_GIT_COMMIT", "unknown")
+    return "unknown"
 
 
 def data_version(manifest: Path) -> str:

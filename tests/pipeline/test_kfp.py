@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import IMAGE
+from components import IMAGE, SLIM_IMAGE
 from pipelines.compile import compile_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,8 @@ def test_steps_order_gpu_secrets_parameters(spec):
     assert upstream("register-model") == {"train-model", "evaluate-model"}
 
     executors = pipeline["deploymentSpec"]["executors"]
-    assert {e["container"]["image"] for e in executors.values()} == {IMAGE}
+    assert {n: e["container"]["image"] for n, e in executors.items()} == {
+        n: SLIM_IMAGE if n in ("exec-fetch-raw", "exec-import-data", "exec-validate-data") else IMAGE for n in executors}
     train = executors["exec-train-model"]["container"]["resources"]
     assert train["accelerator"]["resourceType"] == "nvidia.com/gpu" and train["accelerator"]["resourceCount"] in ("1", 1)
     assert all("accelerator" not in e["container"].get("resources", {})

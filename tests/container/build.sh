@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Build the project's two images (Dockerfile: the default target and --target slim) with BuildKit.
+#
+#   bash tests/container/build.sh [--release] [--refs FILE]
+#
+# Tags: REPO:sha-<commit> and REPO:sha-<commit>-slim always (commit = git rev-parse HEAD, 12
+# hex digits, "-dirty" when a file the build reads differs from HEAD); with --release also the
+# release tags components/__init__.py names (REPO:<version>, REPO:<version>-slim). The commit,
+# version and source go into the OCI labels and HSNET_GIT_COMMIT. --refs FILE: writes
+# IMAGE=<ref> and SLIM_IMAGE=<ref> (the commit tags) to FILE, for `make image-test`.
+#
+# The base image comes from tests/container/base_image.sh (pulled, or a stand-in where no
+# registry answers). pip inside the build reaches the index with this machine's settings, none
+# of which is stored in the images: a CA bundle (PIP_CERT, pip's global.cert, REQUESTS_CA_BUNDLE
+# or SSL_CERT_FILE) as the BuildKit secret pip_cert; HSNET_PIP_CONF=FILE (a pip.conf, e.g. with a
+# private index) as the secret pip_conf; HTTP(S)_PROXY/NO_PROXY as docker's predefined proxy
+# build args. Env: PYTHON (with kfp installed; default .venv/bin/python), DOCKER (a client that
+# can build with BuildKit; default: docker, or /usr/bin/docker when docker has no buildx).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-.venv/bin/python}
+release=0 refs=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --release) release=1 ;;
+    --refs) refs="$2"; shift ;;
+    *) echo "build.sh: unknown argument $1 (usage: build.sh [--release] [--refs FILE])" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# a client that builds with BuildKit: docker with buildx, or a pre-23 client (built-in BuildKit)
+pick_docker() {
+  local d major
+  for d in ${DOCKER:-} docker /usr/bin/docker; do
+    command -v "$d" > /dev/null || continue
+    if $d buildx version > /dev/null 2>&1; then echo "$d"; return; fi
+    major=$($d version --format '{{.Client.Version}}' 2> /dev/null | cut -d. -f1)
+    if [ -n "$major" ] && [ "$major" -lt 23 ] 2> /dev/null; then echo "$d"; return; fi
+  done
+  echo "build.sh: no docker client that can build with BuildKit (install docker-buildx, or set DOCKER)" >&2
+  exit 2
+}
+DOCKER=$(pick_docker)
+export DOCKER DOCKER_BUILDKIT=1
+$DOCKER info > /dev/null 2>&1 || { echo "build.sh: the Docker engine is not answering ($DOCKER info)" >&2; exit 2; }
+
+read -r RELEASE_IMAGE RELEASE_SLIM VERSION < <("$PYTHON" -c \
+  "import hsnet, components as c; print(c.IMAGE, c.SLIM_IMAGE, hsnet.__version__)")
+REPO=${RELEASE_IMAGE%:*}
+
+# the commit, and whether the files the build reads (.dockerignore's allow-list) differ from it
+context=$(sed -n 's/^!//p' .dockerignore | tr '\n' ' ')
+if commit=$(git rev-parse HEAD 2> /dev/null); then
+  # shellcheck disable=SC2086
+  [ -z "$(git status --porcelain -- Dockerfile $context)" ] || commit="$commit-dirty"
+  source_url=$(git remote get-url origin 2> /dev/null | sed -E 's#^(https?://)[^/@]*@#\1#' || true)
+else
+  commit=unknown source_url=""
+fi
+short=${commit:0:12}${commit#????????????????????????????????????????}  # 12 digits, then -dirty if any
+[ "$commit" = unknown ] && short=unknown
+IMAGE=$REPO:sha-$short
+SLIM_IMAGE=$REPO:sha-$short-slim
+
+args=(--build-arg "GIT_COMMIT=$commit" --build-arg "VERSION=$VERSION")
+[ -z "$source_url" ] || args+=(--build-arg "SOURCE=$source_url")
+for v in HTTP_PROXY HTTPS_PROXY NO_PROXY ALL_PROXY http_proxy https_proxy no_proxy all_proxy; do
+  [ -z "${!v:-}" ] || args+=(--build-arg "$v")   # value from the environment, never on the command line
+done
+cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2> /dev/null || true)}
+cert=${cert:-${REQUESTS_CA_BUNDLE:-${SSL_CERT_FILE:-}}}
+[ -z "$cert" ] || [ ! -f "$cert" ] || args+=(--secret "id=pip_cert,src=$cert")
+[ -z "${HSNET_PIP_CONF:-}" ] || args+=(--secret "id=pip_conf,src=$HSNET_PIP_CONF")
+# no bridge network (dockerd --bridge=none): the build's RUN steps use the host's network
+$DOCKER network inspect bridge > /dev/null 2>&1 || args+=(--network host)
+
+bash tests/container/base_image.sh
+
+tags=(-t "$IMAGE") slim_tags=(-t "$SLIM_IMAGE")
+[ $release = 0 ] || { tags+=(-t "$RELEASE_IMAGE"); slim_tags+=(-t "$RELEASE_SLIM"); }
+logs=$(mktemp -d "${TMPDIR:-/tmp}/hsnet-build.XXXXXX")
+build() {  # LOG ARGS...: the build's output goes to LOG, its last lines to stderr if it fails
+  local log=$1; shift
+  if ! $DOCKER build --progress=plain "${args[@]}" "$@" . > "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "build.sh: docker build $* failed; the whole output is in $log" >&2
+    exit 1
+  fi
+}
+start=$(date +%s)
+build "$logs/slim.log" --target slim "${slim_tags[@]}"
+build "$logs/image.log" "${tags[@]}"
+rm -rf "$logs"
+echo "built $IMAGE and $SLIM_IMAGE in $(( $(date +%s) - start )) s (commit $commit)"
+$DOCKER image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$REPO" | grep -F -e "$IMAGE " -e "$SLIM_IMAGE " || true
+if [ -n "$refs" ]; then
+  printf 'IMAGE=%s\nSLIM_IMAGE=%s\nDOCKER=%s\n' "$IMAGE" "$SLIM_IMAGE" "$DOCKER" > "$refs"
+fi

@@ -1,0 +1,84 @@
+"""What identifies a build, checked without a Docker engine: the commit hsnet records (MLflow's
+git_commit tag) and the image references the pipelines are compiled against."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def other_checkout(tmp_path, monkeypatch):
+    """The working directory is some other git repository, with a commit of its own."""
+    repo = tmp_path / "elsewhere"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "f").write_text("x")
+    _git(repo, "add", "f")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "other")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("HSNET_GIT_COMMIT", raising=False)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def test_git_commit_is_the_source_checkout_not_the_working_directory(other_checkout):
+    from hsnet.tracking import git_commit
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not run from a git checkout")
+    expected = _git(ROOT, "rev-parse", "HEAD")
+    got = git_commit()
+    assert got.removesuffix("-dirty") == expected != other_checkout
+
+
+def test_git_commit_is_the_image_build_commit(other_checkout, monkeypatch):
+    """In the image (no checkout of the source) the build's commit comes from HSNET_GIT_COMMIT,
+    also when a step runs inside some other repository."""
+    from hsnet.tracking import git_commit
+
+    monkeypatch.setenv("HSNET_GIT_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+    assert git_commit() == "0123456789abcdef0123456789abcdef01234567"
+
+
+def _images(path: Path) -> dict[str, str]:
+    pipeline = list(yaml.safe_load_all(path.read_text()))[0]
+    return {name: e["container"]["image"] for name, e in pipeline["deploymentSpec"]["executors"].items()}
+
+
+TORCH_FREE = {"exec-fetch-raw", "exec-import-data", "exec-validate-data"}
+
+
+def test_committed_yaml_names_the_release_tags_torch_free_steps_the_slim_image():
+    from hsnet import __version__
+
+    for name in ("hsnet_pipeline.yaml", "ablation_pipeline.yaml"):
+        images = _images(ROOT / "pipelines" / name)
+        for executor, image in images.items():
+            expected = f"ghcr.io/hsnet-pipeline/hsnet:{__version__}"
+            assert image == (expected + "-slim" if executor in TORCH_FREE else expected), (name, executor)
+
+
+def test_compile_against_another_image(tmp_path, capsys):
+    from pipelines.compile import main
+
+    assert main([str(tmp_path), "--image", "registry.example/team/hsnet:sha-0123456789ab"]) == 0
+    images = _images(tmp_path / "hsnet_pipeline.yaml")
+    assert {images[e] for e in TORCH_FREE} == {"registry.example/team/hsnet:sha-0123456789ab-slim"}
+    assert {i for e, i in images.items() if e not in TORCH_FREE} == {"registry.example/team/hsnet:sha-0123456789ab"}
+    # a digest has no tag to derive the slim image's from: it must be named
+    digest = "registry.example/team/hsnet@sha256:" + "a" * 64
+    assert main([str(tmp_path), "--image", digest]) == 2
+    assert "give the slim image too" in capsys.readouterr().err
+    assert main([str(tmp_path), "--image", digest, "--slim-image", digest.replace("a" * 64, "b" * 64)]) == 0
+    images = _images(tmp_path / "ablation_pipeline.yaml")
+    assert {images[e] for e in TORCH_FREE} == {digest.replace("a" * 64, "b" * 64)}
+    assert {i for e, i in images.items() if e not in TORCH_FREE} == {digest}
