@@ -1,19 +1,28 @@
 """Reproduce the paper's tables as DVC experiments, and collect them into its layouts.
 
-* ``ablation(dataset)``: Table 6's eight configurations (DIB, FGAL, KTL on/off; all off is
-  the Inception-ResNet-V1 baseline), each ``dvc exp run --temp evaluate@DATASET -S ...`` on
-  the same data and splits (in a temporary copy, so the workspace's params stay as they are). Configurations with KTL need the stem weights: when they can't be
-  found those configurations are reported as skipped, never run without them.
-* ``datasets(names)``: the paper's setting for each dataset (Tables 2-5), one experiment.
+* ``ablation(dataset, seeds=K)``: Table 6's eight configurations (DIB, FGAL, KTL on/off; all
+  off is the Inception-ResNet-V1 baseline), each trained K times (``train.seed`` = 0..K-1), each
+  run a ``dvc exp run --temp evaluate@DATASET -S ...`` on the same data and splits (in a
+  temporary copy, so the workspace's params stay as they are). Configurations with KTL need
+  the stem weights: when they can't be found those configurations are reported as skipped,
+  never run without them.
+* ``datasets(names, seeds=K)``: the paper's setting for each dataset (Tables 2-5), K runs each.
 * ``report(out)``: every finished experiment, from ``dvc exp show``, in the paper's tables
-  beside its numbers, the confusion matrices, a bar chart of the ablation, and a list of
-  what is missing and how to get it.
+  beside its numbers: per row the mean ± standard deviation over seeds, n and a 95% interval
+  (Student's t); for every pair of Table 6 rows the paper orders (A > B), whether the runs
+  support that ordering, reverse it, or can't tell it from the seed-to-seed noise (Welch's
+  interval for the difference); the confusion matrices, a bar chart, and a list of what is
+  missing and how to get it.
+
+Adjacent rows of Table 6 differ by 0.2-0.8 points, and one run of a configuration moves by
+points between seeds and machines: a single run per row can't order them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -22,28 +31,128 @@ from pathlib import Path
 from . import params as params_mod
 from .errors import HSNetError
 from .io import atomic_path, write_text
+from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, switches
 
 log = logging.getLogger(__name__)
 
-# Table 6, in the paper's row order: (DIB, FGAL, KTL) -> accuracy on RAF-DB (%)
-TABLE6 = {
-    (False, False, False): 84.54, (True, False, False): 85.10, (False, True, False): 85.73,
-    (False, False, True): 85.26, (True, True, False): 86.21, (True, False, True): 86.05,
-    (False, True, True): 86.46, (True, True, True): 86.67,
-}
-CONFIGS = list(TABLE6)
-PAPER_DATASETS = ("rafd", "kdef", "ferg", "rafdb")
-# Tables 2-5: dataset -> (accuracy, mean accuracy or None)
-PAPER_TABLES = {"rafd": ("Table 2", 99.88, None), "kdef": ("Table 3", 93.35, None),
-                "ferg": ("Table 4", 99.35, None), "rafdb": ("Table 5", 86.67, 76.89)}
+DEFAULT_SEEDS = 3  # runs per configuration (train.seed = 0, 1, 2)
+CONFIDENCE = 0.95
+SUPPORTED, REVERSED, NOISE, TOO_FEW = "supported", "reversed", "within noise", "can't tell (n < 2)"
+
+
+# --- statistics over seeds ---------------------------------------------------------------------
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+                    -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` (real, > 0) degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with ``df`` degrees of freedom, by bisection."""
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12:
+            break
+    return (lo + hi) / 2.0
+
+
+def summarize(values: list[float]) -> dict:
+    """n, mean, sample standard deviation and the 95% interval of the mean (Student's t, n - 1 df).
+    With one value there is no spread to measure: sd and the interval are None."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to summarise")
+    mean = sum(values) / n
+    if n < 2:
+        return {"n": 1, "mean": mean, "sd": None, "half": None, "lo": None, "hi": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "half": half, "lo": mean - half, "hi": mean + half}
+
+
+def compare(a: list[float], b: list[float]) -> dict:
+    """Is mean(a) > mean(b) beyond the seed-to-seed noise? Welch's 95% interval for the difference
+    of the means (unequal variances, Welch-Satterthwaite degrees of freedom): ``supported`` when it
+    lies above 0, ``reversed`` when below, ``within noise`` when it contains 0."""
+    sa, sb = summarize(a), summarize(b)
+    diff = sa["mean"] - sb["mean"]
+    if sa["n"] < 2 or sb["n"] < 2:
+        return {"diff": diff, "lo": None, "hi": None, "df": None, "verdict": TOO_FEW}
+    va, vb = sa["sd"] ** 2 / sa["n"], sb["sd"] ** 2 / sb["n"]
+    se = math.sqrt(va + vb)
+    if se == 0.0:  # every run of both rows gave the same number: no noise to weigh the difference against
+        df, half = math.inf, 0.0
+    else:
+        df = (va + vb) ** 2 / (va ** 2 / (sa["n"] - 1) + vb ** 2 / (sb["n"] - 1))
+        half = t_quantile(0.5 + CONFIDENCE / 2, df) * se
+    lo, hi = diff - half, diff + half
+    verdict = SUPPORTED if lo > 0 else REVERSED if hi < 0 else NOISE
+    return {"diff": diff, "lo": lo, "hi": hi, "df": df, "verdict": verdict}
+
+
+def paper_orderings(present) -> list[tuple]:
+    """Every pair (A, B) of Table 6 rows in ``present`` that the paper orders A > B, in the paper's row order."""
+    present = [c for c in CONFIGS if c in present]
+    return [(a, b) for a in present for b in present if TABLE6[a] > TABLE6[b]]
 
 
 def config_name(cfg: tuple[bool, bool, bool]) -> str:
     return "dib{}-fgal{}-ktl{}".format(*(int(c) for c in cfg))
 
 
-def exp_name(dataset: str, cfg: tuple[bool, bool, bool]) -> str:
-    return f"ablation-{dataset}-{config_name(cfg)}"
+def config_label(cfg: tuple[bool, bool, bool]) -> str:
+    return " + ".join(n for n, on in zip(("DIB", "FGAL", "KTL"), cfg) if on) or "baseline"
+
+
+def exp_name(dataset: str, cfg: tuple[bool, bool, bool], seed: int = 0) -> str:
+    return f"ablation-{dataset}-{config_name(cfg)}-seed{seed}"
+
+
+def paper_exp_name(dataset: str, seed: int = 0) -> str:
+    return f"paper-{dataset}-seed{seed}"
+
+
+def _seeds(seeds: int | None) -> range:
+    if seeds is None:
+        return range(DEFAULT_SEEDS)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise HSNetError(f"--seeds {seeds!r}: give the number of runs per configuration, 1 or more "
+                         f"(default {DEFAULT_SEEDS}; 1 run can't tell a difference from noise)")
+    return range(seeds)
 
 
 def _dvc(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -60,10 +169,10 @@ def _dvc(args: list[str], repo: Path, check: bool = True) -> subprocess.Complete
     return proc
 
 
-def _check_repo(repo: Path, dataset: str, params_path: Path) -> dict:
+def _check_repo(repo: Path, dataset: str, params_path: Path) -> params_mod.Params:
     if not (repo / "dvc.yaml").is_file() or not (repo / ".dvc").is_dir():
         raise HSNetError(f"{repo.resolve()} is not the project's DVC repository (no dvc.yaml/.dvc); run from its root")
-    cfg = params_mod.resolve(params_path, dataset)  # unknown dataset: a clear error
+    cfg = params_mod.Params.resolve(params_path, dataset)  # unknown dataset or bad setting: a clear error
     raw = repo / "data" / "raw" / dataset
     if not raw.is_dir() or not any(raw.iterdir()):
         raise HSNetError(f"data/raw/{dataset} is missing or empty: put the {dataset} files there as the README's "
@@ -86,12 +195,11 @@ def ktl_weights_problem(stem_weights: str | None) -> str | None:
     return None if Path(source).is_file() else f"stem weights file {source} does not exist"
 
 
-def _set_args(dataset: str, cfg: tuple[bool, bool, bool], stem_weights: str | None) -> list[str]:
-    dib, fgal, ktl = cfg
-    args = ["-S", f"datasets_to_run=[{dataset}]"]
-    for key, value in (("dib", dib), ("fgal", fgal), ("ktl", ktl)):
+def _set_args(dataset: str, cfg: tuple[bool, bool, bool], stem_weights: str | None, seed: int) -> list[str]:
+    args = ["-S", f"datasets_to_run=[{dataset}]", "-S", f"++datasets.{dataset}.train.seed={seed}"]
+    for key, value in switches(cfg).items():
         args += ["-S", f"++datasets.{dataset}.model.{key}={str(value).lower()}"]
-    if stem_weights and ktl:
+    if stem_weights and switches(cfg)["ktl"]:
         args += ["-S", f"++datasets.{dataset}.model.stem_weights={stem_weights}"]
     return args
 
@@ -102,28 +210,33 @@ def _existing_experiments(repo: Path) -> set[str]:
 
 
 def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = "params.yaml",
-             stem_weights: str | None = None, queue: bool = False, jobs: int | None = None) -> dict:
-    """Run (or queue) Table 6's eight configurations on ``dataset`` as DVC experiments."""
+             stem_weights: str | None = None, queue: bool = False, jobs: int | None = None,
+             seeds: int | None = None) -> dict:
+    """Run (or queue) Table 6's eight configurations on ``dataset`` as DVC experiments, ``seeds`` runs
+    each (train.seed = 0..seeds-1), one at a time."""
     repo = Path(repo)
+    seed_range = _seeds(seeds)
     cfg = _check_repo(repo, dataset, repo / params_path)
-    weights = stem_weights or cfg["model"].get("stem_weights")
+    weights = stem_weights or cfg.model.stem_weights
     problem = ktl_weights_problem(weights)
     existing = _existing_experiments(repo)
     result = {"dataset": dataset, "ran": [], "queued": [], "skipped": {}, "failed": {}}
-    for c in CONFIGS:
-        name = exp_name(dataset, c)
+    total = len(CONFIGS) * len(seed_range)
+    # seed by seed: a run cut short still has every configuration at the same number of runs
+    for i, (seed, c) in enumerate(((s, c) for s in seed_range for c in CONFIGS), 1):
+        name = exp_name(dataset, c, seed)
         if c[2] and problem:
             result["skipped"][name] = f"KTL on, but {problem}"
             log.warning("skipping %s: KTL on, but %s", name, problem)
             continue
         if name in existing:
             _dvc(["exp", "remove", name], repo, check=False)
-        args = ["exp", "run", f"evaluate@{dataset}", "--name", name, *_set_args(dataset, c, stem_weights)]
+        args = ["exp", "run", f"evaluate@{dataset}", "--name", name, *_set_args(dataset, c, stem_weights, seed)]
         if queue:
             _dvc(args + ["--queue"], repo)
             result["queued"].append(name)
             continue
-        log.info("running %s (%d/%d)", name, CONFIGS.index(c) + 1, len(CONFIGS))
+        log.info("running %s (%d/%d)", name, i, total)
         proc = _dvc(args + ["--temp"], repo, check=False)  # in a copy: the workspace keeps its params
         if proc.returncode != 0:
             result["failed"][name] = (proc.stderr or proc.stdout).strip()[-1500:]
@@ -137,9 +250,11 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
 
 
 def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: str = "params.yaml",
-             queue: bool = False) -> dict:
-    """The paper's setting (DIB+FGAL+KTL, its input sizes and recipe) on each dataset: one experiment each."""
+             queue: bool = False, seeds: int | None = None) -> dict:
+    """The paper's setting (DIB+FGAL+KTL, its input sizes and recipe) on each dataset: ``seeds``
+    experiments each (train.seed = 0..seeds-1)."""
     repo = Path(repo)
+    seed_range = _seeds(seeds)
     result = {"ran": [], "queued": [], "missing": {}, "failed": {}}
     for name in names:
         try:
@@ -148,26 +263,50 @@ def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: st
             result["missing"][name] = str(exc)
             log.warning("%s", exc)
             continue
-        problem = ktl_weights_problem(cfg["model"].get("stem_weights")) if cfg["model"].get("ktl", True) else None
+        problem = ktl_weights_problem(cfg.model.stem_weights) if cfg.model.ktl else None
         if problem:
             result["missing"][name] = f"KTL is on for {name}, but {problem}"
             continue
-        exp = f"paper-{name}"
-        if exp in _existing_experiments(repo):
-            _dvc(["exp", "remove", exp], repo, check=False)
-        args = ["exp", "run", f"evaluate@{name}", "--name", exp, "-S", f"datasets_to_run=[{name}]"]
-        proc = _dvc(args + (["--queue"] if queue else ["--temp"]), repo, check=False)
-        if proc.returncode != 0:
-            result["failed"][name] = (proc.stderr or proc.stdout).strip()[-1500:]
-        else:
-            result["queued" if queue else "ran"].append(exp)
+        existing = _existing_experiments(repo)
+        for seed in seed_range:
+            exp = paper_exp_name(name, seed)
+            if exp in existing:
+                _dvc(["exp", "remove", exp], repo, check=False)
+            args = ["exp", "run", f"evaluate@{name}", "--name", exp, "-S", f"datasets_to_run=[{name}]",
+                    "-S", f"++datasets.{name}.train.seed={seed}"]
+            proc = _dvc(args + (["--queue"] if queue else ["--temp"]), repo, check=False)
+            if proc.returncode != 0:
+                result["failed"][exp] = (proc.stderr or proc.stdout).strip()[-1500:]
+            else:
+                result["queued" if queue else "ran"].append(exp)
     return result
 
 
 # --- the report --------------------------------------------------------------------------------
 
+def run_row(m: dict, *, experiment: str, dataset: str | None = None, model: dict | None = None,
+            seed: int | None = None, rev: str | None = None, timestamp: str = "") -> dict:
+    """One finished run, from its evaluate metrics.json (``m``): what the report needs of it."""
+    model = m.get("model") or model or {}
+    return {"experiment": experiment, "rev": rev, "timestamp": timestamp or "", "seed": seed,
+            "dataset": m.get("dataset") or dataset,
+            "config": tuple(bool(model.get(k, True)) for k in SWITCHES),
+            "accuracy": m["accuracy"], "mean_accuracy": m.get("mean_accuracy"),
+            "classes": m.get("classes") or list(m.get("per_class_accuracy", {})),
+            "confusion_matrix": m.get("confusion_matrix"), "images": m.get("images")}
+
+
+def _train_seed(p: dict, dataset: str) -> int | None:
+    """train.seed of ``dataset`` in a params.yaml mapping; None when that mapping isn't valid params
+    (an experiment made before a schema change): its run then counts as a run of unknown seed."""
+    try:
+        return params_mod.Params.from_mapping(p, dataset, source="dvc exp show").train.seed
+    except HSNetError:
+        return None
+
+
 def collect(repo: str | os.PathLike = ".") -> list[dict]:
-    """Every experiment (and the workspace) with its dataset, model switches and test metrics."""
+    """Every experiment (and the workspace) with its dataset, model switches, seed and test metrics."""
     repo = Path(repo)
     proc = _dvc(["exp", "show", "-A", "--json"], repo)
     rows = []
@@ -195,13 +334,10 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
                 continue
             m = full_metrics(entry.get("rev") or "workspace", path, m)
             dataset = m.get("dataset") or Path(path).parent.parent.name
-            model = m.get("model") or ((p.get("datasets") or {}).get(dataset) or {}).get("model") or {}
-            rows.append({"experiment": name or entry.get("rev"), "rev": entry.get("rev"),
-                         "timestamp": data.get("timestamp") or "", "dataset": dataset,
-                         "config": tuple(bool(model.get(k, True)) for k in ("dib", "fgal", "ktl")),
-                         "accuracy": m["accuracy"], "mean_accuracy": m.get("mean_accuracy"),
-                         "classes": m.get("classes") or list(m.get("per_class_accuracy", {})),
-                         "confusion_matrix": m.get("confusion_matrix"), "images": m.get("images")})
+            rows.append(run_row(m, experiment=name or entry.get("rev"), dataset=dataset,
+                                model=((p.get("datasets") or {}).get(dataset) or {}).get("model"),
+                                seed=_train_seed(p, dataset), rev=entry.get("rev"),
+                                timestamp=data.get("timestamp") or ""))
 
     for baseline in json.loads(proc.stdout or "[]"):
         add(baseline, baseline.get("name") or baseline.get("rev"))
@@ -211,44 +347,150 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
     return rows
 
 
-def _latest(rows: list[dict]) -> dict:
-    return sorted(rows, key=lambda r: (r["timestamp"] or "", r["experiment"] or ""))[-1]
+def runs_by_config(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The runs of each configuration, one per seed (a seed run again: its latest run), in seed order.
+    Rows without a seed (a Kubeflow run's) each count as one run."""
+    latest: dict[tuple, dict] = {}
+    unseeded: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("seed") is None:
+            unseeded.setdefault(r["config"], []).append(r)
+            continue
+        key = (r["config"], r["seed"])
+        if key not in latest or (r["timestamp"] or "", r["experiment"] or "") >= (
+                latest[key]["timestamp"] or "", latest[key]["experiment"] or ""):
+            latest[key] = r
+    out: dict[tuple, list[dict]] = {}
+    for (cfg, _), r in sorted(latest.items(), key=lambda kv: kv[0][1]):
+        out.setdefault(cfg, []).append(r)
+    for cfg, rs in unseeded.items():
+        out.setdefault(cfg, []).extend(rs)
+    return out
 
 
-def _confusion_md(row: dict) -> list[str]:
-    classes, cm = row["classes"], row["confusion_matrix"]
-    if not cm or not classes:
+def _f(x: float | None, sign: bool = False) -> str:
+    return "–" if x is None else (f"{x:+.2f}" if sign else f"{x:.2f}")
+
+
+def _interval(lo: float | None, hi: float | None, sign: bool = False) -> str:
+    return "–" if lo is None else f"[{_f(lo, sign)}, {_f(hi, sign)}]"
+
+
+def _seed_list(runs: list[dict]) -> str:
+    seeds = [str(r["seed"]) for r in runs if r.get("seed") is not None]
+    return ", ".join(seeds) if len(seeds) == len(runs) else f"{len(runs)} run(s)"
+
+
+def _confusion_md(runs: list[dict]) -> list[str]:
+    """The confusion matrix summed over the runs (all on the same test split)."""
+    classes = runs[0]["classes"]
+    cms = [r["confusion_matrix"] for r in runs if r["confusion_matrix"] and r["classes"] == classes]
+    if not cms or not classes:
         return []
+    cm = [[sum(m[i][j] for m in cms) for j in range(len(classes))] for i in range(len(classes))]
     lines = ["| actual \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     lines += [f"| **{c}** | " + " | ".join(str(v) for v in r) + " |" for c, r in zip(classes, cm)]
     return lines
 
 
-def _bar_chart(rows: dict, dataset: str, path: Path) -> None:
+def _bar_chart(by_cfg: dict[tuple, list[dict]], dataset: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [" ".join(n for n, on in zip(("DIB", "FGAL", "KTL"), c) if on) or "baseline" for c in CONFIGS]
-    ours = [rows[c]["accuracy"] * 100 if c in rows else 0 for c in CONFIGS]
-    paper = [TABLE6[c] for c in CONFIGS]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    xs = range(len(CONFIGS))
-    ax.bar([x - 0.2 for x in xs], ours, width=0.4, label=f"this project ({dataset})")
-    ax.bar([x + 0.2 for x in xs], paper, width=0.4, label="paper (RAF-DB)", alpha=0.6)
+    fig, ax = plt.subplots(figsize=(11, 4))
+    xs = list(range(len(CONFIGS)))
+    stats = {c: summarize([r["accuracy"] * 100 for r in by_cfg[c]]) for c in CONFIGS if c in by_cfg}
+    ours = [stats[c]["mean"] if c in stats else 0 for c in CONFIGS]
+    lowest = min([TABLE6[c] for c in CONFIGS] + [r["accuracy"] * 100 for runs in by_cfg.values() for r in runs]
+                 + [stats[c]["mean"] - (stats[c]["half"] or 0) for c in stats])
+    bottom = max(0.0, 5 * math.floor((lowest - 3) / 5))  # zoomed in: differences of a point must show
+    ax.bar([x - 0.2 for x in xs], [v - bottom if v else 0 for v in ours], bottom=bottom, width=0.4,
+           label=f"this project ({dataset}): mean, 95% interval")
+    spread = [(x - 0.2, stats[c]["mean"], stats[c]["half"]) for x, c in zip(xs, CONFIGS)
+              if c in stats and stats[c]["half"]]
+    if spread:
+        ax.errorbar([p[0] for p in spread], [p[1] for p in spread], yerr=[p[2] for p in spread], fmt="none",
+                    ecolor="black", capsize=3)
+    labelled = False
     for x, c in zip(xs, CONFIGS):
-        if c not in rows:
-            ax.text(x - 0.2, 1, "missing", rotation=90, ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), labels, rotation=20, ha="right", fontsize=8)
+        if c in by_cfg:
+            ys = [r["accuracy"] * 100 for r in by_cfg[c]]
+            ax.plot([x - 0.2] * len(ys), ys, "k.", markersize=4, label=None if labelled else "one run")
+            labelled = True
+        else:
+            ax.text(x - 0.2, bottom + 0.5, "missing", rotation=90, ha="center", va="bottom", fontsize=8)
+    ax.bar([x + 0.2 for x in xs], [TABLE6[c] - bottom for c in CONFIGS], bottom=bottom, width=0.4,
+           label="paper (RAF-DB)", alpha=0.6)
+    ax.set_xticks(xs, [config_label(c) for c in CONFIGS], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Ablation (Table 6 layout) on {dataset}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(bottom, 100)
+    ax.set_title(f"Ablation (Table 6 layout) on {dataset}" + (f"; the axis starts at {bottom:.0f}%" if bottom else ""))
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) -> tuple[list[str], list[str]]:
+    """Table 6 on ``dataset`` (markdown lines) from its ablation runs, and what is missing.
+    ``chart``: where to draw the bar chart (linked from the section); None: no chart."""
+    by_cfg = runs_by_config([r for r in rows if r["dataset"] == dataset])
+    note = "" if dataset == "rafdb" else (f" The paper's column is RAF-DB's; {dataset} is another dataset, "
+                                          "so compare the ordering of the rows, not the numbers.")
+    lines = [f"## Table 6: ablation on {dataset}", "",
+             "Rows in the paper's order; ✓ = on, ✗ = off. All off is the Inception-ResNet-V1 baseline." + note,
+             "Per row: n runs (seeds), their mean test accuracy and standard deviation, and the 95% interval "
+             "of the mean (Student's t, n − 1 degrees of freedom).", "",
+             "| DIB | FGAL | KTL | n | mean acc. (%) | sd | 95% interval | paper acc. (%) | diff. | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    missing = []
+    values = {c: [r["accuracy"] * 100 for r in runs] for c, runs in by_cfg.items()}
+    for c in CONFIGS:
+        marks = " | ".join("✓" if on else "✗" for on in c)
+        if c not in by_cfg:
+            lines.append(f"| {marks} | 0 | – | – | – | {TABLE6[c]:.2f} | – | missing |")
+            missing.append(f"ablation {dataset} {config_name(c)}: no finished run"
+                           + (" (KTL needs the VGGFace2 stem weights; see the README)" if c[2] else "")
+                           + f". Run `hsnet reproduce ablation --dataset {dataset} --seeds {DEFAULT_SEEDS}`")
+            continue
+        st = summarize(values[c])
+        lines.append(f"| {marks} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | {_interval(st['lo'], st['hi'])} | "
+                     f"{TABLE6[c]:.2f} | {_f(st['mean'] - TABLE6[c], True)} | {_seed_list(by_cfg[c])} |")
+        if st["n"] < 2:
+            missing.append(f"ablation {dataset} {config_name(c)}: one run, no measure of its noise. Run "
+                           f"`hsnet reproduce ablation --dataset {dataset} --seeds {DEFAULT_SEEDS}`")
+    lines.append("")
+
+    pairs = paper_orderings(by_cfg)
+    if pairs:
+        results = [(a, b, compare(values[a], values[b])) for a, b in pairs]
+        counts = {v: sum(1 for *_, r in results if r["verdict"] == v) for v in (SUPPORTED, NOISE, REVERSED, TOO_FEW)}
+        lines += [f"### The paper's orderings on {dataset}", "",
+                  "Each pair of rows above that Table 6 orders A > B: the difference of our means A − B, Welch's 95% "
+                  "interval for it, and the verdict: **supported** (the interval lies above 0), **reversed** "
+                  "(below 0), **within noise** (it contains 0: these runs can't order the two rows). Each "
+                  "comparison is at 95% on its own, so among many one may pass or fail by chance; the noise "
+                  "measured is seed to seed on one machine and one test split.", "",
+                  "Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" (of {len(results)}).", "",
+                  "| paper: A > B | paper diff. | ours: A − B | 95% interval | verdict |", "|---|---|---|---|---|"]
+        for a, b, r in results:
+            lines.append(f"| {config_label(a)} > {config_label(b)} | {TABLE6[a] - TABLE6[b]:+.2f} | "
+                         f"{_f(r['diff'], True)} | {_interval(r['lo'], r['hi'], True)} | {r['verdict']} |")
+        lines.append("")
+    if chart is not None and by_cfg:
+        _bar_chart(by_cfg, dataset, chart)
+        lines += [f"![ablation accuracy on {dataset}]({chart.name})", ""]
+    for c in CONFIGS:
+        cm = _confusion_md(by_cfg[c]) if c in by_cfg else []
+        if cm:
+            runs = by_cfg[c]
+            images = sum(r["images"] or 0 for r in runs)
+            lines += [f"<details><summary>confusion matrix: {dataset} {config_name(c)}, summed over "
+                      f"{len(runs)} run(s) ({images} test predictions)</summary>", "", *cm, "", "</details>", ""]
+    return lines, missing
 
 
 def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[dict] | None = None) -> dict:
@@ -258,62 +500,43 @@ def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[
     ablation_rows = [r for r in rows if str(r["experiment"]).startswith("ablation-")]
     lines = ["# Reproducing HSNet (Fan et al. 2022)", "",
              "Generated by `hsnet reproduce report` from the DVC experiments of this repository "
-             "(`dvc exp show`). Accuracy is eq. 22, mean accuracy eq. 23, on each dataset's test split.", ""]
+             "(`dvc exp show`). Accuracy is eq. 22, mean accuracy eq. 23, on each dataset's test split.", "",
+             "A run's accuracy is one draw: it moves with the seed (`train.seed`) and with the machine "
+             "(CPU model, thread count, GPU kernels), by several points on a small test set. So every row is "
+             "the mean of n runs (seeds 0..n−1, `--seeds`) with its spread, and a difference between rows "
+             "counts only when it is bigger than that spread.", ""]
     missing: list[str] = []
 
     lines += ["## Tables 2-5: HSNet on each dataset", "",
-              "| table | dataset | acc. (%) | paper acc. (%) | diff. | mAcc. (%) | paper mAcc. (%) | experiment |",
-              "|---|---|---|---|---|---|---|---|"]
-    for dataset in PAPER_DATASETS:
-        table, p_acc, p_macc = PAPER_TABLES[dataset]
+              "| table | dataset | n | acc. (%) | sd | 95% interval | paper acc. (%) | diff. | mAcc. (%) | "
+              "paper mAcc. (%) | seeds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for dataset in DATASETS:
+        table, p_acc, p_macc = RESULTS[dataset]
         found = [r for r in rows if r["dataset"] == dataset and r["config"] == (True, True, True)
                  and not str(r["experiment"]).startswith("ablation-")]
+        p_macc_s = f"{p_macc:.2f}" if p_macc is not None else "–"
         if not found:
-            lines.append(f"| {table} | {dataset} | – | {p_acc:.2f} | – | – | {p_macc or '–'} | missing |")
+            lines.append(f"| {table} | {dataset} | 0 | – | – | – | {p_acc:.2f} | – | – | {p_macc_s} | missing |")
             missing.append(f"{dataset} (Tables 2-5): no finished run. Put the data in data/raw/{dataset}, "
-                           f"then `hsnet reproduce datasets --datasets {dataset}`")
+                           f"then `hsnet reproduce datasets --datasets {dataset} --seeds {DEFAULT_SEEDS}`")
             continue
-        r = _latest(found)
-        acc, macc = r["accuracy"] * 100, (r["mean_accuracy"] or 0) * 100
-        lines.append(f"| {table} | {dataset} | {acc:.2f} | {p_acc:.2f} | {acc - p_acc:+.2f} | {macc:.2f} | "
-                     f"{p_macc if p_macc is not None else '–'} | `{r['experiment']}` |")
+        runs = runs_by_config(found)[(True, True, True)]
+        st = summarize([r["accuracy"] * 100 for r in runs])
+        macc = summarize([(r["mean_accuracy"] or 0) * 100 for r in runs])["mean"]
+        lines.append(f"| {table} | {dataset} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | "
+                     f"{_interval(st['lo'], st['hi'])} | {p_acc:.2f} | {_f(st['mean'] - p_acc, True)} | "
+                     f"{_f(macc)} | {p_macc_s} | {_seed_list(runs)} |")
     lines.append("")
 
     charts = {}
     for dataset in sorted({r["dataset"] for r in ablation_rows}) or ["rafdb"]:
-        by_cfg = {}
-        for c in CONFIGS:
-            found = [r for r in ablation_rows if r["dataset"] == dataset and r["config"] == c]
-            if found:
-                by_cfg[c] = _latest(found)
-        note = "" if dataset == "rafdb" else (f" The paper's column is RAF-DB's; {dataset} is another dataset, "
-                                              "so compare the ordering of the rows, not the numbers.")
-        lines += [f"## Table 6: ablation on {dataset}", "", "Rows in the paper's order; ✓ = on, ✗ = off. All off "
-                  "is the Inception-ResNet-V1 baseline." + note, "",
-                  "| DIB | FGAL | KTL | acc. (%) | paper acc. (%) | diff. | experiment |", "|---|---|---|---|---|---|---|"]
-        for c in CONFIGS:
-            marks = " | ".join("✓" if on else "✗" for on in c)
-            if c in by_cfg:
-                acc = by_cfg[c]["accuracy"] * 100
-                lines.append(f"| {marks} | {acc:.2f} | {TABLE6[c]:.2f} | {acc - TABLE6[c]:+.2f} | "
-                             f"`{by_cfg[c]['experiment']}` |")
-            else:
-                lines.append(f"| {marks} | – | {TABLE6[c]:.2f} | – | missing |")
-                missing.append(f"ablation {dataset} {config_name(c)}: no finished run"
-                               + (" (KTL needs the VGGFace2 stem weights; see the README)" if c[2] else "")
-                               + f". Run `hsnet reproduce ablation --dataset {dataset}`")
-        lines.append("")
-        if ablation_rows:
-            chart = out.with_name(f"{out.stem}-ablation-{dataset}.png")
-            _bar_chart(by_cfg, dataset, chart)
+        chart = out.with_name(f"{out.stem}-ablation-{dataset}.png") if ablation_rows else None
+        section, miss = ablation_section(ablation_rows, dataset, chart)
+        lines += section
+        missing += miss
+        if chart is not None:
             charts[dataset] = str(chart)
-            lines += [f"![ablation accuracy on {dataset}]({chart.name})", ""]
-        for c, r in by_cfg.items():
-            cm = _confusion_md(r)
-            if cm:
-                lines += [f"<details><summary>confusion matrix: {dataset} {config_name(c)} "
-                          f"({r['images']} test images)</summary>", "", *cm, "", "</details>", ""]
 
-    lines += ["## Missing runs", ""] + ([f"- {m}" for m in missing] or ["None: every row has a finished run."])
+    lines += ["## Missing runs", ""] + ([f"- {m}" for m in missing] or ["None: every row has finished runs."])
     write_text(out, "\n".join(lines) + "\n")
     return {"out": str(out), "missing": missing, "charts": charts, "rows": len(rows)}

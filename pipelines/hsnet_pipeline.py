@@ -46,9 +46,11 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device) -
     return cropped.set_cpu_request("2").set_memory_request("4G")
 
 
-def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None):
+def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None, seed=None):
     """train on one GPU (tolerating its taint) -> evaluate; returns both tasks."""
     extra = {} if model_overrides is None else {"model_overrides": model_overrides}
+    if seed is not None:
+        extra["seed"] = seed
     trained = _secrets(train_model(dataset=dataset, params=params, mlflow_tracking_uri=mlflow_tracking_uri,
                                    crops=crops, **extra), mlflow=True).set_display_name("train")
     trained.set_accelerator_type(GPU).set_accelerator_limit(1).set_cpu_request("4").set_memory_request("16G")
