@@ -19,18 +19,14 @@ def _model_info(args: argparse.Namespace) -> None:
     print(describe(args.num_classes, args.input_sizes))
 
 
-def _params(args: argparse.Namespace, section: str, given: dict):
-    """The dataset's settings: the paper's defaults <- --params file <- flags given (not None)."""
-    from .params import Params, flags
-
-    return Params.resolve(args.params, args.dataset or "", flags(section, given), overrides_name="command line")
-
-
 def _data_import(args: argparse.Namespace) -> None:
     from .data.datasets import import_dataset
+    from .params import settings
 
-    p = _params(args, "import", {"seed": args.seed, "split_by": args.split_by, "rafdb_images": args.rafdb_images})
-    summary = import_dataset(args.dataset, args.root, args.out, p.import_)
+    opts = settings(args.params, args.dataset, "import", {"seed": args.seed, "split_by": args.split_by,
+                                                          "rafdb_images": args.rafdb_images})
+    summary = import_dataset(args.dataset, args.root, args.out, seed=int(opts["seed"]), split_by=opts["split_by"],
+                             rafdb_images=opts["rafdb_images"])
     print(f"{summary['images']} images of {args.dataset} -> {args.out} "
           f"(train {summary['splits']['train']}, val {summary['splits']['val']}, "
           f"test {summary['splits']['test']}; skipped {summary['skipped']} stray file(s), "
@@ -53,22 +49,29 @@ def _data_fetch(args: argparse.Namespace) -> None:
 
 def _validate(args: argparse.Namespace) -> None:
     from .data.validate import validate
+    from .params import settings
 
-    p = _params(args, "validate", {"min_size": args.min_size})
-    summary = validate(args.manifest, args.root, args.dataset, args.report, p.validate,
+    opts = settings(args.params, args.dataset, "validate", {"min_size": args.min_size})
+    summary = validate(args.manifest, args.root, args.dataset, args.report, min_size=int(opts["min_size"]),
                        workers=args.workers, use_cache=not args.no_cache)
     print(f"{summary['images']} images of {args.dataset} passed validation "
           f"({len(summary['warnings'])} warning(s)); report: {summary['data_docs']}")
 
 
 def _crop(args: argparse.Namespace) -> None:
-    from .data.crop import crop
+    from .data.crop import CropSettings, crop
+    from .params import settings
 
     if args.params and not args.dataset:
         raise HSNetError("--params needs --dataset (whose 'crop' settings to use)")
-    p = _params(args, "crop", {"detector": args.detector, "size": args.size, "margin": args.margin,
-                               "no_face": args.no_face, "min_prob": args.min_prob})
-    report = crop(args.manifest, args.root, args.out, device=args.device, settings=p.crop,
+    opts = settings(args.params, args.dataset, "crop", {
+        "detector": args.detector, "size": args.size, "margin": args.margin, "no_face": args.no_face,
+        "min_prob": args.min_prob})
+    if not args.params and args.size is None:
+        opts["size"] = 100
+    fields = CropSettings.__dataclass_fields__
+    report = crop(args.manifest, args.root, args.out, device=args.device,
+                  settings=CropSettings(**{k: v for k, v in opts.items() if k in fields}),
                   batch_size=args.batch_size)
     print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
@@ -77,12 +80,15 @@ def _crop(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .params import Params, deep_merge, flags, parse_set
     from .train import train
 
-    overrides = deep_merge(parse_set(args.set or []), flags("train", {"max_epochs": args.max_epochs}))
-    params = Params.resolve(args.params, args.dataset, overrides)
-    summary = train(args.data, params, args.out, resume=args.resume, device=args.device, track=not args.no_mlflow)
+    from .params import deep_merge, parse_set
+
+    overrides = parse_set(args.set or [])
+    if args.max_epochs:
+        overrides = deep_merge(overrides, {"train": {"max_epochs": args.max_epochs}})
+    summary = train(args.data, args.params, args.dataset, args.out, resume=args.resume, device=args.device,
+                    track=not args.no_mlflow, overrides=overrides)
     print(f"trained {summary['epochs_run']} epoch(s); best val accuracy {summary['best_val_accuracy']:.4f} "
           f"at epoch {summary['best_epoch']} -> {summary['checkpoint']}")
 
@@ -90,13 +96,8 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    settings = None  # the settings the model was trained with
-    if args.params or args.tta_hflip:
-        if args.params and not args.dataset:
-            raise HSNetError("--params needs --dataset (whose 'evaluate' settings to use)")
-        settings = _params(args, "evaluate", {"tta_hflip": True if args.tta_hflip else None}).evaluate
-    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device, settings=settings,
-                 track=not args.no_mlflow)
+    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device,
+                 tta_hflip=True if args.tta_hflip else None, track=not args.no_mlflow)
     print(f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.4f}, mean accuracy {m['mean_accuracy']:.4f} "
           f"({m['images']} images) -> {args.out}/metrics.json, confusion_matrix.png")
 
@@ -115,18 +116,12 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from .deploy import after_promotion
-    from .registry import LOCK_SUFFIX, promote, rollback, unlock
+    from .registry import promote, rollback
 
-    if args.unlock:
-        print(f"{args.name}: promotion lock {args.name}{LOCK_SUFFIX} "
-              + ("removed" if unlock(args.name) else "was not held"))
-        return
     if args.rollback:
         r = rollback(args.name)
         print(f"{args.name}: production rolled back to version {r['production']} "
               f"(version {r['previous']} is now 'previous')")
-        after_promotion(args, r)
         return
     r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
     if r["promoted"]:
@@ -135,13 +130,6 @@ def _promote(args: argparse.Namespace) -> None:
               + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
     else:
         print(f"{args.name}: nothing to do, {r['reason']}")
-    after_promotion(args, r)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from .deploy import serve_command
-
-    return serve_command(args)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -269,9 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--params", default=None,
-                   help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
-    p.add_argument("--dataset", default=None, help="with --params: whose settings")
     p.add_argument("--tta-hflip", action="store_true", help="average with the flipped image (off in the paper)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-mlflow", action="store_true")
@@ -314,15 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-delta", type=float, default=0.0, help="required gain over production")
     p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
     p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
-    p.add_argument("--unlock", action="store_true",
-                   help="remove the promotion lock a killed promotion left (only when none is running)")
-    p.add_argument("--deploy", action="store_true", help="then roll the KServe InferenceService to production "
-                   "with a canary share (--rollback: return its traffic); KUBECONFIG or the pod's account")
-    p.add_argument("--dry-run", action="store_true", help="with --deploy: print the manifest, apply nothing")
-    p.add_argument("--canary-percent", type=int, default=10, help="with --deploy: the new version's traffic share "
-                   "(100: all; run again with 100 to finish a canary)")
-    p.add_argument("--isvc", default=None, help="with --deploy: the InferenceService (default: the model's name)")
-    p.add_argument("--namespace", default=None, help="with --deploy: its namespace (default: the context's)")
     p.set_defaults(func=_promote)
 
     p = verbs.add_parser("predict", help="find the faces in photos and classify their expressions")
@@ -335,21 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest face searched for, in pixels (default 40; MTCNN's own default is 20)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_predict)
-
-    p = verbs.add_parser("serve", help="the model server (KServe V1/V2): photos in, faces and expressions out")
-    p.add_argument("--model", required=True, help="models:/hsnet-NAME@production, models:/hsnet-NAME/VERSION "
-                   "or a checkpoint file")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
-    p.add_argument("--name", default="hsnet", help="the model's name in the URLs (/v1/models/NAME:predict)")
-    p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
-    p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
-    p.add_argument("--min-face-size", type=int, default=40)
-    p.add_argument("--device", default=None)
-    for limit in ("max_request_bytes", "max_images", "max_image_pixels", "max_request_pixels"):
-        p.add_argument("--" + limit.replace("_", "-"), type=int, default=None,
-                       help=f"limit (default: HSNET_SERVE_{limit.upper()} or the built-in one)")
-    p.set_defaults(func=_serve)
     return parser
 
 
@@ -373,14 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C / SIGINT: every file is written atomically, so none is half-written
-        hint = ""
-        if args.verb == "train":
-            from .checkpoint import LAST
-
-            hint = f"; {args.out}/{LAST} holds the last finished epoch: add --resume to continue"
-        print(f"hsnet {args.verb}: interrupted, stopped before finishing{hint}", file=sys.stderr)
-        return 130
     return int(result or 0)
 
 
