@@ -61,74 +61,95 @@ def draw_face(character: str, emotion: str, rng: np.random.Generator, size: int 
     fw, fh, skin, hair, style, eye_rgb = CHARACTERS[character]
     tilt, lift, eye_open, curve, mouth_open, mouth_w = (
         v + j * rng.standard_normal() for v, j in zip(EXPRESSIONS[emotion], JITTER))
-    eye_open = max(eye_open, 0.12)
-    mouth_open = max(mouth_open, 0.0)
-
     s = size * 2  # draw at twice the size, then rotate and downsample (anti-aliasing)
     bg = tuple(int(c) for c in rng.integers(40, 230, 3))
     img = Image.new("RGB", (s, s), bg)
-    d = ImageDraw.Draw(img)
     scale = s * rng.uniform(*POSE["scale"])
     cx = s / 2 + rng.normal(0, s * POSE["shift"])
     cy = s / 2 + rng.normal(0, s * POSE["shift"])
-    w, h = fw * scale / 2, fh * scale / 2
+    face = _Face(ImageDraw.Draw(img), cx, cy, fw * scale / 2, fh * scale / 2, s)
+    face.head(style, skin, hair)
+    face.eyes(max(eye_open, 0.12), tilt, lift, eye_rgb, hair if style != "bald" else None)
+    face.nose(skin)
+    face.mouth(curve, max(mouth_open, 0.0), mouth_w)
+    return _photograph(img, rng, size, bg)
 
-    def box(x, y, rx, ry):
+
+class _Face:
+    """Drawing in face coordinates: (0, 0) the centre, +-1 the face's half width / height."""
+
+    def __init__(self, d: ImageDraw.ImageDraw, cx: float, cy: float, w: float, h: float, s: int):
+        self.d, self.cx, self.cy, self.w, self.h, self.s = d, cx, cy, w, h, s
+
+    def box(self, x, y, rx, ry):
+        cx, cy, w, h = self.cx, self.cy, self.w, self.h
         return [cx + (x - rx) * w, cy + (y - ry) * h, cx + (x + rx) * w, cy + (y + ry) * h]
 
-    if style == "long":
-        d.rectangle(box(0, 0.35, 1.12, 0.75), fill=hair)
-    if style == "pigtails":
-        d.ellipse(box(-1.1, -0.1, 0.28, 0.35), fill=hair)
-        d.ellipse(box(1.1, -0.1, 0.28, 0.35), fill=hair)
-    d.ellipse(box(0, 0, 1, 1), fill=skin, outline=tuple(int(c * 0.7) for c in skin), width=3)
-    if style in ("bob", "long", "pigtails"):
-        d.chord(box(0, -0.55, 1.02, 0.55), 180, 360, fill=hair)
-    elif style == "spiky":
-        for k in range(7):
-            x = -0.8 + k * 0.27
-            d.polygon([(cx + (x - 0.15) * w, cy - 0.72 * h), (cx + x * w, cy - 1.22 * h),
-                       (cx + (x + 0.15) * w, cy - 0.72 * h)], fill=hair)
-        d.chord(box(0, -0.62, 0.95, 0.4), 180, 360, fill=hair)
-    elif style == "flat":
-        d.rectangle(box(0, -0.82, 0.85, 0.18), fill=hair)
-    # bald: nothing
+    def point(self, x, y):
+        return (self.cx + x * self.w, self.cy + y * self.h)
 
-    brow_y = -0.32 - lift
-    eye_y = -0.12
-    for side in (-1, 1):
-        ex = side * 0.38
-        # eyes: white, iris, pupil; height by openness
-        ry = 0.11 * eye_open
-        d.ellipse(box(ex, eye_y, 0.2, ry), fill=(250, 250, 250), outline=(30, 30, 30), width=2)
-        iris = min(0.1, ry * 0.95)
-        d.ellipse(box(ex, eye_y, 0.1, iris), fill=eye_rgb)
-        d.ellipse(box(ex, eye_y, 0.045, min(0.045, iris)), fill=(10, 10, 10))
-        # eyebrows: inner end lower when tilt > 0 (anger), higher when tilt < 0 (sadness, fear)
-        inner = (cx + side * 0.12 * w, cy + (brow_y + 0.1 * tilt) * h)
-        outer = (cx + side * 0.6 * w, cy + (brow_y - 0.1 * tilt) * h)
-        d.line([inner, outer], fill=tuple(int(c * 0.8) for c in hair) if style != "bald" else (60, 40, 30),
-               width=max(3, int(s * 0.02)))
-    # nose
-    d.line([(cx, cy - 0.02 * h), (cx - 0.06 * w, cy + 0.2 * h), (cx + 0.02 * w, cy + 0.22 * h)],
-           fill=tuple(int(c * 0.75) for c in skin), width=2)
-    # mouth: a curve through the corners and the centre; open mouths are filled polygons
-    my, half = 0.5, mouth_w / 2
-    pts_top, pts_bottom = [], []
-    for k in range(17):
-        t = -1 + k / 8
-        x = t * half
-        y = my + curve * 0.12 * (1 - t * t)  # smile: centre below the corners (y grows down)
-        pts_top.append((cx + x * w, cy + (y - 0.02) * h))
-        pts_bottom.append((cx + x * w, cy + (y + mouth_open * 0.22 * (1 - t * t) + 0.02) * h))
-    if mouth_open > 0.08:
-        d.polygon(pts_top + pts_bottom[::-1], fill=(90, 20, 30), outline=(60, 10, 20))
-        if curve > 0.3:  # teeth in a smile
-            d.polygon(pts_top[3:14] + [(p[0], p[1] + 0.05 * h) for p in pts_top[13:2:-1]],
-                      fill=(245, 245, 240))
-    else:
-        d.line(pts_top, fill=(120, 30, 40), width=max(3, int(s * 0.018)))
+    def head(self, style: str, skin, hair) -> None:
+        d, box = self.d, self.box
+        if style == "long":
+            d.rectangle(box(0, 0.35, 1.12, 0.75), fill=hair)
+        if style == "pigtails":
+            d.ellipse(box(-1.1, -0.1, 0.28, 0.35), fill=hair)
+            d.ellipse(box(1.1, -0.1, 0.28, 0.35), fill=hair)
+        d.ellipse(box(0, 0, 1, 1), fill=skin, outline=tuple(int(c * 0.7) for c in skin), width=3)
+        if style in ("bob", "long", "pigtails"):
+            d.chord(box(0, -0.55, 1.02, 0.55), 180, 360, fill=hair)
+        elif style == "spiky":
+            for k in range(7):
+                x = -0.8 + k * 0.27
+                d.polygon([self.point(x - 0.15, -0.72), self.point(x, -1.22), self.point(x + 0.15, -0.72)],
+                          fill=hair)
+            d.chord(box(0, -0.62, 0.95, 0.4), 180, 360, fill=hair)
+        elif style == "flat":
+            d.rectangle(box(0, -0.82, 0.85, 0.18), fill=hair)
+        # bald: nothing
 
+    def eyes(self, eye_open: float, tilt: float, lift: float, eye_rgb, hair) -> None:
+        d, box = self.d, self.box
+        brow_y, eye_y = -0.32 - lift, -0.12
+        brow = tuple(int(c * 0.8) for c in hair) if hair is not None else (60, 40, 30)
+        for side in (-1, 1):
+            ex = side * 0.38
+            # eyes: white, iris, pupil; height by openness
+            ry = 0.11 * eye_open
+            d.ellipse(box(ex, eye_y, 0.2, ry), fill=(250, 250, 250), outline=(30, 30, 30), width=2)
+            iris = min(0.1, ry * 0.95)
+            d.ellipse(box(ex, eye_y, 0.1, iris), fill=eye_rgb)
+            d.ellipse(box(ex, eye_y, 0.045, min(0.045, iris)), fill=(10, 10, 10))
+            # eyebrows: inner end lower when tilt > 0 (anger), higher when tilt < 0 (sadness, fear)
+            inner = self.point(side * 0.12, brow_y + 0.1 * tilt)
+            outer = self.point(side * 0.6, brow_y - 0.1 * tilt)
+            d.line([inner, outer], fill=brow, width=max(3, int(self.s * 0.02)))
+
+    def nose(self, skin) -> None:
+        self.d.line([self.point(0, -0.02), self.point(-0.06, 0.2), self.point(0.02, 0.22)],
+                    fill=tuple(int(c * 0.75) for c in skin), width=2)
+
+    def mouth(self, curve: float, mouth_open: float, mouth_w: float) -> None:
+        """A curve through the corners and the centre; open mouths are filled polygons."""
+        my, half = 0.5, mouth_w / 2
+        pts_top, pts_bottom = [], []
+        for k in range(17):
+            t = -1 + k / 8
+            x = t * half
+            y = my + curve * 0.12 * (1 - t * t)  # smile: centre below the corners (y grows down)
+            pts_top.append(self.point(x, y - 0.02))
+            pts_bottom.append(self.point(x, y + mouth_open * 0.22 * (1 - t * t) + 0.02))
+        if mouth_open > 0.08:
+            self.d.polygon(pts_top + pts_bottom[::-1], fill=(90, 20, 30), outline=(60, 10, 20))
+            if curve > 0.3:  # teeth in a smile
+                self.d.polygon(pts_top[3:14] + [(p[0], p[1] + 0.05 * self.h) for p in pts_top[13:2:-1]],
+                               fill=(245, 245, 240))
+        else:
+            self.d.line(pts_top, fill=(120, 30, 40), width=max(3, int(self.s * 0.018)))
+
+
+def _photograph(img: Image.Image, rng: np.random.Generator, size: int, bg) -> Image.Image:
+    """Rotate, downsample, blur, light from a random side and add sensor noise."""
     img = img.rotate(rng.uniform(-POSE["rotate"], POSE["rotate"]), resample=Image.BICUBIC, fillcolor=bg)
     img = img.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.6)))
     arr = np.asarray(img, dtype=np.float32)
