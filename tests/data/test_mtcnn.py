@@ -1,0 +1,151 @@
+"""The batched MTCNN (hsnet.data.mtcnn) against facenet-pytorch's own detector, image by image.
+
+The expectation is facenet-pytorch's ``MTCNN.detect`` run on each photo alone (its per-box
+Python loop): same number of faces, boxes within 1 px, probabilities within 1e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hsnet.data.crop import Detector
+from hsnet.data.mtcnn import BatchedMTCNN, crop_resize_boxes
+
+skimage_data = pytest.importorskip("skimage.data")
+facenet = pytest.importorskip("facenet_pytorch")
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    torch.set_num_threads(1)
+    return facenet.MTCNN(keep_all=True, device="cpu").eval()
+
+
+def reference(mtcnn, image: np.ndarray) -> np.ndarray:
+    """facenet-pytorch's boxes and probabilities for one photo, (k, 5), most probable first;
+    none for a photo its pyramid can't hold (facenet-pytorch raises on those)."""
+    if min(image.shape[:2]) < mtcnn.min_face_size:
+        return np.zeros((0, 5))
+    boxes, probs = mtcnn.detect(Image.fromarray(image))
+    if boxes is None:
+        return np.zeros((0, 5))
+    found = np.concatenate([np.asarray(boxes, np.float64), np.asarray(probs, np.float64)[:, None]], 1)
+    return found[np.argsort(-found[:, 4], kind="stable")]
+
+
+def assert_same(found: np.ndarray, expected: np.ndarray, name: str) -> None:
+    found = found[np.argsort(-found[:, 4], kind="stable")]
+    assert found.shape == expected.shape, f"{name}: {len(found)} faces, facenet-pytorch found {len(expected)}"
+    if len(found):
+        assert np.abs(found[:, :4] - expected[:, :4]).max() <= 1.0, name
+        assert np.abs(found[:, 4] - expected[:, 4]).max() <= 1e-3, name
+
+
+def mixed_photos() -> dict[str, np.ndarray]:
+    """Photos of different sizes: faces, several faces, no face, and ones too small for a face."""
+    astro = skimage_data.astronaut()
+    rng = np.random.default_rng(0)
+    canvas = np.full((762, 562, 3), 150, np.uint8)  # KDEF's portrait format, the face off centre
+    canvas[200:200 + 400, 100:100 + 400] = np.asarray(Image.fromarray(astro).resize((400, 400)))
+    two = np.concatenate([astro, astro[:, ::-1]], axis=1)  # 512 x 1024, two faces
+    return {
+        "astronaut": astro,
+        "astronaut_mirror": np.ascontiguousarray(astro[:, ::-1]),
+        "astronaut_small": np.asarray(Image.fromarray(astro).resize((160, 160))),
+        "astronaut_cut": np.ascontiguousarray(astro[30:330, 100:500]),  # the face near the top edge
+        "kdef_like": canvas,
+        "two_faces": np.ascontiguousarray(two),
+        "coffee": skimage_data.coffee(),  # no face
+        "grey": np.full((512, 512, 3), 127, np.uint8),
+        "noise": rng.integers(0, 255, (200, 300, 3), dtype=np.uint8),
+        "tiny": rng.integers(0, 255, (12, 16, 3), dtype=np.uint8),  # below min_face_size
+        "thin": rng.integers(0, 255, (19, 400, 3), dtype=np.uint8),
+    }
+
+
+def test_astronaut_matches_facenet_pytorch(mtcnn):
+    image = skimage_data.astronaut()
+    expected = reference(mtcnn, image)
+    assert len(expected) == 1 and expected[0, 4] > 0.99  # the test photo has one clear face
+    assert_same(BatchedMTCNN(mtcnn=mtcnn)([image])[0], expected, "astronaut")
+
+
+def test_mixed_folder_in_one_batch_matches_facenet_pytorch(mtcnn):
+    photos = mixed_photos()
+    found = BatchedMTCNN(mtcnn=mtcnn)(list(photos.values()))
+    assert len(found) == len(photos)
+    faces = {}
+    for (name, image), boxes in zip(photos.items(), found):
+        expected = reference(mtcnn, image)
+        assert_same(boxes, expected, name)
+        faces[name] = len(boxes)
+    assert faces["two_faces"] >= 2 and faces["astronaut_cut"] >= 1 and faces["kdef_like"] >= 1
+    assert faces["tiny"] == faces["thin"] == faces["grey"] == 0
+
+
+def test_sample_images_match_facenet_pytorch(mtcnn, tmp_path):
+    from hsnet.data.sample import generate
+
+    generate(tmp_path, per_class=1)
+    files = sorted(tmp_path.rglob("*.png"))
+    assert len(files) >= 20
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    found = BatchedMTCNN(mtcnn=mtcnn)(images)
+    for f, image, boxes in zip(files, images, found):
+        assert_same(boxes, reference(mtcnn, image), f.name)
+    with_face = sum(len(b) > 0 for b in found)
+    assert 0 < with_face < len(files)  # the cartoon faces: most found, some not (both paths tested)
+
+
+def test_a_batch_gives_each_photo_what_it_gets_alone(mtcnn):
+    photos = list(mixed_photos().values())[:6]
+    detector = BatchedMTCNN(mtcnn=mtcnn)
+    together = detector(photos)
+    for image, boxes in zip(photos, together):
+        alone = detector([image])[0]
+        assert boxes.shape == alone.shape
+        np.testing.assert_allclose(boxes, alone, atol=1e-3)
+
+
+def test_box_crops_equal_area_resizing_of_each_box():
+    """The one-operation crop equals facenet-pytorch's slice-and-interpolate(area) per box."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (3, 37, 53), dtype=np.uint8), rng.integers(0, 256, (3, 64, 41), dtype=np.uint8)]
+    flat, base, offset = [], [], 0
+    for img in images:
+        t = torch.zeros((3, img.shape[1] + 1, img.shape[2] + 1), dtype=torch.int32)
+        t[:, 1:, 1:] = torch.from_numpy(img).int().cumsum(1).cumsum(2)
+        flat.append(t.reshape(-1))
+        base.append(offset)
+        offset += t.numel()
+    hw = torch.tensor([img.shape[1:] for img in images])
+    # boxes inside, over the edges, smaller and larger than the output, one empty (right of the image)
+    boxes = torch.tensor([[3.7, 2.2, 30.9, 29.5], [-5.0, -8.0, 20.0, 17.0], [40.0, 30.0, 70.0, 60.0],
+                          [10.0, 10.0, 14.0, 13.0], [0.0, 0.0, 53.0, 37.0], [60.0, 5.0, 80.0, 25.0],
+                          [1.0, 50.0, 40.0, 64.0]])
+    inds = torch.tensor([0, 0, 0, 1, 0, 0, 1])
+    crops, valid = crop_resize_boxes(torch.cat(flat), torch.tensor(base), hw, boxes, inds, 24)
+    assert valid.tolist() == [True, True, True, True, True, False, True]
+    for k in range(len(boxes)):
+        if not valid[k]:
+            continue
+        x, y, ex, ey = boxes[k].trunc().int().tolist()
+        h, w = images[inds[k]].shape[1:]
+        x, y, ex, ey = max(x, 1), max(y, 1), min(ex, w), min(ey, h)
+        region = torch.from_numpy(images[inds[k]]).float()[None, :, y - 1:ey, x - 1:ex]
+        expected = torch.nn.functional.interpolate(region, size=(24, 24), mode="area")[0]
+        torch.testing.assert_close(crops[k], expected, atol=1e-4, rtol=0)
+
+
+def test_detector_uses_the_batched_path_and_keeps_tiny_images_apart(mtcnn):
+    """crop's Detector: the same boxes as facenet-pytorch, a tiny image in the batch gives none."""
+    astro = skimage_data.astronaut()
+    detector = Detector("cpu")
+    assert isinstance(detector.batched, BatchedMTCNN) and detector.batched.mtcnn is detector.mtcnn
+    tiny = np.zeros((8, 8, 3), np.uint8)
+    found = detector([astro, tiny])
+    assert_same(found[0], reference(mtcnn, astro), "astronaut")
+    assert found[1].shape == (0, 5)
