@@ -7,9 +7,9 @@ output manifest or, by name, in the report.
 * ``detector="mtcnn"``: detect faces, keep the most probable (then largest) one, crop a
   square around it with ``margin`` pixels (in the output's scale, as facenet-pytorch's
   ``margin``) and resize to ``size``. Images are decoded in parallel, grouped by size and
-  run through MTCNN in batches (its batch mode needs equal sizes); MTCNN's own
-  ``detect()`` crashes on a batch where some images have no face, so the lower-level
-  ``detect_face`` is called and every image's boxes are read separately.
+  run through MTCNN in batches (:mod:`hsnet.data.mtcnn`: facenet-pytorch's networks, the
+  candidate boxes of a whole batch cut and resized in one tensor operation; a batch may mix
+  images with and without faces, which facenet-pytorch's own ``detect()`` crashes on).
 * ``detector="none"``: no detection (FERG-DB, RAF-DB ship cropped faces): centre square
   crop and resize.
 * No face found: ``no_face="drop"`` reports the file and leaves it out;
@@ -54,8 +54,11 @@ class Detector:
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise HSNetError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+        from .mtcnn import BatchedMTCNN
+
         self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size).eval()
         self.device = torch.device(device)
+        self.batched = BatchedMTCNN(device, mtcnn=self.mtcnn)  # the same networks, no per-box loop
 
     def can_hold_a_face(self, image: np.ndarray) -> bool:
         """Whether MTCNN's image pyramid has a level for ``image``: its shorter side must be at least
@@ -71,14 +74,8 @@ class Detector:
         return self._detect(images)
 
     def _detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        import torch
-        from facenet_pytorch.models.utils.detect_face import detect_face
-
-        m = self.mtcnn
         try:
-            with torch.no_grad():
-                boxes, _ = detect_face(np.stack(images), m.min_face_size, m.pnet, m.rnet, m.onet,
-                                       m.thresholds, m.factor, self.device)
+            boxes = self.batched(images)
         except Exception as exc:  # e.g. a torchvision NMS corner case; retry one by one
             if len(images) == 1:
                 raise
