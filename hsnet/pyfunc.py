@@ -1,4 +1,5 @@
-"""The MLflow pyfunc of a trained HSNet: face images in, expression and class probabilities out.
+"""The MLflow pyfunc of a trained HSNet: face images in, expression and class probabilities out,
+and the decoding of images that clients send (shared with the model server, :mod:`hsnet.serve`).
 
 Input: a DataFrame with an ``image`` column (MLflow type ``binary``); each cell is an
 encoded image (PNG/JPEG bytes; base64 text from the REST API is decoded too) or an RGB
@@ -7,8 +8,15 @@ uint8 array (H, W, 3). Output: one row per image with ``expression``, ``confiden
 inside the model (the checkpoint's metadata), so ``mlflow.pyfunc.load_model(
 "models:/hsnet-rafdb@production")`` and ``mlflow models serve`` need nothing else.
 
-The images are classified as they are: give face crops (``hsnet predict`` finds the faces
-in a photo first).
+The images are classified as they are: give face crops (``hsnet predict`` and ``hsnet serve``
+find the faces in a photo first).
+
+Limits (:class:`Limits`, settable by environment variables in the serving container): images
+per request, pixels per image and pixels per request are checked from the image headers
+before anything is decoded, so a small request of huge images can't exhaust memory. A request
+over a limit is refused as a whole with :class:`InputRefused`, which ``mlflow models serve``
+answers with HTTP 400 and the message naming the limit. Encoded images are turned upright by
+their EXIF orientation, as ``hsnet predict`` does for files.
 """
 
 from __future__ import annotations
@@ -16,42 +24,186 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
+from dataclasses import dataclass, fields
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+from .errors import HSNetError
 
 INPUT_COLUMN = "image"
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # what clients may send; others are refused unread
+ENV_PREFIX = "HSNET_SERVE_"
 
 
-def decode_image(value, row: int) -> np.ndarray:
-    """One cell of the input column as an (H, W, 3) uint8 array."""
-    from PIL import Image, UnidentifiedImageError
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold. Each is settable as ``HSNET_SERVE_<NAME>`` (e.g.
+    ``HSNET_SERVE_MAX_IMAGE_PIXELS``) and by ``hsnet serve``'s flags."""
 
-    from .errors import HSNetError
-    from .io import MAX_IMAGE_PIXELS, to_rgb
-    from .predict import as_rgb_array
+    max_request_bytes: int = 32 * 1024 * 1024  # the HTTP body (the model server checks it)
+    max_images: int = 32  # photos or crops in one request
+    max_image_pixels: int = 16_000_000  # one image (a 16 MP photo; 12 MP phone photos fit)
+    max_request_pixels: int = 48_000_000  # all images of one request: about 150 MB decoded
 
-    if isinstance(value, Image.Image):
-        return np.asarray(to_rgb(value))
+    @classmethod
+    def from_env(cls, **overrides) -> "Limits":
+        values = {}
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if overrides.get(f.name) is not None:
+                values[f.name] = int(overrides[f.name])
+            elif os.environ.get(key):
+                try:
+                    values[f.name] = int(os.environ[key])
+                except ValueError as exc:
+                    raise HSNetError(f"{key}={os.environ[key]!r} is not a whole number") from exc
+        limits = cls(**values)
+        for f in fields(cls):
+            if getattr(limits, f.name) < 1:
+                raise HSNetError(f"{ENV_PREFIX}{f.name.upper()} (--{f.name.replace('_', '-')}) must be at least 1")
+        return limits
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """How a limit is named to clients: ``max_image_pixels (HSNET_SERVE_MAX_IMAGE_PIXELS)``."""
+        return f"{name} ({ENV_PREFIX}{name.upper()})"
+
+
+class InputRefused(HSNetError, MlflowException):
+    """A request or an image is refused; the message names the image or the limit.
+
+    An :class:`~mlflow.exceptions.MlflowException` with BAD_REQUEST, so that ``mlflow models
+    serve`` answers HTTP 400 with this message (any other exception becomes a 400 whose message
+    hides ours); ``status`` is what the model server answers (413 for a limit)."""
+
+    def __init__(self, message: str, status: int = 400):
+        MlflowException.__init__(self, message, error_code=BAD_REQUEST)
+        self.status = status
+
+
+def as_bytes(value, row: int) -> bytes:
+    """An encoded image from a cell: bytes as they are, text as base64."""
     if isinstance(value, str):
         try:
-            value = base64.b64decode(value, validate=True)
+            return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise HSNetError(f"row {row}: a text cell must be a base64-encoded image") from exc
+            raise InputRefused(f"image {row}: a text value must be a base64-encoded image") from exc
     if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(bytes(value))) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise HSNetError(f"row {row}: {img.width}x{img.height} pixels is over the limit "
-                                     f"of {MAX_IMAGE_PIXELS:,}")
-                img.load()
-                return np.asarray(to_rgb(img))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise HSNetError(f"row {row}: the bytes are not a readable image ({exc})") from exc
+        return bytes(value)
+    raise InputRefused(f"image {row}: expected an encoded image (bytes or base64 text), got {type(value).__name__}")
+
+
+def open_encoded(data: bytes, row: int, limits: Limits):
+    """The image in ``data``, opened (its header read, nothing decoded); :class:`InputRefused`
+    when it is not an image of an accepted format or has more pixels than the limit."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError as exc:
+        raise InputRefused(f"image {row}: not a readable image (accepted: {', '.join(FORMATS)})") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputRefused(f"image {row}: not a readable image ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    pixels = img.width * img.height
+    if pixels > limits.max_image_pixels:
+        img.close()
+        raise InputRefused(f"image {row}: {img.width}x{img.height} = {pixels:,} pixels is over the limit of "
+                           f"{limits.max_image_pixels:,} pixels per image, {Limits.flag('max_image_pixels')}",
+                           status=413)
+    return img
+
+
+def decode_opened(img, row: int):
+    """An opened image decoded as upright 8-bit RGB (EXIF orientation applied, as for files)."""
+    from PIL import Image, ImageOps
+
+    from .io import to_rgb
+
+    try:
+        with img:
+            upright = ImageOps.exif_transpose(img)
+            upright.load()
+            return to_rgb(upright)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputRefused(f"image {row}: can't be decoded ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
+def check_count(n: int, limits: Limits) -> None:
+    if n > limits.max_images:
+        raise InputRefused(f"{n} images in one request is over the limit of {limits.max_images}, "
+                           f"{Limits.flag('max_images')}; send them in smaller requests", status=413)
+
+
+def check_budget(pixels: int, limits: Limits) -> None:
+    if pixels > limits.max_request_pixels:
+        raise InputRefused(f"the request's images hold {pixels:,} pixels, over the limit of "
+                           f"{limits.max_request_pixels:,} pixels per request, {Limits.flag('max_request_pixels')}; "
+                           "send fewer or smaller images per request", status=413)
+
+
+def decode_image(value, row: int, limits: Limits | None = None) -> np.ndarray:
+    """One cell of the input column as an (H, W, 3) uint8 array (no request budget: see
+    :meth:`HSNetModel.predict`)."""
+    from PIL import Image
+
+    from .io import to_rgb
+
+    limits = limits or Limits.from_env()
+    if isinstance(value, Image.Image):
+        return np.asarray(to_rgb(value))
     if isinstance(value, (np.ndarray, list)):
-        return as_rgb_array(value)
-    raise HSNetError(f"row {row}: expected image bytes or an RGB uint8 array, got {type(value).__name__}")
+        return _array(value, row, limits)
+    return np.asarray(decode_opened(open_encoded(as_bytes(value, row), row, limits), row))
+
+
+def _array(value, row: int, limits: Limits) -> np.ndarray:
+    from .predict import as_rgb_array
+
+    try:
+        arr = as_rgb_array(value)
+    except HSNetError as exc:
+        raise InputRefused(f"image {row}: {exc}") from exc
+    pixels = arr.shape[0] * arr.shape[1]
+    if pixels > limits.max_image_pixels:
+        raise InputRefused(f"image {row}: {arr.shape[1]}x{arr.shape[0]} = {pixels:,} pixels is over the limit of "
+                           f"{limits.max_image_pixels:,} pixels per image, {Limits.flag('max_image_pixels')}",
+                           status=413)
+    return arr
+
+
+def decode_all(cells: list, limits: Limits) -> list[np.ndarray]:
+    """Every cell decoded, after the request's limits are checked on the image headers alone."""
+    from PIL import Image
+
+    from .io import to_rgb
+
+    check_count(len(cells), limits)
+    items, pixels = [], 0
+    try:
+        for row, value in enumerate(cells):
+            if isinstance(value, Image.Image):  # in-process callers
+                items.append(("pil", value))
+                pixels += value.width * value.height
+            elif isinstance(value, (np.ndarray, list)):
+                arr = _array(value, row, limits)
+                items.append(("array", arr))
+                pixels += arr.shape[0] * arr.shape[1]
+            else:
+                img = open_encoded(as_bytes(value, row), row, limits)
+                items.append(("encoded", img))
+                pixels += img.width * img.height
+            check_budget(pixels, limits)
+        return [np.asarray(to_rgb(v)) if kind == "pil" else v if kind == "array" else np.asarray(decode_opened(v, row))
+                for row, (kind, v) in enumerate(items)]
+    finally:
+        for kind, v in items:
+            if kind == "encoded":
+                v.close()
 
 
 class HSNetModel(mlflow.pyfunc.PythonModel):
@@ -61,6 +213,7 @@ class HSNetModel(mlflow.pyfunc.PythonModel):
         from .predict import Classifier
 
         self.classifier = Classifier.from_checkpoint(context.artifacts["checkpoint"])
+        self.limits = Limits.from_env()
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
         # The DataFrame hint tells MLflow to pass the input as it comes (arrays and lists work
@@ -71,7 +224,8 @@ class HSNetModel(mlflow.pyfunc.PythonModel):
             cells = list(model_input)
         else:
             cells = model_input
-        images = [decode_image(v, i) for i, v in enumerate(list(cells))]
+        limits = getattr(self, "limits", None) or Limits.from_env()
+        images = decode_all(list(cells), limits)
         probs = self.classifier.probabilities(images)
         classes = self.classifier.classes
         top = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)

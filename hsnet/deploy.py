@@ -1,0 +1,287 @@
+"""Serving deployment: ``hsnet serve``'s launcher and the KServe InferenceService that follows promotion.
+
+* :func:`serve_command` starts the model server (:mod:`hsnet.serve`) here, or, where KServe's
+  SDK is not importable beside the project's packages (its pins clash, serving/requirements.txt),
+  again with the overlay ``make serve-env`` installed in front of them.
+* :func:`render` fills serving/k8s/inferenceservice.yaml (the one template) with a model URI
+  and a canary share; :func:`rollout` applies it to the cluster after a promotion: the
+  InferenceService's model container is pointed at the new version with
+  ``canaryTrafficPercent`` (KServe routes that share to the new revision and the rest to the
+  last rolled-out one), or created when there is none. :func:`rollback` returns the traffic:
+  during a canary of the rolled-back version by ``canaryTrafficPercent: 0`` (KServe's own
+  rollback, immediate), otherwise by rolling the model back to the production version.
+
+The cluster is reached with the Kubernetes client's usual configuration (``KUBECONFIG`` or
+~/.kube/config, else the pod's service account); changes are read-modify-replace with the
+object's ``resourceVersion``, so a concurrent change is a conflict, never lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import HSNetError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "serving" / "k8s" / "inferenceservice.yaml"
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+CONTAINER = "kserve-container"
+VERSION_ANNOTATION = "hsnet.io/model-uri"
+
+
+# --- hsnet serve -------------------------------------------------------------------------------
+def overlay_dir() -> Path:
+    """Where ``make serve-env`` installs KServe's SDK and its pins: ``<venv>/serve``."""
+    return Path(sys.prefix) / "serve"
+
+
+def serve_command(args) -> int:
+    """``hsnet serve``: run the model server in this process, or re-run it with the overlay."""
+    from .pyfunc import Limits
+
+    limits = Limits.from_env(**{k: getattr(args, k) for k in ("max_request_bytes", "max_images",
+                                                                "max_image_pixels", "max_request_pixels")})
+    try:
+        import kserve  # noqa: F401
+    except ImportError:
+        overlay = overlay_dir()
+        if os.environ.get("HSNET_SERVE_OVERLAY_TRIED") or not (overlay / "kserve").is_dir():
+            raise HSNetError("hsnet serve needs KServe's SDK, which pins pandas<3 and psutil<6 against this "
+                             f"environment's: run `make serve-env` (installs it into {overlay}, used by hsnet "
+                             "serve) or use the serving image (serving/Dockerfile)") from None
+        env = {**os.environ, "HSNET_SERVE_OVERLAY_TRIED": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(overlay), os.environ.get("PYTHONPATH")) if p)}
+        argv = [sys.executable, "-m", "hsnet.cli", "serve", "--model", str(args.model), "--port", str(args.port),
+                "--host", args.host, "--name", args.name, "--min-prob", str(args.min_prob),
+                "--min-face-size", str(args.min_face_size)]
+        for flag in ("threads", "device", "max_request_bytes", "max_images", "max_image_pixels",
+                     "max_request_pixels"):
+            if getattr(args, flag) is not None:
+                argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+        if args.verbose:
+            argv.insert(3, "-v")
+        os.execve(sys.executable, argv, env)  # the same process (signals reach the server)
+    from .serve import serve
+
+    serve(args.model, port=args.port, host=args.host, name=args.name, limits=limits, device=args.device,
+          min_prob=args.min_prob, min_face_size=args.min_face_size, threads=args.threads)
+    return 0
+
+
+# --- the InferenceService ----------------------------------------------------------------------
+def load_template(path: str | os.PathLike = TEMPLATE) -> dict:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    isvcs = [d for d in docs if d.get("kind") == "InferenceService"]
+    if len(isvcs) != 1:
+        raise HSNetError(f"{path}: expected one InferenceService, found {len(isvcs)}")
+    return isvcs[0]
+
+
+def _container(isvc: dict) -> dict:
+    containers = isvc.get("spec", {}).get("predictor", {}).get("containers") or []
+    for c in containers:
+        if c.get("name") == CONTAINER:
+            return c
+    raise HSNetError(f"InferenceService {isvc.get('metadata', {}).get('name')}: no predictor container named "
+                     f"{CONTAINER!r} (the model server)")
+
+
+def model_of(isvc: dict) -> str | None:
+    args = _container(isvc).get("args") or []
+    return args[args.index("--model") + 1] if "--model" in args[:-1] else None
+
+
+def set_model(isvc: dict, model_uri: str, canary_percent: int | None) -> dict:
+    """A copy of ``isvc`` serving ``model_uri``, with ``canary_percent`` of the traffic (None or
+    100: all of it once ready)."""
+    out = copy.deepcopy(isvc)
+    container = _container(out)
+    args = list(container.get("args") or [])
+    if "--model" in args[:-1]:
+        args[args.index("--model") + 1] = model_uri
+    else:
+        args += ["--model", model_uri]
+    container["args"] = args
+    predictor = out["spec"]["predictor"]
+    if canary_percent is None or int(canary_percent) >= 100:
+        predictor.pop("canaryTrafficPercent", None)
+    else:
+        if not 0 <= int(canary_percent) <= 100:
+            raise HSNetError(f"--canary-percent must be between 0 and 100, got {canary_percent}")
+        predictor["canaryTrafficPercent"] = int(canary_percent)
+    out.setdefault("metadata", {}).setdefault("annotations", {})[VERSION_ANNOTATION] = model_uri
+    return out
+
+
+def render(model_uri: str, *, name: str | None = None, namespace: str | None = None,
+           canary_percent: int | None = None, template: str | os.PathLike = TEMPLATE) -> dict:
+    """The template's InferenceService, named ``name``, serving ``model_uri``."""
+    isvc = load_template(template)
+    if name:
+        isvc["metadata"]["name"] = name
+    if namespace:
+        isvc["metadata"]["namespace"] = namespace
+    return set_model(isvc, model_uri, canary_percent)
+
+
+def to_yaml(obj: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def _api():
+    """The Kubernetes CustomObjectsApi and the current namespace."""
+    try:
+        from kubernetes import client, config
+    except ImportError as exc:
+        raise HSNetError("--deploy needs the kubernetes package (pip install kubernetes)") from exc
+    namespace = None
+    try:
+        config.load_kube_config()
+        _, active = config.list_kube_config_contexts()
+        namespace = (active or {}).get("context", {}).get("namespace")
+    except Exception:  # noqa: BLE001 - no kubeconfig: try the pod's service account
+        try:
+            config.load_incluster_config()
+            ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            namespace = ns_file.read_text().strip() if ns_file.is_file() else None
+        except Exception as exc:  # noqa: BLE001
+            raise HSNetError("--deploy: no Kubernetes configuration (KUBECONFIG, ~/.kube/config or a service "
+                             f"account): {exc}. Use --dry-run to see the manifest without a cluster") from exc
+    return client.CustomObjectsApi(), namespace or "default"
+
+
+def _explain(what: str, exc: Exception) -> HSNetError:
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        if exc.status == 409:
+            return HSNetError(f"{what}: changed by someone else meanwhile (409 Conflict); run it again")
+        if exc.status in (401, 403):
+            return HSNetError(f"{what}: not allowed ({exc.status} {exc.reason}); the account needs get, create "
+                              f"and update on {PLURAL}.{GROUP}")
+        return HSNetError(f"{what}: the API server answered {exc.status} {exc.reason}")
+    return HSNetError(f"{what}: the Kubernetes API server is unreachable ({exc})")
+
+
+def _call(what: str, fn, *args):
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn(*args)
+    except (ApiException, HTTPError, OSError) as exc:
+        raise _explain(what, exc) from exc
+
+
+def rollout(model_uri: str, *, name: str, namespace: str | None = None, canary_percent: int | None = 10) -> dict:
+    """Point InferenceService ``name`` at ``model_uri`` with ``canary_percent`` of the traffic
+    (created from the template, with all traffic, when it doesn't exist)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    api, default_ns = _api()
+    namespace = namespace or default_ns
+    where = f"InferenceService {namespace}/{name}"
+    try:
+        current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise _explain(where, exc) from exc
+        current = None
+    except (HTTPError, OSError) as exc:
+        raise _explain(where, exc) from exc
+    if current is None:
+        isvc = render(model_uri, name=name, namespace=namespace, canary_percent=None)
+        _call(where, api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, isvc)
+        log.info("%s created, serving %s", where, model_uri)
+        return {"action": "created", "name": name, "namespace": namespace, "model": model_uri, "canary": None}
+    previous = model_of(current)
+    if previous == model_uri and "canaryTrafficPercent" not in current["spec"]["predictor"]:
+        return {"action": "unchanged", "name": name, "namespace": namespace, "model": model_uri, "canary": None}
+    canary = canary_percent  # a new version, or a step of the running canary (e.g. to 100)
+    updated = set_model(current, model_uri, canary)
+    _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, updated)
+    log.info("%s: %s -> %s (%s)", where, previous, model_uri,
+             f"canary {canary}%" if canary is not None and canary < 100 else "all traffic")
+    return {"action": "updated", "name": name, "namespace": namespace, "model": model_uri, "previous": previous,
+            "canary": canary if canary is not None and canary < 100 else None}
+
+
+def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict:
+    """Traffic back to ``model_uri`` (production after a registry rollback)."""
+    api, default_ns = _api()
+    namespace = namespace or default_ns
+    where = f"InferenceService {namespace}/{name}"
+    current = _call(where, api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+    serving, canary = model_of(current), current["spec"]["predictor"].get("canaryTrafficPercent")
+    if serving != model_uri and canary is not None and int(canary) < 100:
+        updated = copy.deepcopy(current)  # a canary of the bad version: KServe's rollback
+        updated["spec"]["predictor"]["canaryTrafficPercent"] = 0
+        action = "canary-stopped"
+    else:
+        updated = set_model(current, model_uri, None)
+        action = "rolled-back"
+    _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, updated)
+    log.info("%s: %s (was serving %s)", where, action, serving)
+    return {"action": action, "name": name, "namespace": namespace, "model": model_uri, "previous": serving}
+
+
+def after_promotion(args, result: dict) -> None:
+    """``hsnet promote --deploy``: roll the InferenceService to production, print what was done."""
+    if not getattr(args, "deploy", False):
+        return
+    production = result.get("production")
+    if production is None and result.get("previous") == result.get("candidate"):
+        production = result.get("candidate")  # already production: deploy it (e.g. a canary to 100%)
+    if production is None:
+        raise HSNetError(f"{args.name}: no production version to deploy")
+    model_uri = f"models:/{args.name}/{production}"
+    isvc = args.isvc or args.name
+    if result.get("rollback"):
+        r = rollback(model_uri, name=isvc, namespace=args.namespace)
+    else:
+        r = rollout(model_uri, name=isvc, namespace=args.namespace, canary_percent=args.canary_percent)
+    if r["action"] == "unchanged":
+        print(f"InferenceService {r['namespace']}/{isvc}: already serves {model_uri} with all traffic")
+    else:
+        share = f", canary {r['canary']}%" if r.get("canary") else ""
+        print(f"InferenceService {r['namespace']}/{isvc}: {r['action']}, {model_uri}{share}"
+              + (f" (was {r['previous']})" if r.get("previous") else ""))
+
+
+def dry_run(args) -> None:
+    """``hsnet promote --deploy --dry-run``: the manifest the promotion (or rollback) would roll
+    out, without moving an alias or touching the cluster. The gate is not evaluated."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from . import tracking
+
+    if not args.deploy:
+        raise HSNetError("--dry-run goes with --deploy")
+    tracking.connect()
+    client = mlflow.MlflowClient()
+    alias = "previous" if args.rollback else None if args.version else "candidate"
+    try:
+        version = (client.get_model_version_by_alias(args.name, alias).version if alias
+                   else client.get_model_version(args.name, str(args.version)).version)
+    except MlflowException as exc:
+        raise HSNetError(f"{args.name}: no {'version ' + str(args.version) if args.version else repr(alias)} "
+                         f"in the registry ({exc.message[:200]})") from exc
+    model_uri = f"models:/{args.name}/{version}"
+    isvc = render(model_uri, name=args.isvc or args.name, namespace=args.namespace,
+                  canary_percent=None if args.rollback else args.canary_percent)
+    what = "a rollback" if args.rollback else "promoting version " + str(version)
+    print(f"# --dry-run: after {what}, InferenceService {args.isvc or args.name} would serve {model_uri}"
+          f"{'' if args.rollback else f' with {args.canary_percent}% of the traffic'}; nothing changed")
+    print(to_yaml(isvc), end="")

@@ -1,0 +1,354 @@
+"""The model server: whole photos in, every face's box and expression out, on KServe's protocols.
+
+A :class:`kserve.Model` that loads a registered model (``models:/hsnet-rafdb@production``, a
+version ``models:/hsnet-rafdb/7``) or a local checkpoint file once at start, and answers
+
+* V1: ``POST /v1/models/<name>:predict`` with ``{"instances": [{"b64": "<JPEG/PNG>"}, ...],
+  "parameters": {"crops": false}}`` -> ``{"predictions": [<record>, ...], "model_name",
+  "model_version", "model_uri"}``;
+* V2 (Open Inference Protocol): ``POST /v2/models/<name>/infer`` with one ``BYTES`` input
+  (``"data": ["<base64>", ...]``) -> one ``BYTES`` output ``records`` holding each photo's
+  record as JSON text, ``model_version`` set and ``parameters.model_uri``;
+
+plus KServe's health endpoints (``/v2/health/live``, ``/v2/health/ready``,
+``/v1/models/<name>`` and ``/v2/models/<name>/ready``, 503 until the model is loaded).
+
+A photo's record is ``hsnet predict``'s (:func:`hsnet.predict.classify_faces`): ``faces``
+(``box``, ``detection_probability``, ``expression``, ``confidence``, ``probabilities``) and
+``size``; a photo that can't be read or is over the pixel limit is ``{"faces": [], "error"}``
+and the other photos are answered. With ``crops`` (today's pyfunc contract) each image is a
+face crop, classified as it is: ``expression``, ``confidence``, ``probabilities``, ``size``.
+The faces of all photos of a request are classified in one batch; requests run in parallel on
+``threads`` worker threads, one intra-op thread each.
+
+Limits (:class:`hsnet.pyfunc.Limits`): the body size (checked before it is read), the number
+of images and the pixels of all images together (from their headers, before decoding) refuse
+the request with HTTP 413 naming the limit; an image over the per-image pixel limit is a
+per-photo error naming it.
+
+KServe's SDK pins pandas<3 and psutil<6 (serving/requirements.txt): it runs in the serving
+image, or on a development machine from the overlay ``make serve-env`` installs, which
+``hsnet serve`` puts in front of the project's packages itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import kserve
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from kserve import InferOutput, InferRequest, InferResponse
+from kserve.errors import InvalidInput
+
+from .errors import HSNetError
+from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "hsnet"
+OUTPUT = "records"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded model and what every response says about it (swapped whole on reload)."""
+
+    classifier: object
+    detector: object
+    model_uri: str  # what was loaded: models:/NAME/VERSION, or the checkpoint's path
+    model_version: str  # the registry's version, or sha256:<12 hex> of a checkpoint file
+    registered_model: str | None
+
+
+def resolve(model: str) -> tuple[str, str, str | None]:
+    """(URI to load, version, registered name): an alias is resolved to its version first, so
+    the version reported is the one loaded even if the alias moves meanwhile."""
+    from .io import sha256_file
+
+    text = str(model)
+    if Path(text).is_file():
+        return text, "sha256:" + sha256_file(text)[:12], None
+    if text.startswith("models:/"):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from . import tracking
+
+        uri = tracking.connect()
+        rest = text[len("models:/"):].strip("/")
+        try:
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+            else:
+                name, _, version = rest.rpartition("/")
+                mlflow.MlflowClient().get_model_version(name, version)
+        except MlflowException as exc:
+            raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
+                             "check the name and alias (hsnet promote)") from exc
+        return f"models:/{name}/{version}", version, name
+    if text.startswith("runs:/"):
+        return text, text[len("runs:/"):].split("/", 1)[0], None
+    raise HSNetError(f"--model {text}: no such checkpoint file, and not models:/NAME@ALIAS, models:/NAME/VERSION "
+                     "or runs:/RUN_ID/model")
+
+
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class HSNetModel(kserve.Model):
+    """HSNet behind KServe: see the module's docstring for the protocol."""
+
+    def __init__(self, name: str, model: str, *, limits: Limits | None = None, device: str | None = None,
+                 min_prob: float = 0.9, min_face_size: int | None = None, threads: int | None = None):
+        super().__init__(name)
+        from .predict import MIN_FACE_SIZE
+
+        self.model_ref = str(model)
+        self.limits = limits or Limits.from_env()
+        self.device = device
+        self.min_prob = float(min_prob)
+        self.min_face_size = int(min_face_size or MIN_FACE_SIZE)
+        self.threads = int(threads or os.cpu_count() or 1)
+        self.state: Loaded | None = None
+        self._reload_lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hsnet-infer",
+                                       initializer=_one_intra_op_thread)
+
+    # --- loading ----------------------------------------------------------------------------
+    def _load(self) -> Loaded:
+        from .data.crop import Detector
+        from .predict import load_classifier
+
+        uri, version, registered = resolve(self.model_ref)
+        classifier = load_classifier(uri, self.device)
+        detector = Detector(str(classifier.setup.device), min_face_size=self.min_face_size)
+        loaded = Loaded(classifier, detector, uri, version, registered)
+        self._infer(loaded, [], crops=False)  # nothing to do, but proves the objects work together
+        log.info("loaded %s (version %s) on %s: classes %s", uri, version, classifier.setup.device,
+                 ", ".join(classifier.classes))
+        return loaded
+
+    def load(self) -> bool:
+        self.state = self._load()
+        self.ready = True
+        return self.ready
+
+    def reload(self) -> Loaded:
+        """Load ``model`` again (an alias is resolved anew) and swap it in; requests in flight
+        finish on the old one, and a failed load leaves the old one serving."""
+        with self._reload_lock:
+            new = self._load()
+            self.state = new
+            self.ready = True
+            return new
+
+    # --- inference --------------------------------------------------------------------------
+    def _decode(self, values: list) -> tuple[list, list[str | None]]:
+        """(images, errors): per value a decoded RGB image or None and its error. The request
+        limits (count, pixel budget) raise :class:`InputRefused` (413) before any decoding."""
+        limits = self.limits
+        check_count(len(values), limits)
+        opened: list = []
+        errors: list[str | None] = []
+        pixels = 0
+        try:
+            for row, value in enumerate(values):
+                try:
+                    if isinstance(value, dict):
+                        if "b64" not in value:
+                            raise InputRefused(f"image {row}: an object must hold the image as {{\"b64\": ...}}")
+                        value = value["b64"]
+                        if not isinstance(value, str):
+                            raise InputRefused(f"image {row}: \"b64\" must be base64 text")
+                    img = open_encoded(as_bytes(value, row), row, limits)
+                except InputRefused as exc:
+                    opened.append(None)
+                    errors.append(exc.message)
+                    continue
+                pixels += img.width * img.height
+                opened.append(img)
+                errors.append(None)
+                check_budget(pixels, limits)
+            images = []
+            for row, img in enumerate(opened):
+                if img is None:
+                    images.append(None)
+                    continue
+                try:
+                    images.append(decode_opened(img, row))
+                except InputRefused as exc:
+                    images.append(None)
+                    errors[row] = exc.message
+            return images, errors
+        finally:
+            for img in opened:
+                if img is not None:
+                    img.close()
+
+    def _infer(self, loaded: Loaded, values: list, *, crops: bool) -> list[dict]:
+        from .predict import classify_faces
+
+        images, errors = self._decode(values)
+        clf = loaded.classifier
+        if crops:
+            ok = [i for i, img in enumerate(images) if img is not None]
+            probs = clf.probabilities([images[i] for i in ok])
+            records: list[dict] = [{"error": e} for e in errors]
+            for i, p in zip(ok, probs):
+                k = int(p.argmax())
+                records[i] = {"expression": clf.classes[k], "confidence": round(float(p[k]), 4),
+                              "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)},
+                              "size": list(images[i].size)}
+            return records
+        faces = classify_faces(images, clf, loaded.detector, min_prob=self.min_prob)
+        records = []
+        for img, found, error in zip(images, faces, errors):
+            records.append({"faces": found, "error": error} if error else {"faces": found, "size": list(img.size)})
+        return records
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        loaded = self.state
+        if loaded is None:
+            raise InvalidInput("the model is not loaded yet")
+        if isinstance(payload, InferRequest):
+            values, crops = self._v2_inputs(payload)
+        elif isinstance(payload, dict):
+            values, crops = self._v1_inputs(payload)
+        else:
+            raise InvalidInput(f"unexpected request of type {type(payload).__name__}")
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(self.pool, lambda: self._infer(loaded, values, crops=crops))
+        if isinstance(payload, InferRequest):
+            out = InferOutput(name=OUTPUT, shape=[len(records)], datatype="BYTES",
+                              data=[json.dumps(r) for r in records])
+            return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=[out],
+                                 model_version=loaded.model_version,
+                                 parameters={"model_uri": loaded.model_uri, "crops": crops})
+        return {"predictions": records, "model_name": self.name, "model_version": loaded.model_version,
+                "model_uri": loaded.model_uri}
+
+    @staticmethod
+    def _v1_inputs(payload: dict) -> tuple[list, bool]:
+        instances = payload.get("instances")
+        if not isinstance(instances, list):
+            raise InvalidInput('expected {"instances": [{"b64": "<base64 JPEG/PNG>"}, ...]}')
+        params = payload.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput('"parameters" must be an object, e.g. {"crops": true}')
+        return instances, _flag(params.get("crops", False))
+
+    @staticmethod
+    def _v2_inputs(request: InferRequest) -> tuple[list, bool]:
+        if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
+            raise InvalidInput("expected one input of datatype BYTES holding base64-encoded JPEG/PNG images, "
+                               f"got {[(i.name, i.datatype) for i in request.inputs]}")
+        params = {**(request.inputs[0].parameters or {}), **(request.parameters or {})}
+        data = request.inputs[0].data
+        return list(data if data is not None else []), _flag(params.get("crops", False))
+
+
+def _one_intra_op_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is refused with 413 naming the limit,
+    before it is read (Content-Length) or as soon as a streamed body passes it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    def message(self, size: int | None) -> str:
+        got = f"{size:,} bytes" if size is not None else "more bytes"
+        return (f"the request body of {got} is over the limit of {self.max_bytes:,} bytes, "
+                f"{Limits.flag('max_request_bytes')}; send fewer or smaller images per request")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            size = int(length) if length is not None else None
+        except ValueError:
+            size = None
+        if size is not None and size > self.max_bytes:
+            response = JSONResponse({"error": self.message(size)}, status_code=413)
+            return await response(scope, receive, send)
+        total = 0
+
+        async def limited():
+            nonlocal total
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=self.message(None))
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+async def _refused(_request, exc: InputRefused):
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+class _Repository(kserve.model_repository.ModelRepository):
+    """KServe's model repository, whose ``load`` (``POST /v2/repository/models/<name>/load``)
+    reloads our model: a new production version is picked up without a restart."""
+
+    async def load(self, name: str) -> bool:
+        model = self.get_model(name)
+        if not isinstance(model, HSNetModel):
+            raise HSNetError(f"no model {name!r} here")
+        await asyncio.get_running_loop().run_in_executor(None, model.reload)
+        return True
+
+
+def serve(model: str, *, port: int = 8080, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
+          limits: Limits | None = None, device: str | None = None, min_prob: float = 0.9,
+          min_face_size: int | None = None, threads: int | None = None) -> None:
+    """Load ``model``, then answer on ``host:port`` until SIGTERM/SIGINT."""
+    from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
+    from kserve.protocol.rest.server import RESTServer
+
+    limits = limits or Limits.from_env()
+    hsnet_model = HSNetModel(name, model, limits=limits, device=device, min_prob=min_prob,
+                             min_face_size=min_face_size, threads=threads)
+    hsnet_model.load()  # the port opens only now: readiness follows the load
+    repository = _Repository()
+    server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, registered_models=repository)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_exception_handler(InputRefused, _refused)
+    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
+                      workers=1, grace_period=10)
+    rest.config.host = host  # KServe binds 0.0.0.0; locally we default to loopback
+    server._register_and_check_atleast_one_model_is_ready([hsnet_model])
+    server._rest_server = rest
+    server.servers.append(rest.start())
+    log.info("serving %s as %r on http://%s:%d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer); limits %s",
+             hsnet_model.state.model_uri, name, host, port, name, name, limits)
+    server.setup_event_loop()
+    server.register_signal_handler()
+    asyncio.run(server._serve())
+
+
+if __name__ == "__main__":  # python -m hsnet.serve ... = hsnet serve ...
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["serve", *sys.argv[1:]]))
