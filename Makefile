@@ -14,13 +14,23 @@ export GX_ANALYTICS_ENABLED := false
 
 setup: $(VENV)/.installed
 
+# The model server's KServe SDK (hsnet serve): its pins (pandas<3, psutil<6) clash with the project's,
+# so it goes into an overlay folder that hsnet serve puts in front of the venv (serving/requirements.txt).
+.PHONY: serve-env
+serve-env: $(VENV)/serve/.installed
+
+$(VENV)/serve/.installed: serving/requirements.txt $(VENV)/.installed
+	rm -rf $(VENV)/serve
+	$(BIN)/python -m pip install --disable-pip-version-check -qq --no-deps --target $(VENV)/serve -r serving/requirements.txt
+	touch $@
+
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	@echo "installing hsnet and its pinned dependencies into $(VENV) (a few minutes the first time)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[all,test]'
 	touch $@
 
-test: setup
+test: setup serve-env
 	$(BIN)/pytest -q
 
 # The whole pipeline on the built-in sample: draw it (byte-identical to what data.dvc records),

@@ -116,12 +116,17 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> None:
+    from .deploy import after_promotion, dry_run
     from .registry import promote, rollback
+
+    if args.dry_run:
+        return dry_run(args)
 
     if args.rollback:
         r = rollback(args.name)
         print(f"{args.name}: production rolled back to version {r['production']} "
               f"(version {r['previous']} is now 'previous')")
+        after_promotion(args, r)
         return
     r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
     if r["promoted"]:
@@ -130,6 +135,13 @@ def _promote(args: argparse.Namespace) -> None:
               + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
     else:
         print(f"{args.name}: nothing to do, {r['reason']}")
+    after_promotion(args, r)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .deploy import serve_command
+
+    return serve_command(args)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -299,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-delta", type=float, default=0.0, help="required gain over production")
     p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
     p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
+    p.add_argument("--deploy", action="store_true", help="then roll the KServe InferenceService to production "
+                   "with a canary share (--rollback: return its traffic); KUBECONFIG or the pod's account")
+    p.add_argument("--dry-run", action="store_true", help="with --deploy: print the manifest, apply nothing")
+    p.add_argument("--canary-percent", type=int, default=10, help="with --deploy: the new version's traffic share "
+                   "(100: all; run again with 100 to finish a canary)")
+    p.add_argument("--isvc", default=None, help="with --deploy: the InferenceService (default: the model's name)")
+    p.add_argument("--namespace", default=None, help="with --deploy: its namespace (default: the context's)")
     p.set_defaults(func=_promote)
 
     p = verbs.add_parser("predict", help="find the faces in photos and classify their expressions")
@@ -311,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest face searched for, in pixels (default 40; MTCNN's own default is 20)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_predict)
+
+    p = verbs.add_parser("serve", help="the model server (KServe V1/V2): photos in, faces and expressions out")
+    p.add_argument("--model", required=True, help="models:/hsnet-NAME@production, models:/hsnet-NAME/VERSION "
+                   "or a checkpoint file")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--name", default="hsnet", help="the model's name in the URLs (/v1/models/NAME:predict)")
+    p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
+    p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
+    p.add_argument("--min-face-size", type=int, default=40)
+    p.add_argument("--device", default=None)
+    for limit in ("max_request_bytes", "max_images", "max_image_pixels", "max_request_pixels"):
+        p.add_argument("--" + limit.replace("_", "-"), type=int, default=None,
+                       help=f"limit (default: HSNET_SERVE_{limit.upper()} or the built-in one)")
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -167,15 +167,15 @@ class _Photo:
     error: str | None = None
 
 
-def _detect_batched(detector, photos: list[_Photo]) -> list[np.ndarray]:
+def _detect_batched(detector, images: list) -> list[np.ndarray]:
     """MTCNN boxes per photo, equal sizes as one batch (what a GPU wants)."""
-    boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(photos)
+    boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(images)
     groups: dict[tuple, list[int]] = {}
-    for i, photo in enumerate(photos):
-        if photo.image is not None:
-            groups.setdefault(photo.image.size, []).append(i)
+    for i, image in enumerate(images):
+        if image is not None:
+            groups.setdefault(image.size, []).append(i)
     for idx in groups.values():
-        found = detector([np.asarray(photos[i].image) for i in idx])
+        found = detector([np.asarray(images[i]) for i in idx])
         for i, b in zip(idx, found):
             boxes[i] = b
     return boxes
@@ -188,18 +188,44 @@ def _read(path: Path) -> _Photo:
         return _Photo(path, error=str(exc))
 
 
-def _load_and_detect(paths: list[Path], detector, pool: ThreadPoolExecutor | None):
-    """(photos, boxes): decoded photos and MTCNN's boxes for each."""
-    if pool is None or len(paths) == 1:  # GPU (or a single photo): decode, then batch by size
-        photos = [_read(p) for p in paths]
-        return photos, _detect_batched(detector, photos)
+def detect(images: list[Image.Image | None], detector, pool: ThreadPoolExecutor | None = None) -> list[np.ndarray]:
+    """MTCNN's boxes (k, 5) for each decoded photo (``None``: no boxes). Without ``pool`` (a GPU,
+    or a single photo) equal sizes go through as one batch; with it, one photo per core (a CPU)."""
+    if pool is None or len(images) == 1:
+        return _detect_batched(detector, images)
+    readable = [i for i, image in enumerate(images) if image is not None]
+    boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(images)
+    for i, b in zip(readable, detector.each([np.asarray(images[i]) for i in readable], pool)):
+        boxes[i] = b
+    return boxes
 
-    photos = list(pool.map(_read, paths))
-    readable = [i for i, p in enumerate(photos) if p.image is not None]
-    boxes: list[np.ndarray] = [np.zeros((0, 5))] * len(photos)
-    for i, b in zip(readable, detector.each([np.asarray(photos[i].image) for i in readable], pool)):
-        boxes[i] = b  # one photo per core on the CPU
-    return photos, boxes
+
+def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, *, min_prob: float = 0.9,
+                   pool: ThreadPoolExecutor | None = None) -> list[list[dict]]:
+    """The faces of decoded RGB photos, a list of records per photo (``None``: ``[]``).
+
+    Each record: ``box`` (x1, y1, x2, y2), ``detection_probability``, ``expression``,
+    ``confidence`` and every class's ``probabilities``. Faces at or above ``min_prob`` are
+    cropped as ``hsnet crop`` did for training and the faces of all photos are classified in
+    one batch. ``hsnet predict`` and the model server (:mod:`hsnet.serve`) both use this.
+    """
+    from .data.crop import square_crop
+
+    boxes = detect(images, detector, pool)
+    crops, owners = [], []
+    for i, (image, b) in enumerate(zip(images, boxes)):
+        for box in b[b[:, 4] >= min_prob] if len(b) else b:
+            crops.append(square_crop(image, box, clf.input_size, clf.margin))
+            owners.append((i, box))
+    probs = clf.probabilities(crops)
+    per_photo: list[list[dict]] = [[] for _ in images]
+    for (i, box), p in zip(owners, probs):
+        k = int(p.argmax())
+        per_photo[i].append({
+            "box": [round(float(v), 1) for v in box[:4]], "detection_probability": round(float(box[4]), 4),
+            "expression": clf.classes[k], "confidence": round(float(p[k]), 4),
+            "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+    return per_photo
 
 
 def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
@@ -219,22 +245,8 @@ def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
 
 
 def _predict_chunk(paths, clf, detector, pool, min_prob, annotate_dir, results, no_face, unreadable) -> None:
-    from .data.crop import square_crop
-
-    photos, boxes = _load_and_detect(paths, detector, pool)
-    crops, owners = [], []
-    for i, (photo, b) in enumerate(zip(photos, boxes)):
-        for box in b[b[:, 4] >= min_prob] if len(b) else b:
-            crops.append(square_crop(photo.image, box, clf.input_size, clf.margin))
-            owners.append((i, box))
-    probs = clf.probabilities(crops)
-    per_photo: list[list[dict]] = [[] for _ in photos]
-    for (i, box), p in zip(owners, probs):
-        k = int(p.argmax())
-        per_photo[i].append({
-            "box": [round(float(v), 1) for v in box[:4]], "detection_probability": round(float(box[4]), 4),
-            "expression": clf.classes[k], "confidence": round(float(p[k]), 4),
-            "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+    photos = list(pool.map(_read, paths)) if pool is not None and len(paths) > 1 else [_read(p) for p in paths]
+    per_photo = classify_faces([photo.image for photo in photos], clf, detector, min_prob=min_prob, pool=pool)
     for photo, faces in zip(photos, per_photo):
         record = {"path": str(photo.path), "faces": faces}
         if photo.error:
