@@ -13,21 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import paper as paper_mod
 from . import tracking
 from .data.manifest import read_manifest
-from .io import atomic_path, write_json, write_text
+from .errors import HSNetError
+from .io import atomic_path, sha256_file, write_json, write_text
 from .plots import plot_confusion
-from .tensors import Batches, check_nonempty, load_split, normalize
-from .train import load_checkpoint, model_from_checkpoint, pick_device
+from . import checkpoint as checkpoint_mod
+from .device import forward, pick_device, place
+from .params import EvaluateParams, section
+from .tensors import Batches, check_nonempty, load_split
 
 log = logging.getLogger(__name__)
-
-PAPER_RESULTS = {  # Tables 2-5: (accuracy, mean accuracy) in %
-    "rafd": (99.88, None),
-    "kdef": (93.35, None),
-    "ferg": (99.35, None),
-    "rafdb": (86.67, 76.89),
-}
 
 
 def confusion_matrix(actual, predicted, num_classes: int) -> np.ndarray:
@@ -56,12 +53,12 @@ def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
 
 def comparison_markdown(dataset: str, metrics: dict) -> str:
     acc, macc = metrics["accuracy"] * 100, metrics["mean_accuracy"] * 100
-    paper = PAPER_RESULTS.get(dataset)
+    paper = paper_mod.RESULTS.get(dataset)
     lines = [f"## HSNet on {dataset}", "", "| | Acc. (%) | mAcc. (%) |", "|---|---|---|",
              f"| this run | {acc:.2f} | {macc:.2f} |"]
     if paper:
-        p_acc, p_macc = paper
-        lines.append(f"| paper (Fan et al. 2022) | {p_acc:.2f} | {p_macc if p_macc is not None else '–'} |")
+        table, p_acc, p_macc = paper
+        lines.append(f"| paper (Fan et al. 2022, {table}) | {p_acc:.2f} | {p_macc if p_macc is not None else '–'} |")
         lines.append(f"| difference | {acc - p_acc:+.2f} | "
                      f"{f'{macc - p_macc:+.2f}' if p_macc is not None else '–'} |")
     else:
@@ -75,34 +72,57 @@ def predict_split(model, split, setup, batch_size: int, tta_hflip: bool = False)
     model.eval()
     probs = []
     for x, _ in Batches(split, torch.arange(len(split)), batch_size, setup.device, drop_singleton=False):
-        x = normalize(x)
-        if setup.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
-            p = model(x).float().softmax(1)
-            if tta_hflip:
-                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        p = forward(model, x, setup).softmax(1)
+        if tta_hflip:
+            p = (p + forward(model, x.flip(-1), setup).softmax(1)) / 2
         probs.append(p.cpu())
     return torch.cat(probs).numpy()
 
 
+def check_classes(rows: list[dict], classes: list[str], manifest: Path, checkpoint) -> None:
+    """The data's classes (label -> label_name over the whole manifest) must be the checkpoint's,
+    index for index; otherwise the metrics would be silently wrong (same count, other names)
+    or fail half-way (more classes)."""
+    from .data.datasets import DATASETS
+
+    names: dict[int, set] = {}
+    for r in rows:
+        names.setdefault(int(r["label"]), set()).add(r.get("label_name", ""))
+    mixed = {label: sorted(n) for label, n in names.items() if len(n) > 1}
+    if mixed:
+        label, both = next(iter(mixed.items()))
+        raise HSNetError(f"{manifest}: label {label} is named {' and '.join(map(repr, both))} in different "
+                         "rows; re-create the manifest with hsnet data import and hsnet crop")
+    data = {label: next(iter(n)) for label, n in sorted(names.items())}
+    if data == dict(enumerate(classes)):
+        return
+    like = [s.name for s in DATASETS.values() if dict(enumerate(s.classes)) == data]
+    raise HSNetError(
+        f"{manifest} does not hold the classes checkpoint {checkpoint} was trained on: the data has "
+        f"{len(data)} classes ({', '.join(f'{i} {n}' for i, n in data.items())})"
+        + (f", as {'/'.join(like)} has," if like else "")
+        + f" the checkpoint {len(classes)} ({', '.join(f'{i} {n}' for i, n in enumerate(classes))}). "
+        "Evaluate a checkpoint trained on this dataset, or give the crops of the checkpoint's dataset")
+
+
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-             split: str = "test", tta_hflip: bool | None = None, device: str | None = None,
+             split: str = "test", settings: EvaluateParams | None = None, device: str | None = None,
              track: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of the cropped dataset at ``data_dir``; write the outputs."""
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = checkpoint_mod.load(checkpoint)
+    sha = sha256_file(checkpoint)  # binds the figures to this file (hsnet register checks it)
     meta = ckpt["meta"]
     classes, dataset = meta["classes"], meta["dataset"]
-    if tta_hflip is None:
-        tta_hflip = bool(meta["params"].get("evaluate", {}).get("tta_hflip", False))
+    # the settings given, else those the model was trained with
+    tta_hflip = (settings or section(EvaluateParams, meta["params"].get("evaluate"))).tta_hflip
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     manifest = data_dir / "manifest.csv"
-    rows = [r for r in read_manifest(manifest) if r["split"] == split]
+    all_rows = read_manifest(manifest)
+    check_classes(all_rows, classes, manifest, checkpoint)
+    rows = [r for r in all_rows if r["split"] == split]
     check_nonempty(split, rows, manifest)
     setup = pick_device(device)
-    model = model_from_checkpoint(ckpt).to(setup.device)
-    if setup.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place(checkpoint_mod.model_from(ckpt), setup)
     data = load_split(rows, data_dir, int(meta["input_size"]), progress=progress)
     probs = predict_split(model, data, setup, batch_size, tta_hflip)
     actual = data.labels.numpy()
@@ -111,8 +131,34 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     metrics.update(dataset=dataset, split=split, images=len(rows), tta_hflip=tta_hflip,
                    checkpoint_epoch=ckpt["state"]["best_epoch"] or ckpt["state"]["epoch"],
                    data_version=tracking.data_version(manifest), train_data_version=meta["data_version"],
-                   model=meta["model"])
+                   model=meta["model"], checkpoint_sha256=sha, mlflow_run_id=None)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not track:
+        _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
+        return metrics
+    import mlflow
+
+    # the run records the checkpoint's hash and the test data version as params (immutable):
+    # hsnet register and promote take the figures from here, not from an editable metrics.json
+    tags = {"dataset": dataset, "step": "evaluate", "git_commit": tracking.git_commit(),
+            "data_version": metrics["data_version"], "test_data_version": metrics["data_version"],
+            "checkpoint_sha256": sha, "train_run_id": str(meta.get("mlflow_run_id"))}
+    params = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "split": split,
+              "test_data_version": metrics["data_version"], "tta_hflip": tta_hflip,
+              **{f"model.{k}": v for k, v in meta["model"].items()}}
+    with tracking.run(f"evaluate-{dataset}", params=params, tags=tags) as active:
+        metrics["mlflow_run_id"] = active.info.run_id
+        _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
+        mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
+                            "test_mean_accuracy": metrics["mean_accuracy"],
+                            **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()}})
+        for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "comparison.md"):
+            mlflow.log_artifact(str(out_dir / name))
+        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+    return metrics
+
+
+def _write_outputs(out_dir: Path, metrics: dict, data, actual, predicted, probs, classes, dataset, split) -> None:
     write_json(out_dir / "metrics.json", metrics)
     with atomic_path(out_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -123,20 +169,5 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     plot_confusion(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title)
     write_text(out_dir / "comparison.md", comparison_markdown(dataset, metrics))
     log.info("%s %s: accuracy %.4f, mean accuracy %.4f on %d images -> %s", dataset, split,
-             metrics["accuracy"], metrics["mean_accuracy"], len(rows), out_dir)
-    if track:
-        import mlflow
-
-        tags = {"dataset": dataset, "step": "evaluate", "git_commit": tracking.git_commit(),
-                "data_version": metrics["data_version"], "train_run_id": str(meta.get("mlflow_run_id"))}
-        params = {"checkpoint": str(checkpoint), "split": split, "tta_hflip": tta_hflip,
-                  **{f"model.{k}": v for k, v in meta["model"].items()}}
-        with tracking.run(f"evaluate-{dataset}", params=params, tags=tags):
-            mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
-                                "test_mean_accuracy": metrics["mean_accuracy"],
-                                **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()}})
-            for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "comparison.md"):
-                mlflow.log_artifact(str(out_dir / name))
-            mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
-    return metrics
+             metrics["accuracy"], metrics["mean_accuracy"], metrics["images"], out_dir)
 

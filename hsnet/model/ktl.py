@@ -86,14 +86,17 @@ def _fetch_s3(uri: str) -> Path:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError as exc:  # pragma: no cover - boto3 is in the 'pipeline' extra
         raise StemWeightsError(f"reading {uri} needs boto3: pip install 'hsnet[pipeline]'") from exc
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    if not bucket or not key:
+    from ..s3 import S3Error, client, split_uri
+
+    try:
+        bucket, key = split_uri(uri)
+    except S3Error:
+        bucket = key = ""
+    if not key:
         raise StemWeightsError(f"stem weights URI {uri!r} is not of the form s3://bucket/key")
     fd, tmp = tempfile.mkstemp(suffix=".pt", prefix="hsnet-stem-")
     os.close(fd)
     try:
-        from ..s3 import client
-
         client().download_file(bucket, key, tmp)
     except (BotoCoreError, ClientError) as exc:
         os.unlink(tmp)
