@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import HSNetError
@@ -19,14 +20,18 @@ def _model_info(args: argparse.Namespace) -> None:
     print(describe(args.num_classes, args.input_sizes))
 
 
+def _params(args: argparse.Namespace, section: str, given: dict):
+    """The dataset's settings: the paper's defaults <- --params file <- flags given (not None)."""
+    from .params import Params, flags
+
+    return Params.resolve(args.params, args.dataset or "", flags(section, given), overrides_name="command line")
+
+
 def _data_import(args: argparse.Namespace) -> None:
     from .data.datasets import import_dataset
-    from .params import settings
 
-    opts = settings(args.params, args.dataset, "import", {"seed": args.seed, "split_by": args.split_by,
-                                                          "rafdb_images": args.rafdb_images})
-    summary = import_dataset(args.dataset, args.root, args.out, seed=int(opts["seed"]), split_by=opts["split_by"],
-                             rafdb_images=opts["rafdb_images"])
+    p = _params(args, "import", {"seed": args.seed, "split_by": args.split_by, "rafdb_images": args.rafdb_images})
+    summary = import_dataset(args.dataset, args.root, args.out, p.import_)
     print(f"{summary['images']} images of {args.dataset} -> {args.out} "
           f"(train {summary['splits']['train']}, val {summary['splits']['val']}, "
           f"test {summary['splits']['test']}; skipped {summary['skipped']} stray file(s), "
@@ -49,29 +54,22 @@ def _data_fetch(args: argparse.Namespace) -> None:
 
 def _validate(args: argparse.Namespace) -> None:
     from .data.validate import validate
-    from .params import settings
 
-    opts = settings(args.params, args.dataset, "validate", {"min_size": args.min_size})
-    summary = validate(args.manifest, args.root, args.dataset, args.report, min_size=int(opts["min_size"]),
+    p = _params(args, "validate", {"min_size": args.min_size})
+    summary = validate(args.manifest, args.root, args.dataset, args.report, p.validate,
                        workers=args.workers, use_cache=not args.no_cache)
     print(f"{summary['images']} images of {args.dataset} passed validation "
           f"({len(summary['warnings'])} warning(s)); report: {summary['data_docs']}")
 
 
 def _crop(args: argparse.Namespace) -> None:
-    from .data.crop import CropSettings, crop
-    from .params import settings
+    from .data.crop import crop
 
     if args.params and not args.dataset:
         raise HSNetError("--params needs --dataset (whose 'crop' settings to use)")
-    opts = settings(args.params, args.dataset, "crop", {
-        "detector": args.detector, "size": args.size, "margin": args.margin, "no_face": args.no_face,
-        "min_prob": args.min_prob})
-    if not args.params and args.size is None:
-        opts["size"] = 100
-    fields = CropSettings.__dataclass_fields__
-    report = crop(args.manifest, args.root, args.out, device=args.device,
-                  settings=CropSettings(**{k: v for k, v in opts.items() if k in fields}),
+    p = _params(args, "crop", {"detector": args.detector, "size": args.size, "margin": args.margin,
+                               "no_face": args.no_face, "min_prob": args.min_prob})
+    report = crop(args.manifest, args.root, args.out, device=args.device, settings=p.crop,
                   batch_size=args.batch_size)
     print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
@@ -80,15 +78,19 @@ def _crop(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .params import Params, deep_merge, flags, parse_set
     from .train import train
 
-    from .params import deep_merge, parse_set
+    overrides = deep_merge(parse_set(args.set or []), flags("train", {"max_epochs": args.max_epochs}))
+    params = Params.resolve(args.params, args.dataset, overrides)
+    if args.checkpoint_uri:  # copies last.pt/best.pt to S3 every epoch and resumes from there
+        from . import durable
 
-    overrides = parse_set(args.set or [])
-    if args.max_epochs:
-        overrides = deep_merge(overrides, {"train": {"max_epochs": args.max_epochs}})
-    summary = train(args.data, args.params, args.dataset, args.out, resume=args.resume, device=args.device,
-                    track=not args.no_mlflow, overrides=overrides)
+        summary = durable.train(args.data, params, args.out, args.checkpoint_uri, device=args.device,
+                                track=not args.no_mlflow)
+    else:
+        summary = train(args.data, params, args.out, resume={"auto": "auto", "yes": True}.get(args.resume, False),
+                        device=args.device, track=not args.no_mlflow)
     print(f"trained {summary['epochs_run']} epoch(s); best val accuracy {summary['best_val_accuracy']:.4f} "
           f"at epoch {summary['best_epoch']} -> {summary['checkpoint']}")
 
@@ -96,8 +98,13 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device,
-                 tta_hflip=True if args.tta_hflip else None, track=not args.no_mlflow)
+    settings = None  # the settings the model was trained with
+    if args.params or args.tta_hflip:
+        if args.params and not args.dataset:
+            raise HSNetError("--params needs --dataset (whose 'evaluate' settings to use)")
+        settings = _params(args, "evaluate", {"tta_hflip": True if args.tta_hflip else None}).evaluate
+    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device, settings=settings,
+                 track=not args.no_mlflow)
     print(f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.4f}, mean accuracy {m['mean_accuracy']:.4f} "
           f"({m['images']} images) -> {args.out}/metrics.json, confusion_matrix.png")
 
@@ -105,6 +112,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _register(args: argparse.Namespace) -> None:
     from .registry import register
 
+    experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run` for its stages
+    if args.skip_in_experiments and experiment and \
+            os.environ.get("HSNET_REGISTER_EXPERIMENTS", "").lower() not in ("1", "true", "yes"):
+        if args.out:
+            from .io import write_json
+
+            write_json(args.out, {"registered": False, "experiment": experiment})
+        print(f"not registered: DVC experiment {experiment} (registry aliases move only for runs of the "
+              "workspace; set HSNET_REGISTER_EXPERIMENTS=1 to register experiments)")
+        return
     r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
     if args.out:
         from .io import write_json
@@ -117,11 +134,15 @@ def _register(args: argparse.Namespace) -> None:
 
 def _promote(args: argparse.Namespace) -> None:
     from .deploy import after_promotion, dry_run
-    from .registry import promote, rollback
+    from .registry import LOCK_SUFFIX, promote, rollback, unlock
 
     if args.dry_run:
         return dry_run(args)
 
+    if args.unlock:
+        print(f"{args.name}: promotion lock {args.name}{LOCK_SUFFIX} "
+              + ("removed" if unlock(args.name) else "was not held"))
+        return
     if args.rollback:
         r = rollback(args.name)
         print(f"{args.name}: production rolled back to version {r['production']} "
@@ -256,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True, help="folder for last.pt, best.pt, history.json")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
+                   help="continue from OUT/last.pt if it exists; 'auto': only if it is of the same data and "
+                   "settings, from the start otherwise (what dvc.yaml uses)")
+    p.add_argument("--checkpoint-uri", default=None, metavar="S3_PREFIX",
+                   help="also keep last.pt/best.pt at this s3:// prefix, uploaded every epoch, and resume from "
+                   "there when OUT has none (a preempted machine); implies --resume auto")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--max-epochs", type=int, default=None, help="cap the epochs for a quick run")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -269,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test")
+    p.add_argument("--params", default=None,
+                   help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
+    p.add_argument("--dataset", default=None, help="with --params: whose settings")
     p.add_argument("--tta-hflip", action="store_true", help="average with the flipped image (off in the paper)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-mlflow", action="store_true")
@@ -302,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--name", default=None, help="registered model name (default hsnet-DATASET)")
     p.add_argument("--out", default=None, help="write the registered name, version and URI here (JSON)")
+    p.add_argument("--skip-in-experiments", action="store_true",
+                   help="do nothing inside `dvc exp run` (DVC_EXP_NAME set) unless HSNET_REGISTER_EXPERIMENTS=1: "
+                   "experiments don't move the candidate alias (dvc.yaml's register stage)")
     p.set_defaults(func=_register)
 
     p = verbs.add_parser("promote", help="move the 'production' alias to a better version, or roll back")
@@ -311,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-delta", type=float, default=0.0, help="required gain over production")
     p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
     p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
+    p.add_argument("--unlock", action="store_true",
+                   help="remove the promotion lock a killed promotion left (only when none is running)")
     p.add_argument("--deploy", action="store_true", help="then roll the KServe InferenceService to production "
                    "with a canary share (--rollback: return its traffic); KUBECONFIG or the pod's account")
     p.add_argument("--dry-run", action="store_true", help="with --deploy: print the manifest, apply nothing")
@@ -368,6 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: every file is written atomically, so none is half-written
+        hint = ""
+        if args.verb == "train":
+            from .checkpoint import LAST
+
+            hint = f"; {args.out}/{LAST} holds the last finished epoch: add --resume to continue"
+        print(f"hsnet {args.verb}: interrupted, stopped before finishing{hint}", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 
