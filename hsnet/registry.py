@@ -6,10 +6,19 @@ One registered model per dataset (``hsnet-<dataset>``). Aliases, not the depreca
 * ``production``: what users load (``models:/hsnet-rafdb@production``);
 * ``previous``: the production version before the last promotion (``--rollback`` target).
 
+Figures are bound to the checkpoint they measure. ``hsnet evaluate`` records the checkpoint's
+sha256 and the test data version in metrics.json and, as immutable params, in its MLflow run.
+``register`` refuses a metrics.json whose checkpoint hash is not the registered file's, and takes
+the figures it records from that evaluation run, never from the local file (which must agree
+with the run). The registration run links to the evaluation run (param ``evaluation_run_id``);
+``promote`` reads both versions' figures from there, not from the version's editable tags.
+
 Promotion is gated: the candidate's test metric must beat production's by ``min_delta``
-on the same test data (the evaluation's data version); ``force`` overrides and is recorded.
-Aliases are moved, never deleted, so concurrent promotions can't leave the model
-without ``production``.
+on the same test data (the evaluation's data version and split); ``force`` overrides and is
+recorded. Promotions and rollbacks of one model hold a lock (a registered model
+``<name>.promotion-lock``, whose creation is atomic in the registry): of two at once, exactly
+one runs, the other is refused as having lost. Aliases are moved, never deleted, so readers
+always find ``production``. See docs/security.md for what this does and doesn't defend against.
 """
 
 from __future__ import annotations
@@ -17,10 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -33,10 +45,20 @@ log = logging.getLogger(__name__)
 CANDIDATE, PRODUCTION, PREVIOUS = "candidate", "production", "previous"
 METRICS = {"accuracy": "test_accuracy", "mean_accuracy": "test_mean_accuracy"}
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")
+LOCK_SUFFIX = ".promotion-lock"
+_DATA_VERSION = re.compile(r"^sha256:[0-9a-f]{8,64}$")
 
 
 class PromotionRefused(HSNetError):
     """The candidate is not promoted; the message says why and what to do."""
+
+
+class PromotionLost(PromotionRefused):
+    """Another promotion or rollback of the same model was running: this one changed nothing."""
+
+
+class NoEvaluation(HSNetError):
+    """No trustworthy evaluation record (an MLflow evaluate run) for a checkpoint or a version."""
 
 
 def default_name(dataset: str) -> str:
@@ -83,36 +105,138 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
+def _figures(client, run) -> dict:
+    """The figures of a finished ``hsnet evaluate`` run, from its params (immutable) and metrics
+    (each logged once by evaluate: a metric logged again later is a changed record, refused)."""
+    run_id, params = run.info.run_id, run.data.params
+    if run.data.tags.get("step") != "evaluate" or "checkpoint_sha256" not in params:
+        raise NoEvaluation(f"MLflow run {run_id} is not an hsnet evaluate run of a known checkpoint")
+    if run.info.status != "FINISHED":
+        raise NoEvaluation(f"evaluation run {run_id} did not finish (status {run.info.status}); evaluate again")
+    out = {"evaluation_run_id": run_id, "checkpoint_sha256": params["checkpoint_sha256"],
+           "test_data_version": params.get("test_data_version"), "test_split": params.get("split"),
+           "dataset": run.data.tags.get("dataset")}
+    for key in METRICS.values():
+        history = client.get_metric_history(run_id, key)
+        if len(history) != 1:
+            raise NoEvaluation(f"evaluation run {run_id} has {len(history)} values of {key} (hsnet evaluate "
+                               "logs one): the record was changed after the evaluation; evaluate again")
+        out[key] = float(history[0].value)
+    return out
+
+
+def _version_figures(client, mv) -> dict:
+    """A registered version's figures from its evaluation record: the registration run (the
+    version's source run, fixed at registration) names the evaluate run and the checkpoint hash."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        params = client.get_run(mv.run_id).data.params
+        eval_id, sha = params["evaluation_run_id"], params["checkpoint_sha256"]
+        figures = _figures(client, client.get_run(eval_id))
+    except (MlflowException, KeyError) as exc:
+        raise NoEvaluation(f"version {mv.version} of {mv.name} has no evaluation record (registered without "
+                           f"one, or its runs were deleted: {type(exc).__name__} {exc}); register its "
+                           "checkpoint again after hsnet evaluate") from exc
+    if figures["checkpoint_sha256"] != sha:
+        raise NoEvaluation(f"version {mv.version} of {mv.name}: its evaluation run {eval_id} measured another "
+                           "checkpoint than the one registered")
+    return figures
+
+
+def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Path) -> dict:
+    """The evaluation run behind ``metrics_path`` (its ``mlflow_run_id``, else the newest evaluate
+    run of this checkpoint on the same test data), checked against the file."""
+    from mlflow.exceptions import MlflowException
+
+    where = tracking.mask_uri(tracking.tracking_uri())
+    again = (f"run hsnet evaluate --checkpoint {checkpoint} with MLflow tracking to {where} (not --no-mlflow) "
+             "and register with the metrics.json it writes")
+    run_id = m.get("mlflow_run_id")
+    if run_id:
+        try:
+            run = client.get_run(str(run_id))
+        except MlflowException as exc:
+            raise NoEvaluation(f"{metrics_path} names the evaluation run {run_id}, which is not in the tracking "
+                               f"store {where}; {again}") from exc
+    else:
+        version, split = str(m.get("data_version")), str(m.get("split"))
+        if not _DATA_VERSION.match(version) or split not in ("train", "val", "test"):
+            raise NoEvaluation(f"{metrics_path}: data_version {version!r} / split {split!r} are not an hsnet "
+                               f"evaluate's; {again}")
+        experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            f"params.checkpoint_sha256 = '{sha}' and params.test_data_version = '{version}' and "
+            f"params.split = '{split}' and tags.step = 'evaluate' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+        if not runs:
+            raise NoEvaluation(f"{metrics_path}: no MLflow evaluation of {checkpoint} (sha256 {sha[:16]}…) on "
+                               f"{version} ({split}) in {where}; {again}")
+        run = runs[0]
+    figures = _figures(client, run)
+    if figures["checkpoint_sha256"] != sha:
+        raise HSNetError(f"{metrics_path}: its evaluation run {run.info.run_id} measured the checkpoint with "
+                         f"sha256 {figures['checkpoint_sha256'][:16]}…, not {checkpoint} ({sha[:16]}…); {again}")
+    claimed = {"accuracy": m.get("accuracy"), "mean_accuracy": m.get("mean_accuracy"),
+               "data_version": m.get("data_version"), "split": m.get("split")}
+    recorded = {"accuracy": figures["test_accuracy"], "mean_accuracy": figures["test_mean_accuracy"],
+                "data_version": figures["test_data_version"], "split": figures["test_split"]}
+    differ = [k for k in claimed if not (claimed[k] == recorded[k] or (
+        isinstance(claimed[k], (int, float)) and abs(claimed[k] - recorded[k]) <= 1e-9))]
+    if differ:
+        raise HSNetError(f"{metrics_path} does not match its evaluation run {run.info.run_id} in "
+                         + ", ".join(f"{k} ({claimed[k]!r} in the file, {recorded[k]!r} recorded)" for k in differ)
+                         + f": the file was changed after hsnet evaluate wrote it. Registration takes the "
+                         f"figures of the evaluation run only; {again}")
+    return figures
+
+
+def _result(name: str, mv, run_id: str, already: bool, figures: dict) -> dict:
+    return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
+            "run_id": run_id, "already_registered": already, "test_accuracy": figures["test_accuracy"],
+            "test_mean_accuracy": figures["test_mean_accuracy"],
+            "evaluation_run_id": figures.get("evaluation_run_id")}
+
+
 def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset: str, *,
              name: str | None = None) -> dict:
     """Log ``checkpoint`` as a pyfunc and register it as a new version of ``name``, alias ``candidate``.
 
-    Registering the same checkpoint again returns the existing version.
+    ``metrics`` is the metrics.json ``hsnet evaluate`` wrote for this very file (same sha256);
+    the figures recorded are those of its MLflow evaluation run. Registering the same checkpoint
+    again returns the existing version, with that version's figures.
     """
     import mlflow
     import torch
 
+    from . import checkpoint as checkpoint_mod
     from .pyfunc import signature
-    from .train import for_inference, load_checkpoint
 
     checkpoint, metrics_path = Path(checkpoint), Path(metrics)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = checkpoint_mod.load(checkpoint)
     meta = ckpt["meta"]
     if not metrics_path.is_file():
         raise HSNetError(f"--metrics {metrics_path} does not exist; run hsnet evaluate first")
     try:
         m = json.loads(metrics_path.read_text())
-        test_acc, test_macc = float(m["accuracy"]), float(m["mean_accuracy"])
+        float(m["accuracy"]), float(m["mean_accuracy"])
     except (ValueError, KeyError, TypeError) as exc:
         raise HSNetError(f"--metrics {metrics_path} is not an hsnet evaluate metrics.json ({exc})") from exc
     if meta["dataset"] != dataset or m.get("dataset") != dataset:
         raise HSNetError(f"--dataset {dataset}: the checkpoint is for {meta['dataset']!r} and the metrics "
                          f"for {m.get('dataset')!r}")
-    if m.get("train_data_version") not in (None, meta["data_version"]):
-        raise HSNetError(f"{metrics_path} evaluated a checkpoint trained on {m.get('train_data_version')}, "
-                         f"but {checkpoint} was trained on {meta['data_version']}: evaluate this checkpoint")
-    name = name or default_name(dataset)
     sha = sha256_file(checkpoint)
+    claimed = m.get("checkpoint_sha256")
+    if not claimed:
+        raise HSNetError(f"--metrics {metrics_path} does not say which checkpoint it measured (no "
+                         f"checkpoint_sha256): it was not written by hsnet evaluate. Evaluate {checkpoint} "
+                         "and register with the metrics.json it writes")
+    if claimed != sha:
+        raise HSNetError(f"--metrics {metrics_path} measured the checkpoint with sha256 {str(claimed)[:16]}…, "
+                         f"not --checkpoint {checkpoint} (sha256 {sha[:16]}…): these figures are not this "
+                         f"model's. Evaluate {checkpoint} and register with the metrics.json it writes")
+    name = name or default_name(dataset)
     client = _client()
     from mlflow.exceptions import MlflowException
 
@@ -122,27 +246,35 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         existing = []
     for mv in existing:
         if mv.tags.get("checkpoint_sha256") == sha:
-            log.info("%s is already registered as %s version %s; not registering it again", checkpoint,
-                     name, mv.version)
-            return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
-                    "run_id": mv.run_id, "already_registered": True, "test_accuracy": test_acc,
-                    "test_mean_accuracy": test_macc}
+            try:
+                figures = _version_figures(client, mv)
+            except NoEvaluation:  # registered before records were linked: what it was registered with
+                figures = {k: float(mv.tags.get(k, "nan")) for k in METRICS.values()}
+            log.debug("%s is already registered as %s version %s", checkpoint, name, mv.version)
+            return _result(name, mv, mv.run_id, True, figures)
 
-    tags = {
+    figures = _evaluation_of(client, sha, m, metrics_path, checkpoint)
+    if figures["dataset"] != dataset:
+        raise HSNetError(f"--dataset {dataset}: the evaluation run {figures['evaluation_run_id']} is of "
+                         f"{figures['dataset']!r}")
+    test_acc, test_macc = figures["test_accuracy"], figures["test_mean_accuracy"]
+    tags = {  # for people and the UI; promote reads the evaluation run, not these
         "dataset": dataset, "test_accuracy": f"{test_acc:.6f}", "test_mean_accuracy": f"{test_macc:.6f}",
-        "test_split": str(m.get("split", "test")), "test_data_version": str(m.get("data_version")),
+        "test_split": str(figures["test_split"]), "test_data_version": str(figures["test_data_version"]),
+        "evaluation_run_id": figures["evaluation_run_id"],
         "data_version": meta["data_version"], "git_commit": tracking.git_commit(),
         "train_run_id": str(meta.get("mlflow_run_id")), "checkpoint_sha256": sha,
         **{f"model.{k}": str(v) for k, v in meta["model"].items()},
     }
     with tempfile.TemporaryDirectory(prefix="hsnet-register-") as tmp:
         slim = Path(tmp) / "model.pt"  # last.pt may be registered too: drop its optimizer state
-        torch.save(for_inference(ckpt), slim)
+        torch.save(checkpoint_mod.for_inference(ckpt), slim)
         code = Path(tmp) / "hsnet"  # the package's source travels with the model (no caches)
         shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}
-        with tracking.run(f"register-{dataset}", params={"checkpoint": str(checkpoint), "name": name},
-                          tags=run_tags) as active:
+        params = {"checkpoint": str(checkpoint), "name": name, "checkpoint_sha256": sha,
+                  "evaluation_run_id": figures["evaluation_run_id"]}  # params: immutable, read by promote
+        with tracking.run(f"register-{dataset}", params=params, tags=run_tags) as active:
             mlflow.log_metrics({"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
             with warnings.catch_warnings():  # "add type hints": the signature below is explicit
                 warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
@@ -155,24 +287,73 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     client.update_model_version(name, mv.version, description=(
         f"HSNet on {dataset}: test accuracy {test_acc:.4f}, mean accuracy {test_macc:.4f} "
-        f"(test data {tags['test_data_version']}); trained in run {tags['train_run_id']}"))
+        f"(test data {tags['test_data_version']}, evaluation run {figures['evaluation_run_id']}); "
+        f"trained in run {tags['train_run_id']}"))
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
-    log.info("registered %s version %s (alias %s): test accuracy %.4f", name, mv.version, CANDIDATE, test_acc)
-    return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
-            "run_id": run_id, "already_registered": False, "test_accuracy": test_acc,
-            "test_mean_accuracy": test_macc}
+    return _result(name, mv, run_id, False, figures)
+
+
+@contextmanager
+def _promotion_lock(client, name: str):
+    """Hold ``<name>.promotion-lock`` (a registered model: creating one is atomic in the registry)
+    for the body; a second holder at the same time is refused with :class:`PromotionLost`."""
+    from mlflow.exceptions import MlflowException
+
+    lock = name + LOCK_SUFFIX
+    holder = f"{socket.gethostname()} pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    try:
+        client.create_registered_model(lock, tags={"holder": holder},
+                                       description=f"held while hsnet promotes or rolls back {name}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise HSNetError(f"{name}: can't take the promotion lock {lock} in "
+                             f"{tracking.mask_uri(tracking.tracking_uri())} ({exc.message})") from exc
+        try:
+            other = client.get_registered_model(lock).tags.get("holder", "unknown")
+        except MlflowException:
+            other = "just finished"
+        raise PromotionLost(f"{name}: another promotion or rollback is in progress ({other}); this one lost "
+                            "the race and changed nothing. Check the aliases and retry. If no promotion is "
+                            f"running, the lock is stale: remove it with hsnet promote --name {name} --unlock") from None
+    try:
+        yield
+    finally:
+        try:
+            client.delete_registered_model(lock)
+        except MlflowException as exc:
+            log.warning("%s: could not release the promotion lock %s (%s); remove it with "
+                        "hsnet promote --name %s --unlock", name, lock, exc.message, name)
+
+
+def unlock(name: str) -> bool:
+    """Remove a stale promotion lock (left by a killed promotion); True if there was one."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.delete_registered_model(name + LOCK_SUFFIX)
+    except MlflowException:
+        return False
+    return True
 
 
 def promote(name: str, *, version: int | str | None = None, metric: str = "accuracy", min_delta: float = 0.0,
             force: bool = False) -> dict:
     """Point ``production`` at ``version`` (default: the ``candidate`` alias) if it is better.
 
-    Raises :class:`PromotionRefused` (production unchanged) when it is not, or when the two
-    were tested on different data, unless ``force``.
+    Both versions' figures come from their evaluation records (see :func:`_version_figures`).
+    Raises :class:`PromotionRefused` (production unchanged) when the candidate is not better,
+    when the two were tested on different data, or when either has no evaluation record, unless
+    ``force``; :class:`PromotionLost` when another promotion of ``name`` is running.
     """
     if metric not in METRICS:
         raise HSNetError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     client = _client()
+    with _promotion_lock(client, name):
+        return _promote_locked(client, name, version, metric, min_delta, force)
+
+
+def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -185,29 +366,40 @@ def promote(name: str, *, version: int | str | None = None, metric: str = "accur
             cand = client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise HSNetError(f"{name} version {version}: not found in the registry at "
-                         f"{tracking.tracking_uri()} ({exc.message})") from exc
+                         f"{tracking.mask_uri(tracking.tracking_uri())} ({exc.message})") from exc
     prod = _alias_version(client, name, PRODUCTION)
-    tag = METRICS[metric]
+    key = METRICS[metric]
     decision = {"name": name, "candidate": int(cand.version), "metric": metric, "forced": False,
                 "previous": int(prod.version) if prod else None}
     if prod is not None and str(prod.version) == str(cand.version):
         decision.update(promoted=False, reason=f"version {cand.version} is already production")
         return decision
-    if prod is not None:
-        c_val, p_val = float(cand.tags.get(tag, "nan")), float(prod.tags.get(tag, "nan"))
-        decision.update(candidate_value=c_val, production_value=p_val)
-        reasons = []
-        if cand.tags.get("test_data_version") != prod.tags.get("test_data_version"):
-            reasons.append(f"version {cand.version} was tested on {cand.tags.get('test_data_version')} and "
-                           f"production (version {prod.version}) on {prod.tags.get('test_data_version')}: "
-                           "the metrics are not comparable")
-        elif not c_val >= p_val + min_delta:
-            reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
-                           f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")
-        if reasons and not force:
-            raise PromotionRefused("; ".join(reasons) + ". Production is unchanged; use --force to promote anyway")
-        if reasons:
-            decision.update(forced=True, reason="; ".join(reasons))
+    reasons = []
+    try:
+        c_fig = _version_figures(client, cand)
+    except NoEvaluation as exc:
+        c_fig, reasons = None, [str(exc)]
+    if prod is not None and c_fig is not None:
+        try:
+            p_fig = _version_figures(client, prod)
+        except NoEvaluation as exc:
+            p_fig, reasons = None, [f"production: {exc}"]
+        if p_fig is not None:
+            c_val, p_val = c_fig[key], p_fig[key]
+            decision.update(candidate_value=c_val, production_value=p_val)
+            c_data = (c_fig["test_data_version"], c_fig["test_split"])
+            p_data = (p_fig["test_data_version"], p_fig["test_split"])
+            if c_data != p_data:
+                reasons.append(f"version {cand.version} was tested on {c_data[0]} ({c_data[1]}) and production "
+                               f"(version {prod.version}) on {p_data[0]} ({p_data[1]}): the metrics are not "
+                               "comparable")
+            elif not c_val >= p_val + min_delta:
+                reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
+                               f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")
+    if reasons and not force:
+        raise PromotionRefused("; ".join(reasons) + ". Production is unchanged; use --force to promote anyway")
+    if reasons:
+        decision.update(forced=True, reason="; ".join(reasons))
     _move(client, name, cand.version, prod)
     client.set_model_version_tag(name, cand.version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                    time.gmtime()))
@@ -216,37 +408,36 @@ def promote(name: str, *, version: int | str | None = None, metric: str = "accur
     decision.update(promoted=True, production=int(cand.version))
     decision.setdefault("reason", "no production version yet" if prod is None else
                         f"{metric} beats production by at least {min_delta}")
-    log.info("%s: production -> version %s (%s)", name, cand.version, decision["reason"])
     return decision
 
 
 def _move(client, name: str, new_version, old) -> None:
-    """``previous`` -> the old production, then ``production`` -> ``new_version``.
+    """``previous`` -> the old production, then ``production`` -> ``new_version`` (under the lock).
 
     Each alias update is one atomic write in the registry; production is overwritten, never
-    removed, so a reader always finds one. A concurrent promotion that wins is reported.
+    removed, so a reader always finds one. A move by anything that ignores the lock is reported.
     """
     if old is not None:
         client.set_registered_model_alias(name, PREVIOUS, old.version)
     client.set_registered_model_alias(name, PRODUCTION, new_version)
     now = _alias_version(client, name, PRODUCTION)
     if now is None or str(now.version) != str(new_version):
-        raise HSNetError(f"{name}: another promotion moved production to version "
-                         f"{now.version if now else None} at the same time; check and retry")
+        raise PromotionLost(f"{name}: something else moved production to version "
+                            f"{now.version if now else None} at the same time; check and retry")
 
 
 def rollback(name: str) -> dict:
     """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``)."""
     client = _client()
-    prev, prod = _alias_version(client, name, PREVIOUS), _alias_version(client, name, PRODUCTION)
-    if prev is None:
-        raise HSNetError(f"{name} has no '{PREVIOUS}' version to roll back to")
-    if prod is not None and str(prod.version) == str(prev.version):
-        raise HSNetError(f"{name}: '{PREVIOUS}' is already production (version {prev.version})")
-    _move(client, name, prev.version, prod)
-    if prod is not None:
-        client.set_model_version_tag(name, prod.version, "rolled_back_at",
-                                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    log.info("%s: rolled back production to version %s", name, prev.version)
+    with _promotion_lock(client, name):
+        prev, prod = _alias_version(client, name, PREVIOUS), _alias_version(client, name, PRODUCTION)
+        if prev is None:
+            raise HSNetError(f"{name} has no '{PREVIOUS}' version to roll back to")
+        if prod is not None and str(prod.version) == str(prev.version):
+            raise HSNetError(f"{name}: '{PREVIOUS}' is already production (version {prev.version})")
+        _move(client, name, prev.version, prod)
+        if prod is not None:
+            client.set_model_version_tag(name, prod.version, "rolled_back_at",
+                                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return {"name": name, "production": int(prev.version), "previous": int(prod.version) if prod else None,
             "promoted": True, "rollback": True}

@@ -2,7 +2,9 @@
 
 The tracking URI is ``MLFLOW_TRACKING_URI``, or a local sqlite store under ``mlflow/``
 (no server needed). Credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``,
-``AWS_*``) are read by MLflow from the environment and never logged.
+``AWS_*``) are read by MLflow from the environment and never logged. A URI with
+``user:password@`` in it works too: the credentials are moved into those variables and the
+URI is used without them. Every URI hsnet prints goes through :func:`mask_uri`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,29 +37,74 @@ class TrackingUnavailable(HSNetError):
     pass
 
 
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/:]*):(?P<password>[^@]*)@")
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key)[^=&#]*=)[^&#]*")
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` as it may be printed or logged: a password in it (``scheme://user:PASSWORD@host``, or a
+    ``password=``/``token=``/``secret=`` query value) replaced by ``***``. The one masking rule."""
+    uri = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(uri), count=1)
+    return _SECRET_QUERY.sub(r"\1***", uri)
+
+
+def _move_credentials(uri: str) -> str:
+    """``http(s)://user:password@host/...`` -> ``http(s)://host/...`` with the user and password in
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (where MLflow reads them), and the variable
+    ``MLFLOW_TRACKING_URI`` rewritten without them, so no later message or child process sees them."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, has_password, password = userinfo.partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
+    if has_password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    os.environ["MLFLOW_TRACKING_URI"] = clean
+    log.debug("MLFLOW_TRACKING_URI carried credentials: moved to MLFLOW_TRACKING_USERNAME/PASSWORD")
+    return clean
+
+
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return _move_credentials(uri)
     DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def _auth_headers() -> dict:
+    """The credentials MLflow would send, for our own health check."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user is not None and os.environ.get("MLFLOW_TRACKING_PASSWORD") is not None:
+        import base64
+
+        pair = f"{user}:{os.environ['MLFLOW_TRACKING_PASSWORD']}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+    return {}
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training time is spent, when an HTTP tracking server is not answering."""
     if not uri.startswith(("http://", "https://")):
         return
+    shown = mask_uri(uri)
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+        request = urllib.request.Request(uri.rstrip("/") + "/health", headers=_auth_headers())
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             if resp.status >= 500:
-                raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {resp.status}")
-    except (urllib.error.URLError, OSError) as exc:
+                raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
             return  # up (e.g. 401/404 behind a proxy): MLflow will report auth errors itself
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({exc}). Start it "
-            "(mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it to track in the local store "
-            f"{DEFAULT_STORE}") from exc
+            f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) is unreachable "
+            f"({mask_uri(str(exc))}). Start it (mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it "
+            f"to track in the local store {DEFAULT_STORE}") from exc
 
 
 def connect() -> str:
@@ -178,7 +226,8 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True):
             location = None if uri.startswith("http") else DEFAULT_ARTIFACTS.resolve().as_uri()
             client.create_experiment(EXPERIMENT, artifact_location=location)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a dead store
-        raise TrackingUnavailable(f"MLflow tracking store {uri} is not usable: {exc}") from exc
+        raise TrackingUnavailable(f"MLflow tracking store {mask_uri(uri)} is not usable: "
+                                  f"{mask_uri(str(exc))}") from exc
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=run_name) as active:
         mlflow.set_tags({**system_tags(), **tags})

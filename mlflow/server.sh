@@ -16,6 +16,12 @@
 #   MLFLOW_ALLOWED_HOSTS          Host headers to accept besides localhost, comma-separated, e.g.
 #                                 mlflow.kubeflow.svc.cluster.local,mlflow.kubeflow,mlflow.example.com
 set -euo pipefail
+mlflow_bin="$(type -P mlflow || true)"  # a file on PATH only: never the mlflow/ folder beside this script
+if [[ -z "$mlflow_bin" || -d "$mlflow_bin" || ! -x "$mlflow_bin" ]]; then
+  echo "mlflow/server.sh: the mlflow command is missing: install it (pip install -e '.[track]', or" \
+       "'make setup') and put its bin folder on PATH (e.g. source .venv/bin/activate)" >&2
+  exit 127
+fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 backend="${MLFLOW_BACKEND_STORE_URI:-sqlite:///${here}/mlflow.db}"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-${here}/artifacts}"
@@ -30,6 +36,13 @@ case "$artifacts" in
   s3://*|gs://*|wasbs://*|hdfs://*) ;;
   *) mkdir -p "$artifacts" ;;
 esac
-shown="$(printf '%s' "${backend%%\?*}" | sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#')"  # never print a password
-echo "mlflow server: store ${shown}, artifacts ${artifacts}, http://${host}:${port}" >&2
-exec mlflow "${args[@]}"
+# never print a password: URIs are shown through hsnet's one masking rule (hsnet.tracking.mask_uri), run
+# by the Python that runs mlflow (hsnet is installed beside it); without hsnet, only the scheme is shown
+py="$(sed -n '1s/^#![[:space:]]*//p' "$mlflow_bin")"
+[[ "$py" == *python* ]] || py=python3
+mask() {
+  HSNET_URI="$1" $py -c 'import os; from hsnet.tracking import mask_uri; print(mask_uri(os.environ["HSNET_URI"]))' \
+    2>/dev/null || printf '%s://(hidden)\n' "${1%%://*}"
+}
+echo "mlflow server: store $(mask "$backend"), artifacts $(mask "$artifacts"), http://${host}:${port}" >&2
+exec "$mlflow_bin" "${args[@]}"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -17,7 +23,9 @@ from hsnet.cli import main
 from hsnet.data.datasets import FERG_CLASSES
 from hsnet.errors import HSNetError
 from hsnet.predict import Classifier
-from hsnet.registry import PromotionRefused, promote, register, rollback
+from hsnet.registry import LOCK_SUFFIX, PromotionLost, PromotionRefused, promote, register, rollback
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +36,23 @@ def _aliases(client, name):
             if a in client.get_registered_model(name).aliases}
 
 
-def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, variant, s3_server, capsys):
+def test_register_promote_refuse_force_rollback(use_mlflow_server, evaluated, other_test_data, share,
+                                                s3_server, capsys):
     client = MlflowClient(use_mlflow_server)
-    metrics = json.loads(trained["metrics"].read_text())
     name = "hsnet-sample-gate"  # the server is shared by the session: a name of its own
 
-    first = register(trained["checkpoint"], trained["metrics"], "sample", name=name)
+    broken, broken_metrics, bm = evaluated(1)
+    first = register(broken, broken_metrics, "sample", name=name)
     assert (first["name"], first["version"], first["already_registered"]) == (name, 1, False)
     mv = client.get_model_version(name, "1")
-    assert float(mv.tags["test_accuracy"]) == pytest.approx(metrics["accuracy"], abs=1e-6)
-    assert mv.tags["test_data_version"] == metrics["data_version"]
+    assert float(mv.tags["test_accuracy"]) == pytest.approx(share(1), abs=1e-6)
+    assert mv.tags["test_data_version"] == bm["data_version"] and mv.tags["test_split"] == "test"
+    assert mv.tags["evaluation_run_id"] == bm["mlflow_run_id"]
     assert mv.tags["dataset"] == "sample" and mv.tags["model.dib"] == "True" and mv.tags["model.ktl"] == "False"
     assert mv.tags["git_commit"] and "train_run_id" in mv.tags
     assert _aliases(client, name) == {"candidate": 1}
     # the same checkpoint again: no second version
-    again = register(trained["checkpoint"], trained["metrics"], "sample", name=name)
+    again = register(broken, broken_metrics, "sample", name=name)
     assert again["already_registered"] and again["version"] == 1 and again["run_id"] == first["run_id"]
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
@@ -55,23 +65,27 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert promote(name)["production"] == 1  # no production yet: the candidate becomes it
     assert _aliases(client, name) == {"candidate": 1, "production": 1}
 
-    worse, worse_metrics, _ = variant(-0.05)
-    assert register(worse, worse_metrics, "sample", name=name)["version"] == 2
+    good, good_metrics, gm = evaluated(0)
+    assert gm["accuracy"] == pytest.approx(share(0)) and share(0) > share(1) + 0.1
+    assert register(good, good_metrics, "sample", name=name)["version"] == 2
+    with pytest.raises(PromotionRefused, match="does not beat production"):  # not by the required margin
+        promote(name, min_delta=1.0)
+    decision = promote(name, min_delta=0.1)
+    assert decision["promoted"] and not decision["forced"]
+    assert decision["candidate_value"] == pytest.approx(gm["accuracy"])
+    assert decision["production_value"] == pytest.approx(bm["accuracy"])
+    assert _aliases(client, name) == {"candidate": 2, "production": 2, "previous": 1}
+
+    worse, worse_metrics, _ = evaluated(1)
+    assert register(worse, worse_metrics, "sample", name=name)["version"] == 3
     with pytest.raises(PromotionRefused, match="does not beat production"):
         promote(name)
-    assert _aliases(client, name)["production"] == 1
+    assert _aliases(client, name)["production"] == 2
     assert main(["promote", "--name", name]) == 2  # the CLI refuses with a non-zero exit
     assert "Production is unchanged" in capsys.readouterr().err
 
-    better, better_metrics, _ = variant(+0.05)
-    assert register(better, better_metrics, "sample", name=name)["version"] == 3
-    with pytest.raises(PromotionRefused):  # not by the required margin
-        promote(name, min_delta=0.10)
-    decision = promote(name, min_delta=0.01)
-    assert decision["promoted"] and not decision["forced"]
-    assert _aliases(client, name) == {"candidate": 3, "production": 3, "previous": 1}
-
-    other, other_metrics, _ = variant(+0.2, test_data_version="sha256:someotherdata")
+    other, other_metrics, om = evaluated(0, data=other_test_data)
+    assert om["data_version"] != gm["data_version"]
     assert register(other, other_metrics, "sample", name=name)["version"] == 4
     with pytest.raises(PromotionRefused, match="not comparable"):
         promote(name)
@@ -79,30 +93,179 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, trained, vari
     assert _aliases(client, name)["production"] == 4
     assert "not comparable" in client.get_model_version(name, "4").tags["promotion_forced"]
 
-    assert rollback(name)["production"] == 3
-    assert _aliases(client, name) == {"candidate": 4, "production": 3, "previous": 4}
+    assert rollback(name)["production"] == 2
+    assert _aliases(client, name) == {"candidate": 4, "production": 2, "previous": 4}
     assert "rolled_back_at" in client.get_model_version(name, "4").tags
 
-    # two promotions at once: production always exists and points at one of them
+    # two promotions at once in one process: one runs, the other is refused as having lost
     errors = []
 
     def go(v):
         try:
             promote(name, version=v, force=True)
-        except HSNetError as exc:  # losing the race is reported, not silent
+        except PromotionLost as exc:  # losing the race is reported, not silent
             errors.append(exc)
 
-    threads = [threading.Thread(target=go, args=(v,)) for v in (1, 2)]
+    threads = [threading.Thread(target=go, args=(v,)) for v in (1, 3)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert _aliases(client, name)["production"] in (1, 2)
+    assert _aliases(client, name)["production"] in (1, 3)
+    assert len(errors) <= 1
 
 
-def test_production_model_as_pyfunc(use_mlflow_server, trained, tmp_path):
+def _forge(path, out, **changes):
+    m = json.loads(path.read_text())
+    m.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del m[key]
+    out.write_text(json.dumps(m))
+    return out
+
+
+def test_forged_metrics_never_reach_production(use_mlflow_server, evaluated, share, tmp_path, capsys):
+    """Issue 13.3: a 14%-like checkpoint with a hand-written 99% metrics.json must not become
+    production, however the file is forged."""
+    client = MlflowClient(use_mlflow_server)
+    name = "hsnet-sample-forged"
+    good, good_metrics, gm = evaluated(0)
+    register(good, good_metrics, "sample", name=name)
+    assert promote(name)["production"] == 1
+    bad, bad_metrics, bm = evaluated(1)
+    assert bm["accuracy"] == pytest.approx(share(1)) and bm["accuracy"] < 0.2
+
+    # written by hand: no checkpoint hash
+    by_hand = tmp_path / "by-hand.json"
+    by_hand.write_text(json.dumps({"dataset": "sample", "accuracy": 0.99, "mean_accuracy": 0.99,
+                                   "split": "test", "data_version": gm["data_version"]}))
+    with pytest.raises(HSNetError, match="does not say which checkpoint it measured"):
+        register(bad, by_hand, "sample", name=name)
+    # the good model's real metrics.json, for the bad checkpoint: both files are named
+    with pytest.raises(HSNetError, match=rf"{good_metrics}.*measured the checkpoint with sha256 "
+                                         rf"{gm['checkpoint_sha256'][:16]}.*not --checkpoint {bad} "):
+        register(bad, good_metrics, "sample", name=name)
+    # the bad model's own metrics.json with the figures edited
+    edited = _forge(bad_metrics, tmp_path / "edited.json", accuracy=0.99, mean_accuracy=0.99)
+    with pytest.raises(HSNetError, match=r"does not match its evaluation run.*accuracy \(0\.99 in the file"):
+        register(bad, edited, "sample", name=name)
+    # ... and without the run id: the evaluation is found by the checkpoint's hash
+    unlinked = _forge(bad_metrics, tmp_path / "unlinked.json", accuracy=0.99, mlflow_run_id=None)
+    with pytest.raises(HSNetError, match="does not match its evaluation run"):
+        register(bad, unlinked, "sample", name=name)
+    # the hash copied in, but never evaluated in this tracking store
+    never = tmp_path / "never.pt"
+    shutil.copyfile(bad, never)
+    with open(never, "ab") as f:
+        f.write(b"\0")  # another file (torch's zip reader ignores trailing bytes)
+    from hsnet.io import sha256_file
+
+    unevaluated = _forge(bad_metrics, tmp_path / "unevaluated.json", checkpoint_sha256=sha256_file(never),
+                         mlflow_run_id=None)
+    with pytest.raises(HSNetError, match="no MLflow evaluation of"):
+        register(never, unevaluated, "sample", name=name)
+    assert main(["register", "--checkpoint", str(bad), "--metrics", str(edited), "--dataset", "sample",
+                 "--name", name]) == 2
+    assert "the file was changed after hsnet evaluate wrote it" in capsys.readouterr().err
+    assert len(client.search_model_versions(f"name='{name}'")) == 1  # nothing forged was registered
+
+    # registered honestly, then its version's tags edited to 99%: promote reads the evaluation run
+    assert register(bad, bad_metrics, "sample", name=name)["version"] == 2
+    for tag in ("test_accuracy", "test_mean_accuracy"):
+        client.set_model_version_tag(name, "2", tag, "0.990000")
+    with pytest.raises(PromotionRefused, match=rf"does not beat production \(version 1\) {gm['accuracy']:.4f}"):
+        promote(name)
+    # ... or a second, better figure logged into its evaluation run afterwards
+    client.log_metric(bm["mlflow_run_id"], "test_accuracy", 0.99)
+    with pytest.raises(PromotionRefused, match="the record was changed after the evaluation"):
+        promote(name)
+    assert _aliases(client, name)["production"] == 1
+
+
+def test_already_registered_reports_the_registered_figures(use_mlflow_server, evaluated, other_test_data,
+                                                           tmp_path, capsys):
+    """Issue 13.10: registering a checkpoint again reports what its version was registered with,
+    not the figures of the metrics file given this time."""
+    from hsnet.evaluate import evaluate
+
+    name = "hsnet-sample-again"
+    bad, bad_metrics, bm = evaluated(1)
+    register(bad, bad_metrics, "sample", name=name)
+    # evaluated again on other data (one test image fewer): other, true figures for the same file
+    again_metrics = evaluate(bad, other_test_data, tmp_path / "again", progress=False)
+    assert again_metrics["accuracy"] != pytest.approx(bm["accuracy"])
+    again = register(bad, tmp_path / "again" / "metrics.json", "sample", name=name)
+    assert again["already_registered"] and again["version"] == 1
+    assert (again["test_accuracy"], again["test_mean_accuracy"]) == pytest.approx(
+        (bm["accuracy"], bm["mean_accuracy"]))
+    assert main(["register", "--checkpoint", str(bad), "--metrics", str(tmp_path / "again" / "metrics.json"),
+                 "--dataset", "sample", "--name", name]) == 0
+    out = capsys.readouterr().out
+    assert f"already registered as {name} version 1" in out and f"test accuracy {bm['accuracy']:.4f}" in out
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from hsnet.cli import main
+barrier = Path(sys.argv[1])
+while not barrier.exists():
+    time.sleep(0.001)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_concurrent_promotions_from_two_processes(use_mlflow_server, evaluated, tmp_path):
+    """Issue 13.10: two `hsnet promote` processes at once: exactly one moves production and says so
+    (once), the other says it lost (or, if it ran after, that there is nothing to do)."""
+    client = MlflowClient(use_mlflow_server)
+    name = "hsnet-sample-race"
+    broken, broken_metrics, _ = evaluated(1)
+    register(broken, broken_metrics, "sample", name=name)
+    assert promote(name)["production"] == 1
+    good, good_metrics, _ = evaluated(0)
+    register(good, good_metrics, "sample", name=name)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_ in range(2):
+        barrier = tmp_path / f"go{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(barrier), "promote", "--name", name]
+                                  + (["--version", "1", "--force"] if round_ else []),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        time.sleep(8)  # both have imported hsnet and wait at the barrier
+        barrier.touch()
+        results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+        won = [r for r in results if r[0] == 0 and "production -> version" in r[1]]
+        assert len(won) == 1, results
+        rc, out, err = won[0]
+        assert (out + err).count("production -> version") == 1  # printed once
+        (lost,) = [r for r in results if r is not won[0]]
+        assert (lost[0] == 2 and "lost the race and changed nothing" in lost[2]) or (
+            lost[0] == 0 and "nothing to do" in lost[1]), lost
+        assert "Traceback" not in lost[2]
+        assert _aliases(client, name)["production"] == (1 if round_ else 2)
+    assert name + LOCK_SUFFIX not in {m.name for m in client.search_registered_models()}  # released
+
+
+def test_a_stale_lock_is_reported_and_can_be_removed(use_mlflow_server, evaluated, capsys):
+    client = MlflowClient(use_mlflow_server)
+    name = "hsnet-sample-stale"
+    good, good_metrics, _ = evaluated(0)
+    register(good, good_metrics, "sample", name=name)
+    client.create_registered_model(name + LOCK_SUFFIX, tags={"holder": "host pid 1 at 2020-01-01T00:00:00Z"})
+    assert main(["promote", "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert "host pid 1 at 2020-01-01" in err and f"hsnet promote --name {name} --unlock" in err
+    assert main(["promote", "--name", name, "--unlock"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert main(["promote", "--name", name]) == 0
+    assert _aliases(client, name) == {"candidate": 1, "production": 1}
+
+
+def test_production_model_as_pyfunc(use_mlflow_server, trained, evaluated, tmp_path):
     import mlflow
 
     name = "hsnet-sample-pyfunc"
-    register(trained["checkpoint"], trained["metrics"], "sample", name=name)
+    register(*evaluated("trained")[:2], "sample", name=name)
     promote(name)
     model = mlflow.pyfunc.load_model(f"models:/{name}@production")
     assert model.metadata.signature.inputs.input_names() == ["image"]
@@ -127,7 +290,7 @@ def test_production_model_as_pyfunc(use_mlflow_server, trained, tmp_path):
         model.predict(pd.DataFrame({"image": [b"not an image"]}))
 
 
-def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server, trained, variant, tmp_path,
+def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server, trained, evaluated, tmp_path,
                                                               monkeypatch):
     """`hsnet predict --model models:/NAME@production`: the alias is resolved, the version is
     downloaded once into the model cache and reused; promoting another version moves to it."""
@@ -142,7 +305,7 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
                         lambda **kw: downloads.append(kw["artifact_uri"]) or real_download(**kw))
     name = "hsnet-sample-predict"
-    register(trained["checkpoint"], trained["metrics"], "sample", name=name)
+    register(*evaluated(1)[:2], "sample", name=name)
     promote(name)
     from skimage import data
 
@@ -157,9 +320,9 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     assert [p.name for p in cached] == [f"{name}-v1"] and (cached[0] / "MLmodel").is_file()
     assert not list((tmp_path / "cache" / "models").glob("*/.download-*"))  # no half-downloaded copy left
 
-    better, better_metrics, _ = variant(+0.05)
+    better, better_metrics, _ = evaluated("trained")
     register(better, better_metrics, "sample", name=name)
-    promote(name)
+    promote(name, force=True)  # whether or not it is better: this test is about the model cache
     classifier = load_classifier(f"models:/{name}@production")
     assert downloads[-1] == f"models:/{name}/2"
     local = Classifier.from_checkpoint(better, device="cpu")
@@ -178,6 +341,9 @@ def test_register_checks_its_inputs(use_mlflow_server, trained, tmp_path):
         register(trained["checkpoint"], tmp_path / "missing.json", "sample")
     with pytest.raises(HSNetError, match="the checkpoint is for 'sample'"):
         register(trained["checkpoint"], trained["metrics"], "rafdb")
+    # evaluated without MLflow (--no-mlflow): no record to take the figures from
+    with pytest.raises(HSNetError, match=r"no MLflow evaluation of .*not --no-mlflow"):
+        register(trained["checkpoint"], trained["metrics"], "sample")
     with pytest.raises(HSNetError, match="no 'candidate' version"):
         promote("hsnet-nothing-here")
     with pytest.raises(HSNetError, match="no 'previous' version"):
@@ -192,7 +358,7 @@ def test_unreachable_registry_fails_fast(trained, monkeypatch, tmp_path):
         register(trained["checkpoint"], trained["metrics"], "sample")
 
 
-def test_mlflow_models_serve(use_mlflow_server, trained, tmp_path):
+def test_mlflow_models_serve(use_mlflow_server, trained, evaluated, tmp_path):
     """`mlflow models serve -m models:/NAME@production --env-manager local` answers REST requests."""
     import base64
     import os
@@ -203,7 +369,7 @@ def test_mlflow_models_serve(use_mlflow_server, trained, tmp_path):
     from servers import Server, free_port
 
     name = "hsnet-sample-serve"
-    register(trained["checkpoint"], trained["metrics"], "sample", name=name)
+    register(*evaluated("trained")[:2], "sample", name=name)
     promote(name)
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -226,37 +392,188 @@ def test_mlflow_models_serve(use_mlflow_server, trained, tmp_path):
     np.testing.assert_allclose([rows[0][f"prob_{c}"] for c in FERG_CLASSES], expected, atol=1e-5)
 
 
-def test_local_sqlite_registry_without_a_server(local_mlflow, trained, variant):
+def test_local_sqlite_registry_without_a_server(local_mlflow, evaluated):
     """The default store (sqlite under mlflow/, no server) returns versions as ints: same behaviour."""
     client = MlflowClient(local_mlflow)
-    assert register(trained["checkpoint"], trained["metrics"], "sample")["version"] == 1
+    assert register(*evaluated(1)[:2], "sample")["version"] == 1
     assert promote("hsnet-sample")["production"] == 1
     assert promote("hsnet-sample")["promoted"] is False  # already production: nothing to do
-    better, better_metrics, _ = variant(+0.05)
-    register(better, better_metrics, "sample")
+    register(*evaluated(0)[:2], "sample")
     assert promote("hsnet-sample")["production"] == 2
     assert rollback("hsnet-sample")["production"] == 1
     assert _aliases(client, "hsnet-sample") == {"candidate": 2, "production": 1, "previous": 2}
 
 
+def _fake_mlflow(tmp_path) -> Path:
+    """An `mlflow` entry point as pip writes one (a script run by the environment's Python) that
+    prints the arguments it was given instead of starting a server."""
+    fake = tmp_path / "bin" / "mlflow"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f"#!{sys.executable}\nimport sys\nprint('ARGS:', *sys.argv[1:])\n")
+    fake.chmod(0o755)
+    return fake
+
+
 def test_server_script_never_prints_the_database_password(tmp_path):
     """mlflow/server.sh with a Postgres URI: the arguments reach `mlflow server`, the password not the log."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    fake = tmp_path / "bin" / "mlflow"
-    fake.parent.mkdir()
-    fake.write_text('#!/usr/bin/env bash\necho "ARGS: $*"\n')
-    fake.chmod(0o755)
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:s3cr3t-pw@db:5432/mlflow",
+    fake = _fake_mlflow(tmp_path)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+           "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:s3cr3t-pw@db:5432/mlflow?sslmode=require",
            "MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/mlflow", "MLFLOW_ALLOWED_HOSTS": "mlflow.example.com"}
-    proc = subprocess.run(["bash", str(root / "mlflow" / "server.sh")], env=env, capture_output=True, text=True,
-                          check=True)
-    assert "s3cr3t-pw" not in proc.stderr and "postgresql://mlflow:***@db:5432/mlflow" in proc.stderr
+    proc = subprocess.run(["bash", str(ROOT / "mlflow" / "server.sh")], env=env, capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    assert "s3cr3t-pw" not in proc.stderr
+    assert "store postgresql://mlflow:***@db:5432/mlflow?sslmode=require, artifacts s3://bucket/mlflow" in proc.stderr
     args = proc.stdout
-    assert "--backend-store-uri postgresql://mlflow:s3cr3t-pw@db:5432/mlflow" in args
+    assert "--backend-store-uri postgresql://mlflow:s3cr3t-pw@db:5432/mlflow?sslmode=require" in args
     assert "--artifacts-destination s3://bucket/mlflow" in args and "--serve-artifacts" in args
     assert "--allowed-hosts localhost,localhost:5000,127.0.0.1,127.0.0.1:5000,mlflow.example.com" in args
+
+
+def test_server_script_without_mlflow_says_it_is_missing(tmp_path):
+    """Issue 13.10: no mlflow on PATH. From the repository root, with the current folder on PATH,
+    bash used to find the mlflow/ folder and say "Is a directory"."""
+    env = {**os.environ, "PATH": f"/usr/bin{os.pathsep}/bin{os.pathsep}"}  # the empty entry: the current folder
+    env.pop("MLFLOW_ARTIFACTS_DESTINATION", None)
+    proc = subprocess.run(["bash", "mlflow/server.sh"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 127
+    assert "the mlflow command is missing" in proc.stderr and "Is a directory" not in proc.stderr, proc.stderr
+    assert "pip install" in proc.stderr
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("http://alice:s3cr3t@mlflow.example.com:5000", "http://alice:***@mlflow.example.com:5000"),
+    ("https://alice:p%40ss/w0rd@host/prefix", "https://alice:***@host/prefix"),
+    ("postgresql://mlflow:pw@db:5432/mlflow?sslmode=require&password=x",
+     "postgresql://mlflow:***@db:5432/mlflow?sslmode=require&password=***"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:////home/u/mlflow.db", "sqlite:////home/u/mlflow.db"),
+    ("models:/hsnet-rafdb@production", "models:/hsnet-rafdb@production"),
+])
+def test_mask_uri(uri, shown):
+    from hsnet.tracking import mask_uri
+
+    assert mask_uri(uri) == shown
+
+
+def test_unreachable_server_with_credentials_never_shows_the_password(trained, monkeypatch):
+    from servers import free_port
+
+    from hsnet import tracking
+
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test: tracking_uri() moves them here
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cr3t-pw@127.0.0.1:{port}")
+    with pytest.raises(HSNetError, match=rf"server http://127\.0\.0\.1:{port} .*unreachable") as err:
+        register(trained["checkpoint"], trained["metrics"], "sample")
+    assert "s3cr3t-pw" not in str(err.value)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s3cr3t-pw")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:p%40ss@example.invalid/mlflow")
+    assert tracking.tracking_uri() == "https://example.invalid/mlflow"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("bob", "p@ss")
+
+
+class _BasicAuthProxy:
+    """An HTTP proxy in front of the MLflow server that demands HTTP basic auth, as a reverse proxy
+    (nginx, an ingress) in front of a shared server does; counts what it let through and refused."""
+
+    def __init__(self, upstream: str, user: str, password: str):
+        import base64
+        import http.client
+        import http.server
+        import urllib.parse
+
+        up = urllib.parse.urlsplit(upstream)
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        seen = self.seen = {"ok": 0, "refused": 0}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", ""):
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                        if size == 0:
+                            return b"".join(chunks)
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def handle_one(self):
+                body = self._body()
+                if self.headers.get("Authorization") != expected:
+                    seen["refused"] += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                seen["ok"] += 1
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
+                skip = {"authorization", "host", "connection", "transfer-encoding", "content-length"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_one
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_tracking_uri_with_user_and_password(use_mlflow_server, trained, tmp_path):
+    """Issue 13.10: MLFLOW_TRACKING_URI=http://user:password@host:port works for evaluate, register
+    and promote (the server sees the credentials on every request) and no output shows the password."""
+    proxy = _BasicAuthProxy(use_mlflow_server, "alice", "s3cr3t-pw")
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT),
+               "MLFLOW_TRACKING_URI": f"http://alice:s3cr3t-pw@127.0.0.1:{proxy.port}"}
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            env.pop(key, None)
+        name = "hsnet-sample-auth"
+        steps = [["evaluate", "--checkpoint", str(trained["checkpoint"]), "--data", str(trained["data"]),
+                  "--out", str(tmp_path / "eval")],
+                 ["register", "--checkpoint", str(trained["checkpoint"]), "--metrics",
+                  str(tmp_path / "eval" / "metrics.json"), "--dataset", "sample", "--name", name],
+                 ["promote", "--name", name]]
+        outputs = []
+        for step in steps:
+            proc = subprocess.run([sys.executable, "-m", "hsnet", "-v", *step], env=env, capture_output=True,
+                                  text=True, cwd=tmp_path, timeout=600)
+            outputs.append(proc.stdout + proc.stderr)
+            assert proc.returncode == 0, outputs[-1][-3000:]
+        assert "production -> version 1" in outputs[-1]
+        assert proxy.seen["ok"] > 10 and proxy.seen["refused"] == 0, proxy.seen
+        # the wrong password: refused by the server, reported without it
+        env["MLFLOW_TRACKING_URI"] = f"http://alice:wr0ng-pw@127.0.0.1:{proxy.port}"
+        proc = subprocess.run([sys.executable, "-m", "hsnet", "promote", "--name", name], env=env,
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        outputs.append(proc.stdout + proc.stderr)
+        assert proc.returncode != 0 and proxy.seen["refused"] > 0
+    finally:
+        proxy.stop()
+    for out in outputs:
+        assert "s3cr3t-pw" not in out and "wr0ng-pw" not in out, out[-3000:]
+    assert "Traceback" not in outputs[-1], outputs[-1][-3000:]

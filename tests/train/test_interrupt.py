@@ -1,0 +1,50 @@
+"""Ctrl-C (SIGINT) during training: a clear message, exit code 130, last.pt whole (issue 13.10)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hsnet.checkpoint import load
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_sigint_during_training(tiny_data, tiny_params, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hsnet", "train", "--data", str(tiny_data), "--params", str(tiny_params),
+           "--dataset", "sample", "--out", str(out), "--no-mlflow", "--set", "train.epochs=30"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "last.pt").exists():  # the first epoch is done
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no epoch finished in 300 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the next epoch
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert f"hsnet train: interrupted, stopped before finishing; {out}/last.pt holds the last finished epoch: " \
+           "add --resume to continue" in stderr
+    ckpt = load(out / "last.pt")  # whole
+    assert 1 <= ckpt["state"]["epoch"] < 30
+    assert not list(out.glob(".*.tmp"))  # no half-written checkpoint left
+    # and it continues from there
+    resumed = subprocess.run(cmd[:-2] + ["--set", f"train.epochs={ckpt['state']['epoch'] + 1}", "--resume"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load(out / "last.pt")["state"]["epoch"] == ckpt["state"]["epoch"] + 1
