@@ -107,6 +107,10 @@ class TrainParams:
     # auto: CUDA graphs on a GPU, eager on a CPU; false; true (torch.compile's default); or a mode
     compile: Union[bool, None, Literal["auto", "default", "reduce-overhead", "max-autotune",
                                        "max-autotune-no-cudagraphs"]] = "auto"
+    # hold the uint8 splits in GPU memory (gather, flip, rotate there): auto = when they take at most
+    # data_memory_share of it; true = always (on a CPU: in RAM, the same code path); false = host pipeline
+    data_on_device: Union[bool, Literal["auto"]] = "auto"
+    data_memory_share: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
 
     @property
     def epochs_to_run(self) -> int:

@@ -9,6 +9,11 @@
   memory and copies them to the device without blocking.
 * :func:`augment` flips and rotates a whole batch on the device (the paper's random
   horizontal flip and ±5° rotation) after :func:`hsnet.device.normalize`.
+* When a split fits a share of the GPU's memory (``train.data_on_device``,
+  ``train.data_memory_share``), :func:`to_device` keeps it there as uint8: :class:`DeviceBatches`
+  gathers batches with an index on the device and :class:`EpochAugment` draws the epoch's flips
+  and rotations up front (the same numbers :func:`augment` draws), so a training step has no
+  host thread, no pinned copy and no host-to-device transfer.
 """
 
 from __future__ import annotations
@@ -148,6 +153,30 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def draw_augment(n: int, generator: torch.Generator, *, hflip: bool = True, rotate_degrees: float = 5.0):
+    """The random numbers of one batch's augmentation, on the CPU: (flip mask (n,) or None,
+    rotation matrices (n, 2, 3) or None), drawn from ``generator`` flips first."""
+    flip = theta = None
+    if hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+    if rotate_degrees:
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate_degrees)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+    return flip, theta
+
+
+def apply_augment(x: torch.Tensor, flip: torch.Tensor | None, theta: torch.Tensor | None) -> torch.Tensor:
+    """Flip the images where ``flip``, then rotate by ``theta`` (both already on ``x``'s device)."""
+    if flip is not None:
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if theta is not None:
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
             rotate_degrees: float = 5.0) -> torch.Tensor:
     """Random horizontal flip (p = 0.5) and rotation in [-deg, deg] of a normalised batch.
@@ -155,18 +184,28 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
     The random numbers come from a CPU ``generator`` so that CPU and GPU runs draw the same
     augmentations; the work itself runs on ``x``'s device. Rotated-in corners are 0 (mid-grey).
     """
-    n = x.shape[0]
-    if hflip:
-        flip = _to_device((torch.rand(n, generator=generator) < 0.5), x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    if rotate_degrees:
-        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate_degrees)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        zeros = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
-        grid = F.affine_grid(_to_device(theta.to(x.dtype), x.device), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return x
+    flip, theta = draw_augment(x.shape[0], generator, hflip=hflip, rotate_degrees=rotate_degrees)
+    return apply_augment(x, None if flip is None else _to_device(flip, x.device),
+                         None if theta is None else _to_device(theta.to(x.dtype), x.device))
+
+
+class EpochAugment:
+    """A whole epoch's augmentation drawn up front and moved to the device in one copy: called
+    batch after batch, it flips and rotates exactly as :func:`augment` with the same ``generator``
+    would, without a host-to-device copy per batch."""
+
+    def __init__(self, batch_sizes: list[int], generator: torch.Generator, device: torch.device, *,
+                 hflip: bool = True, rotate_degrees: float = 5.0):
+        draws = [draw_augment(n, generator, hflip=hflip, rotate_degrees=rotate_degrees) for n in batch_sizes]
+        self.flip = torch.cat([f for f, _ in draws]).to(device) if hflip and draws else None
+        self.theta = torch.cat([t for _, t in draws]).to(device) if rotate_degrees and draws else None
+        self.pos = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        part = slice(self.pos, self.pos + x.shape[0])
+        self.pos = part.stop
+        return apply_augment(x, None if self.flip is None else self.flip[part],
+                             None if self.theta is None else self.theta[part])
 
 
 class Batches:
@@ -229,6 +268,66 @@ class Batches:
                     q.get_nowait()
                 except queue.Empty:
                     thread.join(timeout=0.05)
+
+
+@dataclass
+class DeviceSplit:
+    """A split held in device memory: images (N, 3, S, S) uint8 and labels (N,) int64 on the device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def split_bytes(split: Split) -> int:
+    return int(np.prod(split.images.shape)) * split.images.itemsize + split.labels.numel() * 8
+
+
+def data_on_device(splits: list[Split], device: torch.device, setting, share: float) -> bool:
+    """``train.data_on_device``: whether to hold ``splits`` in device memory. ``auto``: on a GPU when
+    together they take at most ``share`` of its memory (``train.data_memory_share``) and fit in what
+    is free; ``true``: always (a CPU holds them in RAM: the same code path, used by the tests);
+    ``false``: never (the host pipeline, :class:`Batches`)."""
+    if setting is False or setting == "false":
+        return False
+    need = sum(split_bytes(s) for s in splits)
+    if device.type != "cuda":
+        return setting is True or setting == "true"
+    free, total = torch.cuda.mem_get_info(device)
+    fits = need <= share * total and need < free
+    if not fits and (setting is True or setting == "true"):
+        raise HSNetError(f"train.data_on_device true: the splits take {need / 2**30:.2f} GiB, over "
+                         f"train.data_memory_share {share} of the GPU's {total / 2**30:.1f} GiB or its "
+                         f"{free / 2**30:.1f} GiB free; set train.data_on_device auto (or false), or raise "
+                         "train.data_memory_share")
+    return fits
+
+
+def to_device(split: Split, device: torch.device, chunk_bytes: int = 256 << 20) -> DeviceSplit:
+    """``split`` copied into device memory, a chunk at a time (the host never holds a second full copy)."""
+    images = torch.empty(split.images.shape, dtype=torch.uint8, device=device)
+    per = max(1, chunk_bytes // max(1, int(np.prod(split.images.shape[1:]))))
+    for i in range(0, len(split), per):
+        images[i:i + per].copy_(torch.from_numpy(np.array(split.images[i:i + per])))
+    return DeviceSplit(images, split.labels.to(device), split.paths)
+
+
+class DeviceBatches(Batches):
+    """The batches of :class:`Batches` (same chunks, same order) from a :class:`DeviceSplit`: the
+    epoch's order goes to the device once, each batch is one gather there."""
+
+    def __iter__(self):
+        if not self.chunks:
+            return
+        order = torch.cat(self.chunks).to(self.device)
+        start = 0
+        for chunk in self.chunks:
+            idx = order[start:start + len(chunk)]
+            start += len(chunk)
+            yield self.split.images.index_select(0, idx), self.split.labels.index_select(0, idx)
 
 
 def check_nonempty(name: str, split: Split | list, where: str) -> None:

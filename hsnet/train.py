@@ -33,7 +33,8 @@ from .io import write_json
 from .model import MIN_INPUT_SIZE
 from .params import COMPILE_MODES, Params, TrainParams, flatten
 from .plots import plot_training_curves
-from .tensors import Batches, Split, augment, check_nonempty, load_split
+from .tensors import (Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, augment, check_nonempty,
+                      data_on_device, load_split, to_device)
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,18 @@ def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + salt)
 
 
-def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, aug=None, on_batch=None):
-    """One pass over ``batches``; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images/s)."""
+def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, aug=None, on_batch=None,
+              transform=None):
+    """One pass over ``batches``; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images/s).
+    ``transform`` (an :class:`EpochAugment`) replaces ``generator``/``aug``'s batch-by-batch draws."""
     training = optimizer is not None
     model.train(training)
     total_loss = torch.zeros((), device=setup.device)
     correct = torch.zeros((), device=setup.device, dtype=torch.long)
     seen = 0
     compiled = _is_compiled(model)
-    transform = (lambda x: augment(x, generator, **aug)) if training and aug else None
+    if transform is None:
+        transform = (lambda x: augment(x, generator, **aug)) if training and aug else None
     start = time.perf_counter()
     with torch.set_grad_enabled(training):
         for x, y in batches:
@@ -136,22 +140,31 @@ def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, a
     return (total_loss / max(seen, 1)).item(), correct.item() / max(seen, 1), seen / max(elapsed, 1e-9)
 
 
-def train_one_epoch(model, split: Split, tp: TrainParams, setup: Setup, optimizer, epoch: int, *,
+def train_one_epoch(model, split: Split | DeviceSplit, tp: TrainParams, setup: Setup, optimizer, epoch: int, *,
                     progress: bool, desc: str) -> tuple[float, float, float]:
-    """One shuffled, augmented pass over the training split; (loss, accuracy, images/s)."""
+    """One shuffled, augmented pass over the training split; (loss, accuracy, images/s). A split held
+    on the device (:class:`DeviceSplit`) gives the same batches and augmentations, gathered there."""
     from tqdm import tqdm
 
     order = torch.randperm(len(split), generator=_epoch_generator(tp.seed, epoch, 0))
     aug = {"hflip": tp.augment.hflip, "rotate_degrees": tp.augment.rotate_degrees}
+    generator = _epoch_generator(tp.seed, epoch, 1)
+    transform = None
+    if isinstance(split, DeviceSplit):
+        batches = DeviceBatches(split, order, tp.batch_size, setup.device)
+        transform = EpochAugment([len(c) for c in batches.chunks], generator, setup.device, **aug)
+    else:
+        batches = Batches(split, order, tp.batch_size, setup.device)
     with tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=None if progress else True) as bar:
-        return run_epoch(model, Batches(split, order, tp.batch_size, setup.device), setup, optimizer=optimizer,
-                         generator=_epoch_generator(tp.seed, epoch, 1), aug=aug, on_batch=bar.update)
+        return run_epoch(model, batches, setup, optimizer=optimizer, generator=generator, aug=aug,
+                         on_batch=bar.update, transform=transform)
 
 
 @torch.no_grad()
 def validate_epoch(model, split: Split, tp: TrainParams, setup: Setup) -> tuple[float, float]:
     """(loss, accuracy) on the validation split, in order, without augmentation."""
-    batches = Batches(split, torch.arange(len(split)), 2 * tp.batch_size, setup.device, drop_singleton=False)
+    kind = DeviceBatches if isinstance(split, DeviceSplit) else Batches
+    batches = kind(split, torch.arange(len(split)), 2 * tp.batch_size, setup.device, drop_singleton=False)
     loss, acc, _ = run_epoch(model, batches, setup)
     return loss, acc
 
@@ -261,6 +274,9 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
     val_split = load_split(splits["val"], data_dir, size, progress=progress)
+    train_data, val_data = train_split, val_split
+    if data_on_device([train_split, val_split], setup.device, tp.data_on_device, tp.data_memory_share):
+        train_data, val_data = to_device(train_split, setup.device), to_device(val_split, setup.device)
     epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
     tags = {"dataset": params.dataset, "git_commit": tracking.git_commit(), "data_version": meta["data_version"],
             "step": "train", **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
@@ -270,11 +286,12 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, epochs, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
+        log.info("training data %s", "held on the device" if train_data is not train_split else "read from the host")
         while state.epoch < epochs:
             epoch = state.epoch + 1
-            loss, acc, ips = train_one_epoch(step_model, train_split, tp, setup, optimizer, epoch,
+            loss, acc, ips = train_one_epoch(step_model, train_data, tp, setup, optimizer, epoch,
                                              progress=progress, desc=f"epoch {epoch}/{epochs}")
-            val_loss, val_acc = validate_epoch(step_model, val_split, tp, setup)
+            val_loss, val_acc = validate_epoch(step_model, val_data, tp, setup)
             scheduler.step(val_loss)
             weights = model.level_weights
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
