@@ -9,6 +9,11 @@ from __future__ import annotations
 import logging
 import os
 
+# The pipeline run's id, from the train pod's label (pipelines/hsnet_pipeline.py sets it with the
+# Downward API): the key of its durable checkpoints. Not a component input: inputs are part of
+# Kubeflow's cache key, and a run id there would make every run retrain.
+RUN_ID_ENV = "KFP_RUN_ID"
+
 
 def restore_ints(value):
     """Kubeflow's parameter transport (protobuf Struct) turns every int into a float: 500 -> 500.0."""
@@ -35,3 +40,22 @@ def start_step(mlflow_tracking_uri: str = "") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+
+
+def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> None:
+    """Every training of ``runs`` (model overrides, as the ablation's ``runs`` items) with KTL on
+    must name its VGGFace2 stem weights as a file or s3:// URI: a cluster without internet access
+    can't download them, and a run that finds out in its train step has already spent the data
+    steps (the ablation: 24 trainings). Raises HSNetError naming the runs; nothing to do without KTL."""
+    from hsnet.errors import HSNetError
+
+    bad = []
+    for i, run in enumerate(runs or [{}]):
+        settings = params_for(params, dataset, {"model": (run or {}).get("model") or {}})
+        if settings.model.ktl and settings.model.stem_weights == "vggface2":
+            bad.append(f"run {i} ({', '.join(f'{k}={v}' for k, v in ((run or {}).get('model') or {}).items()) or 'params'})")
+    if bad:
+        raise HSNetError(f"{dataset}: KTL is on but model.stem_weights is 'vggface2' (a download) in "
+                         f"{len(bad)} run(s): {'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. Upload the "
+                         "VGGFace2 InceptionResnetV1 weights and set datasets."
+                         f"{dataset}.model.stem_weights to their s3:// URI in params")

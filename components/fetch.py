@@ -5,11 +5,36 @@ from . import SLIM_IMAGE
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
-def fetch_raw(source: str, dvc_path: str, dvc_rev: str, raw: Output[Dataset]):
-    """The raw dataset: an s3:// prefix (boto3), or DVC_PATH of the DVC repository SOURCE at DVC_REV."""
+def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
+                   runs: list = [], require_stem_uri: bool = False) -> str:
+    """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
+    DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
+    an input, so new data at the same source is fetched (and everything after it re-run) and
+    unchanged data reuses the cache. The first step, so it also checks ``params`` for ``dataset``
+    (and, with ``require_stem_uri``, that every KTL run of ``runs`` names its stem weights)."""
+    from components.convert import check_stem_weights, params_for, start_step
+    from hsnet.data.fetch import source_version as version_of
+
+    start_step()
+    if dataset:
+        params_for(params, dataset)
+        if require_stem_uri:
+            check_stem_weights(params, dataset, runs)
+    return version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None)
+
+
+@dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
+def fetch_raw(source: str, dvc_path: str, dvc_rev: str, version: str, raw: Output[Dataset]):
+    """The raw dataset: an s3:// prefix (boto3), or DVC_PATH of the DVC repository SOURCE at DVC_REV.
+    ``version`` (from source_version) is this step's cache key; the data fetched must still have it."""
     from components.convert import start_step
-    from hsnet.data.fetch import fetch
+    from hsnet.data.fetch import fetch, source_version as version_of
+    from hsnet.errors import HSNetError
 
     start_step()
     fetch(source, raw.path, dvc_path=dvc_path or None, rev=dvc_rev or None)
-    raw.metadata["source"] = source + (f" {dvc_path}@{dvc_rev}" if dvc_path else "")
+    now = version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None)
+    if now != version:
+        raise HSNetError(f"the data at {source} changed while this run was fetching it ({version} -> {now}); "
+                         "run the pipeline again once the upload is complete")
+    raw.metadata.update(source=source + (f" {dvc_path}@{dvc_rev}" if dvc_path else ""), version=version)

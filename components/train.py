@@ -7,24 +7,49 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset],
                 model: Output[Model], metrics: Output[Metrics], curves: Output[HTML], model_overrides: dict = {},
-                seed: int = -1):
+                seed: int = -1, checkpoint_uri: str = ""):
     """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI.
     ``model_overrides``: model switches to change, e.g. {"dib": false} (the ablation).
-    ``seed``: train.seed for this run (the ablation's repeats); -1 keeps params'."""
+    ``seed``: train.seed for this run (the ablation's repeats); -1 keeps params'.
+    ``checkpoint_uri``: an s3:// prefix; last.pt (and best.pt) go to CHECKPOINT_URI/RUN_ID/DATASET-SETTINGS
+    after every epoch and a restarted pod (preemption, a retry) resumes from there; "" keeps them local.
+    The Model artifact holds best.pt and the run's summary and history, not the resume state."""
     import base64
+    import json
+    import logging
+    import os
+    import shutil
+    import tempfile
     from pathlib import Path
 
-    from components.convert import params_for, start_step
+    from components.convert import RUN_ID_ENV, params_for, start_step
+    from hsnet import durable
     from hsnet.checkpoint import BEST
     from hsnet.train import train
 
     start_step(mlflow_tracking_uri)
     overrides = {"model": model_overrides or {}, "train": {"seed": seed} if seed >= 0 else {}}
-    summary = train(crops.path, params_for(params, dataset, overrides), model.path)
+    settings = params_for(params, dataset, overrides)
+    run_id = os.environ.get(RUN_ID_ENV, "")
+    with tempfile.TemporaryDirectory(prefix="train-") as work:
+        if checkpoint_uri and run_id:
+            prefix = durable.run_prefix(checkpoint_uri, run_id, settings)
+            logging.getLogger("hsnet").info("durable checkpoints at %s", prefix)
+            summary = durable.train(crops.path, settings, work, prefix)
+        else:
+            if checkpoint_uri:
+                logging.getLogger("hsnet").warning("%s is not set (not on a Kubeflow cluster?): checkpoints stay "
+                                                   "local, a restarted step trains from the start", RUN_ID_ENV)
+            summary = train(crops.path, settings, work)
+        out = Path(model.path)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (BEST, "history.json"):
+            shutil.copyfile(Path(work) / name, out / name)
+        (out / "train_summary.json").write_text(json.dumps({**summary, "checkpoint": BEST}, indent=2))
+        png = base64.b64encode((Path(work) / "training_curves.png").read_bytes()).decode()
     metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])
     metrics.log_metric("best_epoch", summary["best_epoch"])
     metrics.log_metric("epochs_run", summary["epochs_run"])
-    png = base64.b64encode((Path(model.path) / "training_curves.png").read_bytes()).decode()
     Path(curves.path).write_text(f'<html><body><img alt="training curves" src="data:image/png;base64,{png}">'
                                  "</body></html>")
     model.metadata.update(dataset=dataset, framework="pytorch", checkpoint=BEST,

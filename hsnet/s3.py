@@ -77,6 +77,24 @@ def local_paths(bucket: str, prefix: str, keys: list[str], dest: Path) -> dict[s
     return targets
 
 
+def list_objects(uri: str, *, s3=None) -> list[dict]:
+    """The objects under the prefix ``uri`` (folder markers left out), sorted by key: each a dict
+    with Key, ETag and Size as S3 lists them (one request per 1,000 objects, nothing downloaded)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    s3 = s3 or client()
+    try:
+        objects = [{"Key": o["Key"], "ETag": o.get("ETag", ""), "Size": o.get("Size", 0)}
+                   for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                   for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except (BotoCoreError, ClientError) as exc:
+        raise _hint(uri, exc) from exc
+    return sorted(objects, key=lambda o: o["Key"])
+
+
 def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, progress: bool = True) -> int:
     """Copy every object under ``uri`` (a prefix) to ``dest``, keeping the relative paths. Returns the count."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -87,11 +105,7 @@ def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, pro
         prefix += "/"
     dest = Path(dest)
     s3 = client()
-    try:
-        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                for o in page.get("Contents", []) if not o["Key"].endswith("/")]
-    except (BotoCoreError, ClientError) as exc:
-        raise _hint(uri, exc) from exc
+    keys = [o["Key"] for o in list_objects(uri, s3=s3)]
     if not keys:
         raise S3Error(f"{uri}: no objects under this prefix; upload the raw dataset there first")
     targets = local_paths(bucket, prefix, keys, dest)
@@ -102,7 +116,7 @@ def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, pro
 
     try:
         with ThreadPoolExecutor(workers) as pool, tqdm(total=len(keys), desc="download", unit="file",
-                                                      disable=not progress) as bar:
+                                                      disable=None if progress else True) as bar:
             for _ in pool.map(get, keys):
                 bar.update()
     except (BotoCoreError, ClientError) as exc:

@@ -183,9 +183,14 @@ def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: Tr
         checkpoint.save(out_dir / checkpoint.BEST, checkpoint.for_inference(ckpt))
 
 
-def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setup) -> TrainingState:
-    """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from."""
+def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setup, *,
+                auto: bool = False) -> TrainingState | None:
+    """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from.
+    ``auto``: None (nothing loaded) when ``last.pt`` is from other data or other settings."""
     ckpt = checkpoint.load(path)
+    if auto and (ckpt["meta"]["data_version"], ckpt["meta"].get("params")) != (meta["data_version"], meta["params"]):
+        log.info("%s is from other data or settings: training from the start", path)
+        return None
     if ckpt["meta"]["data_version"] != meta["data_version"]:
         raise HSNetError(f"--resume: {path} was trained on other data "
                          f"({ckpt['meta']['data_version']} vs {meta['data_version']}); "
@@ -238,13 +243,16 @@ def _finish(out_dir: Path, state: TrainingState, meta: dict, setup: Setup, activ
     return summary
 
 
-def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLike, *, resume: bool = False,
+def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLike, *, resume: bool | str = False,
           device: str | None = None, track: bool = True, progress: bool = True,
-          stop_after_epochs: int | None = None) -> dict:
+          stop_after_epochs: int | None = None, on_checkpoint=None) -> dict:
     """Train on the cropped dataset at ``data_dir`` (its ``manifest.csv``); write checkpoints to ``out_dir``.
 
     ``stop_after_epochs`` ends this invocation early, as a kill would, leaving ``last.pt`` to
-    resume from (used by tests and for time-sliced jobs).
+    resume from (used by tests and for time-sliced jobs). ``resume``: True continues from
+    ``last.pt`` (of the same data); "auto" only when it is of the same data and settings, from
+    the start otherwise (``dvc repro`` after a kill or a settings change). ``on_checkpoint(out_dir,
+    improved)`` runs after each epoch's checkpoints are written (:mod:`hsnet.durable` copies them).
     """
     spec = get_spec(params.dataset)  # unknown dataset: fails here
     tp, size = params.train, params.input_size
@@ -269,7 +277,7 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     last_path = out_dir / checkpoint.LAST
     state = TrainingState()
     if resume and last_path.is_file():
-        state = resume_from(last_path, meta, model, optimizer, scheduler, setup)
+        state = resume_from(last_path, meta, model, optimizer, scheduler, setup, auto=resume == "auto") or state
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
@@ -300,6 +308,8 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
             guards.check_epoch(row, state.history, len(spec.classes), val_labels=val_split.labels)
             improved = state.record(row)
             save_epoch(out_dir, meta, model, optimizer, scheduler, state, setup, improved)
+            if on_checkpoint:
+                on_checkpoint(out_dir, improved)
             _log_epoch(row, epochs, weights, improved, active)
             if tp.early_stopping and state.stale >= tp.early_stopping:
                 log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)

@@ -6,10 +6,16 @@
 * a local folder: copied.
 
 The Kubeflow pipeline's first step; on a workstation ``dvc pull`` does this.
+
+:func:`source_version` names what is at a source now without downloading it (a content version):
+the pipeline's caching keys on it, so new data at the same URI is fetched and processed again and
+unchanged data is not.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +43,53 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
     if not files:
         raise HSNetError(f"{how}: no files arrived in {out}")
     return {"source": how, "out": str(out), "files": files}
+
+
+def source_version(source: str, *, dvc_path: str | None = None, rev: str | None = None) -> str:
+    """A content version of what :func:`fetch` would bring from ``source`` now, read without
+    downloading the data: equal for the same content, different when any file changed.
+
+    * S3 prefix: sha256 over the sorted (key below the prefix, ETag, size) of every object (one
+      listing request per 1,000 objects);
+    * DVC repository: sha256 over the sorted (path, md5) that ``dvc ls -R --show-hash`` reports for
+      ``dvc_path`` at ``rev`` (the hashes in the repository's .dvc files, not the data);
+    * local folder: sha256 over the sorted (relative path, sha256 of the content) of every file.
+    """
+    h = hashlib.sha256()
+    if dvc_path:
+        safe_join(source, dvc_path, what="--dvc-path", links=False)
+        cmd = [sys.executable, "-m", "dvc", "ls", "-R", "--show-hash", "--json", source, dvc_path] + \
+            (["--rev", rev] if rev else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        if proc.returncode != 0:
+            raise HSNetError(f"dvc ls {source} {dvc_path}{' --rev ' + rev if rev else ''} failed: "
+                             f"{(proc.stderr or proc.stdout).strip()[-1500:]}. Check the repository URL, the path, "
+                             "the revision and the DVC remote's credentials")
+        entries = sorted((e["path"], e.get("md5") or "") for e in json.loads(proc.stdout) if not e.get("isdir"))
+        if not entries:
+            raise HSNetError(f"dvc ls {source} {dvc_path}: no files at this path")
+        kind, items = "dvc", entries
+    elif source.startswith("s3://"):
+        from ..s3 import list_objects, split_uri
+
+        _, prefix = split_uri(source)
+        prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+        items = [(o["Key"][len(prefix):], o["ETag"], str(o["Size"])) for o in list_objects(source)]
+        if not items:
+            raise HSNetError(f"{source}: no objects under this prefix; upload the raw dataset there first")
+        kind = "s3"
+    elif Path(source).is_dir():
+        from ..io import sha256_file
+
+        root = Path(source)
+        items = sorted((p.relative_to(root).as_posix(), sha256_file(p)) for p in root.rglob("*") if p.is_file())
+        kind = "folder"
+    else:
+        raise HSNetError(f"--source {source!r}: not an s3:// prefix, not a folder here, and no --dvc-path "
+                         "was given for a DVC repository")
+    for item in items:
+        h.update("\t".join(item).encode() + b"\n")
+    return f"{kind}:{h.hexdigest()}"
 
 
 def _fetch(source: str, out: Path, *, dvc_path: str | None, rev: str | None, progress: bool) -> str:

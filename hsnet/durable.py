@@ -1,0 +1,122 @@
+"""Checkpoints that outlive the machine: ``last.pt`` (and ``best.pt`` when it improves) copied to
+an S3 prefix after every epoch, and brought back before training starts, so a preempted or
+killed training (a Kubernetes pod, a spot instance) continues from its last finished epoch.
+
+    hsnet train --data ... --out runs/x --checkpoint-uri s3://bucket/checkpoints/run-42/rafdb
+
+The local ``--out`` stays the working copy: when it already holds a ``last.pt`` (the same
+machine, restarted) that copy is used; otherwise the prefix's copies are downloaded. Training
+then resumes with ``resume="auto"``: only from a checkpoint of the same data and settings,
+from scratch otherwise. ``best.pt`` is uploaded before ``last.pt``, so the prefix never holds a
+``last.pt`` whose best epoch is missing from its ``best.pt``.
+
+The Kubeflow train step builds the prefix with :func:`run_prefix` from the pipeline's
+``checkpoint_uri``, the run's id and the training settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from . import checkpoint
+from .errors import HSNetError
+from .params import Params
+
+log = logging.getLogger(__name__)
+FILES = (checkpoint.BEST, checkpoint.LAST)  # upload order: best first (see the module docstring)
+
+
+def settings_key(params: Params) -> str:
+    """A short hash of everything that shapes a training: runs with other settings (the ablation's
+    configurations and seeds, run side by side in one pipeline run) never share a prefix."""
+    return hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_prefix(base_uri: str, run_key: str, params: Params) -> str:
+    """``BASE/RUN_KEY/DATASET-SETTINGS``: one prefix per pipeline run, dataset and training."""
+    from .s3 import split_uri
+
+    split_uri(base_uri)  # an s3:// URI, or a clear error naming it
+    if not run_key or "/" in run_key or run_key in (".", ".."):
+        raise HSNetError(f"run key {run_key!r}: give the pipeline run's id (no '/')")
+    return f"{base_uri.rstrip('/')}/{run_key}/{params.dataset}-{settings_key(params)}"
+
+
+def _key(uri: str, name: str) -> tuple[str, str]:
+    from .s3 import split_uri
+
+    bucket, prefix = split_uri(uri)
+    return bucket, f"{prefix.rstrip('/')}/{name}" if prefix else name
+
+
+def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
+    """Bring ``best.pt``/``last.pt`` from the prefix ``uri`` into ``out_dir`` unless it already
+    holds a ``last.pt``; returns the names downloaded. Fails (clearly) when the prefix can't be
+    listed: a wrong bucket or missing credentials show before any training, not after."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .io import atomic_path
+    from .s3 import _hint, client, list_objects
+
+    out_dir = Path(out_dir)
+    s3 = client()
+    present = {o["Key"].rsplit("/", 1)[-1] for o in list_objects(uri, s3=s3)}
+    if (out_dir / checkpoint.LAST).is_file():
+        log.info("%s holds a %s: resuming from it, not from %s", out_dir, checkpoint.LAST, uri)
+        return []
+    if checkpoint.LAST not in present:
+        log.info("no checkpoint at %s yet: training from the start", uri)
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    for name in FILES:
+        if name in present:
+            bucket, key = _key(uri, name)
+            try:
+                with atomic_path(out_dir / name) as tmp:
+                    s3.download_file(bucket, key, str(tmp))
+            except (BotoCoreError, ClientError) as exc:
+                raise _hint(f"s3://{bucket}/{key}", exc) from exc
+            fetched.append(name)
+    log.info("restored %s from %s", ", ".join(fetched), uri)
+    return fetched
+
+
+class Uploader:
+    """The ``on_checkpoint`` hook of :func:`hsnet.train.train`: copies the epoch's checkpoints to
+    the prefix. A failed upload is logged and training goes on (the next epoch tries again): an
+    S3 hiccup should not end a day of training that the upload was meant to protect."""
+
+    def __init__(self, uri: str):
+        from .s3 import client
+
+        self.uri, self.s3, self.failed = uri, client(), 0
+
+    def __call__(self, out_dir: Path, improved: bool) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for name in FILES:
+            if name == checkpoint.BEST and not improved:
+                continue
+            bucket, key = _key(self.uri, name)
+            try:
+                self.s3.upload_file(str(Path(out_dir) / name), bucket, key)
+            except (BotoCoreError, ClientError) as exc:
+                self.failed += 1
+                log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); the next epoch tries again",
+                            bucket, key, type(exc).__name__, exc)
+                return
+
+
+def train(data_dir, params: Params, out_dir, checkpoint_uri: str, **kwargs) -> dict:
+    """:func:`hsnet.train.train` with durable checkpoints at ``checkpoint_uri`` (an s3:// prefix):
+    restored before, uploaded after every epoch; resumes only a checkpoint of the same data and
+    settings."""
+    from .train import train as train_local
+
+    restore(checkpoint_uri, out_dir)
+    return train_local(data_dir, params, out_dir, resume="auto", on_checkpoint=Uploader(checkpoint_uri), **kwargs)
