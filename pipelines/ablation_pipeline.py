@@ -17,7 +17,7 @@ from components import IMAGE
 from hsnet.paper import CONFIGS, switches
 from hsnet.reproduce import DEFAULT_SEEDS
 
-from .hsnet_pipeline import DEFAULT_PARAMS, prepare_crops, train_and_evaluate
+from .hsnet_pipeline import DEFAULT_CHECKPOINT_URI, DEFAULT_PARAMS, prepare_crops, step, train_and_evaluate
 
 ABLATION_RUNS = [{"model": switches(c), "seed": seed} for seed in range(DEFAULT_SEEDS) for c in CONFIGS]
 PARALLEL_GPUS = 8
@@ -48,11 +48,13 @@ def ablation_pipeline(
     params: dict = DEFAULT_PARAMS,
     mlflow_tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000",
     runs: list = ABLATION_RUNS,
+    checkpoint_uri: str = DEFAULT_CHECKPOINT_URI,
 ):
-    """``runs``: one item per training, {"model": {"dib": ..., "fgal": ..., "ktl": ...}, "seed": N}."""
-    cropped = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu")
+    """``runs``: one item per training, {"model": {"dib": ..., "fgal": ..., "ktl": ...}, "seed": N}.
+    The first step fails when a run has KTL on and params give no stem_weights file or s3:// URI."""
+    crops = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs)
     with dsl.ParallelFor(items=runs, parallelism=PARALLEL_GPUS) as run:
-        _, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, cropped.outputs["crops"],
-                                          model_overrides=run.model, seed=run.seed)
-    ablation_report(dataset=dataset, evaluations=dsl.Collected(evaluated.outputs["report"])) \
-        .set_display_name("report").set_caching_options(False)
+        _, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
+                                          model_overrides=run.model, seed=run.seed, checkpoint_uri=checkpoint_uri)
+    step(ablation_report(dataset=dataset, evaluations=dsl.Collected(evaluated.outputs["report"])), "report") \
+        .set_caching_options(False)

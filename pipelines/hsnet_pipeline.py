@@ -1,13 +1,26 @@
-"""The HSNet training pipeline for one dataset: fetch -> import -> validate -> crop -> train -> evaluate -> register.
+"""The HSNet training pipeline for one dataset:
+version -> fetch -> import -> validate -> crop -> train -> evaluate -> register.
 
 Compile: ``python -m pipelines.compile`` (writes pipelines/hsnet_pipeline.yaml, committed, for
 the Kubeflow UI's "Upload pipeline"). Submit: ``python -m pipelines.submit --host URL --dataset rafdb``.
 
+Caching follows the data. ``source-version`` is never cached: it lists the source (S3 keys and
+ETags, the DVC files' md5s, a folder's hashes) and outputs a content version, which ``fetch``
+takes as an input. Unchanged data: fetch's cache key is the same, its cached output (the same
+artifact) goes downstream, and import, validate, crop, train and evaluate are reused. New data at
+the same URI: fetch runs, its new artifact changes every later step's key, and they all run again.
+(Kubeflow keys a task on its parameter values, the ids of its input artifacts, its command and
+image; see docs/performance.md.)
+
 Kubernetes settings (kfp-kubernetes): every step gets the S3 credentials from the secret
 ``hsnet-s3`` (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL_S3
 for MinIO) and the MLflow credentials from the optional secret ``hsnet-mlflow``
-(MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN); the train
-step asks for one NVIDIA GPU and tolerates the usual GPU node taint.
+(MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN), in the namespace
+the run runs in (a profile namespace in multi-user Kubeflow). Every step has CPU and memory
+requests and limits and size-limited scratch volumes (:data:`RESOURCES`); train asks for one
+NVIDIA GPU, and crop too when ``crop_device`` is ``cuda``, tolerating the usual GPU node taint.
+Train writes its checkpoints to ``checkpoint_uri`` every epoch and a restarted pod resumes from
+them; the steps that can fail for passing reasons are retried with backoff (:data:`RETRIES`).
 """
 
 from pathlib import Path
@@ -15,7 +28,9 @@ from pathlib import Path
 import yaml
 from kfp import dsl, kubernetes
 
-from components import crop_faces, evaluate_model, fetch_raw, import_data, register_model, train_model, validate_data
+from components import crop_faces, evaluate_model, import_data, register_model, train_model, validate_data
+from components.fetch import fetch_raw, source_version
+from components.convert import RUN_ID_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -25,6 +40,30 @@ S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                "MLFLOW_S3_ENDPOINT_URL")
 GPU = "nvidia.com/gpu"
+DEFAULT_CHECKPOINT_URI = "s3://hsnet-data/checkpoints"
+
+# Per step: (cpu request, cpu limit, memory request, memory limit, scratch size). Sized for RAF-DB
+# (15k images; raw 0.2 GB, crops at 100 px 0.1 GB; last.pt 185 MB) with room for the larger sets.
+# The scratch size bounds the emptyDir volumes mounted where the KFP launcher puts the step's
+# artifacts (/s3, /minio: the pipeline root's scheme) and /tmp: the kubelet evicts a step that
+# writes more instead of letting it fill the node. (KFP v2 has no ephemeral-storage *request*
+# per step, kubeflow/pipelines#11137: a LimitRange in the profile namespace gives one; README.)
+RESOURCES = {
+    "source-version": ("100m", "1", "256Mi", "1Gi", "1Gi"),
+    "fetch": ("1", "2", "1Gi", "2Gi", "8Gi"),
+    "import": ("500m", "1", "1Gi", "2Gi", "8Gi"),
+    "validate": ("2", "4", "2Gi", "4Gi", "8Gi"),
+    "crop": ("4", "8", "8Gi", "16Gi", "12Gi"),
+    "train": ("4", "8", "16Gi", "32Gi", "8Gi"),
+    "evaluate": ("2", "4", "4Gi", "8Gi", "4Gi"),
+    "register": ("500m", "1", "2Gi", "4Gi", "2Gi"),
+    "report": ("250m", "1", "512Mi", "1Gi", "1Gi"),  # the ablation's Table 6
+}
+SCRATCH = {"artifacts-s3": "/s3", "artifacts-minio": "/minio", "tmp": "/tmp"}
+# Steps that can fail for passing reasons (S3 or MLflow unreachable for a moment, a preempted GPU
+# node): (retries, first backoff, backoff max). Deterministic failures (validation) are not retried.
+RETRIES = {"source-version": (3, "30s", "5m"), "fetch": (3, "30s", "5m"), "train": (3, "60s", "10m"),
+           "evaluate": (2, "30s", "5m"), "register": (3, "30s", "5m")}
 
 
 def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
@@ -35,28 +74,68 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
     return task
 
 
-def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device) -> dsl.PipelineTask:
-    """fetch -> import -> validate -> crop (only after validation passed); returns the crop task."""
-    fetch = _secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev)).set_display_name("fetch")
-    imported = import_data(dataset=dataset, params=params, raw=fetch.outputs["raw"]).set_display_name("import")
-    validated = validate_data(dataset=dataset, params=params, raw=fetch.outputs["raw"],
-                              manifest=imported.outputs["manifest"]).set_display_name("validate")
-    cropped = crop_faces(dataset=dataset, params=params, device=crop_device, raw=fetch.outputs["raw"],
-                         manifest=imported.outputs["manifest"]).set_display_name("crop").after(validated)
-    return cropped.set_cpu_request("2").set_memory_request("4G")
+def step(task: dsl.PipelineTask, name: str, *, gpu: bool = False) -> dsl.PipelineTask:
+    """Display name, resources (:data:`RESOURCES`), scratch volumes, retries (:data:`RETRIES`) and,
+    with ``gpu``, one NVIDIA GPU and the GPU nodes' taint tolerated."""
+    cpu, cpu_limit, memory, memory_limit, scratch = RESOURCES[name]
+    task.set_display_name(name)
+    task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory_limit)
+    for volume, path in SCRATCH.items():
+        kubernetes.empty_dir_mount(task, volume_name=volume, mount_path=path, size_limit=scratch)
+    if name in RETRIES:
+        retries, backoff, backoff_max = RETRIES[name]
+        task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0,
+                       backoff_max_duration=backoff_max)
+    if gpu:
+        task.set_accelerator_type(GPU).set_accelerator_limit(1)
+        kubernetes.add_toleration(task, key=GPU, operator="Exists", effect="NoSchedule")
+    return task
 
 
-def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None, seed=None):
-    """train on one GPU (tolerating its taint) -> evaluate; returns both tasks."""
+def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, runs=None) -> dsl.PipelineTask:
+    """source-version -> fetch -> import -> validate -> crop (only after validation passed); returns
+    the crops (an output of the crop task, or of whichever crop branch ran). ``crop_device``: a
+    pipeline parameter (a GPU crop branch for ``cuda``, a CPU one otherwise) or a fixed string.
+    ``runs`` (the ablation's): checked by source-version, which fails when a KTL run has no
+    stem_weights URI (components.convert.check_stem_weights) before any data is fetched."""
+    checks = {"runs": runs, "require_stem_uri": True} if runs is not None else {}
+    version = step(_secrets(source_version(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev, params=params,
+                                           dataset=dataset, **checks)), "source-version")
+    version.set_caching_options(False)  # listing the source is the point: never reuse an old answer
+    fetch = step(_secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev,
+                                    version=version.output)), "fetch")
+    imported = step(import_data(dataset=dataset, params=params, raw=fetch.outputs["raw"]), "import")
+    validated = step(validate_data(dataset=dataset, params=params, raw=fetch.outputs["raw"],
+                                   manifest=imported.outputs["manifest"]), "validate")
+
+    def crop(device, gpu):
+        return step(crop_faces(dataset=dataset, params=params, device=device, raw=fetch.outputs["raw"],
+                               manifest=imported.outputs["manifest"]), "crop", gpu=gpu).after(validated)
+
+    if isinstance(crop_device, str):
+        return crop(crop_device, crop_device == "cuda").outputs["crops"]
+    with dsl.If(crop_device == "cuda", name="crop-on-gpu"):
+        on_gpu = crop(crop_device, True)
+    with dsl.Else(name="crop-on-cpu"):
+        on_cpu = crop(crop_device, False)
+    return dsl.OneOf(on_gpu.outputs["crops"], on_cpu.outputs["crops"])
+
+
+def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None, seed=None,
+                       checkpoint_uri=None):
+    """train on one GPU (tolerating its taint; checkpoints to ``checkpoint_uri`` every epoch) ->
+    evaluate; returns both tasks."""
     extra = {} if model_overrides is None else {"model_overrides": model_overrides}
     if seed is not None:
         extra["seed"] = seed
-    trained = _secrets(train_model(dataset=dataset, params=params, mlflow_tracking_uri=mlflow_tracking_uri,
-                                   crops=crops, **extra), mlflow=True).set_display_name("train")
-    trained.set_accelerator_type(GPU).set_accelerator_limit(1).set_cpu_request("4").set_memory_request("16G")
-    kubernetes.add_toleration(trained, key=GPU, operator="Exists", effect="NoSchedule")
-    evaluated = _secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
-                                        model=trained.outputs["model"]), mlflow=True).set_display_name("evaluate")
+    if checkpoint_uri is not None:
+        extra["checkpoint_uri"] = checkpoint_uri
+    trained = step(_secrets(train_model(dataset=dataset, params=params, mlflow_tracking_uri=mlflow_tracking_uri,
+                                        crops=crops, **extra), mlflow=True), "train", gpu=True)
+    # the run's id for the checkpoint prefix, from the pod's label: not an input, so not in the cache key
+    kubernetes.use_field_path_as_env(trained, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
+    evaluated = step(_secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
+                                             model=trained.outputs["model"]), mlflow=True), "evaluate")
     return trained, evaluated
 
 
@@ -69,12 +148,16 @@ def hsnet_pipeline(
     params: dict = DEFAULT_PARAMS,
     mlflow_tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000",
     crop_device: str = "cpu",
+    checkpoint_uri: str = DEFAULT_CHECKPOINT_URI,
 ):
     """``raw_source``: an s3:// prefix, or (with ``dvc_path``) a DVC repository URL read at ``dvc_rev``.
-    ``params``: the whole params.yaml (defaults to the repository's at compile time)."""
-    cropped = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device)
-    trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, cropped.outputs["crops"])
-    registered = _secrets(register_model(dataset=dataset, mlflow_tracking_uri=mlflow_tracking_uri,
-                                         model=trained.outputs["model"], report=evaluated.outputs["report"]),
-                          mlflow=True).set_display_name("register")
+    ``params``: the whole params.yaml (defaults to the repository's at compile time).
+    ``crop_device``: cpu, or cuda (the crop step then gets a GPU).
+    ``checkpoint_uri``: s3:// prefix for train's per-epoch checkpoints ("" to keep them in the pod)."""
+    crops = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device)
+    trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
+                                            checkpoint_uri=checkpoint_uri)
+    registered = step(_secrets(register_model(dataset=dataset, mlflow_tracking_uri=mlflow_tracking_uri,
+                                              model=trained.outputs["model"], report=evaluated.outputs["report"]),
+                               mlflow=True), "register")
     registered.set_caching_options(False)  # registering is idempotent; let it report the version every run

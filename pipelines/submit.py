@@ -2,9 +2,14 @@
 
     python -m pipelines.submit --host https://kubeflow.example.com/pipeline --dataset rafdb \
         --raw-source s3://my-bucket/raw/rafdb --experiment hsnet
+    python -m pipelines.submit --host ... --dataset rafdb --raw-source s3://b/raw/rafdb \
+        --dataset kdef --raw-source s3://b/raw/kdef --no-cache
 
-The params passed are params.yaml (or --params FILE). Authentication: KF_PIPELINES_SA_TOKEN_PATH
-or an existing kfp login (``--existing-token``), never on the command line.
+One ``--raw-source`` per ``--dataset``, in the same order (none: s3://hsnet-data/raw/DATASET for
+each). The params passed are params.yaml (or --params FILE), checked for every dataset before
+anything is submitted. ``--no-cache`` runs every step even where Kubeflow's cache holds its
+result. Authentication: KF_PIPELINES_SA_TOKEN_PATH or an existing kfp login
+(``--existing-token``), never on the command line.
 """
 
 from __future__ import annotations
@@ -18,23 +23,43 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 
+def load_params(params_path: str, datasets: list[str]) -> dict:
+    """params.yaml as a mapping (the pipeline's ``params``), each dataset's settings checked against
+    the schema first: a typo fails here, not in a pod an hour later."""
+    from hsnet.errors import HSNetError
+    from hsnet.params import Params
+
+    try:
+        params = yaml.safe_load(Path(params_path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HSNetError(f"--params {params_path}: {exc}") from exc
+    for dataset in datasets:
+        if isinstance(params, dict) and dataset not in (params.get("datasets") or {}):
+            raise HSNetError(f"--dataset {dataset}: no entry under 'datasets' in {params_path}")
+        Params.from_mapping(params, dataset, source=params_path)
+    return params
+
+
 def submit(host: str, dataset: str, raw_source: str, *, experiment: str = "hsnet", params_path: str = "params.yaml",
            mlflow_tracking_uri: str | None = None, dvc_path: str = "", dvc_rev: str = "",
-           package: Path = HERE / "hsnet_pipeline.yaml", existing_token: str | None = None) -> str:
+           package: Path = HERE / "hsnet_pipeline.yaml", existing_token: str | None = None,
+           enable_caching: bool = True, checkpoint_uri: str | None = None, params: dict | None = None) -> str:
     import kfp
 
     from hsnet.errors import HSNetError
 
-    params = yaml.safe_load(Path(params_path).read_text())
-    if dataset not in (params.get("datasets") or {}):
-        raise HSNetError(f"--dataset {dataset}: no entry under 'datasets' in {params_path}")
+    params = params if params is not None else load_params(params_path, [dataset])
     args = {"dataset": dataset, "raw_source": raw_source, "dvc_path": dvc_path, "dvc_rev": dvc_rev, "params": params}
     if mlflow_tracking_uri:
         args["mlflow_tracking_uri"] = mlflow_tracking_uri
+    if checkpoint_uri is not None:
+        args["checkpoint_uri"] = checkpoint_uri
     try:
         client = kfp.Client(host=host, existing_token=existing_token)
+        # enable_caching=False overrides every task's caching option for this run; None keeps the spec's
         run = client.create_run_from_pipeline_package(str(package), arguments=args, experiment_name=experiment,
-                                                      run_name=f"hsnet-{dataset}")
+                                                      run_name=f"hsnet-{dataset}",
+                                                      enable_caching=None if enable_caching else False)
     except Exception as exc:  # noqa: BLE001 - kfp raises urllib3/ApiException/...
         raise HSNetError(f"Kubeflow Pipelines at {host} did not accept the run ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}). Check --host and your login") from exc
@@ -47,22 +72,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.submit", description=__doc__.splitlines()[0])
     p.add_argument("--host", required=True, help="the Kubeflow Pipelines API, e.g. https://HOST/pipeline")
     p.add_argument("--dataset", required=True, action="append", help="repeat for several datasets (one run each)")
-    p.add_argument("--raw-source", default=None,
-                   help="s3:// prefix of the raw data (default s3://hsnet-data/raw/DATASET) or a DVC repo URL")
+    p.add_argument("--raw-source", action="append", default=None,
+                   help="s3:// prefix of the raw data or a DVC repo URL, one per --dataset in the same order "
+                   "(default s3://hsnet-data/raw/DATASET)")
     p.add_argument("--dvc-path", default="", help="with a DVC repo URL: the path, e.g. data/raw/rafdb")
     p.add_argument("--dvc-rev", default="")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--mlflow-tracking-uri", default=None)
     p.add_argument("--experiment", default="hsnet")
+    p.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached result")
+    p.add_argument("--checkpoint-uri", default=None,
+                   help="s3:// prefix for train's per-epoch checkpoints (default: the pipeline's; '' for none)")
     p.add_argument("--existing-token", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    sources = args.raw_source or [f"s3://hsnet-data/raw/{d}" for d in args.dataset]
+    if len(sources) != len(args.dataset):
+        p.error(f"{len(args.dataset)} --dataset but {len(sources)} --raw-source: give one --raw-source per "
+                "--dataset, in the same order (or none for s3://hsnet-data/raw/DATASET)")
     try:
-        for dataset in args.dataset:
-            source = args.raw_source or f"s3://hsnet-data/raw/{dataset}"
+        params = load_params(args.params, args.dataset)  # every dataset checked before any run starts
+        for dataset, source in zip(args.dataset, sources):
             dvc_path = args.dvc_path.replace("DATASET", dataset)
             run_id = submit(args.host, dataset, source, experiment=args.experiment, params_path=args.params,
                             mlflow_tracking_uri=args.mlflow_tracking_uri, dvc_path=dvc_path, dvc_rev=args.dvc_rev,
-                            existing_token=args.existing_token)
+                            existing_token=args.existing_token, enable_caching=not args.no_cache,
+                            checkpoint_uri=args.checkpoint_uri, params=params)
             print(f"{dataset}: run {run_id} in experiment {args.experiment} at {args.host}")
     except HSNetError as exc:
         print(f"pipelines.submit: error: {exc}", file=sys.stderr)
