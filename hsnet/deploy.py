@@ -145,9 +145,10 @@ def _api():
     except ImportError as exc:
         raise HSNetError("--deploy needs the kubernetes package (pip install kubernetes)") from exc
     namespace = None
+    path = os.environ.get("KUBECONFIG") or None  # read now: the client reads it once, at import
     try:
-        config.load_kube_config()
-        _, active = config.list_kube_config_contexts()
+        config.load_kube_config(config_file=path)
+        _, active = config.list_kube_config_contexts(config_file=path)
         namespace = (active or {}).get("context", {}).get("namespace")
     except Exception:  # noqa: BLE001 - no kubeconfig: try the pod's service account
         try:

@@ -96,6 +96,7 @@ def test_promote_deploy_canary_rollback_and_dry_run(local_mlflow, trained, kube,
     assert register(trained["checkpoint"], tmp_path / "eval1" / "metrics.json", "sample")["version"] == 1
 
     # --dry-run: the manifest, nothing promoted, nothing sent to the cluster
+    capsys.readouterr()
     assert main(["promote", "--name", name, "--deploy", "--dry-run"]) == 0
     out = capsys.readouterr().out
     manifest = yaml.safe_load(out.split("\n", 1)[1])
@@ -135,7 +136,7 @@ def test_promote_deploy_canary_rollback_and_dry_run(local_mlflow, trained, kube,
     assert main(["promote", "--name", name, "--rollback", "--deploy"]) == 0
     isvc = _objects(kube)[name]
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
-    assert MlflowClient(local_mlflow).get_model_version_by_alias(name, "production").version == "1"
+    assert str(MlflowClient(local_mlflow).get_model_version_by_alias(name, "production").version) == "1"
     assert "canary-stopped" in capsys.readouterr().out
 
     # promote 2 again and finish its canary (100%): then a rollback rolls the model back to 1
