@@ -7,12 +7,13 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset],
                 model: Output[Model], metrics: Output[Metrics], curves: Output[HTML], model_overrides: dict = {},
-                seed: int = -1, checkpoint_uri: str = ""):
+                seed: int = -1, checkpoint_uri: str = "", checkpoint_every_s: float = 300.0):
     """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI.
     ``model_overrides``: model switches to change, e.g. {"dib": false} (the ablation).
     ``seed``: train.seed for this run (the ablation's repeats); -1 keeps params'.
     ``checkpoint_uri``: an s3:// prefix; last.pt (and best.pt) go to CHECKPOINT_URI/RUN_ID/DATASET-SETTINGS
-    after every epoch and a restarted pod (preemption, a retry) resumes from there; "" keeps them local.
+    after the first epoch and then at most every ``checkpoint_every_s`` seconds (0: every epoch), and a
+    restarted pod (preemption, a retry) resumes from there; "" keeps them local.
     The Model artifact holds best.pt and the run's summary and history, not the resume state."""
     import base64
     import json
@@ -35,7 +36,7 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
         if checkpoint_uri and run_id:
             prefix = durable.run_prefix(checkpoint_uri, run_id, settings)
             logging.getLogger("hsnet").info("durable checkpoints at %s", prefix)
-            summary = durable.train(crops.path, settings, work, prefix)
+            summary = durable.train(crops.path, settings, work, prefix, min_interval_s=checkpoint_every_s)
         else:
             if checkpoint_uri:
                 logging.getLogger("hsnet").warning("%s is not set (not on a Kubeflow cluster?): checkpoints stay "

@@ -1,6 +1,7 @@
-"""Checkpoints that outlive the machine: ``last.pt`` (and ``best.pt`` when it improves) copied to
-an S3 prefix after every epoch, and brought back before training starts, so a preempted or
-killed training (a Kubernetes pod, a spot instance) continues from its last finished epoch.
+"""Checkpoints that outlive the machine: ``last.pt`` (and ``best.pt`` when it improved) copied to
+an S3 prefix after the first epoch and then at most every :data:`INTERVAL_S` seconds (every
+epoch when epochs are slower), and brought back before training starts, so a preempted or
+killed training (a Kubernetes pod, a spot instance) continues from its last uploaded epoch.
 
     hsnet train --data ... --out runs/x --checkpoint-uri s3://bucket/checkpoints/run-42/rafdb
 
@@ -28,6 +29,7 @@ from .params import Params
 
 log = logging.getLogger(__name__)
 FILES = (checkpoint.BEST, checkpoint.LAST)  # upload order: best first (see the module docstring)
+INTERVAL_S = 300.0  # at most one upload per 5 minutes after the first epoch's: what a kill can cost
 
 
 def settings_key(params: Params) -> str:
@@ -88,19 +90,30 @@ def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
 
 class Uploader:
     """The ``on_checkpoint`` hook of :func:`hsnet.train.train`: copies the epoch's checkpoints to
-    the prefix. A failed upload is logged and training goes on (the next epoch tries again): an
-    S3 hiccup should not end a day of training that the upload was meant to protect."""
+    the prefix, the first epoch's and then at most one epoch's every ``min_interval_s`` seconds
+    (last.pt is 185 MB: on a GPU an epoch of RAF-DB takes seconds, and uploading every one would
+    move 90 GB in a 500-epoch run; a kill loses at most the interval). ``best.pt`` goes with the
+    ``last.pt`` it belongs to, whenever it improved since the previous upload. A failed upload is
+    logged and training goes on (the next epoch tries again): an S3 hiccup should not end a day
+    of training that the upload was meant to protect."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, min_interval_s: float = 0.0, clock=None):
+        import time
+
         from .s3 import client
 
-        self.uri, self.s3, self.failed = uri, client(), 0
+        self.uri, self.s3, self.min_interval_s, self.clock = uri, client(), min_interval_s, clock or time.monotonic
+        self.uploaded_at, self.best_pending, self.failed, self.uploads = None, False, 0, 0
 
     def __call__(self, out_dir: Path, improved: bool) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        self.best_pending |= improved
+        now = self.clock()
+        if self.uploaded_at is not None and now - self.uploaded_at < self.min_interval_s:
+            return
         for name in FILES:
-            if name == checkpoint.BEST and not improved:
+            if name == checkpoint.BEST and not self.best_pending:
                 continue
             bucket, key = _key(self.uri, name)
             try:
@@ -110,13 +123,16 @@ class Uploader:
                 log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); the next epoch tries again",
                             bucket, key, type(exc).__name__, exc)
                 return
+        self.uploaded_at, self.best_pending, self.uploads = now, False, self.uploads + 1
 
 
-def train(data_dir, params: Params, out_dir, checkpoint_uri: str, **kwargs) -> dict:
+def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interval_s: float = INTERVAL_S,
+          **kwargs) -> dict:
     """:func:`hsnet.train.train` with durable checkpoints at ``checkpoint_uri`` (an s3:// prefix):
-    restored before, uploaded after every epoch; resumes only a checkpoint of the same data and
-    settings."""
+    restored before, uploaded after the first epoch and then every ``min_interval_s`` seconds at
+    most (0: every epoch); resumes only a checkpoint of the same data and settings."""
     from .train import train as train_local
 
     restore(checkpoint_uri, out_dir)
-    return train_local(data_dir, params, out_dir, resume="auto", on_checkpoint=Uploader(checkpoint_uri), **kwargs)
+    return train_local(data_dir, params, out_dir, resume="auto",
+                       on_checkpoint=Uploader(checkpoint_uri, min_interval_s), **kwargs)
