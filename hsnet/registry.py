@@ -208,10 +208,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     again returns the existing version, with that version's figures.
     """
     import mlflow
-    import torch
 
     from . import checkpoint as checkpoint_mod
-    from .pyfunc import signature
 
     checkpoint, metrics_path = Path(checkpoint), Path(metrics)
     ckpt = checkpoint_mod.load(checkpoint)
@@ -266,16 +264,39 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         "train_run_id": str(meta.get("mlflow_run_id")), "checkpoint_sha256": sha,
         **{f"model.{k}": str(v) for k, v in meta["model"].items()},
     }
+    run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}
+    params = {"checkpoint": str(checkpoint), "name": name, "checkpoint_sha256": sha,
+              "evaluation_run_id": figures["evaluation_run_id"]}  # params: immutable, read by promote
+    logged = log_model(ckpt, run_name=f"register-{dataset}", params=params, tags=run_tags,
+                       metrics={"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
+    run_id = logged["run_id"]
+    mv = mlflow.register_model(logged["model_uri"], name, tags=tags)
+    client.update_model_version(name, mv.version, description=(
+        f"HSNet on {dataset}: test accuracy {test_acc:.4f}, mean accuracy {test_macc:.4f} "
+        f"(test data {tags['test_data_version']}, evaluation run {figures['evaluation_run_id']}); "
+        f"trained in run {tags['train_run_id']}"))
+    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    return _result(name, mv, run_id, False, figures)
+
+
+def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: dict | None = None) -> dict:
+    """Log a loaded checkpoint as an MLflow pyfunc model in a new run (weights without resume state,
+    hsnet's source, signature, input example); not registered. Returns ``model_uri`` and ``run_id``."""
+    import mlflow
+    import torch
+
+    from . import checkpoint as checkpoint_mod
+    from .pyfunc import signature
+
+    meta = ckpt["meta"]
     with tempfile.TemporaryDirectory(prefix="hsnet-register-") as tmp:
         slim = Path(tmp) / "model.pt"  # last.pt may be registered too: drop its optimizer state
         torch.save(checkpoint_mod.for_inference(ckpt), slim)
         code = Path(tmp) / "hsnet"  # the package's source travels with the model (no caches)
         shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}
-        params = {"checkpoint": str(checkpoint), "name": name, "checkpoint_sha256": sha,
-                  "evaluation_run_id": figures["evaluation_run_id"]}  # params: immutable, read by promote
-        with tracking.run(f"register-{dataset}", params=params, tags=run_tags) as active:
-            mlflow.log_metrics({"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
+        with tracking.run(run_name, params=params, tags=tags) as active:
+            if metrics:
+                mlflow.log_metrics(metrics)
             with warnings.catch_warnings():  # "add type hints": the signature below is explicit
                 warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
                 info = mlflow.pyfunc.log_model(
@@ -283,14 +304,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
                     artifacts={"checkpoint": str(slim)}, code_paths=[str(code)],
                     signature=signature(meta["classes"]), input_example=_input_example(int(meta["input_size"])),
                     pip_requirements=_requirements())
-            run_id = active.info.run_id
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.update_model_version(name, mv.version, description=(
-        f"HSNet on {dataset}: test accuracy {test_acc:.4f}, mean accuracy {test_macc:.4f} "
-        f"(test data {tags['test_data_version']}, evaluation run {figures['evaluation_run_id']}); "
-        f"trained in run {tags['train_run_id']}"))
-    client.set_registered_model_alias(name, CANDIDATE, mv.version)
-    return _result(name, mv, run_id, False, figures)
+            return {"model_uri": info.model_uri, "run_id": active.info.run_id}
 
 
 @contextmanager
