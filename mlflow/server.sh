@@ -37,12 +37,16 @@ case "$artifacts" in
   *) mkdir -p "$artifacts" ;;
 esac
 # never print a password: URIs are shown through hsnet's one masking rule (hsnet.tracking.mask_uri), run
-# by the Python that runs mlflow (hsnet is installed beside it); without hsnet, only the scheme is shown
+# by the Python that runs mlflow; where hsnet is not installed beside it (the slim server image), the
+# user, password and query are left out altogether
 py="$(sed -n '1s/^#![[:space:]]*//p' "$mlflow_bin")"
 [[ "$py" == *python* ]] || py=python3
 mask() {
   HSNET_URI="$1" $py -c 'import os; from hsnet.tracking import mask_uri; print(mask_uri(os.environ["HSNET_URI"]))' \
-    2>/dev/null || printf '%s://(hidden)\n' "${1%%://*}"
+    2>/dev/null && return
+  local uri="${1%%\?*}"
+  [[ "$uri" == *://*@* ]] && uri="${uri%%://*}://${uri#*@}"
+  printf '%s\n' "$uri"
 }
 echo "mlflow server: store $(mask "$backend"), artifacts $(mask "$artifacts"), http://${host}:${port}" >&2
 exec "$mlflow_bin" "${args[@]}"

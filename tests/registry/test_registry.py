@@ -430,6 +430,25 @@ def test_server_script_never_prints_the_database_password(tmp_path):
     assert "--allowed-hosts localhost,localhost:5000,127.0.0.1,127.0.0.1:5000,mlflow.example.com" in args
 
 
+def test_server_script_without_hsnet_beside_mlflow_still_hides_the_password(tmp_path):
+    """The slim server image (mlflow/Dockerfile) has mlflow but not hsnet: the start-up line then
+    leaves the user, password and query out."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None or subprocess.run([python, "-c", "import hsnet"], cwd=tmp_path,
+                                        capture_output=True).returncode == 0:
+        pytest.skip("needs a python3 without hsnet")
+    fake = tmp_path / "bin" / "mlflow"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{python}\nimport sys\nprint('ARGS:', *sys.argv[1:])\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+           "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:s3cr3t-pw@db:5432/mlflow?password=s3cr3t-pw",
+           "MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/mlflow"}
+    proc = subprocess.run(["bash", str(ROOT / "mlflow" / "server.sh")], env=env, capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    assert "s3cr3t-pw" not in proc.stderr and "store postgresql://db:5432/mlflow, artifacts" in proc.stderr
+
+
 def test_server_script_without_mlflow_says_it_is_missing(tmp_path):
     """Issue 13.10: no mlflow on PATH. From the repository root, with the current folder on PATH,
     bash used to find the mlflow/ folder and say "Is a directory"."""
