@@ -5,6 +5,9 @@
 # (default benchmarks/results); write the figures up in docs/performance.md.
 #
 #   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
+#   bash benchmarks/gpu_session.sh issue18   # only section 4 (about 10 min at most): data on the GPU,
+#                                            # concurrent trainings, batched MTCNN
+#   STEPS="mtcnn concurrent" bash benchmarks/gpu_session.sh   # only the steps named
 #
 # Where hsnet isn't installed (a bare GPU image with PyTorch), the package runs from the checkout;
 # facenet-pytorch can come as a wheel in .whl/ (pip download --no-deps facenet-pytorch==2.5.3 -d .whl).
@@ -19,9 +22,13 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python3}
 
+if [ "${1:-}" = issue18 ]; then
+  STEPS=${STEPS:-"device_data_eager device_data_graphs concurrent mtcnn"}
+fi
 step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say how it ended
   local name=$1 limit=$2
   shift 2
+  case " ${STEPS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name (limit ${limit}s)"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -35,7 +42,7 @@ $PY -c "import torch, facenet_pytorch; print('torch', torch.__version__, 'cuda',
 torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu_machine.txt"
 
 # 1. the CUDA path end to end: train (bf16, channels-last, fused Adam, device augmentation) and evaluate
-if [ -f data/processed/sample/manifest.csv ]; then
+if [ -f data/processed/sample/manifest.csv ] && [ -z "${STEPS:-}" ]; then
   step cuda_train 100 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
     --out /tmp/hsnet-run --no-mlflow --device cuda
   step cuda_evaluate 45 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-run/best.pt --data data/processed/sample \
@@ -47,3 +54,10 @@ step input_pipeline 75 $PY -m benchmarks.input_pipeline --out "$OUT"
 step gpu_reduce_overhead 180 $PY -m benchmarks.gpu --compile reduce-overhead --out "$OUT"
 # 3. MTCNN cropping on the GPU (and the CPU, same run)
 step crop 75 $PY -m benchmarks.crop --out "$OUT"
+# 4. issue 18: training data held on the GPU (train.data_on_device) against the host pipeline, eager and with
+#    CUDA graphs (train images/s and busy % at 224, batch 32); several trainings sharing the GPU (aggregate
+#    images/s for 1, 2, 4, 8 processes); the batched MTCNN against facenet-pytorch's at 562x762, batch 16
+step device_data_eager 90 $PY -m benchmarks.device_data --out "$OUT"
+step device_data_graphs 150 $PY -m benchmarks.device_data --compile reduce-overhead --out "$OUT"
+step concurrent 300 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --out "$OUT"
+step mtcnn 90 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --out "$OUT"

@@ -188,7 +188,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.table == "ablation":
         r = reproduce.ablation(args.dataset, params_path=args.params, stem_weights=args.stem_weights,
-                               queue=args.queue, jobs=args.jobs, seeds=args.seeds)
+                               queue=args.queue, jobs=args.jobs, seeds=args.seeds, concurrent=args.concurrent)
         print(f"ablation on {args.dataset}: {len(r['ran'])} ran, {len(r['queued'])} queued "
               f"(start them: dvc queue start -j N), {len(r['skipped'])} skipped, {len(r['failed'])} failed")
         for name, why in {**r["skipped"], **r["failed"]}.items():
@@ -313,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, default=None, help="with --queue: run the queue now with N workers")
     r.add_argument("--seeds", type=int, default=None, metavar="K",
                    help="runs per configuration, train.seed = 0..K-1 (default 3)")
+    r.add_argument("--concurrent", type=int, default=None, metavar="N",
+                   help="train N runs at a time, sharing the GPU (default 1: one after another)")
     r.set_defaults(func=_reproduce)
     r = rverbs.add_parser("datasets", help="Tables 2-5: the paper's setting on each dataset")
     r.add_argument("--datasets", default="rafd,kdef,ferg,rafdb")

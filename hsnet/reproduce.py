@@ -156,17 +156,22 @@ def _seeds(seeds: int | None) -> range:
 
 
 def _dvc(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = _dvc_env(repo)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise HSNetError(f"dvc {' '.join(args)} failed ({proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc
+
+
+def _dvc_env(repo: Path) -> dict:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     # queued experiments run in temporary copies: an absolute tracking URI keeps them in one store
     if "MLFLOW_TRACKING_URI" not in env:
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(repo / 'mlflow' / 'mlflow.db').resolve()}"
         (repo / "mlflow").mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise HSNetError(f"dvc {' '.join(args)} failed ({proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
-    return proc
+    return env
 
 
 def _check_repo(repo: Path, dataset: str, params_path: Path) -> params_mod.Params:
@@ -211,9 +216,14 @@ def _existing_experiments(repo: Path) -> set[str]:
 
 def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = "params.yaml",
              stem_weights: str | None = None, queue: bool = False, jobs: int | None = None,
-             seeds: int | None = None) -> dict:
+             seeds: int | None = None, concurrent: int | None = None) -> dict:
     """Run (or queue) Table 6's eight configurations on ``dataset`` as DVC experiments, ``seeds`` runs
-    each (train.seed = 0..seeds-1), one at a time."""
+    each (train.seed = 0..seeds-1), one at a time, or ``concurrent`` at a time sharing the machine's
+    GPU (:mod:`hsnet.concurrent`)."""
+    from .concurrent import Job, check_concurrent, run_jobs
+
+    concurrent = check_concurrent(concurrent) if concurrent is not None else 1
+    runs_at_once: list = []
     repo = Path(repo)
     seed_range = _seeds(seeds)
     cfg = _check_repo(repo, dataset, repo / params_path)
@@ -236,6 +246,10 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
             _dvc(args + ["--queue"], repo)
             result["queued"].append(name)
             continue
+        if concurrent > 1:  # the locked parts of the runs (set-up, saving the result) wait for each other
+            runs_at_once.append(Job(name, [sys.executable, "-m", "dvc", "--wait-for-lock", *args, "--temp"], repo,
+                            _dvc_env(repo)))
+            continue
         log.info("running %s (%d/%d)", name, i, total)
         proc = _dvc(args + ["--temp"], repo, check=False)  # in a copy: the workspace keeps its params
         if proc.returncode != 0:
@@ -243,6 +257,11 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
             log.error("%s failed: %s", name, result["failed"][name][-500:])
         else:
             result["ran"].append(name)
+    for name, done in run_jobs(runs_at_once, concurrent).items() if runs_at_once else ():
+        if done["returncode"] == 0:
+            result["ran"].append(name)
+        else:
+            result["failed"][name] = done["output"].strip()[-1500:]
     if queue and jobs:
         _dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], repo)
         result["ran"], result["queued"] = result["queued"], []

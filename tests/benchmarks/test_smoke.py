@@ -10,7 +10,8 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["model", "input_pipeline", "crop", "validate", "predict", "gpu"])
+@pytest.mark.parametrize("name", ["model", "input_pipeline", "crop", "validate", "predict", "gpu", "device_data",
+                                  "concurrent", "mtcnn"])
 def test_benchmark_runs(name, tmp_path, monkeypatch):
     import importlib
 
@@ -43,3 +44,43 @@ def test_benchmark_runs(name, tmp_path, monkeypatch):
         assert saved["images"] == 300 and saved["cold_s"] > 0 and saved["warm_s"] > 0
     elif name == "predict":
         assert saved["folder_faces"] == 4 and saved["latency_ms_p50"] > 0
+    elif name == "device_data":
+        assert [r["data"] for r in saved["rows"]] == ["host", "device"] and all(r["train_img_s"] > 0 for r in saved["rows"])
+    elif name == "concurrent":
+        assert [r["concurrent"] for r in saved["rows"]] == [1, 2]
+        assert all(len(r["per_run_img_s"]) == r["concurrent"] and r["aggregate_img_s"] > 0 for r in saved["rows"])
+    elif name == "mtcnn":
+        row = saved["rows"][0]
+        assert row["faces"] == 2 and row["hsnet batched photos_s"] > 0 and row["speedup_batched"] > 0
+
+
+def test_bytes_moved_reads_the_sizes_dvc_recorded(tmp_path):
+    """Per step: data inputs read, outputs written (code apart); train's tensor cache from the crops' manifest."""
+    from benchmarks import bytes_moved
+
+    (tmp_path / "params.yaml").write_text("datasets:\n  sample: {input_size: 80, train: {epochs: 3}}\n")
+    crops = tmp_path / "data" / "processed" / "sample"
+    crops.mkdir(parents=True)
+    (crops / "manifest.csv").write_text("path,label\n" + "".join(f"{i}.png,0\n" for i in range(5)))
+    (tmp_path / "dvc.lock").write_text("""schema: '2.0'
+stages:
+  crop@sample:
+    deps:
+    - {path: data/raw/sample, size: 1000, nfiles: 10}
+    - {path: hsnet/data/crop.py, size: 7}
+    outs:
+    - {path: data/processed/sample, size: 300, nfiles: 6}
+  train@sample:
+    deps:
+    - {path: data/processed/sample, size: 300, nfiles: 6}
+    outs:
+    - {path: runs/sample/train, size: 50, nfiles: 2}
+""")
+    result = bytes_moved.main(["--smoke", "--repo", str(tmp_path), "--out", str(tmp_path / "out")])
+    crop, train = result["steps"]
+    assert (crop["read_bytes"], crop["read_files"], crop["code_bytes"], crop["written_bytes"]) == (1000, 10, 7, 300)
+    assert (train["read_bytes"], train["written_bytes"], train["written_files"]) == (300, 50, 2)
+    assert train["tensor_cache_written_bytes"] == 5 * 3 * 80 * 80
+    assert train["tensor_cache_read_bytes_all_epochs"] == 3 * 5 * 3 * 80 * 80
+    assert (result["read_bytes"], result["written_bytes"]) == (1300, 350)
+    assert json.loads((tmp_path / "out" / "bytes_moved-smoke.json").read_text())["steps"][0]["step"] == "crop@sample"

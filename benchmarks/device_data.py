@@ -1,0 +1,136 @@
+"""Training with the data held on the device (train.data_on_device) against the host pipeline:
+images/s of ``hsnet train``'s loop (run_epoch: normalise, flip/rotate, forward, loss, backward,
+Adam) on a synthetic uint8 split, and on a GPU its utilisation (nvidia-smi, sampled) and peak memory.
+
+On a GPU: 224x224, batch 32, bf16, channels-last, fused Adam, eager and with CUDA graphs
+(train.compile reduce-overhead). On a CPU (a check of the path, not a GPU figure): 64x64, batch 32.
+
+    python -m benchmarks.device_data [--compile reduce-overhead] [--smoke]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import torch
+
+from .common import parser, save
+from .model import BENCH_TRAIN, synthetic_split
+
+RAFDB_IMAGES_PER_EPOCH = 12_271
+
+
+class GpuBusy:
+    """nvidia-smi's utilisation.gpu sampled every ``period`` s inside ``with``; ``mean`` in %."""
+
+    def __init__(self, period: float = 0.5):
+        self.samples: list[float] = []
+        self.period, self.stop = period, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout.split()
+                self.samples.append(float(out[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+            time.sleep(self.period)
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def trainer(device: str, size: int, batch: int, n: int, *, on_device: bool, compile_mode=None, seed: int = 0):
+    """``hsnet train``'s epoch on a synthetic split of ``n`` images; returns (run one epoch, setup)."""
+    from hsnet.checkpoint import build_model
+    from hsnet.device import pick_device, place
+    from hsnet.params import ModelParams
+    from hsnet.tensors import Batches, DeviceBatches, EpochAugment, to_device
+    from hsnet.train import compile_model, make_optimizer, run_epoch
+
+    setup = pick_device(device)
+    torch.manual_seed(seed)
+    model = place(build_model(7, ModelParams(), for_checkpoint=True), setup)
+    step_model = compile_model(model, compile_mode or False, setup.device)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], BENCH_TRAIN, setup)
+    split = synthetic_split(n, size)
+    data = to_device(split, setup.device) if on_device else split
+    gen = torch.Generator().manual_seed(seed)
+    aug = {"hflip": True, "rotate_degrees": 5.0}
+
+    def epoch() -> int:
+        order = torch.randperm(n, generator=gen)
+        if on_device:
+            batches = DeviceBatches(data, order, batch, setup.device)
+            transform = EpochAugment([len(c) for c in batches.chunks], gen, setup.device, **aug)
+        else:
+            batches, transform = Batches(split, order, batch, setup.device), None
+        run_epoch(step_model, batches, setup, optimizer=opt, generator=gen, aug=aug, transform=transform)
+        return sum(len(c) for c in batches.chunks)
+
+    return epoch, setup
+
+
+def measure(device: str, size: int, batch: int, n: int, epochs: int, *, on_device: bool, compile_mode=None) -> dict:
+    epoch, setup = trainer(device, size, batch, n, on_device=on_device, compile_mode=compile_mode)
+    t0 = time.perf_counter()
+    epoch()  # warm-up: cuDNN autotuning, compilation, graph capture
+    warmup = time.perf_counter() - t0
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with GpuBusy() as busy:
+        t0, seen = time.perf_counter(), 0
+        for _ in range(epochs):
+            seen += epoch()
+        if setup.device.type == "cuda":
+            torch.cuda.synchronize()
+        ips = seen / (time.perf_counter() - t0)
+    row = {"data": "device" if on_device else "host", "compile": compile_mode or False, "size": size, "batch": batch,
+           "images": n, "warmup_s": warmup, "train_img_s": ips, "gpu_busy_pct": busy.mean}
+    if setup.device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        row["rafdb_500_epochs_min"] = 500 * RAFDB_IMAGES_PER_EPOCH / ips / 60
+    return row
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__)
+    p.add_argument("--compile", default=None, metavar="MODE", help="train.compile mode, e.g. reduce-overhead")
+    args = p.parse_args(argv)
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    if args.smoke:
+        size, batch, n, epochs = 64, 8, 24, 1
+    elif gpu:
+        size, batch, n, epochs = 224, 32, 32 * 200, 3
+    else:
+        size, batch, n, epochs = 64, 32, 32 * 6, 2
+    rows = []
+    for on_device in (False, True):
+        row = measure(device, size, batch, n, epochs, on_device=on_device, compile_mode=args.compile)
+        rows.append(row)
+        print(row, flush=True)
+    result = {"device": device, "rows": rows, "device_over_host": rows[1]["train_img_s"] / rows[0]["train_img_s"]}
+    print(f"data on the device / host pipeline: {result['device_over_host']:.2f}x")
+    suffix = ("-smoke" if args.smoke else "") + (f"-compile-{args.compile}" if args.compile else "")
+    save("device_data" + suffix, result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

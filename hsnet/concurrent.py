@@ -1,0 +1,127 @@
+"""Several trainings at once on one machine (one GPU): processes sharing the device.
+
+One HSNet run at the paper's batch of 32 leaves most of a large GPU idle and takes 0.27 GiB,
+so Table 6's configurations go faster side by side than one after another. Each run is its
+own process (its own CUDA context, allocator and Python interpreter: a crash or an
+out-of-memory in one ends only that one, and its result is a per-run record); the GPU
+time-slices between them. The CPU threads are divided between the runs (``OMP_NUM_THREADS``).
+
+* :func:`run_jobs` runs commands, at most ``concurrent`` at a time: what ``hsnet reproduce
+  ablation --concurrent N`` does with its ``dvc exp run --temp`` commands.
+* :func:`train_jobs` builds the ``hsnet train`` commands of several settings on the same crops
+  (a Kubeflow pod training several configurations on its GPU calls ``run_jobs(train_jobs(...), n)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HSNetError
+
+log = logging.getLogger(__name__)
+
+TAIL = 3000  # characters of a job's output kept in its record
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    cwd: str | os.PathLike | None = None
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
+
+
+def check_concurrent(concurrent) -> int:
+    if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
+        raise HSNetError(f"--concurrent {concurrent!r}: give the number of runs at a time, 1 or more")
+    return concurrent
+
+
+def threads_per_job(concurrent: int, cores: int | None = None) -> int:
+    """The CPU threads each of ``concurrent`` processes gets: the cores shared out, at least one."""
+    return max(1, (cores or os.cpu_count() or 1) // concurrent)
+
+
+def run_jobs(jobs: list[Job], concurrent: int, *, poll: float = 0.2) -> dict[str, dict]:
+    """Run ``jobs``, at most ``concurrent`` at once, in the given order; wait for all.
+
+    Returns {name: {"returncode", "seconds", "started", "ended" (epoch seconds), "output" (the end of
+    stdout and stderr)}}; a job that
+    fails is its record, the others still run. Interrupted (Ctrl-C), every running job is stopped.
+    """
+    check_concurrent(concurrent)
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise HSNetError(f"job names must be unique: {names}")
+    threads = str(threads_per_job(concurrent))
+    if concurrent > 1:
+        for uri in {j.env.get("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")) for j in jobs}:
+            create_tracking_store(uri)
+    pending, running, results, started = list(jobs), {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="hsnet-jobs-") as tmp:
+        try:
+            while pending or running:
+                while pending and len(running) < concurrent:
+                    job = pending.pop(0)
+                    out = open(Path(tmp) / f"{len(results) + len(running)}.log", "w+b")
+                    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **job.env}
+                    log.info("starting %s (%d running, %d waiting)", job.name, len(running) + 1, len(pending))
+                    proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+                    running[job.name] = (proc, out, time.perf_counter())
+                    started[job.name] = time.time()
+                for name, (proc, out, t0) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    out.seek(0)
+                    text = out.read().decode("utf-8", "replace")
+                    out.close()
+                    results[name] = {"returncode": proc.returncode, "seconds": time.perf_counter() - t0,
+                                     "started": started[name], "ended": time.time(), "output": text[-TAIL:]}
+                    del running[name]
+                    (log.info if proc.returncode == 0 else log.error)(
+                        "%s ended with %d after %.0f s", name, proc.returncode, results[name]["seconds"])
+                if running:
+                    time.sleep(poll)
+        finally:
+            for proc, out, _ in running.values():
+                proc.terminate()
+            for proc, out, _ in running.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                out.close()
+    return {name: results[name] for name in names if name in results}
+
+
+def create_tracking_store(uri: str | None) -> None:
+    """Create an SQLite MLflow store before processes share it: two runs that both find it missing
+    both create its tables, and one fails (sqlite3 "duplicate column name")."""
+    if uri and uri.startswith("sqlite:"):
+        import mlflow
+
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+def train_jobs(data_dir: str | os.PathLike, params_path: str | os.PathLike, dataset: str,
+               runs: dict[str, dict], out_root: str | os.PathLike, *, device: str | None = None,
+               track: bool = True, extra: list[str] | None = None) -> list[Job]:
+    """``hsnet train`` commands, one per run: ``runs`` maps a run's name (its folder under
+    ``out_root``) to its ``--set`` overrides, e.g. {"dib1-fgal0-ktl0-s0": {"model.dib": True, "train.seed": 0}}."""
+    jobs = []
+    for name, overrides in runs.items():
+        argv = [sys.executable, "-m", "hsnet", "train", "--data", str(data_dir), "--params", str(params_path),
+                "--dataset", dataset, "--out", str(Path(out_root) / name)]
+        for key, value in overrides.items():
+            argv += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+        argv += (["--device", device] if device else []) + ([] if track else ["--no-mlflow"]) + list(extra or [])
+        jobs.append(Job(name, argv))
+    return jobs

@@ -1,0 +1,102 @@
+"""Several trainings at once (hsnet.concurrent): two CPU processes side by side, each training what
+it would train alone; a failing run is a record; the ablation runs its DVC experiments two at a time."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from hsnet import reproduce
+from hsnet.concurrent import Job, check_concurrent, run_jobs, threads_per_job, train_jobs
+from hsnet.errors import HSNetError
+from hsnet.paper import CONFIGS
+
+RUNS = {"dib1": {"model.dib": True, "train.seed": 0}, "dib0-s1": {"model.dib": False, "train.seed": 1}}
+
+
+def _history(path):
+    return json.loads((path / "history.json").read_text())
+
+
+def test_two_trainings_at_once_train_what_each_trains_alone(tiny_data, tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    extra = ["--max-epochs", "1", "--set", "train.num_threads=1"]
+    jobs = train_jobs(tiny_data, tiny_params, "sample", RUNS, tmp_path / "together", device="cpu", track=False,
+                      extra=extra)
+    together = run_jobs(jobs, 2)
+    assert list(together) == list(RUNS)
+    for name, done in together.items():
+        assert done["returncode"] == 0, done["output"]
+    a, b = together.values()
+    assert a["started"] < b["ended"] and b["started"] < a["ended"]  # they did run side by side
+
+    alone = run_jobs(train_jobs(tiny_data, tiny_params, "sample", {"dib1": RUNS["dib1"]}, tmp_path / "alone",
+                                device="cpu", track=False, extra=extra), 1)
+    assert alone["dib1"]["returncode"] == 0, alone["dib1"]["output"]
+    (h_alone,), (h_together,) = _history(tmp_path / "alone" / "dib1"), _history(tmp_path / "together" / "dib1")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert h_together[key] == pytest.approx(h_alone[key], rel=1e-6, abs=1e-7), key
+    # the other run trained its own settings: another seed, no DIB
+    other = json.loads((tmp_path / "together" / "dib0-s1" / "train_summary.json").read_text())
+    assert other["epochs_run"] == 1 and _history(tmp_path / "together" / "dib0-s1")[0]["loss"] != h_alone["loss"]
+
+
+def test_a_failing_job_is_a_record_and_the_others_run(tmp_path):
+    ok = Job("ok", [sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"])
+    bad = Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
+    later = Job("later", [sys.executable, "-c", "open('made', 'w').write('x')"], cwd=tmp_path)
+    done = run_jobs([bad, ok, later], 2)
+    assert list(done) == ["bad", "ok", "later"]
+    assert done["bad"]["returncode"] == 3 and "boom" in done["bad"]["output"]
+    assert done["ok"]["returncode"] == 0 and f"threads {threads_per_job(2)}" in done["ok"]["output"]
+    assert done["later"]["returncode"] == 0 and (tmp_path / "made").is_file()
+
+
+def test_a_shared_sqlite_tracking_store_is_created_before_the_runs_start(tmp_path):
+    """Two processes creating the same MLflow SQLite store at once: one fails (duplicate column)."""
+    db = tmp_path / "mlflow.db"
+    code = ("import mlflow, sys; mlflow.MlflowClient(sys.argv[1]).create_experiment(sys.argv[2])")
+    jobs = [Job(f"e{i}", [sys.executable, "-c", code, f"sqlite:///{db}", f"e{i}"],
+                env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}) for i in range(2)]
+    done = run_jobs(jobs, 2)
+    assert all(d["returncode"] == 0 for d in done.values()), {k: d["output"][-500:] for k, d in done.items()}
+    import mlflow
+
+    names = {e.name for e in mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()}
+    assert {"e0", "e1"} <= names
+
+
+def test_bad_concurrency_is_refused(tmp_path):
+    assert threads_per_job(2, cores=16) == 8 and threads_per_job(8, cores=2) == 1
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(HSNetError, match="--concurrent"):
+            check_concurrent(bad)
+    with pytest.raises(HSNetError, match="--concurrent"):
+        reproduce.ablation("sample", repo=tmp_path, concurrent=0)
+    with pytest.raises(HSNetError, match="unique"):
+        run_jobs([Job("a", ["true"]), Job("a", ["true"])], 2)
+
+
+@pytest.mark.slow
+def test_ablation_runs_its_experiments_two_at_a_time(tmp_path, monkeypatch):
+    from dvcrepo import make_repo
+
+    tiny = {"input_size": 80, "import": {"split_by": "class", "seed": 0}, "validate": {"min_size": 32},
+            "crop": {"detector": "none", "size": 80}, "model": {"ktl": False},
+            "train": {"lr": 0.001, "epochs": 1, "batch_size": 16, "seed": 3, "num_threads": 1}}
+    path = tmp_path / "repo"
+    path.mkdir()
+    env, sh = make_repo(path, tiny, per_class=2)
+    monkeypatch.chdir(path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGGFace2 file: the KTL rows are skipped
+    for key in ("MLFLOW_TRACKING_URI", "HSNET_CACHE_DIR"):
+        monkeypatch.setenv(key, env[key])
+    r = reproduce.ablation("sample", repo=path, seeds=1, concurrent=2)
+    no_ktl = [c for c in CONFIGS if not c[2]]
+    assert r["failed"] == {} and sorted(r["ran"]) == sorted(reproduce.exp_name("sample", c, 0) for c in no_ktl)
+    listed = sh("dvc", "exp", "list", "--name-only").stdout.split()
+    assert sorted(listed) == sorted(r["ran"])
+    shown = {x["experiment"]: x for x in reproduce.collect(path) if x["experiment"].startswith("ablation-")}
+    assert {n: x["config"] for n, x in shown.items()} == {reproduce.exp_name("sample", c, 0): c for c in no_ktl}
