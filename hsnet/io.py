@@ -4,7 +4,6 @@ robust reading of regular files and images."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -74,9 +73,9 @@ def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: 
     return path
 
 
-@functools.cache
 def _umask() -> int:
-    """The process's umask, read once (os.umask can only be read by setting it, which races threads)."""
+    """The process's umask, from /proc where there is one (os.umask can only be read by setting
+    it, which races other threads creating files)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -124,15 +123,16 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
-def clean_stale_tmp(folder: str | os.PathLike, *, recursive: bool = False,
+def clean_stale_tmp(folder: str | os.PathLike, name: str = "*", *, recursive: bool = False,
                     older_than: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files that killed atomic writes left in ``folder`` (and below it
-    with ``recursive``) more than ``older_than`` seconds ago; a write in progress keeps its file's
-    modification time fresh, so it is left alone. Returns what was deleted."""
+    """Delete the ``.NAME.*.tmp`` files that killed atomic writes of ``name`` (a glob; default: any
+    name) left in ``folder`` (and below it with ``recursive``) more than ``older_than`` seconds ago;
+    a write in progress keeps its file's modification time fresh, so it is left alone. Returns what
+    was deleted."""
     folder, gone, now = Path(folder), [], time.time()
     if not folder.is_dir():
         return gone
-    for tmp in (folder.rglob if recursive else folder.glob)(f".*{TMP_SUFFIX}"):
+    for tmp in (folder.rglob if recursive else folder.glob)(f".{name}.*{TMP_SUFFIX}"):
         try:
             st = tmp.lstat()
             if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than:

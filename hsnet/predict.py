@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import HSNetError
-from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, open_rgb
+from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,12 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     """Files as given, and the image files under each directory (recursively, sorted)."""
-    files: list[Path] = []
+    return [path for path, _ in _expand(inputs)]
+
+
+def _expand(inputs: list[str | os.PathLike]) -> list[tuple[Path, str]]:
+    """(file, its name relative to the directory it was found in, or its own name)."""
+    files: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -150,10 +155,34 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
                            and not f.name.startswith("."))
             if not found:
                 log.warning("%s holds no image files (%s)", p, ", ".join(sorted(IMAGE_SUFFIXES)))
-            files.extend(found)
+            files.extend((f, f.relative_to(p).as_posix()) for f in found)
         elif p.exists():
-            files.append(p)
+            files.append((p, p.name))
         else:
+ANNOTATED = ".annotated.jpg"
+
+
+def annotate_targets(files: list[tuple[Path, str]], annotate_dir: str | os.PathLike) -> dict[Path, Path]:
+    """Where each photo's annotated copy goes: its place under the folder it was found in (or its
+    name), whole name kept, plus ``.annotated.jpg`` (``a/x.jpg`` -> ``a/x.jpg.annotated.jpg``).
+    Photos that would still share a name (two arguments with the same layout or file name) get a
+    short hash of their full path in it, so that no copy overwrites another."""
+    import hashlib
+
+    first: dict[Path, str] = {}  # a photo given twice keeps its first name
+    for path, rel in files:
+        first.setdefault(path, rel)
+    owners: dict[str, set[Path]] = {}
+    for path, rel in first.items():
+        owners.setdefault(rel, set()).add(path.absolute())
+    targets = {}
+    for path, rel in first.items():
+        if len(owners[rel]) > 1:
+            rel += "." + hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:8]
+        targets[path] = safe_join(annotate_dir, rel + ANNOTATED, what="annotated copy")
+    return targets
+
+
             raise HSNetError(f"{p}: no such file or directory")
     if not files:
         raise HSNetError("no image files to predict on: " + ", ".join(str(i) for i in inputs))
@@ -244,7 +273,7 @@ def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
     return out
 
 
-def _predict_chunk(paths, clf, detector, pool, min_prob, annotate_dir, results, no_face, unreadable) -> None:
+def _predict_chunk(paths, clf, detector, pool, min_prob, targets, results, no_face, unreadable) -> None:
     photos = list(pool.map(_read, paths)) if pool is not None and len(paths) > 1 else [_read(p) for p in paths]
     per_photo = classify_faces([photo.image for photo in photos], clf, detector, min_prob=min_prob, pool=pool)
     for photo, faces in zip(photos, per_photo):
@@ -257,9 +286,8 @@ def _predict_chunk(paths, clf, detector, pool, min_prob, annotate_dir, results, 
             record["size"] = list(photo.image.size)
             if not faces:
                 no_face.append(str(photo.path))
-            if annotate_dir:
-                target = Path(annotate_dir) / (photo.path.stem + ".annotated.jpg")
-                with atomic_path(target) as tmp:
+            if targets:
+                with atomic_path(targets[photo.path]) as tmp:
                     annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
         results.append(record)
 
@@ -277,7 +305,18 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
 
     from .data.crop import Detector
 
-    files = expand_inputs(inputs)
+    entries = _expand(inputs)
+    files = [path for path, _ in entries]
+    targets = None
+    if out:  # an unwritable output is refused before any work
+        if Path(out).is_dir():
+            raise HSNetError(f"--out {out} is a folder; give a file name (JSON lines)")
+        check_writable(Path(out).parent, "--out")
+        clean_stale_tmp(Path(out).parent, Path(out).name)
+    if annotate_dir:
+        check_writable(annotate_dir, "--annotate")
+        clean_stale_tmp(annotate_dir, "*" + ANNOTATED, recursive=True)
+        targets = annotate_targets(entries, annotate_dir)
     clf = classifier or load_classifier(model, device)
     detector = Detector(str(clf.setup.device), min_face_size=min_face_size)
     results, no_face, unreadable = [], [], []
@@ -287,7 +326,7 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     try:
         chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
         for chunk in chunks:
-            _predict_chunk(chunk, clf, detector, pool, min_prob, annotate_dir, results, no_face, unreadable)
+            _predict_chunk(chunk, clf, detector, pool, min_prob, targets, results, no_face, unreadable)
             bar.update(len(chunk))
     finally:
         if pool is not None:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HSNetError
-from .io import cache_root
+from .io import cache_root, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,10 @@ def fetch_model(uri: str) -> Path | None:
     else:
         return None
     root = cache_root() / "models" / hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
-    local = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+    if folder != key:  # 'a b' and 'a_b' are different models: never one cache folder
+        folder += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    local = safe_join(root, folder, what=f"model cache folder for {uri}")
     if not (local / "MLmodel").is_file():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -128,8 +127,8 @@ def output_name(rel: str) -> str:
     The whole source name is kept, so that ``x.png`` and ``x.jpg``, ``x.JPG`` and ``x.jpg``, or
     ``x.png`` and ``x.png`` plus a newline get different crops: ``images/<rel>``, plus ``.png``
     unless ``rel`` already ends with it; control characters and ``%`` become ``%XX``.
-    Names that still collide (``x.jpg`` and ``x.jpg.png``, or names equal but for case, which
-    collide on macOS and Windows) are found by :func:`colliding_rows`.
+    Names that still collide (``x.jpg`` and ``x.jpg.png``, or one path listed twice) are found by
+    :func:`colliding_rows`.
     """
     name = "".join(f"%{ord(c):02X}" if c == "%" or ord(c) < 32 or ord(c) == 127 else c for c in rel)
     return (PurePosixPath("images") / (name if name.endswith(".png") else name + ".png")).as_posix()
@@ -137,11 +136,12 @@ def output_name(rel: str) -> str:
 
 def colliding_rows(paths: list[str]) -> dict[int, int]:
     """{row index: index of the earlier row whose crop it would overwrite} for manifest paths whose
-    :func:`output_name` is the same, compared as a case-insensitive filesystem would."""
+    :func:`output_name` is the same. (Names equal but for case, ``x.JPG`` and ``x.jpg``, are two
+    files only where the filesystem tells case apart, and so are their crops.)"""
     first: dict[str, int] = {}
     clashes = {}
     for i, rel in enumerate(paths):
-        key = unicodedata.normalize("NFC", output_name(rel)).casefold()
+        key = output_name(rel)
         if key in first:
             clashes[i] = first[key]
         else:
@@ -256,7 +256,7 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
     parallel_cpu = detector is not None and detector.device.type == "cpu" and batch_size > 1
     entries: dict[str, dict] = {}
     pool = ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2))
-    bar = tqdm(total=len(items), disable=not progress, desc="cropping", unit="img")
+    bar = tqdm(total=len(items), disable=None if progress else True, desc="cropping", unit="img")
 
     def load(item: _Item):
         try:

@@ -126,7 +126,7 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
     if todo:
         with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) * 2)) as pool:
             results = pool.map(lambda t: _inspect(t[1]), todo)
-            for (i, _, key, st), info in tqdm(zip(todo, results), total=len(todo), disable=not progress,
+            for (i, _, key, st), info in tqdm(zip(todo, results), total=len(todo), disable=None if progress else True,
                                               desc="inspecting images", unit="img", leave=False):
                 infos[i] = info
                 fresh.append((key, st.st_size, st.st_mtime_ns, info))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hsnet.data.crop import CropSettings, Detector, crop
+from hsnet.cli import main
+from hsnet.data.crop import Detector, center_crop, colliding_rows, crop, output_name
+from hsnet.params import CropParams
 from hsnet.data.manifest import read_manifest, write_manifest
 from hsnet.errors import HSNetError
 from hsnet.io import open_rgb
@@ -51,7 +55,7 @@ def test_batch_mixing_face_and_no_face_images(photos, tmp_path):
     """facenet-pytorch's MTCNN.detect crashes on such a batch; crop must not."""
     manifest = _manifest(tmp_path / "m.csv", ["astronaut.jpg", "grey.png", "astronaut_mirror.png",
                                               "noise.png", "broken.jpg"])
-    report = crop(manifest, photos, tmp_path / "out", settings=CropSettings(size=100), batch_size=8,
+    report = crop(manifest, photos, tmp_path / "out", settings=CropParams(size=100), batch_size=8,
                   progress=False)
     rows = read_manifest(tmp_path / "out" / "manifest.csv")
     assert sorted(r["source_path"] for r in rows) == ["astronaut.jpg", "astronaut_mirror.png"]
@@ -67,7 +71,7 @@ def test_batch_mixing_face_and_no_face_images(photos, tmp_path):
 
 def test_no_face_center_policy(photos, tmp_path):
     manifest = _manifest(tmp_path / "m.csv", ["astronaut.jpg", "grey.png"])
-    report = crop(manifest, photos, tmp_path / "out", settings=CropSettings(size=80, no_face="center"),
+    report = crop(manifest, photos, tmp_path / "out", settings=CropParams(size=80, no_face="center"),
                   progress=False)
     rows = {r["source_path"]: r for r in read_manifest(tmp_path / "out" / "manifest.csv")}
     assert rows["grey.png"]["crop"] == "center_fallback" and rows["grey.png"]["det_prob"] == ""
@@ -77,7 +81,7 @@ def test_no_face_center_policy(photos, tmp_path):
 
 def test_detector_none_resizes(photos, tmp_path):
     manifest = _manifest(tmp_path / "m.csv", ["grey.png", "noise.png"])
-    report = crop(manifest, photos, tmp_path / "out", settings=CropSettings(detector="none", size=64),
+    report = crop(manifest, photos, tmp_path / "out", settings=CropParams(detector="none", size=64),
                   progress=False)
     assert report["output_images"] == 2
     assert Image.open(tmp_path / "out" / "images" / "noise.png").size == (64, 64)
@@ -85,12 +89,12 @@ def test_detector_none_resizes(photos, tmp_path):
 
 def test_incremental_rerun(photos, tmp_path):
     manifest = _manifest(tmp_path / "m.csv", ["astronaut.jpg", "grey.png"])
-    settings = CropSettings(size=100, no_face="center")
+    settings = CropParams(size=100, no_face="center")
     first = crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)
     assert first["processed"] == 2 and first["reused"] == 0
     again = crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)
     assert again["processed"] == 0 and again["reused"] == 2
-    changed = crop(manifest, photos, tmp_path / "out", settings=CropSettings(size=90, no_face="center"),
+    changed = crop(manifest, photos, tmp_path / "out", settings=CropParams(size=90, no_face="center"),
                    progress=False)
     assert changed["processed"] == 2
     assert Image.open(tmp_path / "out" / "images" / "grey.png").size == (90, 90)
@@ -119,9 +123,183 @@ def test_image_modes(mode, tmp_path):
 def test_bad_settings(photos, tmp_path):
     manifest = _manifest(tmp_path / "m.csv", ["grey.png"])
     with pytest.raises(HSNetError, match="--detector"):
-        crop(manifest, photos, tmp_path / "o", settings=CropSettings(detector="haar"))
+        crop(manifest, photos, tmp_path / "o", settings=CropParams(detector="haar"))
     with pytest.raises(HSNetError, match="no-face policy"):
-        crop(manifest, photos, tmp_path / "o", settings=CropSettings(no_face="keep"))
+        crop(manifest, photos, tmp_path / "o", settings=CropParams(no_face="keep"))
     write_manifest(tmp_path / "empty.csv", [])
     with pytest.raises(HSNetError, match="no rows"):
         crop(tmp_path / "empty.csv", photos, tmp_path / "o")
+
+
+# --- hostile and odd inputs (issue 13) ---------------------------------------------------------
+
+def _rows(names_splits):
+    return [{"path": n, "label": 0, "label_name": "joy", "split": s, "subject": ""} for n, s in names_splits]
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _noise(path, seed, size=(48, 48)):
+    arr = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, format="PNG")
+    return arr
+
+
+def test_tiny_images_do_not_end_an_mtcnn_run(photos, tmp_path):
+    """MTCNN raises in torch.cat on an image smaller than its smallest face: one such photo ended the run."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("astronaut.jpg", "grey.png"):
+        (root / name).write_bytes((photos / name).read_bytes())
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(root / "one.png")
+    Image.new("RGB", (19, 19)).save(root / "nineteen.png")  # under min_face_size 20
+    Image.new("RGB", (3, 600)).save(root / "thin.png")
+    manifest = _manifest(tmp_path / "m.csv", ["one.png", "astronaut.jpg", "nineteen.png", "thin.png", "grey.png"])
+    for batch_size in (1, 8):
+        report = crop(manifest, root, tmp_path / f"out{batch_size}", settings=CropParams(size=64),
+                      batch_size=batch_size, progress=False)
+        assert sorted(report["no_face"]) == ["grey.png", "nineteen.png", "one.png", "thin.png"]
+        assert report["output_images"] == 1 and report["faces_found"] == 1
+    detector = Detector("cpu", min_face_size=40)
+    boxes = detector([np.zeros((39, 39, 3), np.uint8), np.zeros((39, 39, 3), np.uint8)])
+    assert [b.shape for b in boxes] == [(0, 5), (0, 5)]
+
+
+def test_output_names_are_unique_per_row(tmp_path):
+    """x.png (test) and x.jpg (train), x.JPG and x.jpg, x.png and 'x.png\\n' all used to become images/x.png:
+    the test row then held the train image."""
+    root = tmp_path / "root"
+    (root / "k").mkdir(parents=True)
+    names = [("x.png", "test"), ("x.jpg", "train"), ("k/AF01.JPG", "train"), ("k/AF01.jpg", "test"),
+             ("y.png", "train"), ("y.png\n", "test")]
+    pixels = {name: _noise(root / name, i, (40 + i, 40)) for i, (name, _) in enumerate(names)}
+    write_manifest(tmp_path / "m.csv", _rows(names))
+    report = crop(tmp_path / "m.csv", root, tmp_path / "out", settings=CropParams(detector="none", size=32),
+                  progress=False)
+    assert report["output_images"] == 6 and not report["refused"]
+    rows = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert len({r["path"] for r in rows}) == 6
+    for r in rows:  # each crop is its own source's image
+        expected = np.asarray(center_crop(Image.fromarray(pixels[r["source_path"]]), 32))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / r["path"])), expected), r
+    by_source = {r["source_path"]: r["path"] for r in rows}
+    assert by_source["x.png"] == "images/x.png" and by_source["x.jpg"] == "images/x.jpg.png"
+    assert by_source["y.png\n"] == "images/y.png%0A.png"
+    assert [output_name(n) for n in ("a%b.png", "a%25b.png")] == ["images/a%25b.png", "images/a%2525b.png"]
+
+
+def test_rows_whose_crops_would_collide_are_refused(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for i, name in enumerate(("x.jpg", "x.jpg.png", "a.png", "A.png")):
+        _noise(root / name, i)
+    write_manifest(tmp_path / "m.csv", _rows([("x.jpg", "train"), ("x.jpg.png", "test"), ("a.png", "train"),
+                                              ("A.png", "test"), ("a.png", "val")]))
+    assert colliding_rows(["x.jpg", "x.jpg.png", "a.png", "A.png", "a.png"]) == {1: 0, 4: 2}
+    report = crop(tmp_path / "m.csv", root, tmp_path / "out", settings=CropParams(detector="none", size=32),
+                  progress=False)
+    assert report["output_images"] == 3
+    assert [(r["path"], "would overwrite the crop of the row" in r["error"]) for r in report["refused"]] == [
+        ("x.jpg.png", True), ("a.png", True)]
+
+
+def test_manifest_paths_outside_the_root_are_refused_by_crop_itself(tmp_path):
+    """Without validate first, an absolute path overwrote its source and '..' wrote outside --out."""
+    root, outside, out = tmp_path / "root", tmp_path / "outside", tmp_path / "work" / "out"
+    root.mkdir()
+    outside.mkdir()
+    _noise(root / "ok.png", 0)
+    _noise(outside / "victim.png", 1)
+    (root / "link.png").symlink_to(outside / "victim.png")
+    (root / "linkdir").symlink_to(outside)
+    before = _snapshot(tmp_path)
+    bad = [str(outside / "victim.png"), "../outside/victim.png", "../../outside/victim.png", "link.png",
+           "linkdir/victim.png", ""]
+    write_manifest(tmp_path / "m.csv", _rows([("ok.png", "train")] + [(b, "train") for b in bad]))
+    report = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
+    assert report["output_images"] == 1
+    assert sorted(r["path"] for r in report["refused"]) == sorted(bad)
+    assert all("manifest path" in r["error"] for r in report["refused"])
+    after = _snapshot(tmp_path)
+    written = {p for p in after if p not in before or after[p] != before[p]}
+    assert written and all(out in p.parents or p == tmp_path / "m.csv" for p in written), written
+
+
+def test_crops_never_land_outside_out_through_a_link(tmp_path):
+    root, outside, out = tmp_path / "root", tmp_path / "outside", tmp_path / "out"
+    (root / "sub").mkdir(parents=True)
+    (out / "images").mkdir(parents=True)
+    outside.mkdir()
+    _noise(root / "sub" / "x.png", 0)
+    (out / "images" / "sub").symlink_to(outside)  # planted in the output folder
+    write_manifest(tmp_path / "m.csv", _rows([("sub/x.png", "train")]))
+    report = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
+    assert report["output_images"] == 0 and "crop output" in report["refused"][0]["error"]
+    assert list(outside.iterdir()) == []
+
+
+def test_special_files_are_listed_not_opened(tmp_path):
+    """A FIFO named .png hung crop; a directory named dir.png or a file whose open fails ended in a traceback."""
+    from tests.data.test_io import finishes
+
+    root = tmp_path / "root"
+    root.mkdir()
+    _noise(root / "ok.png", 0)
+    os.mkfifo(root / "fifo.png")
+    (root / "dir.png").mkdir()
+    (root / "loop.png").symlink_to(root / "loop.png")
+    (root / "zero.png").symlink_to("/dev/zero")
+    names = ["ok.png", "fifo.png", "dir.png", "loop.png", "zero.png", "missing.png"]
+    write_manifest(tmp_path / "m.csv", _rows([(n, "train") for n in names]))
+    report = finishes(lambda: crop(tmp_path / "m.csv", root, tmp_path / "out",
+                                   settings=CropParams(detector="none", size=32), progress=False), 60)
+    assert report["output_images"] == 1
+    errors = {r["path"]: r["error"] for r in report["unreadable"] + report["refused"]}
+    assert "a FIFO, not a regular file" in errors["fifo.png"]
+    assert "a directory, not a regular file" in errors["dir.png"]
+    assert "can't be resolved" in errors["loop.png"]  # a link loop: its open would raise
+    assert "outside" in errors["zero.png"]  # a link out of the root: refused before it is opened
+    assert "file not found" in errors["missing.png"]
+
+
+def test_unwritable_out_is_refused_before_any_work(photos, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    manifest = _manifest(tmp_path / "m.csv", ["grey.png"])
+    with pytest.raises(HSNetError, match="--out .*a-file/out: can't write there"):
+        crop(manifest, photos, tmp_path / "a-file" / "out", settings=CropParams(size=64), progress=False)
+    assert main(["crop", "--manifest", str(manifest), "--root", str(photos), "--out",
+                 str(tmp_path / "a-file" / "out"), "--detector", "none"]) == 2
+
+
+def test_stale_temporary_files_cleaned_and_modes_follow_the_umask(photos, tmp_path):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    old_tmp, fresh_tmp = out / "images" / ".grey.png.k1x9.tmp", out / ".manifest.csv.zz.tmp"
+    for p in (old_tmp, fresh_tmp):
+        p.write_bytes(b"partial")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    manifest = _manifest(tmp_path / "m.csv", ["grey.png"])
+    old_umask = os.umask(0o022)
+    try:
+        crop(manifest, photos, out, settings=CropParams(detector="none", size=32), progress=False)
+    finally:
+        os.umask(old_umask)
+    assert not old_tmp.exists() and fresh_tmp.exists()  # a write in progress elsewhere is left alone
+    for name in ("manifest.csv", "crop_report.json", "crop_state.json", "images/grey.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_broken_crop_state_is_ignored(photos, tmp_path):
+    manifest = _manifest(tmp_path / "m.csv", ["grey.png"])
+    settings = CropParams(detector="none", size=32)
+    crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)
+    state = tmp_path / "out" / "crop_state.json"
+    forged = json.loads(state.read_text())
+    forged["entries"]["grey.png"]["row"]["path"] = "../../elsewhere.png"  # reuse must not trust it
+    state.write_text(json.dumps(forged))
+    again = crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)
+    assert again["processed"] == 1 and read_manifest(tmp_path / "out" / "manifest.csv")[0]["path"] == "images/grey.png"
+    state.write_text("{not json")
+    assert crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)["processed"] == 1

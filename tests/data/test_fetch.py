@@ -4,6 +4,8 @@ tested with a real DVC repository in tests/pipeline/test_dvc.py."""
 
 from __future__ import annotations
 
+import os
+
 import boto3
 import pytest
 
@@ -63,3 +65,62 @@ def test_fetch_from_an_unreachable_s3_endpoint_says_which(tmp_path, monkeypatch)
     with pytest.raises(S3Error, match=f"s3://hsnet-data/raw/kdef: EndpointConnectionError.*endpoint {endpoint}"):
         fetch("s3://hsnet-data/raw/kdef", out, progress=False)
     assert not out.exists()
+
+
+# --- hostile and odd inputs (issue 13) ---------------------------------------------------------
+
+def _client(s3_server):
+    return boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.mark.parametrize("bad", ["abs", "dotdot", "file_and_folder"])
+def test_s3_keys_that_leave_out_are_refused_and_nothing_is_written(s3_server, tmp_path, monkeypatch, bad):
+    """'raw//tmp/x/pwned.txt' (absolute once the prefix is cut) was written to /tmp/x/pwned.txt."""
+    for key, value in s3_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    bucket = f"hostile-{bad.replace('_', '-')}"
+    make_bucket(s3_server, bucket)
+    s3 = _client(s3_server)
+    target = tmp_path / "elsewhere" / "pwned.txt"
+    keys = {"abs": "raw/" + str(target), "dotdot": "raw/a/../../elsewhere/pwned.txt",
+            "file_and_folder": "raw/aia"}[bad]
+    for key in ("raw/aia/aia_joy_1.png", "raw/bonnie/b.png", keys):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"data")
+    assert keys in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]  # the store kept it
+    out = tmp_path / "out"
+    with pytest.raises(S3Error, match=f"refusing to download, nothing was written: .*{keys}") as err:
+        fetch(f"s3://{bucket}/raw", out, progress=False)
+    assert {"abs": "is absolute", "dotdot": "contains '..'", "file_and_folder": "is also the folder of"}[bad] \
+        in str(err.value)
+    assert not out.exists() and not target.exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_local_folder_with_special_files_is_refused(tmp_path):
+    from tests.data.test_io import finishes
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.png").write_bytes(b"ok")
+    os.mkfifo(src / "fifo.png")  # copying it hung the copy
+    out = tmp_path / "out"
+    with pytest.raises(HSNetError, match="src/fifo.png: a FIFO, not a regular file"):
+        finishes(lambda: fetch(str(src), out, progress=False), 30)
+    assert not out.exists()
+    (src / "fifo.png").unlink()
+    (src / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(HSNetError, match="zero.png.*a device, not a regular file"):
+        finishes(lambda: fetch(str(src), out, progress=False), 30)
+
+
+def test_dvc_path_must_stay_in_the_repository(tmp_path):
+    for bad in ("/etc", "../secrets", "data/../../x"):
+        with pytest.raises(HSNetError, match="--dvc-path"):
+            fetch(str(tmp_path), tmp_path / "out", dvc_path=bad, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HSNetError, match="--out .*file/raw: can't write there"):
+        fetch(str(tmp_path), tmp_path / "file" / "raw", progress=False)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
+from PIL import Image
 
 from hsnet.cli import main
 from hsnet.data.datasets import import_dataset
 from hsnet.data.manifest import read_manifest, write_manifest
 from hsnet.params import ValidateParams
 from hsnet.data.validate import ValidationFailed, validate
+from hsnet.errors import HSNetError
 
 
 @pytest.fixture
@@ -145,3 +148,79 @@ def test_cli_exit_code(good, tmp_path, capsys):
     _edit(manifest, lambda rows: rows[0].update(label=42))
     assert main(args) == 2
     assert "unknown labels" in capsys.readouterr().err
+
+
+# --- hostile and odd inputs (issue 13) ---------------------------------------------------------
+
+def test_rows_whose_crops_would_collide_fail(good, tmp_path):
+    """x.jpg and x.jpg.png (or one path twice) would get one crop: validate fails on them, with crop's
+    own naming (hsnet.data.crop.output_name)."""
+    manifest, root = good
+    rows = read_manifest(manifest)
+    victim = next(r for r in rows if r["split"] == "test")
+    first, twin = victim["path"] + ".jpg", victim["path"] + ".jpg.png"  # both -> images/....jpg.png
+    for i, name in enumerate((first, twin)):
+        img = Image.open(root / victim["path"]).convert("RGB")
+        img.putpixel((0, 0), (i, 1, 2))  # other files, so no leakage failure
+        img.save(root / name, format="PNG")
+        rows.append({**victim, "path": name})
+    write_manifest(manifest, rows)
+    message = _fails(manifest, root, tmp_path, "rows whose crops would get the same file name", twin)
+    assert f"would overwrite the crop of '{first}'" in message
+
+
+def test_kdef_case_variants_and_extensions_pass(good, tmp_path):
+    """x.png in test and x.jpg in train (or .JPG and .jpg) are different crops now: no collision."""
+    manifest, root = good
+    rows = read_manifest(manifest)
+    extra = []
+    for i, suffix in enumerate((".jpg", ".JPG")):
+        r = next(r for r in rows if r["split"] == "train" and r["label_name"] == "joy")
+        stem = r["path"].rsplit(".", 1)[0]
+        img = Image.open(root / r["path"]).convert("RGB")
+        img.putpixel((0, 0), (i, 0, 0))
+        img.save(root / (stem + suffix), format="JPEG")
+        extra.append({**r, "path": stem + suffix})
+    write_manifest(manifest, rows + extra)
+    assert validate(manifest, root, "ferg", tmp_path / "report", progress=False)["success"]
+
+
+def test_links_out_of_the_root_fail(good, tmp_path):
+    manifest, root = good
+    outside = tmp_path / "outside.png"
+    rows = read_manifest(manifest)
+    shutil.copyfile(root / rows[0]["path"], outside)
+    (root / rows[0]["path"]).unlink()
+    (root / rows[0]["path"]).symlink_to(outside)
+    (root / rows[1]["path"]).unlink()
+    (root / rows[1]["path"]).symlink_to("/dev/zero")  # read whole, it drove validate out of memory
+    message = _fails(manifest, root, tmp_path, "paths escaping the root", rows[0]["path"])
+    assert rows[1]["path"] in message and "symbolic link" in message
+
+
+def test_special_files_are_named_failures(good, tmp_path):
+    """A FIFO hung validate; a directory named .png ended in a traceback."""
+    from tests.data.test_io import finishes
+
+    manifest, root = good
+    rows = read_manifest(manifest)
+    for row in rows[:2]:
+        (root / row["path"]).unlink()
+    os.mkfifo(root / rows[0]["path"])
+    (root / rows[1]["path"]).mkdir()
+    with pytest.raises(ValidationFailed) as err:
+        finishes(lambda: validate(manifest, root, "ferg", tmp_path / "report", progress=False), 120)
+    message = str(err.value)
+    assert "files that do not decode as images" in message
+    assert f"{rows[0]['path']} ({root / rows[0]['path']}: a FIFO, not a regular file" in message
+    assert f"{rows[1]['path']} ({root / rows[1]['path']}: a directory, not a regular file" in message
+
+
+def test_manifest_that_is_not_utf8_exits_2_naming_it(good, tmp_path, capsys):
+    manifest, root = good
+    manifest.write_bytes(manifest.read_bytes() + "caf\xe9.png,0,anger,train,aia\n".encode("latin-1"))
+    with pytest.raises(HSNetError, match="is not UTF-8 text"):
+        validate(manifest, root, "ferg", tmp_path / "report", progress=False)
+    assert main(["validate", "--manifest", str(manifest), "--root", str(root), "--dataset", "ferg",
+                 "--report", str(tmp_path / "rep")]) == 2
+    assert f"{manifest} is not UTF-8 text (line 128" in capsys.readouterr().err

@@ -50,9 +50,9 @@ def test_faces_boxes_and_expressions(photos, trained_ckpt, tmp_path):
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert face["confidence"] == max(face["probabilities"].values())
     assert by_name["no_face.png"]["faces"] == []
-    img = Image.open(tmp_path / "annotated" / "astronaut.annotated.jpg")
+    img = Image.open(tmp_path / "annotated" / "astronaut.jpg.annotated.jpg")
     assert img.size == (512, 512)
-    assert (tmp_path / "annotated" / "no_face.annotated.jpg").is_file()
+    assert (tmp_path / "annotated" / "no_face.png.annotated.jpg").is_file()
 
 
 def test_same_crop_same_probabilities_as_the_classifier(photos, trained_ckpt):
@@ -116,3 +116,97 @@ def test_annotate_draws_the_box():
     img = Image.new("RGB", (200, 200), (0, 0, 0))
     out = np.asarray(annotate(img, [{"box": [50, 60, 150, 170], "expression": "joy", "confidence": 0.9}]))
     assert out[100, 50].tolist() == [255, 40, 40] and out[100, 100].tolist() == [0, 0, 0]
+
+
+# --- hostile and odd inputs (issue 13) ---------------------------------------------------------
+
+def test_tiny_photos_are_records_not_the_end_of_the_run(photos, trained_ckpt, tmp_path):
+    """A 39x39 or 1x1 photo made MTCNN raise in torch.cat: exit 1 and no output file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "astronaut.jpg").write_bytes((photos / "astronaut.jpg").read_bytes())
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(folder / "one.png")
+    Image.new("RGB", (39, 39), (9, 9, 9)).save(folder / "tiny.png")
+    Image.new("RGB", (39, 39), (99, 9, 9)).save(folder / "tiny2.png")  # same size: one MTCNN batch on a GPU
+    out = tmp_path / "r.jsonl"
+    assert main(["predict", str(folder), "--model", str(trained_ckpt), "--out", str(out), "--device", "cpu"]) == 0
+    lines = {json.loads(x)["path"].rsplit("/", 1)[-1]: json.loads(x) for x in out.read_text().splitlines()}
+    assert len(lines["astronaut.jpg"]["faces"]) == 1
+    for name, size in (("one.png", [1, 1]), ("tiny.png", [39, 39]), ("tiny2.png", [39, 39])):
+        assert lines[name]["faces"] == [] and lines[name]["size"] == size and "error" not in lines[name]
+
+
+def test_annotate_keeps_same_named_photos_apart(photos, trained_ckpt, tmp_path):
+    """x.jpg in two folders (or x.png beside x.jpg) all became x.annotated.jpg: the last one won."""
+    src = tmp_path / "in"
+    for sub in ("a", "b"):
+        (src / sub).mkdir(parents=True)
+    Image.open(photos / "astronaut.jpg").save(src / "a" / "x.jpg", quality=95)
+    Image.open(photos / "no_face.png").convert("RGB").save(src / "b" / "x.jpg", quality=95)
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(src / "a" / "x.png")
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (80, 60), (0, 255, 0)).save(other / "x.png")
+    ann = tmp_path / "annotated"
+    s = predict([src, other / "x.png", src / "a" / "x.png"], str(trained_ckpt), annotate_dir=ann, device="cpu",
+                progress=False)
+    assert s["photos"] == 5
+    made = sorted(p.relative_to(ann).as_posix() for p in ann.rglob("*") if p.is_file())
+    sizes = {name: Image.open(ann / name).size for name in made}
+    assert sizes["a/x.jpg.annotated.jpg"] == (512, 512) and sizes["b/x.jpg.annotated.jpg"] == (320, 240)
+    assert sizes["a/x.png.annotated.jpg"] == (64, 48)  # found in the folder first, then given again
+    hashed = [n for n in made if n.startswith("x.png.")]  # other/x.png vs a/x.png, both given as 'x.png'
+    assert [sizes[n] for n in hashed] == [(80, 60)] and len(made) == 4
+
+
+def test_unwritable_outputs_are_refused_before_any_work(photos, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    # the model doesn't exist either: the output is checked first, before the model is loaded
+    with pytest.raises(HSNetError, match="--out .*a-file: can't write there"):
+        predict([photos], str(tmp_path / "missing.pt"), out=tmp_path / "a-file" / "r.jsonl", progress=False)
+    with pytest.raises(HSNetError, match="--annotate .*a-file/ann: can't write there"):
+        predict([photos], str(tmp_path / "missing.pt"), annotate_dir=tmp_path / "a-file" / "ann", progress=False)
+    with pytest.raises(HSNetError, match="--out .* is a folder"):
+        predict([photos], str(tmp_path / "missing.pt"), out=tmp_path, progress=False)
+    assert main(["predict", str(photos), "--model", "missing.pt", "--out", str(tmp_path / "a-file" / "r")]) == 2
+    assert "can't write there" in capsys.readouterr().err
+
+
+def test_stale_temporary_output_is_cleaned_and_modes_follow_the_umask(photos, trained_ckpt, tmp_path):
+    import os
+    import time
+
+    out = tmp_path / "r.jsonl"
+    stale, fresh, foreign = tmp_path / ".r.jsonl.abc.tmp", tmp_path / ".r.jsonl.def.tmp", tmp_path / ".notes.x.tmp"
+    for p in (stale, fresh, foreign):
+        p.write_text("partial")
+    for p in (stale, foreign):
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    old = os.umask(0o022)
+    try:
+        predict([photos / "no_face.png"], str(trained_ckpt), out=out, annotate_dir=tmp_path / "ann", device="cpu",
+                progress=False)
+    finally:
+        os.umask(old)
+    assert not stale.exists() and fresh.exists() and foreign.exists()  # only old copies of our own output
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "ann" / "no_face.png.annotated.jpg").stat().st_mode & 0o777 == 0o644
+
+
+def test_model_cache_keeps_names_that_sanitise_alike_apart(local_mlflow, tmp_path):
+    """'hsnet sample' and 'hsnet_sample' shared one cache folder: one model was served as the other."""
+    import mlflow
+
+    from hsnet import tracking
+
+    tracking.connect()
+    for name, body in (("hsnet sample", "one"), ("hsnet_sample", "two")):
+        d = tmp_path / body
+        d.mkdir()
+        (d / "MLmodel").write_text(f"# {body}\n")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(d), "model")
+        mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+    a, b = tracking.fetch_model("models:/hsnet sample/1"), tracking.fetch_model("models:/hsnet_sample/1")
+    assert a != b and a.parent == b.parent
+    assert (a / "MLmodel").read_text() == "# one\n" and (b / "MLmodel").read_text() == "# two\n"

@@ -1,0 +1,202 @@
+"""hsnet.io and the manifest reader at the edges: names from outside that leave their folder,
+files that aren't regular files, manifests that aren't UTF-8 CSV, the files atomic writes leave."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hsnet.data.manifest import ManifestError, manifest_columns, read_manifest, write_manifest
+from hsnet.errors import HSNetError
+from hsnet.io import (FileReadError, ImageReadError, UnsafePath, atomic_path, check_writable, clean_stale_tmp,
+                      open_regular, open_rgb, safe_join, sha256_file, write_json)
+
+
+def finishes(fn, seconds: float = 10.0):
+    """fn()'s result or exception, or a failure if it blocks (a FIFO opened for reading blocks
+    until a writer comes): run in a daemon thread that is abandoned if it hangs."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../x.png", "a/../../x.png", "a/b/../../../x", "..\\x.png",
+                                  "C:x.png", "c:\\x.png", "\\\\server\\share\\x.png", "~/x.png", "", "a\0b.png",
+                                  ".", "a/.."])
+def test_safe_join_refuses_names_that_leave_the_root(tmp_path, name):
+    with pytest.raises(UnsafePath) as err:
+        safe_join(tmp_path, name, what="manifest path")
+    assert "manifest path" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["x.png", "a/b/x.png", "x.png\n", "a\\b.png", "..x.png", "x..png", "./a/x.png",
+                                  "ÄÖ/日本.png", "ab:c.png"])
+def test_safe_join_keeps_names_inside(tmp_path, name):
+    assert safe_join(tmp_path, name) == tmp_path / name
+
+
+def test_safe_join_follows_links_that_exist(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "inner").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    (root / "out").symlink_to(outside)
+    (root / "file.png").symlink_to(outside / "secret.png")
+    (root / "zero.png").symlink_to("/dev/zero")
+    (root / "ok").symlink_to(root / "inner")
+    (root / "loop").symlink_to(root / "loop")
+    for name in ("out/secret.png", "file.png", "zero.png", "out/new/deeper.png"):
+        with pytest.raises(UnsafePath, match="outside .* symbolic link"):
+            safe_join(root, name)
+    assert safe_join(root, "ok/x.png") == root / "ok" / "x.png"
+    assert safe_join(outside, "x.png", links=False) == outside / "x.png"
+    with pytest.raises(UnsafePath):
+        safe_join(root, "loop/x.png")
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")  # its open raises (ELOOP), as root too
+    for name, what in (("fifo.png", "a FIFO"), ("dir.png", "a directory"), ("zero.png", "a device"),
+                       ("loop.png", "can't open it"), ("missing.png", "file not found")):
+        for reader, error in ((open_regular, FileReadError), (sha256_file, FileReadError), (open_rgb, ImageReadError)):
+            with pytest.raises(error) as err:
+                finishes(lambda: reader(tmp_path / name))
+            assert str(tmp_path / name) in str(err.value) and what in str(err.value)
+    (tmp_path / "ok.bin").write_bytes(b"abc")
+    with open_regular(tmp_path / "ok.bin") as f:
+        assert f.read() == b"abc"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_named(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "x.png").chmod(0)
+    with pytest.raises(ImageReadError, match="x.png: can't open it .*ermission"):
+        open_rgb(tmp_path / "x.png")
+
+
+def test_atomic_writes_respect_the_umask_and_an_existing_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+        os.umask(0o027)
+        write_json(tmp_path / "b.json", {"b": 1})
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+        (tmp_path / "a.json").chmod(0o600)  # a private file stays private when rewritten
+        write_json(tmp_path / "a.json", {"a": 2})
+        assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_stale_temporary_files_are_cleaned_fresh_ones_kept(tmp_path):
+    (tmp_path / "sub").mkdir()
+    old_tmp, fresh_tmp = tmp_path / ".last.pt.abc123.tmp", tmp_path / ".last.pt.def456.tmp"
+    deep = tmp_path / "sub" / ".x.png.zz.tmp"
+    other = tmp_path / "notes.tmp"  # not an atomic write's: never touched
+    for p in (old_tmp, fresh_tmp, deep, other):
+        p.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for p in (old_tmp, deep, other):
+        os.utime(p, (two_hours_ago, two_hours_ago))
+    assert clean_stale_tmp(tmp_path, "last.pt") == [old_tmp]
+    assert fresh_tmp.exists() and deep.exists() and other.exists()
+    assert clean_stale_tmp(tmp_path, recursive=True) == [deep]
+    assert fresh_tmp.exists() and other.exists()
+    with atomic_path(tmp_path / "y.txt") as tmp:  # what a killed write leaves has this name
+        assert tmp.name.startswith(".y.txt.") and tmp.name.endswith(".tmp") and tmp.parent == tmp_path
+        tmp.write_text("y")
+
+
+def test_check_writable_names_the_option(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HSNetError, match=r"--out .*file/sub: can't write there"):
+        check_writable(tmp_path / "file" / "sub", "--out")
+    assert check_writable(tmp_path / "new" / "deep", "--out").is_dir()
+    assert list((tmp_path / "new" / "deep").iterdir()) == []  # the probe leaves nothing behind
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def test_manifest_that_is_not_utf8_is_named(tmp_path):
+    m = _write(tmp_path / "m.csv", "path,label,label_name,split,subject\nä.png,0,joy,train,\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"m.csv is not UTF-8 text \(line 2: .*save it as UTF-8"):
+        read_manifest(m)
+    bom = _write(tmp_path / "bom.csv", "\ufeffpath,label,label_name,split,subject\nä.png,0,joy,train,\n".encode())
+    assert read_manifest(bom)[0]["path"] == "ä.png" and manifest_columns(bom)[0] == "path"
+
+
+def test_manifest_special_files_and_bad_rows(tmp_path):
+    os.mkfifo(tmp_path / "fifo.csv")
+    with pytest.raises(ManifestError, match="fifo.csv: a FIFO, not a regular file"):
+        finishes(lambda: read_manifest(tmp_path / "fifo.csv"))
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(ManifestError, match="dir.csv: a directory"):
+        read_manifest(tmp_path / "dir.csv")
+    with pytest.raises(ManifestError, match="does not exist"):
+        read_manifest(tmp_path / "missing.csv")
+    head = "path,label,label_name,split,subject\n"
+    long_row = _write(tmp_path / "long.csv", (head + "a.png,0,joy,train,,extra\n").encode())
+    with pytest.raises(ManifestError, match="long.csv line 2: 6 fields, the header has 5"):
+        read_manifest(long_row)
+    short = _write(tmp_path / "short.csv", (head + "a.png,0\n").encode())
+    assert read_manifest(short)[0] == {"path": "a.png", "label": 0, "label_name": "", "split": "", "subject": ""}
+    bad_label = _write(tmp_path / "bad.csv", (head + "a.png,1e3,joy,train,\n").encode())
+    with pytest.raises(ManifestError, match="row 1: label '1e3' is not an integer"):
+        read_manifest(bad_label)
+    nul = _write(tmp_path / "nul.csv", (head + "a\0.png,0,joy,train,\n").encode())
+    rows = read_manifest(nul)  # read: the path is refused where it is used (safe_join)
+    with pytest.raises(UnsafePath, match="NUL"):
+        safe_join(tmp_path, rows[0]["path"])
+
+
+def test_newline_in_a_path_survives_the_manifest(tmp_path):
+    rows = [{"path": "x.png\n", "label": 0, "label_name": "joy", "split": "train", "subject": ""}]
+    write_manifest(tmp_path / "m.csv", rows)
+    assert read_manifest(tmp_path / "m.csv") == rows
+
+
+def test_tensor_loading_refuses_paths_outside_the_root(tmp_path):
+    from hsnet.tensors import load_split
+
+    root, outside = tmp_path / "crops", tmp_path / "outside"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "secret.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "ok.png")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    for bad, why in ((str(outside / "secret.png"), "is absolute"), ("../outside/secret.png", "contains '..'"),
+                     ("images/link.png", "symbolic link")):
+        rows = [{"path": "images/ok.png", "label": 0}, {"path": bad, "label": 1}]
+        with pytest.raises(UnsafePath, match=why):
+            load_split(rows, root, 8, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(HSNetError, match="missing.png: No such file.*re-run 'hsnet crop'"):
+        load_split([{"path": "images/missing.png", "label": 0}], root, 8, cache_dir=tmp_path / "cache",
+                   progress=False)
+    split = load_split([{"path": "images/ok.png", "label": 0}], root, 8, cache_dir=tmp_path / "cache",
+                       progress=False)
+    assert split.images.shape == (1, 3, 8, 8)
