@@ -73,7 +73,8 @@ def _crop(args: argparse.Namespace) -> None:
                   batch_size=args.batch_size)
     print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
-          f"{len(report['multi_face'])} with several, {len(report['unreadable'])} unreadable; "
+          f"{len(report['multi_face'])} with several, {len(report['unreadable'])} unreadable, "
+          f"{len(report['refused'])} refused; "
           f"see {args.out}/crop_report.json)")
 
 
