@@ -19,7 +19,7 @@ A photo's record is ``hsnet predict``'s (:func:`hsnet.predict.classify_faces`): 
 and the other photos are answered. With ``crops`` (today's pyfunc contract) each image is a
 face crop, classified as it is: ``expression``, ``confidence``, ``probabilities``, ``size``.
 The faces of all photos of a request are classified in one batch; requests run in parallel on
-``threads`` worker threads, one intra-op thread each.
+``threads`` worker threads, which share the cores (a lone request gets all of them).
 
 Limits (:class:`hsnet.pyfunc.Limits`): the body size (checked before it is read), the number
 of images and the pixels of all images together (from their headers, before decoding) refuse
@@ -123,8 +123,9 @@ class HSNetModel(kserve.Model):
         self.threads = int(threads or os.cpu_count() or 1)
         self.state: Loaded | None = None
         self._reload_lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hsnet-infer",
-                                       initializer=_one_intra_op_thread)
+        self._busy_lock = threading.Lock()
+        self.busy = 0  # requests being computed now
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hsnet-infer")
 
     # --- loading ----------------------------------------------------------------------------
     def _load(self) -> Loaded:
@@ -229,7 +230,7 @@ class HSNetModel(kserve.Model):
         else:
             raise InvalidInput(f"unexpected request of type {type(payload).__name__}")
         loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self.pool, lambda: self._infer(loaded, values, crops=crops))
+        records = await loop.run_in_executor(self.pool, self._compute, loaded, values, crops)
         if isinstance(payload, InferRequest):
             out = InferOutput(name=OUTPUT, shape=[len(records)], datatype="BYTES",
                               data=[json.dumps(r) for r in records])
@@ -238,6 +239,22 @@ class HSNetModel(kserve.Model):
                                  parameters={"model_uri": loaded.model_uri, "crops": crops})
         return {"predictions": records, "model_name": self.name, "model_version": loaded.model_version,
                 "model_uri": loaded.model_uri}
+
+    def _compute(self, loaded: Loaded, values: list, crops: bool) -> list[dict]:
+        """One request on a worker thread, with the cores shared among the requests in flight
+        (PyTorch's intra-op threads are set per calling thread): a lone request gets all of
+        them, ``threads`` concurrent ones one each."""
+        import torch
+
+        with self._busy_lock:
+            self.busy += 1
+            share = max(1, (os.cpu_count() or 1) // self.busy)
+        try:
+            torch.set_num_threads(share)
+            return self._infer(loaded, values, crops=crops)
+        finally:
+            with self._busy_lock:
+                self.busy -= 1
 
     @staticmethod
     def _v1_inputs(payload: dict) -> tuple[list, bool]:
@@ -257,12 +274,6 @@ class HSNetModel(kserve.Model):
         params = {**(request.inputs[0].parameters or {}), **(request.parameters or {})}
         data = request.inputs[0].data
         return list(data if data is not None else []), _flag(params.get("crops", False))
-
-
-def _one_intra_op_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 class BodyLimit:
