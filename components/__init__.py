@@ -8,6 +8,8 @@ calls ``hsnet.cli.run([...])`` with the same verb and flags as the DVC stage in
 ClassificationMetrics, HTML, Markdown).
 """
 
+import os
+
 from hsnet import __version__
 
 # The release tags the committed YAML names (``python -m pipelines.compile --image REF`` compiles
@@ -28,13 +30,16 @@ def slim_image(image: str) -> str:
 
 SLIM_IMAGE = slim_image(IMAGE)
 
-from .crop import crop_faces  # noqa: E402
-from .evaluate import evaluate_model  # noqa: E402
-from .fetch import fetch_raw  # noqa: E402
-from .import_data import import_data  # noqa: E402
-from .register import register_model  # noqa: E402
-from .train import train_model  # noqa: E402
-from .validate import validate_data  # noqa: E402
+# Inside a running step (KFP sets _KFP_RUNTIME=true) kfp.dsl has no ``component`` decorator: a
+# step that imports components.convert must not define the components again.
+if os.environ.get("_KFP_RUNTIME", "false") != "true":
+    from .crop import crop_faces  # noqa: E402
+    from .evaluate import evaluate_model  # noqa: E402
+    from .fetch import fetch_raw  # noqa: E402
+    from .import_data import import_data  # noqa: E402
+    from .register import register_model  # noqa: E402
+    from .train import train_model  # noqa: E402
+    from .validate import validate_data  # noqa: E402
 
 __all__ = ["IMAGE", "fetch_raw", "import_data", "validate_data", "crop_faces", "train_model", "evaluate_model",
            "register_model"]
