@@ -241,14 +241,15 @@ class HSNetModel(kserve.Model):
                 "model_uri": loaded.model_uri}
 
     def _compute(self, loaded: Loaded, values: list, crops: bool) -> list[dict]:
-        """One request on a worker thread, with the cores shared among the requests in flight
-        (PyTorch's intra-op threads are set per calling thread): a lone request gets all of
-        them, ``threads`` concurrent ones one each."""
+        """One request on a worker thread, the ``threads`` cores shared among the requests in
+        flight (PyTorch's intra-op threads are set per calling thread): a lone request gets all
+        of them, ``threads`` concurrent ones one each. In a container give ``--threads`` its CPU
+        limit: the host's core count is not what it may use."""
         import torch
 
         with self._busy_lock:
             self.busy += 1
-            share = max(1, (os.cpu_count() or 1) // self.busy)
+            share = max(1, self.threads // self.busy)
         try:
             torch.set_num_threads(share)
             return self._infer(loaded, values, crops=crops)
