@@ -142,10 +142,11 @@ def build_table(rows: list[dict], root: Path, classes: tuple[str, ...], min_size
     df = pd.DataFrame(rows)
     for col in ("path", "label_name", "split"):
         df[col] = df[col].replace("", None)
+    paths = [p if isinstance(p, str) else "" for p in df["path"]]  # empty cells are None/NaN here
     files, refusals = [], []
-    for p in df["path"]:
+    for p in paths:
         try:
-            files.append(safe_join(root, p or "", what="path"))
+            files.append(safe_join(root, p, what="path"))
             refusals.append("")
         except UnsafePath as exc:
             files.append(None)
@@ -155,12 +156,11 @@ def build_table(rows: list[dict], root: Path, classes: tuple[str, ...], min_size
     infos = [next(infos) if f is not None else ImageInfo(False, False, 0, 0, "", why)
              for f, why in zip(files, refusals)]
     df["path_inside_root"] = [f is not None for f in files]
-    clashes = colliding_rows([p or "" for p in df["path"]])
+    clashes = colliding_rows(paths)
     df["crop_name_unique"] = [i not in clashes for i in range(len(df))]
     for i, j in clashes.items():
         infos[i] = ImageInfo(infos[i].exists, infos[i].decodes, infos[i].width, infos[i].height, infos[i].sha256,
-                             f"its crop {output_name(df['path'].iloc[i] or '')!r} would overwrite the crop of "
-                             f"{df['path'].iloc[j]!r}")
+                             f"its crop {output_name(paths[i])!r} would overwrite the crop of {paths[j]!r}")
     df["file_exists"] = [i.exists for i in infos]
     df["decodes"] = [i.decodes for i in infos]
     df["min_side"] = [min(i.width, i.height) for i in infos]
