@@ -244,6 +244,40 @@ def _explain(result: dict, df) -> dict:
             "examples": examples}
 
 
+def _run_suites(dataset: str, spec, min_size: int, df, counts, docs_dir: Path) -> tuple[dict, list[dict]]:
+    """Run the GX suites on the manifest's table and the split counts; (results, problems)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    ctx.add_data_docs_site(site_name="hsnet", site_config={
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
+    source = ctx.data_sources.add_pandas(f"{dataset}")
+    row_suite, size_suite = _suites(gx, gxe, spec.classes, min_size, spec.paper_split_sizes)
+    results, problems = {}, []
+    for name, suite, frame in (("manifest", row_suite, df), ("split_sizes", size_suite, counts)):
+        if not len(suite.expectations):
+            continue
+        batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(suite)
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+            name=f"{name}_checkpoint", validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["hsnet"])],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": []}))
+        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        for vr in run.run_results.values():
+            vr = vr.to_json_dict()
+            results[name] = vr
+            problems += [_explain(r, frame if name == "manifest" else None)
+                         for r in vr["results"] if not r["success"]]
+    return results, problems
+
+
 def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
              report: str | os.PathLike, settings: ValidateParams = ValidateParams(), *,
              workers: int | None = None, use_cache: bool = True, progress: bool = True) -> dict:
@@ -253,10 +287,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     min_size = settings.min_size
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
     import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     spec = get_spec(dataset)
     root, report = Path(root), Path(report)
@@ -286,31 +317,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
                                for k, v in spec.paper_split_sizes.items()])
 
     docs_dir = report / "data_docs"
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    ctx.add_data_docs_site(site_name="hsnet", site_config={
-        "class_name": "SiteBuilder",
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())}})
-    source = ctx.data_sources.add_pandas(f"{dataset}")
-    row_suite, size_suite = _suites(gx, gxe, spec.classes, min_size, spec.paper_split_sizes)
-    results, problems = {}, []
-    for name, suite, frame in (("manifest", row_suite, df), ("split_sizes", size_suite, counts)):
-        if not len(suite.expectations):
-            continue
-        batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-        suite = ctx.suites.add(suite)
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-            name=f"{name}_checkpoint", validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["hsnet"])],
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": []}))
-        run = checkpoint.run(batch_parameters={"dataframe": frame})
-        for vr in run.run_results.values():
-            vr = vr.to_json_dict()
-            results[name] = vr
-            problems += [_explain(r, frame if name == "manifest" else None)
-                         for r in vr["results"] if not r["success"]]
+    results, problems = _run_suites(dataset, spec, min_size, df, counts, docs_dir)
 
     critical = [p for p in problems if p["severity"] == "critical"]
     warnings = [p for p in problems if p["severity"] != "critical"]

@@ -124,3 +124,20 @@ def test_unwritable_out_is_named(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(HSNetError, match="--out .*file/raw: can't write there"):
         fetch(str(tmp_path), tmp_path / "file" / "raw", progress=False)
+
+
+def test_what_dvc_get_delivers_is_checked_for_links_out_and_special_files(tmp_path):
+    """dvc get writes where dvc decides: afterwards every entry must be a regular file or folder inside
+    --out (a link out would be followed by the next step)."""
+    from hsnet.data.fetch import _check_tree
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "ok.png").write_bytes(b"x")
+    (out / "inner.png").symlink_to(out / "sub" / "ok.png")  # inside: fine
+    _check_tree(out, "dvc get repo data/raw")
+    (out / "passwd.png").symlink_to("/etc/passwd")
+    os.mkfifo(out / "sub" / "fifo.png")
+    with pytest.raises(HSNetError, match=r"dvc get repo data/raw: refusing what arrived \(.*passwd.png is a link to "
+                                         r"/etc/passwd, outside .*fifo.png is not a regular file"):
+        _check_tree(out, "dvc get repo data/raw")
