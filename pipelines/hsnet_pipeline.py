@@ -92,12 +92,14 @@ def step(task: dsl.PipelineTask, name: str, *, gpu: bool = False) -> dsl.Pipelin
     return task
 
 
-def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, runs=None) -> dsl.PipelineTask:
-    """source-version -> fetch -> import -> validate -> crop (only after validation passed); returns
-    the crops (an output of the crop task, or of whichever crop branch ran). ``crop_device``: a
-    pipeline parameter (a GPU crop branch for ``cuda``, a CPU one otherwise) or a fixed string.
-    ``runs`` (the ablation's): checked by source-version, which fails when a KTL run has no
-    stem_weights URI (components.convert.check_stem_weights) before any data is fetched."""
+def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, runs=None, then=None):
+    """source-version -> fetch -> import -> validate -> crop (only after validation passed), then
+    ``then(crops)`` (the steps that use the crops). ``crop_device``: a fixed string (one crop task;
+    returns its crops) or a pipeline parameter: a GPU branch for ``cuda`` and a CPU branch
+    otherwise, each with its own crop task and ``then`` after it (returns None; no ``dsl.OneOf``
+    joining the branches, which kfp.local can't run). ``runs`` (the ablation's): checked by
+    source-version, which fails when a KTL run has no stem_weights URI
+    (components.convert.check_stem_weights) before any data is fetched."""
     checks = {"runs": runs, "require_stem_uri": True} if runs is not None else {}
     version = step(_secrets(source_version(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev, params=params,
                                            dataset=dataset, **checks)), "source-version")
@@ -109,16 +111,21 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
                                    manifest=imported.outputs["manifest"]), "validate")
 
     def crop(device, gpu):
-        return step(crop_faces(dataset=dataset, params=params, device=device, raw=fetch.outputs["raw"],
-                               manifest=imported.outputs["manifest"]), "crop", gpu=gpu).after(validated)
+        crops = step(crop_faces(dataset=dataset, params=params, device=device, raw=fetch.outputs["raw"],
+                                manifest=imported.outputs["manifest"]), "crop", gpu=gpu).after(validated)
+        if then is not None:
+            then(crops.outputs["crops"])
+        return crops.outputs["crops"]
 
     if isinstance(crop_device, str):
-        return crop(crop_device, crop_device == "cuda").outputs["crops"]
+        return crop(crop_device, crop_device == "cuda")
+    if then is None:
+        raise ValueError("a crop_device parameter needs then=: the steps after crop go in each branch")
     with dsl.If(crop_device == "cuda", name="crop-on-gpu"):
-        on_gpu = crop(crop_device, True)
+        crop(crop_device, True)
     with dsl.Else(name="crop-on-cpu"):
-        on_cpu = crop(crop_device, False)
-    return dsl.OneOf(on_gpu.outputs["crops"], on_cpu.outputs["crops"])
+        crop(crop_device, False)
+    return None
 
 
 def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None, seed=None,
@@ -154,10 +161,13 @@ def hsnet_pipeline(
     ``params``: the whole params.yaml (defaults to the repository's at compile time).
     ``crop_device``: cpu, or cuda (the crop step then gets a GPU).
     ``checkpoint_uri``: s3:// prefix for train's per-epoch checkpoints ("" to keep them in the pod)."""
-    crops = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device)
-    trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
-                                            checkpoint_uri=checkpoint_uri)
-    registered = step(_secrets(register_model(dataset=dataset, mlflow_tracking_uri=mlflow_tracking_uri,
-                                              model=trained.outputs["model"], report=evaluated.outputs["report"]),
-                               mlflow=True), "register")
-    registered.set_caching_options(False)  # registering is idempotent; let it report the version every run
+
+    def train_evaluate_register(crops):
+        trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
+                                                checkpoint_uri=checkpoint_uri)
+        registered = step(_secrets(register_model(dataset=dataset, mlflow_tracking_uri=mlflow_tracking_uri,
+                                                  model=trained.outputs["model"],
+                                                  report=evaluated.outputs["report"]), mlflow=True), "register")
+        registered.set_caching_options(False)  # registering is idempotent; let it report the version every run
+
+    prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, then=train_evaluate_register)

@@ -18,8 +18,9 @@ from pipelines.compile import compile_all
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "pipelines" / "hsnet_pipeline.yaml"
-STEPS = ["fetch-raw", "import-data", "validate-data", "crop-faces", "train-model", "evaluate-model",
-         "register-model"]
+CROPS = "condition-branches-1"  # crop -> train -> evaluate -> register, on a GPU or a CPU crop branch
+STEPS = ["source-version", "fetch-raw", "import-data", "validate-data", CROPS]
+SLIM_EXECUTORS = ("exec-source-version", "exec-fetch-raw", "exec-import-data", "exec-validate-data")
 
 
 @pytest.fixture(scope="module")
@@ -36,46 +37,127 @@ def test_committed_yaml_is_up_to_date(spec):
     assert committed == spec[1], "pipelines/hsnet_pipeline.yaml is stale: run python -m pipelines.compile"
 
 
+def _branches(pipeline) -> dict:
+    """The crop branches' tasks: {"crop-on-gpu": {display name: (task key, task)}, "crop-on-cpu": ...}."""
+    out = {}
+    for branch in pipeline["components"]["comp-condition-branches-1"]["dag"]["tasks"].values():
+        tasks = pipeline["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
+        out[branch["taskInfo"]["name"]] = {t["taskInfo"]["name"]: (key, t) for key, t in tasks.items()}
+    return out
+
+
+def _all_tasks(pipeline) -> list[tuple[str, dict]]:
+    """(key, task) of every step (a container), in the root DAG and in the crop branches."""
+    tasks = [(k, t) for k, t in pipeline["root"]["dag"]["tasks"].items() if k != CROPS]
+    return tasks + [v for branch in _branches(pipeline).values() for v in branch.values()]
+
+
+def _executor(pipeline, task: dict) -> str:
+    return pipeline["components"][task["componentRef"]["name"]]["executorLabel"]
+
+
+def _upstream(t: dict) -> set[str]:
+    deps = set(t.get("dependentTasks", []))
+    for inp in t.get("inputs", {}).get("artifacts", {}).values():
+        if "taskOutputArtifact" in inp:
+            deps.add(inp["taskOutputArtifact"]["producerTask"])
+    for inp in t.get("inputs", {}).get("parameters", {}).values():
+        if "taskOutputParameter" in inp:
+            deps.add(inp["taskOutputParameter"]["producerTask"])
+    return deps
+
+
 def test_steps_order_gpu_secrets_parameters(spec):
     pipeline, platform = spec[1]
     tasks = pipeline["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(STEPS)
+    assert _upstream(tasks["source-version"]) == set()
+    assert _upstream(tasks["fetch-raw"]) == {"source-version"}
+    assert _upstream(tasks["import-data"]) == {"fetch-raw"}
+    assert _upstream(tasks["validate-data"]) == {"fetch-raw", "import-data"}
+    assert "validate-data" in _upstream(tasks[CROPS])  # a failed validation stops the run before cropping
 
-    def upstream(name):
-        t = tasks[name]
-        deps = set(t.get("dependentTasks", []))
-        for inp in t.get("inputs", {}).get("artifacts", {}).values():
-            deps.add(inp["taskOutputArtifact"]["producerTask"])
-        return deps
-
-    assert upstream("import-data") == {"fetch-raw"}
-    assert upstream("validate-data") == {"fetch-raw", "import-data"}
-    assert "validate-data" in upstream("crop-faces")  # a failed validation stops the run before cropping
-    assert upstream("train-model") == {"crop-faces"}
-    assert upstream("evaluate-model") == {"crop-faces", "train-model"}
-    assert upstream("register-model") == {"train-model", "evaluate-model"}
+    # crop_device picks the branch: cuda -> crop on a GPU, anything else -> on the CPU; each
+    # branch trains, evaluates and registers what its crop made
+    conditions = {b["taskInfo"]["name"]: b["triggerPolicy"]["condition"]
+                  for b in pipeline["components"]["comp-condition-branches-1"]["dag"]["tasks"].values()}
+    assert conditions["crop-on-gpu"] == "inputs.parameter_values['pipelinechannel--crop_device'] == 'cuda'"
+    assert conditions["crop-on-cpu"].startswith("!(") and "== 'cuda'" in conditions["crop-on-cpu"]
+    branches = _branches(pipeline)
+    for branch in branches.values():
+        assert sorted(branch) == ["crop", "evaluate", "register", "train"]
+        key = {name: k for name, (k, _) in branch.items()}
+        assert _upstream(branch["train"][1]) == {key["crop"]}
+        assert _upstream(branch["evaluate"][1]) == {key["crop"], key["train"]}
+        assert _upstream(branch["register"][1]) == {key["train"], key["evaluate"]}
 
     executors = pipeline["deploymentSpec"]["executors"]
     assert {n: e["container"]["image"] for n, e in executors.items()} == {
-        n: SLIM_IMAGE if n in ("exec-fetch-raw", "exec-import-data", "exec-validate-data") else IMAGE for n in executors}
-    train = executors["exec-train-model"]["container"]["resources"]
-    assert train["accelerator"]["resourceType"] == "nvidia.com/gpu" and train["accelerator"]["resourceCount"] in ("1", 1)
-    assert all("accelerator" not in e["container"].get("resources", {})
-               for name, e in executors.items() if name != "exec-train-model")
+        n: SLIM_IMAGE if n in SLIM_EXECUTORS else IMAGE for n in executors}
+    gpu_executors = {n for n, e in executors.items() if "accelerator" in e["container"].get("resources", {})}
+    assert gpu_executors == {_executor(pipeline, branches["crop-on-gpu"]["crop"][1])} | \
+        {_executor(pipeline, b["train"][1]) for b in branches.values()}
+    for name in gpu_executors:
+        acc = executors[name]["container"]["resources"]["accelerator"]
+        assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] in ("1", 1)
 
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    tolerations = k8s["exec-train-model"]["tolerations"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    for name in ("exec-fetch-raw", "exec-train-model", "exec-evaluate-model", "exec-register-model"):
+    for name in gpu_executors:
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[name]["tolerations"]
+    needs_s3 = ["exec-source-version", "exec-fetch-raw"] + [_executor(pipeline, b[s][1]) for b in branches.values()
+                                                            for s in ("train", "evaluate", "register")]
+    for name in needs_s3:
         envs = {e["envVar"] for s in k8s[name]["secretAsEnv"] for e in s["keyToEnv"]}
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs
-    assert any(s["secretName"] == "hsnet-mlflow" for s in k8s["exec-register-model"]["secretAsEnv"])
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= envs, name
+    for b in branches.values():
+        assert any(s["secretName"] == "hsnet-mlflow" for s in k8s[_executor(pipeline, b["register"][1])]["secretAsEnv"])
 
     params = pipeline["root"]["inputDefinitions"]["parameters"]
-    assert {"dataset", "raw_source", "dvc_path", "dvc_rev", "params", "mlflow_tracking_uri"} <= set(params)
+    assert {"dataset", "raw_source", "dvc_path", "dvc_rev", "params", "mlflow_tracking_uri", "crop_device",
+            "checkpoint_uri"} <= set(params)
     assert params["params"]["defaultValue"] == yaml.safe_load((ROOT / "params.yaml").read_text())
     # no credentials in the spec
     assert "testing" not in spec[0] and "SECRET_ACCESS_KEY:" not in spec[0]
+
+
+def test_caching_follows_the_data(spec):
+    """source-version is never cached and feeds fetch's cache key; every data/training step is
+    cacheable (so their keys follow fetch's artifact); register always runs."""
+    pipeline, _ = spec[1]
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert tasks["source-version"]["cachingOptions"] == {}  # enableCache false is written as {}
+    assert tasks["fetch-raw"]["inputs"]["parameters"]["version"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "source-version"}}
+    for _, task in _all_tasks(pipeline):
+        name = task["taskInfo"]["name"]
+        expected = {} if name in ("source-version", "register") else {"enableCache": True}
+        assert task["cachingOptions"] == expected, name
+        # the run id reaches train as an environment variable (the pod's label), not as an input:
+        # an input would be part of the cache key and make every run retrain
+        assert "KFP_RUN_ID" not in str(task.get("inputs")), name
+
+
+def test_resources_retries_and_run_id(spec):
+    from pipelines.hsnet_pipeline import RESOURCES, RETRIES
+
+    pipeline, platform = spec[1]
+    executors = pipeline["deploymentSpec"]["executors"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for key, task in _all_tasks(pipeline):
+        name, executor = task["taskInfo"]["name"], _executor(pipeline, task)
+        cpu, cpu_limit, memory, memory_limit, scratch = RESOURCES[name]
+        r = executors[executor]["container"]["resources"]
+        assert (r["resourceCpuRequest"], r["resourceCpuLimit"], r["resourceMemoryRequest"],
+                r["resourceMemoryLimit"]) == (cpu, cpu_limit, memory, memory_limit), key
+        mounts = {m["mountPath"]: m["sizeLimit"] for m in k8s[executor]["emptyDirMounts"]}
+        assert mounts == {"/s3": scratch, "/minio": scratch, "/tmp": scratch}, key
+        if name in RETRIES:
+            assert task["retryPolicy"]["maxRetryCount"] == RETRIES[name][0], key
+        else:
+            assert "retryPolicy" not in task, f"{key} is retried but its failures are not transient"
+        if name == "train":
+            assert {"fieldPath": "metadata.labels['pipeline/runid']", "name": "KFP_RUN_ID"} in \
+                k8s[executor]["fieldPathAsEnv"]
 
 
 TINY = {"input_size": 80, "import": {}, "validate": {}, "crop": {"detector": "none", "size": 80},
@@ -131,6 +213,9 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
     assert client.get_model_version_by_alias("hsnet-sample", "candidate").version == versions[0].version
     tags = versions[0].tags
     assert tags["dataset"] == "sample" and 0.0 <= float(tags["test_accuracy"]) <= 1.0
+    # the Model passed to evaluate and register: best.pt and the run's summary, not the resume state
+    (model,) = [p for p in (kfp_local / "kfp-root").rglob("model") if p.parent.name.startswith("train-model")]
+    assert sorted(p.name for p in model.iterdir()) == ["best.pt", "history.json", "train_summary.json"]
     metrics = [p for p in (kfp_local / "kfp-root").rglob("metrics.json") if "evaluate-model" in str(p)]
     assert metrics, "the evaluate step wrote no metrics.json"
     import json
@@ -139,7 +224,7 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
     assert m["images"] > 0 and float(tags["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-6)
     # the confusion matrix went to KFP as ClassificationMetrics, the Data Docs page as HTML
     (evaluate_out,) = [p for p in (kfp_local / "kfp-root").rglob("executor_output.json")
-                       if p.parent.name == "evaluate-model"]
+                       if p.parent.name.startswith("evaluate-model")]
     cm = json.loads(evaluate_out.read_text())["artifacts"]["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
     assert [a["displayName"] for a in cm["annotationSpecs"]] == m["classes"]
     assert [r["row"] for r in cm["rows"]] == m["confusion_matrix"]
@@ -149,7 +234,7 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
     import base64
     import re
 
-    (curves,) = [p for p in (kfp_local / "kfp-root").rglob("curves") if p.parent.name == "train-model"]
+    (curves,) = [p for p in (kfp_local / "kfp-root").rglob("curves") if p.parent.name.startswith("train-model")]
     png = re.search(r'src="data:image/png;base64,([^"]+)"', curves.read_text()).group(1)
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -169,6 +254,75 @@ def test_broken_dataset_stops_at_validation(kfp_local, use_mlflow_server, raw_on
     assert not list(root.rglob("*train-model*"))
 
 
+@pytest.mark.slow
+def test_cache_follows_the_data(tmp_path, use_mlflow_server, s3_server):
+    """kfp.local with caching on (file-backed, keyed like Kubeflow's on inputs, artifact identity,
+    command and image): the same data at the same URI reuses fetch..evaluate; one changed image
+    at that URI re-runs all of them."""
+    import io
+    import os
+
+    import boto3
+    from kfp import local
+    from PIL import Image, ImageOps
+
+    from hsnet.data.sample import generate
+    from hsnet.s3 import upload_dir
+    from pipelines.hsnet_pipeline import DEFAULT_PARAMS, hsnet_pipeline
+
+    generate(tmp_path / "sample", per_class=3, size=96, seed=8)
+    upload_dir(tmp_path / "sample", "s3://hsnet/raw/cached")
+    root = tmp_path / "kfp-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+               enable_caching=True, cache_root=str(tmp_path / "kfp-cache"))
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    params["datasets"]["sample"] = {**TINY, "train": {**TINY["train"], "epochs": 1}}
+
+    def run() -> set[str]:
+        """The tasks that ran (a cache hit writes nothing under the run's folder)."""
+        before = set(os.listdir(root)) if root.exists() else set()
+        hsnet_pipeline(dataset="sample", raw_source="s3://hsnet/raw/cached", params=params,
+                       mlflow_tracking_uri=use_mlflow_server, checkpoint_uri="")
+        (new,) = set(os.listdir(root)) - before
+        return {p.name.removesuffix("-2") for p in (root / new).iterdir() if p.is_dir()}  # -2: the CPU branch
+
+    everything = {"source-version", "fetch-raw", "import-data", "validate-data", "crop-faces", "train-model",
+                  "evaluate-model", "register-model"}
+    assert run() == everything
+    assert run() == {"source-version", "register-model"}  # the same data: reused
+    # new data at the same URI (one image replaced by its mirror image, as `aws s3 sync` would)
+    victim = sorted((tmp_path / "sample").rglob("*.png"))[0]
+    buf = io.BytesIO()
+    ImageOps.mirror(Image.open(victim)).save(buf, format="PNG")
+    key = f"raw/cached/{victim.relative_to(tmp_path / 'sample').as_posix()}"
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"]).put_object(Bucket="hsnet", Key=key,
+                                                                                  Body=buf.getvalue())
+    assert run() == everything
+
+
+def test_source_version_follows_content(tmp_path, s3_server, monkeypatch):
+    """The content version: the same for the same files, another for one changed byte; S3 and a
+    folder alike (no download for S3: a listing)."""
+    from hsnet.data.fetch import source_version
+    from hsnet.data.sample import generate
+    from hsnet.s3 import upload_dir
+    from servers import s3_env
+
+    for key, value in s3_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    generate(tmp_path / "a", per_class=1, size=48, seed=1)
+    upload_dir(tmp_path / "a", "s3://hsnet/raw/version-a")
+    upload_dir(tmp_path / "a", "s3://hsnet/raw/version-b")
+    s3_a, folder_a = source_version("s3://hsnet/raw/version-a"), source_version(str(tmp_path / "a"))
+    assert s3_a.startswith("s3:") and folder_a.startswith("folder:")
+    assert source_version("s3://hsnet/raw/version-b") == s3_a  # same content, another prefix
+    victim = sorted((tmp_path / "a").rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    upload_dir(tmp_path / "a", "s3://hsnet/raw/version-b")
+    assert source_version("s3://hsnet/raw/version-b") != s3_a
+    assert source_version(str(tmp_path / "a")) != folder_a
+
+
 def test_submit_reports_an_unreachable_host_and_unknown_dataset(capsys):
     from pipelines.submit import main
     from servers import free_port
@@ -178,3 +332,102 @@ def test_submit_reports_an_unreachable_host_and_unknown_dataset(capsys):
     assert "did not accept the run" in err and "Check --host" in err
     assert main(["--host", "http://127.0.0.1:1", "--dataset", "nope"]) == 2
     assert "--dataset nope: no entry under 'datasets'" in capsys.readouterr().err
+
+
+def test_submit_pairs_sources_with_datasets_and_checks_params(tmp_path, capsys, monkeypatch):
+    """One --raw-source per --dataset (a count mismatch is refused), params checked for every
+    dataset before anything is submitted, --no-cache passed to Kubeflow."""
+    from pipelines.submit import main
+
+    good = yaml.safe_load((ROOT / "params.yaml").read_text())
+    good["datasets"]["other"] = {"input_size": 96}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(good))
+    with pytest.raises(SystemExit):
+        main(["--host", "http://127.0.0.1:1", "--dataset", "sample", "--dataset", "other",
+              "--raw-source", "s3://b/raw/sample", "--params", str(path)])
+    assert "2 --dataset but 1 --raw-source" in capsys.readouterr().err
+
+    bad = copy.deepcopy(good)
+    bad["datasets"]["other"]["train"] = {"lr": "fast"}
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["--host", "http://127.0.0.1:1", "--dataset", "sample", "--dataset", "other",
+                 "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "datasets.other.train.lr" in err and "did not accept" not in err  # refused before any submission
+
+    # what reaches Kubeflow's client: a stand-in for the remote API, recording the calls
+    calls = []
+
+    class Client:
+        def __init__(self, host, existing_token=None):
+            self.host = host
+
+        def create_run_from_pipeline_package(self, package, arguments, experiment_name, run_name, enable_caching):
+            calls.append((arguments["dataset"], arguments["raw_source"], enable_caching))
+            return type("Run", (), {"run_id": f"id-{len(calls)}"})()
+
+    import kfp
+
+    monkeypatch.setattr(kfp, "Client", Client)
+    path.write_text(yaml.safe_dump(good))
+    assert main(["--host", "http://kfp", "--dataset", "sample", "--raw-source", "s3://b/s", "--dataset", "other",
+                 "--raw-source", "s3://b/o", "--params", str(path), "--no-cache"]) == 0
+    assert calls == [("sample", "s3://b/s", False), ("other", "s3://b/o", False)]
+    calls.clear()
+    assert main(["--host", "http://kfp", "--dataset", "other", "--params", str(path)]) == 0
+    assert calls == [("other", "s3://hsnet-data/raw/other", None)]
+
+
+def test_native_size_crops_train_on_the_same_tensors(tmp_path):
+    """RAF-DB's crops are stored at its images' own 100 px (params.yaml) and upscaled to input_size
+    224 when training loads them: the same tensors as crops stored upscaled, from a third of the bytes."""
+    import numpy as np
+
+    from hsnet.data.crop import crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.manifest import read_manifest
+    from hsnet.data.sample import generate
+    from hsnet.params import CropParams, Params
+    from hsnet.tensors import load_split
+
+    rafdb = Params.from_mapping(yaml.safe_load((ROOT / "params.yaml").read_text()), "rafdb")
+    assert (rafdb.crop.detector, rafdb.crop.size, rafdb.input_size) == ("none", 100, 224)
+    generate(tmp_path / "raw", per_class=2, size=100, seed=4)
+    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
+    splits, stored = [], {}
+    for size in (224, 100):
+        out = tmp_path / f"crops{size}"
+        crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=CropParams(detector="none", size=size),
+             progress=False)
+        rows = read_manifest(out / "manifest.csv")
+        stored[size] = sum((out / r["path"]).stat().st_size for r in rows)
+        splits.append(load_split(rows, out, 224, progress=False, cache_dir=tmp_path / f"cache{size}"))
+    assert splits[0].images.shape == splits[1].images.shape == (len(splits[0].labels), 3, 224, 224)
+    assert np.array_equal(np.asarray(splits[0].images), np.asarray(splits[1].images))
+    assert stored[100] < stored[224] / 2
+
+
+def test_ablation_without_stem_weights_uri_fails_first():
+    """KTL runs need stem_weights as a file or s3:// URI (no download on the cluster): the check the
+    ablation pipeline's first step makes, naming the runs; runs without KTL pass."""
+    from components.convert import check_stem_weights
+    from hsnet.errors import HSNetError
+    from pipelines.ablation_pipeline import ABLATION_RUNS
+    from pipelines.hsnet_pipeline import DEFAULT_PARAMS
+
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    with pytest.raises(HSNetError, match=r"rafdb: KTL is on .* in 12 run\(s\).*stem_weights to their s3:// URI"):
+        check_stem_weights(params, "rafdb", ABLATION_RUNS)
+    check_stem_weights(params, "rafdb", [r for r in ABLATION_RUNS if not r["model"]["ktl"]])
+    params["datasets"]["rafdb"]["model"] = {"stem_weights": "s3://weights/irv1-vggface2.pt"}
+    check_stem_weights(params, "rafdb", ABLATION_RUNS)
+    # and the first step is where it runs: source-version gets the runs and the flag
+    (src,) = [t for t in _compiled_ablation()["root"]["dag"]["tasks"].values()
+              if t["taskInfo"]["name"] == "source-version"]
+    assert src["inputs"]["parameters"]["require_stem_uri"]["runtimeValue"]["constant"] is True
+    assert src["inputs"]["parameters"]["runs"] == {"componentInputParameter": "runs"}
+
+
+def _compiled_ablation() -> dict:
+    return next(yaml.safe_load_all((ROOT / "pipelines" / "ablation_pipeline.yaml").read_text()))
