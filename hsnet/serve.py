@@ -229,6 +229,7 @@ class HSNetModel(kserve.Model):
             values, crops = self._v1_inputs(payload)
         else:
             raise InvalidInput(f"unexpected request of type {type(payload).__name__}")
+        check_count(len(values), self.limits)  # before queueing for a worker
         loop = asyncio.get_running_loop()
         records = await loop.run_in_executor(self.pool, self._compute, loaded, values, crops)
         if isinstance(payload, InferRequest):
