@@ -5,7 +5,7 @@ synthetic split held on the device.
 Each process warms up (compilation, cuDNN autotuning), waits until all are ready, then trains for
 the same ``--seconds``; the aggregate is the sum of their rates. On a GPU: 224x224, batch 32, the
 data on the device, CUDA graphs, N = 1, 2, 4, 8 (and the GPU's busy % seen by the first process);
-on a CPU: 64x64, N = 1, 2 (the cores shared out between the processes).
+on a CPU: 80x80, N = 1, 2 (the cores shared out between the processes).
 
     python -m benchmarks.concurrent [--runs 1,2,4,8] [--seconds 20] [--smoke]
 """
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     p.add_argument("--worker", default=None, help=argparse_hidden())
     p.add_argument("--index", type=int, default=0, help=argparse_hidden())
     p.add_argument("--of", type=int, default=1, help=argparse_hidden())
-    p.add_argument("--size", type=int, default=64, help=argparse_hidden())
+    p.add_argument("--size", type=int, default=80, help=argparse_hidden())
     p.add_argument("--batch", type=int, default=32, help=argparse_hidden())
     p.add_argument("--images", type=int, default=64, help=argparse_hidden())
     args = p.parse_args(argv)
@@ -68,11 +68,11 @@ def main(argv=None) -> dict:
 
     gpu = torch.cuda.is_available()
     if args.smoke:
-        runs, seconds, size, batch, images = [1, 2], 1.0, 32, 4, 8
+        runs, seconds, size, batch, images = [1, 2], 1.0, 80, 4, 8
     elif gpu:
         runs, seconds, size, batch, images = [1, 2, 4, 8], 20.0, 224, 32, 32 * 20
     else:
-        runs, seconds, size, batch, images = [1, 2], 20.0, 64, 32, 64
+        runs, seconds, size, batch, images = [1, 2], 20.0, 80, 32, 64
     runs = [int(r) for r in args.runs.split(",")] if args.runs else runs
     seconds = args.seconds or seconds
     compile_mode = args.compile or ("reduce-overhead" if gpu else None)

@@ -3,7 +3,7 @@ images/s of ``hsnet train``'s loop (run_epoch: normalise, flip/rotate, forward, 
 Adam) on a synthetic uint8 split, and on a GPU its utilisation (nvidia-smi, sampled) and peak memory.
 
 On a GPU: 224x224, batch 32, bf16, channels-last, fused Adam, eager and with CUDA graphs
-(train.compile reduce-overhead). On a CPU (a check of the path, not a GPU figure): 64x64, batch 32.
+(train.compile reduce-overhead). On a CPU (a check of the path, not a GPU figure): 80x80, batch 32.
 
     python -m benchmarks.device_data [--compile reduce-overhead] [--smoke]
 """
@@ -115,11 +115,11 @@ def main(argv=None) -> dict:
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
     if args.smoke:
-        size, batch, n, epochs = 64, 8, 24, 1
+        size, batch, n, epochs = 80, 8, 24, 1
     elif gpu:
         size, batch, n, epochs = 224, 32, 32 * 200, 3
     else:
-        size, batch, n, epochs = 64, 32, 32 * 6, 2
+        size, batch, n, epochs = 80, 32, 32 * 6, 2
     rows = []
     for on_device in (False, True):
         row = measure(device, size, batch, n, epochs, on_device=on_device, compile_mode=args.compile)
