@@ -13,23 +13,51 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class PooledFeatures(nn.Module):
+    """Psi of eq. 14 as the FC layers see it: adaptive average pooling to 1x1, then standardised
+    over the batch (a parameter-free BatchNorm1d) and divided by sqrt(channels), so that its
+    expected squared length is 1.
+
+    Neither step is in the paper; both make its Adam at lr 0.01 train (docs/paper-notes.md,
+    "Learning rate 0.01"). Adam moves each weight of an FC layer by about lr per step whatever
+    the gradient's size, so the layer's output moves by about lr * sum(|input|). On the raw
+    pooled features (all positive, 256-1792 channels) that is 3-17 per step at lr 0.01:
+    lambda~ saturated at 0 and the logits swung by that much every step. Standardised, it is
+    still about lr * 0.8 * channels = 2-14 for the inputs of one batch; divided by
+    sqrt(channels), at most lr * 0.8 * sqrt(channels) = 0.13-0.34.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.norm = nn.BatchNorm1d(channels, affine=False)
+        self.scale = channels ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.pool(x).flatten(1)) * self.scale
+
+
 class SelfGuidedClassifier(nn.Module):
-    """Eqs. 14-15: Psi = AdaptiveAvgPool(F~), lambda~ = sigmoid(W_1 Psi), Y~ = W_C Psi."""
+    """Eqs. 14-15: Psi = AdaptiveAvgPool(F~), lambda~ = sigmoid(W_1 Psi), Y~ = W_C Psi, with Psi
+    standardised and scaled by :class:`PooledFeatures`."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        # Psi is standardised (no learned parameters) before W_1 only: on raw, all-positive
-        # pooled features Adam moves W_1 Psi by about lr * sum(Psi) per step and the sigmoid
-        # saturates at 0 within an epoch (docs/paper-notes.md, "FGAL level weights").
-        self.weight_norm = nn.BatchNorm1d(channels, affine=False)
+        self.features = PooledFeatures(channels)
         self.weight = nn.Linear(channels, 1)  # W_1
         self.classifier = nn.Linear(channels, num_classes)  # W_C
 
     def forward(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        psi = self.pool(fused).flatten(1)
-        lam = torch.sigmoid(self.weight(self.weight_norm(psi)))  # (N, 1)
-        return lam, self.classifier(psi)
+        psi = self.features(fused)
+        return torch.sigmoid(self.weight(psi)), self.classifier(psi)
+
+
+def lateral(cin: int, cout: int) -> nn.Sequential:
+    """A lateral 1x1 convolution K^j of eqs. 11-13, followed by BatchNorm as every convolution of
+    Table 1 is (no ReLU: the fused maps are sums, as in an FPN). Without the BatchNorm, Adam at
+    lr 0.01 moves K^C's outputs by about lr * 1792 * mean(F^C) = 14 in its first step and the
+    fused maps grow 8-19 times (docs/paper-notes.md, "Learning rate 0.01")."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3))
 
 
 class FGAL(nn.Module):
@@ -44,19 +72,13 @@ class FGAL(nn.Module):
     def __init__(self, channels: tuple[int, int, int], num_classes: int):
         super().__init__()
         ca, cb, cc = channels
-        self.lateral_c = nn.Conv2d(cc, cc, 1)  # K^C, eq. 11
-        self.lateral_b = nn.Conv2d(cc, cb, 1)  # K^B, eq. 12
-        self.lateral_a = nn.Conv2d(cb, ca, 1)  # K^A, eq. 13
+        self.lateral_c = lateral(cc, cc)  # K^C, eq. 11
+        self.lateral_b = lateral(cc, cb)  # K^B, eq. 12
+        self.lateral_a = lateral(cb, ca)  # K^A, eq. 13
         self.heads = nn.ModuleDict({
             level: SelfGuidedClassifier(c, num_classes) for level, c in zip(self.LEVELS, channels)
         })
         self._weights: dict[str, torch.Tensor] = {}
-
-    def reset_parameters(self) -> None:
-        """Lateral 1x1 convolutions are linear (no ReLU follows): unit gain, as in FPN."""
-        for conv in (self.lateral_c, self.lateral_b, self.lateral_a):
-            nn.init.kaiming_uniform_(conv.weight, a=1)
-            nn.init.zeros_(conv.bias)
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import dib as dibs
 from . import ktl as ktl_
-from .fgal import FGAL
+from .fgal import FGAL, PooledFeatures
 
 STAGES = ("stem", "rdib_a", "sdib_a", "rdib_b", "sdib_b", "rdib_c")
 LEVEL_CHANNELS = (256, 896, 1792)  # F^A, F^B, F^C
@@ -58,15 +58,17 @@ MIN_INPUT_SIZE = _min_input_size()  # 75: the SDIBs need at least 3x3 inputs
 
 
 class PooledClassifier(nn.Module):
-    """The head without FGAL: adaptive average pooling of F^C, then one FC layer to C classes."""
+    """The head without FGAL: F^C pooled, standardised and scaled as FGAL's heads see their
+    levels (:class:`~hsnet.model.fgal.PooledFeatures`, so that the ablations differ only in
+    what Table 6 switches), then one FC layer to C classes."""
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.features = PooledFeatures(channels)
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, fa, fb, fc):  # same signature as FGAL
-        return self.classifier(self.pool(fc).flatten(1))
+        return self.classifier(self.features(fc))
 
 
 class HSNet(nn.Module):
@@ -109,8 +111,6 @@ class HSNet(nn.Module):
 
         for name in STAGES[1:] + ("head",):
             ktl_.he_init(getattr(self, name))
-        if fgal:
-            self.head.reset_parameters()
         if ktl:
             if os.fspath(stem_weights or "vggface2") != SKIP_STEM_WEIGHTS:
                 ktl_.load_stem(self.stem, stem_weights or "vggface2")
