@@ -1,7 +1,8 @@
 """The ``hsnet`` command line: one verb per pipeline step, each calling one function of the package.
 
-DVC stages and Kubeflow components call these verbs (or the functions behind them)
-and nothing else, so the step logic lives here once.
+A verb parses its flags, resolves the typed settings (:class:`hsnet.params.Params`), calls the
+step's function and prints a summary. DVC stages call these verbs; the Kubeflow components call
+the same functions directly (components/).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .errors import HSNetError
 def _model_info(args: argparse.Namespace) -> None:
     from .model.info import describe
 
+    print(f"counting the parameters and FLOPs of 8 configurations at {', '.join(map(str, args.input_sizes))} px "
+          "(about a minute on 2 CPU cores)", file=sys.stderr)
     print(describe(args.num_classes, args.input_sizes))
 
 
@@ -210,73 +213,92 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsnet", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default where it has one (not for flags and unset options)."""
 
-    p = verbs.add_parser("model-info", help="parameters and forward GFLOPs of HSNet and its ablations")
-    p.add_argument("--num-classes", type=int, default=7)
-    p.add_argument("--input-sizes", type=int, nargs="+", default=[100, 224])
-    p.set_defaults(func=_model_info)
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
 
-    data = verbs.add_parser("data", help="raw datasets: import into a manifest, draw the sample")
+
+def _verb(group, name: str, help: str, func=None) -> argparse.ArgumentParser:
+    """A verb with its one-line ``help`` as its description too; ``func`` runs it."""
+    p = group.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", formatter_class=_Help)
+    if func:
+        p.set_defaults(func=func)
+    return p
+
+
+def _dataset_help(extra: str = "") -> str:
+    from .data.datasets import DATASETS
+
+    return f"one of {', '.join(DATASETS)}{extra}"
+
+
+def _add_data_verbs(verbs) -> None:
+    data = _verb(verbs, "data", "raw datasets: import into a manifest, draw the sample, fetch")
     data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="VERB")
-    p = data_verbs.add_parser("import", help="read a dataset in its publisher's layout, write a manifest")
-    p.add_argument("--dataset", required=True, help="rafdb, rafd, kdef, ferg or sample")
+    p = _verb(data_verbs, "import", "read a dataset in its publisher's layout, write a manifest with splits",
+              _data_import)
+    p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--root", required=True, help="the dataset's folder, as its publisher ships it")
     p.add_argument("--out", required=True, help="the manifest CSV to write")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.import settings")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (params' import.seed, else 0)")
     p.add_argument("--split-by", choices=["class", "subject"], default=None,
-                   help="stratify by class (default), or keep subjects disjoint across splits")
-    p.add_argument("--rafdb-images", choices=["aligned", "original"], default=None)
-    p.set_defaults(func=_data_import)
-    p = data_verbs.add_parser("sample", help="draw the built-in synthetic sample dataset (FERG-DB layout)")
+                   help="stratify by class (the default), or keep subjects disjoint across splits")
+    p.add_argument("--rafdb-images", choices=["aligned", "original"], default=None,
+                   help="RAF-DB's aligned faces (the default) or its original photos")
+    p = _verb(data_verbs, "sample", "draw the built-in synthetic sample dataset (FERG-DB layout)", _data_sample)
     p.add_argument("--out", default="data/raw/sample")
     p.add_argument("--per-class", type=int, default=30, help="images per character and expression")
-    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--size", type=int, default=112, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_data_sample)
-    p = data_verbs.add_parser("fetch", help="copy a raw dataset from S3, a DVC repository or a folder")
+    p = _verb(data_verbs, "fetch", "copy a raw dataset from S3, a DVC repository or a folder", _data_fetch)
     p.add_argument("--source", required=True,
                    help="s3://BUCKET/PREFIX, a local folder, or a DVC repository URL (with --dvc-path)")
     p.add_argument("--out", required=True, help="an empty or new folder")
     p.add_argument("--dvc-path", default=None, help="the path in the DVC repository, e.g. data/raw/rafdb")
     p.add_argument("--rev", default=None, help="git revision of the DVC repository")
-    p.set_defaults(func=_data_fetch)
 
-    p = verbs.add_parser("validate", help="check a manifest and its images with Great Expectations")
-    p.add_argument("--manifest", required=True)
+
+def _add_data_steps(verbs) -> None:
+    p = _verb(verbs, "validate", "check a manifest and its images with Great Expectations", _validate)
+    p.add_argument("--manifest", required=True, help="the manifest CSV of 'hsnet data import'")
     p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--report", required=True, help="folder for the GX results (JSON) and Data Docs (HTML)")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.validate settings")
-    p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side (default 32 px)")
+    p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side in px (else params', 32)")
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
-    p.set_defaults(func=_validate)
 
-    p = verbs.add_parser("crop", help="detect and crop faces with MTCNN (or just resize)")
-    p.add_argument("--manifest", required=True)
+    p = _verb(verbs, "crop", "detect and crop faces with MTCNN (or just resize)", _crop)
+    p.add_argument("--manifest", required=True, help="the manifest CSV of 'hsnet data import'")
     p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
     p.add_argument("--out", required=True, help="folder for the crops, their manifest and the report")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.crop settings (with --dataset)")
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--detector", choices=["mtcnn", "none"], default=None, help="default mtcnn")
-    p.add_argument("--size", type=int, default=None, help="output side in pixels (RaFD 100, KDEF 256; default 100)")
-    p.add_argument("--margin", type=int, default=None, help="margin around the face, in output pixels (default 0)")
+    p.add_argument("--dataset", default=None, help=_dataset_help(" (whose settings --params gives)"))
+    p.add_argument("--detector", choices=["mtcnn", "none"], default=None, help="else params', else mtcnn")
+    p.add_argument("--size", type=int, default=None,
+                   help="output side in pixels (else params' crop.size, else the input size, 224)")
+    p.add_argument("--margin", type=int, default=None, help="margin around the face, in output pixels (else 0)")
     p.add_argument("--no-face", choices=["drop", "center"], default=None,
-                   help="images without a face: drop them (default; listed in the report) or centre-crop")
-    p.add_argument("--min-prob", type=float, default=None, help="ignore detections below this probability")
+                   help="images without a face: drop them (the default; listed in the report) or centre-crop")
+    p.add_argument("--min-prob", type=float, default=None, help="ignore detections below this probability (else 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.set_defaults(func=_crop)
+    p.add_argument("--batch-size", type=int, default=16, help="photos per MTCNN batch")
 
-    p = verbs.add_parser("train", help="train HSNet on a cropped dataset with the paper's recipe")
+
+def _add_train_evaluate(verbs) -> None:
+    p = _verb(verbs, "train", "train HSNet on a cropped dataset with the paper's recipe", _train)
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop' (with manifest.csv)")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--params", default="params.yaml", help="the settings file (its datasets.NAME entry)")
+    p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--out", required=True, help="folder for last.pt, best.pt, history.json")
     p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
                    help="continue from OUT/last.pt if it exists; 'auto': only if it is of the same data and "
@@ -289,25 +311,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting of the dataset, e.g. model.dib=false (YAML value; repeatable)")
     p.add_argument("--no-mlflow", action="store_true", help="don't record an MLflow run")
-    p.set_defaults(func=_train)
 
-    p = verbs.add_parser("evaluate", help="test accuracy, mean accuracy, confusion matrix, plots")
-    p.add_argument("--checkpoint", required=True)
+    p = _verb(verbs, "evaluate", "test accuracy, mean accuracy, confusion matrix, comparison with the paper",
+              _evaluate)
+    p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, the plots")
     p.add_argument("--split", default="test")
     p.add_argument("--params", default=None,
                    help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
     p.add_argument("--dataset", default=None, help="with --params: whose settings")
     p.add_argument("--tta-hflip", action="store_true", help="average with the flipped image (off in the paper)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-mlflow", action="store_true")
-    p.set_defaults(func=_evaluate)
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--no-mlflow", action="store_true", help="don't record an MLflow run")
 
-    p = verbs.add_parser("reproduce", help="the paper's tables as DVC experiments, and a report of them")
+
+def _add_reproduce(verbs) -> None:
+    p = _verb(verbs, "reproduce", "the paper's tables as DVC experiments, and a report of them")
     rverbs = p.add_subparsers(dest="table", required=True, metavar="WHAT")
-    r = rverbs.add_parser("ablation", help="Table 6: the 8 DIB/FGAL/KTL configurations on one dataset")
-    r.add_argument("--dataset", required=True)
+    r = _verb(rverbs, "ablation", "Table 6: the 8 DIB/FGAL/KTL configurations on one dataset", _reproduce)
+    r.add_argument("--dataset", required=True, help=_dataset_help())
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--stem-weights", default=None, help="KTL weights file or s3:// URI (default: params')")
     r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
@@ -316,33 +339,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per configuration, train.seed = 0..K-1 (default 3)")
     r.add_argument("--concurrent", type=int, default=None, metavar="N",
                    help="train N runs at a time, sharing the GPU (default 1: one after another)")
-    r.set_defaults(func=_reproduce)
-    r = rverbs.add_parser("datasets", help="Tables 2-5: the paper's setting on each dataset")
-    r.add_argument("--datasets", default="rafd,kdef,ferg,rafdb")
+    r = _verb(rverbs, "datasets", "Tables 2-5: the paper's setting on each dataset", _reproduce)
+    r.add_argument("--datasets", default="rafd,kdef,ferg,rafdb", help="comma-separated")
     r.add_argument("--params", default="params.yaml")
-    r.add_argument("--queue", action="store_true")
+    r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
     r.add_argument("--seeds", type=int, default=None, metavar="K",
                    help="runs per dataset, train.seed = 0..K-1 (default 3)")
-    r.set_defaults(func=_reproduce)
-    r = rverbs.add_parser("report", help="the finished experiments in the paper's table layouts")
+    r = _verb(rverbs, "report", "the finished experiments in the paper's table layouts", _reproduce)
     r.add_argument("--out", default="docs/results.md")
-    r.set_defaults(func=_reproduce)
 
-    p = verbs.add_parser("register", help="register an evaluated checkpoint in the MLflow model registry")
-    p.add_argument("--checkpoint", required=True)
+
+def _add_registry(verbs) -> None:
+    from .paper import METRICS
+
+    p = _verb(verbs, "register", "register an evaluated checkpoint in the MLflow model registry", _register)
+    p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
     p.add_argument("--metrics", required=True, help="metrics.json of 'hsnet evaluate' for this checkpoint")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--name", default=None, help="registered model name (default hsnet-DATASET)")
     p.add_argument("--out", default=None, help="write the registered name, version and URI here (JSON)")
     p.add_argument("--skip-in-experiments", action="store_true",
                    help="do nothing inside `dvc exp run` (DVC_EXP_NAME set) unless HSNET_REGISTER_EXPERIMENTS=1: "
                    "experiments don't move the candidate alias (dvc.yaml's register stage)")
-    p.set_defaults(func=_register)
 
-    p = verbs.add_parser("promote", help="move the 'production' alias to a better version, or roll back")
+    p = _verb(verbs, "promote", "move the 'production' alias to a better version, or roll back", _promote)
     p.add_argument("--name", required=True, help="registered model, e.g. hsnet-rafdb")
     p.add_argument("--version", default=None, help="version to promote (default: the 'candidate' alias)")
-    p.add_argument("--metric", choices=["accuracy", "mean_accuracy"], default="accuracy")
+    p.add_argument("--metric", choices=list(METRICS), default=METRICS[0], help="the test metric compared")
     p.add_argument("--min-delta", type=float, default=0.0, help="required gain over production")
     p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
     p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
@@ -355,20 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "(100: all; run again with 100 to finish a canary)")
     p.add_argument("--isvc", default=None, help="with --deploy: the InferenceService (default: the model's name)")
     p.add_argument("--namespace", default=None, help="with --deploy: its namespace (default: the context's)")
-    p.set_defaults(func=_promote)
 
-    p = verbs.add_parser("predict", help="find the faces in photos and classify their expressions")
+
+def _add_inference(verbs) -> None:
+    p = _verb(verbs, "predict", "find the faces in photos and classify their expressions", _predict)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--model", required=True, help="a checkpoint, or models:/hsnet-NAME@production")
     p.add_argument("--out", default=None, help="JSON lines file (default: print to stdout)")
     p.add_argument("--annotate", default=None, metavar="DIR", help="save copies with boxes and labels here")
     p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
     p.add_argument("--min-face-size", type=int, default=40,
-                   help="smallest face searched for, in pixels (default 40; MTCNN's own default is 20)")
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_predict)
+                   help="smallest face searched for, in pixels (MTCNN's own default is 20)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
 
-    p = verbs.add_parser("serve", help="the model server (KServe V1/V2): photos in, faces and expressions out")
+    p = _verb(verbs, "serve", "the model server (KServe V1/V2): photos in, faces and expressions out", _serve)
     p.add_argument("--model", required=True, help="models:/hsnet-NAME@production, models:/hsnet-NAME/VERSION "
                    "or a checkpoint file")
     p.add_argument("--port", type=int, default=8080)
@@ -376,22 +399,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="hsnet", help="the model's name in the URLs (/v1/models/NAME:predict)")
     p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
     p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
-    p.add_argument("--min-face-size", type=int, default=40)
-    p.add_argument("--device", default=None)
+    p.add_argument("--min-face-size", type=int, default=40, help="smallest face searched for, in pixels")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     for limit in ("max_request_bytes", "max_images", "max_image_pixels", "max_request_pixels"):
         p.add_argument("--" + limit.replace("_", "-"), type=int, default=None,
                        help=f"limit (default: HSNET_SERVE_{limit.upper()} or the built-in one)")
-    p.set_defaults(func=_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsnet", description=__doc__.splitlines()[0].replace("``", ""),
+                                     formatter_class=_Help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = _verb(verbs, "model-info", "parameters and forward GFLOPs of HSNet and its Table 6 ablations", _model_info)
+    p.add_argument("--num-classes", type=int, default=7)
+    p.add_argument("--input-sizes", type=int, nargs="+", default=[100, 224])
+    _add_data_verbs(verbs)
+    _add_data_steps(verbs)
+    _add_train_evaluate(verbs)
+    _add_reproduce(verbs)
+    _add_registry(verbs)
+    _add_inference(verbs)
     return parser
-
-
-def run(argv: list[str]):
-    """Run one verb in-process and let its errors propagate (Kubeflow components call this)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = args.func(args)
-    if result:
-        raise HSNetError(f"hsnet {' '.join(argv[:2])} finished with status {result}")
 
 
 def main(argv: list[str] | None = None) -> int:

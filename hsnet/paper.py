@@ -18,6 +18,7 @@ RESULTS = {
     "rafdb": ("Table 5", 86.67, 76.89),
 }
 DATASETS = tuple(RESULTS)
+METRICS = ("accuracy", "mean_accuracy")  # eq. 22: correct / all; eq. 23: the mean of per-class accuracies
 
 # Table 6, in the paper's row order: the (DIB, FGAL, KTL) switches -> accuracy on RAF-DB (%).
 # (False, False, False) is the baseline, Inception-ResNet-V1; (True, True, True) is HSNet.

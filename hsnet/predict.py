@@ -42,12 +42,10 @@ class Classifier:
 
     def __init__(self, model: torch.nn.Module, classes: list[str], input_size: int, *,
                  device: str | None = None, crop: dict | None = None, info: dict | None = None):
-        from .train import pick_device
+        from .device import pick_device, place
 
         self.setup = pick_device(device)
-        self.model = model.to(self.setup.device).eval()
-        if self.setup.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place(model, self.setup).eval()
         self.classes = list(classes)
         self.input_size = int(input_size)
         self.crop = dict(crop or {})
@@ -55,11 +53,11 @@ class Classifier:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | None = None) -> "Classifier":
-        from .train import load_checkpoint, model_from_checkpoint
+        from . import checkpoint
 
-        ckpt = load_checkpoint(path)
+        ckpt = checkpoint.load(path)
         meta = ckpt["meta"]
-        return cls(model_from_checkpoint(ckpt), meta["classes"], meta["input_size"], device=device,
+        return cls(checkpoint.model_from(ckpt), meta["classes"], meta["input_size"], device=device,
                    crop=meta.get("params", {}).get("crop"),
                    info={"dataset": meta["dataset"], "data_version": meta["data_version"],
                          "model": meta["model"], "source": str(path)})
@@ -82,18 +80,14 @@ class Classifier:
     @torch.no_grad()
     def probabilities(self, faces: list, batch_size: int = 64) -> np.ndarray:
         """(N, C) class probabilities for N face images."""
-        from .tensors import normalize
+        from .device import forward
 
         if not len(faces):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         setup, parts = self.setup, []
         for start in range(0, len(faces), batch_size):
             x = self.to_tensor(faces[start:start + batch_size]).to(setup.device, non_blocking=True)
-            x = normalize(x)
-            if setup.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
-                parts.append(self.model(x).float().softmax(1).cpu())
+            parts.append(forward(self.model, x, setup).softmax(1).cpu())
         return torch.cat(parts).numpy()
 
 
@@ -159,6 +153,12 @@ def _expand(inputs: list[str | os.PathLike]) -> list[tuple[Path, str]]:
         elif p.exists():
             files.append((p, p.name))
         else:
+            raise HSNetError(f"{p}: no such file or directory")
+    if not files:
+        raise HSNetError("no image files to predict on: " + ", ".join(str(i) for i in inputs))
+    return files
+
+
 ANNOTATED = ".annotated.jpg"
 
 
@@ -181,12 +181,6 @@ def annotate_targets(files: list[tuple[Path, str]], annotate_dir: str | os.PathL
             rel += "." + hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:8]
         targets[path] = safe_join(annotate_dir, rel + ANNOTATED, what="annotated copy")
     return targets
-
-
-            raise HSNetError(f"{p}: no such file or directory")
-    if not files:
-        raise HSNetError("no image files to predict on: " + ", ".join(str(i) for i in inputs))
-    return files
 
 
 @dataclass
@@ -320,7 +314,7 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     clf = classifier or load_classifier(model, device)
     detector = Detector(str(clf.setup.device), min_face_size=min_face_size)
     results, no_face, unreadable = [], [], []
-    bar = tqdm(total=len(files), desc="predict", unit="photo", disable=not progress)
+    bar = tqdm(total=len(files), desc="predict", unit="photo", disable=None if progress else True)
     on_gpu = clf.setup.device.type == "cuda"
     pool = None if on_gpu else ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
     try:

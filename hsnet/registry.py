@@ -36,14 +36,14 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from . import tracking
+from . import paper, tracking
 from .errors import HSNetError
 from .io import sha256_file
 
 log = logging.getLogger(__name__)
 
 CANDIDATE, PRODUCTION, PREVIOUS = "candidate", "production", "previous"
-METRICS = {"accuracy": "test_accuracy", "mean_accuracy": "test_mean_accuracy"}
+METRICS = {m: f"test_{m}" for m in paper.METRICS}  # the evaluate run's MLflow metric names
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")
 LOCK_SUFFIX = ".promotion-lock"
 _DATA_VERSION = re.compile(r"^sha256:[0-9a-f]{8,64}$")

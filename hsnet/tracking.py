@@ -114,6 +114,8 @@ def connect() -> str:
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
+    # MLflow draws a bar per artifact download (~40 for one model): noise in every log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
 
 

@@ -1,0 +1,57 @@
+"""The command line as a new user meets it: help that says what each verb does and what its
+defaults are, and logs without progress-bar debris when the output is not a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hsnet.cli import build_parser
+
+HSNET = str(Path(sys.executable).with_name("hsnet"))
+
+
+def _verbs(parser):
+    for action in parser._actions:
+        if action.choices and hasattr(action, "_name_parser_map"):
+            for name, sub in action._name_parser_map.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _verbs(sub))
+
+
+def test_every_verb_says_what_it_does_and_its_defaults():
+    parser = build_parser()
+    assert "``" not in parser.format_help()  # no reStructuredText markup in the top-level help
+    verbs = dict(_verbs(parser))
+    assert {"train", "evaluate", "crop", "validate", "predict", "serve", "promote", "data import"} <= set(verbs)
+    for name, sub in verbs.items():
+        assert sub.description, f"hsnet {name} has no description"
+    assert "rafdb, rafd, kdef, ferg, sample" in verbs["train"].format_help()
+    assert "threshold (default: 0.9)" in " ".join(verbs["predict"].format_help().split())
+    assert "{accuracy,mean_accuracy}" in verbs["promote"].format_help()
+
+
+@pytest.mark.slow
+def test_no_progress_bars_in_a_log(tmp_path):
+    """Bars are for terminals: through a pipe (a CI log, a file) crop writes no carriage returns."""
+    env = {**os.environ, "HSNET_CACHE_DIR": str(tmp_path / "cache")}
+    run = lambda *a: subprocess.run([HSNET, *a], env=env, capture_output=True, text=True, check=True)  # noqa: E731
+    run("data", "sample", "--out", str(tmp_path / "raw"), "--per-class", "1", "--size", "80")
+    run("data", "import", "--dataset", "sample", "--root", str(tmp_path / "raw"), "--out", str(tmp_path / "m.csv"))
+    out = run("crop", "--manifest", str(tmp_path / "m.csv"), "--root", str(tmp_path / "raw"), "--out",
+              str(tmp_path / "crops"), "--detector", "none", "--size", "80")
+    assert "cropped" in out.stdout
+    assert "\r" not in out.stderr and "img/s" not in out.stderr, out.stderr[-500:]
+
+
+def test_train_without_crops_says_which_step_makes_them(tmp_path, capsys):
+    from hsnet.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["train", "--data", str(tmp_path / "nope"), "--dataset", "sample", "--params",
+                 str(root / "params.yaml"), "--out", str(tmp_path / "run"), "--no-mlflow"]) == 2
+    assert "output folder of 'hsnet crop'" in capsys.readouterr().err
