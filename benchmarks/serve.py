@@ -203,11 +203,10 @@ def main(argv=None) -> dict:
                       f"p95 {r['p95_ms']:.0f}, p99 {r['p99_ms']:.0f}, errors {r['error_rate']:.1%}, "
                       f"peak RSS {r['peak_rss_mb']:.0f} MiB", flush=True)
             hostile = hostile_images()
-            mix = []
+            mix = [good[0], ("40_images", v1(photos[:1] * 40)), good[1],
+                   ("40MB_body", json.dumps({"instances": [{"b64": "A" * (40 << 20)}]}).encode())]
             for i, (kind, images) in enumerate(list(hostile.items()) * 2):
                 mix += [good[i % len(good)], (kind, v1(images))]
-            mix += [good[0], ("40_images", v1(photos[:1] * 40)), good[1],
-                    ("40MB_body", json.dumps({"instances": [{"b64": "A" * (40 << 20)}]}).encode())]
             r = asyncio.run(load(url, mix, 4, seconds))
             result["serve_hostile"] = {"by_kind": r, "peak_rss_mb": server.peak_rss_mb()}
             print("serve, hostile mix:", json.dumps({k: [round(v["p50_ms"]), v["status"]] for k, v in r.items()}),
@@ -240,8 +239,7 @@ def main(argv=None) -> dict:
                   f"peak RSS {server.peak_rss_mb():.0f} MiB", flush=True)
         finally:
             server.stop()
-    if not args.smoke:
-        save("serve", result, args.out)
+    save("serve" + ("-smoke" if args.smoke else ""), result, args.out)
     return result
 
 

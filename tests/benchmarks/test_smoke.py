@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", ["model", "input_pipeline", "crop", "validate", "predict", "gpu", "device_data",
-                                  "concurrent", "mtcnn"])
+                                  "concurrent", "mtcnn", "serve"])
 def test_benchmark_runs(name, tmp_path, monkeypatch):
     import importlib
 
@@ -49,6 +49,11 @@ def test_benchmark_runs(name, tmp_path, monkeypatch):
     elif name == "concurrent":
         assert [r["concurrent"] for r in saved["rows"]] == [1, 2]
         assert all(len(r["per_run_img_s"]) == r["concurrent"] and r["aggregate_img_s"] > 0 for r in saved["rows"])
+    elif name == "serve":  # good requests answered, hostile ones refused by name, on both servers
+        assert all(r["error_rate"] == 0 and r["requests"] > 0 for r in saved["serve"].values())
+        hostile = saved["serve_hostile"]["by_kind"]
+        assert hostile["good"]["error_rate"] == 0 and set(hostile["40_images"]["status"]) == {"413"}
+        assert set(saved["pyfunc_hostile"]["by_kind"]["8x_8000x8000_png"]["status"]) == {"400"}
     elif name == "mtcnn":
         row = saved["rows"][0]
         assert row["faces"] == 2 and row["hsnet batched photos_s"] > 0 and row["speedup_batched"] > 0
