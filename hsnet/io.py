@@ -4,13 +4,14 @@ robust reading of regular files and images."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import stat
 import tempfile
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -53,24 +54,53 @@ def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: 
     if not text or "\0" in text:
         raise UnsafePath(f"{shown}: {'empty' if not text else 'contains a NUL character'}; "
                          f"expected a path relative to {root}")
-    parts = PurePosixPath(text.replace("\\", "/"))
-    if parts.is_absolute() or text.startswith("~") or (len(text) > 1 and text[1] == ":" and text[0].isalpha()):
+    both = text.replace("\\", "/")
+    if both.startswith(("/", "~")) or (len(text) > 1 and text[1] == ":" and text[0].isalpha()):
         raise UnsafePath(f"{shown} is absolute; expected a path relative to {root}")
-    if ".." in parts.parts:
+    if ".." in both.split("/"):
         raise UnsafePath(f"{shown} contains '..'; expected a path inside {root}")
-    if not parts.parts:
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts:
         raise UnsafePath(f"{shown} names {root} itself, not a file in it")
     path = Path(root) / text
     if not links:
         return path
-    base = Path(root).resolve()
+    base = _real_root(root)
     try:
-        target = path.resolve()
+        target = _follow(base, parts)
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise UnsafePath(f"{shown}: can't be resolved inside {root} ({exc})") from exc
-    if not target.is_relative_to(base):
+    if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
         raise UnsafePath(f"{shown} leads outside {root} through a symbolic link (to {target})")
     return path
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root_of(root: str, dev: int, ino: int) -> str:
+    return os.path.realpath(root)
+
+
+def _real_root(root: str | os.PathLike) -> str:
+    """``root`` resolved, remembered per (path, device, inode): a manifest's 30k rows share one."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return os.path.realpath(root)
+    return _real_root_of(os.fspath(root), st.st_dev, st.st_ino)
+
+
+def _follow(base: str, parts: list[str]) -> str:
+    """Where ``base/parts`` leads: one lstat per part, links resolved where they are; the parts
+    after the first one that doesn't exist are taken as they are (they can't be links)."""
+    cur = base
+    for i, part in enumerate(parts):
+        nxt = os.path.join(cur, part)
+        try:
+            mode = os.lstat(nxt).st_mode
+        except OSError:  # missing, not a folder, name too long: nothing further to follow
+            return os.path.join(nxt, *parts[i + 1:])
+        cur = str(Path(nxt).resolve()) if stat.S_ISLNK(mode) else nxt
+    return cur
 
 
 def _umask() -> int:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -121,6 +122,9 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
 
 
+_ESCAPED = re.compile(r"[%\x00-\x1f\x7f]")
+
+
 def output_name(rel: str) -> str:
     """Where the crop of the manifest row ``rel`` goes, relative to the output folder.
 
@@ -130,8 +134,9 @@ def output_name(rel: str) -> str:
     Names that still collide (``x.jpg`` and ``x.jpg.png``, or one path listed twice) are found by
     :func:`colliding_rows`.
     """
-    name = "".join(f"%{ord(c):02X}" if c == "%" or ord(c) < 32 or ord(c) == 127 else c for c in rel)
-    return (PurePosixPath("images") / (name if name.endswith(".png") else name + ".png")).as_posix()
+    rel = "/".join(part for part in rel.split("/") if part not in ("", "."))  # ./x.png, a//b.png: one file
+    name = _ESCAPED.sub(lambda m: f"%{ord(m.group()):02X}", rel)
+    return "images/" + (name if name.endswith(".png") else name + ".png")
 
 
 def colliding_rows(paths: list[str]) -> dict[int, int]:

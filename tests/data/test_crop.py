@@ -198,6 +198,7 @@ def test_rows_whose_crops_would_collide_are_refused(tmp_path):
     write_manifest(tmp_path / "m.csv", _rows([("x.jpg", "train"), ("x.jpg.png", "test"), ("a.png", "train"),
                                               ("A.png", "test"), ("a.png", "val")]))
     assert colliding_rows(["x.jpg", "x.jpg.png", "a.png", "A.png", "a.png"]) == {1: 0, 4: 2}
+    assert colliding_rows(["sub/x.png", "./sub//x.png", "sub/x.PNG"]) == {1: 0}  # one file, named twice
     report = crop(tmp_path / "m.csv", root, tmp_path / "out", settings=CropParams(detector="none", size=32),
                   progress=False)
     assert report["output_images"] == 3
