@@ -165,7 +165,9 @@ RAFD_PATTERN = re.compile(
 @dataset("rafd", RAFD_CLASSES, fractions=(160 / 1005, 201 / 1005),
          layout="RaFD: files named Rafd{angle}_{subject}_{Caucasian|Moroccan|Kid}_{gender}_{emotion}_"
                 "{frontal|left|right}.jpg, e.g. Rafd090_01_Caucasian_female_angry_frontal.jpg",
-         paper_split_sizes={"train": 5152, "val": 1440, "test": 1608})
+         # Sect. 4.3: 644 / 160 / 201 images per class; its total "1,440" for val is not 8 x 160
+         # (docs/paper-notes.md, "RaFD split sizes")
+         paper_split_sizes={"train": 8 * 644, "val": 8 * 160, "test": 8 * 201})
 def scan_rafd(root: Path, options: dict) -> Scan:
     return _scan_by_pattern(root, RAFD_PATTERN, lambda m, rel: Record(
         rel, m["emotion"].lower(), f"{m['ethnicity'].lower()}{m['subject']}"))
