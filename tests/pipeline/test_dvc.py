@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"input_size": 80, "import": {"split_by": "class", "seed": 0}, "validate": {"min_size": 32},
         "crop": {"detector": "none", "size": 80}, "model": {"ktl": False},
@@ -34,12 +33,13 @@ def repo(tmp_path_factory, s3_server):
     from servers import s3_env
 
     path = tmp_path_factory.mktemp("repo")
-    _, sh = make_repo(path, TINY, extra_env=s3_env(s3_server))
-    return path, sh
+    env, sh = make_repo(path, TINY, extra_env=s3_env(s3_server))
+    return path, sh, env
 
 
+@pytest.mark.slow
 def test_repro_then_nothing_to_do(repo):
-    path, sh = repo
+    path, sh, env = repo
     first = sh("dvc", "repro")
     for stage in ("import", "validate", "crop", "train", "evaluate", "register"):
         assert f"Running stage '{stage}@sample'" in first.stdout, stage
@@ -63,14 +63,50 @@ def test_repro_then_nothing_to_do(repo):
         assert name in plots, name
     assert '"confusion"' in plots or "rect" in plots  # DVC's confusion-matrix template
 
-    # a changed training setting re-runs training and what follows, not the data stages
-    sh("dvc", "exp", "run", "-S", "datasets.sample.train.lr=0.002", "--name", "lr-0.002")
+    # validation re-run on unchanged data: its verdict is byte-identical, so nothing after it re-runs
+    summary = (path / "data/interim/sample/validation/summary.json").read_bytes()
+    sh("dvc", "repro", "-f", "-s", "validate@sample")
+    assert (path / "data/interim/sample/validation/summary.json").read_bytes() == summary
+    third = sh("dvc", "repro")
+    assert "Running stage" not in third.stdout, third.stdout
+
+    # last.pt: kept between runs (persist) and never in DVC's cache; a forced re-run of train
+    # resumes from it (the same data and settings: nothing left to train) to the same best.pt
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train@sample"]["outs"]
+    md5 = {o["path"]: o["md5"] for o in lock}
+    assert not list((path / ".dvc" / "cache").rglob(md5["runs/sample/train/last.pt"][2:])), "last.pt is cached"
+    assert list((path / ".dvc" / "cache").rglob(md5["runs/sample/train/best.pt"][2:])), "best.pt is not cached"
+    forced = sh("dvc", "repro", "-f", "-s", "train@sample")
+    assert f"from epoch {TINY['train']['epochs']}" in forced.stderr + forced.stdout
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train@sample"]["outs"]
+    assert {o["path"]: o["md5"] for o in lock}["runs/sample/train/best.pt"] == md5["runs/sample/train/best.pt"]
+
+    # a changed training setting re-runs training and what follows, not the data stages; the
+    # experiment registers nothing: the candidate alias stays on the workspace's version
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = sh("dvc", "exp", "run", "-S", "datasets.sample.train.lr=0.002", "--name", "lr-0.002")
+    assert "Running stage 'train@sample'" in exp.stdout and "Running stage 'crop@sample'" not in exp.stdout
     exps = sh("dvc", "exp", "show", "--json").stdout
     assert "lr-0.002" in exps
+    assert json.loads((path / "runs/sample/registered.json").read_text()) == {"registered": False,
+                                                                               "experiment": "lr-0.002"}
+    assert [str(v.version) for v in registry.search_model_versions("name='hsnet-sample'")] == ["1"]
+    assert str(registry.get_model_version_by_alias("hsnet-sample", "candidate").version) == "1"
+    # ... unless asked
+    env["HSNET_REGISTER_EXPERIMENTS"] = "1"
+    try:
+        sh("dvc", "exp", "run", "-S", "datasets.sample.train.lr=0.003", "--name", "lr-0.003")
+    finally:
+        del env["HSNET_REGISTER_EXPERIMENTS"]
+    assert json.loads((path / "runs/sample/registered.json").read_text())["version"] == 2
+    assert str(registry.get_model_version_by_alias("hsnet-sample", "candidate").version) == "2"
 
 
+@pytest.mark.slow
 def test_push_and_pull_data_on_s3(repo, s3_server):
-    path, sh = repo
+    path, sh, _ = repo
     sh("dvc", "remote", "add", "-d", "storage", "s3://hsnet/dvc-store")
     sh("dvc", "remote", "modify", "storage", "endpointurl", s3_server.url)
     before = _digest(path / "data" / "raw")
@@ -87,3 +123,56 @@ def test_push_and_pull_data_on_s3(repo, s3_server):
     sh(sys.executable, "-m", "hsnet", "data", "fetch", "--source", str(path), "--dvc-path", "data/raw/sample",
        "--rev", "main", "--out", str(out))
     assert _digest(out) == _digest(path / "data" / "raw" / "sample")
+
+
+# Modules whose changes never change a stage's result: the package markers, error classes, S3 transport.
+NOT_RESULTS = {"hsnet/__init__.py", "hsnet/data/__init__.py", "hsnet/errors.py", "hsnet/s3.py"}
+ENTRY = {"import": "hsnet/data/datasets.py", "validate": "hsnet/data/validate.py", "crop": "hsnet/data/crop.py",
+         "train": "hsnet/train.py", "evaluate": "hsnet/evaluate.py", "register": "hsnet/registry.py"}
+
+
+def _hsnet_imports(path: Path) -> set[str]:
+    """The hsnet modules ``path`` imports (anywhere in it, relative or absolute), as file paths."""
+    import ast
+
+    def module_file(name: str) -> str | None:
+        p = ROOT / Path(*name.split("."))
+        for f in (p / "__init__.py", p.with_suffix(".py")):
+            if f.is_file():
+                return f.relative_to(ROOT).as_posix()
+        return None
+
+    package = ".".join(path.relative_to(ROOT).parent.parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            if name.startswith("hsnet"):
+                parts = name.split(".")
+                found |= {f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i])))}
+    return found
+
+
+def test_stage_deps_cover_the_code_they_run():
+    """Every hsnet module a stage's code imports (transitively) is one of its deps, so editing it
+    (hsnet/params.py's paper defaults, say) re-runs the stage."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, entry in ENTRY.items():
+        seen, todo = set(), [entry]
+        while todo:
+            f = todo.pop()
+            if f not in seen:
+                seen.add(f)
+                todo += sorted(_hsnet_imports(ROOT / f))
+        deps = [d for d in stages[stage]["do"]["deps"] if d.startswith("hsnet")]
+        missing = sorted(f for f in seen - NOT_RESULTS if not any(f == d or f.startswith(d.rstrip("/") + "/")
+                                                                   for d in deps))
+        assert not missing, f"dvc.yaml stage {stage}: add {missing} to its deps"
