@@ -2,8 +2,8 @@
 #
 #   default target   ghcr.io/hsnet-pipeline/hsnet:0.1.0        crop, train, evaluate, register, and
 #                    every hsnet verb: PyTorch (CUDA build), MTCNN, MLflow, DVC, KFP
-#   --target slim    ghcr.io/hsnet-pipeline/hsnet:0.1.0-slim   fetch, import, validate, and the MLflow
-#                    server (mlflow/k8s/mlflow.yaml): the same package and pins without torch
+#   --target slim    ghcr.io/hsnet-pipeline/hsnet:0.1.0-slim   fetch, import, validate: the same package
+#                    and pins without torch, MLflow or matplotlib (under 1 GB instead of 7)
 #
 # Build with BuildKit (the pip steps take the index's CA bundle as a secret, and cache wheels):
 #   make image                      # both images, tagged with the release and the source commit
@@ -49,11 +49,12 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type
  && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
  && cd / && python -c "import hsnet, components, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations"
 
-# --- build-slim: the same, less torch, torchvision and facenet-pytorch ------------------------
-# (what depends on them: the model, crop, train, evaluate, register, predict). The package's
-# requirements are read from pyproject.toml; pip resolves the rest against the same pins.
+# --- build-slim: what fetch, import and validate need --------------------------------------------
+# The package's requirements and its data + pipeline extras, read from pyproject.toml, less
+# LEAVE_OUT (torch and what needs it: the model, crop, train, evaluate, register, predict; and
+# matplotlib, only for plots); pip resolves the rest against the same pins.
 FROM ${PYTHON_IMAGE} AS build-slim
-ARG TORCH_PACKAGES="torch torchvision facenet-pytorch"
+ARG LEAVE_OUT="torch torchvision facenet-pytorch matplotlib"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
@@ -64,8 +65,8 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type
  && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
  && python -c "import re, sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 x = p['optional-dependencies']; skip = sys.argv[1].split(); \
-print('\n'.join(r for r in p['dependencies'] + x['data'] + x['pipeline'] + x['track'] + x['server'] \
-if re.match(r'[A-Za-z0-9_.-]+', r)[0].lower() not in skip))" "$TORCH_PACKAGES" > /tmp/requirements-slim.txt \
+print('\n'.join(r for r in p['dependencies'] + x['data'] + x['pipeline'] \
+if re.match(r'[A-Za-z0-9_.-]+', r)[0].lower() not in skip))" "$LEAVE_OUT" > /tmp/requirements-slim.txt \
  && pip install -c requirements/constraints.txt -r /tmp/requirements-slim.txt \
  && rm /tmp/requirements-slim.txt
 COPY README.md ./
@@ -76,7 +77,7 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type
  && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
  && pip install --no-deps -c requirements/constraints.txt . \
  && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
- && cd / && python -c "import hsnet, components, kfp, mlflow, dvc, boto3, great_expectations, psycopg2" \
+ && cd / && python -c "import hsnet, components, kfp, dvc, boto3, great_expectations" \
  && ! python -c "import torch" 2> /dev/null
 
 # --- runtime: what both images share: git (for dvc get), the non-root user and its directories --

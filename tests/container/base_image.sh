@@ -6,7 +6,8 @@
 #
 #   Debian bookworm (minbase) + python3.11, python3-venv, python3-pip, ca-certificates, with
 #   /usr/local/bin/python, python3, pip, pip3 and the environment of the official image (PATH,
-#   LANG), and pip allowed to install outside a venv as there (no EXTERNALLY-MANAGED marker).
+#   LANG), and pip allowed to install outside a venv as there (no EXTERNALLY-MANAGED marker);
+#   like Debian's slim images, no docs/man pages/translations and no apt caches.
 #
 # The stand-in is labelled org.opencontainers.image.description="stand-in ..." so it can be told
 # apart (docker image inspect). It is only ever used where the real image can't be pulled; the
@@ -52,6 +53,30 @@ debootstrap --variant=minbase --include="python$PY,python3-venv,python3-pip,ca-c
 for name in python python3; do ln -sf "/usr/bin/python$PY" "$ROOTFS/usr/local/bin/$name"; done
 for name in pip pip3; do ln -sf /usr/bin/pip3 "$ROOTFS/usr/local/bin/$name"; done
 rm -f "$ROOTFS/usr/lib/python$PY/EXTERNALLY-MANAGED" "$ROOTFS/etc/apt/sources.list"
+# Debian's slim docker images: no docs, man pages or translations installed, apt keeps no caches
+cat > "$ROOTFS/etc/dpkg/dpkg.cfg.d/docker" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+DPKG
+cat > "$ROOTFS/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+echo 'Acquire::Languages "none";' > "$ROOTFS/etc/apt/apt.conf.d/docker-no-languages"
+echo 'Acquire::GzipIndexes "true";' > "$ROOTFS/etc/apt/apt.conf.d/docker-gzip-indexes"
+echo 'Apt::AutoRemove::SuggestsImportant "false";' > "$ROOTFS/etc/apt/apt.conf.d/docker-autoremove-suggests"
+find "$ROOTFS/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+find "$ROOTFS/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+rm -rf "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/groff/* "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/lintian/*
 cat > "$ROOTFS/etc/apt/sources.list.d/debian.sources" <<SOURCES
 Types: deb
 URIs: http://deb.debian.org/debian
