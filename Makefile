@@ -10,7 +10,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -qq -c r
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup test pipeline lock clean
+.PHONY: setup test pipeline lock clean image-test
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,23 @@ pipeline: setup
 	@$(BIN)/dvc status data.dvc | grep -q "modified" && { echo "data/raw differs from data.dvc: dvc pull, or dvc commit data.dvc if you changed it on purpose"; exit 1; } || true
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/python -m hsnet.summary runs
+
+# The images built and run for real (needs a Docker engine; tests/container/test_image.py):
+# build both (tests/container/build.sh: tagged sha-<commit>, a stand-in base where no registry
+# answers), run the whole pipeline in them with kfp.local's DockerRunner against moto + MLflow on
+# loopback, and `hsnet --help` as the non-root user; then remove the images (Docker's build
+# cache is kept, and trimmed to IMAGE_CACHE_KEEP).
+IMAGE_CACHE_KEEP ?= 30GB
+image-test: setup
+	@refs=$$(mktemp); trap 'rm -f $$refs' EXIT; \
+	PYTHON=$(BIN)/python bash tests/container/build.sh --refs $$refs || exit 1; . $$refs; \
+	start=$$(date +%s); \
+	HSNET_IMAGE_TEST=1 HSNET_TEST_IMAGE=$$IMAGE HSNET_TEST_SLIM_IMAGE=$$SLIM_IMAGE HSNET_TEST_COMMIT=$$COMMIT \
+	  DOCKER=$$DOCKER $(BIN)/pytest -q --durations=0 -p no:cacheprovider tests/container; rc=$$?; \
+	echo "image tests: $$(( $$(date +%s) - start )) s"; \
+	$$DOCKER rmi $$IMAGE $$SLIM_IMAGE > /dev/null; \
+	$$DOCKER builder prune -f --keep-storage $(IMAGE_CACHE_KEEP) > /dev/null || true; \
+	exit $$rc
 
 # Pin what is installed now (after changing dependencies in pyproject.toml).
 lock: setup
