@@ -29,7 +29,7 @@ from .data.datasets import get_spec
 from .data.manifest import read_manifest
 from .device import NORMALIZATION, Setup, forward, pick_device, place
 from .errors import HSNetError
-from .io import write_json
+from .io import clean_stale_tmp, write_json
 from .model import MIN_INPUT_SIZE
 from .params import COMPILE_MODES, Params, TrainParams, flatten
 from .plots import plot_training_curves
@@ -274,6 +274,7 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg}
     out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left; one trainer per folder
     last_path = out_dir / checkpoint.LAST
     state = TrainingState()
     if resume and last_path.is_file():

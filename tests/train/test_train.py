@@ -238,8 +238,11 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     monkeypatch.setattr(train_mod.torch, "save", real_save)
+    killed_write = tmp_path / "run" / ".last.pt.k1ll3d.tmp"  # what a SIGKILL during torch.save leaves
+    killed_write.write_bytes(b"PK\x03\x04 half a zip")
     summary = _train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
     assert summary["epochs_run"] == 2
+    assert not killed_write.exists()  # cleaned when training starts again
 
 
 def test_train_compile_setting(monkeypatch):
