@@ -17,7 +17,7 @@ from .errors import HSNetError
 from .io import atomic_path
 from .params import ModelParams, section
 
-FORMAT = 1
+FORMAT = 2  # 2: FGAL with BatchNorm after its laterals and standardised FC inputs (docs/paper-notes.md)
 BEST, LAST = "best.pt", "last.pt"  # in train's output folder: the best epoch's weights; resume state
 INFERENCE_KEYS = ("format", "meta", "model", "state")
 
@@ -59,8 +59,11 @@ def load(path: str | os.PathLike) -> dict:
     except Exception as exc:
         raise HSNetError(f"checkpoint {path} can't be loaded safely ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or not all(k in ckpt for k in INFERENCE_KEYS):
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in INFERENCE_KEYS):
         raise HSNetError(f"{path} is not an hsnet training checkpoint")
+    if ckpt.get("format") != FORMAT:
+        raise HSNetError(f"{path} was written by another hsnet version (checkpoint format {ckpt.get('format')!r}, "
+                         f"this one reads {FORMAT}: the model changed); train it again with this version")
     return ckpt
 
 
@@ -68,5 +71,9 @@ def model_from(ckpt: dict):
     """The trained HSNet of a loaded checkpoint, on the CPU."""
     meta = ckpt["meta"]
     model = build_model(len(meta["classes"]), section(ModelParams, meta["model"]), for_checkpoint=True)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing/unexpected keys, other shapes
+        raise HSNetError(f"the checkpoint's weights don't fit the model its metadata describes "
+                         f"({str(exc).splitlines()[0][:200]}); was it written by another hsnet version?") from exc
     return model

@@ -1,0 +1,30 @@
+"""Checkpoints from another hsnet version, or whose weights don't fit their metadata, are refused
+with a message naming the file and what to do, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsnet import checkpoint
+from hsnet.errors import HSNetError
+from hsnet.params import Params
+
+META = {"dataset": "sample", "classes": ["a", "b", "c"], "input_size": 80,
+        "model": Params().to_dict()["model"] | {"ktl": False}, "data_version": "sha256:00", "params": {}}
+
+
+def test_a_checkpoint_of_another_format_is_refused_by_name(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": 1, "meta": META, "model": {}, "state": {}}, path)
+    with pytest.raises(HSNetError, match=r"old\.pt was written by another hsnet version .*format 1.*train it again"):
+        checkpoint.load(path)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(HSNetError, match="other.pt is not an hsnet training checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+
+
+def test_weights_that_dont_fit_the_model_are_refused():
+    ckpt = {"format": checkpoint.FORMAT, "meta": META, "model": {"classifier.weight": torch.zeros(3, 3)}, "state": {}}
+    with pytest.raises(HSNetError, match="weights don't fit the model its metadata describes"):
+        checkpoint.model_from(ckpt)
