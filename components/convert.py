@@ -59,3 +59,16 @@ def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> 
                          f"{len(bad)} run(s): {'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. Upload the "
                          "VGGFace2 InceptionResnetV1 weights and set datasets."
                          f"{dataset}.model.stem_weights to their s3:// URI in params")
+
+
+def write_metrics_file(*artifacts) -> None:
+    """Metrics/ClassificationMetrics artifacts keep their figures in metadata and write no file;
+    put them in the artifact's file too (JSON), so every output exists as a file: kfp.local's
+    cache treats an output without a file as missing and runs the step again, and a download of
+    the artifact from the store then holds the figures."""
+    import json
+    from pathlib import Path
+
+    for artifact in artifacts:
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(artifact.path).write_text(json.dumps(dict(artifact.metadata), indent=2, sort_keys=True, default=str))

@@ -11,7 +11,7 @@ def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input
     import shutil
     from pathlib import Path
 
-    from components.convert import start_step
+    from components.convert import start_step, write_metrics_file
     from hsnet.checkpoint import BEST
     from hsnet.evaluate import evaluate
 
@@ -22,4 +22,5 @@ def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input
     for name, acc in m["per_class_accuracy"].items():
         metrics.log_metric(f"accuracy_{name}", acc)
     confusion.log_confusion_matrix(m["classes"], m["confusion_matrix"])
+    write_metrics_file(metrics, confusion)
     shutil.copyfile(Path(report.path) / "comparison.md", comparison.path)

@@ -23,7 +23,7 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     import tempfile
     from pathlib import Path
 
-    from components.convert import RUN_ID_ENV, params_for, start_step
+    from components.convert import RUN_ID_ENV, params_for, start_step, write_metrics_file
     from hsnet import durable
     from hsnet.checkpoint import BEST
     from hsnet.train import train
@@ -51,6 +51,7 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])
     metrics.log_metric("best_epoch", summary["best_epoch"])
     metrics.log_metric("epochs_run", summary["epochs_run"])
+    write_metrics_file(metrics)
     Path(curves.path).write_text(f'<html><body><img alt="training curves" src="data:image/png;base64,{png}">'
                                  "</body></html>")
     model.metadata.update(dataset=dataset, framework="pytorch", checkpoint=BEST,

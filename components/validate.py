@@ -13,7 +13,7 @@ def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Inp
     import tempfile
     from pathlib import Path
 
-    from components.convert import params_for, start_step
+    from components.convert import params_for, start_step, write_metrics_file
     from hsnet.data.validate import validate
 
     start_step()
@@ -31,3 +31,4 @@ def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Inp
     summary.log_metric("warnings", len(s["warnings"]))
     for split, n in s["splits"].items():
         summary.log_metric(f"{split}_images", n)
+    write_metrics_file(summary)
