@@ -324,6 +324,12 @@ def _train_seed(p: dict, dataset: str) -> int | None:
         return None
 
 
+def finished(exp: dict) -> bool:
+    """Whether an experiment of ``dvc exp show --json`` has finished. A running or queued one shows
+    its base commit's metrics under its own name (its data's rev is "workspace"): not its result."""
+    return (exp.get("executor") or {}).get("state", "success") == "success"
+
+
 def collect(repo: str | os.PathLike = ".") -> list[dict]:
     """Every experiment (and the workspace) with its dataset, model switches, seed and test metrics."""
     repo = Path(repo)
@@ -361,6 +367,8 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
     for baseline in json.loads(proc.stdout or "[]"):
         add(baseline, baseline.get("name") or baseline.get("rev"))
         for exp in baseline.get("experiments") or []:
+            if not finished(exp):
+                continue
             for rev in exp.get("revs") or []:
                 add(rev, rev.get("name") or exp.get("name"))
     return rows

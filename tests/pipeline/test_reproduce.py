@@ -166,6 +166,18 @@ def test_report_statistics_orderings_and_missing(tmp_path):
     assert "| **a** | 9 | 3 |" in text  # a confusion matrix summed over the three runs of a row
 
 
+def test_only_finished_experiments_count():
+    # `dvc exp show --json` (DVC 3) while one experiment runs: it shows the base commit's metrics
+    # under its name, with data.rev "workspace" and an executor in state "running"
+    running = {"revs": [{"name": "ablation-sample-dib1-fgal0-ktl0-seed0", "data": {"rev": "workspace"}}],
+               "executor": {"state": "running", "name": "tempdir", "local": None}}
+    done = {"revs": [{"name": "ablation-sample-dib0-fgal0-ktl0-seed0", "data": {"rev": "e111068"}}],
+            "executor": None}
+    assert reproduce.finished(done) and not reproduce.finished(running)
+    for state in ("queued", "failed"):
+        assert not reproduce.finished({**running, "executor": {"state": state}})
+
+
 def test_seeds_must_be_positive(tmp_path):
     from hsnet.errors import HSNetError
 
