@@ -72,7 +72,7 @@ def test_train_and_evaluate_end_to_end(tiny_data, tiny_params, local_mlflow, tmp
 def test_loss_goes_down(tiny_data, tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     summary = _train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False,
-                    overrides={"train": {"epochs": 4}, "model": {"fgal": False}})
+                    overrides={"train": {"epochs": 4, "lr": 0.01}, "model": {"fgal": False}})  # the paper's lr
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert summary["epochs_run"] == 4
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
