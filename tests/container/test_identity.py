@@ -54,31 +54,43 @@ def _images(path: Path) -> dict[str, str]:
     return {name: e["container"]["image"] for name, e in pipeline["deploymentSpec"]["executors"].items()}
 
 
-TORCH_FREE = {"exec-fetch-raw", "exec-import-data", "exec-validate-data"}
+TORCH_STEPS = ("exec-crop-faces", "exec-train-model", "exec-evaluate-model", "exec-register-model")
+DATA_STEPS = ("exec-source-version", "exec-fetch-raw", "exec-import-data", "exec-validate-data")
 
 
-def test_committed_yaml_names_the_release_tags_torch_free_steps_the_slim_image():
+def test_committed_yaml_names_the_release_tags_data_steps_the_slim_image():
     from hsnet import __version__
 
+    release = f"ghcr.io/hsnet-pipeline/hsnet:{__version__}"
     for name in ("hsnet_pipeline.yaml", "ablation_pipeline.yaml"):
         images = _images(ROOT / "pipelines" / name)
+        assert set(images.values()) <= {release, release + "-slim"}, name
         for executor, image in images.items():
-            expected = f"ghcr.io/hsnet-pipeline/hsnet:{__version__}"
-            assert image == (expected + "-slim" if executor in TORCH_FREE else expected), (name, executor)
+            step = executor.rstrip("-0123456789")
+            if step in TORCH_STEPS:
+                assert image == release, (name, executor)
+            if step in DATA_STEPS:
+                assert image == release + "-slim", (name, executor)
 
 
 def test_compile_against_another_image(tmp_path, capsys):
+    from hsnet import __version__
     from pipelines.compile import main
 
-    assert main([str(tmp_path), "--image", "registry.example/team/hsnet:sha-0123456789ab"]) == 0
-    images = _images(tmp_path / "hsnet_pipeline.yaml")
-    assert {images[e] for e in TORCH_FREE} == {"registry.example/team/hsnet:sha-0123456789ab-slim"}
-    assert {i for e, i in images.items() if e not in TORCH_FREE} == {"registry.example/team/hsnet:sha-0123456789ab"}
+    release = f"ghcr.io/hsnet-pipeline/hsnet:{__version__}"
+    default = {n: _images(ROOT / "pipelines" / n) for n in ("hsnet_pipeline.yaml", "ablation_pipeline.yaml")}
+
+    def expect(name, image, slim):
+        return {e: {release: image, release + "-slim": slim}[i] for e, i in default[name].items()}
+
+    ref = "registry.example/team/hsnet:sha-0123456789ab"
+    assert main([str(tmp_path), "--image", ref]) == 0
+    for name in default:
+        assert _images(tmp_path / name) == expect(name, ref, ref + "-slim")
     # a digest has no tag to derive the slim image's from: it must be named
-    digest = "registry.example/team/hsnet@sha256:" + "a" * 64
+    digest, slim_digest = (f"registry.example/team/hsnet@sha256:{c * 64}" for c in "ab")
     assert main([str(tmp_path), "--image", digest]) == 2
     assert "give the slim image too" in capsys.readouterr().err
-    assert main([str(tmp_path), "--image", digest, "--slim-image", digest.replace("a" * 64, "b" * 64)]) == 0
-    images = _images(tmp_path / "ablation_pipeline.yaml")
-    assert {images[e] for e in TORCH_FREE} == {digest.replace("a" * 64, "b" * 64)}
-    assert {i for e, i in images.items() if e not in TORCH_FREE} == {digest}
+    assert main([str(tmp_path), "--image", digest, "--slim-image", slim_digest]) == 0
+    for name in default:
+        assert _images(tmp_path / name) == expect(name, digest, slim_digest)
