@@ -25,8 +25,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: a virtual environment with hsnet and its pinned dependencies ----------------------
-# The dependencies are installed from pyproject.toml and the pins alone (an empty README stands
-# in for the real one), so editing the package's code reinstalls only the package.
+# The dependencies alone, from pyproject.toml and the pins (an empty README stands in for the
+# real one): editing the package's code doesn't touch this environment (see the wheel stage).
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
@@ -39,15 +39,19 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type
  && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
  && pip install -c requirements/constraints.txt ".[all,server]" \
  && pip uninstall -y hsnet
-COPY README.md ./
+RUN find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +
+
+# --- wheel: the package itself (hsnet + components), installed last into both images, so that
+# editing the code rebuilds a small layer, not the multi-GB environment's copy
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY hsnet hsnet
 COPY components components
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
     { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
  && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
- && pip install --no-deps -c requirements/constraints.txt . \
- && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
- && cd / && python -c "import hsnet, components, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations"
+ && pip wheel --no-deps -w /wheels .
 
 # --- build-slim: what fetch, import and validate need --------------------------------------------
 # The package's requirements and its data + pipeline extras, read from pyproject.toml, less
@@ -69,16 +73,7 @@ print('\n'.join(r for r in p['dependencies'] + x['data'] + x['pipeline'] \
 if re.match(r'[A-Za-z0-9_.-]+', r)[0].lower() not in skip))" "$LEAVE_OUT" > /tmp/requirements-slim.txt \
  && pip install -c requirements/constraints.txt -r /tmp/requirements-slim.txt \
  && rm /tmp/requirements-slim.txt
-COPY README.md ./
-COPY hsnet hsnet
-COPY components components
-RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
-    { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
- && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
- && pip install --no-deps -c requirements/constraints.txt . \
- && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
- && cd / && python -c "import hsnet, components, kfp, dvc, boto3, great_expectations" \
- && ! python -c "import torch" 2> /dev/null
+RUN find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +
 
 # --- runtime: what both images share: git (for dvc get), the non-root user and its directories --
 FROM ${PYTHON_IMAGE} AS runtime
@@ -102,7 +97,12 @@ CMD ["hsnet", "--help"]
 # --- slim: the torch-free image ---------------------------------------------------------------
 FROM runtime AS slim
 COPY --from=build-slim /opt/venv /opt/venv
-RUN hsnet --help > /dev/null
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check /wheels/hsnet-*.whl \
+ && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
+ && python -c "import hsnet, components, kfp, dvc, boto3, great_expectations" \
+ && ! python -c "import torch" 2> /dev/null \
+ && hsnet --help > /dev/null
 ARG GIT_COMMIT=unknown
 ARG VERSION=unknown
 ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
@@ -121,8 +121,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
-# the MTCNN weights load from the installed wheel, with no network
-RUN python -c "from facenet_pytorch import MTCNN; MTCNN(device='cpu')" && hsnet --help > /dev/null
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check /wheels/hsnet-*.whl \
+ && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} + \
+ && python -c "import hsnet, components, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations" \
+ && python -c "from facenet_pytorch import MTCNN; MTCNN(device='cpu')" && hsnet --help > /dev/null
 ARG GIT_COMMIT=unknown
 ARG VERSION=unknown
 ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
