@@ -7,7 +7,7 @@
 # hex digits, "-dirty" when a file the build reads differs from HEAD); with --release also the
 # release tags components/__init__.py names (REPO:<version>, REPO:<version>-slim). The commit,
 # version and source go into the OCI labels and HSNET_GIT_COMMIT. --refs FILE: writes
-# IMAGE=<ref> and SLIM_IMAGE=<ref> (the commit tags) to FILE, for `make image-test`.
+# IMAGE=, SLIM_IMAGE= (the commit tags), COMMIT= and DOCKER= to FILE, for `make image-test`.
 #
 # The base image comes from tests/container/base_image.sh (pulled, or a stand-in where no
 # registry answers). pip inside the build reaches the index with this machine's settings, none
@@ -95,5 +95,5 @@ rm -rf "$logs"
 echo "built $IMAGE and $SLIM_IMAGE in $(( $(date +%s) - start )) s (commit $commit)"
 $DOCKER image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$REPO" | grep -F -e "$IMAGE " -e "$SLIM_IMAGE " || true
 if [ -n "$refs" ]; then
-  printf 'IMAGE=%s\nSLIM_IMAGE=%s\nDOCKER=%s\n' "$IMAGE" "$SLIM_IMAGE" "$DOCKER" > "$refs"
+  printf 'IMAGE=%s\nSLIM_IMAGE=%s\nCOMMIT=%s\nDOCKER=%s\n' "$IMAGE" "$SLIM_IMAGE" "$commit" "$DOCKER" > "$refs"
 fi
