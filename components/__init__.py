@@ -35,11 +35,11 @@ SLIM_IMAGE = slim_image(IMAGE)
 if os.environ.get("_KFP_RUNTIME", "false") != "true":
     from .crop import crop_faces  # noqa: E402
     from .evaluate import evaluate_model  # noqa: E402
-    from .fetch import fetch_raw  # noqa: E402
+    from .fetch import fetch_raw, source_version  # noqa: E402
     from .import_data import import_data  # noqa: E402
     from .register import register_model  # noqa: E402
     from .train import train_model  # noqa: E402
     from .validate import validate_data  # noqa: E402
 
-__all__ = ["IMAGE", "fetch_raw", "import_data", "validate_data", "crop_faces", "train_model", "evaluate_model",
-           "register_model"]
+__all__ = ["IMAGE", "SLIM_IMAGE", "source_version", "fetch_raw", "import_data", "validate_data", "crop_faces",
+           "train_model", "evaluate_model", "register_model"]

@@ -30,12 +30,12 @@ def _stages(dockerfile: str) -> list[list[str]]:
 
 def test_every_component_runs_in_the_project_image():
     for name in components.__all__:
-        if name == "IMAGE":
+        if not name.islower():  # IMAGE, SLIM_IMAGE
             continue
         comp = getattr(components, name)
         container = comp.component_spec.implementation.container
         # the torch-free steps run in the slim image (the Dockerfile's slim target), the rest in IMAGE
-        torch_free = name in ("fetch_raw", "import_data", "validate_data")
+        torch_free = name in ("source_version", "fetch_raw", "import_data", "validate_data")
         assert container.image == (SLIM_IMAGE if torch_free else IMAGE), name
         assert "pip install" not in " ".join(container.command or []), f"{name} installs packages at run time"
 
@@ -70,6 +70,10 @@ def test_mlflow_manifest_uses_the_image_and_no_inline_credentials():
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     container = pod["containers"][0]
-    assert container["image"] == IMAGE
+    # the slim server image of mlflow/Dockerfile, tagged with the MLflow version the clients pin
+    pins = dict(line.split("==") for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert container["image"] == f"ghcr.io/hsnet-pipeline/mlflow-server:{pins['mlflow']}"
+    assert "ghcr.io/hsnet-pipeline/mlflow-server:" + pins["mlflow"] in (ROOT / "mlflow" / "Dockerfile").read_text()
     assert {"secretRef": {"name": "mlflow-s3"}} in container["envFrom"]
     assert not any(k.endswith(("SECRET_ACCESS_KEY", "PASSWORD")) for k in kinds["ConfigMap"]["data"])

@@ -67,6 +67,19 @@ def _upstream(t: dict) -> set[str]:
     return deps
 
 
+def test_every_component_is_a_step_of_the_pipeline(spec):
+    """The step list comes from components/ (its __all__): a new component that the pipeline doesn't
+    run, or a task without a component there, fails here."""
+    import re
+
+    import components
+
+    executors = spec[1][0]["deploymentSpec"]["executors"]
+    ran = {re.sub(r"-\d+$", "", name.removeprefix("exec-")) for name in executors}
+    defined = {name.replace("_", "-") for name in components.__all__ if name.islower()}
+    assert ran == defined
+
+
 def test_steps_order_gpu_secrets_parameters(spec):
     pipeline, platform = spec[1]
     tasks = pipeline["root"]["dag"]["tasks"]
