@@ -37,9 +37,10 @@ if os.environ.get("_KFP_RUNTIME", "false") != "true":
     from .evaluate import evaluate_model  # noqa: E402
     from .fetch import fetch_raw, source_version  # noqa: E402
     from .import_data import import_data  # noqa: E402
+    from .promote import promote_model  # noqa: E402
     from .register import register_model  # noqa: E402
     from .train import train_model  # noqa: E402
     from .validate import validate_data  # noqa: E402
 
 __all__ = ["IMAGE", "SLIM_IMAGE", "source_version", "fetch_raw", "import_data", "validate_data", "crop_faces",
-           "train_model", "evaluate_model", "register_model"]
+           "train_model", "evaluate_model", "register_model", "promote_model"]

@@ -28,7 +28,8 @@ from pathlib import Path
 import yaml
 from kfp import dsl, kubernetes
 
-from components import crop_faces, evaluate_model, import_data, register_model, train_model, validate_data
+from components import (crop_faces, evaluate_model, import_data, promote_model, register_model, train_model,
+                        validate_data)
 from components.fetch import fetch_raw, source_version
 from components.convert import RUN_ID_ENV
 
@@ -57,6 +58,7 @@ RESOURCES = {
     "train": ("4", "8", "16Gi", "32Gi", "8Gi"),
     "evaluate": ("2", "4", "4Gi", "8Gi", "4Gi"),
     "register": ("500m", "1", "2Gi", "4Gi", "2Gi"),
+    "promote": ("250m", "1", "1Gi", "2Gi", "1Gi"),
     "report": ("250m", "1", "512Mi", "1Gi", "1Gi"),  # the ablation's Table 6
 }
 SCRATCH = {"artifacts-s3": "/s3", "artifacts-minio": "/minio", "tmp": "/tmp"}
@@ -156,11 +158,16 @@ def hsnet_pipeline(
     mlflow_tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000",
     crop_device: str = "cpu",
     checkpoint_uri: str = DEFAULT_CHECKPOINT_URI,
+    promote: bool = False,
+    deploy: bool = False,
+    canary_percent: int = 10,
 ):
     """``raw_source``: an s3:// prefix, or (with ``dvc_path``) a DVC repository URL read at ``dvc_rev``.
     ``params``: the whole params.yaml (defaults to the repository's at compile time).
     ``crop_device``: cpu, or cuda (the crop step then gets a GPU).
-    ``checkpoint_uri``: s3:// prefix for train's per-epoch checkpoints ("" to keep them in the pod)."""
+    ``checkpoint_uri``: s3:// prefix for train's per-epoch checkpoints ("" to keep them in the pod).
+    ``promote`` (off by default): then move production to the new version if it passes the gate, and
+    with ``deploy`` roll the KServe InferenceService to it with ``canary_percent`` of the traffic."""
 
     def train_evaluate_register(crops):
         trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
@@ -169,5 +176,10 @@ def hsnet_pipeline(
                                                   model=trained.outputs["model"],
                                                   report=evaluated.outputs["report"]), mlflow=True), "register")
         registered.set_caching_options(False)  # registering is idempotent; let it report the version every run
+        with dsl.If(promote == True, name="promote-if-asked"):  # noqa: E712 - a pipeline condition, not Python
+            promoted = step(_secrets(promote_model(model_uri=registered.output, mlflow_tracking_uri=mlflow_tracking_uri,
+                                                   deploy=deploy, canary_percent=canary_percent), mlflow=True),
+                            "promote")
+            promoted.set_caching_options(False)  # the registry's state decides, not the inputs
 
     prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, then=train_evaluate_register)

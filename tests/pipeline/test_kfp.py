@@ -98,7 +98,7 @@ def test_steps_order_gpu_secrets_parameters(spec):
     assert conditions["crop-on-cpu"].startswith("!(") and "== 'cuda'" in conditions["crop-on-cpu"]
     branches = _branches(pipeline)
     for branch in branches.values():
-        assert sorted(branch) == ["crop", "evaluate", "register", "train"]
+        assert sorted(branch) == ["crop", "evaluate", "promote-if-asked", "register", "train"]
         key = {name: k for name, (k, _) in branch.items()}
         assert _upstream(branch["train"][1]) == {key["crop"]}
         assert _upstream(branch["evaluate"][1]) == {key["crop"], key["train"]}
@@ -143,7 +143,9 @@ def test_caching_follows_the_data(spec):
         "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "source-version"}}
     for _, task in _all_tasks(pipeline):
         name = task["taskInfo"]["name"]
-        expected = {} if name in ("source-version", "register") else {"enableCache": True}
+        if name == "promote-if-asked":  # the condition around promote: no step of its own
+            continue
+        expected = {} if name in ("source-version", "register", "promote") else {"enableCache": True}
         assert task["cachingOptions"] == expected, name
         # the run id reaches train as an environment variable (the pod's label), not as an input:
         # an input would be part of the cache key and make every run retrain
@@ -444,3 +446,23 @@ def test_ablation_without_stem_weights_uri_fails_first():
 
 def _compiled_ablation() -> dict:
     return next(yaml.safe_load_all((ROOT / "pipelines" / "ablation_pipeline.yaml").read_text()))
+
+
+def test_promotion_is_an_optional_step_off_by_default(spec):
+    """promote (and deploy) run only when asked: a condition on the `promote` parameter, default false,
+    after register in each crop branch, fed the registered version's URI."""
+    pipeline = spec[1][0]
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["promote"]["defaultValue"] is False
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["deploy"]["defaultValue"] is False
+    conditions = [task for comp in pipeline["components"].values() for task in comp.get("dag", {}).get("tasks", {}).values()
+                  if task["taskInfo"]["name"] == "promote-if-asked"]
+    assert len(conditions) == 2  # the GPU and the CPU crop branch
+    for task in conditions:
+        assert task["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--promote'] == true"
+    promotes = [task for comp in pipeline["components"].values() for task in comp.get("dag", {}).get("tasks", {}).values()
+                if task["componentRef"]["name"].startswith("comp-promote-model")]
+    assert len(promotes) == 2
+    for task in promotes:
+        uri = task["inputs"]["parameters"]["model_uri"]  # register's output, passed into the condition
+        assert uri["componentInputParameter"] in ("pipelinechannel--register-model-Output",
+                                                  "pipelinechannel--register-model-2-Output")
