@@ -200,6 +200,7 @@ def test_model_cache_keeps_names_that_sanitise_alike_apart(local_mlflow, tmp_pat
     from hsnet import tracking
 
     tracking.connect()
+    mlflow.set_experiment("model-cache")  # not the experiment an earlier test left active (another store)
     for name, body in (("hsnet sample", "one"), ("hsnet_sample", "two")):
         d = tmp_path / body
         d.mkdir()

@@ -99,7 +99,7 @@ def test_promote_deploy_canary_rollback_and_dry_run(local_mlflow, trained, kube,
     capsys.readouterr()
     assert main(["promote", "--name", name, "--deploy", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    manifest = yaml.safe_load(out.split("\n", 1)[1])
+    manifest = yaml.safe_load(out[out.index("apiVersion:"):])  # after the line that says what it is
     assert model_of(manifest) == f"models:/{name}/1" and manifest["metadata"]["name"] == name
     assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert kube.requests == []
