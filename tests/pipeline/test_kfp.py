@@ -47,9 +47,20 @@ def _branches(pipeline) -> dict:
 
 
 def _all_tasks(pipeline) -> list[tuple[str, dict]]:
-    """(key, task) of every step (a container), in the root DAG and in the crop branches."""
-    tasks = [(k, t) for k, t in pipeline["root"]["dag"]["tasks"].items() if k != CROPS]
-    return tasks + [v for branch in _branches(pipeline).values() for v in branch.values()]
+    """(key, task) of every step (a container), in the root DAG and inside its conditions (the crop
+    branches, the optional promotion)."""
+    found = []
+
+    def walk(tasks):
+        for key, task in tasks.items():
+            component = pipeline["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"]["tasks"])
+            else:
+                found.append((key, task))
+
+    walk(pipeline["root"]["dag"]["tasks"])
+    return found
 
 
 def _executor(pipeline, task: dict) -> str:
