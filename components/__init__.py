@@ -1,10 +1,10 @@
-"""Kubeflow Pipelines components: one per pipeline step, each a thin wrapper over one ``hsnet`` verb.
+"""Kubeflow Pipelines components: one per pipeline step, each a thin wrapper over one hsnet step function.
 
-Every component runs in the project's image (``IMAGE``, built from the top-level
-``Dockerfile``) with hsnet and kfp installed, so ``install_kfp_package=False`` and no
-packages are installed at run time. A component turns its KFP artifacts into paths,
-calls ``hsnet.cli.run([...])`` with the same verb and flags as the DVC stage in
-``dvc.yaml``, and turns the files written into typed outputs (Metrics,
+Every component runs in the project's image (``IMAGE``, or ``SLIM_IMAGE`` for the torch-free
+steps) with hsnet, these components and kfp installed, so ``install_kfp_package=False`` and no
+packages are installed at run time. A component turns its KFP parameters into typed settings
+(``components.convert.params_for``), its artifacts into paths, calls the same function the DVC
+stage's ``hsnet`` verb calls, and turns the files written into typed outputs (Metrics,
 ClassificationMetrics, HTML, Markdown).
 """
 
