@@ -23,6 +23,9 @@
 # /s3 and /gcs (where the KFP v2 launcher puts the local copies of artifacts) and its home; nothing
 # is world-writable beyond the base image's /tmp.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# where the source lives (the OCI source label); build.sh passes the checkout's origin only when
+# it is a public URL (a CI clone's origin is a local path)
+ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
 
 # --- build: a virtual environment with hsnet and its pinned dependencies ----------------------
 # The dependencies alone, from pyproject.toml and the pins (an empty README stands in for the
@@ -105,7 +108,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
  && hsnet --help > /dev/null
 ARG GIT_COMMIT=unknown
 ARG VERSION=unknown
-ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
+ARG SOURCE
 LABEL org.opencontainers.image.source=$SOURCE \
       org.opencontainers.image.revision=$GIT_COMMIT \
       org.opencontainers.image.version=$VERSION \
@@ -128,7 +131,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
  && python -c "from facenet_pytorch import MTCNN; MTCNN(device='cpu')" && hsnet --help > /dev/null
 ARG GIT_COMMIT=unknown
 ARG VERSION=unknown
-ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
+ARG SOURCE
 LABEL org.opencontainers.image.source=$SOURCE \
       org.opencontainers.image.revision=$GIT_COMMIT \
       org.opencontainers.image.version=$VERSION \

@@ -55,6 +55,10 @@ if commit=$(git rev-parse HEAD 2> /dev/null); then
   # shellcheck disable=SC2086
   [ -z "$(git status --porcelain -- Dockerfile $context)" ] || commit="$commit-dirty"
   source_url=$(git remote get-url origin 2> /dev/null | sed -E 's#^(https?://)[^/@]*@#\1#' || true)
+  case $source_url in  # a local path (a CI clone) names no source: the Dockerfile's default
+    https://* | http://* | ssh://* | git@*) ;;
+    *) source_url="" ;;
+  esac
 else
   commit=unknown source_url=""
 fi
