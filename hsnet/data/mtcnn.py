@@ -10,6 +10,20 @@ window's size. The windows are adaptive average pooling's own (start ``floor(i*n
 ``ceil((i+1)*n/s)``), so each crop equals facenet-pytorch's up to float rounding, and the same
 P/R/O-Net weights (facenet-pytorch's :class:`~facenet_pytorch.MTCNN`) see the same inputs.
 
+Where a CPU spends its time (docs/performance.md, "Batched MTCNN") two more things are done
+differently, both with bit-for-bit the same values:
+
+* P-Net's image pyramid is read from the same summed-area table: each level's area resize is
+  two row gathers and two column gathers of the table (its windows are separable), the integer
+  window sums divided by the window's height and then its width, which is what
+  ``adaptive_avg_pool2d`` computes (integer sums of at most 2^24 are exact in float32), at a
+  fraction of its cost.
+* The networks run facenet-pytorch's own ``forward`` on a shallow copy of each network whose
+  ``MaxPool2d(ceil_mode=True)`` layers are replaced by :class:`StridedMaxPool` (the maximum of
+  strided slices, rows then columns, with ``-inf`` past the edge where ``ceil_mode`` lets the
+  last window run over it): the same maxima, without the slow generic CPU pooling kernel that
+  took about a third of the detector's time. The weights are the same tensors.
+
 Differences from ``detect_face``, none of which changes a result it returns:
 
 * images of different sizes go through one call (P-Net runs per size, the later stages once);
@@ -21,8 +35,12 @@ Differences from ``detect_face``, none of which changes a result it returns:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchvision.ops.boxes import batched_nms
 
 RNET_SIZE, ONET_SIZE = 24, 48
@@ -32,6 +50,104 @@ def _facenet():
     from facenet_pytorch.models.utils import detect_face as fd
 
     return fd
+
+
+class StridedMaxPool(nn.Module):
+    """``nn.MaxPool2d(kernel, stride, padding=0, dilation=1, ceil_mode)`` as the maximum of
+    ``kernel`` strided slices along the rows, then along the columns: the same values (a maximum
+    is exact), where PyTorch's CPU kernel is several times slower on MTCNN's small feature maps."""
+
+    def __init__(self, kernel: int, stride: int, ceil_mode: bool):
+        super().__init__()
+        self.kernel, self.stride, self.ceil_mode = kernel, stride, ceil_mode
+
+    def _out(self, n: int) -> int:
+        k, s = self.kernel, self.stride
+        if not self.ceil_mode:
+            return (n - k) // s + 1
+        out = -(-(n - k) // s) + 1
+        return out - 1 if (out - 1) * s >= n else out  # the last window must start inside (PyTorch's rule)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        oh, ow = self._out(h), self._out(w)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"max pooling {self.kernel}x{self.kernel}: input {h}x{w} is smaller than the window")
+        return self._along(self._along(x, -2, oh), -1, ow)
+
+    def _along(self, x: torch.Tensor, dim: int, out: int) -> torch.Tensor:
+        """Maxima of the ``out`` windows along ``dim``; a window running over the edge (ceil_mode)
+        is the maximum of the values it covers (PyTorch's -inf padding), without copying ``x``."""
+        k, s, n = self.kernel, self.stride, x.shape[dim]
+        first = x.narrow(dim, 0, (out - 1) * s + 1)[(..., slice(None, None, s)) + (slice(None),) * (-1 - dim)]
+        acc = None
+        for j in range(1, k):
+            count = min(out, (n - j + s - 1) // s)  # windows whose j-th element is inside
+            if count <= 0:
+                continue
+            other = x.narrow(dim, j, (count - 1) * s + 1)[(..., slice(None, None, s)) + (slice(None),) * (-1 - dim)]
+            if acc is None:
+                if count == out:
+                    acc = torch.maximum(first, other)
+                    continue
+                acc = first.clone()
+            part = acc.narrow(dim, 0, count)
+            torch.maximum(part, other, out=part)
+        return first.contiguous() if acc is None else acc
+
+
+def _pool_equivalent(layer: nn.Module) -> nn.Module:
+    """:class:`StridedMaxPool` for a square, unpadded, undilated ``nn.MaxPool2d``; else the layer itself."""
+    if not isinstance(layer, nn.MaxPool2d) or layer.return_indices:
+        return layer
+    k, s, p, d = (v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
+                  for v in (layer.kernel_size, layer.stride or layer.kernel_size, layer.padding, layer.dilation))
+    if None in (k, s) or p != 0 or d != 1:
+        return layer
+    return StridedMaxPool(k, s, layer.ceil_mode)
+
+
+def with_strided_pools(net: nn.Module) -> nn.Module:
+    """A shallow copy of ``net`` (the same parameter tensors, the same ``forward``) whose direct
+    ``MaxPool2d`` children are :class:`StridedMaxPool`; ``net`` itself is left as it is."""
+    fast = copy.copy(net)
+    fast._modules = {name: _pool_equivalent(layer) for name, layer in net._modules.items()}
+    return fast
+
+
+def summed_area_tables(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, 3, h+1, w+1) integer sums over [0, y) x [0, x) of uint8 images (N, h, w, 3)."""
+    n, h, w, _ = raw.shape
+    table = torch.zeros((n, 3, h + 1, w + 1), dtype=dtype, device=raw.device)
+    inner = table[:, :, 1:, 1:]
+    inner.copy_(raw.permute(0, 3, 1, 2))
+    inner.cumsum_(2)
+    inner.cumsum_(3)
+    return table
+
+
+def _windows(n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive average pooling's windows from ``n`` to ``size``: starts and ends (exclusive)."""
+    i = torch.arange(size, device=device)
+    return (i * n) // size, ((i + 1) * n + size - 1) // size
+
+
+def area_resize(tables: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``interpolate(images, size, mode="area")`` of the images whose summed-area tables
+    (N, C, h+1, w+1) are given, float32 (N, C, *size): the same values, bit for bit, as long as a
+    window's sum is exact in float32 (at most 2^24, e.g. windows of up to 65,793 pixels of 0-255)."""
+    h, w = tables.shape[-2] - 1, tables.shape[-1] - 1
+    rs, re = _windows(h, size[0], tables.device)
+    cs, ce = _windows(w, size[1], tables.device)
+    rows = tables.index_select(2, re)
+    rows -= tables.index_select(2, rs)
+    shape = rows.shape[:-1] + (size[1],)
+    sums = torch.gather(rows, 3, ce.expand(shape))
+    sums -= torch.gather(rows, 3, cs.expand(shape))
+    out = sums.to(torch.float32)
+    out /= (re - rs).to(torch.float32)[:, None]  # adaptive_avg_pool2d: sum / kh / kw
+    out /= (ce - cs).to(torch.float32)
+    return out
 
 
 class BatchedMTCNN:
@@ -48,8 +164,9 @@ class BatchedMTCNN:
             mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size).eval()
         self.mtcnn = mtcnn
         self.device = torch.device(device)
+        self.pnet, self.rnet, self.onet = (with_strided_pools(net) for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         fd, m = _facenet(), self.mtcnn
         n = len(images)
@@ -68,14 +185,13 @@ class BatchedMTCNN:
         offset = 0
         boxes_all, inds_all = [], []
         for (h, w), idx in groups.items():
-            raw = torch.as_tensor(np.stack([images[i] for i in idx]), device=self.device).permute(0, 3, 1, 2)
-            table = torch.zeros((len(idx), 3, h + 1, w + 1), dtype=acc, device=self.device)
-            table[:, :, 1:, 1:] = raw.to(acc).cumsum(2, dtype=acc).cumsum(3, dtype=acc)
+            raw = torch.as_tensor(np.stack([images[i] for i in idx]), device=self.device)
+            table = summed_area_tables(raw, acc)
             tables.append(table.reshape(-1))
             for j, i in enumerate(idx):
                 base[i] = offset + j * 3 * (h + 1) * (w + 1)
             offset += table.numel()
-            found = self._pnet(raw.to(dtype), h, w)
+            found = self._pnet(table, dtype)
             if found is not None:
                 boxes, inds = found
                 boxes_all.append(boxes)
@@ -83,7 +199,7 @@ class BatchedMTCNN:
         empty = [np.zeros((0, 5)) for _ in range(n)]
         if not boxes_all:
             return empty
-        flat = torch.cat(tables)
+        flat = torch.cat(tables) if len(tables) > 1 else tables[0]
         base = base.to(self.device)
         hw = torch.as_tensor(sizes, dtype=torch.int64, device=self.device)  # (n, 2): h, w
         boxes, inds = torch.cat(boxes_all), torch.cat(inds_all)
@@ -99,7 +215,7 @@ class BatchedMTCNN:
         # R-Net on every candidate of every image at once
         if len(boxes):
             crops, valid = crop_resize_boxes(flat, base, hw, boxes, inds, RNET_SIZE)
-            out = m.rnet(((crops - 127.5) * 0.0078125).to(dtype))
+            out = self.rnet(((crops - 127.5) * 0.0078125).to(dtype))
             score = out[1][:, 1]
             ipass = (score > m.thresholds[1]) & valid
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
@@ -111,7 +227,7 @@ class BatchedMTCNN:
         # O-Net likewise
         if len(boxes):
             crops, valid = crop_resize_boxes(flat, base, hw, boxes, inds, ONET_SIZE)
-            out = m.onet(((crops - 127.5) * 0.0078125).to(dtype))
+            out = self.onet(((crops - 127.5) * 0.0078125).to(dtype))
             score = out[2][:, 1]
             ipass = (score > m.thresholds[2]) & valid
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
@@ -123,27 +239,37 @@ class BatchedMTCNN:
         boxes, inds = boxes.cpu().numpy().astype(np.float64), inds.cpu().numpy()
         return [boxes[inds == i].reshape(-1, 5) for i in range(n)]
 
-    def _pnet(self, imgs: torch.Tensor, h: int, w: int):
-        """P-Net over the scale pyramid of equal-size images (N, 3, h, w) float: candidate boxes
-        (k, 9) (x1, y1, x2, y2, score, 4 regression offsets) and their image's index in ``imgs``,
-        after NMS within each scale and image; None when the pyramid is empty or nothing passed."""
+    def _pnet(self, tables: torch.Tensor, dtype: torch.dtype):
+        """P-Net over the scale pyramid of equal-size images given by their summed-area tables
+        (N, 3, h+1, w+1): candidate boxes (k, 9) (x1, y1, x2, y2, score, 4 regression offsets) and
+        their image's index, after NMS within each scale and image (in facenet-pytorch's order:
+        by scale, then as its NMS keeps them); None when the pyramid is empty or nothing passed."""
         fd, m = _facenet(), self.mtcnn
+        h, w = tables.shape[2] - 1, tables.shape[3] - 1
         scale, minl, scales = 12.0 / m.min_face_size, min(h, w) * 12.0 / m.min_face_size, []
         while minl >= 12:
             scales.append(scale)
             scale, minl = scale * m.factor, minl * m.factor
-        boxes, inds = [], []
-        for scale in scales:
-            im_data = fd.imresample(imgs, (int(h * scale + 1), int(w * scale + 1)))
-            reg, probs = m.pnet((im_data - 127.5) * 0.0078125)
+        boxes, inds, levels = [], [], []
+        for level, scale in enumerate(scales):
+            im_data = area_resize(tables, (int(h * scale + 1), int(w * scale + 1)))
+            im_data -= 127.5
+            im_data *= 0.0078125
+            reg, probs = self.pnet(im_data.to(dtype))
             b, i = fd.generateBoundingBox(reg, probs[:, 1], scale, m.thresholds[0])
-            pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
-            boxes.append(b[pick])
-            inds.append(i[pick])
+            boxes.append(b)
+            inds.append(i)
+            levels.append(torch.full_like(i, level))
         if not boxes:
             return None
-        boxes, inds = torch.cat(boxes), torch.cat(inds)
-        return (boxes, inds) if len(boxes) else None
+        boxes, inds, levels = torch.cat(boxes), torch.cat(inds), torch.cat(levels)
+        if not len(boxes):
+            return None
+        # NMS within each scale and image in one call; its picks (by score) put back in scale
+        # order, which is the order of facenet-pytorch's per-scale calls
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], inds * len(scales) + levels, 0.5)
+        pick = pick[torch.sort(levels[pick], stable=True).indices]
+        return boxes[pick], inds[pick]
 
 
 def crop_resize_boxes(flat: torch.Tensor, base: torch.Tensor, hw: torch.Tensor, boxes: torch.Tensor,

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from hsnet.data.crop import Detector
-from hsnet.data.mtcnn import BatchedMTCNN, crop_resize_boxes
+from hsnet.data.mtcnn import (BatchedMTCNN, StridedMaxPool, area_resize, crop_resize_boxes, summed_area_tables,
+                              with_strided_pools)
 
 skimage_data = pytest.importorskip("skimage.data")
 facenet = pytest.importorskip("facenet_pytorch")
@@ -149,3 +150,52 @@ def test_detector_uses_the_batched_path_and_keeps_tiny_images_apart(mtcnn):
     found = detector([astro, tiny])
     assert_same(found[0], reference(mtcnn, astro), "astronaut")
     assert found[1].shape == (0, 5)
+
+
+def test_pyramid_levels_from_the_summed_area_table_equal_area_interpolation_bit_for_bit(mtcnn):
+    """P-Net's input at every scale of MTCNN's pyramid: the summed-area-table resize against
+    ``interpolate(mode="area")`` of the float image, as facenet-pytorch computes it (channels-last
+    strides from its permute) and contiguous, on photos of several shapes."""
+    rng = np.random.default_rng(2)
+    photos = [mixed_photos()["kdef_like"], rng.integers(0, 256, (2, 101, 77, 3), dtype=np.uint8),
+              rng.integers(0, 256, (1, 1024, 681, 3), dtype=np.uint8)]
+    for raw in photos:
+        raw = torch.as_tensor(raw if raw.ndim == 4 else raw[None])
+        image = raw.permute(0, 3, 1, 2).float()
+        tables = summed_area_tables(raw, torch.int32)
+        h, w = raw.shape[1:3]
+        scale, levels = 12.0 / mtcnn.min_face_size, 0
+        while min(h, w) * scale >= 12:
+            size = (int(h * scale + 1), int(w * scale + 1))
+            found = area_resize(tables, size)
+            assert torch.equal(found, torch.nn.functional.interpolate(image, size=size, mode="area")), size
+            assert torch.equal(found, torch.nn.functional.interpolate(image.contiguous(), size=size, mode="area"))
+            scale, levels = scale * mtcnn.factor, levels + 1
+        assert levels >= 4
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (3, 1), (2, 3)])
+def test_strided_max_pool_equals_max_pool2d(kernel, stride):
+    """The replacement pool on even, odd and minimal sizes, with and without ceil_mode (the last
+    window over the edge), on values with ties and negative numbers."""
+    rng = np.random.default_rng(3)
+    for ceil_mode in (True, False):
+        for h, w in [(kernel, kernel), (kernel + 1, kernel + 2), (22, 22), (23, 46), (57, 41)]:
+            x = torch.from_numpy(rng.integers(-3, 4, (2, 5, h, w)).astype(np.float32))
+            expected = torch.nn.MaxPool2d(kernel, stride, ceil_mode=ceil_mode)(x)
+            assert torch.equal(StridedMaxPool(kernel, stride, ceil_mode)(x), expected), (h, w, ceil_mode)
+
+
+def test_networks_with_strided_pools_are_facenet_pytorchs_with_the_same_weights(mtcnn):
+    """The copies keep facenet-pytorch's parameter tensors and forward, give its outputs, and
+    leave the MTCNN object they come from as it was."""
+    torch.manual_seed(0)
+    for net, shape in ((mtcnn.pnet, (2, 3, 61, 47)), (mtcnn.rnet, (5, 3, 24, 24)), (mtcnn.onet, (5, 3, 48, 48))):
+        fast = with_strided_pools(net)
+        assert any(isinstance(layer, StridedMaxPool) for layer in fast.children())
+        assert not any(isinstance(layer, StridedMaxPool) for layer in net.children())
+        assert all(a is b for a, b in zip(fast.parameters(), net.parameters()))
+        x = torch.rand(shape) * 2 - 1
+        with torch.no_grad():
+            for a, b in zip(fast(x), net(x)):
+                assert torch.equal(a, b)  # the same operations on the same values
