@@ -90,8 +90,11 @@ def _train(args: argparse.Namespace) -> None:
     if args.checkpoint_uri:  # copies last.pt/best.pt to S3 every epoch and resumes from there
         from . import durable
 
+        every = durable.INTERVAL_S if args.checkpoint_every is None else args.checkpoint_every
+        if every < 0:
+            raise HSNetError(f"--checkpoint-every {every}: give seconds, 0 or more (0: every epoch)")
         summary = durable.train(args.data, params, args.out, args.checkpoint_uri, device=args.device,
-                                track=not args.no_mlflow)
+                                track=not args.no_mlflow, min_interval_s=every)
     else:
         summary = train(args.data, params, args.out, resume={"auto": "auto", "yes": True}.get(args.resume, False),
                         device=args.device, track=not args.no_mlflow)
@@ -304,8 +307,11 @@ def _add_train_evaluate(verbs) -> None:
                    help="continue from OUT/last.pt if it exists; 'auto': only if it is of the same data and "
                    "settings, from the start otherwise (what dvc.yaml uses)")
     p.add_argument("--checkpoint-uri", default=None, metavar="S3_PREFIX",
-                   help="also keep last.pt/best.pt at this s3:// prefix, uploaded every epoch, and resume from "
-                   "there when OUT has none (a preempted machine); implies --resume auto")
+                   help="also keep last.pt/best.pt at this s3:// prefix, uploaded after the first epoch and then "
+                   "every --checkpoint-every seconds at most, and resume from there when OUT has none (a preempted "
+                   "machine); implies --resume auto")
+    p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
+                   help="with --checkpoint-uri: the least time between uploads (default: hsnet.durable.INTERVAL_S; 0: every epoch)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--max-epochs", type=int, default=None, help="cap the epochs for a quick run")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

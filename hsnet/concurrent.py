@@ -8,8 +8,9 @@ time-slices between them. The CPU threads are divided between the runs (``OMP_NU
 
 * :func:`run_jobs` runs commands, at most ``concurrent`` at a time: what ``hsnet reproduce
   ablation --concurrent N`` does with its ``dvc exp run --temp`` commands.
-* :func:`train_jobs` builds the ``hsnet train`` commands of several settings on the same crops
-  (a Kubeflow pod training several configurations on its GPU calls ``run_jobs(train_jobs(...), n)``).
+* :func:`train_jobs` builds the ``hsnet train`` commands of several settings on the same crops.
+* :func:`train_and_evaluate` trains several runs side by side and evaluates each: what a Kubeflow
+  ablation pod with ``runs_per_gpu`` > 1 does (components/train_group.py).
 """
 
 from __future__ import annotations
@@ -125,3 +126,70 @@ def train_jobs(data_dir: str | os.PathLike, params_path: str | os.PathLike, data
         argv += (["--device", device] if device else []) + ([] if track else ["--no-mlflow"]) + list(extra or [])
         jobs.append(Job(name, argv))
     return jobs
+
+
+def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | os.PathLike, *,
+                       concurrent: int | None = None, checkpoint_uris: dict[str, str] | None = None,
+                       checkpoint_every_s: float | None = None, device: str | None = None,
+                       track: bool = True) -> dict[str, dict]:
+    """Several trainings on the same crops side by side (one GPU), then each finished one evaluated
+    on the test split: the step of a Kubeflow ablation pod that trains several configurations.
+
+    ``runs``: a run's name (its folder under ``out_root``) -> its resolved settings
+    (:class:`~hsnet.params.Params`). Each trains as its own ``hsnet train`` process, its settings
+    handed over as ``NAME/params.yaml``, ``concurrent`` at a time (default: all of them), with
+    durable checkpoints at ``checkpoint_uris[NAME]`` when given (a restarted pod resumes every run
+    from its last upload). Then the runs that trained are evaluated here, one after another.
+    Writes ``NAME/params.yaml``, ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/``
+    (metrics.json, ...) and ``runs.json``: per run its return code, seconds, the end of its
+    output, and its test accuracy or what failed. A run that fails (to train or to evaluate) is
+    its record; the others go on. Returns what ``runs.json`` holds.
+    """
+    import yaml
+
+    from .evaluate import evaluate
+    from .io import safe_join, write_json, write_text
+
+    if not runs:
+        raise HSNetError("no runs to train: give at least one")
+    out_root = Path(out_root)
+    if any(not isinstance(name, str) or "/" in name or "\\" in name for name in runs):
+        raise HSNetError(f"run names are folder names, without '/': {sorted(map(str, runs))}")
+    folders = {name: safe_join(out_root, name, what="run name") for name in runs}
+    jobs = []
+    for name, params in runs.items():
+        folders[name].mkdir(parents=True, exist_ok=True)
+        params_file = folders[name] / "params.yaml"
+        write_text(params_file, yaml.safe_dump(params.to_file(), sort_keys=False))
+        extra = []
+        if checkpoint_uris and checkpoint_uris.get(name):
+            extra += ["--checkpoint-uri", checkpoint_uris[name]]
+            if checkpoint_every_s is not None:
+                extra += ["--checkpoint-every", str(checkpoint_every_s)]
+        # one `hsnet train` into NAME/train, with no overrides: the params file holds all the settings
+        (job,) = train_jobs(data_dir, params_file, params.dataset, {"train": {}}, folders[name],
+                            device=device, track=track, extra=extra)
+        jobs.append(Job(name, job.argv))
+    records = run_jobs(jobs, concurrent or len(jobs))
+    for name, record in records.items():
+        if record["returncode"] != 0:
+            record["error"] = f"training ended with exit code {record['returncode']}"
+            log.error("%s: %s; the end of its output:\n%s", name, record["error"], record["output"])
+            continue
+        try:
+            m = evaluate(folders[name] / "train" / "best.pt", data_dir, folders[name] / "eval", device=device,
+                         track=track, progress=False)
+            record["accuracy"] = m["accuracy"]
+        except Exception as exc:  # noqa: BLE001 - one run's failure is its record
+            log.exception("evaluating %s failed", name)
+            record["error"] = f"evaluation failed: {type(exc).__name__}: {exc}"
+    write_json(out_root / "runs.json", records)
+    return records
+
+
+def groups_of(items: list, size: int) -> list[list]:
+    """``items`` in consecutive groups of ``size`` (the last may be smaller): the runs each GPU pod
+    of the ablation trains side by side."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise HSNetError(f"runs_per_gpu {size!r}: give the number of runs per GPU, 1 or more")
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]

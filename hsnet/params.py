@@ -172,6 +172,14 @@ class Params:
         """Plain types, with the file's key names (``import``), for MLflow, checkpoints and YAML."""
         return _plain(self)
 
+    def to_file(self) -> dict:
+        """A params.yaml mapping whose ``datasets.<dataset>`` entry resolves to exactly these settings
+        (every key written out): how one process hands its resolved settings to another (``hsnet
+        train --params FILE``)."""
+        entry = self.to_dict()
+        entry.pop("dataset")
+        return {"datasets_to_run": [self.dataset], "datasets": {self.dataset: entry}}
+
 
 def check_file(data, source: str) -> None:
     """Every layer of a params mapping against the schema: top-level keys, ``defaults`` and each

@@ -5,36 +5,58 @@ configurations x train.seed 0, 1, 2): train (with ``model.dib/fgal/ktl`` and ``t
 -> evaluate, every run on the same crops and splits; then one report step collects every
 evaluation into Table 6 as ``hsnet reproduce report`` writes it: per row mean ± sd over seeds,
 n and a 95% interval, and which of the paper's orderings the runs support (Markdown artifact).
+With ``runs_per_gpu`` > 1 the runs go in groups of that many, each group one GPU pod that
+trains its runs side by side (one process each: components/train_group.py, hsnet.concurrent)
+and evaluates them; the report is the same.
 Compile: ``python -m pipelines.compile``; upload ``pipelines/ablation_pipeline.yaml``.
 """
 
 from typing import List
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Input, Markdown, Output
 
-from components import IMAGE
+from components import IMAGE, SLIM_IMAGE
+from components.convert import RUN_ID_ENV
+from components.train_group import train_evaluate_group
 from hsnet.paper import CONFIGS, switches
 from hsnet.reproduce import DEFAULT_SEEDS
 
-from .hsnet_pipeline import DEFAULT_CHECKPOINT_URI, DEFAULT_PARAMS, prepare_crops, step, train_and_evaluate
+from .hsnet_pipeline import DEFAULT_CHECKPOINT_URI, DEFAULT_PARAMS, _secrets, prepare_crops, step, train_and_evaluate
 
 ABLATION_RUNS = [{"model": switches(c), "seed": seed} for seed in range(DEFAULT_SEEDS) for c in CONFIGS]
 PARALLEL_GPUS = 8
 
 
+@dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
+def group_runs(runs: list, runs_per_gpu: int) -> list:
+    """``runs`` in groups of ``runs_per_gpu``: one GPU pod each."""
+    from components.convert import restore_ints
+    from hsnet.concurrent import groups_of
+
+    return groups_of(restore_ints(runs), restore_ints(runs_per_gpu))
+
+
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ablation_report(dataset: str, evaluations: Input[List[Artifact]], table: Output[Markdown]):
-    """Table 6 from the evaluations' metrics.json: mean ± sd, n, 95% interval per row, the paper's orderings."""
+    """Table 6 from the evaluations' metrics.json: mean ± sd, n, 95% interval per row, the paper's orderings.
+    An evaluation is one run's (metrics.json at its root) or a GPU group's (RUN/metrics.json, and
+    runs.json recording the runs that failed)."""
     import json
     from pathlib import Path
 
     from hsnet.reproduce import ablation_section, run_row
 
-    rows = [run_row(json.loads((Path(e.path) / "metrics.json").read_text()), experiment=f"run {i}")
-            for i, e in enumerate(evaluations)]
+    rows, failed = [], []
+    for e in evaluations:
+        for path in sorted(Path(e.path).rglob("metrics.json")):
+            name = path.parent.name if path.parent != Path(e.path) else f"run {len(rows)}"
+            rows.append(run_row(json.loads(path.read_text()), experiment=name))
+        group = Path(e.path) / "runs.json"
+        if group.is_file():
+            failed += [f"{n}: {r.get('error')}" for n, r in json.loads(group.read_text()).items() if "accuracy" not in r]
     lines, missing = ablation_section(rows, dataset)
-    lines += ["## Missing runs", ""] + ([f"- {m}" for m in missing] or ["None: every row has finished runs."])
+    lines += ["## Missing runs", ""] + ([f"- {m}" for m in failed + missing] or ["None: every row has finished runs."])
     Path(table.path).write_text("\n".join(lines) + "\n")
 
 
@@ -49,12 +71,28 @@ def ablation_pipeline(
     mlflow_tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000",
     runs: list = ABLATION_RUNS,
     checkpoint_uri: str = DEFAULT_CHECKPOINT_URI,
+    runs_per_gpu: int = 1,
 ):
     """``runs``: one item per training, {"model": {"dib": ..., "fgal": ..., "ktl": ...}, "seed": N}.
-    The first step fails when a run has KTL on and params give no stem_weights file or s3:// URI."""
+    The first step fails when a run has KTL on and params give no stem_weights file or s3:// URI.
+    ``runs_per_gpu``: 1, one pod (one GPU) per run, train then evaluate; more, the runs in groups of
+    that many, each group one pod that trains its runs side by side on its GPU and evaluates them
+    (one run takes 0.27 GiB of GPU memory and leaves most of a large GPU idle)."""
     crops = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs)
-    with dsl.ParallelFor(items=runs, parallelism=PARALLEL_GPUS) as run:
-        _, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
-                                          model_overrides=run.model, seed=run.seed, checkpoint_uri=checkpoint_uri)
-    step(ablation_report(dataset=dataset, evaluations=dsl.Collected(evaluated.outputs["report"])), "report") \
-        .set_caching_options(False)
+    with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):
+        groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu), "group")
+        with dsl.ParallelFor(items=groups.output, parallelism=PARALLEL_GPUS) as group:
+            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=params,
+                                                        mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
+                                                        runs=group, checkpoint_uri=checkpoint_uri), mlflow=True),
+                          "train-group", gpu=True)
+            kubernetes.use_field_path_as_env(shared, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
+        step(ablation_report(dataset=dataset, evaluations=dsl.Collected(shared.outputs["evaluations"])), "report") \
+            .set_caching_options(False)
+    with dsl.Else(name="one-run-per-gpu"):
+        with dsl.ParallelFor(items=runs, parallelism=PARALLEL_GPUS) as run:
+            _, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
+                                              model_overrides=run.model, seed=run.seed,
+                                              checkpoint_uri=checkpoint_uri)
+        step(ablation_report(dataset=dataset, evaluations=dsl.Collected(evaluated.outputs["report"])), "report") \
+            .set_caching_options(False)

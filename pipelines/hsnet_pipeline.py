@@ -56,6 +56,8 @@ RESOURCES = {
     "validate": ("2", "4", "2Gi", "4Gi", "8Gi"),
     "crop": ("4", "8", "8Gi", "16Gi", "12Gi"),
     "train": ("4", "8", "16Gi", "32Gi", "8Gi"),
+    "train-group": ("8", "16", "32Gi", "64Gi", "16Gi"),  # the ablation's runs_per_gpu > 1: several trainings
+    "group": ("100m", "500m", "256Mi", "512Mi", "1Gi"),
     "evaluate": ("2", "4", "4Gi", "8Gi", "4Gi"),
     "register": ("500m", "1", "2Gi", "4Gi", "2Gi"),
     "promote": ("250m", "1", "1Gi", "2Gi", "1Gi"),
@@ -65,6 +67,7 @@ SCRATCH = {"artifacts-s3": "/s3", "artifacts-minio": "/minio", "tmp": "/tmp"}
 # Steps that can fail for passing reasons (S3 or MLflow unreachable for a moment, a preempted GPU
 # node): (retries, first backoff, backoff max). Deterministic failures (validation) are not retried.
 RETRIES = {"source-version": (3, "30s", "5m"), "fetch": (3, "30s", "5m"), "train": (3, "60s", "10m"),
+           "train-group": (3, "60s", "10m"),
            "evaluate": (2, "30s", "5m"), "register": (3, "30s", "5m")}
 
 

@@ -111,3 +111,16 @@ def test_to_dict_round_trips_through_yaml():
     again = Params.from_mapping({"datasets": {"sample": yaml.safe_load(yaml.safe_dump(
         {k: v for k, v in data.items() if k != "dataset"}))}}, "sample")
     assert again == p
+
+
+def test_to_file_hands_the_resolved_settings_to_another_process(tmp_path):
+    """A params file written from resolved settings (hsnet.concurrent's NAME/params.yaml) resolves,
+    read back from disk with no other file, to the same settings: the overrides given, RAF-DB's
+    crop size 100 from the repository's params.yaml, the paper's lr 0.01 and batch 32."""
+    p = Params.resolve(ROOT / "params.yaml", "rafdb", {"model": {"dib": False}, "train": {"seed": 2}})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(p.to_file()))
+    q = Params.resolve(path, "rafdb")
+    assert q == p
+    assert (q.model.dib, q.model.fgal, q.train.seed, q.crop.size, q.train.lr, q.train.batch_size) == \
+        (False, True, 2, 100, 0.01, 32)

@@ -276,25 +276,36 @@ def test_kfp_ablation_pipeline_fans_out_over_configurations_and_seeds(tmp_path):
     pipeline, platform = yaml.safe_load_all((tmp_path / "ablation_pipeline.yaml").read_text())
     committed = list(yaml.safe_load_all((ROOT / "pipelines" / "ablation_pipeline.yaml").read_text()))
     assert committed == [pipeline, platform], "pipelines/ablation_pipeline.yaml is stale: python -m pipelines.compile"
-    tasks = pipeline["root"]["dag"]["tasks"]
-    loops = [t for t in tasks.values() if "parameterIterator" in t]
-    assert len(loops) == 1
+    # two branches on runs_per_gpu: one run per GPU pod (train -> evaluate), or groups sharing a GPU
+    dags = {name: c["dag"]["tasks"] for name, c in pipeline["components"].items() if "dag" in c}
+    loops = {key: t for tasks in dags.values() for key, t in tasks.items() if "parameterIterator" in t}
+    assert len(loops) == 2 and all(t["iteratorPolicy"]["parallelismLimit"] == 8 for t in loops.values())
     runs = pipeline["root"]["inputDefinitions"]["parameters"]["runs"]["defaultValue"]
-    assert loops[0]["parameterIterator"]["items"]["inputParameter"].endswith("runs")
     expected = {(dib, fgal, ktl, seed) for dib, fgal, ktl in CONFIGS for seed in (0, 1, 2)}
     assert len(runs) == 24 and {(r["model"]["dib"], r["model"]["fgal"], r["model"]["ktl"], r["seed"])
                                 for r in runs} == expected
-    assert loops[0]["iteratorPolicy"]["parallelismLimit"] == 8
-    body = pipeline["components"][loops[0]["componentRef"]["name"]]["dag"]["tasks"]
-    assert {"train-model", "evaluate-model"} <= set(body)
-    train_exec = pipeline["components"][body["train-model"]["componentRef"]["name"]]["executorLabel"]
-    res = pipeline["deploymentSpec"]["executors"][train_exec]["container"]["resources"]["accelerator"]
-    assert res["resourceType"] == "nvidia.com/gpu" and int(res["resourceCount"]) == 1
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["runs_per_gpu"]["defaultValue"] == 1
+    (per_run,) = [t for t in loops.values() if t["parameterIterator"]["items"]["inputParameter"].endswith("--runs")]
+    (grouped,) = [t for t in loops.values() if t["parameterIterator"]["items"]["inputParameter"].endswith("group-runs-Output")]
+
+    def gpu(body, key):
+        exe = pipeline["components"][body[key]["componentRef"]["name"]]["executorLabel"]
+        res = pipeline["deploymentSpec"]["executors"][exe]["container"]["resources"]["accelerator"]
+        return res["resourceType"], int(res["resourceCount"])
+
+    body = dags[per_run["componentRef"]["name"]]
+    assert {"train-model", "evaluate-model"} <= set(body) and gpu(body, "train-model") == ("nvidia.com/gpu", 1)
     params = body["train-model"]["inputs"]["parameters"]
     assert params["model_overrides"]["parameterExpressionSelector"] == 'parseJson(string_value)["model"]'
     assert params["seed"]["parameterExpressionSelector"] == 'parseJson(string_value)["seed"]'
-    report = tasks["ablation-report"]["inputs"]["artifacts"]["evaluations"]["taskOutputArtifact"]
-    assert report["producerTask"] == next(k for k, t in tasks.items() if "parameterIterator" in t)
+    body = dags[grouped["componentRef"]["name"]]
+    assert set(body) == {"train-evaluate-group"} and gpu(body, "train-evaluate-group") == ("nvidia.com/gpu", 1)
+    # each branch reports on its own loop's evaluations
+    for tasks in dags.values():
+        for key, t in tasks.items():
+            if key.startswith("ablation-report"):
+                src = t["inputs"]["artifacts"]["evaluations"]["taskOutputArtifact"]
+                assert src["producerTask"] in tasks and src["producerTask"] in loops
 
 
 @pytest.mark.slow
@@ -325,10 +336,57 @@ def test_kfp_ablation_pipeline_runs_locally(tmp_path, monkeypatch):
     assert trained == [(False, 0), (False, 1), (True, 0), (True, 1)]  # every configuration with every seed
     evals = [json.loads(p.read_text()) for p in root.rglob("metrics.json") if "evaluate-model" in str(p)]
     assert len(evals) == 4
-    (table,) = [p for p in root.rglob("table") if p.parent.name == "ablation-report"]
+    _check_report(root, evals)
+
+
+def _check_report(root, evals):
+    (table,) = [p for p in root.rglob("table") if p.parent.name.startswith("ablation-report")]
     text = table.read_text()
     rows = {tuple(c == "✓" for c in row[:3]): row[3:] for row in _table6(text, "sample")}
     for cfg in (BASE, DIB):
         accs = [m["accuracy"] * 100 for m in evals if (m["model"]["dib"], m["model"]["fgal"]) == cfg[:2]]
+        assert len(accs) == 2
         assert rows[cfg][0] == "2" and float(rows[cfg][1]) == pytest.approx(sum(accs) / 2, abs=0.006)
     assert list(_orderings(text, "sample")) == ["DIB > baseline"]
+    assert "None: every row has finished runs" not in text  # the KTL rows and FGAL's are missing
+
+
+@pytest.mark.slow
+def test_kfp_ablation_pipeline_with_two_runs_per_gpu(tmp_path, monkeypatch):
+    """runs_per_gpu=2: the 4 runs in 2 pods, each training its 2 runs side by side, then evaluating
+    them; the same Table 6 from the groups' evaluations."""
+    from kfp import local
+
+    from hsnet.data.sample import generate
+    from pipelines.ablation_pipeline import ablation_pipeline
+    from pipelines.hsnet_pipeline import DEFAULT_PARAMS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    generate(tmp_path / "raw", per_class=3, size=96, seed=7)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"),
+               raise_on_error=True)
+    params = copy.deepcopy(DEFAULT_PARAMS)
+    params["datasets"]["sample"] = copy.deepcopy(TINY)
+    params["datasets"]["sample"]["train"]["max_epochs"] = 1
+    runs = [{"model": {"dib": dib, "fgal": False, "ktl": False}, "seed": s} for dib in (False, True) for s in (0, 1)]
+    ablation_pipeline(dataset="sample", raw_source=str(tmp_path / "raw"), params=params, runs=runs,
+                      mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", runs_per_gpu=2)
+
+    root = tmp_path / "kfp-root"
+    groups = [p for p in root.rglob("runs.json") if "train-evaluate-group" in str(p)]
+    assert len(groups) == 2  # two pods
+    records = [json.loads(p.read_text()) for p in groups]
+    assert sorted(len(r) for r in records) == [2, 2]
+    for record in records:  # the two runs of a pod trained at the same time
+        (a, b) = record.values()
+        assert a["returncode"] == b["returncode"] == 0
+        assert a["started"] < b["ended"] and b["started"] < a["ended"]
+    names = sorted(n for r in records for n in r)
+    assert names == sorted(exp_name("sample", (dib, False, False), s) for dib in (False, True) for s in (0, 1))
+    evals = [json.loads(p.read_text()) for p in root.rglob("metrics.json") if "train-evaluate-group" in str(p)]
+    assert sorted((m["model"]["dib"], m["dataset"]) for m in evals) == [(False, "sample")] * 2 + [(True, "sample")] * 2
+    by_name = {p.parent.name: json.loads(p.read_text())["accuracy"]
+               for p in root.rglob("metrics.json") if "train-evaluate-group" in str(p)}
+    assert by_name == {n: r[n]["accuracy"] for r in records for n in r}
+    _check_report(root, evals)

@@ -100,3 +100,54 @@ def test_ablation_runs_its_experiments_two_at_a_time(tmp_path, monkeypatch):
     assert sorted(listed) == sorted(r["ran"])
     shown = {x["experiment"]: x for x in reproduce.collect(path) if x["experiment"].startswith("ablation-")}
     assert {n: x["config"] for n, x in shown.items()} == {reproduce.exp_name("sample", c, 0): c for c in no_ktl}
+
+
+def test_a_gpu_group_trains_its_runs_and_evaluates_each_a_failing_run_is_a_record(tiny_data, tiny_params, tmp_path,
+                                                                                 monkeypatch):
+    """What one Kubeflow ablation pod with runs_per_gpu=2 does: both runs train at once (as processes),
+    the finished one is evaluated on the test split, the failing one (KTL with a stem file that isn't
+    there) is a record, and runs.json on disk says the same."""
+    import hashlib
+
+    from hsnet.concurrent import train_and_evaluate
+    from hsnet.params import Params
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    quick = {"train": {"max_epochs": 1, "num_threads": 1, "seed": 5}, "model": {"dib": False}}
+    good = Params.resolve(tiny_params, "sample", quick)
+    bad = Params.resolve(tiny_params, "sample", {**quick, "model": {"ktl": True, "stem_weights": str(tmp_path / "no.pt")}})
+    out = tmp_path / "group"
+    records = train_and_evaluate(tiny_data, {"dib0-seed5": good, "ktl-missing-stem": bad}, out, device="cpu",
+                                 track=False)
+    assert list(records) == ["dib0-seed5", "ktl-missing-stem"]
+    assert json.loads((out / "runs.json").read_text()) == records
+
+    done = records["dib0-seed5"]
+    assert done["returncode"] == 0, done["output"]
+    metrics = json.loads((out / "dib0-seed5" / "eval" / "metrics.json").read_text())
+    cm = metrics["confusion_matrix"]
+    assert done["accuracy"] == pytest.approx(sum(cm[i][i] for i in range(len(cm))) / sum(map(sum, cm)))
+    best = (out / "dib0-seed5" / "train" / "best.pt").read_bytes()
+    assert metrics["checkpoint_sha256"] == hashlib.sha256(best).hexdigest()  # it evaluated this run's model
+    assert metrics["split"] == "test" and metrics["model"]["dib"] is False
+
+    failed = records["ktl-missing-stem"]
+    assert failed["returncode"] != 0 and "accuracy" not in failed
+    assert "training ended with exit code" in failed["error"] and "no.pt" in failed["output"]
+    assert not (out / "ktl-missing-stem" / "eval").exists()
+
+
+def test_group_names_and_sizes(tmp_path, tiny_params):
+    from hsnet.concurrent import groups_of, train_and_evaluate
+    from hsnet.params import Params
+
+    assert groups_of(list("abcde"), 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert groups_of(list("abc"), 8) == [["a", "b", "c"]]
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(HSNetError, match="runs_per_gpu"):
+            groups_of(list("abc"), bad)
+    p = Params.resolve(tiny_params, "sample")
+    for name in ("../x", "a/b", "/abs", ".."):
+        with pytest.raises(HSNetError, match="run name"):
+            train_and_evaluate(tmp_path, {name: p}, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
