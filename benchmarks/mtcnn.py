@@ -1,20 +1,34 @@
-"""MTCNN face detection: hsnet's batched detector (hsnet.data.mtcnn: R-Net/O-Net candidates of a whole
-batch cut and resized in one tensor operation) against facenet-pytorch's ``detect_face`` (a
-Python loop over candidate boxes), same networks and photos, photos/s.
+"""MTCNN face detection: hsnet's detector (hsnet.data.mtcnn) against facenet-pytorch's ``detect_face``
+and against hsnet's detector as it was before a given revision, same networks and photos, photos/s.
 
 Photos: scikit-image's astronaut placed on KDEF-size canvases (562x762), as benchmarks.crop.
-Each detector runs the photos in batches of ``--batch`` (16) with the process's torch threads,
-and, on a CPU, also one photo per thread with one intra-op thread each (what ``hsnet crop`` does
-on a CPU, ``Detector.each``). The faces found are checked equal (boxes within 1 px).
+Detectors: ``facenet`` (facenet-pytorch's ``detect_face``: a Python loop over candidate boxes),
+``before`` (``hsnet/data/mtcnn.py`` at ``--before``, read with git; left out where git can't),
+``hsnet`` (the working tree's). Layouts, each detector in each:
 
-    python -m benchmarks.mtcnn [--photos 32] [--batch 16] [--smoke]
+* ``batched``: batches of ``--batch`` with the process's torch threads;
+* ``one per thread`` (CPU): one photo per thread, one intra-op thread each: what ``hsnet crop``
+  and ``hsnet predict`` do on a CPU (``Detector.each``);
+* ``batch per thread`` (CPU): batches of ``--thread-batch`` per thread, one intra-op thread each;
+* ``hsnet crop`` (CPU): the whole ``crop()`` (decode, detect, crop, write PNGs) at batch size 16
+  into a new folder each time, its detector swapped for each of the three.
+
+The detectors take turns within each timed pass (the best of ``--repeat`` passes is kept), so
+the ratios come from one run on a shared machine. The faces found are checked equal (boxes
+within 1 px) between all detectors.
+
+    python -m benchmarks.mtcnn [--photos 32] [--batch 16] [--before REV] [--min-face-size 20] [--smoke]
 """
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,79 +38,163 @@ from PIL import Image
 from .common import parser, save
 from .crop import SIZES, make_photos
 
+BEFORE = "8c78b9d7538771e0aa991fd0bd9cacbc131e757a"  # hsnet/data/mtcnn.py before the P-Net/pooling work
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_before(rev: str, tmp: Path):
+    """hsnet/data/mtcnn.py at ``rev`` as a module, or None where git can't give it."""
+    try:
+        text = subprocess.run(["git", "show", f"{rev}:hsnet/data/mtcnn.py"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"no 'before' detector: git show {rev}:hsnet/data/mtcnn.py failed ({exc})", flush=True)
+        return None
+    path = tmp / "mtcnn_before.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("mtcnn_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FacenetDetector:
+    """facenet-pytorch's ``detect_face`` behind BatchedMTCNN's interface (equal-size photos)."""
+
+    def __init__(self, device, mtcnn):
+        self.mtcnn, self.device = mtcnn, torch.device(device)
+
+    def __call__(self, images):
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        m = self.mtcnn
+        with torch.no_grad():
+            boxes, _ = detect_face(np.stack(images), m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds,
+                                   m.factor, self.device)
+        return [np.asarray(b, np.float64).reshape(-1, 5) for b in boxes]
+
+
+@contextmanager
+def detector_class(cls):
+    """``hsnet crop``'s Detector builds its batched detector from this class meanwhile."""
+    import hsnet.data.mtcnn as module
+
+    old = module.BatchedMTCNN
+    module.BatchedMTCNN = cls
+    try:
+        yield
+    finally:
+        module.BatchedMTCNN = old
+
+
+def same_faces(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    def key(x):
+        return x[np.lexsort((x[:, 1], x[:, 0]))] if len(x) else x
+    return all(x.shape == y.shape and (not len(x) or np.abs(key(x)[:, :4] - key(y)[:, :4]).max() <= 1)
+               for x, y in zip(a, b))
+
 
 def main(argv=None) -> dict:
     p = parser(__doc__)
     p.add_argument("--photos", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeat", type=int, default=2, help="timed passes over the photos (the best is kept)")
+    p.add_argument("--thread-batch", type=int, default=4, help="photos per call in the 'batch per thread' layout")
+    p.add_argument("--repeat", type=int, default=3, help="timed passes (the best is kept)")
+    p.add_argument("--before", default=BEFORE, help="git revision of the 'before' detector")
+    p.add_argument("--min-face-size", type=int, default=20, help="MTCNN's (20: crop's default; predict uses 40)")
+    p.add_argument("--facenet-batched", action="store_true",
+                   help="also facenet-pytorch in batches on the CPU (minutes: its per-box loop)")
+    p.add_argument("--no-crop", action="store_true", help="leave out the `hsnet crop` rows")
     args = p.parse_args(argv)
     from facenet_pytorch import MTCNN
-    from facenet_pytorch.models.utils.detect_face import detect_face
 
+    from hsnet.data.crop import crop
+    from hsnet.data.manifest import write_manifest
     from hsnet.data.mtcnn import BatchedMTCNN
+    from hsnet.params import CropParams
 
     n, batch, repeat = (2, 2, 1) if args.smoke else (args.photos, args.batch, args.repeat)
     size = SIZES["KDEF-like 562x762"]
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = make_photos(Path(tmp), n, size)
-        photos = [np.asarray(Image.open(Path(tmp) / r["path"]).convert("RGB")) for r in rows]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     threads = torch.get_num_threads()
     results = []
-    for device in devices:
-        mtcnn = MTCNN(keep_all=True, device=device).eval()
-        ours = BatchedMTCNN(device, mtcnn=mtcnn)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "photos").mkdir()
+        rows = make_photos(tmp / "photos", n, size)
+        write_manifest(tmp / "photos.csv", rows)
+        photos = [np.asarray(Image.open(tmp / "photos" / r["path"]).convert("RGB")) for r in rows]
+        before = load_before(args.before, tmp)
+        for device in devices:
+            mtcnn = MTCNN(keep_all=True, device=device, min_face_size=args.min_face_size).eval()
+            classes = {"facenet": FacenetDetector, "hsnet": BatchedMTCNN}
+            if before is not None:
+                classes = {"facenet": FacenetDetector, "before": before.BatchedMTCNN, "hsnet": BatchedMTCNN}
+            detectors = {name: cls(device, mtcnn=mtcnn) for name, cls in classes.items()}
 
-        def facenet(images):
-            with torch.no_grad():
-                boxes, _ = detect_face(np.stack(images), mtcnn.min_face_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet,
-                                       mtcnn.thresholds, mtcnn.factor, torch.device(device))
-            return [np.asarray(b, np.float64).reshape(-1, 5) for b in boxes]
+            def batched(fn, k=batch):
+                return lambda: [b for i in range(0, n, k) for b in fn(photos[i:i + k])]
 
-        def batched(fn):
-            return lambda: [b for i in range(0, n, batch) for b in fn(photos[i:i + batch])]
+            def per_thread(fn, k):
+                def run():
+                    torch.set_num_threads(1)
+                    try:
+                        with ThreadPoolExecutor(threads) as pool:
+                            chunks = pool.map(fn, [photos[i:i + k] for i in range(0, n, k)])
+                            return [b for found in chunks for b in found]
+                    finally:
+                        torch.set_num_threads(threads)
+                return run
 
-        def one_per_thread(fn):
-            def run():
-                torch.set_num_threads(1)
-                try:
-                    with ThreadPoolExecutor(threads) as pool:
-                        return list(pool.map(lambda img: fn([img])[0], photos))
-                finally:
-                    torch.set_num_threads(threads)
-            return run
+            def hsnet_crop(cls):
+                def run():
+                    with detector_class(cls):
+                        crop(tmp / "photos.csv", tmp / "photos", tempfile.mkdtemp(prefix="crops-", dir=tmp),
+                             settings=CropParams(detector="mtcnn", size=100, min_face_size=args.min_face_size),
+                             device=device, batch_size=16, progress=False)
+                    return None
+                return run
 
-        modes = {"facenet batched": batched(facenet), "hsnet batched": batched(ours)}
-        if device == "cpu":
-            modes.update({"facenet one per thread": one_per_thread(facenet),
-                          "hsnet one per thread": one_per_thread(ours)})
-        row = {"device": device, "photos": n, "size": f"{size[0]}x{size[1]}", "batch": batch, "threads": threads}
-        found = {}
-        for name, fn in modes.items():
-            fn()  # warm-up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = 0.0
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                found[name] = fn()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                best = max(best, n / (time.perf_counter() - t0))
-            row[f"{name} photos_s"] = best
-            print(f"{device} {name}: {best:.2f} photos/s", flush=True)
-        for a, b in zip(found["facenet batched"], found["hsnet batched"]):  # the same faces
-            assert a.shape == b.shape and (not len(a) or np.abs(np.sort(a[:, 0]) - np.sort(b[:, 0])).max() <= 1)
-        row["faces"] = sum(len(b) for b in found["hsnet batched"])
-        row["speedup_batched"] = row["hsnet batched photos_s"] / row["facenet batched photos_s"]
-        if device == "cpu":
-            row["speedup_one_per_thread"] = row["hsnet one per thread photos_s"] / row["facenet one per thread photos_s"]
-            best_ours = max(row["hsnet batched photos_s"], row["hsnet one per thread photos_s"])
-            best_theirs = max(row["facenet batched photos_s"], row["facenet one per thread photos_s"])
-            row["speedup_best_vs_best"] = best_ours / best_theirs
-        results.append(row)
-    out = {"rows": results}
+            layouts = {}
+            for name, det in detectors.items():
+                if device == "cuda" or name != "facenet" or args.facenet_batched or args.smoke:
+                    layouts.setdefault("batched", {})[name] = batched(det)
+                if device == "cpu":
+                    layouts.setdefault("one per thread", {})[name] = per_thread(det, 1)
+                    layouts.setdefault("batch per thread", {})[name] = per_thread(det, args.thread_batch)
+                    if not args.no_crop:
+                        layouts.setdefault("hsnet crop", {})[name] = hsnet_crop(classes[name])
+            row = {"device": device, "photos": n, "size": f"{size[0]}x{size[1]}", "batch": batch,
+                   "thread_batch": args.thread_batch, "threads": threads, "min_face_size": args.min_face_size,
+                   "before": args.before if before is not None else None}
+            found = {}
+            for layout, fns in layouts.items():
+                for fn in fns.values():
+                    fn()  # warm-up
+                best = dict.fromkeys(fns, 0.0)
+                for _ in range(repeat):
+                    for name, fn in fns.items():  # the detectors take turns
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        out = fn()
+                        if device == "cuda":
+                            torch.cuda.synchronize()
+                        best[name] = max(best[name], n / (time.perf_counter() - t0))
+                        if out is not None:
+                            found.setdefault(name, out)
+                for name, value in best.items():
+                    row[f"{name} {layout} photos_s"] = value
+                    print(f"{device} {layout} {name}: {value:.2f} photos/s", flush=True)
+                for name in fns:
+                    if name != "hsnet":
+                        row[f"hsnet/{name} {layout}"] = best["hsnet"] / best[name]
+            for name, faces in found.items():  # the same faces
+                assert same_faces(faces, found["hsnet"]), f"{device}: {name} found other faces than hsnet"
+            row["faces"] = sum(len(b) for b in found["hsnet"])
+            row["speedup_batched"] = row.get("hsnet/facenet batched")  # the first version's name
+            results.append(row)
+    out = {"rows": results, "command": " ".join([Path(sys.argv[0]).name] + list(argv or sys.argv[1:]))}
     save("mtcnn" + ("-smoke" if args.smoke else ""), out, args.out)
     return out
 

@@ -36,6 +36,7 @@ Differences from ``detect_face``, none of which changes a result it returns:
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -126,27 +127,43 @@ def summed_area_tables(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return table
 
 
-def _windows(n: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive average pooling's windows from ``n`` to ``size``: starts and ends (exclusive)."""
-    i = torch.arange(size, device=device)
-    return (i * n) // size, ((i + 1) * n + size - 1) // size
+class AreaWindows(NamedTuple):
+    """Adaptive average pooling's windows from (h, w) to ``size``: row starts/ends (exclusive),
+    column starts/ends, and the window heights (size[0], 1) and widths (size[1],) as float32."""
+
+    size: tuple[int, int]
+    rs: torch.Tensor
+    re: torch.Tensor
+    cs: torch.Tensor
+    ce: torch.Tensor
+    kh: torch.Tensor
+    kw: torch.Tensor
 
 
-def area_resize(tables: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def area_windows(h: int, w: int, size: tuple[int, int], device=None) -> AreaWindows:
+    def starts_ends(n, s):  # [floor(i*n/s), ceil((i+1)*n/s))
+        i = torch.arange(s, device=device)
+        return (i * n) // s, ((i + 1) * n + s - 1) // s
+
+    (rs, re), (cs, ce) = starts_ends(h, size[0]), starts_ends(w, size[1])
+    return AreaWindows(tuple(size), rs, re, cs, ce, (re - rs).to(torch.float32)[:, None], (ce - cs).to(torch.float32))
+
+
+def area_resize(tables: torch.Tensor, size: tuple[int, int], windows: AreaWindows | None = None) -> torch.Tensor:
     """``interpolate(images, size, mode="area")`` of the images whose summed-area tables
     (N, C, h+1, w+1) are given, float32 (N, C, *size): the same values, bit for bit, as long as a
-    window's sum is exact in float32 (at most 2^24, e.g. windows of up to 65,793 pixels of 0-255)."""
+    window's sum is exact in float32 (at most 2^24, e.g. windows of up to 65,793 pixels of 0-255).
+    ``windows``: :func:`area_windows` for these sizes, where the caller keeps them."""
     h, w = tables.shape[-2] - 1, tables.shape[-1] - 1
-    rs, re = _windows(h, size[0], tables.device)
-    cs, ce = _windows(w, size[1], tables.device)
-    rows = tables.index_select(2, re)
-    rows -= tables.index_select(2, rs)
-    shape = rows.shape[:-1] + (size[1],)
-    sums = torch.gather(rows, 3, ce.expand(shape))
-    sums -= torch.gather(rows, 3, cs.expand(shape))
+    win = windows or area_windows(h, w, size, tables.device)
+    rows = tables.index_select(2, win.re)
+    rows -= tables.index_select(2, win.rs)
+    shape = rows.shape[:-1] + (win.size[1],)
+    sums = torch.gather(rows, 3, win.ce.expand(shape))
+    sums -= torch.gather(rows, 3, win.cs.expand(shape))
     out = sums.to(torch.float32)
-    out /= (re - rs).to(torch.float32)[:, None]  # adaptive_avg_pool2d: sum / kh / kw
-    out /= (ce - cs).to(torch.float32)
+    out /= win.kh  # adaptive_avg_pool2d: sum / kh / kw
+    out /= win.kw
     return out
 
 
@@ -165,6 +182,7 @@ class BatchedMTCNN:
         self.mtcnn = mtcnn
         self.device = torch.device(device)
         self.pnet, self.rnet, self.onet = (with_strided_pools(net) for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet))
+        self._pyramids: dict[tuple[int, int], list[tuple[float, AreaWindows]]] = {}
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -215,7 +233,9 @@ class BatchedMTCNN:
         # R-Net on every candidate of every image at once
         if len(boxes):
             crops, valid = crop_resize_boxes(flat, base, hw, boxes, inds, RNET_SIZE)
-            out = self.rnet(((crops - 127.5) * 0.0078125).to(dtype))
+            crops -= 127.5
+            crops *= 0.0078125
+            out = self.rnet(crops.to(dtype))
             score = out[1][:, 1]
             ipass = (score > m.thresholds[1]) & valid
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
@@ -227,7 +247,9 @@ class BatchedMTCNN:
         # O-Net likewise
         if len(boxes):
             crops, valid = crop_resize_boxes(flat, base, hw, boxes, inds, ONET_SIZE)
-            out = self.onet(((crops - 127.5) * 0.0078125).to(dtype))
+            crops -= 127.5
+            crops *= 0.0078125
+            out = self.onet(crops.to(dtype))
             score = out[2][:, 1]
             ipass = (score > m.thresholds[2]) & valid
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
@@ -239,6 +261,21 @@ class BatchedMTCNN:
         boxes, inds = boxes.cpu().numpy().astype(np.float64), inds.cpu().numpy()
         return [boxes[inds == i].reshape(-1, 5) for i in range(n)]
 
+    def _pyramid(self, h: int, w: int) -> list[tuple[float, AreaWindows]]:
+        """MTCNN's scales for (h, w) images (as ``detect_face`` computes them) and each level's
+        area windows, kept per image size (a dataset's photos mostly share one)."""
+        levels = self._pyramids.get((h, w))  # (threads share the detector: no check-then-read)
+        if levels is None:
+            m = self.mtcnn
+            scale, minl, levels = 12.0 / m.min_face_size, min(h, w) * 12.0 / m.min_face_size, []
+            while minl >= 12:
+                levels.append((scale, area_windows(h, w, (int(h * scale + 1), int(w * scale + 1)), self.device)))
+                scale, minl = scale * m.factor, minl * m.factor
+            if len(self._pyramids) >= 64:  # many sizes: keep the memory bounded
+                self._pyramids.clear()
+            self._pyramids[(h, w)] = levels
+        return levels
+
     def _pnet(self, tables: torch.Tensor, dtype: torch.dtype):
         """P-Net over the scale pyramid of equal-size images given by their summed-area tables
         (N, 3, h+1, w+1): candidate boxes (k, 9) (x1, y1, x2, y2, score, 4 regression offsets) and
@@ -246,13 +283,10 @@ class BatchedMTCNN:
         by scale, then as its NMS keeps them); None when the pyramid is empty or nothing passed."""
         fd, m = _facenet(), self.mtcnn
         h, w = tables.shape[2] - 1, tables.shape[3] - 1
-        scale, minl, scales = 12.0 / m.min_face_size, min(h, w) * 12.0 / m.min_face_size, []
-        while minl >= 12:
-            scales.append(scale)
-            scale, minl = scale * m.factor, minl * m.factor
+        pyramid = self._pyramid(h, w)
         boxes, inds, levels = [], [], []
-        for level, scale in enumerate(scales):
-            im_data = area_resize(tables, (int(h * scale + 1), int(w * scale + 1)))
+        for level, (scale, windows) in enumerate(pyramid):
+            im_data = area_resize(tables, windows.size, windows)
             im_data -= 127.5
             im_data *= 0.0078125
             reg, probs = self.pnet(im_data.to(dtype))
@@ -267,14 +301,15 @@ class BatchedMTCNN:
             return None
         # NMS within each scale and image in one call; its picks (by score) put back in scale
         # order, which is the order of facenet-pytorch's per-scale calls
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], inds * len(scales) + levels, 0.5)
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], inds * len(pyramid) + levels, 0.5)
         pick = pick[torch.sort(levels[pick], stable=True).indices]
         return boxes[pick], inds[pick]
 
 
 def crop_resize_boxes(flat: torch.Tensor, base: torch.Tensor, hw: torch.Tensor, boxes: torch.Tensor,
                       inds: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every box cut from its image and area-resized to ``size`` x ``size``: float (k, 3, size, size).
+    """Every box cut from its image and area-resized to ``size`` x ``size``: float (k, 3, size, size),
+    channels-last in memory (what R-Net's and O-Net's convolutions are fastest on).
 
     ``flat``: the images' summed-area tables (3, h+1, w+1 each) in one buffer, image b's from
     ``base[b]``; ``hw``: (n, 2) image heights and widths; ``boxes``: (k, >=4) x1, y1, x2, y2 in
@@ -292,19 +327,19 @@ def crop_resize_boxes(flat: torch.Tensor, base: torch.Tensor, hw: torch.Tensor, 
     x0, y0 = torch.minimum(x0, w - 1), torch.minimum(y0, h - 1)  # empty boxes: any in-bounds window
     bw, bh = torch.minimum(bw, w - x0), torch.minimum(bh, h - y0)
     i = torch.arange(size, device=boxes.device)
-    # adaptive average pooling's windows: [floor(i*n/s), ceil((i+1)*n/s))
-    rs = y0[:, None] + (i * bh[:, None]) // size
-    re = y0[:, None] + ((i + 1) * bh[:, None] + size - 1) // size
-    cs = x0[:, None] + (i * bw[:, None]) // size
-    ce = x0[:, None] + ((i + 1) * bw[:, None] + size - 1) // size
-    row = (w + 1)[:, None, None]  # (k, 1, 1)
-    start = base[inds][:, None] + torch.arange(3, device=boxes.device)[None, :] * ((h + 1) * (w + 1))[:, None]
-
-    def at(r, c):  # (k, 3, size, size) table values at rows r (k, size) and columns c (k, size)
-        pos = r[:, :, None] * row + c[:, None, :]
-        return flat[start[:, :, None, None] + pos[:, None]]
-
-    total = at(re, ce) - at(rs, ce) - at(re, cs) + at(rs, cs)
-    kh = (re - rs).to(torch.float32)[:, None, :, None]
-    kw = (ce - cs).to(torch.float32)[:, None, None, :]
-    return total.to(torch.float32) / kh / kw, valid
+    # adaptive average pooling's windows: [floor(i*n/s), ceil((i+1)*n/s)); starts then ends
+    rows = y0[:, None] + torch.cat([(i * bh[:, None]) // size, ((i + 1) * bh[:, None] + size - 1) // size], 1)
+    cols = x0[:, None] + torch.cat([(i * bw[:, None]) // size, ((i + 1) * bw[:, None] + size - 1) // size], 1)
+    # one gather of the four corners of every window, channels last: (k, 2*size, 2*size, 3)
+    start = base[inds][:, None] + torch.arange(3, device=boxes.device) * ((h + 1) * (w + 1))[:, None]  # (k, 3)
+    pos = rows[:, :, None] * (w + 1)[:, None, None] + cols[:, None, :]
+    index = pos[..., None] + start[:, None, None, :]
+    corners = flat.index_select(0, index.reshape(-1)).view(index.shape)  # (faster than flat[index])
+    s = size
+    total = corners[:, s:, s:] - corners[:, :s, s:]
+    total -= corners[:, s:, :s]
+    total += corners[:, :s, :s]
+    out = total.to(torch.float32)
+    out /= (rows[:, s:] - rows[:, :s]).to(torch.float32)[:, :, None, None]  # sum / kh / kw
+    out /= (cols[:, s:] - cols[:, :s]).to(torch.float32)[:, None, :, None]
+    return out.permute(0, 3, 1, 2), valid
