@@ -130,6 +130,8 @@ def test_box_crops_equal_area_resizing_of_each_box():
     inds = torch.tensor([0, 0, 0, 1, 0, 0, 1])
     crops, valid = crop_resize_boxes(torch.cat(flat), torch.tensor(base), hw, boxes, inds, 24)
     assert valid.tolist() == [True, True, True, True, True, False, True]
+    normalized, _ = crop_resize_boxes(torch.cat(flat), torch.tensor(base), hw, boxes, inds, 24, normalize=True)
+    assert torch.equal(normalized, (crops - 127.5) * 0.0078125)  # R-Net's input as detect_face makes it
     for k in range(len(boxes)):
         if not valid[k]:
             continue
@@ -155,7 +157,7 @@ def test_detector_uses_the_batched_path_and_keeps_tiny_images_apart(mtcnn):
 def test_pyramid_levels_from_the_summed_area_table_equal_area_interpolation_bit_for_bit(mtcnn):
     """P-Net's input at every scale of MTCNN's pyramid: the summed-area-table resize against
     ``interpolate(mode="area")`` of the float image, as facenet-pytorch computes it (channels-last
-    strides from its permute) and contiguous, on photos of several shapes."""
+    strides from its permute) and contiguous, and normalised, on photos of several shapes."""
     rng = np.random.default_rng(2)
     photos = [mixed_photos()["kdef_like"], rng.integers(0, 256, (2, 101, 77, 3), dtype=np.uint8),
               rng.integers(0, 256, (1, 1024, 681, 3), dtype=np.uint8)]
@@ -168,8 +170,11 @@ def test_pyramid_levels_from_the_summed_area_table_equal_area_interpolation_bit_
         while min(h, w) * scale >= 12:
             size = (int(h * scale + 1), int(w * scale + 1))
             found = area_resize(tables, size)
-            assert torch.equal(found, torch.nn.functional.interpolate(image, size=size, mode="area")), size
+            expected = torch.nn.functional.interpolate(image, size=size, mode="area")
+            assert torch.equal(found, expected), size
             assert torch.equal(found, torch.nn.functional.interpolate(image.contiguous(), size=size, mode="area"))
+            # P-Net's input as detect_face normalises it, in fewer passes
+            assert torch.equal(area_resize(tables, size, normalize=True), (expected - 127.5) * 0.0078125), size
             scale, levels = scale * mtcnn.factor, levels + 1
         assert levels >= 4
 
