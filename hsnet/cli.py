@@ -186,7 +186,9 @@ def _predict(args: argparse.Namespace) -> int:
         faces = ", ".join(f"{f['expression']} ({f['confidence']:.0%})" for f in record["faces"])
         print(f"{record['path']}: {faces or record.get('error') or 'no face found'}", file=sys.stderr)
     print(f"{s['photos']} photo(s), {s['faces']} face(s); {len(s['no_face'])} without a face, "
-          f"{len(s['unreadable'])} unreadable" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+          f"{len(s['unreadable'])} unreadable"
+          + (f"; {len(s['not_annotated'])} annotation(s) not written" if s["not_annotated"] else "")
+          + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
     return 0 if len(s["unreadable"]) < s["photos"] else 1
 
 

@@ -280,9 +280,14 @@ def _predict_chunk(paths, clf, detector, pool, min_prob, targets, results, no_fa
             record["size"] = list(photo.image.size)
             if not faces:
                 no_face.append(str(photo.path))
-            if targets:
-                with atomic_path(targets[photo.path]) as tmp:
-                    annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
+            if targets:  # a copy that can't be written is this photo's record; its faces still count
+                try:
+                    with atomic_path(targets[photo.path]) as tmp:
+                        annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
+                except OSError as exc:
+                    record["annotation_error"] = (f"{targets[photo.path]}: the annotated copy can't be written "
+                                                  f"({exc.strerror or exc})")
+                    log.warning("%s", record["annotation_error"])
         results.append(record)
 
 
@@ -335,4 +340,5 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
         log.warning("%d photo(s) with no face found (detection probability >= %s), e.g. %s", len(no_face),
                     min_prob, ", ".join(no_face[:3]))
     return {"photos": len(files), "faces": n_faces, "no_face": no_face, "unreadable": unreadable,
-            "model": clf.info, "results": results}
+            "not_annotated": [r["path"] for r in results if "annotation_error" in r], "model": clf.info,
+            "results": results}

@@ -212,7 +212,8 @@ def test_ablation_with_seeds_then_report(repo, tmp_path, monkeypatch):
     for key in ("MLFLOW_TRACKING_URI", "HSNET_CACHE_DIR"):
         monkeypatch.setenv(key, env[key])
     params_before = (path / "params.yaml").read_text()
-    assert main(["reproduce", "ablation", "--dataset", "sample", "--seeds", "2"]) == 0
+    # two experiments at a time (--concurrent 2: dvc --wait-for-lock, the MLflow store made first)
+    assert main(["reproduce", "ablation", "--dataset", "sample", "--seeds", "2", "--concurrent", "2"]) == 0
     assert (path / "params.yaml").read_text() == params_before  # the workspace is left as it was
     listed = sh("dvc", "exp", "list", "--name-only").stdout.split()
     no_ktl = [c for c in CONFIGS if not c[2]]

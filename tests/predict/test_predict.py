@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,23 @@ def test_unwritable_outputs_are_refused_before_any_work(photos, tmp_path, capsys
         predict([photos], str(tmp_path / "missing.pt"), out=tmp_path, progress=False)
     assert main(["predict", str(photos), "--model", "missing.pt", "--out", str(tmp_path / "a-file" / "r")]) == 2
     assert "can't write there" in capsys.readouterr().err
+
+
+def test_an_annotation_that_cant_be_written_is_a_record_of_its_photo(photos, trained_ckpt, tmp_path, capsys):
+    """A folder already at one photo's annotation name: that photo's record says so, its faces are
+    still predicted, the other photo's annotation and every result line are written (it ended in a
+    traceback, with no results file)."""
+    ann, out = tmp_path / "ann", tmp_path / "r.jsonl"
+    (ann / "astronaut.jpg.annotated.jpg").mkdir(parents=True)
+    assert main(["predict", str(photos), "--model", str(trained_ckpt), "--device", "cpu", "--out", str(out),
+                 "--annotate", str(ann)]) == 0
+    by_name = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(by_name["astronaut.jpg"]["faces"]) == 1
+    assert "astronaut.jpg.annotated.jpg" in by_name["astronaut.jpg"]["annotation_error"]
+    assert "annotation_error" not in by_name["no_face.png"]
+    assert (ann / "no_face.png.annotated.jpg").is_file() and (ann / "astronaut.jpg.annotated.jpg").is_dir()
+    assert not list(ann.glob(".*.tmp"))  # no temporary copy left behind
+    assert "1 annotation(s) not written" in capsys.readouterr().err
 
 
 def test_stale_temporary_output_is_cleaned_and_modes_follow_the_umask(photos, trained_ckpt, tmp_path):

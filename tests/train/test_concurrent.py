@@ -1,5 +1,7 @@
 """Several trainings at once (hsnet.concurrent): two CPU processes side by side, each training what
-it would train alone; a failing run is a record; the ablation runs its DVC experiments two at a time."""
+it would train alone; a failing run is a record; a GPU group (the Kubeflow ablation's
+runs_per_gpu) trains and evaluates its runs. The ablation's DVC experiments two at a time:
+tests/pipeline/test_reproduce.py::test_ablation_with_seeds_then_report."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import pytest
 from hsnet import reproduce
 from hsnet.concurrent import Job, check_concurrent, run_jobs, threads_per_job, train_jobs
 from hsnet.errors import HSNetError
-from hsnet.paper import CONFIGS
 
 RUNS = {"dib1": {"model.dib": True, "train.seed": 0}, "dib0-s1": {"model.dib": False, "train.seed": 1}}
 
@@ -77,29 +78,6 @@ def test_bad_concurrency_is_refused(tmp_path):
         reproduce.ablation("sample", repo=tmp_path, concurrent=0)
     with pytest.raises(HSNetError, match="unique"):
         run_jobs([Job("a", ["true"]), Job("a", ["true"])], 2)
-
-
-@pytest.mark.slow
-def test_ablation_runs_its_experiments_two_at_a_time(tmp_path, monkeypatch):
-    from dvcrepo import make_repo
-
-    tiny = {"input_size": 80, "import": {"split_by": "class", "seed": 0}, "validate": {"min_size": 32},
-            "crop": {"detector": "none", "size": 80}, "model": {"ktl": False},
-            "train": {"lr": 0.001, "epochs": 1, "batch_size": 16, "seed": 3, "num_threads": 1}}
-    path = tmp_path / "repo"
-    path.mkdir()
-    env, sh = make_repo(path, tiny, per_class=2)
-    monkeypatch.chdir(path)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGGFace2 file: the KTL rows are skipped
-    for key in ("MLFLOW_TRACKING_URI", "HSNET_CACHE_DIR"):
-        monkeypatch.setenv(key, env[key])
-    r = reproduce.ablation("sample", repo=path, seeds=1, concurrent=2)
-    no_ktl = [c for c in CONFIGS if not c[2]]
-    assert r["failed"] == {} and sorted(r["ran"]) == sorted(reproduce.exp_name("sample", c, 0) for c in no_ktl)
-    listed = sh("dvc", "exp", "list", "--name-only").stdout.split()
-    assert sorted(listed) == sorted(r["ran"])
-    shown = {x["experiment"]: x for x in reproduce.collect(path) if x["experiment"].startswith("ablation-")}
-    assert {n: x["config"] for n, x in shown.items()} == {reproduce.exp_name("sample", c, 0): c for c in no_ktl}
 
 
 def test_a_gpu_group_trains_its_runs_and_evaluates_each_a_failing_run_is_a_record(tiny_data, tiny_params, tmp_path,
