@@ -10,19 +10,25 @@ window's size. The windows are adaptive average pooling's own (start ``floor(i*n
 ``ceil((i+1)*n/s)``), so each crop equals facenet-pytorch's up to float rounding, and the same
 P/R/O-Net weights (facenet-pytorch's :class:`~facenet_pytorch.MTCNN`) see the same inputs.
 
-Where a CPU spends its time (docs/performance.md, "Batched MTCNN") two more things are done
-differently, both with bit-for-bit the same values:
+Where a CPU spends its time (docs/performance.md, "Batched MTCNN") three more things are done
+differently, each with bit-for-bit the same values:
 
 * P-Net's image pyramid is read from the same summed-area table: each level's area resize is
   two row gathers and two column gathers of the table (its windows are separable), the integer
   window sums divided by the window's height and then its width, which is what
   ``adaptive_avg_pool2d`` computes (integer sums of at most 2^24 are exact in float32), at a
-  fraction of its cost.
+  fraction of its cost. Each image size's windows are computed once.
+* MTCNN's normalisation ``(x - 127.5) * 0.0078125`` is folded into that division
+  (:func:`_normalized`), for the pyramid levels and the R-Net/O-Net crops alike.
 * The networks run facenet-pytorch's own ``forward`` on a shallow copy of each network whose
-  ``MaxPool2d(ceil_mode=True)`` layers are replaced by :class:`StridedMaxPool` (the maximum of
-  strided slices, rows then columns, with ``-inf`` past the edge where ``ceil_mode`` lets the
-  last window run over it): the same maxima, without the slow generic CPU pooling kernel that
-  took about a third of the detector's time. The weights are the same tensors.
+  ``MaxPool2d`` layers are replaced by :class:`StridedMaxPool` (the maximum of strided slices,
+  rows then columns; a window that ``ceil_mode`` lets run over the edge takes the maximum of what
+  it covers): the same maxima, without PyTorch's CPU pooling kernel, which took about a third of
+  the detector's time. The weights are the same tensors.
+
+R-Net and O-Net get their crops channels-last, the layout their convolutions are fastest on
+(P-Net's are fastest contiguous); that one changes the convolutions' rounding (outputs differ
+from the contiguous layout's by about 1e-7).
 
 Differences from ``detect_face``, none of which changes a result it returns:
 
