@@ -7,6 +7,8 @@ Detectors: ``facenet`` (facenet-pytorch's ``detect_face``: a Python loop over ca
 ``hsnet`` (the working tree's). Layouts, each detector in each:
 
 * ``batched``: batches of ``--batch`` with the process's torch threads;
+* ``one at a time`` (CPU): single photos, one after the other, with the process's torch threads
+  (a single photo's latency);
 * ``one per thread`` (CPU): one photo per thread, one intra-op thread each: what ``hsnet crop``
   and ``hsnet predict`` do on a CPU (``Detector.each``);
 * ``batch per thread`` (CPU): batches of ``--thread-batch`` per thread, one intra-op thread each;
@@ -17,12 +19,17 @@ The detectors take turns within each timed pass (the best of ``--repeat`` passes
 the ratios come from one run on a shared machine. The faces found are checked equal (boxes
 within 1 px) between all detectors.
 
+``--profile``: instead, where one photo's time goes, stage by stage and pyramid level by level,
+facenet-pytorch's operations against hsnet's (one torch thread).
+
     python -m benchmarks.mtcnn [--photos 32] [--batch 16] [--before REV] [--min-face-size 20] [--smoke]
+    python -m benchmarks.mtcnn --profile
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -94,6 +101,91 @@ def same_faces(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
                for x, y in zip(a, b))
 
 
+def best_ms(fn, repeat: int = 15) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def profile(photo: np.ndarray, mtcnn, ours) -> dict:
+    """Where one photo's time goes (ms, best of 15, the process's torch threads), stage by stage:
+    facenet-pytorch's operations (``imresample``, P-Net with ``nn.MaxPool2d``, ``generateBoundingBox``
+    and per-scale NMS, R-Net/O-Net on the same crops) against hsnet's (summed-area-table resize,
+    strided pools). R-Net and O-Net get the candidates of hsnet's run."""
+    from facenet_pytorch.models.utils import detect_face as fd
+    from torchvision.ops.boxes import batched_nms
+
+    from hsnet.data import mtcnn as hm
+
+    h, w = photo.shape[:2]
+    out = {"levels": []}
+    with torch.inference_mode():
+        raw = torch.as_tensor(np.ascontiguousarray(photo[None]))
+        image = raw.permute(0, 3, 1, 2).float()  # as detect_face makes it
+        out["summed_area_table_ms"] = best_ms(lambda: hm.summed_area_tables(raw, torch.int32))
+        tables = hm.summed_area_tables(raw, torch.int32)
+        for scale, win in ours._pyramid(h, w):
+            x = fd.imresample(image, win.size)
+            x = (x - 127.5) * 0.0078125
+            reg, probs = mtcnn.pnet(x)
+
+            def generate():
+                b, i = fd.generateBoundingBox(reg, probs[:, 1], scale, mtcnn.thresholds[0])
+                return batched_nms(b[:, :4], b[:, 4], i, 0.5)
+
+            out["levels"].append({
+                "scale": scale, "size": list(win.size), "candidates": int((probs[:, 1] >= mtcnn.thresholds[0]).sum()),
+                "facenet_resize_normalize_ms": best_ms(lambda: (fd.imresample(image, win.size) - 127.5) * 0.0078125),
+                "hsnet_resize_normalize_ms": best_ms(lambda: hm.area_resize(tables, win.size, win, normalize=True)),
+                "facenet_pnet_ms": best_ms(lambda: mtcnn.pnet(x)),
+                "hsnet_pnet_ms": best_ms(lambda: ours.pnet(x)),
+                "boxes_nms_ms": best_ms(generate)})
+        for key in ("facenet_resize_normalize_ms", "hsnet_resize_normalize_ms", "facenet_pnet_ms", "hsnet_pnet_ms",
+                    "boxes_nms_ms"):
+            out[f"pyramid_{key}"] = sum(level[key] for level in out["levels"])
+        out["hsnet_pnet_stage_ms"] = best_ms(lambda: ours._pnet(tables, torch.float32))
+        boxes, inds = ours._pnet(tables, torch.float32)
+        pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+        boxes, inds = boxes[pick], inds[pick]
+        regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        boxes = fd.rerec(torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                                      boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
+                                      boxes[:, 4]], 1))
+        flat, base, hw = tables.reshape(-1), torch.zeros(1, dtype=torch.int64), torch.tensor([[h, w]])
+        for stage, size, net, fast in (("rnet", hm.RNET_SIZE, mtcnn.rnet, ours.rnet),
+                                       ("onet", hm.ONET_SIZE, mtcnn.onet, ours.onet)):
+            y, ey, x0, ex = fd.pad(boxes, w, h)
+
+            def facenet_crops():  # detect_face's loop
+                return torch.cat([fd.imresample(image[:, :, y[k] - 1:ey[k], x0[k] - 1:ex[k]], (size, size))
+                                  for k in range(len(y)) if ey[k] > y[k] - 1 and ex[k] > x0[k] - 1])
+
+            crops, _ = hm.crop_resize_boxes(flat, base, hw, boxes, inds, size, normalize=True)
+            contiguous = crops.contiguous()
+            out[f"{stage}_boxes"] = len(boxes)
+            out[f"facenet_{stage}_crops_ms"] = best_ms(lambda: (facenet_crops() - 127.5) * 0.0078125)
+            out[f"hsnet_{stage}_crops_ms"] = best_ms(lambda: hm.crop_resize_boxes(flat, base, hw, boxes, inds, size,
+                                                                                   normalize=True))
+            out[f"facenet_{stage}_ms"] = best_ms(lambda: net(contiguous))
+            out[f"hsnet_{stage}_ms"] = best_ms(lambda: fast(crops))
+            result = fast(crops)
+            if stage == "rnet":
+                keep = result[1][:, 1] > mtcnn.thresholds[1]
+                boxes = torch.cat((boxes[keep, :4], result[1][keep, 1:2]), 1)
+                mv, inds = result[0][keep], inds[keep]
+                pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+                boxes, inds = fd.rerec(fd.bbreg(boxes[pick], mv[pick])), inds[pick]
+        out["facenet_detect_face_ms"] = best_ms(lambda: fd.detect_face(
+            photo[None], mtcnn.min_face_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor,
+            torch.device("cpu")))
+        out["hsnet_detector_ms"] = best_ms(lambda: ours([photo]))
+    return out
+
+
 def main(argv=None) -> dict:
     p = parser(__doc__)
     p.add_argument("--photos", type=int, default=32)
@@ -105,6 +197,8 @@ def main(argv=None) -> dict:
     p.add_argument("--facenet-batched", action="store_true",
                    help="also facenet-pytorch in batches on the CPU (minutes: its per-box loop)")
     p.add_argument("--no-crop", action="store_true", help="leave out the `hsnet crop` rows")
+    p.add_argument("--profile", action="store_true",
+                   help="only the stage-by-stage times of one photo with one torch thread (mtcnn-profile.json)")
     args = p.parse_args(argv)
     from facenet_pytorch import MTCNN
 
@@ -124,6 +218,14 @@ def main(argv=None) -> dict:
         rows = make_photos(tmp / "photos", n, size)
         write_manifest(tmp / "photos.csv", rows)
         photos = [np.asarray(Image.open(tmp / "photos" / r["path"]).convert("RGB")) for r in rows]
+        if args.profile:
+            torch.set_num_threads(1)
+            mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=args.min_face_size).eval()
+            out = {"photo": f"{size[0]}x{size[1]}", "torch_threads": 1, "min_face_size": args.min_face_size,
+                   **profile(photos[0], mtcnn, BatchedMTCNN("cpu", mtcnn=mtcnn))}
+            print(json.dumps(out, indent=1), flush=True)
+            save("mtcnn-profile" + ("-smoke" if args.smoke else ""), out, args.out)
+            return out
         before = load_before(args.before, tmp)
         for device in devices:
             mtcnn = MTCNN(keep_all=True, device=device, min_face_size=args.min_face_size).eval()
@@ -160,6 +262,7 @@ def main(argv=None) -> dict:
                 if device == "cuda" or name != "facenet" or args.facenet_batched or args.smoke:
                     layouts.setdefault("batched", {})[name] = batched(det)
                 if device == "cpu":
+                    layouts.setdefault("one at a time", {})[name] = batched(det, 1)
                     layouts.setdefault("one per thread", {})[name] = per_thread(det, 1)
                     layouts.setdefault("batch per thread", {})[name] = per_thread(det, args.thread_batch)
                     if not args.no_crop:
