@@ -6,7 +6,9 @@ Detectors: ``facenet`` (facenet-pytorch's ``detect_face``: a Python loop over ca
 ``before`` (``hsnet/data/mtcnn.py`` at ``--before``, read with git; left out where git can't),
 ``hsnet`` (the working tree's). Layouts, each detector in each:
 
-* ``batched``: batches of ``--batch`` with the process's torch threads;
+* ``batched``: batches of ``--batch`` with the process's torch threads (on the CPU only with
+  ``--cpu-batched``: per photo, batches of 8 and more are slower there than single photos, and
+  intra-op threads on a loaded machine slower still);
 * ``one at a time`` (CPU): single photos, one after the other, with the process's torch threads
   (a single photo's latency);
 * ``one per thread`` (CPU): one photo per thread, one intra-op thread each: what ``hsnet crop``
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -194,8 +197,10 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=3, help="timed passes (the best is kept)")
     p.add_argument("--before", default=BEFORE, help="git revision of the 'before' detector")
     p.add_argument("--min-face-size", type=int, default=20, help="MTCNN's (20: crop's default; predict uses 40)")
+    p.add_argument("--cpu-batched", action="store_true",
+                   help="also the batched layout on the CPU (hsnet and before; slow on a loaded machine)")
     p.add_argument("--facenet-batched", action="store_true",
-                   help="also facenet-pytorch in batches on the CPU (minutes: its per-box loop)")
+                   help="with --cpu-batched: facenet-pytorch too (minutes: its per-box loop)")
     p.add_argument("--no-crop", action="store_true", help="leave out the `hsnet crop` rows")
     p.add_argument("--profile", action="store_true",
                    help="only the stage-by-stage times of one photo with one torch thread (mtcnn-profile.json)")
@@ -207,6 +212,7 @@ def main(argv=None) -> dict:
     from hsnet.data.mtcnn import BatchedMTCNN
     from hsnet.params import CropParams
 
+    load_start = list(os.getloadavg())  # (1, 5, 15 minutes): the machine is shared
     n, batch, repeat = (2, 2, 1) if args.smoke else (args.photos, args.batch, args.repeat)
     size = SIZES["KDEF-like 562x762"]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -259,7 +265,7 @@ def main(argv=None) -> dict:
 
             layouts = {}
             for name, det in detectors.items():
-                if device == "cuda" or name != "facenet" or args.facenet_batched or args.smoke:
+                if device == "cuda" or args.smoke or (args.cpu_batched and (name != "facenet" or args.facenet_batched)):
                     layouts.setdefault("batched", {})[name] = batched(det)
                 if device == "cpu":
                     layouts.setdefault("one at a time", {})[name] = batched(det, 1)
@@ -297,7 +303,7 @@ def main(argv=None) -> dict:
             row["faces"] = sum(len(b) for b in found["hsnet"])
             row["speedup_batched"] = row.get("hsnet/facenet batched")  # the first version's name
             results.append(row)
-    out = {"rows": results, "command": " ".join([Path(sys.argv[0]).name] + list(argv or sys.argv[1:]))}
+    out = {"rows": results, "load_average_start_end": [load_start, list(os.getloadavg())], "command": " ".join([Path(sys.argv[0]).name] + list(argv or sys.argv[1:]))}
     save("mtcnn" + ("-smoke" if args.smoke else ""), out, args.out)
     return out
 
