@@ -229,6 +229,7 @@ def main(argv=None) -> dict:
             mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=args.min_face_size).eval()
             out = {"photo": f"{size[0]}x{size[1]}", "torch_threads": 1, "min_face_size": args.min_face_size,
                    **profile(photos[0], mtcnn, BatchedMTCNN("cpu", mtcnn=mtcnn))}
+            out["load_average_start_end"] = [load_start, list(os.getloadavg())]
             print(json.dumps(out, indent=1), flush=True)
             save("mtcnn-profile" + ("-smoke" if args.smoke else ""), out, args.out)
             return out
