@@ -202,6 +202,8 @@ def main(argv=None) -> dict:
     p.add_argument("--facenet-batched", action="store_true",
                    help="with --cpu-batched: facenet-pytorch too (minutes: its per-box loop)")
     p.add_argument("--no-crop", action="store_true", help="leave out the `hsnet crop` rows")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated, e.g. cuda (default: cpu, and cuda where there is one)")
     p.add_argument("--profile", action="store_true",
                    help="only the stage-by-stage times of one photo with one torch thread (mtcnn-profile.json)")
     args = p.parse_args(argv)
@@ -215,7 +217,7 @@ def main(argv=None) -> dict:
     load_start = list(os.getloadavg())  # (1, 5, 15 minutes): the machine is shared
     n, batch, repeat = (2, 2, 1) if args.smoke else (args.photos, args.batch, args.repeat)
     size = SIZES["KDEF-like 562x762"]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     threads = torch.get_num_threads()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
