@@ -309,9 +309,9 @@ def test_kfp_ablation_pipeline_fans_out_over_configurations_and_seeds(tmp_path):
                 assert src["producerTask"] in tasks and src["producerTask"] in loops
 
 
-@pytest.mark.slow
-def test_kfp_ablation_pipeline_runs_locally(tmp_path, monkeypatch):
-    """2 configurations x 2 seeds, 1 epoch each, on a tiny sample in a local folder, with kfp.local."""
+def _ablation_locally(tmp_path, monkeypatch, **arguments):
+    """The ablation pipeline run with kfp.local on a tiny sample: 2 configurations (DIB off/on) x
+    seeds 0 and 1, 1 epoch each; returns the pipeline root."""
     from kfp import local
 
     from hsnet.data.sample import generate
@@ -328,9 +328,14 @@ def test_kfp_ablation_pipeline_runs_locally(tmp_path, monkeypatch):
     params["datasets"]["sample"]["train"]["max_epochs"] = 1
     runs = [{"model": {"dib": dib, "fgal": False, "ktl": False}, "seed": s} for dib in (False, True) for s in (0, 1)]
     ablation_pipeline(dataset="sample", raw_source=str(tmp_path / "raw"), params=params, runs=runs,
-                      mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+                      mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", **arguments)
+    return tmp_path / "kfp-root"
 
-    root = tmp_path / "kfp-root"
+
+@pytest.mark.slow
+def test_kfp_ablation_pipeline_runs_locally(tmp_path, monkeypatch):
+    """2 configurations x 2 seeds, 1 epoch each, on a tiny sample in a local folder, with kfp.local."""
+    root = _ablation_locally(tmp_path, monkeypatch)
     metas = [json.loads(p.read_text()) for p in root.rglob("executor_output.json") if p.parent.name == "train-model"]
     trained = sorted((a["metadata"]["model.dib"], a["metadata"]["train.seed"])
                      for m in metas for a in m["artifacts"]["model"]["artifacts"])
@@ -356,32 +361,14 @@ def _check_report(root, evals):
 def test_kfp_ablation_pipeline_with_two_runs_per_gpu(tmp_path, monkeypatch):
     """runs_per_gpu=2: the 4 runs in 2 pods, each training its 2 runs side by side, then evaluating
     them; the same Table 6 from the groups' evaluations."""
-    from kfp import local
-
-    from hsnet.data.sample import generate
-    from pipelines.ablation_pipeline import ablation_pipeline
-    from pipelines.hsnet_pipeline import DEFAULT_PARAMS
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    generate(tmp_path / "raw", per_class=3, size=96, seed=7)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"),
-               raise_on_error=True)
-    params = copy.deepcopy(DEFAULT_PARAMS)
-    params["datasets"]["sample"] = copy.deepcopy(TINY)
-    params["datasets"]["sample"]["train"]["max_epochs"] = 1
-    runs = [{"model": {"dib": dib, "fgal": False, "ktl": False}, "seed": s} for dib in (False, True) for s in (0, 1)]
-    ablation_pipeline(dataset="sample", raw_source=str(tmp_path / "raw"), params=params, runs=runs,
-                      mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", runs_per_gpu=2)
-
-    root = tmp_path / "kfp-root"
+    root = _ablation_locally(tmp_path, monkeypatch, runs_per_gpu=2)
     groups = [p for p in root.rglob("runs.json") if "train-evaluate-group" in str(p)]
     assert len(groups) == 2  # two pods
     records = [json.loads(p.read_text()) for p in groups]
     assert sorted(len(r) for r in records) == [2, 2]
     for record in records:  # the two runs of a pod trained at the same time
         (a, b) = record.values()
-        assert a["returncode"] == b["returncode"] == 0
+        assert a["returncode"] == b["returncode"] == 0, (a["output"], b["output"])
         assert a["started"] < b["ended"] and b["started"] < a["ended"]
     names = sorted(n for r in records for n in r)
     assert names == sorted(exp_name("sample", (dib, False, False), s) for dib in (False, True) for s in (0, 1))
