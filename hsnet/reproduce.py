@@ -403,6 +403,15 @@ def _interval(lo: float | None, hi: float | None, sign: bool = False) -> str:
     return "–" if lo is None else f"[{_f(lo, sign)}, {_f(hi, sign)}]"
 
 
+def _accuracy_interval(st: dict) -> str:
+    """A mean accuracy's 95% interval, within the possible 0-100% (with few, spread runs Student's t
+    reaches past 100: 73.0, 76.2 and 97.6% give [49.0, 115.5]); clipped ends are marked *."""
+    if st["lo"] is None:
+        return "–"
+    lo, hi = max(st["lo"], 0.0), min(st["hi"], 100.0)
+    return f"[{_f(lo)}{'*' if lo != st['lo'] else ''}, {_f(hi)}{'*' if hi != st['hi'] else ''}]"
+
+
 def _seed_list(runs: list[dict]) -> str:
     seeds = [str(r["seed"]) for r in runs if r.get("seed") is not None]
     return ", ".join(seeds) if len(seeds) == len(runs) else f"{len(runs)} run(s)"
@@ -438,8 +447,10 @@ def _bar_chart(by_cfg: dict[tuple, list[dict]], dataset: str, path: Path) -> Non
     spread = [(x - 0.2, stats[c]["mean"], stats[c]["half"]) for x, c in zip(xs, CONFIGS)
               if c in stats and stats[c]["half"]]
     if spread:
-        ax.errorbar([p[0] for p in spread], [p[1] for p in spread], yerr=[p[2] for p in spread], fmt="none",
-                    ecolor="black", capsize=3)
+        # the interval within 0-100%, as the table shows it
+        yerr = [[mean - max(mean - half, 0.0) for _, mean, half in spread],
+                [min(mean + half, 100.0) - mean for _, mean, half in spread]]
+        ax.errorbar([p[0] for p in spread], [p[1] for p in spread], yerr=yerr, fmt="none", ecolor="black", capsize=3)
     labelled = False
     for x, c in zip(xs, CONFIGS):
         if c in by_cfg:
@@ -470,7 +481,7 @@ def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) 
     lines = [f"## Table 6: ablation on {dataset}", "",
              "Rows in the paper's order; ✓ = on, ✗ = off. All off is the Inception-ResNet-V1 baseline." + note,
              "Per row: n runs (seeds), their mean test accuracy and standard deviation, and the 95% interval "
-             "of the mean (Student's t, n − 1 degrees of freedom).", "",
+             "of the mean (Student's t, n − 1 degrees of freedom; an end marked * is cut at 0 or 100%).", "",
              "| DIB | FGAL | KTL | n | mean acc. (%) | sd | 95% interval | paper acc. (%) | diff. | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     missing = []
@@ -484,7 +495,7 @@ def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) 
                            + f". Run `hsnet reproduce ablation --dataset {dataset} --seeds {DEFAULT_SEEDS}`")
             continue
         st = summarize(values[c])
-        lines.append(f"| {marks} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | {_interval(st['lo'], st['hi'])} | "
+        lines.append(f"| {marks} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | {_accuracy_interval(st)} | "
                      f"{TABLE6[c]:.2f} | {_f(st['mean'] - TABLE6[c], True)} | {_seed_list(by_cfg[c])} |")
         if st["n"] < 2:
             missing.append(f"ablation {dataset} {config_name(c)}: one run, no measure of its noise. Run "
@@ -531,7 +542,8 @@ def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[
              "A run's accuracy is one draw: it moves with the seed (`train.seed`) and with the machine "
              "(CPU model, thread count, GPU kernels), by several points on a small test set. So every row is "
              "the mean of n runs (seeds 0..n−1, `--seeds`) with its spread, and a difference between rows "
-             "counts only when it is bigger than that spread.", ""]
+             "counts only when it is bigger than that spread. Intervals are Student's t 95% intervals of the "
+             "mean; an end marked * is cut at 0 or 100%.", ""]
     missing: list[str] = []
 
     lines += ["## Tables 2-5: HSNet on each dataset", "",
@@ -551,7 +563,7 @@ def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[
         st = summarize([r["accuracy"] * 100 for r in runs])
         macc = summarize([(r["mean_accuracy"] or 0) * 100 for r in runs])["mean"]
         lines.append(f"| {table} | {dataset} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | "
-                     f"{_interval(st['lo'], st['hi'])} | {p_acc:.2f} | {_f(st['mean'] - p_acc, True)} | "
+                     f"{_accuracy_interval(st)} | {p_acc:.2f} | {_f(st['mean'] - p_acc, True)} | "
                      f"{_f(macc)} | {p_macc_s} | {_seed_list(runs)} |")
     lines.append("")
 
