@@ -33,9 +33,12 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
     start_step(mlflow_tracking_uri)
     settings = {}
     for run in runs:
+        if not isinstance(run, dict) or set(run) - {"model", "seed"}:
+            raise HSNetError(f"runs item {run!r}: expected {{'model': {{'dib': ..., 'fgal': ..., 'ktl': ...}}, "
+                             "'seed': N}")
         overrides = {"model": run.get("model") or {}}
-        if int(run.get("seed", -1)) >= 0:
-            overrides["train"] = {"seed": int(run["seed"])}
+        if run.get("seed", -1) != -1:  # -1: params' train.seed (as train_model); the schema checks the rest
+            overrides["train"] = {"seed": run["seed"]}
         p = params_for(params, dataset, overrides)
         name = exp_name(dataset, tuple(getattr(p.model, k) for k in SWITCHES), p.train.seed)
         if name in settings:

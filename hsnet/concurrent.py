@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HSNetError
+from .tracking import ensure_store
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def run_jobs(jobs: list[Job], concurrent: int, *, poll: float = 0.2) -> dict[str
     threads = str(threads_per_job(concurrent))
     if concurrent > 1:
         for uri in {j.env.get("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")) for j in jobs}:
-            create_tracking_store(uri)
+            ensure_store(uri)
     pending, running, results, started = list(jobs), {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="hsnet-jobs-") as tmp:
         try:
@@ -101,15 +102,6 @@ def run_jobs(jobs: list[Job], concurrent: int, *, poll: float = 0.2) -> dict[str
                     proc.wait()
                 out.close()
     return {name: results[name] for name in names if name in results}
-
-
-def create_tracking_store(uri: str | None) -> None:
-    """Create an SQLite MLflow store before processes share it: two runs that both find it missing
-    both create its tables, and one fails (sqlite3 "duplicate column name")."""
-    if uri and uri.startswith("sqlite:"):
-        import mlflow
-
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
 def train_jobs(data_dir: str | os.PathLike, params_path: str | os.PathLike, dataset: str,

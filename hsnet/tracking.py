@@ -107,12 +107,35 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"to track in the local store {DEFAULT_STORE}") from exc
 
 
+def ensure_store(uri: str | None) -> None:
+    """Create or upgrade a SQLite MLflow store under an exclusive lock (``<file>.lock`` beside it).
+
+    Processes that find the store missing or old all run MLflow's table migrations, and all but
+    one fail ("duplicate column name", "table _alembic_tmp_experiments already exists"): trainings
+    side by side (``--concurrent``, a GPU group), parallel kfp.local steps, ``dvc queue`` workers.
+    Other URIs (a tracking server) need nothing."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not path or path == ":memory:":
+        return
+    import fcntl
+
+    import mlflow
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
 def connect() -> str:
     """Point MLflow at the tracking URI after checking it answers; returns the URI."""
     import mlflow
 
     uri = tracking_uri()
     check_reachable(uri)
+    ensure_store(uri)
     mlflow.set_tracking_uri(uri)
     # MLflow draws a bar per artifact download (~40 for one model): noise in every log
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

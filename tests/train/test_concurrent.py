@@ -129,3 +129,32 @@ def test_group_names_and_sizes(tmp_path, tiny_params):
         with pytest.raises(HSNetError, match="run name"):
             train_and_evaluate(tmp_path, {name: p}, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
+
+
+def test_processes_that_each_open_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    """Each process goes through hsnet.tracking.connect(), as every hsnet step does, at the same
+    moment (they wait for a 'go' file): MLflow's table migrations ran in several at once, and all but
+    one failed ("table _alembic_tmp_experiments already exists": two GPU groups on kfp.local)."""
+    import time
+
+    db = tmp_path / "store" / "mlflow.db"
+    go = tmp_path / "go"
+    code = ("import os, sys, time\n"
+            "while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
+            "from hsnet import tracking\n"
+            "import mlflow\n"
+            "tracking.connect()\n"
+            "mlflow.MlflowClient().create_experiment(sys.argv[2])\n")
+    import os
+    import subprocess
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(go), f"e{i}"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    time.sleep(3.0)  # every process is waiting by then (not run_jobs: it creates the store before it starts them)
+    go.touch()
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [o[-800:] for o in outputs]
+    import mlflow
+
+    assert {f"e{i}" for i in range(4)} <= {e.name for e in mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()}
