@@ -42,6 +42,29 @@ def start_step(mlflow_tracking_uri: str = "") -> None:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
 
 
+def group_settings(params: dict, dataset: str, runs: list) -> dict:
+    """The ablation's ``runs`` items ({"model": {...}, "seed": N}; seed -1 or absent: params')
+    as typed settings, by experiment name (as ``hsnet reproduce`` names them)."""
+    from hsnet.errors import HSNetError
+    from hsnet.paper import SWITCHES
+    from hsnet.reproduce import exp_name
+
+    settings = {}
+    for run in runs:
+        if not isinstance(run, dict) or set(run) - {"model", "seed"}:
+            raise HSNetError(f"runs item {run!r}: expected {{'model': {{'dib': ..., 'fgal': ..., 'ktl': ...}}, "
+                             "'seed': N}")
+        overrides = {"model": run.get("model") or {}}
+        if run.get("seed", -1) != -1:  # the schema checks the seed's type
+            overrides["train"] = {"seed": run["seed"]}
+        p = params_for(params, dataset, overrides)
+        name = exp_name(dataset, tuple(getattr(p.model, k) for k in SWITCHES), p.train.seed)
+        if name in settings:
+            raise HSNetError(f"runs {runs}: {name} is given twice")
+        settings[name] = p
+    return settings
+
+
 def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> None:
     """Every training of ``runs`` (model overrides, as the ablation's ``runs`` items) with KTL on
     must name its VGGFace2 stem weights as a file or s3:// URI: a cluster without internet access

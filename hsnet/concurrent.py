@@ -30,6 +30,7 @@ from .tracking import ensure_store
 log = logging.getLogger(__name__)
 
 TAIL = 3000  # characters of a job's output kept in its record
+RUNS_FILE = "runs.json"  # train_and_evaluate's record of every run
 
 
 @dataclass
@@ -133,9 +134,9 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
     durable checkpoints at ``checkpoint_uris[NAME]`` when given (a restarted pod resumes every run
     from its last upload). Then the runs that trained are evaluated here, one after another.
     Writes ``NAME/params.yaml``, ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/``
-    (metrics.json, ...) and ``runs.json``: per run its return code, seconds, the end of its
+    (metrics.json, ...) and :data:`RUNS_FILE`: per run its return code, seconds, the end of its
     output, and its test accuracy or what failed. A run that fails (to train or to evaluate) is
-    its record; the others go on. Returns what ``runs.json`` holds.
+    its record; the others go on. Returns what :data:`RUNS_FILE` holds.
     """
     import yaml
 
@@ -175,8 +176,13 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
         except Exception as exc:  # noqa: BLE001 - one run's failure is its record
             log.exception("evaluating %s failed", name)
             record["error"] = f"evaluation failed: {type(exc).__name__}: {exc}"
-    write_json(out_root / "runs.json", records)
+    write_json(out_root / RUNS_FILE, records)
     return records
+
+
+def failed(records: dict[str, dict]) -> dict[str, str]:
+    """The runs of :func:`train_and_evaluate`'s records that have no test accuracy, with what failed."""
+    return {name: r.get("error", "no test accuracy") for name, r in records.items() if "accuracy" not in r}
 
 
 def groups_of(items: list, size: int) -> list[list]:

@@ -472,6 +472,22 @@ def _bar_chart(by_cfg: dict[tuple, list[dict]], dataset: str, path: Path) -> Non
     plt.close(fig)
 
 
+def evaluation_rows(folders: list[str | os.PathLike]) -> tuple[list[dict], list[str]]:
+    """The runs of the Kubeflow ablation's evaluation folders: one run's (metrics.json at its root)
+    or a GPU group's (RUN/metrics.json, and hsnet.concurrent's record of the runs that failed).
+    Returns the rows for :func:`ablation_section` and a line per failed run."""
+    from .concurrent import RUNS_FILE, failed
+
+    rows, failures = [], []
+    for folder in map(Path, folders):
+        for path in sorted(folder.rglob("metrics.json")):
+            name = path.parent.name if path.parent != folder else f"run {len(rows)}"
+            rows.append(run_row(json.loads(path.read_text()), experiment=name))
+        if (folder / RUNS_FILE).is_file():
+            failures += [f"{n}: {why}" for n, why in failed(json.loads((folder / RUNS_FILE).read_text())).items()]
+    return rows, failures
+
+
 def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) -> tuple[list[str], list[str]]:
     """Table 6 on ``dataset`` (markdown lines) from its ablation runs, and what is missing.
     ``chart``: where to draw the bar chart (linked from the section); None: no chart."""

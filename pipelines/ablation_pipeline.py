@@ -42,19 +42,11 @@ def ablation_report(dataset: str, evaluations: Input[List[Artifact]], table: Out
     """Table 6 from the evaluations' metrics.json: mean ± sd, n, 95% interval per row, the paper's orderings.
     An evaluation is one run's (metrics.json at its root) or a GPU group's (RUN/metrics.json, and
     runs.json recording the runs that failed)."""
-    import json
     from pathlib import Path
 
-    from hsnet.reproduce import ablation_section, run_row
+    from hsnet.reproduce import ablation_section, evaluation_rows
 
-    rows, failed = [], []
-    for e in evaluations:
-        for path in sorted(Path(e.path).rglob("metrics.json")):
-            name = path.parent.name if path.parent != Path(e.path) else f"run {len(rows)}"
-            rows.append(run_row(json.loads(path.read_text()), experiment=name))
-        group = Path(e.path) / "runs.json"
-        if group.is_file():
-            failed += [f"{n}: {r.get('error')}" for n, r in json.loads(group.read_text()).items() if "accuracy" not in r]
+    rows, failed = evaluation_rows([e.path for e in evaluations])
     lines, missing = ablation_section(rows, dataset)
     lines += ["## Missing runs", ""] + ([f"- {m}" for m in failed + missing] or ["None: every row has finished runs."])
     Path(table.path).write_text("\n".join(lines) + "\n")
