@@ -17,9 +17,8 @@ import time
 import torch
 
 from .common import parser, save
+from .gpu import RAFDB_IMAGES_PER_EPOCH
 from .model import BENCH_TRAIN, synthetic_split
-
-RAFDB_IMAGES_PER_EPOCH = 12_271
 
 
 class GpuBusy:

@@ -204,3 +204,33 @@ def test_networks_with_strided_pools_are_facenet_pytorchs_with_the_same_weights(
         with torch.no_grad():
             for a, b in zip(fast(x), net(x)):
                 assert torch.equal(a, b)  # the same operations on the same values
+
+
+def test_networks_run_in_full_fp32_and_the_tf32_settings_come_back(mtcnn):
+    """On an H200, cuDNN's TF32 convolutions (PyTorch's default; hsnet.device turns TF32 on for
+    training) moved the boxes of 6 of 64 photos by up to 3.65 px from facenet-pytorch's, with
+    TF32 off they agreed within 1 px (docs/performance.md, section 8). So the detector's networks
+    run with TF32 off, also while threads share the detector, and the caller's settings return."""
+    backends = torch.backends
+    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    seen = []
+
+    def record(module, args):
+        seen.append((backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32))
+
+    detector = BatchedMTCNN(mtcnn=mtcnn)
+    hooks = [net.register_forward_pre_hook(record) for net in (detector.pnet, detector.rnet, detector.onet)]
+    try:
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True  # as after hsnet.device on a GPU
+        image = skimage_data.astronaut()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            found = list(pool.map(lambda _: detector([image])[0], range(8)))
+        assert all(len(f) == 1 for f in found)
+        assert len(seen) >= 8 * 3 and set(seen) == {(False, False)}, set(seen)
+        assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
