@@ -6,6 +6,12 @@ On a GPU: 224x224, batch 32, bf16, channels-last, fused Adam, eager and with CUD
 (train.compile reduce-overhead). On a CPU (a check of the path, not a GPU figure): 80x80, batch 32.
 
     python -m benchmarks.device_data [--compile reduce-overhead] [--smoke]
+    python -m benchmarks.device_data --profile --compile reduce-overhead
+
+``--profile``: instead, where one training step's host time goes with the data on the device
+(torch.profiler over one timed epoch after the warm-up): the operations by their own CPU time
+per step, with the device time they launched, and the step's CPU and device totals. On a GPU the
+graphs' share is what's left of the step once the host work outside them is counted.
 """
 
 from __future__ import annotations
@@ -107,9 +113,37 @@ def measure(device: str, size: int, batch: int, n: int, epochs: int, *, on_devic
     return row
 
 
+def profile_step(device: str, size: int, batch: int, n: int, *, compile_mode=None, top: int = 30) -> dict:
+    """Where a training step's host time goes, the data on the device: per operation (by its own CPU
+    time) the CPU and device microseconds per step and the calls per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    epoch, setup = trainer(device, size, batch, n, on_device=True, compile_mode=compile_mode)
+    epoch()  # warm-up: compilation, graph capture
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        seen = epoch()
+    wall = time.perf_counter() - t0
+    steps = -(-seen // batch)
+    events = prof.key_averages()
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
+
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"compile": compile_mode or False, "size": size, "batch": batch, "steps": steps,
+            "wall_ms_per_step_profiled": 1e3 * wall / steps,
+            "cpu_self_us_per_step": sum(e.self_cpu_time_total for e in events) / steps,
+            "device_us_per_step": sum(device_us(e) for e in events) / steps,
+            "ops": [{"name": e.key, "calls_per_step": e.count / steps, "cpu_self_us_per_step": e.self_cpu_time_total / steps,
+                     "device_us_per_step": device_us(e) / steps} for e in rows[:top]]}
+
+
 def main(argv=None) -> dict:
     p = parser(__doc__)
     p.add_argument("--compile", default=None, metavar="MODE", help="train.compile mode, e.g. reduce-overhead")
+    p.add_argument("--profile", action="store_true", help="where a step's host time goes (device_data-profile.json)")
     args = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
@@ -119,6 +153,16 @@ def main(argv=None) -> dict:
         size, batch, n, epochs = 224, 32, 32 * 200, 3
     else:
         size, batch, n, epochs = 80, 32, 32 * 6, 2
+    suffix = ("-smoke" if args.smoke else "") + (f"-compile-{args.compile}" if args.compile else "")
+    if args.profile:
+        result = profile_step(device, size, batch, min(n, 32 * 40), compile_mode=args.compile)
+        for op in result["ops"][:15]:
+            print(f"{op['cpu_self_us_per_step']:9.1f} us CPU {op['device_us_per_step']:9.1f} us device "
+                  f"{op['calls_per_step']:6.2f}/step  {op['name']}", flush=True)
+        print(f"per step: {result['wall_ms_per_step_profiled']:.2f} ms wall (profiled), "
+              f"{result['cpu_self_us_per_step']:.0f} us CPU, {result['device_us_per_step']:.0f} us device", flush=True)
+        save("device_data-profile" + suffix, result, args.out)
+        return result
     rows = []
     for on_device in (False, True):
         row = measure(device, size, batch, n, epochs, on_device=on_device, compile_mode=args.compile)
@@ -126,7 +170,6 @@ def main(argv=None) -> dict:
         print(row, flush=True)
     result = {"device": device, "rows": rows, "device_over_host": rows[1]["train_img_s"] / rows[0]["train_img_s"]}
     print(f"data on the device / host pipeline: {result['device_over_host']:.2f}x")
-    suffix = ("-smoke" if args.smoke else "") + (f"-compile-{args.compile}" if args.compile else "")
     save("device_data" + suffix, result, args.out)
     return result
 

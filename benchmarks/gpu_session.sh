@@ -27,7 +27,7 @@ PY=${PYTHON:-python3}
 
 if [ "${1:-}" = issue18 ]; then
   # the most wanted first: a session cut short loses the least
-  STEPS=${STEPS:-"mtcnn mtcnn_fp32 device_data_graphs concurrent device_data_eager sample_device sample_device_evaluate
+  STEPS=${STEPS:-"mtcnn mtcnn_fp32 device_data_graphs device_data_profile concurrent device_data_eager sample_device sample_device_evaluate
     sample_host sample_host_evaluate"}
 fi
 step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say how it ended
@@ -62,12 +62,14 @@ step gpu_reduce_overhead 180 $PY -m benchmarks.gpu --compile reduce-overhead --o
 step crop 75 $PY -m benchmarks.crop --out "$OUT"
 # 4. issue 18, in the order of `issue18` (the most wanted first): the batched MTCNN against facenet-pytorch's
 #    at 562x762, batch 16 (cuDNN's TF32 convolutions, PyTorch's default, then full fp32: the faces compared); training data held on the GPU (train.data_on_device) against the host pipeline
-#    with CUDA graphs, then eager (train images/s and busy % at 224, batch 32); several trainings sharing
+#    with CUDA graphs, then eager (train images/s and busy % at 224, batch 32), and where the CUDA-graph
+#    step's host time goes (--profile: the work left outside the graphs); several trainings sharing
 #    the GPU (aggregate images/s for 1, 2, 4, 8 processes, CUDA graphs, the data on the device); the
 #    sample's accuracy with the data on the GPU against the host pipeline (eager: no compilation time)
 step mtcnn 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --out "$OUT"
 step mtcnn_fp32 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --fp32 --out "$OUT"
 step device_data_graphs 160 $PY -m benchmarks.device_data --compile reduce-overhead --out "$OUT"
+step device_data_profile 120 $PY -m benchmarks.device_data --profile --compile reduce-overhead --out "$OUT"
 step concurrent 270 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --out "$OUT"
 step device_data_eager 75 $PY -m benchmarks.device_data --out "$OUT"
 if [ -f data/processed/sample/manifest.csv ]; then

@@ -57,6 +57,20 @@ def test_benchmark_runs(name, tmp_path, monkeypatch):
     elif name == "mtcnn":
         row = saved["rows"][0]
         assert row["faces"] == 2 and row["hsnet batched photos_s"] > 0 and row["speedup_batched"] > 0
+        assert row["faces facenet/hsnet"]["same"] and row["faces facenet/hsnet"]["max_box_diff_px"] <= 1
+
+
+def test_device_data_profile_names_where_a_step_goes(tmp_path):
+    """--profile: per training step (24 images in batches of 8: 3 steps), the operations by own CPU time."""
+    from benchmarks import device_data
+
+    device_data.main(["--smoke", "--profile", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "device_data-profile-smoke.json").read_text())
+    assert saved["steps"] == 3 and saved["cpu_self_us_per_step"] > 0
+    names = [op["name"] for op in saved["ops"]]
+    assert "aten::convolution_backward" in names  # the model's backward runs in every step
+    cpu = [op["cpu_self_us_per_step"] for op in saved["ops"]]
+    assert cpu == sorted(cpu, reverse=True) and sum(cpu) <= saved["cpu_self_us_per_step"] * 1.0001
 
 
 def test_bytes_moved_reads_the_sizes_dvc_recorded(tmp_path):
