@@ -22,10 +22,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hsnet.data.datasets import get_spec
+
 from .common import parser, save
 from .model import BENCH_TRAIN, synthetic_split
 
-RAFDB_IMAGES_PER_EPOCH = 12_271  # train (incl. our val) images of RAF-DB basic, one pass each
+# images per RAF-DB epoch: its train split, our validation share included (an upper bound), one pass each
+RAFDB_IMAGES_PER_EPOCH = get_spec("rafdb").paper_split_sizes["train+val"]
 TARGET_IMG_S = 5_000
 BATCH = 32
 

@@ -5,18 +5,23 @@
 # (default benchmarks/results); write the figures up in docs/performance.md.
 #
 #   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
-#   bash benchmarks/gpu_session.sh issue18   # only section 4 (about 9 min at most): batched MTCNN, data on
-#                                            # the GPU, concurrent trainings, the sample with the data on the
-#                                            # GPU against the host pipeline (needs the crops)
+#   bash benchmarks/gpu_session.sh issue18   # only section 4: batched MTCNN, data on the GPU, concurrent
+#                                            # trainings, the sample with the data on the GPU against the
+#                                            # host pipeline (needs the crops). About 8 minutes on an H200
+#                                            # (its step limits add up to 16): a 15-minute device lease holds
+#                                            # one run; name fewer STEPS to rerun a part
 #   STEPS="mtcnn concurrent" bash benchmarks/gpu_session.sh   # only the steps named
-#   ARCHIVE=/some/results.tgz ...   # also keep $OUT packed there, renewed after every step (a session cut
-#                                   # short still leaves what was measured; the device tool returns 8 files)
+#   ARCHIVE=/some/results.tgz ...   # also keep $OUT packed there (outside $OUT), renewed after every step
+#                                   # (a session cut short keeps what was measured; the device tool returns
+#                                   # 8 files)
 #
 # Where hsnet isn't installed (a bare GPU image with PyTorch), the package runs from the checkout;
 # facenet-pytorch can come as a wheel in .whl/ (pip download --no-deps facenet-pytorch==2.5.3 -d .whl).
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
+ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead crop mtcnn device_data_graphs
+  device_data_profile concurrent device_data_eager sample_device sample_device_evaluate sample_host sample_host_evaluate"
 export PYTHONUNBUFFERED=1 HSNET_CACHE_DIR=${HSNET_CACHE_DIR:-/tmp/hsnet-cache} MPLBACKEND=Agg
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -27,13 +32,24 @@ PY=${PYTHON:-python3}
 
 if [ "${1:-}" = issue18 ]; then
   # the most wanted first: a session cut short loses the least
-  STEPS=${STEPS:-"mtcnn mtcnn_fp32 device_data_graphs device_data_profile concurrent device_data_eager sample_device sample_device_evaluate
-    sample_host sample_host_evaluate"}
+  STEPS=${STEPS:-"mtcnn device_data_graphs device_data_profile concurrent device_data_eager sample_device
+    sample_device_evaluate sample_host sample_host_evaluate"}
+fi
+words() { printf '%s' "$1" | tr -s ' \t\n' '   '; }  # STEPS on one line, no glob expansion
+if [ -n "${STEPS:-}" ]; then
+  set -f  # a '*' in STEPS is a name, not a glob
+  for s in $(words "$STEPS" | tr ' ' '\n' | grep -v '^$'); do
+    case " $(words "$ALL_STEPS") " in *" $s "*) ;; *) echo "unknown step '$s'; steps: $(words "$ALL_STEPS")" >&2; exit 2 ;; esac
+  done
+  set +f
+fi
+if [ -n "${ARCHIVE:-}" ]; then
+  case "$(realpath -m "$ARCHIVE")/" in "$(realpath -m "$OUT")"/*) echo "ARCHIVE must lie outside OUT ($OUT)" >&2; exit 2 ;; esac
 fi
 step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say how it ended
   local name=$1 limit=$2
   shift 2
-  case " $(echo ${STEPS:-$name}) " in *" $name "*) ;; *) return 0 ;; esac  # (echo: any spacing in STEPS)
+  case " $(words "${STEPS:-$name}") " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name (limit ${limit}s)"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -48,7 +64,8 @@ $PY -c "import torch, facenet_pytorch; print('torch', torch.__version__, 'cuda',
 torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu_machine.txt"
 
 # 1. the CUDA path end to end: train (bf16, channels-last, fused Adam, device augmentation) and evaluate
-if [ -f data/processed/sample/manifest.csv ] && [ -z "${STEPS:-}" ]; then
+if [ -f data/processed/sample/manifest.csv ]; then
+  rm -rf /tmp/hsnet-run
   step cuda_train 100 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
     --out /tmp/hsnet-run --no-mlflow --device cuda
   step cuda_evaluate 45 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-run/best.pt --data data/processed/sample \
@@ -61,19 +78,19 @@ step gpu_reduce_overhead 180 $PY -m benchmarks.gpu --compile reduce-overhead --o
 # 3. MTCNN cropping on the GPU (and the CPU, same run)
 step crop 75 $PY -m benchmarks.crop --out "$OUT"
 # 4. issue 18, in the order of `issue18` (the most wanted first): the batched MTCNN against facenet-pytorch's
-#    at 562x762, batch 16 (cuDNN's TF32 convolutions, PyTorch's default, then full fp32: the faces compared); training data held on the GPU (train.data_on_device) against the host pipeline
+#    at 562x762, batch 16, all in full fp32 (hsnet's detector always is; the faces compared); training data held on the GPU (train.data_on_device) against the host pipeline
 #    with CUDA graphs, then eager (train images/s and busy % at 224, batch 32), and where the CUDA-graph
 #    step's host time goes (--profile: the work left outside the graphs); several trainings sharing
 #    the GPU (aggregate images/s for 1, 2, 4, 8 processes, CUDA graphs, the data on the device); the
 #    sample's accuracy with the data on the GPU against the host pipeline (eager: no compilation time)
 step mtcnn 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --out "$OUT"
-step mtcnn_fp32 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --fp32 --out "$OUT"
 step device_data_graphs 160 $PY -m benchmarks.device_data --compile reduce-overhead --out "$OUT"
 step device_data_profile 120 $PY -m benchmarks.device_data --profile --compile reduce-overhead --out "$OUT"
 step concurrent 270 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --out "$OUT"
 step device_data_eager 75 $PY -m benchmarks.device_data --out "$OUT"
 if [ -f data/processed/sample/manifest.csv ]; then
   for data in device host; do
+    rm -rf "/tmp/hsnet-$data"  # evaluate only what this run trained
     flag=$([ $data = device ] && echo true || echo false)
     step sample_$data 80 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
       --out /tmp/hsnet-$data --no-mlflow --device cuda --set train.compile=false --set train.data_on_device=$flag

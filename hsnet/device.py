@@ -5,12 +5,17 @@ GPU, fp32 on a CPU); :func:`forward` is the model's input contract, used by trai
 evaluation, prediction and serving alike: uint8 RGB batch -> fixed image standardisation
 (what the VGGFace2 stem was trained with) -> optional augmentation -> channels-last ->
 autocast -> float32 logits.
+
+TF32 is one process-wide switch, kept here: :func:`enable_tf32` (training and inference on a
+GPU) and :func:`full_fp32` (face detection, whose boxes must not depend on it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +43,7 @@ def pick_device(name: str | None = None) -> Setup:
         raise HSNetError(f"device {name!r} is not a device name; use cpu or cuda (cuda:N)") from exc
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return Setup(device, amp, True)
     return Setup(device, None, False)
@@ -68,3 +72,65 @@ def forward(model: torch.nn.Module, x: torch.Tensor, setup: Setup,
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
         return model(x).float()
+
+
+# --- TF32: PyTorch's settings are process-wide; one lock, and what to restore after fp32 sections
+_TF32_LOCK = threading.Lock()
+_fp32_sections = 0
+_outside_fp32: tuple | None = None
+_NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(
+    getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+def _tf32_settings() -> tuple:
+    b = torch.backends
+    if _NEW_TF32_API:  # PyTorch refuses to mix its older flags with these: use one kind only
+        return b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision
+    return b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+
+
+def _set_tf32_settings(settings: tuple) -> None:
+    b = torch.backends
+    if _NEW_TF32_API:
+        b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision = settings
+    else:
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = settings
+
+
+def _tf32(on: bool) -> tuple:
+    if _NEW_TF32_API:
+        return ("tf32" if on else "ieee",) * 3
+    return on, on
+
+
+def enable_tf32() -> None:
+    """TF32 for cuDNN's convolutions and for matmuls (Ampere and later: several times the fp32
+    throughput, a 10-bit mantissa). Asked for while a :func:`full_fp32` section runs in another
+    thread, it takes effect when the last such section ends."""
+    global _outside_fp32
+    with _TF32_LOCK:
+        if _fp32_sections:
+            _outside_fp32 = _tf32(True)
+        else:
+            _set_tf32_settings(_tf32(True))
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """Convolutions and matmuls in full fp32 while inside (for every thread: the settings are the
+    process's); the settings from before come back when the last section ends, also after an error.
+    MTCNN runs in it: TF32 moved its boxes on a GPU (docs/performance.md, section 8)."""
+    global _fp32_sections, _outside_fp32
+    with _TF32_LOCK:
+        if _fp32_sections == 0:
+            _outside_fp32 = _tf32_settings()
+            _set_tf32_settings(_tf32(False))
+        _fp32_sections += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _fp32_sections -= 1
+            if _fp32_sections == 0:
+                _set_tf32_settings(_outside_fp32)
+                _outside_fp32 = None

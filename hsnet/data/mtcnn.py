@@ -36,16 +36,17 @@ Differences from ``detect_face``, none of which changes a result it returns:
 * an image too small for the pyramid (shorter side under ``min_face_size``) has no boxes
   instead of crashing the batch;
 * a batch where some images have no candidates is fine (``MTCNN.detect`` crashes on it);
-* landmarks are not computed (nothing here uses them);
-* the networks run in full fp32 on a GPU too (:func:`full_fp32`): with cuDNN's TF32 convolutions,
-  PyTorch's default, boxes moved by up to 3.65 px from facenet-pytorch's fp32 ones on an H200.
+* landmarks are not computed (nothing here uses them).
+
+On a GPU the networks run in full fp32 (:func:`hsnet.device.full_fp32`), whatever TF32 setting
+the process has: cuDNN's TF32 convolutions (PyTorch's default) moved boxes by pixels against
+facenet-pytorch's in fp32 (docs/performance.md, section 8), so with TF32 on the results would
+depend on the device. facenet-pytorch's own detector at PyTorch's defaults uses TF32 there.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.boxes import batched_nms
+
+from ..device import full_fp32
 
 RNET_SIZE, ONET_SIZE = 24, 48
 
@@ -185,35 +188,6 @@ def _normalized(sums: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch
     out /= kw * 128.0
     out -= 0.99609375
     return out
-
-
-_fp32_lock = threading.Lock()
-_fp32_users = 0
-_fp32_saved: tuple[bool, bool] = (False, False)
-
-
-@contextmanager
-def full_fp32():
-    """Convolutions and matrix products in full fp32 while inside: no TF32, which cuDNN uses by
-    default and :func:`hsnet.device.pick_device` turns on for training. On an H200 TF32 moved the
-    boxes of 6 of 64 photos by up to 3.65 px from facenet-pytorch's fp32 ones, a face crop's
-    worth of shift; with TF32 off they agreed within 1 px, at the same speed (docs/performance.md,
-    section 8). The settings are process-wide: threads inside share one switch, and the caller's
-    settings come back when the last one leaves."""
-    global _fp32_users, _fp32_saved
-    backends = torch.backends
-    with _fp32_lock:
-        if _fp32_users == 0:
-            _fp32_saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-            backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
-        _fp32_users += 1
-    try:
-        yield
-    finally:
-        with _fp32_lock:
-            _fp32_users -= 1
-            if _fp32_users == 0:
-                backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = _fp32_saved
 
 
 class BatchedMTCNN:

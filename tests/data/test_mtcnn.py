@@ -207,21 +207,20 @@ def test_networks_with_strided_pools_are_facenet_pytorchs_with_the_same_weights(
 
 
 def test_networks_run_in_full_fp32_and_the_tf32_settings_come_back(mtcnn):
-    """On an H200, cuDNN's TF32 convolutions (PyTorch's default; hsnet.device turns TF32 on for
-    training) moved the boxes of 6 of 64 photos by up to 3.65 px from facenet-pytorch's, with
-    TF32 off they agreed within 1 px (docs/performance.md, section 8). So the detector's networks
-    run with TF32 off, also while threads share the detector, and the caller's settings return."""
-    backends = torch.backends
-    before = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-    seen = []
+    """On a GPU, cuDNN's TF32 convolutions (PyTorch's default; hsnet.device turns TF32 on for
+    training) moved boxes by pixels from facenet-pytorch's fp32 ones (docs/performance.md,
+    section 8). So the detector's networks run with TF32 off, also while threads share the
+    detector, and the process's settings come back after."""
+    from tf32 import restore, saved, tf32
 
-    def record(module, args):
-        seen.append((backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32))
+    from hsnet.device import enable_tf32
 
+    before, seen = saved(), []
     detector = BatchedMTCNN(mtcnn=mtcnn)
-    hooks = [net.register_forward_pre_hook(record) for net in (detector.pnet, detector.rnet, detector.onet)]
+    hooks = [net.register_forward_pre_hook(lambda module, args: seen.append(tf32()))
+             for net in (detector.pnet, detector.rnet, detector.onet)]
     try:
-        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True  # as after hsnet.device on a GPU
+        enable_tf32()  # as after hsnet.device.pick_device on a GPU
         image = skimage_data.astronaut()
         from concurrent.futures import ThreadPoolExecutor
 
@@ -229,8 +228,8 @@ def test_networks_run_in_full_fp32_and_the_tf32_settings_come_back(mtcnn):
             found = list(pool.map(lambda _: detector([image])[0], range(8)))
         assert all(len(f) == 1 for f in found)
         assert len(seen) >= 8 * 3 and set(seen) == {(False, False)}, set(seen)
-        assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, True)
+        assert tf32() == (True, True)
     finally:
         for hook in hooks:
             hook.remove()
-        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+        restore(before)
