@@ -19,23 +19,18 @@
 # facenet-pytorch can come as a wheel in .whl/ (pip download --no-deps facenet-pytorch==2.5.3 -d .whl).
 set -u
 OUT=${OUT:-benchmarks/results}
-mkdir -p "$OUT"
+# every step below, by name (a step added below must be added here to be selectable)
 ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead crop mtcnn device_data_graphs
   device_data_profile concurrent device_data_eager sample_device sample_device_evaluate sample_host sample_host_evaluate"
-export PYTHONUNBUFFERED=1 HSNET_CACHE_DIR=${HSNET_CACHE_DIR:-/tmp/hsnet-cache} MPLBACKEND=Agg
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-PY=${PYTHON:-python3}
-
 if [ "${1:-}" = issue18 ]; then
   # the most wanted first: a session cut short loses the least
   STEPS=${STEPS:-"mtcnn device_data_graphs device_data_profile concurrent device_data_eager sample_device
     sample_device_evaluate sample_host sample_host_evaluate"}
 fi
 words() { printf '%s' "$1" | tr -s ' \t\n' '   '; }  # STEPS on one line, no glob expansion
+if [ -n "${STEPS+x}" ] && [ -z "$(words "$STEPS" | tr -d ' ')" ]; then
+  echo "STEPS names no step; steps: $(words "$ALL_STEPS")" >&2; exit 2
+fi
 if [ -n "${STEPS:-}" ]; then
   set -f  # a '*' in STEPS is a name, not a glob
   for s in $(words "$STEPS" | tr ' ' '\n' | grep -v '^$'); do
@@ -44,12 +39,23 @@ if [ -n "${STEPS:-}" ]; then
   set +f
 fi
 if [ -n "${ARCHIVE:-}" ]; then
-  case "$(realpath -m "$ARCHIVE")/" in "$(realpath -m "$OUT")"/*) echo "ARCHIVE must lie outside OUT ($OUT)" >&2; exit 2 ;; esac
+  case "$(realpath -m "$ARCHIVE")/" in  # (GNU realpath; where it fails, both are empty: refused)
+    "$(realpath -m "$OUT")"/*) echo "ARCHIVE must lie outside OUT ($OUT)" >&2; exit 2 ;; esac
 fi
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HSNET_CACHE_DIR=${HSNET_CACHE_DIR:-/tmp/hsnet-cache} MPLBACKEND=Agg
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+
+selected() { case " $(words "${STEPS:-$1}") " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say how it ended
   local name=$1 limit=$2
   shift 2
-  case " $(words "${STEPS:-$name}") " in *" $name "*) ;; *) return 0 ;; esac
+  selected "$name" || return 0
   echo "== $name (limit ${limit}s)"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -65,7 +71,7 @@ torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu_machine.txt"
 
 # 1. the CUDA path end to end: train (bf16, channels-last, fused Adam, device augmentation) and evaluate
 if [ -f data/processed/sample/manifest.csv ]; then
-  rm -rf /tmp/hsnet-run
+  ! selected cuda_train || rm -rf /tmp/hsnet-run  # evaluate only what this run trained
   step cuda_train 100 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
     --out /tmp/hsnet-run --no-mlflow --device cuda
   step cuda_evaluate 45 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-run/best.pt --data data/processed/sample \
@@ -90,7 +96,7 @@ step concurrent 270 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --o
 step device_data_eager 75 $PY -m benchmarks.device_data --out "$OUT"
 if [ -f data/processed/sample/manifest.csv ]; then
   for data in device host; do
-    rm -rf "/tmp/hsnet-$data"  # evaluate only what this run trained
+    ! selected "sample_$data" || rm -rf "/tmp/hsnet-$data"  # evaluate only what this run trained
     flag=$([ $data = device ] && echo true || echo false)
     step sample_$data 80 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
       --out /tmp/hsnet-$data --no-mlflow --device cuda --set train.compile=false --set train.data_on_device=$flag

@@ -54,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_before(rev: str, tmp: Path):
-    """hsnet/data/mtcnn.py at ``rev`` as a module, or None where git can't give it."""
+    """hsnet/data/mtcnn.py at ``rev`` as a module of the ``hsnet.data`` package (its relative
+    imports read today's package), or None where git can't give it or it doesn't import."""
     try:
         text = subprocess.run(["git", "show", f"{rev}:hsnet/data/mtcnn.py"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout
@@ -63,9 +64,16 @@ def load_before(rev: str, tmp: Path):
         return None
     path = tmp / "mtcnn_before.py"
     path.write_text(text)
-    spec = importlib.util.spec_from_file_location("mtcnn_before", path)
+    import hsnet.data
+
+    spec = importlib.util.spec_from_file_location("hsnet.data._mtcnn_before", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module.__package__ = hsnet.data.__name__
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        print(f"no 'before' detector: hsnet/data/mtcnn.py at {rev} doesn't import ({exc})", flush=True)
+        return None
     return module
 
 

@@ -78,29 +78,32 @@ def forward(model: torch.nn.Module, x: torch.Tensor, setup: Setup,
 _TF32_LOCK = threading.Lock()
 _fp32_sections = 0
 _outside_fp32: tuple | None = None
-_NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(
-    getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
 
 
 def _tf32_settings() -> tuple:
+    """The process's settings, to restore later. Read through PyTorch's older flags, which its
+    compiler still reads too; where the caller mixed them with the newer ``fp32_precision``
+    settings (reading the older ones then raises), the newer ones as they are."""
     b = torch.backends
-    if _NEW_TF32_API:  # PyTorch refuses to mix its older flags with these: use one kind only
-        return b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision
-    return b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    try:
+        return "flags", b.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    except RuntimeError:
+        return "precision", b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision
 
 
 def _set_tf32_settings(settings: tuple) -> None:
+    # the older setters keep the older and newer views of the settings in step (the newer setters
+    # alone leave the older readers raising "mix of the legacy and new APIs")
     b = torch.backends
-    if _NEW_TF32_API:
-        b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision = settings
+    if settings[0] == "flags":
+        b.cudnn.allow_tf32 = settings[1]
+        torch.set_float32_matmul_precision(settings[2])
     else:
-        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = settings
+        b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision = settings[1:]
 
 
 def _tf32(on: bool) -> tuple:
-    if _NEW_TF32_API:
-        return ("tf32" if on else "ieee",) * 3
-    return on, on
+    return "flags", on, "high" if on else "highest"  # matmuls: "high" is TF32, "highest" full fp32
 
 
 def enable_tf32() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
+
 from hsnet.device import enable_tf32, full_fp32
 
 from tf32 import NEW_API, backends, restore, saved, tf32
@@ -46,7 +48,8 @@ def test_tf32_asked_for_during_a_detection_holds_after_it_and_not_inside_it():
     assert go.wait(10)
     enable_tf32()  # what pick_device("cuda") does
     done.set()
-    thread.join()
+    thread.join(10)
+    assert not thread.is_alive()
     assert inside == [(False, False)]
     assert tf32() == (True, True)
 
@@ -60,3 +63,22 @@ def test_settings_made_with_pytorchs_newer_api_come_back_exactly():
         assert tf32() == (False, False)
     assert (backends.cudnn.conv.fp32_precision, backends.cudnn.rnn.fp32_precision,
             backends.cuda.matmul.fp32_precision) == ("tf32", "ieee", "tf32")
+
+
+def test_pytorchs_older_and_newer_views_of_the_settings_stay_readable_and_agree():
+    """PyTorch's compiler reads the older flags: they must not raise "mix of the legacy and new
+    APIs" after hsnet's switches, and must say what the newer settings say."""
+    enable_tf32()
+    assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, True)
+    assert torch.get_float32_matmul_precision() == "high" and tf32() == (True, True)
+    with full_fp32():
+        assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (False, False)
+        assert torch.get_float32_matmul_precision() == "highest" and tf32() == (False, False)
+    assert torch.get_float32_matmul_precision() == "high" and tf32() == (True, True)
+
+
+def test_a_matmul_precision_of_the_callers_comes_back():
+    torch.set_float32_matmul_precision("medium")
+    with full_fp32():
+        assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.get_float32_matmul_precision() == "medium"

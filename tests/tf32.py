@@ -18,14 +18,14 @@ def tf32() -> tuple[bool, bool]:
 
 
 def saved() -> tuple:
-    if NEW_API:
-        return backends.cudnn.conv.fp32_precision, backends.cudnn.rnn.fp32_precision, backends.cuda.matmul.fp32_precision
-    return backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    """The process's settings, for a test to put back (hsnet.device's own save and restore: test
+    hygiene only, the tests' expectations read PyTorch's flags through :func:`tf32`)."""
+    from hsnet.device import _tf32_settings
+
+    return _tf32_settings()
 
 
 def restore(settings: tuple) -> None:
-    if NEW_API:
-        backends.cudnn.conv.fp32_precision, backends.cudnn.rnn.fp32_precision, backends.cuda.matmul.fp32_precision = \
-            settings
-    else:
-        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = settings
+    from hsnet.device import _set_tf32_settings
+
+    _set_tf32_settings(settings)

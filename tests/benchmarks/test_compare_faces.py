@@ -42,3 +42,10 @@ def test_a_missing_or_extra_face_differs_and_is_counted():
 def test_different_numbers_of_photos_are_an_error():
     with pytest.raises(ValueError, match="2 photos against 1"):
         compare_faces(photos([FACE], []), photos([FACE]))
+
+
+def test_as_many_faces_but_one_elsewhere_differs():
+    elsewhere = [400.0, 50.0, 480.0, 150.0, 0.99]  # overlaps neither face
+    result = compare_faces(photos([FACE, OTHER]), photos([FACE, elsewhere]))
+    assert not result["same"] and result["photos_differing"] == 1
+    assert result["photos_with_other_face_counts"] == 0

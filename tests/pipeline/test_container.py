@@ -80,20 +80,22 @@ def test_mlflow_manifest_uses_the_image_and_no_inline_credentials():
 
 
 def test_every_dependency_the_images_install_is_pinned():
-    """The images install `.[all,server]` (and mlflow/Dockerfile psycopg2) with -c constraints.txt:
-    a dependency missing from it would float to whatever PyPI has on the day of the build."""
+    """The images install `.[all,server]` with -c constraints.txt (mlflow/Dockerfile: mlflow, boto3
+    and the server extra's psycopg2-binary): a dependency missing from it would float to whatever
+    PyPI has on the day of the build."""
     import tomllib
 
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pinned = {line.split("==")[0].lower().replace("_", "-")
+    pinned = {canonicalize_name(line.split("==")[0])
               for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
     extras = project["optional-dependencies"]
     wanted = list(project["dependencies"]) + [r for name in ("data", "track", "pipeline", "server", "test")
                                               for r in extras[name]]
-    names = {Requirement(r).name.lower().replace("_", "-") for r in wanted} - {"hsnet"}
+    names = {canonicalize_name(Requirement(r).name) for r in wanted} - {"hsnet"}
     assert names - pinned == set(), "not in requirements/constraints.txt: add them to the venv and run make lock"
     # make test's venv has them all, so that make lock (pip freeze of that venv) keeps them pinned
     assert {"data", "track", "pipeline", "server"} <= set(Requirement(extras["all"][0]).extras)
