@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from . import interrupt
 from .errors import HSNetError
 
 
@@ -438,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("great_expectations", "botocore", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        result = args.func(args)
+        with interrupt.interruptible():  # a Ctrl-C is remembered even where Python swallows it
+            result = args.func(args)
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2

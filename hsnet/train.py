@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, guards, tracking
+from . import checkpoint, guards, interrupt, tracking
 from .data.datasets import get_spec
 from .data.manifest import read_manifest
 from .device import NORMALIZATION, Setup, forward, pick_device, place
@@ -121,6 +121,7 @@ def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, a
     start = time.perf_counter()
     with torch.set_grad_enabled(training):
         for x, y in batches:
+            interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed on its way (hsnet.interrupt)
             if compiled:  # a new step for CUDA graphs (reduce-overhead): earlier outputs may be reused
                 torch.compiler.cudagraph_mark_step_begin()
             logits = forward(model, x, setup, transform)
