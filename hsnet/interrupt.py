@@ -5,6 +5,9 @@ inside a finalizer or a callback (a ``__del__``, a gc or weakref callback), Pyth
 "Exception ignored in ..." and carries on: the interrupt is gone, and a training would run to its
 end. :func:`interruptible` installs a handler that also leaves a flag; loops that must stop call
 :func:`check` (the training loop, at every batch).
+
+A process started with SIGINT ignored (``nohup``, a shell's background job) keeps ignoring it, as
+Python itself does: Ctrl-C at the terminal is not meant for it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ def _on_sigint(signum, frame) -> None:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """Inside: SIGINT raises KeyboardInterrupt as usual and is remembered until the block ends
-    (the process's previous handler comes back). Only the main thread can install it: elsewhere
+    (the process's previous handler comes back). Only where SIGINT has Python's default handler
+    (not where it is ignored, or someone else handles it), and only in the main thread: elsewhere
     this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     _requested.clear()

@@ -22,7 +22,10 @@ def test_sigint_during_training(tiny_data, tiny_params, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hsnet", "train", "--data", str(tiny_data), "--params", str(tiny_params),
            "--dataset", "sample", "--out", str(out), "--no-mlflow", "--set", "train.epochs=30"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal's foreground job has it, however the test runner was started (a
+    # background job's children inherit SIGINT ignored, and then keep ignoring it, as they should)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (out / "last.pt").exists():  # the first epoch is done
@@ -53,8 +56,8 @@ def test_sigint_during_training(tiny_data, tiny_params, tmp_path):
 def test_an_interrupt_swallowed_on_its_way_still_stops_training(tiny_data, tiny_params, tmp_path):
     """Where SIGINT's KeyboardInterrupt is raised inside a finalizer or callback (a ``__del__``, a gc
     or weakref callback), Python prints "Exception ignored" and carries on: the Ctrl-C would be lost
-    and training run to its end (CI once saw all 30 epochs run after the SIGINT above). The handler
-    also leaves a flag that the training loop reads at every batch."""
+    and training run to its end. The handler also leaves a flag that the training loop reads at
+    every batch."""
     from hsnet import interrupt
     from hsnet.params import Params
     from hsnet.train import train
@@ -66,8 +69,27 @@ def test_an_interrupt_swallowed_on_its_way_still_stops_training(tiny_data, tiny_
             pass
 
     params = Params.resolve(tiny_params, "sample", {"train": {"epochs": 3}})
-    with interrupt.interruptible(), pytest.raises(KeyboardInterrupt):
-        train(tiny_data, params, tmp_path / "run", device="cpu", track=False, progress=False,
-              on_checkpoint=swallowed)
+    runner = signal.signal(signal.SIGINT, signal.default_int_handler)  # a foreground process's
+    try:
+        with interrupt.interruptible(), pytest.raises(KeyboardInterrupt):
+            train(tiny_data, params, tmp_path / "run", device="cpu", track=False, progress=False,
+                  on_checkpoint=swallowed)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, runner)
     assert load(tmp_path / "run" / "last.pt")["state"]["epoch"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_process_started_with_sigint_ignored_keeps_ignoring_it():
+    """``nohup hsnet train ... &``: Ctrl-C at the terminal is not for it."""
+    from hsnet import interrupt
+
+    runner = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt.interruptible():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            interrupt.check()  # nothing arrived
+    finally:
+        signal.signal(signal.SIGINT, runner)
