@@ -13,9 +13,13 @@ on a CPU: 80x80, N = 1, 2 (the cores shared out between the processes).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -54,6 +58,8 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", default=None, help="numbers of concurrent runs, e.g. 1,2,4,8")
     p.add_argument("--seconds", type=float, default=None, help="timed training per process")
     p.add_argument("--compile", default=None, help="train.compile mode (default: reduce-overhead on a GPU)")
+    p.add_argument("--mps", action="store_true",
+                   help="run the processes under a private NVIDIA MPS daemon (their kernels may overlap)")
     p.add_argument("--worker", default=None, help=argparse_hidden())
     p.add_argument("--index", type=int, default=0, help=argparse_hidden())
     p.add_argument("--of", type=int, default=1, help=argparse_hidden())
@@ -76,24 +82,32 @@ def main(argv=None) -> dict:
     runs = [int(r) for r in args.runs.split(",")] if args.runs else runs
     seconds = args.seconds or seconds
     compile_mode = args.compile or ("reduce-overhead" if gpu else None)
+    if args.mps and not gpu:
+        p.error("--mps: NVIDIA MPS needs a CUDA GPU")
     rows = []
     for n in runs:
         with tempfile.TemporaryDirectory(prefix="hsnet-concurrent-") as tmp:
-            jobs = [Job(f"run{i}", [sys.executable, "-m", "benchmarks.concurrent", "--worker", tmp, "--index", str(i),
-                                    "--of", str(n), "--seconds", str(seconds), "--size", str(size), "--batch",
-                                    str(batch), "--images", str(images)]
-                        + (["--compile", compile_mode] if compile_mode else []),
-                        cwd=Path(__file__).resolve().parents[1]) for i in range(n)]
-            t0 = time.perf_counter()
-            done = run_jobs(jobs, n)
-            wall = time.perf_counter() - t0
+            try:
+                with mps_daemon(Path(tmp)) if args.mps else nullcontext({}) as env:
+                    jobs = [Job(f"run{i}", [sys.executable, "-m", "benchmarks.concurrent", "--worker", tmp, "--index",
+                                            str(i), "--of", str(n), "--seconds", str(seconds), "--size", str(size),
+                                            "--batch", str(batch), "--images", str(images)]
+                                + (["--compile", compile_mode] if compile_mode else []),
+                                cwd=Path(__file__).resolve().parents[1], env=env) for i in range(n)]
+                    t0 = time.perf_counter()
+                    done = run_jobs(jobs, n)
+                    wall = time.perf_counter() - t0
+            except (OSError, subprocess.SubprocessError) as exc:
+                rows.append({"concurrent": n, "failed": {"mps": f"MPS daemon: {exc}"}})
+                print(rows[-1], flush=True)
+                continue
             failed = {k: v["output"][-800:] for k, v in done.items() if v["returncode"] != 0}
             if failed:
                 rows.append({"concurrent": n, "failed": failed})
                 print(rows[-1], flush=True)
                 continue
             per = [json.loads((Path(tmp) / f"result-{i}.json").read_text()) for i in range(n)]
-        row = {"concurrent": n, "size": size, "batch": batch, "compile": compile_mode or False,
+        row = {"concurrent": n, "size": size, "batch": batch, "compile": compile_mode or False, "mps": args.mps,
                "aggregate_img_s": sum(r["img_s"] for r in per), "per_run_img_s": [r["img_s"] for r in per],
                "gpu_busy_pct": per[0]["gpu_busy_pct"], "peak_memory_gib_per_run": per[0]["peak_memory_gib"],
                "wall_s_incl_start": wall}
@@ -105,8 +119,28 @@ def main(argv=None) -> dict:
         base = ok[0]["aggregate_img_s"]
         for r in ok:
             r["vs_first"] = r["aggregate_img_s"] / base
-    save("concurrent" + ("-smoke" if args.smoke else ""), result, args.out)
+    save("concurrent" + ("-smoke" if args.smoke else "") + (f"-compile-{args.compile}" if args.compile else "")
+         + ("-mps" if args.mps else ""), result, args.out)
     return result
+
+
+@contextmanager
+def mps_daemon(folder: Path):
+    """A private NVIDIA MPS control daemon (pipes and logs under ``folder``) for the duration; yields
+    the environment its clients need. Without MPS the GPU time-slices between processes; with it,
+    kernels of several processes can run at once."""
+    exe = shutil.which("nvidia-cuda-mps-control")
+    if exe is None:
+        raise OSError("nvidia-cuda-mps-control is not on PATH (the driver's MPS tools)")
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "mps-log")}
+    for d in env.values():
+        Path(d).mkdir()
+    full = {**os.environ, **env}
+    subprocess.run([exe, "-d"], env=full, check=True, timeout=30)
+    try:
+        yield env
+    finally:
+        subprocess.run([exe], input="quit\n", env=full, text=True, timeout=60)
 
 
 def argparse_hidden():

@@ -3,9 +3,10 @@ images/s of ``hsnet train``'s loop (run_epoch: normalise, flip/rotate, forward, 
 Adam) on a synthetic uint8 split, and on a GPU its utilisation (nvidia-smi, sampled) and peak memory.
 
 On a GPU: 224x224, batch 32, bf16, channels-last, fused Adam, eager and with CUDA graphs
-(train.compile reduce-overhead). On a CPU (a check of the path, not a GPU figure): 80x80, batch 32.
+(train.compile reduce-overhead, or whole-step: the whole step one graph, hsnet.step). On a CPU (a
+check of the path, not a GPU figure): 80x80, batch 32.
 
-    python -m benchmarks.device_data [--compile reduce-overhead] [--smoke]
+    python -m benchmarks.device_data [--compile reduce-overhead|whole-step] [--smoke]
     python -m benchmarks.device_data --profile --compile reduce-overhead
 
 ``--profile``: instead, where one training step's host time goes with the data on the device
@@ -65,8 +66,9 @@ def trainer(device: str, size: int, batch: int, n: int, *, on_device: bool, comp
     from hsnet.checkpoint import build_model
     from hsnet.device import pick_device, place
     from hsnet.params import ModelParams
+    from hsnet.step import Step
     from hsnet.tensors import Batches, DeviceBatches, EpochAugment, to_device
-    from hsnet.train import compile_model, make_optimizer, run_epoch
+    from hsnet.train import compile_model, make_optimizer, run_epoch, whole_step
 
     setup = pick_device(device)
     torch.manual_seed(seed)
@@ -77,6 +79,7 @@ def trainer(device: str, size: int, batch: int, n: int, *, on_device: bool, comp
     data = to_device(split, setup.device) if on_device else split
     gen = torch.Generator().manual_seed(seed)
     aug = {"hflip": True, "rotate_degrees": 5.0}
+    step = Step(step_model, setup, opt, whole_graph=True) if whole_step(compile_mode) else None  # kept: its graphs
 
     def epoch() -> int:
         order = torch.randperm(n, generator=gen)
@@ -85,7 +88,7 @@ def trainer(device: str, size: int, batch: int, n: int, *, on_device: bool, comp
             transform = EpochAugment([len(c) for c in batches.chunks], gen, setup.device, **aug)
         else:
             batches, transform = Batches(split, order, batch, setup.device), None
-        run_epoch(step_model, batches, setup, optimizer=opt, generator=gen, aug=aug, transform=transform)
+        run_epoch(step_model, batches, setup, optimizer=opt, generator=gen, aug=aug, transform=transform, step=step)
         return sum(len(c) for c in batches.chunks)
 
     return epoch, setup

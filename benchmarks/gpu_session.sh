@@ -5,11 +5,11 @@
 # (default benchmarks/results); write the figures up in docs/performance.md.
 #
 #   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
-#   bash benchmarks/gpu_session.sh issue18   # only section 4: batched MTCNN, data on the GPU, concurrent
-#                                            # trainings, the sample with the data on the GPU against the
-#                                            # host pipeline (needs the crops). About 8 minutes on an H200
-#                                            # (its step limits add up to 16): a 15-minute device lease holds
-#                                            # one run; name fewer STEPS to rerun a part
+#   bash benchmarks/gpu_session.sh issue18   # only what issue 18 still lacks: the GPU tests, the fp32
+#                                            # MTCNN, the whole step as one CUDA graph (speed, the sample,
+#                                            # concurrent runs), concurrent runs under MPS, the profile
+#                                            # (needs the crops). Its step limits add up to 21 minutes;
+#                                            # a 15-minute device lease: name fewer STEPS
 #   STEPS="mtcnn concurrent" bash benchmarks/gpu_session.sh   # only the steps named
 #   ARCHIVE=/some/results.tgz ...   # also keep $OUT packed there (outside $OUT), renewed after every step
 #                                   # (a session cut short keeps what was measured; the device tool returns
@@ -20,12 +20,15 @@
 set -u
 OUT=${OUT:-benchmarks/results}
 # every step below, by name (a step added below must be added here to be selectable)
-ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead crop mtcnn device_data_graphs
-  device_data_profile concurrent device_data_eager sample_device sample_device_evaluate sample_host sample_host_evaluate"
+ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead crop gpu_tests mtcnn
+  device_data_whole_step sample_whole_step sample_whole_step_evaluate concurrent_whole_step concurrent_mps
+  device_data_graphs device_data_profile concurrent device_data_eager sample_device sample_device_evaluate sample_host
+  sample_host_evaluate"
 if [ "${1:-}" = issue18 ]; then
-  # the most wanted first: a session cut short loses the least
-  STEPS=${STEPS:-"mtcnn device_data_graphs device_data_profile concurrent device_data_eager sample_device
-    sample_device_evaluate sample_host sample_host_evaluate"}
+  # what is still unmeasured, the most wanted first (a session cut short loses the least); the steps
+  # after them were measured on the H200 (benchmarks/results/h200/) and can be named in STEPS to rerun
+  STEPS=${STEPS:-"gpu_tests mtcnn device_data_whole_step sample_whole_step sample_whole_step_evaluate
+    concurrent_whole_step concurrent_mps device_data_profile"}
 fi
 words() { printf '%s' "$1" | tr -s ' \t\n' '   '; }  # STEPS on one line, no glob expansion
 if [ -n "${STEPS+x}" ] && [ -z "$(words "$STEPS" | tr -d ' ')" ]; then
@@ -89,7 +92,23 @@ step crop 75 $PY -m benchmarks.crop --out "$OUT"
 #    step's host time goes (--profile: the work left outside the graphs); several trainings sharing
 #    the GPU (aggregate images/s for 1, 2, 4, 8 processes, CUDA graphs, the data on the device); the
 #    sample's accuracy with the data on the GPU against the host pipeline (eager: no compilation time)
+#    Since the H200 session: the tests that need a GPU (the whole-step graphs against eager steps, the
+#    TF32 switch), the whole step as one CUDA graph (train.compile whole-step: speed, the sample's accuracy,
+#    concurrent runs), and concurrent runs under NVIDIA MPS (kernels of several processes at once).
+#    pytest may come as wheels in .whl/ too (pytest, pluggy, iniconfig, packaging).
+step gpu_tests 150 $PY -m pytest -q -p no:cacheprovider tests/train/test_step.py tests/test_device.py \
+  tests/data/test_mtcnn.py -k "gpu or tf32 or fp32"
 step mtcnn 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --out "$OUT"
+step device_data_whole_step 200 $PY -m benchmarks.device_data --compile whole-step --out "$OUT"
+if [ -f data/processed/sample/manifest.csv ]; then
+  ! selected sample_whole_step || rm -rf /tmp/hsnet-whole-step  # evaluate only what this run trained
+  step sample_whole_step 200 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
+    --out /tmp/hsnet-whole-step --no-mlflow --device cuda --set train.compile=whole-step --set train.data_on_device=true
+  step sample_whole_step_evaluate 40 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-whole-step/best.pt \
+    --data data/processed/sample --out "$OUT/sample_whole_step_eval" --no-mlflow --device cuda
+fi
+step concurrent_whole_step 240 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --compile whole-step --out "$OUT"
+step concurrent_mps 240 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --mps --out "$OUT"
 step device_data_graphs 160 $PY -m benchmarks.device_data --compile reduce-overhead --out "$OUT"
 step device_data_profile 120 $PY -m benchmarks.device_data --profile --compile reduce-overhead --out "$OUT"
 step concurrent 270 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --out "$OUT"

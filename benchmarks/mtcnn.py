@@ -18,9 +18,10 @@ Detectors: ``facenet`` (facenet-pytorch's ``detect_face``: a Python loop over ca
   into a new folder each time, its detector swapped for each of the three.
 
 The detectors take turns within each timed pass (the best of ``--repeat`` passes is kept), so
-the ratios come from one run on a shared machine. Every detector runs its networks in full fp32
-(as hsnet's does); the faces found are checked equal between all detectors (each face paired with
-the most overlapping one: boxes within 1 px, probabilities within 1e-3).
+the ratios come from one run on a shared machine. The references run their networks in full fp32;
+on a GPU hsnet's runs as it is with TF32 turned on (as training leaves it), which it must undo by
+itself. The faces found are checked equal between all detectors (each face paired with the most
+overlapping one: boxes within 1 px, probabilities within 1e-3).
 
 ``--profile``: instead, where one photo's time goes, stage by stage and pyramid level by level,
 facenet-pytorch's operations against hsnet's (one torch thread).
@@ -45,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from hsnet.device import enable_tf32, full_fp32
 
 from .common import parser, save
 from .crop import SIZES, make_photos
@@ -146,10 +149,11 @@ def _iou(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def in_full_fp32(detector):
-    """``detector`` with its networks in full fp32, as hsnet's detector runs them: with PyTorch's
-    default TF32 convolutions on a GPU the references' boxes move by pixels (docs/performance.md,
-    section 8), so the detectors are compared like with like."""
-    from hsnet.device import full_fp32
+    """``detector`` with its networks in full fp32, as hsnet's detector runs them by itself: with
+    TF32 convolutions on a GPU the references' boxes move by pixels (docs/performance.md, section 8),
+    so the references are compared like with like. hsnet's detector runs as it is, with TF32 on
+    (:func:`hsnet.device.enable_tf32`, as training and ``pick_device`` leave it): the check that it
+    keeps to fp32 on its own."""
 
     def run(images):
         with full_fp32():
@@ -294,7 +298,10 @@ def main(argv=None) -> dict:
             classes = {"facenet": FacenetDetector, "hsnet": BatchedMTCNN}
             if before is not None:
                 classes = {"facenet": FacenetDetector, "before": before.BatchedMTCNN, "hsnet": BatchedMTCNN}
-            detectors = {name: in_full_fp32(cls(device, mtcnn=mtcnn)) for name, cls in classes.items()}
+            if device.startswith("cuda"):
+                enable_tf32()  # as hsnet.device.pick_device leaves it: hsnet's detector must keep fp32 itself
+            detectors = {name: cls(device, mtcnn=mtcnn) if name == "hsnet" else in_full_fp32(cls(device, mtcnn=mtcnn))
+                         for name, cls in classes.items()}
 
             def batched(fn, k=batch):
                 return lambda: [b for i in range(0, n, k) for b in fn(photos[i:i + k])]

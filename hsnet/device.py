@@ -61,16 +61,19 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, setup: Setup,
-            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+            autocast_cache: bool = True) -> torch.Tensor:
     """Float32 logits of a uint8 (N, 3, S, S) batch already on ``setup.device``.
 
-    ``transform`` (training's augmentation) runs on the standardised batch."""
+    ``transform`` (training's augmentation) runs on the standardised batch. ``autocast_cache=False``
+    while a CUDA graph is captured (autocast's cache of cast weights must not outlive the capture)."""
     x = normalize(x)
     if transform is not None:
         x = transform(x)
     if setup.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None):
+    with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=setup.amp_dtype is not None,
+                        cache_enabled=autocast_cache):
         return model(x).float()
 
 

@@ -32,6 +32,7 @@ import yaml
 from .errors import HSNetError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+WHOLE_STEP = "whole-step"  # train.compile: the whole training step as one CUDA graph (hsnet.step)
 
 
 class ParamsError(HSNetError):
@@ -104,9 +105,9 @@ class TrainParams:
     early_stopping: int | None = field(default=None, metadata=_range(1))  # epochs without val gain
     seed: int = 0
     num_threads: int | None = field(default=None, metadata=_range(1))  # CPU threads; None: torch's
-    # auto: CUDA graphs on a GPU, eager on a CPU; false; true (torch.compile's default); or a mode
-    compile: Union[bool, None, Literal["auto", "default", "reduce-overhead", "max-autotune",
-                                       "max-autotune-no-cudagraphs"]] = "auto"
+    # auto: CUDA graphs on a GPU, eager on a CPU; false; true (torch.compile's default); a mode; or
+    # whole-step: the step from batch to gradients captured as one CUDA graph (hsnet.step; not yet the default)
+    compile: Union[bool, None, Literal[("auto",) + COMPILE_MODES + (WHOLE_STEP,)]] = "auto"
     # hold the uint8 splits in GPU memory (gather, flip, rotate there): auto = when they take at most
     # data_memory_share of it; true = always (on a CPU: in RAM, the same code path); false = host pipeline
     data_on_device: Union[bool, Literal["auto"]] = "auto"

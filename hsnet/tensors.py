@@ -184,9 +184,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
     The random numbers come from a CPU ``generator`` so that CPU and GPU runs draw the same
     augmentations; the work itself runs on ``x``'s device. Rotated-in corners are 0 (mid-grey).
     """
-    flip, theta = draw_augment(x.shape[0], generator, hflip=hflip, rotate_degrees=rotate_degrees)
-    return apply_augment(x, None if flip is None else _to_device(flip, x.device),
-                         None if theta is None else _to_device(theta.to(x.dtype), x.device))
+    return apply_augment(x, *BatchAugment(generator, x.device, hflip=hflip, rotate_degrees=rotate_degrees)
+                         .take(x.shape[0]))
 
 
 class EpochAugment:
@@ -201,11 +200,29 @@ class EpochAugment:
         self.theta = torch.cat([t for _, t in draws]).to(device) if rotate_degrees and draws else None
         self.pos = 0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        part = slice(self.pos, self.pos + x.shape[0])
+    def take(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The next ``n`` images' (flip mask, rotation matrices), on the device."""
+        part = slice(self.pos, self.pos + n)
         self.pos = part.stop
-        return apply_augment(x, None if self.flip is None else self.flip[part],
-                             None if self.theta is None else self.theta[part])
+        return (None if self.flip is None else self.flip[part]), (None if self.theta is None else self.theta[part])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_augment(x, *self.take(x.shape[0]))
+
+
+class BatchAugment:
+    """:func:`augment`'s draws batch by batch, as (flip mask, rotation matrices) moved to ``device``:
+    the same interface as :class:`EpochAugment` for the host pipeline."""
+
+    def __init__(self, generator: torch.Generator, device: torch.device, *, hflip: bool = True,
+                 rotate_degrees: float = 5.0):
+        self.generator, self.device = generator, device
+        self.hflip, self.rotate_degrees = hflip, rotate_degrees
+
+    def take(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        flip, theta = draw_augment(n, self.generator, hflip=self.hflip, rotate_degrees=self.rotate_degrees)
+        return (None if flip is None else _to_device(flip, self.device)), \
+            (None if theta is None else _to_device(theta, self.device))
 
 
 class Batches:

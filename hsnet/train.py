@@ -16,24 +16,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint, guards, interrupt, tracking
 from .data.datasets import get_spec
 from .data.manifest import read_manifest
-from .device import NORMALIZATION, Setup, forward, pick_device, place
+from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
 from .io import clean_stale_tmp, write_json
 from .model import MIN_INPUT_SIZE
-from .params import COMPILE_MODES, Params, TrainParams, flatten
+from .params import COMPILE_MODES, WHOLE_STEP, Params, TrainParams, flatten
 from .plots import plot_training_curves
-from .tensors import (Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, augment, check_nonempty,
+from .step import Step
+from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, check_nonempty,
                       data_on_device, load_split, to_device)
 
 log = logging.getLogger(__name__)
@@ -65,12 +64,17 @@ def compile_model(model: torch.nn.Module, setting, device: torch.device | None =
     """``train.compile``: ``auto`` (the default: CUDA graphs on a GPU, eager on a CPU), false (eager),
     true (torch.compile's default mode) or one of torch.compile's modes.
 
+    ``whole-step`` compiles without torch.compile's own graphs: :class:`hsnet.step.Step` captures the
+    whole step instead (see :func:`whole_step`).
+
     ``reduce-overhead`` captures each training step as CUDA graphs: the host issues a few launches
     per step instead of ~340. Eager training at the paper's batch of 32 is bound by that host work
     (an H100 measured 1,454 images/s eager, 27% busy, against 5,362 with CUDA graphs:
     docs/performance.md). On a CPU compiling gains little (+9%) for a minute of compilation."""
     mode = {None: None, False: None, True: "default"}.get(setting, setting) if not isinstance(setting, str) \
         else setting.strip().lower()
+    if mode == WHOLE_STEP:  # inductor's fused kernels, captured whole by hsnet.step; nothing to gain on a CPU
+        mode = "default" if device is not None and device.type == "cuda" else None
     if mode == "auto":
         if device is None or device.type != "cuda":
             return model
@@ -82,7 +86,8 @@ def compile_model(model: torch.nn.Module, setting, device: torch.device | None =
     if mode is None:
         return model
     if mode not in COMPILE_MODES:
-        raise HSNetError(f"train.compile {setting!r}: use auto, false, true or one of {', '.join(COMPILE_MODES)}")
+        raise HSNetError(f"train.compile {setting!r}: use auto, false, true, {WHOLE_STEP} or one of "
+                         f"{', '.join(COMPILE_MODES)}")
     # static shapes: the few batch sizes (train, its remainder, validation) get a graph each
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
 
@@ -96,10 +101,9 @@ def make_optimizer(trainable: list, tp: TrainParams, setup: Setup) -> torch.opti
                             fused=True if setup.device.type == "cuda" else None)
 
 
-def _is_compiled(model) -> bool:
-    """A torch.compile'd module (its dynamo is imported by then; importing it just to ask costs seconds)."""
-    dynamo = sys.modules.get("torch._dynamo")
-    return dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
+def whole_step(setting) -> bool:
+    """``train.compile: whole-step``: the step from batch to gradients as one CUDA graph (:mod:`hsnet.step`)."""
+    return isinstance(setting, str) and setting.strip().lower() == WHOLE_STEP
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -107,44 +111,29 @@ def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
 
 
 def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, aug=None, on_batch=None,
-              transform=None):
+              transform=None, step: Step | None = None):
     """One pass over ``batches``; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images/s).
-    ``transform`` (an :class:`EpochAugment`) replaces ``generator``/``aug``'s batch-by-batch draws."""
-    training = optimizer is not None
-    model.train(training)
-    total_loss = torch.zeros((), device=setup.device)
-    correct = torch.zeros((), device=setup.device, dtype=torch.long)
-    seen = 0
-    compiled = _is_compiled(model)
-    if transform is None:
-        transform = (lambda x: augment(x, generator, **aug)) if training and aug else None
+    ``transform`` (an :class:`EpochAugment`) replaces ``generator``/``aug``'s batch-by-batch draws;
+    ``step`` (a :class:`Step` kept from epoch to epoch, as whole-step graphs need) a new eager one."""
+    step = step or Step(model, setup, optimizer)
+    if transform is None and step.training and aug:
+        transform = BatchAugment(generator, setup.device, **aug)
+    step.begin()
     start = time.perf_counter()
-    with torch.set_grad_enabled(training):
-        for x, y in batches:
-            interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed on its way (hsnet.interrupt)
-            if compiled:  # a new step for CUDA graphs (reduce-overhead): earlier outputs may be reused
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = forward(model, x, setup, transform)
-            loss = F.cross_entropy(logits, y)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            total_loss += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if on_batch:
-                on_batch(len(y))
-    if setup.device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return (total_loss / max(seen, 1)).item(), correct.item() / max(seen, 1), seen / max(elapsed, 1e-9)
+    for x, y in batches:
+        interrupt.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed on its way (hsnet.interrupt)
+        step(x, y, *(transform.take(len(y)) if step.training and transform is not None else (None, None)))
+        if on_batch:
+            on_batch(len(y))
+    loss, acc, seen = step.sums()  # waits for the device
+    return loss, acc, seen / max(time.perf_counter() - start, 1e-9)
 
 
 def train_one_epoch(model, split: Split | DeviceSplit, tp: TrainParams, setup: Setup, optimizer, epoch: int, *,
-                    progress: bool, desc: str) -> tuple[float, float, float]:
+                    progress: bool, desc: str, step: Step | None = None) -> tuple[float, float, float]:
     """One shuffled, augmented pass over the training split; (loss, accuracy, images/s). A split held
-    on the device (:class:`DeviceSplit`) gives the same batches and augmentations, gathered there."""
+    on the device (:class:`DeviceSplit`) gives the same batches and augmentations, gathered there.
+    ``step``: the run's :class:`Step` (whole-step graphs), else a new eager one."""
     from tqdm import tqdm
 
     order = torch.randperm(len(split), generator=_epoch_generator(tp.seed, epoch, 0))
@@ -158,15 +147,15 @@ def train_one_epoch(model, split: Split | DeviceSplit, tp: TrainParams, setup: S
         batches = Batches(split, order, tp.batch_size, setup.device)
     with tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=None if progress else True) as bar:
         return run_epoch(model, batches, setup, optimizer=optimizer, generator=generator, aug=aug,
-                         on_batch=bar.update, transform=transform)
+                         on_batch=bar.update, transform=transform, step=step)
 
 
 @torch.no_grad()
-def validate_epoch(model, split: Split, tp: TrainParams, setup: Setup) -> tuple[float, float]:
+def validate_epoch(model, split: Split, tp: TrainParams, setup: Setup, step: Step | None = None) -> tuple[float, float]:
     """(loss, accuracy) on the validation split, in order, without augmentation."""
     kind = DeviceBatches if isinstance(split, DeviceSplit) else Batches
     batches = kind(split, torch.arange(len(split)), 2 * tp.batch_size, setup.device, drop_singleton=False)
-    loss, acc, _ = run_epoch(model, batches, setup)
+    loss, acc, _ = run_epoch(model, batches, setup, step=step)
     return loss, acc
 
 
@@ -271,6 +260,9 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=tp.scheduler.patience,
                                                            factor=tp.scheduler.factor)
     step_model = compile_model(model, tp.compile, setup.device)
+    graphed = whole_step(tp.compile)  # the steps (and their graphs) live as long as the run
+    train_step = Step(step_model, setup, optimizer, whole_graph=True) if graphed else None
+    val_step = Step(step_model, setup, whole_graph=True) if graphed else None
     cfg = params.to_dict()
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg}
@@ -300,8 +292,8 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
         while state.epoch < epochs:
             epoch = state.epoch + 1
             loss, acc, ips = train_one_epoch(step_model, train_data, tp, setup, optimizer, epoch,
-                                             progress=progress, desc=f"epoch {epoch}/{epochs}")
-            val_loss, val_acc = validate_epoch(step_model, val_data, tp, setup)
+                                             progress=progress, desc=f"epoch {epoch}/{epochs}", step=train_step)
+            val_loss, val_acc = validate_epoch(step_model, val_data, tp, setup, val_step)
             scheduler.step(val_loss)
             weights = model.level_weights
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,

@@ -73,6 +73,16 @@ def test_device_data_profile_names_where_a_step_goes(tmp_path):
     assert cpu == sorted(cpu, reverse=True) and sum(cpu) <= saved["cpu_self_us_per_step"] * 1.0001
 
 
+def test_device_data_runs_the_whole_step(tmp_path):
+    """--compile whole-step: both data paths through hsnet.step's whole-step path (no graph on a CPU)."""
+    from benchmarks import device_data
+
+    device_data.main(["--smoke", "--compile", "whole-step", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "device_data-smoke-compile-whole-step.json").read_text())
+    assert [(r["data"], r["compile"]) for r in saved["rows"]] == [("host", "whole-step"), ("device", "whole-step")]
+    assert all(r["train_img_s"] > 0 for r in saved["rows"])
+
+
 def test_bytes_moved_reads_the_sizes_dvc_recorded(tmp_path):
     """Per step: data inputs read, outputs written (code apart); train's tensor cache from the crops' manifest."""
     from benchmarks import bytes_moved

@@ -1,0 +1,192 @@
+"""hsnet.step: the training step, and ``train.compile: whole-step`` (the step as one CUDA graph).
+
+On the CPU nothing is captured, but everything else of the whole-step path runs: the step kept from
+epoch to epoch, gradients zeroed and accumulated in the same tensors, the sums on the device, Adam
+after the step. It must train exactly as a plain PyTorch loop written here does. The GPU test
+(skipped here; run by benchmarks/gpu_session.sh) checks the captured graphs against eager steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hsnet.checkpoint import build_model
+from hsnet.device import Setup, normalize, pick_device, place
+from hsnet.errors import HSNetError
+from hsnet.params import ModelParams, Params
+from hsnet.step import WARMUP_STEPS, Step
+from hsnet.tensors import Batches, DeviceBatches, EpochAugment, Split, augment, to_device
+from hsnet.train import run_epoch, train
+
+CPU = Setup(torch.device("cpu"), None, False)
+AUG = {"hflip": True, "rotate_degrees": 5.0}
+
+
+def _split(n: int, size: int = 80) -> Split:
+    """Each class its own grey level plus noise: learnable through flips and rotations."""
+    rng = np.random.default_rng(0)
+    labels = torch.arange(n) % 7
+    images = (labels.numpy()[:, None, None, None] * 30 + rng.integers(0, 40, (n, 3, size, size))).astype(np.uint8)
+    return Split(images, labels, [f"{i}.png" for i in range(n)])
+
+
+def _model_and_adam(lr=3e-3):
+    torch.manual_seed(0)
+    model = build_model(7, ModelParams(), for_checkpoint=True)  # KTL: a frozen stem, no gradients there
+    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+def _chunks(order: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def plain_loop(split: Split, orders: list[torch.Tensor], batch: int, seed: int):
+    """The paper's recipe as anyone would write it: normalise, flip/rotate, forward, loss, zero_grad,
+    backward, Adam; per epoch the mean loss and accuracy, summed in float64 on the host."""
+    model, opt = _model_and_adam()
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for order in orders:
+        model.train()
+        total, correct, seen = 0.0, 0, 0
+        for idx in _chunks(order, batch):
+            x = torch.from_numpy(split.images[idx.numpy()])
+            y = split.labels[idx]
+            logits = model(augment(normalize(x), gen, **AUG))
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        out.append((total / seen, correct / seen))
+    return model, opt, out
+
+
+def test_whole_step_on_the_cpu_trains_bit_for_bit_like_a_plain_loop():
+    """22 images in batches of 8 (8, 8, 6: two batch sizes), 3 epochs, the data held on the device and
+    the epoch's augmentation drawn up front: the same weights and Adam state as the plain loop, to
+    the bit, and the same per-epoch loss and accuracy. The eager step (what ``hsnet train`` runs by
+    default) too, from the host pipeline."""
+    split, batch, seed = _split(22), 8, 3
+    orders = [torch.randperm(22, generator=torch.Generator().manual_seed(10 + e)) for e in range(3)]
+    ref_model, ref_opt, ref = plain_loop(split, orders, batch, seed)
+
+    for whole in (True, False):
+        model, opt = _model_and_adam()
+        step = Step(model, CPU, opt, whole_graph=whole) if whole else None
+        held = to_device(split, CPU.device)
+        gen = torch.Generator().manual_seed(seed)
+        got = []
+        for order in orders:
+            if whole:
+                batches = DeviceBatches(held, order, batch, CPU.device)
+                transform = EpochAugment([len(c) for c in batches.chunks], gen, CPU.device, **AUG)
+                loss, acc, _ = run_epoch(model, batches, CPU, optimizer=opt, transform=transform, step=step)
+            else:
+                loss, acc, _ = run_epoch(model, Batches(split, order, batch, CPU.device), CPU, optimizer=opt,
+                                         generator=gen, aug=AUG)
+            got.append((loss, acc))
+        for (loss, acc), (ref_loss, ref_acc) in zip(got, ref):
+            assert acc == ref_acc
+            assert loss == pytest.approx(ref_loss, rel=1e-6)
+        for name, value in ref_model.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), (whole, name)
+        for ref_state, state in zip(ref_opt.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+            assert torch.equal(state["exp_avg"], ref_state["exp_avg"]) and torch.equal(state["exp_avg_sq"],
+                                                                                       ref_state["exp_avg_sq"])
+        if whole:  # the same tensors took every step's gradients
+            assert step.grads and all(p.grad is g for p, g in zip(step.grad_params, step.grads))
+            assert len(step.grads) == len(ref_opt.state_dict()["state"])  # every trained tensor
+            assert ref[-1][0] < ref[0][0]  # and it learned
+
+
+def test_a_validation_step_is_a_plain_evaluation():
+    """Step without an optimizer: the model in eval mode, no gradients, the mean loss and accuracy of
+    a plain no-grad pass, the sums starting from zero at each begin()."""
+    split = _split(13)
+    model, opt = _model_and_adam()
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize(torch.from_numpy(np.asarray(split.images))))
+        expected_loss = F.cross_entropy(logits, split.labels).item()
+        expected_acc = (logits.argmax(1) == split.labels).float().mean().item()
+    step = Step(model, CPU, whole_graph=True)
+    for _ in range(2):
+        model.train()
+        loss, acc, _ = run_epoch(model, DeviceBatches(to_device(split, CPU.device), torch.arange(13), 5, CPU.device,
+                                                      drop_singleton=False), CPU, step=step)
+        assert not model.training
+        assert loss == pytest.approx(expected_loss, rel=1e-5) and acc == pytest.approx(expected_acc)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_gradient_replaced_behind_the_steps_back_is_refused():
+    """The graphs write into fixed gradient tensors: if something sets them to None (zero_grad's
+    default) Adam would read nothing; the next epoch refuses to start, saying why."""
+    split = _split(8)
+    model, opt = _model_and_adam()
+    step = Step(model, CPU, opt, whole_graph=True)
+    run_epoch(model, Batches(split, torch.arange(8), 4, CPU.device), CPU, optimizer=opt, step=step)
+    opt.zero_grad(set_to_none=True)
+    with pytest.raises(HSNetError, match="gradient tensor was replaced.*set_to_none"):
+        run_epoch(model, Batches(split, torch.arange(8), 4, CPU.device), CPU, optimizer=opt, step=step)
+
+
+def test_hsnet_train_with_whole_step_gives_the_eager_history(tiny_data, tiny_params, tmp_path, monkeypatch):
+    """``train.compile: whole-step`` end to end on the CPU: the same history as eager training."""
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    runs = {}
+    for setting in (False, "whole-step"):
+        params = Params.resolve(tiny_params, "sample", {"train": {"compile": setting, "data_on_device": True}})
+        train(tiny_data, params, tmp_path / str(setting), device="cpu", track=False, progress=False)
+        runs[setting] = json.loads((tmp_path / str(setting) / "history.json").read_text())
+    assert len(runs[False]) == len(runs["whole-step"]) == 2
+    for eager, whole in zip(runs[False], runs["whole-step"]):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            assert whole[key] == pytest.approx(eager[key], rel=1e-6, abs=1e-7), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_session.sh)")
+def test_on_a_gpu_the_captured_steps_train_like_eager_ones():
+    """On a GPU: after WARMUP_STEPS steps per batch size the step is captured and replayed; the replayed
+    steps train as eager steps do (bf16: within a few per cent per epoch), the eval graphs evaluate
+    the same, and the learning rate set between epochs reaches Adam."""
+    setup = pick_device("cuda")
+    split = _split(70)  # batches of 16, 16, 16, 16, 6: 16 captured in epoch 1, 6 in epoch 4
+    held = to_device(split, setup.device)
+    orders = [torch.randperm(70, generator=torch.Generator().manual_seed(10 + e)) for e in range(4)]
+    results = {}
+    for whole in (False, True):
+        torch.manual_seed(0)
+        model = place(build_model(7, ModelParams(), for_checkpoint=True), setup)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3, fused=True)
+        step = Step(model, setup, opt, whole_graph=whole)
+        val = Step(model, setup, whole_graph=whole)
+        gen = torch.Generator().manual_seed(3)
+        rows = []
+        for e, order in enumerate(orders):
+            if e == 3:
+                opt.param_groups[0]["lr"] = 0.0  # as ReduceLROnPlateau would: nothing may change now
+                before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
+            batches = DeviceBatches(held, order, 16, setup.device)
+            transform = EpochAugment([len(c) for c in batches.chunks], gen, setup.device, **AUG)
+            loss, acc, _ = run_epoch(model, batches, setup, optimizer=opt, transform=transform, step=step)
+            vloss, vacc, _ = run_epoch(model, DeviceBatches(held, torch.arange(70), 32, setup.device,
+                                                            drop_singleton=False), setup, step=val)
+            rows.append((loss, acc, vloss, vacc))
+        for k, v in before.items():
+            if v.is_floating_point() and k in dict(model.named_parameters()):
+                assert torch.equal(model.state_dict()[k], v), k
+        results[whole] = (rows, step, val)
+    eager, graphed = results[False][0], results[True][0]
+    assert set(results[True][1].graphs) == {16, 6} and set(results[True][2].graphs) == {32, 6}
+    assert results[True][1].steps_as_written == {16: WARMUP_STEPS, 6: WARMUP_STEPS}
+    for (loss, _, vloss, _), (gloss, _, gvloss, _) in zip(eager, graphed):
+        assert gloss == pytest.approx(loss, rel=0.05) and gvloss == pytest.approx(vloss, rel=0.05)
+    assert graphed[2][0] < graphed[0][0]  # the replayed steps learn
