@@ -190,3 +190,18 @@ def test_on_a_gpu_the_captured_steps_train_like_eager_ones():
     for (loss, _, vloss, _), (gloss, _, gvloss, _) in zip(eager, graphed):
         assert gloss == pytest.approx(loss, rel=0.05) and gvloss == pytest.approx(vloss, rel=0.05)
     assert graphed[2][0] < graphed[0][0]  # the replayed steps learn
+
+
+def test_whole_step_compiles_without_torch_compiles_own_graphs(monkeypatch):
+    """compile_model: whole-step is inductor's default mode on a GPU (the step captures the graphs: a
+    reduce-overhead model inside them would capture graphs within a graph) and eager on a CPU."""
+    from hsnet.train import compile_model, whole_step
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or ("compiled", model))
+    model = torch.nn.Linear(2, 2)
+    assert compile_model(model, "whole-step", torch.device("cpu")) is model
+    assert compile_model(model, " Whole-Step ", torch.device("cuda")) == ("compiled", model)
+    assert calls == [{"mode": None, "dynamic": False}]
+    assert whole_step("whole-step") and not whole_step("reduce-overhead") and not whole_step(True)
+    assert Params.from_mapping(None, "sample", {"train": {"compile": "whole-step"}}).train.compile == "whole-step"
