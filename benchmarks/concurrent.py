@@ -34,12 +34,18 @@ def worker(args) -> None:
 
     folder, i, n_runs = Path(args.worker), args.index, args.of
     gpu = torch.cuda.is_available()
-    epoch, setup = trainer("cuda" if gpu else "cpu", args.size, args.batch, args.images, on_device=True,
-                           compile_mode=args.compile, seed=i)
-    epoch()  # warm-up
+    try:
+        epoch, setup = trainer("cuda" if gpu else "cpu", args.size, args.batch, args.images, on_device=True,
+                               compile_mode=args.compile, seed=i)
+        epoch()  # warm-up
+    except BaseException:
+        (folder / f"failed-{i}").touch()  # the others stop waiting for this one
+        raise
     (folder / f"ready-{i}").touch()
     deadline = time.time() + READY_TIMEOUT_S
     while len(list(folder.glob("ready-*"))) < n_runs and time.time() < deadline:
+        if list(folder.glob("failed-*")):
+            raise SystemExit("another run of this trial failed to start; not timing a partial trial")
         time.sleep(0.05)
     with GpuBusy() as busy:
         seen, t0 = 0, time.perf_counter()
@@ -86,7 +92,7 @@ def main(argv=None) -> dict:
         p.error("--mps: NVIDIA MPS needs a CUDA GPU")
     rows = []
     for n in runs:
-        with tempfile.TemporaryDirectory(prefix="hsnet-concurrent-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="hsnet-concurrent-", ignore_cleanup_errors=True) as tmp:
             try:
                 with mps_daemon(Path(tmp)) if args.mps else nullcontext({}) as env:
                     jobs = [Job(f"run{i}", [sys.executable, "-m", "benchmarks.concurrent", "--worker", tmp, "--index",
@@ -140,7 +146,10 @@ def mps_daemon(folder: Path):
     try:
         yield env
     finally:
-        subprocess.run([exe], input="quit\n", env=full, text=True, timeout=60)
+        try:
+            subprocess.run([exe], input="quit\n", env=full, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:  # the trial's figures stand; say so
+            print(f"stopping the MPS daemon: {exc}", file=sys.stderr, flush=True)
 
 
 def argparse_hidden():

@@ -168,12 +168,21 @@ def main(argv=None) -> dict:
         return result
     rows = []
     for on_device in (False, True):
-        row = measure(device, size, batch, n, epochs, on_device=on_device, compile_mode=args.compile)
+        try:
+            row = measure(device, size, batch, n, epochs, on_device=on_device, compile_mode=args.compile)
+        except Exception as exc:  # one failing row (a capture, say) keeps the other's figures
+            row = {"data": "device" if on_device else "host", "compile": args.compile or False,
+                   "failed": f"{type(exc).__name__}: {exc}"}
         rows.append(row)
         print(row, flush=True)
-    result = {"device": device, "rows": rows, "device_over_host": rows[1]["train_img_s"] / rows[0]["train_img_s"]}
-    print(f"data on the device / host pipeline: {result['device_over_host']:.2f}x")
+    ok = all("train_img_s" in r for r in rows)
+    result = {"device": device, "rows": rows,
+              "device_over_host": rows[1]["train_img_s"] / rows[0]["train_img_s"] if ok else None}
+    if ok:
+        print(f"data on the device / host pipeline: {result['device_over_host']:.2f}x")
     save("device_data" + suffix, result, args.out)
+    if not ok:
+        raise SystemExit("a row failed (see its 'failed'); the figures are saved")
     return result
 
 

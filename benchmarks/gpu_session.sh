@@ -5,11 +5,13 @@
 # (default benchmarks/results); write the figures up in docs/performance.md.
 #
 #   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
-#   bash benchmarks/gpu_session.sh issue18   # only what issue 18 still lacks: the GPU tests, the fp32
-#                                            # MTCNN, the whole step as one CUDA graph (speed, the sample,
-#                                            # concurrent runs), concurrent runs under MPS, the profile
-#                                            # (needs the crops). Its step limits add up to 21 minutes;
-#                                            # a 15-minute device lease: name fewer STEPS
+#   bash benchmarks/gpu_session.sh issue18   # what issue 18 still lacks, first call: the GPU tests, the
+#                                            # fp32 MTCNN, the whole step as one CUDA graph (speed)
+#   bash benchmarks/gpu_session.sh issue18b  # second call: the sample trained with whole-step (needs the
+#                                            # crops) and evaluated, concurrent runs under MPS
+#   bash benchmarks/gpu_session.sh issue18c  # a later lease: concurrent whole-step runs, the step profile
+#   (each set's step limits fit one 600 s command of the device tool; carry .whl/ (facenet-pytorch and
+#   pytest wheels) and data/processed/sample)
 #   STEPS="mtcnn concurrent" bash benchmarks/gpu_session.sh   # only the steps named
 #   ARCHIVE=/some/results.tgz ...   # also keep $OUT packed there (outside $OUT), renewed after every step
 #                                   # (a session cut short keeps what was measured; the device tool returns
@@ -24,12 +26,16 @@ ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead
   device_data_whole_step sample_whole_step sample_whole_step_evaluate concurrent_whole_step concurrent_mps
   device_data_graphs device_data_profile concurrent device_data_eager sample_device sample_device_evaluate sample_host
   sample_host_evaluate"
-if [ "${1:-}" = issue18 ]; then
-  # what is still unmeasured, the most wanted first (a session cut short loses the least); the steps
-  # after them were measured on the H200 (benchmarks/results/h200/) and can be named in STEPS to rerun
-  STEPS=${STEPS:-"gpu_tests mtcnn device_data_whole_step sample_whole_step sample_whole_step_evaluate
-    concurrent_whole_step concurrent_mps device_data_profile"}
-fi
+case "${1:-}" in
+  # what issue 18 still lacks, the most wanted first, in calls whose step limits each fit the device
+  # tool's 600 s per command (a 15-minute lease holds the first two, with the machine's start); the other
+  # steps were measured on the H200 (benchmarks/results/h200/) and can be named in STEPS to rerun
+  issue18) STEPS=${STEPS:-"gpu_tests mtcnn device_data_whole_step"} ;;  # limits 425 s
+  issue18b) STEPS=${STEPS:-"sample_whole_step sample_whole_step_evaluate concurrent_mps"} ;;  # limits 580 s
+  issue18c) STEPS=${STEPS:-"concurrent_whole_step device_data_profile"} ;;  # limits 360 s
+  "") ;;
+  *) echo "unknown step set '$1': issue18, issue18b, issue18c, or none (every step)" >&2; exit 2 ;;
+esac
 words() { printf '%s' "$1" | tr -s ' \t\n' '   '; }  # STEPS on one line, no glob expansion
 if [ -n "${STEPS+x}" ] && [ -z "$(words "$STEPS" | tr -d ' ')" ]; then
   echo "STEPS names no step; steps: $(words "$ALL_STEPS")" >&2; exit 2
@@ -102,7 +108,7 @@ step mtcnn 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --ou
 step device_data_whole_step 200 $PY -m benchmarks.device_data --compile whole-step --out "$OUT"
 if [ -f data/processed/sample/manifest.csv ]; then
   ! selected sample_whole_step || rm -rf /tmp/hsnet-whole-step  # evaluate only what this run trained
-  step sample_whole_step 200 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
+  step sample_whole_step 300 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
     --out /tmp/hsnet-whole-step --no-mlflow --device cuda --set train.compile=whole-step --set train.data_on_device=true
   step sample_whole_step_evaluate 40 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-whole-step/best.pt \
     --data data/processed/sample --out "$OUT/sample_whole_step_eval" --no-mlflow --device cuda

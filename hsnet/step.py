@@ -137,7 +137,9 @@ class Step:
     def _capture(self, x, y, flip, theta) -> _Captured:
         cap = _Captured(torch.cuda.CUDAGraph(), x.clone(), y.clone(), None if flip is None else flip.clone(),
                         None if theta is None else theta.clone())
-        with self._side_stream(), torch.cuda.graph(cap.graph, stream=self.stream):
+        # thread_local: the host pipeline's thread pins memory meanwhile, which a global capture forbids
+        # (torch.compile's own graphs capture the same way)
+        with self._side_stream(), torch.cuda.graph(cap.graph, stream=self.stream, capture_error_mode="thread_local"):
             self._body(cap.x, cap.y, cap.flip, cap.theta)
         return cap
 

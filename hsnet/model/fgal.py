@@ -64,7 +64,9 @@ class FGAL(nn.Module):
     """Feature guided auxiliary learning over F^A, F^B, F^C.
 
     After each forward pass the learned level weights lambda~_A, lambda~_B,
-    lambda~_C (averaged over the batch, detached) are in :attr:`last_weights`.
+    lambda~_C (averaged over the batch, detached) are in :attr:`last_weights`. They are
+    written into a buffer in place, so that a forward replayed from a CUDA graph
+    (``train.compile: whole-step``) updates them too.
     """
 
     LEVELS = ("A", "B", "C")
@@ -78,7 +80,7 @@ class FGAL(nn.Module):
         self.heads = nn.ModuleDict({
             level: SelfGuidedClassifier(c, num_classes) for level, c in zip(self.LEVELS, channels)
         })
-        self._weights: dict[str, torch.Tensor] = {}
+        self.register_buffer("lambdas", torch.zeros(len(self.LEVELS)), persistent=False)  # not in checkpoints
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -93,15 +95,16 @@ class FGAL(nn.Module):
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, fc: torch.Tensor) -> torch.Tensor:
         out = 0
-        weights = {}
+        lambdas = []
         for level, fused in zip(self.LEVELS, self.fuse(fa, fb, fc)):
             lam, logits = self.heads[level](fused)
             out = out + lam * logits  # eqs. 16-17
-            weights[level] = lam.detach()
-        self._weights = weights
+            lambdas.append(lam.detach().float().mean())
+        with torch.no_grad():
+            self.lambdas.copy_(torch.stack(lambdas))
         return out
 
     @property
     def last_weights(self) -> dict[str, float]:
         """Batch-mean lambda~ per level from the latest forward pass (for logging)."""
-        return {k: float(v.float().mean()) for k, v in self._weights.items()}
+        return dict(zip(self.LEVELS, self.lambdas.tolist()))

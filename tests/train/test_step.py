@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hsnet.checkpoint import build_model
-from hsnet.device import Setup, normalize, pick_device, place
+from hsnet.device import Setup, forward, normalize, pick_device, place
 from hsnet.errors import HSNetError
 from hsnet.params import ModelParams, Params
 from hsnet.step import WARMUP_STEPS, Step
@@ -126,6 +126,22 @@ def test_a_validation_step_is_a_plain_evaluation():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_batch_whose_augmentation_differs_from_the_captured_one_is_refused():
+    """A captured step copies each batch's flip mask and rotations into its inputs; a batch without
+    them (or with them, where the capture had none) can't be replayed: a clear error, not a step
+    that silently reuses the last batch's augmentation."""
+    from hsnet.step import _copy
+
+    captured = torch.zeros(4, dtype=torch.bool)
+    with pytest.raises(HSNetError, match="lacks a flip mask.*augmentation settings can't change"):
+        _copy(captured, None, "a flip mask")
+    with pytest.raises(HSNetError, match="has rotations"):
+        _copy(None, torch.zeros(4, 2, 3), "rotations")
+    _copy(captured, torch.ones(4, dtype=torch.bool), "a flip mask")
+    assert captured.all()
+    _copy(None, None, "rotations")  # neither: nothing to copy
+
+
 def test_a_gradient_replaced_behind_the_steps_back_is_refused():
     """The graphs write into fixed gradient tensors: if something sets them to None (zero_grad's
     default) Adam would read nothing; the next epoch refuses to start, saying why."""
@@ -155,12 +171,15 @@ def test_hsnet_train_with_whole_step_gives_the_eager_history(tiny_data, tiny_par
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_session.sh)")
 def test_on_a_gpu_the_captured_steps_train_like_eager_ones():
     """On a GPU: after WARMUP_STEPS steps per batch size the step is captured and replayed; the replayed
-    steps train as eager steps do (bf16: within a few per cent per epoch), the eval graphs evaluate
-    the same, and the learning rate set between epochs reaches Adam."""
+    steps train as eager steps do (bf16: within a few per cent per epoch), also from the host
+    pipeline (its thread pins memory while a graph is captured), BatchNorm's statistics follow, the
+    eval graphs evaluate the same, FGAL's logged level weights are the last validation batch's, and a
+    learning rate set between epochs reaches Adam."""
     setup = pick_device("cuda")
     split = _split(70)  # batches of 16, 16, 16, 16, 6: 16 captured in epoch 1, 6 in epoch 4
     held = to_device(split, setup.device)
-    orders = [torch.randperm(70, generator=torch.Generator().manual_seed(10 + e)) for e in range(4)]
+    orders = [torch.randperm(70, generator=torch.Generator().manual_seed(10 + e)) for e in range(5)]
+    last_val = torch.arange(64, 70)
     results = {}
     for whole in (False, True):
         torch.manual_seed(0)
@@ -171,25 +190,33 @@ def test_on_a_gpu_the_captured_steps_train_like_eager_ones():
         gen = torch.Generator().manual_seed(3)
         rows = []
         for e, order in enumerate(orders):
-            if e == 3:
+            if e == 4:
                 opt.param_groups[0]["lr"] = 0.0  # as ReduceLROnPlateau would: nothing may change now
-                before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}
-            batches = DeviceBatches(held, order, 16, setup.device)
+                before = {k: v.clone() for k, v in model.named_parameters()}
+            host = e in (1, 3)  # the host pipeline (a thread pinning batches) in some epochs
+            batches = Batches(split, order, 16, setup.device) if host else DeviceBatches(held, order, 16, setup.device)
             transform = EpochAugment([len(c) for c in batches.chunks], gen, setup.device, **AUG)
             loss, acc, _ = run_epoch(model, batches, setup, optimizer=opt, transform=transform, step=step)
             vloss, vacc, _ = run_epoch(model, DeviceBatches(held, torch.arange(70), 32, setup.device,
                                                             drop_singleton=False), setup, step=val)
             rows.append((loss, acc, vloss, vacc))
         for k, v in before.items():
-            if v.is_floating_point() and k in dict(model.named_parameters()):
-                assert torch.equal(model.state_dict()[k], v), k
-        results[whole] = (rows, step, val)
+            assert torch.equal(dict(model.named_parameters())[k], v), k
+        logged = model.level_weights
+        with torch.no_grad():
+            model.eval()
+            forward(model, held.images[last_val], setup)  # the last validation batch, eager
+        assert logged == pytest.approx(model.level_weights, abs=2e-3)
+        stats = {k: v.float().clone() for k, v in model.state_dict().items() if "running" in k}
+        results[whole] = (rows, step, val, stats)
     eager, graphed = results[False][0], results[True][0]
     assert set(results[True][1].graphs) == {16, 6} and set(results[True][2].graphs) == {32, 6}
     assert results[True][1].steps_as_written == {16: WARMUP_STEPS, 6: WARMUP_STEPS}
     for (loss, _, vloss, _), (gloss, _, gvloss, _) in zip(eager, graphed):
         assert gloss == pytest.approx(loss, rel=0.05) and gvloss == pytest.approx(vloss, rel=0.05)
-    assert graphed[2][0] < graphed[0][0]  # the replayed steps learn
+    assert graphed[3][0] < graphed[0][0]  # the replayed steps learn
+    for k, v in results[False][3].items():  # BatchNorm's running statistics were updated by the replays
+        assert (results[True][3][k] - v).norm() <= 0.05 * v.norm() + 1e-3, k
 
 
 def test_whole_step_compiles_without_torch_compiles_own_graphs(monkeypatch):
