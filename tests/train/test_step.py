@@ -106,6 +106,34 @@ def test_whole_step_on_the_cpu_trains_bit_for_bit_like_a_plain_loop():
             assert ref[-1][0] < ref[0][0]  # and it learned
 
 
+def test_a_compiled_model_in_the_whole_step_trains_like_the_plain_loop():
+    """whole-step puts a torch.compile'd model in the step (inductor on a GPU). Compiled here with
+    AOTAutograd (its forward and backward graphs, FGAL's in-place level weights functionalised; no
+    C compiler needed): two batch sizes, training and evaluation switching, the same weights as the
+    plain loop, and the logged level weights are the last validation batch's."""
+    split, batch, seed = _split(22), 8, 3
+    orders = [torch.randperm(22, generator=torch.Generator().manual_seed(10 + e)) for e in range(3)]
+    ref_model, _, ref = plain_loop(split, orders, batch, seed)
+    model, opt = _model_and_adam()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+    step, val = Step(compiled, CPU, opt, whole_graph=True), Step(compiled, CPU, whole_graph=True)
+    held = to_device(split, CPU.device)
+    gen = torch.Generator().manual_seed(seed)
+    for order, (ref_loss, ref_acc) in zip(orders, ref):
+        batches = DeviceBatches(held, order, batch, CPU.device)
+        transform = EpochAugment([len(c) for c in batches.chunks], gen, CPU.device, **AUG)
+        loss, acc, _ = run_epoch(compiled, batches, CPU, optimizer=opt, transform=transform, step=step)
+        assert acc == ref_acc and loss == pytest.approx(ref_loss, rel=1e-5)
+        run_epoch(compiled, DeviceBatches(held, torch.arange(22), 16, CPU.device, drop_singleton=False), CPU, step=val)
+    for name, value in ref_model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    logged = model.level_weights
+    model.eval()
+    with torch.no_grad():
+        model(normalize(held.images[16:]))  # the last validation batch, eager
+    assert logged == pytest.approx(model.level_weights, abs=1e-6)
+
+
 def test_a_validation_step_is_a_plain_evaluation():
     """Step without an optimizer: the model in eval mode, no gradients, the mean loss and accuracy of
     a plain no-grad pass, the sums starting from zero at each begin()."""
