@@ -235,8 +235,12 @@ def test_networks_run_in_full_fp32_and_the_tf32_settings_come_back(mtcnn):
         restore(before)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 exists on a GPU only (benchmarks/gpu_session.sh)")
-def test_on_a_gpu_with_tf32_on_the_faces_are_facenet_pytorchs_fp32_ones(mtcnn):
+@pytest.mark.parametrize("device", [
+    "cpu",  # no TF32 here: the same code, so that the GPU run can't fail on the test's own mistakes
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="TF32 exists on a GPU only (benchmarks/gpu_session.sh)")),
+])
+def test_on_a_gpu_with_tf32_on_the_faces_are_facenet_pytorchs_fp32_ones(device):
     """The defect the H200 found: with TF32 on (as hsnet.device.pick_device leaves it) the detector on
     a GPU found other faces than facenet-pytorch's fp32 detector on 6 of 64 photos. Now the detector
     runs in full fp32 itself: the mixed folder on the GPU, TF32 on, against facenet-pytorch on the GPU
@@ -247,12 +251,13 @@ def test_on_a_gpu_with_tf32_on_the_faces_are_facenet_pytorchs_fp32_ones(mtcnn):
 
     before = saved()
     try:
-        gpu_ref = facenet.MTCNN(keep_all=True, device="cuda").eval()
+        ref = facenet.MTCNN(keep_all=True, device=device).eval()
         photos = mixed_photos()
         with full_fp32():
-            expected = {name: reference(gpu_ref, image) for name, image in photos.items()}
+            expected = {name: reference(ref, image) for name, image in photos.items()}
         enable_tf32()
-        found = BatchedMTCNN(mtcnn=gpu_ref)(list(photos.values()))
+        found = BatchedMTCNN(device, mtcnn=ref)(list(photos.values()))
+        assert len(found) == len(photos)
         for (name, _), boxes in zip(photos.items(), found):
             assert_same(boxes, expected[name], name)
     finally:
