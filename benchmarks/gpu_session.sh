@@ -6,7 +6,8 @@
 #
 #   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
 #   bash benchmarks/gpu_session.sh issue18   # what issue 18 still lacks, first call: the GPU tests, the
-#                                            # fp32 MTCNN, the whole step as one CUDA graph (speed)
+#                                            # fp32 MTCNN, the whole step as one CUDA graph against
+#                                            # reduce-overhead (speed)
 #   bash benchmarks/gpu_session.sh issue18b  # second call: the sample trained with whole-step (needs the
 #                                            # crops) and evaluated, concurrent runs under MPS
 #   bash benchmarks/gpu_session.sh issue18c  # a later lease: concurrent whole-step runs, the step profile
@@ -30,7 +31,8 @@ case "${1:-}" in
   # what issue 18 still lacks, the most wanted first, in calls whose step limits each fit the device
   # tool's 600 s per command (a 15-minute lease holds the first two, with the machine's start); the other
   # steps were measured on the H200 (benchmarks/results/h200/) and can be named in STEPS to rerun
-  issue18) STEPS=${STEPS:-"gpu_tests mtcnn device_data_whole_step"} ;;  # limits 425 s
+  # (device_data_graphs again: the default path after this session's changes, and whole-step's yardstick)
+  issue18) STEPS=${STEPS:-"gpu_tests mtcnn device_data_whole_step device_data_graphs"} ;;  # limits 585 s
   issue18b) STEPS=${STEPS:-"sample_whole_step sample_whole_step_evaluate concurrent_mps"} ;;  # limits 580 s
   issue18c) STEPS=${STEPS:-"concurrent_whole_step device_data_profile"} ;;  # limits 360 s
   "") ;;

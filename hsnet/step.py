@@ -26,6 +26,7 @@ accumulated the same way, which is what the tests compare with the eager loop.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import Counter
 from contextlib import nullcontext
@@ -39,6 +40,8 @@ from .errors import HSNetError
 from .tensors import apply_augment
 
 WARMUP_STEPS = 3  # steps per batch size run as written before that size's graph is captured
+
+log = logging.getLogger(__name__)
 
 
 def is_compiled(model) -> bool:
@@ -141,6 +144,8 @@ class Step:
         # (torch.compile's own graphs capture the same way)
         with self._side_stream(), torch.cuda.graph(cap.graph, stream=self.stream, capture_error_mode="thread_local"):
             self._body(cap.x, cap.y, cap.flip, cap.theta)
+        log.info("whole-step: the %s step for batches of %d is now one CUDA graph",
+                 "training" if self.training else "validation", len(y))
         return cap
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor | None = None,
