@@ -7,7 +7,7 @@ killed training (a Kubernetes pod, a spot instance) continues from its last uplo
 
 The local ``--out`` stays the working copy: when it already holds a ``last.pt`` (the same
 machine, restarted) that copy is used; otherwise the prefix's copies are downloaded. Training
-then resumes with ``resume="auto"``: only from a checkpoint of the same data and settings,
+then resumes with ``resume="auto"``: only from a checkpoint of the same data, settings and code,
 from scratch otherwise. ``best.pt`` is uploaded before ``last.pt``, so the prefix never holds a
 ``last.pt`` whose best epoch is missing from its ``best.pt``.
 
@@ -130,7 +130,7 @@ def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interva
           **kwargs) -> dict:
     """:func:`hsnet.train.train` with durable checkpoints at ``checkpoint_uri`` (an s3:// prefix):
     restored before, uploaded after the first epoch and then every ``min_interval_s`` seconds at
-    most (0: every epoch); resumes only a checkpoint of the same data and settings."""
+    most (0: every epoch); resumes only a checkpoint of the same data, settings and code."""
     from .train import train as train_local
 
     restore(checkpoint_uri, out_dir)

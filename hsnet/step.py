@@ -107,7 +107,7 @@ class Step:
     def sums(self) -> tuple[float, float, int]:
         """(mean loss, accuracy, images) since :meth:`begin` (one host sync)."""
         n = max(self.seen, 1)
-        return self.loss_sum.item() / n, self.correct.item() / n, self.seen
+        return (self.loss_sum / n).item(), self.correct.item() / n, self.seen  # the mean in float32, as ever
 
     def _body(self, x, y, flip, theta) -> None:
         """The step up to Adam; in a graph, what the graph holds."""

@@ -115,6 +115,9 @@ def run_epoch(model, batches, setup: Setup, *, optimizer=None, generator=None, a
     """One pass over ``batches``; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images/s).
     ``transform`` (an :class:`EpochAugment`) replaces ``generator``/``aug``'s batch-by-batch draws;
     ``step`` (a :class:`Step` kept from epoch to epoch, as whole-step graphs need) a new eager one."""
+    if step is not None and optimizer is not None and step.optimizer is not optimizer:
+        raise HSNetError("run_epoch: the step given trains with another optimizer (or validates); pass the "
+                         "step alone, or the optimizer alone")
     step = step or Step(model, setup, optimizer)
     if transform is None and step.training and aug:
         transform = BatchAugment(generator, setup.device, **aug)
@@ -178,13 +181,19 @@ def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setu
     """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from.
     ``auto``: None (nothing loaded) when ``last.pt`` is from other data or other settings."""
     ckpt = checkpoint.load(path)
-    if auto and (ckpt["meta"]["data_version"], ckpt["meta"].get("params")) != (meta["data_version"], meta["params"]):
-        log.info("%s is from other data or settings: training from the start", path)
+    same = ("data_version", "params", "code_version")
+    if auto and any(ckpt["meta"].get(k) != meta[k] for k in same):
+        # dvc repro re-runs the stage after a change to its data, settings or code: what an older run
+        # left (even finished) is not this stage's result; a killed run of the same is resumed
+        log.info("%s is from other data, settings or code: training from the start", path)
         return None
     if ckpt["meta"]["data_version"] != meta["data_version"]:
         raise HSNetError(f"--resume: {path} was trained on other data "
                          f"({ckpt['meta']['data_version']} vs {meta['data_version']}); "
                          "use another --out or drop --resume")
+    if ckpt["meta"].get("code_version") != meta["code_version"]:
+        log.warning("--resume: %s was written by other hsnet code (%s, now %s); continuing as asked", path,
+                    ckpt["meta"].get("code_version", "unrecorded"), meta["code_version"])
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -240,7 +249,7 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
 
     ``stop_after_epochs`` ends this invocation early, as a kill would, leaving ``last.pt`` to
     resume from (used by tests and for time-sliced jobs). ``resume``: True continues from
-    ``last.pt`` (of the same data); "auto" only when it is of the same data and settings, from
+    ``last.pt`` (of the same data); "auto" only when it is of the same data, settings and code, from
     the start otherwise (``dvc repro`` after a kill or a settings change). ``on_checkpoint(out_dir,
     improved)`` runs after each epoch's checkpoints are written (:mod:`hsnet.durable` copies them).
     """
@@ -265,7 +274,8 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     val_step = Step(step_model, setup, whole_graph=True) if graphed else None
     cfg = params.to_dict()
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
-            "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg}
+            "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
+            "code_version": tracking.code_version()}
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left; one trainer per folder
     last_path = out_dir / checkpoint.LAST

@@ -8,6 +8,8 @@ output is the sum of the three weighted logits (eqs. 16-17).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,7 +82,8 @@ class FGAL(nn.Module):
         self.heads = nn.ModuleDict({
             level: SelfGuidedClassifier(c, num_classes) for level, c in zip(self.LEVELS, channels)
         })
-        self.register_buffer("lambdas", torch.zeros(len(self.LEVELS)), persistent=False)  # not in checkpoints
+        # not in checkpoints; NaN until the first forward pass
+        self.register_buffer("lambdas", torch.full((len(self.LEVELS),), float("nan")), persistent=False)
 
     @staticmethod
     def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -100,11 +103,15 @@ class FGAL(nn.Module):
             lam, logits = self.heads[level](fused)
             out = out + lam * logits  # eqs. 16-17
             lambdas.append(lam.detach().float().mean())
-        with torch.no_grad():
-            self.lambdas.copy_(torch.stack(lambdas))
+        # a model built in inference mode has an inference-tensor buffer, writable only in inference mode
+        # (asked outside compilation: the question would break torch.compile's graph in two)
+        if torch.compiler.is_compiling() or not self.lambdas.is_inference() or torch.is_inference_mode_enabled():
+            with torch.no_grad():
+                self.lambdas.copy_(torch.stack(lambdas))
         return out
 
     @property
     def last_weights(self) -> dict[str, float]:
-        """Batch-mean lambda~ per level from the latest forward pass (for logging)."""
-        return dict(zip(self.LEVELS, self.lambdas.tolist()))
+        """Batch-mean lambda~ per level from the latest forward pass (for logging); {} before any."""
+        values = self.lambdas.tolist()
+        return {} if all(math.isnan(v) for v in values) else dict(zip(self.LEVELS, values))

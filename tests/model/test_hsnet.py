@@ -182,6 +182,20 @@ def test_fgal_fusion_and_output_equal_eqs_11_to_17(channels):
     assert torch.allclose(out, expected, atol=1e-5)
     assert fgal.last_weights == pytest.approx(lambdas, abs=1e-6)
     assert "lambdas" not in fgal.state_dict()  # a logged figure, not a weight: checkpoints stay as they were
+    assert FGAL(channels, num_classes=5).last_weights == {}  # before any forward pass: nothing to log
+
+
+def test_a_model_built_in_inference_mode_still_runs_outside_it():
+    """FGAL writes its logged level weights in place; a model built under torch.inference_mode (whose
+    buffers are then inference tensors) must still run forward outside it, as it did before."""
+    with torch.inference_mode():
+        fgal = FGAL((2, 3, 4), num_classes=5).eval()  # (in training mode BatchNorm itself would write)
+    x = (torch.randn(2, 2, 11, 11), torch.randn(2, 3, 5, 5), torch.randn(2, 4, 2, 2))
+    with torch.no_grad():
+        assert fgal(*x).shape == (2, 5)
+    with torch.inference_mode():
+        fgal(*x)
+    assert set(fgal.last_weights) == {"A", "B", "C"}
 
 
 def test_nearest_upsampling_to_the_exact_finer_size():
@@ -324,3 +338,18 @@ def test_square_inputs(size, expected):
     got = {k: v.shape[-1] for k, v in stages.items()}
     assert {k: got[k] for k in expected} == expected
     assert got["rdib_a"] == got["stem"] and got["rdib_b"] == got["sdib_a"] and got["rdib_c"] == got["sdib_b"]
+
+
+def test_hsnet_compiles_as_one_graph_in_training_and_evaluation():
+    """torch.compile (CUDA graphs on a GPU by default) must see HSNet whole: a graph break splits the
+    compiled step, each piece with its own launches (FGAL's logged level weights once broke it)."""
+    import torch._dynamo as dynamo
+
+    from hsnet.checkpoint import build_model
+    from hsnet.params import ModelParams
+
+    model = build_model(7, ModelParams(), for_checkpoint=True)
+    for mode in (True, False):
+        model.train(mode)
+        found = dynamo.explain(model)(torch.randn(4, 3, 80, 80))
+        assert (found.graph_count, found.graph_break_count) == (1, 0), [b.reason for b in found.break_reasons]

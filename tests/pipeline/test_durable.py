@@ -152,12 +152,44 @@ def test_resume_auto_restarts_on_other_settings(tmp_path, tiny_data, caplog):
     first = _weights(out / "last.pt")
     caplog.set_level(logging.INFO, logger="hsnet")
     train(tiny_data, settings(0.002), out, resume="auto", track=False, progress=False)
-    assert "other data or settings: training from the start" in caplog.text
+    assert "other data, settings or code: training from the start" in caplog.text
     assert load(out / "last.pt")["meta"]["params"]["train"]["lr"] == 0.002
     assert not _same(_weights(out / "last.pt"), first)  # trained again, with the new lr
     caplog.clear()
     train(tiny_data, settings(0.002), out, resume="auto", track=False, progress=False)
     assert "resuming" in caplog.text and "from epoch 1" in caplog.text
+
+
+def test_resume_auto_restarts_a_checkpoint_of_other_code(tmp_path, tiny_data, caplog):
+    """dvc repro re-runs train after a change to its code (dvc.yaml lists the code as its deps), with
+    --resume auto: a last.pt written by other code (or by a version that didn't record its code) is
+    not resumed, even when it is finished, else the stage's outputs would be the old code's under
+    the new code's dvc.lock. last.pt of the same code still is (a Kubeflow retry after preemption)."""
+    import logging
+
+    from hsnet.checkpoint import load, save
+    from hsnet.params import Params
+    from hsnet.train import train
+
+    settings = Params.from_mapping({"datasets": {"sample": {**SETTINGS, "train": {**SETTINGS["train"],
+                                                                                  "epochs": 1}}}}, "sample")
+    out = tmp_path / "run"
+    train(tiny_data, settings, out, track=False, progress=False)
+    caplog.set_level(logging.INFO, logger="hsnet")
+    train(tiny_data, settings, out, resume="auto", track=False, progress=False)  # the same code: finished
+    assert "resuming" in caplog.text and "epoch 1/1" not in caplog.text
+    for other in ("sha256:0123456789abcdef", None):  # other code; a checkpoint from before code versions
+        ckpt = load(out / "last.pt")
+        if other is None:
+            del ckpt["meta"]["code_version"]
+        else:
+            ckpt["meta"]["code_version"] = other
+        save(out / "last.pt", ckpt)
+        caplog.clear()
+        train(tiny_data, settings, out, resume="auto", track=False, progress=False)
+        assert "from other data, settings or code: training from the start" in caplog.text
+        assert "epoch 1/1" in caplog.text  # it trained
+        assert load(out / "last.pt")["meta"]["code_version"].startswith("sha256:")
 
 
 def test_uploads_are_throttled_and_best_goes_with_its_last(tmp_path, s3_server, monkeypatch):

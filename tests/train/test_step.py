@@ -114,8 +114,16 @@ def test_a_compiled_model_in_the_whole_step_trains_like_the_plain_loop():
     split, batch, seed = _split(22), 8, 3
     orders = [torch.randperm(22, generator=torch.Generator().manual_seed(10 + e)) for e in range(3)]
     ref_model, _, ref = plain_loop(split, orders, batch, seed)
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def counting(gm, example_inputs):  # AOTAutograd, each graph dynamo hands over counted
+        graphs.append(gm)
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
     model, opt = _model_and_adam()
-    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+    compiled = torch.compile(model, backend=counting, dynamic=False)
     step, val = Step(compiled, CPU, opt, whole_graph=True), Step(compiled, CPU, whole_graph=True)
     held = to_device(split, CPU.device)
     gen = torch.Generator().manual_seed(seed)
@@ -127,6 +135,7 @@ def test_a_compiled_model_in_the_whole_step_trains_like_the_plain_loop():
         run_epoch(compiled, DeviceBatches(held, torch.arange(22), 16, CPU.device, drop_singleton=False), CPU, step=val)
     for name, value in ref_model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert len(graphs) == 4  # whole, no graph breaks: training at 8 and 6, evaluation at 16 and 6
     logged = model.level_weights
     model.eval()
     with torch.no_grad():
@@ -168,6 +177,17 @@ def test_a_batch_whose_augmentation_differs_from_the_captured_one_is_refused():
     _copy(captured, torch.ones(4, dtype=torch.bool), "a flip mask")
     assert captured.all()
     _copy(None, None, "rotations")  # neither: nothing to copy
+
+
+def test_a_step_and_another_optimizer_are_refused():
+    """run_epoch(optimizer=, step=): the step carries its optimizer (or none: validation); given both and
+    they differ, one would be silently ignored."""
+    split = _split(4)
+    model, opt = _model_and_adam()
+    batches = Batches(split, torch.arange(4), 4, CPU.device)
+    for step in (Step(model, CPU), Step(model, CPU, torch.optim.Adam(model.parameters()))):
+        with pytest.raises(HSNetError, match="another optimizer"):
+            run_epoch(model, batches, CPU, optimizer=opt, step=step)
 
 
 def test_a_gradient_replaced_behind_the_steps_back_is_refused():
