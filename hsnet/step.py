@@ -138,14 +138,20 @@ class Step:
         return _Rejoin(self.stream, self.setup.device)
 
     def _capture(self, x, y, flip, theta) -> _Captured:
-        cap = _Captured(torch.cuda.CUDAGraph(), x.clone(), y.clone(), None if flip is None else flip.clone(),
-                        None if theta is None else theta.clone())
-        # thread_local: the host pipeline's thread pins memory meanwhile, which a global capture forbids
-        # (torch.compile's own graphs capture the same way)
-        with self._side_stream(), torch.cuda.graph(cap.graph, stream=self.stream, capture_error_mode="thread_local"):
-            self._body(cap.x, cap.y, cap.flip, cap.theta)
-        log.info("whole-step: the %s step for batches of %d is now one CUDA graph",
-                 "training" if self.training else "validation", len(y))
+        what = f"the {'training' if self.training else 'validation'} step for batches of {len(y)}"
+        try:
+            cap = _Captured(torch.cuda.CUDAGraph(), x.clone(), y.clone(), None if flip is None else flip.clone(),
+                            None if theta is None else theta.clone())
+            # thread_local: the host pipeline's thread pins memory meanwhile, which a global capture
+            # forbids (torch.compile's own graphs capture the same way)
+            with self._side_stream(), torch.cuda.graph(cap.graph, stream=self.stream,
+                                                       capture_error_mode="thread_local"):
+                self._body(cap.x, cap.y, cap.flip, cap.theta)
+        except Exception as exc:  # the device may be left unusable: stop, say what and what to do
+            raise HSNetError(f"train.compile whole-step: capturing {what} as a CUDA graph failed ({type(exc).__name__}: "
+                             f"{exc}); train with train.compile auto (torch.compile's CUDA graphs) and "
+                             "--resume from the last checkpoint") from exc
+        log.info("whole-step: %s is now one CUDA graph", what)
         return cap
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor | None = None,

@@ -179,6 +179,20 @@ def test_a_batch_whose_augmentation_differs_from_the_captured_one_is_refused():
     _copy(None, None, "rotations")  # neither: nothing to copy
 
 
+def test_a_capture_that_fails_stops_with_what_to_do():
+    """A capture that fails (here: no GPU to capture on) ends the run with an error naming the setting,
+    the step and the way on, instead of PyTorch's bare error mid-epoch; the steps before it trained."""
+    split = _split(8)
+    model, opt = _model_and_adam()
+    step = Step(model, CPU, opt, whole_graph=True)
+    step.capture = True  # as on a GPU: the fourth batch of a size is captured
+    batches = Batches(split, torch.arange(8), 2, CPU.device)
+    with pytest.raises(HSNetError, match=r"(?s)whole-step: capturing the training step for batches of 2 as a CUDA "
+                                         r"graph failed .*train\.compile auto.*--resume"):
+        run_epoch(model, batches, CPU, optimizer=opt, step=step)
+    assert step.steps_as_written[2] == WARMUP_STEPS and not step.graphs
+
+
 def test_a_step_and_another_optimizer_are_refused():
     """run_epoch(optimizer=, step=): the step carries its optimizer (or none: validation); given both and
     they differ, one would be silently ignored."""
