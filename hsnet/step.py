@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -130,12 +131,19 @@ class Step:
             self.grad_params = [p for p in self.params if p.grad is not None]  # Adam skips the others
             self.grads = [p.grad for p in self.grad_params]
 
-    def _side_stream(self):
+    @contextmanager
+    def _side_stream(self) -> Iterator[None]:
         """Run on the capture's stream (warm-up and capture alike), ordered with the current stream."""
         if self.stream is None:
-            return nullcontext()
-        self.stream.wait_stream(torch.cuda.current_stream(self.setup.device))
-        return _Rejoin(self.stream, self.setup.device)
+            yield
+            return
+        current = torch.cuda.current_stream(self.setup.device)
+        self.stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            current.wait_stream(self.stream)
 
     def _capture(self, x, y, flip, theta) -> _Captured:
         what = f"the {'training' if self.training else 'validation'} step for batches of {len(y)}"
@@ -179,18 +187,3 @@ class Step:
             self.optimizer.step()
         self.seen += n
 
-
-class _Rejoin:
-    """``with torch.cuda.stream(s)`` that makes the current stream wait for ``s`` on the way out."""
-
-    def __init__(self, stream, device):
-        self.stream, self.device = stream, device
-        self.ctx = torch.cuda.stream(stream)
-
-    def __enter__(self):
-        return self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        self.ctx.__exit__(*exc)
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return False

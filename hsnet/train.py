@@ -73,7 +73,7 @@ def compile_model(model: torch.nn.Module, setting, device: torch.device | None =
     docs/performance.md). On a CPU compiling gains little (+9%) for a minute of compilation."""
     mode = {None: None, False: None, True: "default"}.get(setting, setting) if not isinstance(setting, str) \
         else setting.strip().lower()
-    if mode == WHOLE_STEP:  # inductor's fused kernels, captured whole by hsnet.step; nothing to gain on a CPU
+    if whole_step(setting):  # inductor's fused kernels, captured whole by hsnet.step; nothing to gain on a CPU
         mode = "default" if device is not None and device.type == "cuda" else None
     if mode == "auto":
         if device is None or device.type != "cuda":
@@ -179,7 +179,7 @@ def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: Tr
 def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setup, *,
                 auto: bool = False) -> TrainingState | None:
     """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from.
-    ``auto``: None (nothing loaded) when ``last.pt`` is from other data or other settings."""
+    ``auto``: None (nothing loaded) when ``last.pt`` is from other data, settings or code."""
     ckpt = checkpoint.load(path)
     same = ("data_version", "params", "code_version")
     if auto and any(ckpt["meta"].get(k) != meta[k] for k in same):
