@@ -192,6 +192,33 @@ def test_resume_auto_restarts_a_checkpoint_of_other_code(tmp_path, tiny_data, ca
         assert load(out / "last.pt")["meta"]["code_version"].startswith("sha256:")
 
 
+def test_the_code_version_is_the_same_on_a_second_machine_and_changes_with_the_code(tmp_path):
+    """A Kubeflow retry lands on another node, where the package lies elsewhere: the same sources give
+    the same version (it must, or the retry would train from the start); an edited, added or renamed
+    module gives another (or dvc repro after a code change would resume the old code's run);
+    bytecode caches don't count."""
+    import shutil
+
+    from hsnet import tracking
+
+    here = Path(tracking.__file__).resolve().parent
+    one, two = tmp_path / "node1" / "hsnet", tmp_path / "elsewhere" / "deeper" / "hsnet"
+    for copy in (one, two):
+        shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert tracking.code_version(one) == tracking.code_version(two) == tracking.code_version()
+    (two / "__pycache__").mkdir(exist_ok=True)
+    (two / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0" * 10)
+    assert tracking.code_version(two) == tracking.code_version(one)
+    versions = {tracking.code_version(one)}
+    (two / "train.py").write_text((two / "train.py").read_text() + "\n# an edit\n")
+    versions.add(tracking.code_version(two))
+    (two / "extra.py").write_text("")
+    versions.add(tracking.code_version(two))
+    (two / "extra.py").rename(two / "extra2.py")
+    versions.add(tracking.code_version(two))
+    assert len(versions) == 4
+
+
 def test_uploads_are_throttled_and_best_goes_with_its_last(tmp_path, s3_server, monkeypatch):
     """The first epoch's checkpoints go up at once, later ones at most every min_interval_s; a best.pt
     that improved in between goes up with the next last.pt, never alone."""
