@@ -207,6 +207,20 @@ def _reusable(old, digest: str, item: _Item, out: Path) -> bool:
         return False
 
 
+ROW_FIELDS = ("label", "label_name", "split", "subject")  # what crop copies from the input row
+
+
+def _with_current_row(entry: dict, item: _Item) -> dict:
+    """A reused state entry with the current manifest row's label, class name, split and subject:
+    the crop depends on the file and the settings only, those fields on the manifest (a label fix
+    or another split must reach the output without re-cropping)."""
+    if entry.get("row") is None:
+        return entry
+    row = dict(entry["row"], source_path=item.row["path"])
+    row.update((k, item.row[k]) for k in ROW_FIELDS)
+    return dict(entry, row=row)
+
+
 def _check_settings(settings: CropParams) -> None:
     if settings.detector not in DETECTORS:
         raise HSNetError(f"--detector must be one of {', '.join(DETECTORS)}, got {settings.detector!r}")
@@ -283,8 +297,8 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
                 if error:
                     report["unreadable"].append({"path": item.row["path"], "error": error})
                     bar.update()
-                elif isinstance(img, dict):  # unchanged since the last run
-                    entries[item.row["path"]] = img
+                elif isinstance(img, dict):  # unchanged since the last run: its crop, this manifest's row
+                    entries[item.row["path"]] = _with_current_row(img, item)
                     report["reused"] += 1
                     bar.update()
                 else:
@@ -350,7 +364,7 @@ def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict,
 def _crop_one(item: _Item, img, boxes, settings: CropParams, out: Path) -> tuple[dict | None, str]:
     """Crop one image and write it; (its output manifest row or None, outcome)."""
     row = item.row
-    result = {k: row[k] for k in ("label", "label_name", "split", "subject")}
+    result = {k: row[k] for k in ROW_FIELDS}
     result.update(path=item.dest, source_path=row["path"],
                   box_x1="", box_y1="", box_x2="", box_y2="", det_prob="")
     if boxes is None:
