@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 DETECTORS = ("mtcnn", "none")
 NO_FACE_POLICIES = ("drop", "center")
 STATE_FILE = "crop_state.json"
+IMAGES = "images"  # the crops' folder inside --out
 CHUNK = 256  # images decoded at a time: bounds memory on large photos
 
 
@@ -136,7 +137,7 @@ def output_name(rel: str) -> str:
     """
     rel = "/".join(part for part in rel.split("/") if part not in ("", "."))  # ./x.png, a//b.png: one file
     name = _ESCAPED.sub(lambda m: f"%{ord(m.group()):02X}", rel)
-    return "images/" + (name if name.endswith(".png") else name + ".png")
+    return f"{IMAGES}/" + (name if name.endswith(".png") else name + ".png")
 
 
 def colliding_rows(paths: list[str]) -> dict[int, int]:
@@ -221,6 +222,17 @@ def _with_current_row(entry: dict, item: _Item) -> dict:
     return dict(entry, row=row)
 
 
+def _check_apart(root: Path, out: Path) -> None:
+    """Refuse an ``out`` whose crops folder holds ``root`` or lies in it: crops would overwrite the
+    photos (``--root D/images --out D``: ``images/x.png``'s crop is ``D/images/x.png``) and the
+    stale-crop cleanup would delete them (``--root D --out D``)."""
+    photos, crops = os.path.realpath(root), os.path.realpath(out / IMAGES)
+    if photos == crops or crops.startswith(photos.rstrip(os.sep) + os.sep) \
+            or photos.startswith(crops.rstrip(os.sep) + os.sep):
+        raise HSNetError(f"--out {out}: its crops folder {out / IMAGES} overlaps --root {root} (the photos); "
+                         "crops there would overwrite or delete photos. Give an output folder outside the root")
+
+
 def _check_settings(settings: CropParams) -> None:
     if settings.detector not in DETECTORS:
         raise HSNetError(f"--detector must be one of {', '.join(DETECTORS)}, got {settings.detector!r}")
@@ -242,6 +254,7 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     """
     _check_settings(settings)
     root, out = Path(root), Path(out)
+    _check_apart(root, out)
     rows = read_manifest(manifest)
     if not rows:
         raise HSNetError(f"manifest {manifest} has no rows: nothing to crop")
@@ -355,7 +368,7 @@ def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict,
                             "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
     write_json(out / "crop_report.json", report)
     keep = {out / r["path"] for r in out_rows}
-    for stale in (out / "images").rglob("*.png") if (out / "images").is_dir() else []:
+    for stale in (out / IMAGES).rglob("*.png") if (out / IMAGES).is_dir() else []:
         if stale not in keep:  # crops of rows that left the manifest or now have no face
             stale.unlink()
     write_json(out / STATE_FILE, {"settings": settings.key(), "entries": entries})

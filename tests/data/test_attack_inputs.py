@@ -44,3 +44,21 @@ def test_a_rerun_after_relabelling_or_resplitting_writes_the_new_labels_and_spli
     crop(tmp_path / "m.csv", root, tmp_path / "out", settings=settings, progress=False)
     rows = read_manifest(tmp_path / "out" / "manifest.csv")
     assert [(r["split"], r["label"], r["label_name"]) for r in rows] == [("test", 3, "joy")] * len(names)
+
+
+@pytest.mark.parametrize("layout", ["root_inside_out", "same_folder"])
+def test_crop_never_overwrites_or_deletes_the_source_photos(tmp_path, layout):
+    """--root D/images --out D wrote each .png photo's crop over the photo itself (images/<rel>);
+    --root D --out D deleted the photos under D/images as 'stale crops'. Both lose the data set:
+    crop refuses folders that overlap, before it writes anything."""
+    from hsnet.errors import HSNetError
+
+    data = tmp_path / "D"
+    (data / "images").mkdir(parents=True)
+    names = _photos(data / "images")
+    root, rel = (data / "images", names) if layout == "root_inside_out" else (data, [f"images/{n}" for n in names])
+    write_manifest(tmp_path / "m.csv", _rows(rel))
+    before = {n: (data / "images" / n).read_bytes() for n in names}
+    with pytest.raises(HSNetError, match="--out"):
+        crop(tmp_path / "m.csv", root, data, settings=CropParams(detector="none", size=32), progress=False)
+    assert {n: (data / "images" / n).read_bytes() for n in names if (data / "images" / n).exists()} == before
