@@ -95,7 +95,7 @@ class AugmentParams:
 class TrainParams:
     optimizer: Literal["adam"] = "adam"
     lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_range(0, 1, hi_open=True))  # each
     weight_decay: float = field(default=0.0, metadata=_range(0))
     epochs: int = field(default=500, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(2))  # BatchNorm needs 2 images
@@ -248,7 +248,7 @@ def _value(tp, value, where: str, meta: dict):
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
-        return tuple(_value(a, v, f"{where}[{i}]", {}) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_value(a, v, f"{where}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
     if tp is bool:
         if isinstance(value, bool):
             return value

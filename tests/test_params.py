@@ -53,6 +53,10 @@ def test_precedence_and_unknown_datasets(tmp_path):
     ({"train": {"lr": 0}}, r"datasets\.x\.train\.lr: 0\.0 is out of range; it must be > 0"),
     ({"train": {"batch_size": 1}}, r"datasets\.x\.train\.batch_size: 1 is out of range; it must be >= 2"),
     ({"train": {"betas": [0.9]}}, r"datasets\.x\.train\.betas: \[0\.9\] is not a list of 2 numbers"),
+    # Adam's own bounds (torch raised a bare ValueError mid-run): each beta in [0, 1)
+    ({"train": {"betas": [1.5, 0.999]}}, r"datasets\.x\.train\.betas\[0\]: 1\.5 is out of range; it must be >= 0 and < 1"),
+    ({"train": {"betas": [0.9, 1]}}, r"datasets\.x\.train\.betas\[1\]: 1\.0 is out of range; it must be >= 0 and < 1"),
+    ({"train": {"betas": [-0.1, 0.9]}}, r"datasets\.x\.train\.betas\[0\]: -0\.1 is out of range"),
     ({"train": {"scheduler": {"factor": 1.0}}}, r"scheduler\.factor: 1\.0 is out of range; it must be > 0 and < 1"),
     ({"crop": {"detector": "haar"}}, r"datasets\.x\.crop\.detector: 'haar' is not one of mtcnn, none"),
     ({"train": {"compile": "fastest"}}, r"train\.compile: 'fastest' is not true or false or null or one of auto"),
