@@ -43,7 +43,8 @@ DETECTORS = ("mtcnn", "none")
 NO_FACE_POLICIES = ("drop", "center")
 STATE_FILE = "crop_state.json"
 IMAGES = "images"  # the crops' folder inside --out
-CHUNK = 256  # images decoded at a time: bounds memory on large photos
+CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batches are cut from them)
+DECODED_BYTES = 1 << 30  # and at most about this much decoded RGB: 256 large photos are tens of GB
 
 
 class Detector:
@@ -287,7 +288,8 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
     # batch_size 1: one image at a time; more: MTCNN batches on a GPU, one image per core on a CPU
     parallel_cpu = detector is not None and detector.device.type == "cpu" and batch_size > 1
     entries: dict[str, dict] = {}
-    pool = ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2))
+    n_workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    pool = ThreadPoolExecutor(max_workers=n_workers)
     bar = tqdm(total=len(items), disable=None if progress else True, desc="cropping", unit="img")
 
     def load(item: _Item):
@@ -303,10 +305,28 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
         except ImageReadError as exc:
             return item, digest, None, str(exc)
 
+    def run(todo: list) -> None:
+        by_size: dict[tuple[int, int], list] = {}
+        for job in todo:
+            by_size.setdefault(job[2].size, []).append(job)
+        for group in by_size.values():
+            step = len(group) if parallel_cpu else batch_size
+            for b in range(0, len(group), step):
+                batch = group[b:b + step]
+                images = [np.asarray(img) for _, _, img in batch]
+                detections = ([None] * len(batch) if not detector
+                              else detector.each(images, pool) if parallel_cpu else detector(images))
+                for (item, digest, img), boxes in zip(batch, detections):
+                    result, outcome = _crop_one(item, img, boxes, settings, out)
+                    entries[item.row["path"]] = {"sha256": digest, "row": result, "outcome": outcome}
+                    report["processed"] += 1
+                    bar.update()
+
     try:
-        for start in range(0, len(items), CHUNK):
-            todo = []
-            for item, digest, img, error in pool.map(load, items[start:start + CHUNK]):
+        # decoded a few at a time (one per worker), cropped when CHUNK photos or DECODED_BYTES are held
+        todo, held = [], 0
+        for start in range(0, len(items), n_workers):
+            for item, digest, img, error in pool.map(load, items[start:start + n_workers]):
                 if error:
                     report["unreadable"].append({"path": item.row["path"], "error": error})
                     bar.update()
@@ -316,21 +336,11 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
                     bar.update()
                 else:
                     todo.append((item, digest, img))
-            by_size: dict[tuple[int, int], list] = {}
-            for job in todo:
-                by_size.setdefault(job[2].size, []).append(job)
-            for group in by_size.values():
-                step = len(group) if parallel_cpu else batch_size
-                for b in range(0, len(group), step):
-                    batch = group[b:b + step]
-                    images = [np.asarray(img) for _, _, img in batch]
-                    detections = ([None] * len(batch) if not detector
-                                  else detector.each(images, pool) if parallel_cpu else detector(images))
-                    for (item, digest, img), boxes in zip(batch, detections):
-                        result, outcome = _crop_one(item, img, boxes, settings, out)
-                        entries[item.row["path"]] = {"sha256": digest, "row": result, "outcome": outcome}
-                        report["processed"] += 1
-                        bar.update()
+                    held += img.width * img.height * 3
+            if len(todo) >= CHUNK or held >= DECODED_BYTES:
+                run(todo)
+                todo, held = [], 0
+        run(todo)
     finally:
         bar.close()
         pool.shutdown()

@@ -62,3 +62,36 @@ def test_crop_never_overwrites_or_deletes_the_source_photos(tmp_path, layout):
     with pytest.raises(HSNetError, match="--out"):
         crop(tmp_path / "m.csv", root, data, settings=CropParams(detector="none", size=32), progress=False)
     assert {n: (data / "images" / n).read_bytes() for n in names if (data / "images" / n).exists()} == before
+
+
+def test_crop_holds_a_bounded_amount_of_decoded_pixels(tmp_path):
+    """crop decoded CHUNK (256) photos before cropping any, whatever their size: 256 photos of
+    64 Mpx (under the per-image limit; a few KB each as PNG) are 49 GB of RGB, and 12 Mpx phone
+    photos 9 GB (twice that with the detector's copies): a small folder killed the machine. Here
+    48 photos of 6.25 Mpx (900 MB decoded) with a 128 MB budget must not all be held at once."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    names = []
+    for i in range(48):
+        names.append(f"big{i}.png")
+        Image.new("RGB", (2500, 2500), (i, 100, 200)).save(root / names[-1])
+    write_manifest(tmp_path / "m.csv", _rows(names))
+    code = textwrap.dedent(f"""
+        import resource, sys
+        import hsnet.data.crop as c
+        from hsnet.params import CropParams
+        c.DECODED_BYTES = 128 << 20
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        r = c.crop({str(tmp_path / 'm.csv')!r}, {str(root)!r}, {str(tmp_path / 'out')!r},
+                   settings=CropParams(detector="none", size=32), progress=False, workers=4)
+        assert r["output_images"] == 48, r
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mib = int(done.stdout.split()[-1])
+    assert grown_mib < 450, f"peak memory grew by {grown_mib} MiB for 900 MB of photos, budget 128 MB"
