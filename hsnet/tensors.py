@@ -134,12 +134,16 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
                 img = img.resize((size, size), Image.BILINEAR)
             arr[i] = np.asarray(img).transpose(2, 0, 1)
 
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            list(tqdm(pool.map(decode, range(len(rows))), total=len(rows), disable=None if progress else True,
-                      desc="decoding into tensor cache", unit="img", leave=False))
-        arr.flush()
-        del arr
-        os.replace(tmp, path)
+        try:
+            with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+                list(tqdm(pool.map(decode, range(len(rows))), total=len(rows), disable=None if progress else True,
+                          desc="decoding into tensor cache", unit="img", leave=False))
+            arr.flush()
+            del arr
+            os.replace(tmp, path)
+        except BaseException:  # a crop that no longer decodes, Ctrl-C: no partial file left in the cache
+            tmp.unlink(missing_ok=True)
+            raise
     prune_cache(cache_dir, keep=path)
     return Split(np.load(path, mmap_mode="r"), labels, paths)
 

@@ -95,3 +95,20 @@ def test_crop_holds_a_bounded_amount_of_decoded_pixels(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     grown_mib = int(done.stdout.split()[-1])
     assert grown_mib < 450, f"peak memory grew by {grown_mib} MiB for 900 MB of photos, budget 128 MB"
+
+
+def test_a_crop_that_fails_to_decode_leaves_no_partial_tensor_file(tmp_path):
+    """load_split left its (N, 3, S, S) temporary file in the cache when one crop failed to decode
+    (a file damaged after crop): each failed run of a 30k-photo split left another, pruned only a
+    day later."""
+    from hsnet.errors import HSNetError
+    from hsnet.tensors import load_split
+
+    root = tmp_path / "crops"
+    root.mkdir()
+    names = _photos(root, n=6, size=(32, 32))
+    (root / names[3]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cache = tmp_path / "cache"
+    with pytest.raises(HSNetError, match=names[3]):
+        load_split(_rows(names), root, 32, cache_dir=cache, progress=False)
+    assert [p.name for p in cache.iterdir()] == []
