@@ -60,7 +60,9 @@ def group_settings(params: dict, dataset: str, runs: list) -> dict:
         p = params_for(params, dataset, overrides)
         name = exp_name(dataset, tuple(getattr(p.model, k) for k in SWITCHES), p.train.seed)
         if name in settings:
-            raise HSNetError(f"runs {runs}: {name} is given twice")
+            raise HSNetError(f"runs: {name} is given twice (a seed of -1 or none is params' train.seed, "
+                             f"{p.train.seed}): one training per configuration and seed; give the repeat "
+                             "another seed")
         settings[name] = p
     return settings
 

@@ -10,14 +10,17 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
     DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
     an input, so new data at the same source is fetched (and everything after it re-run) and
-    unchanged data reuses the cache. The first step, so it also checks ``params`` for ``dataset``
-    (and, with ``require_stem_uri``, that every KTL run of ``runs`` names its stem weights)."""
-    from components.convert import check_stem_weights, params_for, start_step
+    unchanged data reuses the cache. The first step, so it also checks ``params`` for ``dataset``,
+    that no two items of ``runs`` are the same configuration and seed, and (with
+    ``require_stem_uri``) that every KTL run of ``runs`` names its stem weights."""
+    from components.convert import check_stem_weights, group_settings, params_for, start_step
     from hsnet.data.fetch import source_version as version_of
 
     start_step()
     if dataset:
         params_for(params, dataset)
+        if runs:  # the ablation's: one training per configuration and seed (a twin would share its
+            group_settings(params, dataset, runs)  # checkpoints and count twice in Table 6)
         if require_stem_uri:
             check_stem_weights(params, dataset, runs)
     return version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None)
