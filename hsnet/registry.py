@@ -57,6 +57,10 @@ class PromotionLost(PromotionRefused):
     """Another promotion or rollback of the same model was running: this one changed nothing."""
 
 
+class ModelChanged(PromotionRefused):
+    """A registered version's files are not those it was registered with."""
+
+
 class NoEvaluation(HSNetError):
     """No trustworthy evaluation record (an MLflow evaluate run) for a checkpoint or a version."""
 
@@ -103,6 +107,57 @@ def _alias_version(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+MODEL_FILES_PARAM = "model_files_sha256"  # registration run param: the digest of the logged model's files
+_NOT_MODEL_FILES = ("registered_model_meta",)  # written by MLflow into a models:/NAME/VERSION download
+
+
+def model_files_digest(folder: str | os.PathLike) -> str:
+    """One sha256 over every file of an MLflow model folder (relative path and content): the
+    weights, MLmodel, the model-from-code file and hsnet's source that travels with it."""
+    import hashlib
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in _NOT_MODEL_FILES:
+            continue
+        if path.is_symlink():
+            raise HSNetError(f"{path}: a symbolic link in the model's files")
+        digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _download_digest(uri: str) -> str:
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="hsnet-verify-") as tmp:
+        return model_files_digest(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+
+
+def check_model_files(client, name: str, version, folder: str | os.PathLike | None = None) -> bool:
+    """Check that version ``version`` of ``name`` still has the files it was registered with (its
+    registration run's immutable ``model_files_sha256``): those in ``folder`` (a local copy about
+    to be loaded), else a fresh download. :class:`ModelChanged` if not; False for a version
+    registered before the digest was recorded (nothing to check against)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+        recorded = client.get_run(mv.run_id).data.params.get(MODEL_FILES_PARAM)
+    except MlflowException as exc:
+        raise HSNetError(f"{name} version {version}: can't read its registration record ({exc.message})") from exc
+    if not recorded:
+        return False
+    got = model_files_digest(folder) if folder is not None else _download_digest(f"models:/{name}/{version}")
+    if got != recorded:
+        raise ModelChanged(f"{name} version {version}: its model files (weights, MLmodel or code) were changed "
+                           f"after registration ({got[:19]}… now, {recorded[:19]}… recorded in registration run "
+                           f"{mv.run_id}); it is not loaded or promoted. Register the checkpoint again "
+                           "(hsnet register) and check who can write to the tracking server")
+    return True
 
 
 def _figures(client, run) -> dict:
@@ -192,6 +247,17 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
     return figures
 
 
+def _registered_sha(client, mv) -> str | None:
+    """The checkpoint hash a version was registered with: its registration run's param (immutable),
+    not its tag (editable); None when the run is gone."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(mv.run_id).data.params.get("checkpoint_sha256")
+    except MlflowException:
+        return None
+
+
 def _result(name: str, mv, run_id: str, already: bool, figures: dict) -> dict:
     return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
             "run_id": run_id, "already_registered": already, "test_accuracy": figures["test_accuracy"],
@@ -243,7 +309,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     except MlflowException:
         existing = []
     for mv in existing:
-        if mv.tags.get("checkpoint_sha256") == sha:
+        if mv.tags.get("checkpoint_sha256") == sha and _registered_sha(client, mv) == sha:
             try:
                 figures = _version_figures(client, mv)
             except NoEvaluation:  # registered before records were linked: what it was registered with
@@ -304,6 +370,8 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
                     artifacts={"checkpoint": str(slim)}, code_paths=[str(code)],
                     signature=signature(meta["classes"]), input_example=_input_example(int(meta["input_size"])),
                     pip_requirements=_requirements())
+            # the files as the store holds them, bound to this run (params are immutable)
+            mlflow.log_param(MODEL_FILES_PARAM, _download_digest(info.model_uri))
             return {"model_uri": info.model_uri, "run_id": active.info.run_id}
 
 
@@ -388,6 +456,9 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
     if prod is not None and str(prod.version) == str(cand.version):
         decision.update(promoted=False, reason=f"version {cand.version} is already production")
         return decision
+    if not check_model_files(client, name, cand.version):  # ModelChanged: not even with --force
+        log.warning("%s version %s was registered before model files were recorded: its files can't be "
+                    "checked; register its checkpoint again to have them checked", name, cand.version)
     reasons = []
     try:
         c_fig = _version_figures(client, cand)

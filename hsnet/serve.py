@@ -101,6 +101,20 @@ def resolve(model: str) -> tuple[str, str, str | None]:
                      "or runs:/RUN_ID/model")
 
 
+def check_files(uri: str, name: str, version: str) -> None:
+    """The version's files, downloaded into the model cache that loading reads, checked against
+    those recorded at registration before MLflow imports any of their code (the model carries
+    hsnet's source): :class:`hsnet.registry.ModelChanged` if they were replaced since."""
+    import mlflow
+
+    from . import registry, tracking
+
+    local = tracking.fetch_model(uri)
+    if not registry.check_model_files(mlflow.MlflowClient(), name, version, local):
+        log.warning("%s was registered before model files were recorded: its files can't be checked; "
+                    "register its checkpoint again to have them checked", uri)
+
+
 def _flag(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -133,6 +147,8 @@ class HSNetModel(kserve.Model):
         from .predict import load_classifier
 
         uri, version, registered = resolve(self.model_ref)
+        if registered is not None:
+            check_files(uri, registered, version)
         classifier = load_classifier(uri, self.device)
         detector = Detector(str(classifier.setup.device), min_face_size=self.min_face_size)
         loaded = Loaded(classifier, detector, uri, version, registered)
