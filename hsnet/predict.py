@@ -135,7 +135,8 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, and the image files under each directory (recursively, sorted)."""
+    """Files as given, and the image files under each directory (recursively, sorted), but for
+    hidden files and the annotated copies ``--annotate`` writes (``*.annotated.jpg``)."""
     return [path for path, _ in _expand(inputs)]
 
 
@@ -146,7 +147,7 @@ def _expand(inputs: list[str | os.PathLike]) -> list[tuple[Path, str]]:
         p = Path(item)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.name.startswith("."))
+                           and not f.name.startswith(".") and not f.name.endswith(ANNOTATED))  # --annotate's copies
             if not found:
                 log.warning("%s holds no image files (%s)", p, ", ".join(sorted(IMAGE_SUFFIXES)))
             files.extend((f, f.relative_to(p).as_posix()) for f in found)

@@ -112,3 +112,16 @@ def test_a_crop_that_fails_to_decode_leaves_no_partial_tensor_file(tmp_path):
     with pytest.raises(HSNetError, match=names[3]):
         load_split(_rows(names), root, 32, cache_dir=cache, progress=False)
     assert [p.name for p in cache.iterdir()] == []
+
+
+def test_annotated_copies_in_an_input_folder_are_not_photos(tmp_path):
+    """`hsnet predict photos --annotate photos` (or --annotate photos/annotated) and then again: the
+    second run took the annotated copies for photos (4 photos, 4 faces for 2 photos with a face each)
+    and annotated them again (x.jpg.annotated.jpg.annotated.jpg), one more generation per run."""
+    from hsnet.predict import ANNOTATED, expand_inputs
+
+    (tmp_path / "annotated").mkdir()
+    for name in ("a.jpg", "b.png", "a.jpg" + ANNOTATED, "annotated/b.png" + ANNOTATED):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format="JPEG")
+    assert [p.name for p in expand_inputs([tmp_path])] == ["a.jpg", "b.png"]
+    assert [p.name for p in expand_inputs([tmp_path / ("a.jpg" + ANNOTATED)])] == ["a.jpg" + ANNOTATED]
