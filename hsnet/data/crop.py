@@ -242,6 +242,9 @@ def _check_settings(settings: CropParams) -> None:
                          f"got {settings.no_face!r}")
     if settings.size < 16:
         raise HSNetError(f"--size {settings.size} is too small for a face crop")
+    if settings.detector == "mtcnn" and settings.margin >= settings.size:  # the box grows by margin / (size - margin): unbounded
+        raise HSNetError(f"--margin {settings.margin} must be smaller than --size {settings.size} (it is in "
+                         "output pixels, as facenet-pytorch's margin: e.g. 20 for 160)")
 
 
 def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike, *,

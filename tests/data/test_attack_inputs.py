@@ -125,3 +125,20 @@ def test_annotated_copies_in_an_input_folder_are_not_photos(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / name, format="JPEG")
     assert [p.name for p in expand_inputs([tmp_path])] == ["a.jpg", "b.png"]
     assert [p.name for p in expand_inputs([tmp_path / ("a.jpg" + ANNOTATED)])] == ["a.jpg" + ANNOTATED]
+
+
+@pytest.mark.parametrize("margin", [64, 300])
+def test_a_margin_as_large_as_the_crop_is_refused_before_any_work(tmp_path, margin):
+    """--margin is in output pixels (facenet-pytorch's meaning): the box grows by
+    margin / (size - margin), so margin >= size made crop cut squares of (1 + margin) face widths:
+    a 100 px face with --size 64 --margin 300 is a 30,100 px square (2.7 GB), padded with black,
+    per photo and thread. Refused by name instead."""
+    from hsnet.errors import HSNetError
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    write_manifest(tmp_path / "m.csv", _rows(_photos(root, n=1)))
+    with pytest.raises(HSNetError, match="--margin"):
+        crop(tmp_path / "m.csv", root, tmp_path / "out", settings=CropParams(size=64, margin=margin),
+             progress=False)
+    assert not (tmp_path / "out").exists()
