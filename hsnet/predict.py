@@ -66,6 +66,12 @@ class Classifier:
     def margin(self) -> int:
         return int(self.crop.get("margin", 0) or 0)
 
+    @property
+    def crop_size(self) -> int:
+        """The side ``hsnet crop`` cut the training faces at (its ``margin`` is in these pixels);
+        the tensor cache then resized them to ``input_size``."""
+        return int(self.crop.get("size") or self.input_size)
+
     def to_tensor(self, faces: list[np.ndarray | Image.Image]) -> torch.Tensor:
         """Resize each face to the input size; (N, 3, S, S) uint8."""
         s = self.input_size
@@ -239,7 +245,7 @@ def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, 
     crops, owners = [], []
     for i, (image, b) in enumerate(zip(images, boxes)):
         for box in b[b[:, 4] >= min_prob] if len(b) else b:
-            crops.append(square_crop(image, box, clf.input_size, clf.margin))
+            crops.append(square_crop(image, box, clf.crop_size, clf.margin))  # resized as in training
             owners.append((i, box))
     probs = clf.probabilities(crops)
     per_photo: list[list[dict]] = [[] for _ in images]

@@ -142,3 +142,30 @@ def test_a_margin_as_large_as_the_crop_is_refused_before_any_work(tmp_path, marg
         crop(tmp_path / "m.csv", root, tmp_path / "out", settings=CropParams(size=64, margin=margin),
              progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_crops_faces_as_training_did_when_the_crop_size_is_not_the_input_size():
+    """Training's faces: `hsnet crop` cuts the box plus margin / (crop.size - margin) at crop.size,
+    then the tensor cache resizes to input_size. predict cut with input_size in that formula, so
+    with a margin and crop.size != input_size (e.g. crop 160 with margin 40, input 80) the model saw
+    a tighter face than it was trained on. Expected: the training pipeline's crop, by hand."""
+    from skimage import data
+
+    from hsnet.checkpoint import build_model
+    from hsnet.data.crop import Detector, square_crop
+    from hsnet.params import ModelParams
+    from hsnet.predict import Classifier, classify_faces
+
+    import torch
+
+    torch.manual_seed(0)
+    clf = Classifier(build_model(7, ModelParams(ktl=False)), [f"c{i}" for i in range(7)], 80, device="cpu",
+                     crop={"detector": "mtcnn", "size": 160, "margin": 40})
+    photo = Image.fromarray(data.astronaut())
+    detector = Detector("cpu", min_face_size=40)
+    box = detector([np.asarray(photo)])[0][0]
+    trained_on = square_crop(photo, box, 160, 40)  # what `hsnet crop` wrote; the cache resizes it
+    expected = clf.probabilities([trained_on.resize((80, 80), Image.BILINEAR)])[0]
+    face = classify_faces([photo], clf, detector)[0][0]
+    got = np.array([face["probabilities"][c] for c in clf.classes])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
