@@ -290,8 +290,12 @@ class HSNetModel(kserve.Model):
             raise InvalidInput("expected one input of datatype BYTES holding base64-encoded JPEG/PNG images, "
                                f"got {[(i.name, i.datatype) for i in request.inputs]}")
         params = {**(request.inputs[0].parameters or {}), **(request.parameters or {})}
-        data = request.inputs[0].data
-        return list(data if data is not None else []), _flag(params.get("crops", False))
+        data = list(request.inputs[0].data if request.inputs[0].data is not None else [])
+        shape = list(request.inputs[0].shape or [])
+        if shape != [len(data)]:  # OIP: the data is the tensor of that shape, one image per element
+            raise InvalidInput(f"input {request.inputs[0].name!r}: shape {shape} does not match its data of "
+                               f"{len(data)} images: expected shape [{len(data)}]")
+        return data, _flag(params.get("crops", False))
 
 
 class BodyLimit:

@@ -307,6 +307,7 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     name = "hsnet-sample-predict"
     register(*evaluated(1)[:2], "sample", name=name)
     promote(name)
+    downloads.clear()  # register and promote download the model to check its files: not the cache's
     from skimage import data
 
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
