@@ -231,17 +231,25 @@ def detect(images: list[Image.Image | None], detector, pool: ThreadPoolExecutor 
 
 
 def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, *, min_prob: float = 0.9,
-                   pool: ThreadPoolExecutor | None = None) -> list[list[dict]]:
+                   pool: ThreadPoolExecutor | None = None, failed: dict[int, str] | None = None) -> list[list[dict]]:
     """The faces of decoded RGB photos, a list of records per photo (``None``: ``[]``).
 
     Each record: ``box`` (x1, y1, x2, y2), ``detection_probability``, ``expression``,
     ``confidence`` and every class's ``probabilities``. Faces at or above ``min_prob`` are
     cropped as ``hsnet crop`` did for training and the faces of all photos are classified in
     one batch. ``hsnet predict`` and the model server (:mod:`hsnet.serve`) both use this.
+    ``failed``: where photos the detector failed on (out of memory) get their error, by index, and
+    no faces; without it such a photo's :class:`~hsnet.data.crop.DetectionFailed` is raised.
     """
-    from .data.crop import square_crop
+    from .data.crop import DetectionFailed, square_crop
 
     boxes = detect(images, detector, pool)
+    for i, b in enumerate(boxes):
+        if isinstance(b, DetectionFailed):
+            if failed is None:
+                raise b
+            failed[i] = str(b)
+            boxes[i] = np.zeros((0, 5))
     crops, owners = [], []
     for i, (image, b) in enumerate(zip(images, boxes)):
         for box in b[b[:, 4] >= min_prob] if len(b) else b:
@@ -276,8 +284,12 @@ def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
 
 def _predict_chunk(paths, clf, detector, pool, min_prob, targets, results, no_face, unreadable) -> None:
     photos = list(pool.map(_read, paths)) if pool is not None and len(paths) > 1 else [_read(p) for p in paths]
-    per_photo = classify_faces([photo.image for photo in photos], clf, detector, min_prob=min_prob, pool=pool)
-    for photo, faces in zip(photos, per_photo):
+    failed: dict[int, str] = {}
+    per_photo = classify_faces([photo.image for photo in photos], clf, detector, min_prob=min_prob, pool=pool,
+                               failed=failed)
+    for i, (photo, faces) in enumerate(zip(photos, per_photo)):
+        if i in failed:  # read, but the detector failed on it: a record like an unreadable photo's
+            photo = _Photo(photo.path, error=f"{photo.path}: {failed[i]}")
         record = {"path": str(photo.path), "faces": faces}
         if photo.error:
             record["error"] = photo.error

@@ -47,8 +47,14 @@ CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batc
 DECODED_BYTES = 1 << 30  # and at most about this much decoded RGB: 256 large photos are tens of GB
 
 
+class DetectionFailed(HSNetError):
+    """MTCNN failed on one image (e.g. out of memory on a very large photo): that image's result,
+    in place of its boxes, so that the other images of the batch or run are still processed."""
+
+
 class Detector:
-    """MTCNN over equal-size batches; returns, per image, an array (k, 5): x1, y1, x2, y2, prob."""
+    """MTCNN over equal-size batches; returns, per image, an array (k, 5): x1, y1, x2, y2, prob,
+    or a :class:`DetectionFailed` for an image the detector failed on alone."""
 
     def __init__(self, device: str = "cpu", min_face_size: int = 20):
         import torch
@@ -78,9 +84,13 @@ class Detector:
     def _detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         try:
             boxes = self.batched(images)
-        except Exception as exc:  # e.g. a torchvision NMS corner case; retry one by one
+        except Exception as exc:  # e.g. out of memory, a torchvision NMS corner case; retry one by one
             if len(images) == 1:
-                raise
+                h, w = images[0].shape[:2]
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                log.debug("face detection failed on a %dx%d image", w, h, exc_info=True)
+                return [DetectionFailed(f"face detection failed on this {w}x{h} image ({type(exc).__name__}: "
+                                        f"{reason}); downscale it, or run where there is more memory")]
             log.debug("batched detection failed (%s); retrying image by image", exc)
             return [self._detect([img])[0] for img in images]
         return [np.asarray(b, dtype=np.float64).reshape(-1, 5) for b in boxes]
@@ -320,6 +330,10 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
                 detections = ([None] * len(batch) if not detector
                               else detector.each(images, pool) if parallel_cpu else detector(images))
                 for (item, digest, img), boxes in zip(batch, detections):
+                    if isinstance(boxes, DetectionFailed):  # a record; no state entry: a re-run retries it
+                        report["unreadable"].append({"path": item.row["path"], "error": f"{item.src}: {boxes}"})
+                        bar.update()
+                        continue
                     result, outcome = _crop_one(item, img, boxes, settings, out)
                     entries[item.row["path"]] = {"sha256": digest, "row": result, "outcome": outcome}
                     report["processed"] += 1

@@ -169,3 +169,41 @@ def test_predict_crops_faces_as_training_did_when_the_crop_size_is_not_the_input
     face = classify_faces([photo], clf, detector)[0][0]
     got = np.array([face["probabilities"][c] for c in clf.classes])
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_photo_the_detector_fails_on_is_a_record_and_the_others_are_cropped(tmp_path):
+    """A photo MTCNN can't process (here: a 63 Mpx photo, legal under the pixel limit, whose
+    summed-area table alone is 1.5 GB, on a process with 1.2 GB to spare; on a GPU, CUDA's out of
+    memory) ended the whole crop run with PyTorch's allocator error, losing the other photos' work.
+    It must be a per-item record naming the file, and the other photos cropped."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from skimage import data
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    Image.fromarray(data.astronaut()).save(root / "a.png")
+    Image.new("RGB", (8000, 7900), (90, 120, 150)).save(root / "big.png")
+    Image.fromarray(data.astronaut()[:, ::-1]).save(root / "c.png")
+    write_manifest(tmp_path / "m.csv", _rows(["a.png", "big.png", "c.png"]))
+    code = textwrap.dedent(f"""
+        import json, resource
+        import hsnet.data.crop as c
+        from hsnet.params import CropParams
+        import facenet_pytorch, torch, torchvision
+        vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (1200 << 20),) * 2)
+        r = c.crop({str(tmp_path / 'm.csv')!r}, {str(root)!r}, {str(tmp_path / 'out')!r},
+                   settings=CropParams(size=64), progress=False, workers=2)
+        print(json.dumps(r))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1500:]
+    import json
+
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["output_images"] == 2
+    assert [u["path"] for u in report["unreadable"]] == ["big.png"]
+    assert "big.png" in report["unreadable"][0]["error"] and "8000x7900" in report["unreadable"][0]["error"]
