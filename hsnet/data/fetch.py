@@ -34,6 +34,11 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
     existed = out.is_dir()
     check_writable(out, "--out")
     try:
+        if not dvc_path and not source.startswith("s3://") and Path(source).is_dir():
+            here, there = os.path.realpath(source), os.path.realpath(out)
+            if there == here or there.startswith(here.rstrip(os.sep) + os.sep):  # a copy into itself
+                raise HSNetError(f"--out {out} is inside --source {source}: the copy would copy itself; "
+                                 "give an output folder outside the source")
         how = _fetch(source, out, dvc_path=dvc_path, rev=rev, progress=progress)
         _check_tree(out, how)
     except BaseException:  # out was empty or new: leave it so, nothing half-fetched behind

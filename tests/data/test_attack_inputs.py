@@ -207,3 +207,17 @@ def test_a_photo_the_detector_fails_on_is_a_record_and_the_others_are_cropped(tm
     assert report["output_images"] == 2
     assert [u["path"] for u in report["unreadable"]] == ["big.png"]
     assert "big.png" in report["unreadable"][0]["error"] and "8000x7900" in report["unreadable"][0]["error"]
+
+
+def test_fetch_refuses_an_out_folder_inside_the_source(tmp_path):
+    """`hsnet data fetch --source D --out D/copy` copied D into D/copy while D/copy filled up: the
+    'fetched' data set held a nested partial copy of itself (copy/a/f.png): duplicate photos."""
+    from hsnet.data.fetch import fetch
+    from hsnet.errors import HSNetError
+
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "src" / "a" / "f.png")
+    with pytest.raises(HSNetError, match="--out"):
+        fetch(str(tmp_path / "src"), tmp_path / "src" / "copy", progress=False)
+    assert sorted(p.relative_to(tmp_path / "src").as_posix() for p in (tmp_path / "src").rglob("*")) == [
+        "a", "a/f.png"]
