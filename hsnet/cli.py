@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from . import interrupt
@@ -444,14 +445,16 @@ def main(argv: list[str] | None = None) -> int:
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C / SIGINT: every file is written atomically, so none is half-written
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, SIGTERM: files are written atomically, so none is half-written
         hint = ""
         if args.verb == "train":
             from .checkpoint import LAST
 
             hint = f"; {args.out}/{LAST} holds the last finished epoch: add --resume to continue"
-        print(f"hsnet {args.verb}: interrupted, stopped before finishing{hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, interrupt.Terminated)
+        print(f"hsnet {args.verb}: {'terminated (SIGTERM)' if terminated else 'interrupted'}, stopped before "
+              f"finishing{hint}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)  # the shell's codes: 143, 130
     return int(result or 0)
 
 

@@ -8,6 +8,11 @@ end. :func:`interruptible` installs a handler that also leaves a flag; loops tha
 
 A process started with SIGINT ignored (``nohup``, a shell's background job) keeps ignoring it, as
 Python itself does: Ctrl-C at the terminal is not meant for it.
+
+SIGTERM (a pod's preemption or deletion, ``timeout``, ``kill``) ends the process without running
+any ``finally`` block by default, leaving temporary files behind (a half-decoded tensor cache
+file, up to the split's whole size). Inside :func:`interruptible` it raises :class:`Terminated`,
+a KeyboardInterrupt, so it is cleaned up like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,27 +25,39 @@ from contextlib import contextmanager
 _requested = threading.Event()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (inside :func:`interruptible`)."""
+
+
 def _on_sigint(signum, frame) -> None:
     _requested.set()
     raise KeyboardInterrupt
 
 
+def _on_sigterm(signum, frame) -> None:
+    _requested.set()
+    raise Terminated
+
+
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Inside: SIGINT raises KeyboardInterrupt as usual and is remembered until the block ends
-    (the process's previous handler comes back). Only where SIGINT has Python's default handler
-    (not where it is ignored, or someone else handles it), and only in the main thread: elsewhere
-    this does nothing."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    """Inside: SIGINT raises KeyboardInterrupt as usual, SIGTERM raises :class:`Terminated`, and
+    either is remembered until the block ends (the process's previous handlers come back). Each
+    only where it has its default handler (not where it is ignored, or someone else handles it),
+    and only in the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    handlers = {sig: handler for sig, default, handler in [(signal.SIGINT, signal.default_int_handler, _on_sigint),
+                                                           (signal.SIGTERM, signal.SIG_DFL, _on_sigterm)]
+                if signal.getsignal(sig) is default}
     _requested.clear()
-    previous = signal.signal(signal.SIGINT, _on_sigint)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _requested.clear()
 
 

@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import queue
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -125,6 +126,11 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
         hit = False
     if not hit:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        need, free = len(rows) * 3 * size * size, shutil.disk_usage(cache_dir).free
+        if need > free:  # refused before anything is written, instead of a full disk half-way
+            raise HSNetError(f"the tensor cache of {len(rows)} images at {size}x{size} need {need / 1e9:.1f} GB, "
+                             f"but {cache_dir} has {free / 1e9:.1f} GB free: free space there, set HSNET_CACHE_DIR "
+                             "to a folder on a larger disk, or lower input_size (params.yaml) to the crops' size")
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, size, size))
 

@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) during training: a clear message, exit code 130, last.pt whole (issue 13.10)."""
+"""Ctrl-C (SIGINT) and SIGTERM during training: a clear message, exit code 130, last.pt whole (issue 13.10)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_sigint_during_training(tiny_data, tiny_params, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_sigint_during_training(tiny_data, tiny_params, tmp_path, sig, code, said):
+    """Ctrl-C, and SIGTERM (a pod's preemption, `timeout`): it used to end the process on the spot."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hsnet", "train", "--data", str(tiny_data), "--params", str(tiny_params),
@@ -33,15 +36,15 @@ def test_sigint_during_training(tiny_data, tiny_params, tmp_path):
             assert time.monotonic() < deadline, "no epoch finished in 300 s"
             time.sleep(0.2)
         time.sleep(1.0)  # into the next epoch
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    assert f"hsnet train: interrupted, stopped before finishing; {out}/last.pt holds the last finished epoch: " \
+    assert f"hsnet train: {said}, stopped before finishing; {out}/last.pt holds the last finished epoch: " \
            "add --resume to continue" in stderr
     ckpt = load(out / "last.pt")  # whole
     assert 1 <= ckpt["state"]["epoch"] < 30

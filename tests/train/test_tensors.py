@@ -75,3 +75,53 @@ def test_a_bad_cache_cap_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HSNET_CACHE_MAX_GB", "lots")
     with pytest.raises(HSNetError, match="HSNET_CACHE_MAX_GB='lots'"):
         load_split(rows, tmp_path, 16, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_a_cache_larger_than_the_free_disk_is_refused_before_anything_is_written(tmp_path):
+    """input_size 5000 on a split of 800 images wanted a 60 GB file: it filled the disk instead of
+    stopping. The need is n x 3 x size x size bytes; the error names it, the free space and the way out."""
+    import shutil
+
+    rows = _images(tmp_path, ["a.png", "b.png"])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    free = shutil.disk_usage(cache).free
+    size = int((free / (2 * 3)) ** 0.5) + 1  # two images of 3 x size x size bytes: just over the free space
+    need_gb = 2 * 3 * size * size / 1e9
+    with pytest.raises(HSNetError, match=rf"2 images at {size}x{size} need {need_gb:.1f} GB.*{cache}.*"
+                                         r"HSNET_CACHE_DIR.*input_size"):
+        load_split(rows, tmp_path, size, cache_dir=cache, progress=False)
+    assert not list(cache.iterdir())
+
+
+def test_a_terminated_decode_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (a pod's preemption, `timeout`, systemd) in the middle of decoding a split: the
+    half-written cache file is removed, as after Ctrl-C (it was left, up to the split's full size)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    _images(tmp_path, [f"{i}.png" for i in range(6)])
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        import hsnet.tensors as tensors
+        from hsnet import interrupt
+        root = Path({str(tmp_path)!r})
+        real, seen = tensors.open_rgb, []
+        def open_rgb(p):
+            seen.append(p)
+            if len(seen) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(p)
+        tensors.open_rgb = open_rgb
+        rows = [{{"path": f"{{i}}.png", "label": 0}} for i in range(6)]
+        try:
+            with interrupt.interruptible():
+                tensors.load_split(rows, root, 16, cache_dir=root / "cache", progress=False)
+        except interrupt.Terminated:
+            print("terminated", len(seen))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("terminated"), done.stderr[-2000:]
+    assert not list((tmp_path / "cache").iterdir())
