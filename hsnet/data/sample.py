@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import HSNetError
 from .datasets import FERG_CHARACTERS, FERG_CLASSES
 
 # character: (face width, face height, skin RGB, hair RGB, hair style, eye RGB)
@@ -165,9 +166,19 @@ def generate(out: str | os.PathLike, *, per_class: int = 30, size: int = 112, se
              characters=FERG_CHARACTERS) -> int:
     """Write ``per_class`` images per character and emotion under ``out``; returns the count.
 
-    Existing files with the same name are overwritten (atomically, so never half-written).
+    Existing files with the same name are overwritten (atomically, so never half-written); a
+    folder holding other files (another draw's, or a real data set) is refused: its images would
+    be imported with this draw's.
     """
     out = Path(out)
+    names = {f"{c}/{c}_{e}/{c}_{e}_{i}.png" for c in characters for e in FERG_CLASSES
+             for i in range(1, per_class + 1)}
+    other = sorted(rel for rel in (p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+                   if rel not in names and not rel.rsplit("/", 1)[-1].startswith(".")) if out.is_dir() else []
+    if other:
+        raise HSNetError(f"--out {out} holds {len(other)} file(s) that this draw doesn't write (e.g. "
+                         f"{', '.join(other[:3])}): another draw's or another data set's, which import would "
+                         "read with it. Give an empty or new folder")
     n = 0
     for character in characters:
         for emotion in FERG_CLASSES:

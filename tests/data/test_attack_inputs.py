@@ -221,3 +221,17 @@ def test_fetch_refuses_an_out_folder_inside_the_source(tmp_path):
         fetch(str(tmp_path / "src"), tmp_path / "src" / "copy", progress=False)
     assert sorted(p.relative_to(tmp_path / "src").as_posix() for p in (tmp_path / "src").rglob("*")) == [
         "a", "a/f.png"]
+
+
+def test_a_sample_drawn_into_a_folder_of_another_draw_is_refused(tmp_path):
+    """`hsnet data sample --out D --per-class 1` on a D drawn with --per-class 2 said '42 sample
+    images' and left 84 (another --seed: a mixture of two draws), which import then read whole.
+    Drawing the same sample again is fine; a folder with other files is refused by name."""
+    from hsnet.data.sample import generate
+    from hsnet.errors import HSNetError
+
+    assert generate(tmp_path / "d", per_class=2, size=48) == 84
+    assert generate(tmp_path / "d", per_class=2, size=48) == 84  # the same draw again
+    with pytest.raises(HSNetError, match="--out"):
+        generate(tmp_path / "d", per_class=1, size=48)
+    assert len(list((tmp_path / "d").rglob("*.png"))) == 84
