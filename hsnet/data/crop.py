@@ -60,6 +60,9 @@ class Detector:
         import torch
         from facenet_pytorch import MTCNN
 
+        if not isinstance(min_face_size, int) or min_face_size < 1:  # 0: a division by zero; < 0: no pyramid
+            raise HSNetError(f"--min-face-size {min_face_size}: the smallest face searched for must be at least "
+                             "1 pixel (MTCNN's default 20; hsnet predict's 40)")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise HSNetError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
         from .mtcnn import BatchedMTCNN

@@ -235,3 +235,14 @@ def test_a_sample_drawn_into_a_folder_of_another_draw_is_refused(tmp_path):
     with pytest.raises(HSNetError, match="--out"):
         generate(tmp_path / "d", per_class=1, size=48)
     assert len(list((tmp_path / "d").rglob("*.png"))) == 84
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_a_min_face_size_below_one_pixel_is_refused_by_name(size):
+    """`hsnet predict --min-face-size 0` ended in ZeroDivisionError; -5 reported every photo as
+    'without a face' (an empty image pyramid): a wrong result, not an error."""
+    from hsnet.data.crop import Detector
+    from hsnet.errors import HSNetError
+
+    with pytest.raises(HSNetError, match="min-face-size"):
+        Detector("cpu", min_face_size=size)
