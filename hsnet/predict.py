@@ -230,6 +230,11 @@ def detect(images: list[Image.Image | None], detector, pool: ThreadPoolExecutor 
     return boxes
 
 
+def _check_min_prob(min_prob: float) -> None:
+    if not 0.0 <= min_prob <= 1.0:  # nan too: every comparison with it is false, so no face would pass
+        raise HSNetError(f"--min-prob {min_prob}: a detection probability between 0 and 1 (e.g. 0.9)")
+
+
 def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, *, min_prob: float = 0.9,
                    pool: ThreadPoolExecutor | None = None, failed: dict[int, str] | None = None) -> list[list[dict]]:
     """The faces of decoded RGB photos, a list of records per photo (``None``: ``[]``).
@@ -243,6 +248,7 @@ def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, 
     """
     from .data.crop import DetectionFailed, square_crop
 
+    _check_min_prob(min_prob)
     boxes = detect(images, detector, pool)
     for i, b in enumerate(boxes):
         if isinstance(b, DetectionFailed):
@@ -323,6 +329,7 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
 
     from .data.crop import Detector
 
+    _check_min_prob(min_prob)
     entries = _expand(inputs)
     files = [path for path, _ in entries]
     targets = None

@@ -246,3 +246,15 @@ def test_a_min_face_size_below_one_pixel_is_refused_by_name(size):
 
     with pytest.raises(HSNetError, match="min-face-size"):
         Detector("cpu", min_face_size=size)
+
+
+@pytest.mark.parametrize("min_prob", [90, 2.0, -0.5, float("nan")])
+def test_a_min_prob_outside_zero_to_one_is_refused_by_name(tmp_path, min_prob):
+    """`hsnet predict --min-prob 90` (meaning 90 %) or nan reported every face as absent: 'N photos
+    without a face', a wrong result instead of an error. Refused before the model is loaded."""
+    from hsnet.errors import HSNetError
+    from hsnet.predict import predict
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    with pytest.raises(HSNetError, match="min-prob"):
+        predict([tmp_path / "x.png"], tmp_path / "no-such-model.pt", min_prob=min_prob, progress=False)
