@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 DETECTORS = ("mtcnn", "none")
 NO_FACE_POLICIES = ("drop", "center")
 STATE_FILE = "crop_state.json"
+MANIFEST, REPORT = "manifest.csv", "crop_report.json"  # crop's outputs beside images/
 IMAGES = "images"  # the crops' folder inside --out
 CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batches are cut from them)
 DECODED_BYTES = 1 << 30  # and at most about this much decoded RGB: 256 large photos are tens of GB
@@ -272,6 +273,10 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     _check_settings(settings)
     root, out = Path(root), Path(out)
     _check_apart(root, out)
+    if any(os.path.realpath(out / name) == os.path.realpath(manifest)
+           for name in (MANIFEST, REPORT, STATE_FILE)):
+        raise HSNetError(f"--out {out}: crop would write its own {Path(manifest).name} over --manifest {manifest}; "
+                         "give another output folder")
     rows = read_manifest(manifest)
     if not rows:
         raise HSNetError(f"manifest {manifest} has no rows: nothing to crop")
@@ -393,10 +398,10 @@ def _summarise(items: list[_Item], entries: dict[str, dict], report: dict, setti
 
 
 def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict, settings: CropParams) -> None:
-    write_manifest(out / "manifest.csv", out_rows,
+    write_manifest(out / MANIFEST, out_rows,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "crop",
                             "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
-    write_json(out / "crop_report.json", report)
+    write_json(out / REPORT, report)
     keep = {out / r["path"] for r in out_rows}
     for stale in (out / IMAGES).rglob("*.png") if (out / IMAGES).is_dir() else []:
         if stale not in keep:  # crops of rows that left the manifest or now have no face

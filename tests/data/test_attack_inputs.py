@@ -258,3 +258,20 @@ def test_a_min_prob_outside_zero_to_one_is_refused_by_name(tmp_path, min_prob):
     Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
     with pytest.raises(HSNetError, match="min-prob"):
         predict([tmp_path / "x.png"], tmp_path / "no-such-model.pt", min_prob=min_prob, progress=False)
+
+
+def test_crop_never_overwrites_its_input_manifest(tmp_path):
+    """`hsnet data import --out W/manifest.csv` then `hsnet crop --manifest W/manifest.csv --out W`
+    replaced the import's manifest by the crops' one; the next crop read the crops' paths under
+    --root, found none, and deleted every crop as stale. Refused before anything is written."""
+    from hsnet.errors import HSNetError
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    work = tmp_path / "W"
+    work.mkdir()
+    write_manifest(work / "manifest.csv", _rows(_photos(root)))
+    before = (work / "manifest.csv").read_bytes()
+    with pytest.raises(HSNetError, match="--out"):
+        crop(work / "manifest.csv", root, work, settings=CropParams(detector="none", size=32), progress=False)
+    assert (work / "manifest.csv").read_bytes() == before
