@@ -336,6 +336,9 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     if out:  # an unwritable output is refused before any work
         if Path(out).is_dir():
             raise HSNetError(f"--out {out} is a folder; give a file name (JSON lines)")
+        if any(os.path.realpath(out) == os.path.realpath(f) for f in files):
+            raise HSNetError(f"--out {out} is one of the photos to predict on; give another file name "
+                             "(JSON lines)")
         check_writable(Path(out).parent, "--out")
         clean_stale_tmp(Path(out).parent, Path(out).name)
     if annotate_dir:

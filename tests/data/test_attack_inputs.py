@@ -275,3 +275,16 @@ def test_crop_never_overwrites_its_input_manifest(tmp_path):
     with pytest.raises(HSNetError, match="--out"):
         crop(work / "manifest.csv", root, work, settings=CropParams(detector="none", size=32), progress=False)
     assert (work / "manifest.csv").read_bytes() == before
+
+
+def test_predict_never_writes_its_results_over_an_input_photo(tmp_path):
+    """`hsnet predict photo.jpg --out photo.jpg` (a slip of the shell) replaced the photo by its
+    JSON lines. Refused before the model is loaded."""
+    from hsnet.errors import HSNetError
+    from hsnet.predict import predict
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.jpg")
+    before = (tmp_path / "x.jpg").read_bytes()
+    with pytest.raises(HSNetError, match="--out"):
+        predict([tmp_path], tmp_path / "no-such-model.pt", out=tmp_path / "x.jpg", progress=False)
+    assert (tmp_path / "x.jpg").read_bytes() == before
