@@ -29,6 +29,18 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# the files the build reads (.dockerignore's allow-list)
+context=$(sed -n 's/^!//p' .dockerignore | tr '\n' ' ')
+# A release tag names one version of the code: Kubeflow keys a cached step on the image's name, not
+# its digest, so a release tag built again from other code would serve results cached from the old.
+# shellcheck disable=SC2086
+if [ $release = 1 ] && { ! git rev-parse HEAD > /dev/null 2>&1 || [ -n "$(git status --porcelain -- Dockerfile $context)" ]; }; then
+  echo "build.sh: --release needs a clean checkout (files the image is built from differ from the commit:" \
+       "$(git status --porcelain -- Dockerfile $context 2> /dev/null | head -3 | tr '\n' ' ')); commit them," \
+       "and raise hsnet's __version__ for every release (a release tag must never name other code)" >&2
+  exit 2
+fi
+
 # a client that builds with BuildKit: docker with buildx, or a pre-23 client (built-in BuildKit)
 pick_docker() {
   local d major
@@ -49,8 +61,7 @@ read -r RELEASE_IMAGE RELEASE_SLIM VERSION < <("$PYTHON" -c \
   "import hsnet, components as c; print(c.IMAGE, c.SLIM_IMAGE, hsnet.__version__)")
 REPO=${RELEASE_IMAGE%:*}
 
-# the commit, and whether the files the build reads (.dockerignore's allow-list) differ from it
-context=$(sed -n 's/^!//p' .dockerignore | tr '\n' ' ')
+# the commit, and whether the files the build reads differ from it
 if commit=$(git rev-parse HEAD 2> /dev/null); then
   # shellcheck disable=SC2086
   [ -z "$(git status --porcelain -- Dockerfile $context)" ] || commit="$commit-dirty"

@@ -94,3 +94,21 @@ def test_compile_against_another_image(tmp_path, capsys):
     assert main([str(tmp_path), "--image", digest, "--slim-image", slim_digest]) == 0
     for name in default:
         assert _images(tmp_path / name) == expect(name, digest, slim_digest)
+
+
+def test_a_release_tag_is_built_only_from_a_clean_checkout(tmp_path):
+    """Kubeflow keys a cached step on the image's name, not its digest: `build.sh --release` from a
+    checkout whose image files differ from the commit would put the release tag (the one the
+    committed pipelines name) on other code, and cached results of the old code would be reused.
+    It stops before anything else (no Docker engine needed for the refusal)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    for rel in ("tests/container/build.sh", ".dockerignore", "Dockerfile"):  # the script under test, as it is now
+        (clone / rel).write_bytes((ROOT / rel).read_bytes())
+    _git(clone, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "as now", "--allow-empty")
+    with open(clone / "hsnet" / "io.py", "a") as f:
+        f.write("# an edit not committed\n")
+    done = subprocess.run(["bash", "tests/container/build.sh", "--release"], cwd=clone, capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHON": "false"})
+    assert done.returncode == 2
+    assert "--release needs a clean checkout" in done.stderr and "hsnet/io.py" in done.stderr
