@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -261,6 +262,10 @@ def _value(tp, value, where: str, meta: dict):
         if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isnan(value):  # it compares false with every bound: no range would stop it
+                raise ParamsError(f"{where}: nan is not a number")
+            if math.isinf(value):
+                raise ParamsError(f"{where}: {value} is not a finite number")
             return _in_range(float(value), where, meta)
         raise ParamsError(f"{where}: {value!r} is not a number")
     if tp is str:

@@ -57,6 +57,9 @@ def test_precedence_and_unknown_datasets(tmp_path):
     ({"train": {"betas": [1.5, 0.999]}}, r"datasets\.x\.train\.betas\[0\]: 1\.5 is out of range; it must be >= 0 and < 1"),
     ({"train": {"betas": [0.9, 1]}}, r"datasets\.x\.train\.betas\[1\]: 1\.0 is out of range; it must be >= 0 and < 1"),
     ({"train": {"betas": [-0.1, 0.9]}}, r"datasets\.x\.train\.betas\[0\]: -0\.1 is out of range"),
+    # NaN compares false with every bound: it passed every range (crop --min-prob nan: no face found anywhere)
+    ({"crop": {"min_prob": float("nan")}}, r"datasets\.x\.crop\.min_prob: nan is not a number"),
+    ({"train": {"lr": float("inf")}}, r"datasets\.x\.train\.lr: inf is not a finite number"),
     ({"train": {"scheduler": {"factor": 1.0}}}, r"scheduler\.factor: 1\.0 is out of range; it must be > 0 and < 1"),
     ({"crop": {"detector": "haar"}}, r"datasets\.x\.crop\.detector: 'haar' is not one of mtcnn, none"),
     ({"train": {"compile": "fastest"}}, r"train\.compile: 'fastest' is not true or false or null or one of auto"),
