@@ -229,9 +229,11 @@ class HSNetModel(kserve.Model):
                               "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)},
                               "size": list(images[i].size)}
             return records
-        faces = classify_faces(images, clf, loaded.detector, min_prob=self.min_prob)
+        failed: dict[int, str] = {}  # photos the detector failed on alone (out of memory): their own error
+        faces = classify_faces(images, clf, loaded.detector, min_prob=self.min_prob, failed=failed)
         records = []
-        for img, found, error in zip(images, faces, errors):
+        for row, (img, found, error) in enumerate(zip(images, faces, errors)):
+            error = error or failed.get(row)
             records.append({"faces": found, "error": error} if error else {"faces": found, "size": list(img.size)})
         return records
 

@@ -140,3 +140,29 @@ def test_the_readme_curl_line_works(server, photos, tmp_path):
     got = json.loads(out.stdout)
     assert got["model_name"] == "hsnet" and len(got["predictions"]) == 1
     assert len(got["predictions"][0]["faces"]) == 1 and got["predictions"][0]["size"] == [512, 512]
+
+
+def test_a_photo_the_detector_fails_on_is_that_photos_error_not_the_requests(trained, photos, tmp_path):
+    """A photo MTCNN fails on alone (out of memory: a 63 Mpx photo under a raised pixel limit on a
+    server with 1.2 GB to spare; on a GPU, CUDA's out of memory) failed the whole request, the other
+    photos' answers lost. It must be that photo's error, as a photo that can't be read is."""
+    import subprocess
+
+    from PIL import Image
+    from serve_helpers import encode
+
+    s = start_server(str(trained["checkpoint"]), tmp_path / "serve.log", HSNET_SERVE_MAX_IMAGE_PIXELS=70_000_000,
+                     HSNET_SERVE_MAX_REQUEST_PIXELS=80_000_000)
+    try:
+        vm = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{s.proc.pid}/status")
+                  if line.startswith("VmSize"))
+        subprocess.run(["prlimit", f"--pid={s.proc.pid}", f"--as={vm + (1200 << 20)}"], check=True)
+        big = encode(Image.new("RGB", (8000, 7900), (90, 120, 150)), "PNG")
+        status, body = post(s.url + "/v1/models/hsnet:predict",
+                            {"instances": [{"b64": b64(photos["astronaut"])}, {"b64": b64(big)}]}, timeout=300)
+    finally:
+        s.stop()
+    assert status == 200, body
+    first, second = body["predictions"]
+    assert len(first["faces"]) == 1 and first["size"] == [512, 512]
+    assert second["faces"] == [] and "8000x7900" in second["error"], second
