@@ -24,12 +24,12 @@ import torch
 
 from . import checkpoint, guards, interrupt, tracking
 from .data.datasets import get_spec
-from .data.manifest import read_manifest
+from .data.manifest import CROP_REPORT, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
 from .io import clean_stale_tmp, write_json
 from .model import MIN_INPUT_SIZE
-from .params import COMPILE_MODES, WHOLE_STEP, Params, TrainParams, flatten
+from .params import COMPILE_MODES, WHOLE_STEP, CropParams, Params, ParamsError, TrainParams, flatten, section
 from .plots import plot_training_curves
 from .step import Step
 from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, check_nonempty,
@@ -220,6 +220,24 @@ def _splits(data_dir: Path, dataset: str, num_classes: int) -> tuple[Path, dict[
     return manifest, splits
 
 
+def _crops_made_with(data_dir: Path, from_params: dict) -> dict:
+    """The crop settings of the crops in ``data_dir`` as ``hsnet crop`` recorded them (a flag such as
+    --margin may have overridden params.yaml), else ``from_params``: the checkpoint carries them to
+    hsnet predict and the server, which must cut faces as the model saw them."""
+    made = crop_settings(data_dir)
+    if made is None:
+        return from_params
+    try:
+        made = dataclasses.asdict(section(CropParams, made))
+    except ParamsError as exc:
+        raise HSNetError(f"{data_dir / CROP_REPORT}: its crop settings are not this version's ({exc}); "
+                         "run hsnet crop again") from exc
+    if made != from_params:
+        log.warning("the crops in %s were cut with %s, params say %s: the checkpoint records the crops' settings",
+                    data_dir, made, from_params)
+    return made
+
+
 def _finish(out_dir: Path, state: TrainingState, meta: dict, setup: Setup, active) -> dict:
     """history.json, train_summary.json, the curves; logged to MLflow when tracking."""
     best_path = out_dir / checkpoint.BEST
@@ -273,6 +291,7 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     train_step = Step(step_model, setup, optimizer, whole_graph=True) if graphed else None
     val_step = Step(step_model, setup, whole_graph=True) if graphed else None
     cfg = params.to_dict()
+    cfg["crop"] = _crops_made_with(data_dir, cfg["crop"])  # what predict cuts faces with
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
             "code_version": tracking.code_version()}

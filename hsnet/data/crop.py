@@ -35,14 +35,14 @@ from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
                   safe_join, sha256_file, write_json)
 from ..params import CropParams, Params
-from .manifest import read_manifest, write_manifest
+from .manifest import CROP_REPORT as REPORT, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 DETECTORS = ("mtcnn", "none")
 NO_FACE_POLICIES = ("drop", "center")
 STATE_FILE = "crop_state.json"
-MANIFEST, REPORT = "manifest.csv", "crop_report.json"  # crop's outputs beside images/
+MANIFEST = "manifest.csv"  # crop's outputs beside images/ (and REPORT, from .manifest: train reads it too)
 IMAGES = "images"  # the crops' folder inside --out
 CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batches are cut from them)
 DECODED_BYTES = 1 << 30  # and at most about this much decoded RGB: 256 large photos are tens of GB

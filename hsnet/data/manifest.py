@@ -12,6 +12,7 @@ from ..io import FileReadError, atomic_path, open_regular
 
 COLUMNS = ["path", "label", "label_name", "split", "subject"]
 SPLITS = ("train", "val", "test")
+CROP_REPORT = "crop_report.json"  # hsnet crop's record beside its manifest: counts and the settings it cut with
 
 
 class ManifestError(HSNetError):
@@ -86,3 +87,21 @@ def _first_bad_line(path: Path) -> str:
             except UnicodeDecodeError as exc:
                 return f"line {n}: {line[max(0, exc.start - 10):exc.start + 10]!r}"
     return "an invalid byte sequence"
+
+
+def crop_settings(data_dir: str | os.PathLike) -> dict | None:
+    """The settings ``hsnet crop`` cut the crops in ``data_dir`` with (its report's ``settings``), or
+    None where no report says (crops made otherwise)."""
+    import json
+
+    path = Path(data_dir) / CROP_REPORT
+    try:
+        with open_regular(path) as f:
+            settings = json.load(f).get("settings")
+    except FileReadError:
+        if not path.exists():
+            return None
+        raise
+    except (ValueError, AttributeError) as exc:
+        raise ManifestError(f"{path} is not hsnet crop's report ({exc}); run hsnet crop again") from exc
+    return settings if isinstance(settings, dict) else None

@@ -334,3 +334,32 @@ def test_the_optimizer_is_the_papers_adam_fused_on_a_gpu():
     torch.testing.assert_close(weights["cuda"], weights["cpu"], rtol=1e-5, atol=1e-6)
     with pytest.raises(HSNetError, match="train.optimizer 'sgd'"):
         make_optimizer(list(model.parameters()), dataclasses.replace(tp, optimizer="sgd"), Setup(torch.device("cpu"), None, False))
+
+
+def test_the_checkpoint_records_the_crop_settings_the_crops_were_made_with(tiny_data, tiny_params, tmp_path):
+    """Crops cut with `hsnet crop --margin 6` (a flag, not params.yaml) and trained with params
+    whose crop margin is 0: the checkpoint recorded params' margin, so hsnet predict and the server
+    cut faces tighter than the model was trained on. The crops' own record (crop_report.json) is
+    what the model saw; a difference from params is logged."""
+    import shutil
+
+    from hsnet.checkpoint import load
+    from hsnet.data.crop import crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.sample import generate
+    from hsnet.params import CropParams
+    from hsnet.predict import Classifier
+
+    generate(tmp_path / "raw", per_class=2, size=96, seed=5)
+    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
+    made_with = CropParams(detector="none", size=80, margin=6, min_prob=0.5)
+    crop(tmp_path / "manifest.csv", tmp_path / "raw", tmp_path / "crops", settings=made_with, progress=False)
+    params = Params.resolve(tiny_params, "sample", {"train": {"epochs": 1}})
+    assert params.crop.margin == 0 and params.crop.min_prob == 0.0  # what params.yaml says
+    train(tmp_path / "crops", params, tmp_path / "run", device="cpu", track=False, progress=False)
+    recorded = load(tmp_path / "run" / "best.pt")["meta"]["params"]["crop"]
+    assert recorded == {"detector": "none", "size": 80, "margin": 6, "no_face": "drop", "min_face_size": 20,
+                        "min_prob": 0.5}
+    classifier = Classifier.from_checkpoint(tmp_path / "run" / "best.pt", device="cpu")
+    assert (classifier.margin, classifier.crop_size) == (6, 80)
+    shutil.rmtree(tmp_path / "run")
