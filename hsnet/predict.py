@@ -112,18 +112,30 @@ def as_rgb_array(face) -> np.ndarray:
 
 
 def load_classifier(model: str | os.PathLike, device: str | None = None) -> Classifier:
-    """A checkpoint file, or an MLflow model URI (``models:/hsnet-rafdb@production``, ``runs:/...``)."""
+    """A checkpoint file, or an MLflow model URI (``models:/hsnet-rafdb@production``, ``runs:/...``).
+    A registered version's files are checked against those it was registered with before MLflow
+    imports any code from them (:func:`hsnet.registry.check_model_files`)."""
     text = str(model)
     if Path(text).is_file():
         return Classifier.from_checkpoint(text, device=device)
     if "://" in text or text.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from . import tracking
+        from . import registry, tracking
 
         uri = tracking.connect()
         try:
-            loaded = mlflow.pyfunc.load_model(str(tracking.fetch_model(text) or text))
+            if text.startswith("models:/"):  # the alias resolved once: the version checked is the one loaded
+                name, version = tracking.model_version(text)
+                local = tracking.fetch_model(f"models:/{name}/{version}")
+                if not registry.check_model_files(mlflow.MlflowClient(), name, version, local):
+                    log.warning("%s version %s was registered before model files were recorded: its files "
+                                "can't be checked; register its checkpoint again to have them checked", name, version)
+            else:
+                local = tracking.fetch_model(text)
+            loaded = mlflow.pyfunc.load_model(str(local or text))
+        except HSNetError:  # registry.ModelChanged: said as it is
+            raise
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types
             raise HSNetError(f"--model {text}: can't load it from MLflow at {uri} "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check the name "

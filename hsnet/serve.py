@@ -77,20 +77,13 @@ def resolve(model: str) -> tuple[str, str, str | None]:
     if Path(text).is_file():
         return text, "sha256:" + sha256_file(text)[:12], None
     if text.startswith("models:/"):
-        import mlflow
         from mlflow.exceptions import MlflowException
 
         from . import tracking
 
         uri = tracking.connect()
-        rest = text[len("models:/"):].strip("/")
         try:
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-            else:
-                name, _, version = rest.rpartition("/")
-                mlflow.MlflowClient().get_model_version(name, version)
+            name, version = tracking.model_version(text)
         except MlflowException as exc:
             raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
                              "check the name and alias (hsnet promote)") from exc
@@ -99,20 +92,6 @@ def resolve(model: str) -> tuple[str, str, str | None]:
         return text, text[len("runs:/"):].split("/", 1)[0], None
     raise HSNetError(f"--model {text}: no such checkpoint file, and not models:/NAME@ALIAS, models:/NAME/VERSION "
                      "or runs:/RUN_ID/model")
-
-
-def check_files(uri: str, name: str, version: str) -> None:
-    """The version's files, downloaded into the model cache that loading reads, checked against
-    those recorded at registration before MLflow imports any of their code (the model carries
-    hsnet's source): :class:`hsnet.registry.ModelChanged` if they were replaced since."""
-    import mlflow
-
-    from . import registry, tracking
-
-    local = tracking.fetch_model(uri)
-    if not registry.check_model_files(mlflow.MlflowClient(), name, version, local):
-        log.warning("%s was registered before model files were recorded: its files can't be checked; "
-                    "register its checkpoint again to have them checked", uri)
 
 
 def _flag(value) -> bool:
@@ -147,9 +126,7 @@ class HSNetModel(kserve.Model):
         from .predict import load_classifier
 
         uri, version, registered = resolve(self.model_ref)
-        if registered is not None:
-            check_files(uri, registered, version)
-        classifier = load_classifier(uri, self.device)
+        classifier = load_classifier(uri, self.device)  # a registered version's files are checked first
         detector = Detector(str(classifier.setup.device), min_face_size=self.min_face_size)
         loaded = Loaded(classifier, detector, uri, version, registered)
         self._infer(loaded, [], crops=False)  # nothing to do, but proves the objects work together

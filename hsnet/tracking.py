@@ -145,6 +145,21 @@ def connect() -> str:
 MODEL_CACHE_KEEP = 5  # model copies kept per tracking server, the most recently used
 
 
+def model_version(uri: str) -> tuple[str, str]:
+    """(registered name, version) of ``models:/NAME@ALIAS`` (the alias resolved now) or
+    ``models:/NAME/VERSION`` (checked to exist). Errors are MLflow's; the caller names the URI."""
+    import mlflow
+
+    rest = uri[len("models:/"):].strip("/")
+    client = mlflow.MlflowClient()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.rpartition("/")
+    client.get_model_version(name, version)  # exists?
+    return name, version
+
+
 def fetch_model(uri: str) -> Path | None:
     """A local copy of the MLflow model at ``uri``, downloaded once and reused.
 
@@ -157,14 +172,7 @@ def fetch_model(uri: str) -> Path | None:
     import mlflow
 
     if uri.startswith("models:/"):
-        rest = uri[len("models:/"):].strip("/")
-        client = mlflow.MlflowClient()
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
-        else:
-            name, _, version = rest.rpartition("/")
-            client.get_model_version(name, version)  # exists?
+        name, version = model_version(uri)
         source, key = f"models:/{name}/{version}", f"{name}-v{version}"
     elif uri.startswith("runs:/"):
         source, key = uri, "run-" + uri[len("runs:/"):].strip("/")

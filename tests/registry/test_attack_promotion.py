@@ -94,6 +94,16 @@ def test_code_replaced_in_the_registry_is_not_run_by_hsnet_serve(use_mlflow_serv
     assert not marker.exists(), "code written into the registry's artifacts ran in hsnet serve"
     assert proc.returncode == 2 and "changed after registration" in err, err[-2000:]
 
+    # hsnet predict loads registered models the same way (it ran the code before the check moved
+    # into load_classifier, which both use)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    done = subprocess.run([hsnet, "predict", str(tmp_path / "photo.png"), "--model", f"models:/{name}@production"],
+                          capture_output=True, text=True, timeout=240)
+    assert not marker.exists(), "code written into the registry's artifacts ran in hsnet predict"
+    assert done.returncode == 2 and "changed after registration" in done.stderr, done.stderr[-2000:]
+
 
 def test_promote_a_deleted_version_and_an_alias_of_a_deleted_version(use_mlflow_server, evaluated, capsys):
     from hsnet.cli import main
