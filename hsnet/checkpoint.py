@@ -49,6 +49,22 @@ def for_inference(ckpt: dict) -> dict:
     return {k: ckpt[k] for k in INFERENCE_KEYS}
 
 
+def _why_unloadable(exc: Exception) -> str:
+    """What torch.load's error means, in a few words: PyTorch's own message suggests loading the
+    file with weights_only=False (running whatever code it holds), which hsnet never does."""
+    import pickle
+
+    text = str(exc)
+    if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
+        return "is damaged or incomplete (not a whole PyTorch file: a copy cut short?)"
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail = next((line for line in detail if line.strip()), "")[:200] if "WeightsUnpickler" in text else ""
+        return ("is not a checkpoint hsnet can load: it is not a PyTorch file, or holds more than tensors and "
+                "plain data, which is refused unread" + (f" ({detail})" if detail else ""))
+    return f"is not a checkpoint hsnet can load ({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})"
+
+
 def load(path: str | os.PathLike) -> dict:
     """A checkpoint read safely (``weights_only``), or an error naming the file."""
     path = Path(path)
@@ -57,8 +73,8 @@ def load(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise HSNetError(f"checkpoint {path} can't be loaded safely ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200]})") from exc
+        raise HSNetError(f"checkpoint {path} {_why_unloadable(exc)}; use a checkpoint written by hsnet train "
+                         "(copy it again, or train again)") from exc
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in INFERENCE_KEYS):
         raise HSNetError(f"{path} is not an hsnet training checkpoint")
     if ckpt.get("format") != FORMAT:

@@ -28,3 +28,24 @@ def test_weights_that_dont_fit_the_model_are_refused():
     ckpt = {"format": checkpoint.FORMAT, "meta": META, "model": {"classifier.weight": torch.zeros(3, 3)}, "state": {}}
     with pytest.raises(HSNetError, match="weights don't fit the model its metadata describes"):
         checkpoint.model_from(ckpt)
+
+
+def test_a_damaged_or_foreign_file_is_named_with_what_to_do_never_advice_to_load_it_unsafely(tmp_path):
+    """PyTorch's own message, cut at 200 characters, ended in "Re-running `torch.load` with
+    `weights_only` set to `False`" (advice to run the file's code) for a file that isn't a
+    checkpoint, and mid-sentence for a truncated one; neither said what to do."""
+    import os
+
+    good = tmp_path / "good.pt"
+    torch.save({"format": checkpoint.FORMAT, "meta": META, "model": {"w": torch.zeros(1000, 100)}, "state": {}}, good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "text.pt").write_text("x\n")
+    torch.save({"model": os.system}, tmp_path / "pickled.pt")  # a function reference: what an attack pickles
+    for name, why in [("truncated.pt", "damaged or incomplete"), ("text.pt", "not a checkpoint hsnet can load"),
+                      ("pickled.pt", "not a checkpoint hsnet can load")]:
+        with pytest.raises(HSNetError) as err:
+            checkpoint.load(tmp_path / name)
+        message = str(err.value)
+        assert name in message and why in message, message
+        assert "weights_only` set to `False`" not in message and "False" not in message, message
+        assert "hsnet train" in message, message
