@@ -379,3 +379,19 @@ def test_kfp_ablation_pipeline_with_two_runs_per_gpu(tmp_path, monkeypatch):
                for p in root.rglob("metrics.json") if "train-evaluate-group" in str(p)}
     assert by_name == {n: r[n]["accuracy"] for r in records for n in r}
     _check_report(root, evals)
+
+
+def test_a_report_of_no_experiments_does_not_replace_a_report(tmp_path):
+    """In a fresh clone DVC's experiments are not there (git clone doesn't fetch refs/exps), so the
+    README's `hsnet reproduce report --out docs/results.md` replaced the committed results with an
+    all-"missing" table. With no finished experiment an existing report is kept, and the error says
+    why and what to do; where there is no report yet, the to-do table is written."""
+    from hsnet.errors import HSNetError
+
+    out = tmp_path / "results.md"
+    out.write_text("the committed results\n")
+    with pytest.raises(HSNetError, match=r"no finished experiment.*results\.md is kept.*dvc exp pull .*--all-commits"):
+        reproduce.report(out, rows=[])
+    assert out.read_text() == "the committed results\n"
+    todo = reproduce.report(tmp_path / "new.md", rows=[])
+    assert (tmp_path / "new.md").is_file() and todo["missing"]
