@@ -431,8 +431,25 @@ def promote(name: str, *, version: int | str | None = None, metric: str = "accur
     if metric not in METRICS:
         raise HSNetError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     client = _client()
+    _require_model(client, name)
     with _promotion_lock(client, name):
         return _promote_locked(client, name, version, metric, min_delta, force)
+
+
+def _require_model(client, name: str) -> None:
+    """``name`` is a registered model, or an error naming the models there are (a misspelt name
+    would otherwise read as "no candidate version")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    names = sorted(m.name for m in client.search_registered_models(max_results=1000)
+                   if not m.name.endswith(LOCK_SUFFIX))
+    raise HSNetError(f"no registered model {name!r} at {tracking.mask_uri(tracking.connect())}: "
+                     f"{', '.join(names[:20]) + (' ...' if len(names) > 20 else '') if names else 'none yet'}")
 
 
 def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
@@ -514,6 +531,7 @@ def _move(client, name: str, new_version, old) -> None:
 def rollback(name: str) -> dict:
     """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``)."""
     client = _client()
+    _require_model(client, name)
     with _promotion_lock(client, name):
         prev, prod = _alias_version(client, name, PREVIOUS), _alias_version(client, name, PRODUCTION)
         if prev is None:

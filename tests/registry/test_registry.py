@@ -404,6 +404,12 @@ def test_local_sqlite_registry_without_a_server(local_mlflow, evaluated):
     assert rollback("hsnet-sample")["production"] == 1
     assert _aliases(client, "hsnet-sample") == {"candidate": 2, "production": 1, "previous": 2}
 
+    # a misspelt name: said so, with the models there are; no lock model left behind for it
+    for step in (promote, rollback):
+        with pytest.raises(HSNetError, match=r"no registered model 'hsnet-smaple' .*: hsnet-sample\b"):
+            step("hsnet-smaple")
+    assert [m.name for m in client.search_registered_models()] == ["hsnet-sample"]
+
 
 def _fake_mlflow(tmp_path) -> Path:
     """An `mlflow` entry point as pip writes one (a script run by the environment's Python) that
