@@ -123,7 +123,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
         from . import registry, tracking
 
-        uri = tracking.connect()
+        uri = tracking.connect(create=False)  # a registry lookup: no empty store made wherever this runs
         try:
             if text.startswith("models:/"):  # the alias resolved once: the version checked is the one loaded
                 name, version = tracking.model_version(text)

@@ -81,7 +81,7 @@ def resolve(model: str) -> tuple[str, str, str | None]:
 
         from . import tracking
 
-        uri = tracking.connect()
+        uri = tracking.connect(create=False)
         try:
             name, version = tracking.model_version(text)
         except MlflowException as exc:

@@ -66,10 +66,19 @@ def _move_credentials(uri: str) -> str:
     return clean
 
 
-def tracking_uri() -> str:
+def tracking_uri(create: bool = True) -> str:
+    """MLFLOW_TRACKING_URI (its credentials moved out), else the local store ``mlflow/mlflow.db``
+    under the current folder: created for steps that record, refused by name for those that only
+    read (``create=False``: a registry lookup), which would otherwise make an empty store wherever
+    they run and then not find the model."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return _move_credentials(uri)
+    if not create and not DEFAULT_STORE.is_file():
+        raise TrackingUnavailable(f"MLFLOW_TRACKING_URI is not set and there is no local store {DEFAULT_STORE} in "
+                                  f"{Path.cwd()} (the store hsnet's steps write, relative to the folder they "
+                                  "run in): run this from the project folder, or set MLFLOW_TRACKING_URI "
+                                  "(e.g. sqlite:////path/to/project/mlflow/mlflow.db or http://host:5000)")
     DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DEFAULT_STORE.resolve()}"
 
@@ -129,11 +138,12 @@ def ensure_store(uri: str | None) -> None:
         mlflow.MlflowClient(uri).search_experiments(max_results=1)
 
 
-def connect() -> str:
-    """Point MLflow at the tracking URI after checking it answers; returns the URI."""
+def connect(create: bool = True) -> str:
+    """Point MLflow at the tracking URI after checking it answers; returns the URI. ``create``:
+    see :func:`tracking_uri` (False where the caller only reads the registry)."""
     import mlflow
 
-    uri = tracking_uri()
+    uri = tracking_uri(create)
     check_reachable(uri)
     ensure_store(uri)
     mlflow.set_tracking_uri(uri)

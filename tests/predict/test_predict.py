@@ -229,3 +229,16 @@ def test_model_cache_keeps_names_that_sanitise_alike_apart(local_mlflow, tmp_pat
     a, b = tracking.fetch_model("models:/hsnet sample/1"), tracking.fetch_model("models:/hsnet_sample/1")
     assert a != b and a.parent == b.parent
     assert (a / "MLmodel").read_text() == "# one\n" and (b / "MLmodel").read_text() == "# two\n"
+
+
+def test_a_registry_model_outside_the_project_folder_names_the_store_and_makes_none(tmp_path, monkeypatch):
+    """`cd /tmp && hsnet predict x.jpg --model models:/hsnet-sample@production` created
+    /tmp/mlflow/mlflow.db (an empty store) and then said the model was not found there."""
+    from hsnet.predict import load_classifier
+    from hsnet.tracking import TrackingUnavailable
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(TrackingUnavailable, match=rf"MLFLOW_TRACKING_URI is not set .*mlflow/mlflow\.db in {tmp_path}"):
+        load_classifier("models:/hsnet-sample@production")
+    assert list(tmp_path.iterdir()) == []
