@@ -33,7 +33,7 @@ from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, cle
 
 log = logging.getLogger(__name__)
 
-CHUNK = 32  # photos decoded, detected and classified together
+CHUNK = 32  # photos decoded, detected and classified together (fewer when they are large: _read_chunks)
 MIN_FACE_SIZE = 40  # pixels; MTCNN's default of 20 finds faces too small to read an expression from
 
 
@@ -300,8 +300,27 @@ def annotate(image: Image.Image, faces: list[dict]) -> Image.Image:
     return out
 
 
-def _predict_chunk(paths, clf, detector, pool, min_prob, targets, results, no_face, unreadable) -> None:
-    photos = list(pool.map(_read, paths)) if pool is not None and len(paths) > 1 else [_read(p) for p in paths]
+def _read_chunks(files: list[Path], pool: ThreadPoolExecutor | None, window: int):
+    """The photos of ``files`` read ``window`` at a time (one per worker), in chunks of at most
+    CHUNK photos and about crop's DECODED_BYTES of decoded RGB: 32 photos of 64 Mpx (each under the
+    per-image limit) are 6 GB."""
+    from .data import crop
+
+    todo: list[_Photo] = []
+    held = 0
+    for i in range(0, len(files), window):
+        batch = files[i:i + window]
+        for photo in (list(pool.map(_read, batch)) if pool is not None and len(batch) > 1 else map(_read, batch)):
+            todo.append(photo)
+            held += photo.image.width * photo.image.height * 3 if photo.image is not None else 0
+        if len(todo) >= CHUNK or held >= crop.DECODED_BYTES:
+            yield todo
+            todo, held = [], 0
+    if todo:
+        yield todo
+
+
+def _predict_chunk(photos, clf, detector, pool, min_prob, targets, results, no_face, unreadable) -> None:
     failed: dict[int, str] = {}
     per_photo = classify_faces([photo.image for photo in photos], clf, detector, min_prob=min_prob, pool=pool,
                                failed=failed)
@@ -362,10 +381,10 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     results, no_face, unreadable = [], [], []
     bar = tqdm(total=len(files), desc="predict", unit="photo", disable=None if progress else True)
     on_gpu = clf.setup.device.type == "cuda"
-    pool = None if on_gpu else ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    workers = workers or min(8, os.cpu_count() or 1)
+    pool = None if on_gpu else ThreadPoolExecutor(workers)
     try:
-        chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
-        for chunk in chunks:
+        for chunk in _read_chunks(files, pool, workers):
             _predict_chunk(chunk, clf, detector, pool, min_prob, targets, results, no_face, unreadable)
             bar.update(len(chunk))
     finally:

@@ -242,3 +242,34 @@ def test_a_registry_model_outside_the_project_folder_names_the_store_and_makes_n
     with pytest.raises(TrackingUnavailable, match=rf"MLFLOW_TRACKING_URI is not set .*mlflow/mlflow\.db in {tmp_path}"):
         load_classifier("models:/hsnet-sample@production")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_holds_a_bounded_amount_of_decoded_pixels(trained_ckpt, tmp_path):
+    """predict decoded its chunk of 32 photos before detecting in any, whatever their size: 32
+    photos of 64 Mpx (under the per-image limit, a few KB each as PNG) are 6 GB of RGB. Here 32
+    photos of 6.25 Mpx (600 MB decoded) with a 64 MB budget must not all be held at once, and
+    every photo still gets its record, in order."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from PIL import Image
+
+    for i in range(32):
+        Image.new("RGB", (2500, 2500), (i, 100, 200)).save(tmp_path / f"big{i:02d}.png")
+    code = textwrap.dedent(f"""
+        import resource
+        import hsnet.data.crop as c
+        from hsnet.predict import predict
+        c.DECODED_BYTES = 64 << 20
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        r = predict([{str(tmp_path)!r}], {str(trained_ckpt)!r}, device="cpu", progress=False, workers=2,
+                    min_face_size=600)  # a short MTCNN pyramid: the decoded photos are what is measured
+        assert [p["path"].rsplit("/", 1)[1] for p in r["results"]] == [f"big{{i:02d}}.png" for i in range(32)], r
+        assert all(p["size"] == [2500, 2500] for p in r["results"])
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mib = int(done.stdout.split()[-1])
+    assert grown_mib < 400, f"peak memory grew by {grown_mib} MiB for 600 MB of photos, budget 64 MB"
