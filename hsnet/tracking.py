@@ -268,8 +268,11 @@ def system_tags() -> dict:
 
 
 @contextmanager
-def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True):
-    """An MLflow run in experiment ``hsnet`` (created with artifacts under mlflow/artifacts)."""
+def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, continue_run: str | None = None):
+    """An MLflow run in experiment ``hsnet`` (created with artifacts under mlflow/artifacts).
+    ``continue_run``: the run of a training being resumed, continued when it is there with the same
+    params (a retried pod's epochs then join its history, and it ends finished, not RUNNING for
+    ever); a new run otherwise."""
     if not enabled:
         yield None
         return
@@ -286,8 +289,28 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True):
         raise TrackingUnavailable(f"MLflow tracking store {mask_uri(uri)} is not usable: "
                                   f"{mask_uri(str(exc))}") from exc
     mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=run_name) as active:
+    flat = {k: ("null" if v is None else v) for k, v in params.items()}
+    previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
+    with mlflow.start_run(run_id=previous, run_name=None if previous else run_name) as active:
         mlflow.set_tags({**system_tags(), **tags})
-        flat = {k: ("null" if v is None else v) for k, v in params.items()}
-        mlflow.log_params(flat)
+        if not previous:
+            mlflow.log_params(flat)
         yield active
+
+
+def _continuable(client, run_id: str | None, experiment, params: dict) -> str | None:
+    """``run_id`` if that run is in ``experiment``, not deleted, with these params; else None."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        old = client.get_run(run_id)
+    except MlflowException:
+        log.warning("MLflow run %s of the resumed training is not on this tracking server: a new run", run_id)
+        return None
+    if old.info.lifecycle_stage != "active" or old.info.experiment_id != experiment.experiment_id \
+            or old.data.params != {k: str(v) for k, v in params.items()}:
+        log.warning("MLflow run %s of the resumed training was deleted, moved or has other params: a new run", run_id)
+        return None
+    return run_id

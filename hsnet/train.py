@@ -177,9 +177,10 @@ def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: Tr
 
 
 def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setup, *,
-                auto: bool = False) -> TrainingState | None:
-    """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from.
-    ``auto``: None (nothing loaded) when ``last.pt`` is from other data, settings or code."""
+                auto: bool = False) -> tuple[TrainingState, str | None] | None:
+    """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from
+    and the MLflow run it was recorded in (continued). ``auto``: None (nothing loaded) when
+    ``last.pt`` is from other data, settings or code."""
     ckpt = checkpoint.load(path)
     same = ("data_version", "params", "code_version")
     if auto and any(ckpt["meta"].get(k) != meta[k] for k in same):
@@ -202,7 +203,7 @@ def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setu
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
     state = TrainingState(**ckpt["state"])
     log.info("resuming %s from epoch %d (best val acc %.4f)", path, state.epoch, state.best_acc)
-    return state
+    return state, ckpt["meta"].get("mlflow_run_id")
 
 
 def _splits(data_dir: Path, dataset: str, num_classes: int) -> tuple[Path, dict[str, list[dict]]]:
@@ -298,9 +299,10 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left; one trainer per folder
     last_path = out_dir / checkpoint.LAST
-    state = TrainingState()
+    state, previous_run = TrainingState(), None
     if resume and last_path.is_file():
-        state = resume_from(last_path, meta, model, optimizer, scheduler, setup, auto=resume == "auto") or state
+        state, previous_run = (resume_from(last_path, meta, model, optimizer, scheduler, setup, auto=resume == "auto")
+                               or (state, None))
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
@@ -312,7 +314,8 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     tags = {"dataset": params.dataset, "git_commit": tracking.git_commit(), "data_version": meta["data_version"],
             "step": "train", **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
     run_params = flatten({k: v for k, v in cfg.items() if k != "crop"})
-    with tracking.run(f"train-{params.dataset}", params=run_params, tags=tags, enabled=track) as active:
+    with tracking.run(f"train-{params.dataset}", params=run_params, tags=tags, enabled=track,
+                      continue_run=previous_run) as active:
         meta["mlflow_run_id"] = active.info.run_id if active else None
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, epochs, tp.batch_size,

@@ -133,6 +133,17 @@ def test_killed_train_step_resumes_from_s3(tmp_path, monkeypatch, capfd, s3_serv
     assert load(end_last)["state"]["epoch"] == epochs
     assert _same(_weights(end_last), _weights(ref_last))
 
+    # ... in the killed attempt's MLflow run: one run with every epoch, finished (a new run per
+    # attempt split the history and left the killed one RUNNING for ever)
+    from mlflow import MlflowClient
+
+    run_id = load(tmp_path / "killed-last.pt")["meta"]["mlflow_run_id"]
+    assert load(end_last)["meta"]["mlflow_run_id"] == run_id
+    client = MlflowClient(local_mlflow)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # (epochs after the last upload to S3 ran twice, the second time from the same state)
+    assert sorted({m.step for m in client.get_metric_history(run_id, "val_accuracy")}) == list(range(1, epochs + 1))
+
 
 def test_resume_auto_restarts_on_other_settings(tmp_path, tiny_data, caplog):
     """last.pt of other settings (dvc repro after a params change) is not resumed with resume="auto";
