@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
@@ -6,24 +8,34 @@ from . import SLIM_IMAGE
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
-                   runs: list = [], require_stem_uri: bool = False) -> str:
+                   runs: list = [], require_stem_uri: bool = False) -> NamedTuple("Outputs", version=str, settings=dict):
     """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
     DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
     an input, so new data at the same source is fetched (and everything after it re-run) and
     unchanged data reuses the cache. The first step, so it also checks ``params`` for ``dataset``,
     that no two items of ``runs`` are the same configuration and seed, and (with
-    ``require_stem_uri``) that every KTL run of ``runs`` names its stem weights."""
+    ``require_stem_uri``) that every KTL run of ``runs`` names its stem weights.
+    ``settings``: ``params`` cut to what ``dataset``'s settings come from (``defaults`` and
+    ``datasets.<dataset>``), for the later steps: a parameter's value is part of their cache key,
+    so another dataset's edit to params reuses their results, as DVC does (``params`` itself when
+    no dataset is named)."""
+    from typing import NamedTuple
+
     from components.convert import check_stem_weights, group_settings, params_for, start_step
     from hsnet.data.fetch import source_version as version_of
 
     start_step()
+    settings = params
     if dataset:
-        params_for(params, dataset)
+        params_for(params, dataset)  # checked: a wrong key or value stops the run here
+        settings = {"datasets_to_run": [dataset], "datasets": {dataset: params["datasets"][dataset]},
+                    **({"defaults": params["defaults"]} if params.get("defaults") else {})}
         if runs:  # the ablation's: one training per configuration and seed (a twin would share its
             group_settings(params, dataset, runs)  # checkpoints and count twice in Table 6)
         if require_stem_uri:
             check_stem_weights(params, dataset, runs)
-    return version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None)
+    outputs = NamedTuple("Outputs", version=str, settings=dict)
+    return outputs(version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None), settings)
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)

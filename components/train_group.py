@@ -14,8 +14,11 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
     run; ``evaluations``: RUN/metrics.json (and the evaluation's other files) per run, and runs.json
     (every run's record: exit code, seconds, accuracy or what failed).
     ``checkpoint_uri``: durable checkpoints per run (as train_model), so a restarted pod resumes
-    them all. The step fails only when no run finished: a failed run among finished ones is a
-    record (runs.json, and the report's missing runs), not the loss of the others."""
+    them all. Every run trains to its end whatever the others do, and the outputs are written; then
+    the step fails if any run failed: Kubeflow caches a task that succeeded, so a group that
+    succeeded with a failed run would be reused as it is by every later submission and its run
+    never trained again. A retry of the pipeline run (same run id) resumes the finished runs from
+    their checkpoints as finished and trains only the failed ones."""
     import os
     import shutil
     import tempfile
@@ -44,6 +47,11 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
                 shutil.copyfile(src, Path(models.path) / name / src.name)
         Path(evaluations.path).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(work) / RUNS_FILE, Path(evaluations.path) / RUNS_FILE)
-    if len(bad) == len(records):
-        raise HSNetError(f"no run of this group finished: {bad} (see each run's output above)")
     models.metadata.update(dataset=dataset, runs=sorted(settings), failed=sorted(bad))
+    if bad:
+        raise HSNetError(f"{len(bad)} of {len(records)} runs of this group failed: "
+                         + "; ".join(f"{name}: {why}" for name, why in sorted(bad.items()))
+                         + " (each run's output is above). Fix the cause, then Retry the pipeline run: the finished "
+                         "runs resume from their checkpoints" + (" (checkpoint_uri)" if uris else
+                                                                " (none here: checkpoint_uri is empty, they train again)")
+                         + " and only the failed ones train")

@@ -8,6 +8,13 @@ n and a 95% interval, and which of the paper's orderings the runs support (Markd
 With ``runs_per_gpu`` > 1 the runs go in groups of that many, each group one GPU pod that
 trains its runs side by side (one process each: components/train_group.py, hsnet.concurrent)
 and evaluates them; the report is the same.
+A failed run fails its task (its train task; with groups, its group once the group's other runs
+have finished), and the report runs only when every run finished: Kubeflow caches tasks that
+succeeded, so a failure recorded as a success would be reused by every later submission and its
+run never trained again; and Argo stops starting a loop's other iterations after one fails
+(kubeflow/pipelines#7330), so a report of whatever finished would be a report of an arbitrary
+subset. Fix the cause and Retry the run: finished tasks are kept, finished runs of a failed group
+resume from their checkpoints, and only what failed (or never started) trains.
 Compile: ``python -m pipelines.compile``; upload ``pipelines/ablation_pipeline.yaml``.
 """
 
@@ -70,11 +77,11 @@ def ablation_pipeline(
     ``runs_per_gpu``: 1, one pod (one GPU) per run, train then evaluate; more, the runs in groups of
     that many, each group one pod that trains its runs side by side on its GPU and evaluates them
     (one run takes 0.27 GiB of GPU memory and leaves most of a large GPU idle)."""
-    crops = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs)
+    crops, settings = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs)
     with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):
         groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu), "group")
         with dsl.ParallelFor(items=groups.output, parallelism=PARALLEL_GPUS) as group:
-            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=params,
+            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings,
                                                         mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                                         runs=group, checkpoint_uri=checkpoint_uri), mlflow=True),
                           "train-group", gpu=True)
@@ -83,7 +90,7 @@ def ablation_pipeline(
             .set_caching_options(False)
     with dsl.Else(name="one-run-per-gpu"):
         with dsl.ParallelFor(items=runs, parallelism=PARALLEL_GPUS) as run:
-            _, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
+            _, evaluated = train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops,
                                               model_overrides=run.model, seed=run.seed,
                                               checkpoint_uri=checkpoint_uri)
         step(ablation_report(dataset=dataset, evaluations=dsl.Collected(evaluated.outputs["report"])), "report") \

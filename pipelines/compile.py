@@ -42,6 +42,31 @@ def with_images(pipeline, image: str | None = None, slim_image: str | None = Non
     return copied
 
 
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def stable_header(text: str) -> str:
+    """The compiler's header comment lists each parameter's default; a mapping's keys come out in
+    another order from one run to the next (protobuf's map), which made every recompile a change
+    to the committed files. Its mappings are written with sorted keys (the YAML itself is not
+    touched)."""
+    import ast
+
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break  # the header is the leading comment block
+        head, sep, rest = line.partition(" [Default: ")
+        if sep and rest.endswith("]") and rest[:1] in "{[":
+            lines[i] = f"{head}{sep}{_sorted(ast.literal_eval(rest[:-1]))!r}]"
+    return "\n".join(lines)
+
+
 def compile_all(out_dir: Path = HERE, image: str | None = None, slim_image: str | None = None) -> list[Path]:
     from .ablation_pipeline import ablation_pipeline
     from .hsnet_pipeline import hsnet_pipeline
@@ -51,6 +76,7 @@ def compile_all(out_dir: Path = HERE, image: str | None = None, slim_image: str 
         path = Path(out_dir) / name
         tmp = path.with_name(f".{path.stem}.tmp.yaml")
         compiler.Compiler().compile(with_images(func, image, slim_image), str(tmp))
+        tmp.write_text(stable_header(tmp.read_text()))
         tmp.replace(path)
         written.append(path)
     return written

@@ -10,7 +10,9 @@ takes as an input. Unchanged data: fetch's cache key is the same, its cached out
 artifact) goes downstream, and import, validate, crop, train and evaluate are reused. New data at
 the same URI: fetch runs, its new artifact changes every later step's key, and they all run again.
 (Kubeflow keys a task on its parameter values, the ids of its input artifacts, its command and
-image; see docs/performance.md.)
+image; see docs/performance.md.) The steps after ``source-version`` take its ``settings`` output,
+this dataset's resolved settings alone, not the whole ``params``: editing another dataset's entry
+re-runs nothing here, as with DVC.
 
 Kubernetes settings (kfp-kubernetes): every step gets the S3 credentials from the secret
 ``hsnet-s3`` (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL_S3
@@ -99,18 +101,22 @@ def step(task: dsl.PipelineTask, name: str, *, gpu: bool = False) -> dsl.Pipelin
 
 def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, runs=None, then=None):
     """source-version -> fetch -> import -> validate -> crop (only after validation passed), then
-    ``then(crops)`` (the steps that use the crops). ``crop_device``: a fixed string (one crop task;
-    returns its crops) or a pipeline parameter: a GPU branch for ``cuda`` and a CPU branch
-    otherwise, each with its own crop task and ``then`` after it (returns None; no ``dsl.OneOf``
-    joining the branches, which kfp.local can't run). ``runs`` (the ablation's): checked by
-    source-version, which fails when a KTL run has no stem_weights URI
-    (components.convert.check_stem_weights) before any data is fetched."""
+    ``then(crops, settings)`` (the steps that use the crops). ``crop_device``: a fixed string (one
+    crop task; returns (crops, settings)) or a pipeline parameter: a GPU branch for ``cuda`` and a
+    CPU branch otherwise, each with its own crop task and ``then`` after it (returns None; no
+    ``dsl.OneOf`` joining the branches, which kfp.local can't run). ``runs`` (the ablation's):
+    checked by source-version, which fails when a KTL run has no stem_weights URI
+    (components.convert.check_stem_weights) before any data is fetched.
+    ``settings``: source-version's output, ``dataset``'s resolved settings alone; every step after
+    it takes them instead of the whole ``params``, so that its cache key changes with this
+    dataset's settings only (as dvc.yaml's params lists)."""
     checks = {"runs": runs, "require_stem_uri": True} if runs is not None else {}
     version = step(_secrets(source_version(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev, params=params,
                                            dataset=dataset, **checks)), "source-version")
     version.set_caching_options(False)  # listing the source is the point: never reuse an old answer
+    params = version.outputs["settings"]
     fetch = step(_secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev,
-                                    version=version.output)), "fetch")
+                                    version=version.outputs["version"])), "fetch")
     imported = step(import_data(dataset=dataset, params=params, raw=fetch.outputs["raw"]), "import")
     validated = step(validate_data(dataset=dataset, params=params, raw=fetch.outputs["raw"],
                                    manifest=imported.outputs["manifest"]), "validate")
@@ -119,8 +125,8 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
         crops = step(crop_faces(dataset=dataset, params=params, device=device, raw=fetch.outputs["raw"],
                                 manifest=imported.outputs["manifest"]), "crop", gpu=gpu).after(validated)
         if then is not None:
-            then(crops.outputs["crops"])
-        return crops.outputs["crops"]
+            then(crops.outputs["crops"], params)
+        return crops.outputs["crops"], params
 
     if isinstance(crop_device, str):
         return crop(crop_device, crop_device == "cuda")
@@ -172,8 +178,8 @@ def hsnet_pipeline(
     ``promote`` (off by default): then move production to the new version if it passes the gate, and
     with ``deploy`` roll the KServe InferenceService to it with ``canary_percent`` of the traffic."""
 
-    def train_evaluate_register(crops):
-        trained, evaluated = train_and_evaluate(dataset, params, mlflow_tracking_uri, crops,
+    def train_evaluate_register(crops, settings):
+        trained, evaluated = train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops,
                                                 checkpoint_uri=checkpoint_uri)
         registered = step(_secrets(register_model(dataset=dataset, mlflow_tracking_uri=mlflow_tracking_uri,
                                                   model=trained.outputs["model"],

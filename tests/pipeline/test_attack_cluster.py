@@ -64,21 +64,6 @@ def test_duplicate_runs_are_refused_by_the_first_step(tmp_path, runs):
 
 # --- one failed run in the ablation --------------------------------------------------------------
 
-def _ablation(tmp_path: Path, runs: list, *, runs_per_gpu: int, stem_weights: str, caching: bool = False,
-              raise_on_error: bool = True) -> Path:
-    from kfp import local
-
-    from pipelines.ablation_pipeline import ablation_pipeline
-
-    root = tmp_path / "kfp-root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=raise_on_error,
-               enable_caching=caching, cache_root=str(tmp_path / "kfp-cache"))
-    ablation_pipeline(dataset="sample", raw_source=str(tmp_path / "raw"), params=_params(stem_weights), runs=runs,
-                      mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", checkpoint_uri="",
-                      runs_per_gpu=runs_per_gpu)
-    return root
-
-
 @pytest.fixture
 def sample(tmp_path, monkeypatch):
     from hsnet.data.sample import generate
@@ -89,67 +74,36 @@ def sample(tmp_path, monkeypatch):
     return tmp_path
 
 
-# Two runs that train, one KTL run whose stem weights are not there (yet): the usual first try of a
+# A run that trains and a KTL run whose stem weights are not there (yet): the usual first try of a
 # cluster whose weights upload is late or misspelt; check_stem_weights lets a path or URI through.
-RUNS = [{"model": BASE, "seed": 0}, {"model": {**BASE, "ktl": True}, "seed": 0}, {"model": BASE, "seed": 1}]  # groups of 2: [base, KTL], [base]
+RUNS = [{"model": BASE, "seed": 0}, {"model": {**BASE, "ktl": True}, "seed": 0}]
 KTL_RUN = exp_name("sample", (False, False, True), 0)
 
 
-def _tables(root: Path) -> list[str]:
-    return [p.read_text() for p in root.rglob("table") if p.parent.name.startswith("ablation-report")]
-
-
-def test_one_failed_run_per_gpu_pod_still_gives_table6():
-    """runs_per_gpu=1 (the default): 23 of 24 runs finish and one fails (a KTL run whose weights
-    are not there, an out-of-memory). With runs_per_gpu=2 the same failure is a line under the
-    report's missing runs (test_a_group_with_a_failed_run_is_not_reused_from_the_cache shows it);
-    with one run per pod the failed train task fails its ParallelFor iteration, and a task whose
-    upstream failed does not run unless it ignores upstream failures (kfp.dsl.PipelineTask.
-    ignore_upstream_failure: trigger strategy ALL_UPSTREAM_TASKS_COMPLETED): the report never
-    runs and the finished runs give no Table 6. (kfp.local can't show it: after a failed
-    ParallelFor iteration it hangs, with or without raise_on_error.)"""
-    from kfp.compiler import Compiler
-
-    from pipelines.ablation_pipeline import ablation_pipeline
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        Compiler().compile(ablation_pipeline, f"{tmp}/a.yaml")
-        import yaml
-
-        spec = next(yaml.safe_load_all(Path(f"{tmp}/a.yaml").read_text()))
-    reports = {}
-    for comp, c in spec["components"].items():
-        for key, t in c.get("dag", {}).get("tasks", {}).items():
-            if key.startswith("ablation-report"):
-                reports[comp] = t
-    assert len(reports) == 2, reports
-    for comp, task in reports.items():
-        assert task.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED", \
-            f"{comp}: the report runs only if every training of the loop succeeded"
-
-
 @pytest.mark.slow
-def test_a_group_with_a_failed_run_is_not_reused_from_the_cache(sample):
-    """runs_per_gpu=2: a group whose KTL run failed (its stem weights not uploaded yet) succeeds with
-    the failure as a record, so Kubeflow caches it. The weights uploaded and the pipeline submitted
-    again (same params, same data): the cached group, failure included, is reused and the KTL run
-    is never trained; the report lists the old failure again. A failed run must not be cached."""
-    weights = sample / "weights.pt"
-    first = _ablation(sample, RUNS, runs_per_gpu=2, stem_weights=str(weights), caching=True)
-    records = {}
-    for p in first.rglob("runs.json"):
-        records.update(json.loads(p.read_text()))
-    assert "accuracy" not in records[KTL_RUN] and "error" in records[KTL_RUN]
-    groups_before = len([p for p in first.rglob("runs.json")])
+def test_a_group_with_a_failed_run_fails_so_that_it_is_not_cached(tiny_data, tmp_path, monkeypatch):
+    """runs_per_gpu=2: a group whose KTL run failed (its stem weights not uploaded yet) ended as a
+    success with the failure as a record, so Kubeflow cached it: after the upload, the pipeline
+    submitted again reused the cached group and the KTL run was never trained again (the report
+    listed the old failure). Kubeflow caches only tasks that succeeded, so the group must fail when
+    a run of it failed, naming the run and what to do; its finished runs resume from their
+    checkpoints on a retry. (kfp.local can't run this through the pipeline: after a failed
+    ParallelFor iteration it hangs, so the component runs here as Kubeflow's launcher calls it.)"""
+    from kfp import dsl
 
-    # the upload happens (any file: the point is whether the run is tried again at all)
-    weights.write_bytes(b"uploaded later")
-    second = _ablation(sample, RUNS, runs_per_gpu=2, stem_weights=str(weights), caching=True)
-    tried = len([p for p in second.rglob("runs.json")]) - groups_before
-    assert tried >= 1, ("the group whose KTL run failed came from the cache: the failed run was not "
-                        "tried again after its cause was fixed")
+    from components.train_group import train_evaluate_group
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    crops, sample = tiny_data, tmp_path
+    params = _params(stem_weights=str(sample / "weights.pt"))  # not there (yet)
+    models, evaluations = dsl.Model(uri=str(sample / "models")), dsl.Artifact(uri=str(sample / "evaluations"))
+    with pytest.raises(HSNetError, match=rf"1 of 2 runs of this group failed: {KTL_RUN}.*Retry"):
+        train_evaluate_group.python_func(dataset="sample", params=params,
+                                         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                         crops=dsl.Dataset(uri=str(crops)), runs=RUNS, models=models,
+                                         evaluations=evaluations, checkpoint_uri="")
+    records = json.loads((sample / "evaluations" / "runs.json").read_text())
+    assert "accuracy" in records[exp_name("sample", (False, False, False), 0)] and "error" in records[KTL_RUN]
 
 
 # --- the cache key of a dataset's steps ----------------------------------------------------------

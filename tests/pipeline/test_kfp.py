@@ -32,9 +32,9 @@ def spec(tmp_path_factory):
 
 
 def test_committed_yaml_is_up_to_date(spec):
-    # compared as data: kfp's header comment prints the params default in no fixed order
-    committed = list(yaml.safe_load_all(COMMITTED.read_text()))
-    assert committed == spec[1], "pipelines/hsnet_pipeline.yaml is stale: run python -m pipelines.compile"
+    # byte for byte: kfp's header comment printed the params default in no fixed order, so every
+    # recompile changed the committed file; compile.stable_header sorts it
+    assert COMMITTED.read_text() == spec[0], "pipelines/hsnet_pipeline.yaml is stale: run python -m pipelines.compile"
 
 
 def _branches(pipeline) -> dict:
@@ -97,8 +97,13 @@ def test_steps_order_gpu_secrets_parameters(spec):
     assert sorted(tasks) == sorted(STEPS)
     assert _upstream(tasks["source-version"]) == set()
     assert _upstream(tasks["fetch-raw"]) == {"source-version"}
-    assert _upstream(tasks["import-data"]) == {"fetch-raw"}
-    assert _upstream(tasks["validate-data"]) == {"fetch-raw", "import-data"}
+    # the steps take source-version's settings (this dataset's part of params), not the whole params:
+    # a parameter's value is in their cache key (tests/pipeline/test_attack_cluster.py runs it)
+    assert _upstream(tasks["import-data"]) == {"fetch-raw", "source-version"}
+    assert _upstream(tasks["validate-data"]) == {"fetch-raw", "import-data", "source-version"}
+    for name in ("import-data", "validate-data"):
+        assert tasks[name]["inputs"]["parameters"]["params"] == {
+            "taskOutputParameter": {"outputParameterKey": "settings", "producerTask": "source-version"}}
     assert "validate-data" in _upstream(tasks[CROPS])  # a failed validation stops the run before cropping
 
     # crop_device picks the branch: cuda -> crop on a GPU, anything else -> on the CPU; each
@@ -151,7 +156,7 @@ def test_caching_follows_the_data(spec):
     tasks = pipeline["root"]["dag"]["tasks"]
     assert tasks["source-version"]["cachingOptions"] == {}  # enableCache false is written as {}
     assert tasks["fetch-raw"]["inputs"]["parameters"]["version"] == {
-        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "source-version"}}
+        "taskOutputParameter": {"outputParameterKey": "version", "producerTask": "source-version"}}
     for _, task in _all_tasks(pipeline):
         name = task["taskInfo"]["name"]
         if name == "promote-if-asked":  # the condition around promote: no step of its own
