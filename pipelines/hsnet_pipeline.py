@@ -66,6 +66,12 @@ RESOURCES = {
     "report": ("250m", "1", "512Mi", "1Gi", "1Gi"),  # the ablation's Table 6
 }
 SCRATCH = {"artifacts-s3": "/s3", "artifacts-minio": "/minio", "tmp": "/tmp"}
+# Per step: the most hours one attempt (one pod) may run before Kubernetes stops it
+# (activeDeadlineSeconds), so that a hung step can't hold its node, or a GPU, for ever. Generous:
+# 500 epochs of the largest set (FERG-DB, 39k training images at 256) take about an hour on an
+# H100 and ten on a GPU ten times slower; a GPU group trains up to runs_per_gpu of them at once.
+TIMEOUT_HOURS = {"train": 24, "train-group": 48, "crop": 6, "validate": 4, "fetch": 4, "import": 2, "evaluate": 2,
+                 "register": 1, "promote": 1, "report": 1, "group": 1, "source-version": 1}
 # Steps that can fail for passing reasons (S3 or MLflow unreachable for a moment, a preempted GPU
 # node): (retries, first backoff, backoff max). Deterministic failures (validation) are not retried.
 RETRIES = {"source-version": (3, "30s", "5m"), "fetch": (3, "30s", "5m"), "train": (3, "60s", "10m"),
@@ -82,13 +88,15 @@ def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
 
 
 def step(task: dsl.PipelineTask, name: str, *, gpu: bool = False) -> dsl.PipelineTask:
-    """Display name, resources (:data:`RESOURCES`), scratch volumes, retries (:data:`RETRIES`) and,
-    with ``gpu``, one NVIDIA GPU and the GPU nodes' taint tolerated."""
+    """Display name, resources (:data:`RESOURCES`), scratch volumes, a deadline per attempt
+    (:data:`TIMEOUT_HOURS`), retries (:data:`RETRIES`) and, with ``gpu``, one NVIDIA GPU and the
+    GPU nodes' taint tolerated."""
     cpu, cpu_limit, memory, memory_limit, scratch = RESOURCES[name]
     task.set_display_name(name)
     task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory_limit)
     for volume, path in SCRATCH.items():
         kubernetes.empty_dir_mount(task, volume_name=volume, mount_path=path, size_limit=scratch)
+    kubernetes.set_timeout(task, TIMEOUT_HOURS[name] * 3600)
     if name in RETRIES:
         retries, backoff, backoff_max = RETRIES[name]
         task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0,

@@ -189,6 +189,10 @@ def test_resources_retries_and_run_id(spec):
         if name == "train":
             assert {"fieldPath": "metadata.labels['pipeline/runid']", "name": "KFP_RUN_ID"} in \
                 k8s[executor]["fieldPathAsEnv"]
+        # every pod has a deadline, so a hung step can't hold its node (or a GPU) for ever; train's
+        # leaves room for 500 epochs of FERG-DB on a GPU ten times slower than an H100 (~10 h)
+        deadline = int(k8s[executor]["activeDeadlineSeconds"])
+        assert deadline > 0 and (name != "train" or deadline >= 10 * 3600), key
 
 
 TINY = {"input_size": 80, "import": {}, "validate": {}, "crop": {"detector": "none", "size": 80},
