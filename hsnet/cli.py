@@ -450,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "train":
             from .checkpoint import LAST
 
-            hint = f"; {args.out}/{LAST} holds the last finished epoch: add --resume to continue"
+            hint = (f"; {args.out}/{LAST} holds the last finished epoch: add --resume to continue "
+                    "(dvc repro and make pipeline resume by themselves)")
         terminated = isinstance(exc, interrupt.Terminated)
         print(f"hsnet {args.verb}: {'terminated (SIGTERM)' if terminated else 'interrupted'}, stopped before "
               f"finishing{hint}", file=sys.stderr)
