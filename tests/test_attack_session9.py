@@ -86,3 +86,22 @@ def test_report_in_a_fresh_clone_keeps_the_committed_results(tmp_path):
                           env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     assert (clone / "docs" / "results.md").read_text() == committed, \
         f"exit {done.returncode}: the committed results were replaced ({done.stdout.splitlines()[:1]})"
+
+
+# --- build.sh --release: a release tag on other code ------------------------------------------------
+
+def test_a_release_tag_is_not_rebuilt_from_other_committed_code(tmp_path):
+    """08496ac refuses `build.sh --release` only when the checkout differs from its commit. The
+    hazard it names (Kubeflow keys cached steps on the image's name: a release tag built again from
+    other code serves results cached from the old) is just as real from a clean later commit that
+    kept hsnet.__version__: that is this repository's own history (0.1.0 through every commit), and
+    such a build passes the check and tags the new code hsnet:0.1.0 again."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=300)
+    with open(clone / "hsnet" / "io.py", "a") as f:
+        f.write("# code committed after the release, same __version__\n")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "later code"], cwd=clone,
+                   check=True)
+    done = subprocess.run(["bash", "tests/container/build.sh", "--release"], cwd=clone, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHON": "false"})
+    assert "__version__" in done.stderr, f"not refused (exit {done.returncode}): {done.stderr.strip()[-300:]}"
