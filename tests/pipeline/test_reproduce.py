@@ -391,7 +391,7 @@ def test_a_report_of_no_experiments_does_not_replace_a_report(tmp_path):
 
     out = tmp_path / "results.md"
     out.write_text("the committed results\n")
-    with pytest.raises(HSNetError, match=r"no finished experiment.*results\.md is kept.*dvc exp pull .*--all-commits"):
+    with pytest.raises(HSNetError, match=r"no finished run for any table.*results\.md is kept.*dvc exp pull .*--all-commits"):
         reproduce.report(out, rows=[])
     assert out.read_text() == "the committed results\n"
     todo = reproduce.report(tmp_path / "new.md", rows=[])
