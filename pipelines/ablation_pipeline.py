@@ -36,11 +36,18 @@ PARALLEL_GPUS = 8
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
-def group_runs(runs: list, runs_per_gpu: int) -> list:
-    """``runs`` in groups of ``runs_per_gpu``: one GPU pod each."""
+def group_runs(runs: list, runs_per_gpu: int, checkpoint_uri: str) -> list:
+    """``runs`` in groups of ``runs_per_gpu``: one GPU pod each. Refuses an empty ``checkpoint_uri``
+    (it runs at the start, beside source-version): a group with a failed run fails and is retried,
+    and without checkpoints every retry would train the group's finished runs again."""
     from components.convert import restore_ints
     from hsnet.concurrent import groups_of
+    from hsnet.errors import HSNetError
 
+    if not checkpoint_uri:
+        raise HSNetError("runs_per_gpu > 1 needs checkpoint_uri (an s3:// prefix, as by default): a group whose "
+                         "run failed fails and is retried, and without checkpoints each retry trains its finished "
+                         "runs again")
     return groups_of(restore_ints(runs), restore_ints(runs_per_gpu))
 
 
@@ -79,7 +86,7 @@ def ablation_pipeline(
     (one run takes 0.27 GiB of GPU memory and leaves most of a large GPU idle)."""
     crops, settings = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs)
     with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):
-        groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu), "group")
+        groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu, checkpoint_uri=checkpoint_uri), "group")
         with dsl.ParallelFor(items=groups.output, parallelism=PARALLEL_GPUS) as group:
             shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings,
                                                         mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,

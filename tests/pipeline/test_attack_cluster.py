@@ -139,3 +139,16 @@ def test_another_datasets_settings_do_not_retrain_this_one(sample):
     other["datasets_to_run"] = sorted(set(other["datasets_to_run"]) | {"kdef", "sample"})
     assert run(other) == {"source-version", "register-model"}, \
         "kdef's settings changed and the sample's import..evaluate ran again"
+
+
+def test_groups_need_checkpoints():
+    """A group with a failed run fails (so that it isn't cached) and Kubeflow retries it (RETRIES):
+    without checkpoint_uri each retry would train the group's finished runs again from scratch
+    (review of 76bc660). The step that makes the groups, at the pipeline's start, refuses it."""
+    from pipelines.ablation_pipeline import group_runs
+
+    runs = [{"model": BASE, "seed": 0}, {"model": BASE, "seed": 1}]
+    with pytest.raises(HSNetError, match="runs_per_gpu > 1 needs checkpoint_uri"):
+        group_runs.python_func(runs=runs, runs_per_gpu=2, checkpoint_uri="")
+    assert group_runs.python_func(runs=runs, runs_per_gpu=2, checkpoint_uri="s3://b/ck") == [runs]
+
