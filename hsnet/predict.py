@@ -123,7 +123,9 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
         from . import registry, tracking
 
-        uri = tracking.connect(create=False)  # a registry lookup: no empty store made wherever this runs
+        # a registry or run lookup needs the tracking server (and makes no empty store wherever this
+        # runs); an MLflow model folder or s3:// URI needs none
+        uri = tracking.connect(create=False) if text.startswith(("models:/", "runs:/")) else "its location"
         try:
             if text.startswith("models:/"):  # the alias resolved once: the version checked is the one loaded
                 name, version = tracking.model_version(text)
