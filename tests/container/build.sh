@@ -5,7 +5,8 @@
 #
 # Tags: REPO:sha-<commit> and REPO:sha-<commit>-slim always (commit = git rev-parse HEAD, 12
 # hex digits, "-dirty" when a file the build reads differs from HEAD); with --release also the
-# release tags components/__init__.py names (REPO:<version>, REPO:<version>-slim). The commit,
+# release tags components/__init__.py names (REPO:<version>, REPO:<version>-slim), only from a
+# clean checkout of the commit tagged v<version>. The commit,
 # version and source go into the OCI labels and HSNET_GIT_COMMIT. --refs FILE: writes
 # IMAGE=, SLIM_IMAGE= (the commit tags), COMMIT= and DOCKER= to FILE, for `make image-test`.
 #
@@ -39,6 +40,21 @@ if [ $release = 1 ] && { ! git rev-parse HEAD > /dev/null 2>&1 || [ -n "$(git st
        "$(git status --porcelain -- Dockerfile $context 2> /dev/null | head -3 | tr '\n' ' ')); commit them," \
        "and raise hsnet's __version__ for every release (a release tag must never name other code)" >&2
   exit 2
+fi
+# ... and one commit: the one tagged v<version> (a later commit keeping the version is other code)
+if [ $release = 1 ]; then
+  version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' hsnet/__init__.py)
+  tagged=$(git rev-parse -q --verify "refs/tags/v$version^{commit}" || true)
+  if [ "$tagged" != "$(git rev-parse HEAD)" ]; then
+    if [ -z "$tagged" ]; then
+      echo "build.sh: --release builds the commit tagged v$version (hsnet's __version__): tag this one" \
+           "(git tag v$version) if it is that release" >&2
+    else
+      echo "build.sh: --release: v$version (hsnet's __version__) is commit ${tagged:0:12}, not this one: raise" \
+           "__version__ for new code (a release tag must never name other code)" >&2
+    fi
+    exit 2
+  fi
 fi
 
 # a client that builds with BuildKit: docker with buildx, or a pre-23 client (built-in BuildKit)
