@@ -156,8 +156,27 @@ def _seeds(seeds: int | None) -> range:
 
 
 def _dvc(args: list[str], repo: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = _dvc_env(repo)
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    """``dvc ARGS`` in ``repo``, in a process group of its own. Stopped itself (Ctrl-C, SIGTERM), it
+    stops dvc as a terminal's Ctrl-C would: SIGINT to the group (the stage's ``hsnet train`` saves
+    and stops, dvc then cleans up its temporary copy), 60 s for that, then SIGKILL to the group.
+    subprocess.run would SIGKILL dvc alone at once and leave its training running, an orphan."""
+    import signal
+
+    cmd = [sys.executable, "-m", "dvc", *args]
+    with subprocess.Popen(cmd, cwd=repo, env=_dvc_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as child:
+        try:
+            stdout, stderr = child.communicate()
+        except BaseException:
+            for sig, wait in ((signal.SIGINT, 60), (signal.SIGKILL, None)):
+                try:
+                    os.killpg(child.pid, sig)
+                    child.communicate(timeout=wait)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+            raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise HSNetError(f"dvc {' '.join(args)} failed ({proc.returncode}): "
                          f"{(proc.stderr or proc.stdout).strip()[-2000:]}")

@@ -396,3 +396,53 @@ def test_a_report_of_no_experiments_does_not_replace_a_report(tmp_path):
     assert out.read_text() == "the committed results\n"
     todo = reproduce.report(tmp_path / "new.md", rows=[])
     assert (tmp_path / "new.md").is_file() and todo["missing"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_experiment_and_its_training(repo, tmp_path):
+    """SIGTERM to `hsnet reproduce ablation` while an experiment trains: dvc's stage process and the
+    training under it stop too, and hsnet says so (exit 143). It raised inside subprocess.run, which
+    SIGKILLed dvc alone and left its `hsnet train` running as an orphan (review finding)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    path, env, _ = repo
+    proc = subprocess.Popen([sys.executable, "-m", "hsnet", "reproduce", "ablation", "--dataset", "sample",
+                             "--seeds", "1"], cwd=path, env={**env, "TORCH_HOME": str(tmp_path / "torch")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, seen = time.monotonic() + 300, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    seen[child.pid] = child
+                    if any(part == "train" for part in child.cmdline()) and "--resume" in child.cmdline():
+                        deadline = 0  # an experiment's training is running
+                except psutil.Error:
+                    continue
+            time.sleep(0.2)
+        assert proc.poll() is None and deadline == 0, "no training started in 300 s"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "terminated (SIGTERM)" in stderr
+    def running(p):
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:  # gone, or a zombie
+            return False
+
+    alive = {p.pid: " ".join(p.cmdline()[:6]) for p in seen.values() if running(p)}
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"left running: {alive}"
+    assert os.path.exists(path / "params.yaml")
