@@ -55,7 +55,7 @@ def group_runs(runs: list, runs_per_gpu: int, checkpoint_uri: str) -> list:
 def ablation_report(dataset: str, evaluations: Input[List[Artifact]], table: Output[Markdown]):
     """Table 6 from the evaluations' metrics.json: mean ± sd, n, 95% interval per row, the paper's orderings.
     An evaluation is one run's (metrics.json at its root) or a GPU group's (RUN/metrics.json, and
-    runs.json recording the runs that failed)."""
+    runs.json: every run's record; a group with a failed run fails, so here they all finished)."""
     from pathlib import Path
 
     from hsnet.reproduce import ablation_section, evaluation_rows
