@@ -444,8 +444,11 @@ def _require_model(client, name: str) -> None:
     try:
         client.get_registered_model(name)
         return
-    except MlflowException:
-        pass
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # refused (credentials) or failing: said as it is
+            raise HSNetError(f"the registry at {tracking.mask_uri(tracking.connect())} did not answer for {name!r}: "
+                             f"{tracking.mask_uri(str(exc.message))[:300]}; check MLFLOW_TRACKING_URI and "
+                             "its credentials") from exc
     names = sorted(m.name for m in client.search_registered_models(max_results=1000)
                    if not m.name.endswith(LOCK_SUFFIX))
     raise HSNetError(f"no registered model {name!r} at {tracking.mask_uri(tracking.connect())}: "

@@ -345,10 +345,13 @@ def test_register_checks_its_inputs(use_mlflow_server, trained, tmp_path):
     # evaluated without MLflow (--no-mlflow): no record to take the figures from
     with pytest.raises(HSNetError, match=r"no MLflow evaluation of .*not --no-mlflow"):
         register(trained["checkpoint"], trained["metrics"], "sample")
-    with pytest.raises(HSNetError, match="no 'candidate' version"):
+    with pytest.raises(HSNetError, match="no registered model 'hsnet-nothing-here'"):
         promote("hsnet-nothing-here")
+    MlflowClient().create_registered_model("hsnet-no-versions")  # there, but nothing registered under it
+    with pytest.raises(HSNetError, match="no 'candidate' version"):
+        promote("hsnet-no-versions")
     with pytest.raises(HSNetError, match="no 'previous' version"):
-        rollback("hsnet-nothing-here")
+        rollback("hsnet-no-versions")
 
 
 def test_unreachable_registry_fails_fast(trained, monkeypatch, tmp_path):
