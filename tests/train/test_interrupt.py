@@ -49,6 +49,8 @@ def test_sigint_during_training(tiny_data, tiny_params, tmp_path, sig, code, sai
     ckpt = load(out / "last.pt")  # whole
     assert 1 <= ckpt["state"]["epoch"] < 30
     assert not list(out.glob(".*.tmp"))  # no half-written checkpoint left
+    if sig != signal.SIGINT:
+        return  # what --resume does with a whole last.pt is checked once (CI time)
     # and it continues from there
     resumed = subprocess.run(cmd[:-2] + ["--set", f"train.epochs={ckpt['state']['epoch'] + 1}", "--resume"],
                              env=env, capture_output=True, text=True, timeout=600)
