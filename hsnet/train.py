@@ -333,10 +333,11 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
                    **{f"lambda_{k}": v for k, v in weights.items()}}
             guards.check_epoch(row, state.history, len(spec.classes), val_labels=val_split.labels)
             improved = state.record(row)
+            # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
+            _log_epoch(row, epochs, weights, improved, active)
             save_epoch(out_dir, meta, model, optimizer, scheduler, state, setup, improved)
             if on_checkpoint:
                 on_checkpoint(out_dir, improved)
-            _log_epoch(row, epochs, weights, improved, active)
             if tp.early_stopping and state.stale >= tp.early_stopping:
                 log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
                 break
