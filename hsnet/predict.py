@@ -130,9 +130,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
             if text.startswith("models:/"):  # the alias resolved once: the version checked is the one loaded
                 name, version = tracking.model_version(text)
                 local = tracking.fetch_model(f"models:/{name}/{version}")
-                if not registry.check_model_files(mlflow.MlflowClient(), name, version, local):
-                    log.warning("%s version %s was registered before model files were recorded: its files "
-                                "can't be checked; register its checkpoint again to have them checked", name, version)
+                registry.check_model_files(mlflow.MlflowClient(), name, version, local)
             else:
                 local = tracking.fetch_model(text)
             loaded = mlflow.pyfunc.load_model(str(local or text))

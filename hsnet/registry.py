@@ -140,8 +140,8 @@ def _download_digest(uri: str) -> str:
 def check_model_files(client, name: str, version, folder: str | os.PathLike | None = None) -> bool:
     """Check that version ``version`` of ``name`` still has the files it was registered with (its
     registration run's immutable ``model_files_sha256``): those in ``folder`` (a local copy about
-    to be loaded), else a fresh download. :class:`ModelChanged` if not; False for a version
-    registered before the digest was recorded (nothing to check against)."""
+    to be loaded), else a fresh download. :class:`ModelChanged` if not; False, with a warning, for
+    a version registered before the digest was recorded (nothing to check against)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -150,6 +150,8 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
     except MlflowException as exc:
         raise HSNetError(f"{name} version {version}: can't read its registration record ({exc.message})") from exc
     if not recorded:
+        log.warning("%s version %s was registered before model files were recorded: its files can't be "
+                    "checked; register its checkpoint again to have them checked", name, version)
         return False
     got = model_files_digest(folder) if folder is not None else _download_digest(f"models:/{name}/{version}")
     if got != recorded:
@@ -476,9 +478,7 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
     if prod is not None and str(prod.version) == str(cand.version):
         decision.update(promoted=False, reason=f"version {cand.version} is already production")
         return decision
-    if not check_model_files(client, name, cand.version):  # ModelChanged: not even with --force
-        log.warning("%s version %s was registered before model files were recorded: its files can't be "
-                    "checked; register its checkpoint again to have them checked", name, cand.version)
+    check_model_files(client, name, cand.version)  # ModelChanged: not even with --force
     reasons = []
     try:
         c_fig = _version_figures(client, cand)

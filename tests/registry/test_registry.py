@@ -606,3 +606,24 @@ def test_tracking_uri_with_user_and_password(use_mlflow_server, trained, tmp_pat
     for out in outputs:
         assert "s3cr3t-pw" not in out and "wr0ng-pw" not in out, out[-3000:]
     assert "Traceback" not in outputs[-1], outputs[-1][-3000:]
+
+
+def test_a_version_registered_without_a_files_record_is_warned_about_once(local_mlflow, caplog):
+    """A version registered before hsnet recorded its files' digest (or by another tool) has nothing
+    to be checked against: the check says so itself, once, whoever asked (promote, predict, serve)."""
+    import logging
+
+    import mlflow
+
+    from hsnet.registry import check_model_files
+
+    client = MlflowClient()
+    with mlflow.start_run() as run:  # a registration run with no model_files_sha256 param
+        pass
+    client.create_registered_model("hsnet-legacy")
+    client.create_model_version("hsnet-legacy", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    with caplog.at_level(logging.WARNING, logger="hsnet"):
+        assert check_model_files(client, "hsnet-legacy", 1) is False
+    said = [r.getMessage() for r in caplog.records if "before model files were recorded" in r.getMessage()]
+    assert said == ["hsnet-legacy version 1 was registered before model files were recorded: its files can't "
+                    "be checked; register its checkpoint again to have them checked"]
