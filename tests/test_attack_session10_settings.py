@@ -1,0 +1,124 @@
+"""Session 10 attack on the settings, the numbers and reproducibility: hostile or careless params
+files, hand-computed metrics, and what a resumed or re-run training records."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from hsnet.errors import HSNetError
+from hsnet.params import Params, ParamsError
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- params.yaml: careless or hostile files ----------------------------------------------------
+
+@pytest.mark.parametrize("text, key", [
+    # a dataset entry written twice: the first was dropped without a word (dvc refuses the same file:
+    # "YAML file structure is corrupted", so the CLI and Kubeflow's submit ran what dvc would not)
+    ("datasets:\n  sample:\n    train: {lr: 0.1}\n  sample:\n    train: {lr: 0.5}\n", "sample"),
+    ("datasets:\n  sample:\n    train: {lr: 0.1, lr: 0.5}\n", "lr"),
+])
+def test_a_key_written_twice_is_refused_naming_it(tmp_path, text, key):
+    with pytest.raises(ParamsError, match=rf"{key}.*(twice|more than once)"):
+        Params.resolve(_write(tmp_path, text), "sample")
+
+
+def test_a_merge_key_overridden_by_an_explicit_key_is_not_a_duplicate(tmp_path):
+    text = ("datasets:\n  sample: &base\n    input_size: 80\n    train: {lr: 0.1}\n"
+            "  rafdb:\n    <<: *base\n    input_size: 96\n")
+    assert Params.resolve(_write(tmp_path, text), "rafdb").input_size == 96
+
+
+@pytest.mark.parametrize("to_run", ["[[sample]]", "[{a: 1}]"])
+def test_datasets_to_run_with_an_item_that_is_not_a_name_is_a_params_error(tmp_path, to_run):
+    # TypeError: unhashable type: 'list' (a traceback, from hsnet train and from Kubeflow's submit)
+    with pytest.raises(ParamsError, match="datasets_to_run"):
+        Params.resolve(_write(tmp_path, f"datasets_to_run: {to_run}\ndatasets:\n  sample: {{}}\n"), "sample")
+
+
+@pytest.mark.parametrize("section, seed", [("import", -1), ("train", 10 ** 14), ("train", -1)])
+def test_a_seed_the_generators_cannot_take_is_refused_by_name(tmp_path, section, seed):
+    # import.seed -1: numpy's "expected non-negative integer" traceback from hsnet data import;
+    # train.seed 1e14: "Overflow when unpacking long long" from torch in the first epoch
+    with pytest.raises(ParamsError, match=rf"datasets\.sample\.{section}\.seed.*range"):
+        Params.resolve(_write(tmp_path, f"datasets:\n  sample:\n    {section}: {{seed: {seed}}}\n"), "sample")
+
+
+def test_an_aliased_value_in_the_wrong_place_is_refused_quickly_with_a_short_message(tmp_path):
+    # 8 levels of 10 aliases each: under 1 kB of YAML, 10^8 strings once written out in full
+    # (7 levels took 1.1 s, 8 levels 11 s, each level 10 times more, and as much memory)
+    doc = "datasets:\n  sample:\n    model:\n      stem_weights:\n"
+    doc += "        - &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    for i in range(1, 8):
+        doc += f"        - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n"
+    start = time.monotonic()
+    with pytest.raises(ParamsError, match="stem_weights") as err:
+        Params.resolve(_write(tmp_path, doc), "sample")
+    assert time.monotonic() - start < 2, "the message wrote out every aliased copy"
+    assert len(str(err.value)) < 2000
+
+
+# --- the numbers ---------------------------------------------------------------------------------
+
+def test_the_per_class_figures_average_to_the_mean_accuracy_reported():
+    """metrics.json, MLflow (test_accuracy_<class>) and Kubeflow (accuracy_<class>) give a class with
+    no test image an accuracy of 0.0, while mean accuracy (eq. 23) leaves it out: a reader who
+    averages the per-class figures, or reads 'surprise 0.00', is told something that wasn't measured."""
+    from hsnet.evaluate import confusion_matrix, metrics_from_confusion
+
+    # 3 classes; class c has no test image; the ties in the scores went to the first class
+    actual = [0, 0, 0, 0, 1, 1]
+    predicted = [0, 0, 0, 1, 1, 0]
+    m = metrics_from_confusion(confusion_matrix(actual, predicted, 3), ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)  # eq. 22, by hand
+    assert m["mean_accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)  # eq. 23 over the classes tested
+    measured = [v for v in m["per_class_accuracy"].values() if v is not None and not np.isnan(v)]
+    assert np.mean(measured) == pytest.approx(m["mean_accuracy"])
+
+
+# --- reproducibility -----------------------------------------------------------------------------
+
+def test_a_run_records_the_cpu_threads_that_decide_its_numbers():
+    """The same seed on 1 and on 2 threads trains other weights (measured: epoch-1 loss 1.95157778 vs
+    1.9510138 on the tiny sample), and docs/results.md says a run moves with the thread count; with
+    train.num_threads null (the default) the count used is torch's, which no record keeps: MLflow's
+    params say num_threads None and the system tags name no thread count."""
+    from hsnet import tracking
+
+    tags = tracking.system_tags()
+    threads = [v for k, v in tags.items() if "thread" in k.lower()]
+    assert threads == [str(torch.get_num_threads())], tags
+
+
+def test_resume_with_other_optimizer_settings_records_what_it_trained_with(tiny_data, tmp_path, monkeypatch):
+    """hsnet train --resume --set train.lr=0.01 after a killed run at lr 0.001: the optimizer state
+    loaded from last.pt brings back lr 0.001 (and the old betas, weight decay, scheduler patience and
+    factor), so epoch 2 trains at 0.001 while last.pt's meta, best.pt (hsnet register) and the new
+    MLflow run record lr 0.01. Either refuse, naming the setting, or train with the new value."""
+    from hsnet.checkpoint import load
+    from hsnet.train import train
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    path = _write(tmp_path, "datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false, fgal: false}\n"
+                            "    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3, scheduler: {patience: 50}}\n")
+    opts = dict(track=False, progress=False)
+    train(tiny_data, Params.resolve(path, "sample"), tmp_path / "run", stop_after_epochs=1, **opts)
+    try:
+        train(tiny_data, Params.resolve(path, "sample", {"train": {"lr": 0.01}}), tmp_path / "run", resume=True,
+              **opts)
+    except HSNetError as exc:
+        assert "lr" in str(exc)
+        return
+    last = load(tmp_path / "run" / "last.pt")
+    trained_with = last["state"]["history"][-1]["lr"]
+    assert last["meta"]["params"]["train"]["lr"] == trained_with, \
+        f"epoch 2 trained at lr {trained_with}, the checkpoint says {last['meta']['params']['train']['lr']}"
