@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,10 +45,13 @@ def _range(lo=None, hi=None, *, lo_open=False, hi_open=False) -> dict:
     return {"range": (lo, hi, lo_open, hi_open)}
 
 
+SEED_MAX = 2 ** 32 - 1  # numpy's generators take no negative seed; torch's overflow at train's seed * 1e6
+
+
 @dataclass(frozen=True)
 class ImportParams:
     split_by: Literal["class", "subject"] = "class"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     rafdb_images: Literal["aligned", "original"] = "aligned"
 
 
@@ -104,7 +108,7 @@ class TrainParams:
     augment: AugmentParams = AugmentParams()
     max_epochs: int | None = field(default=None, metadata=_range(1))  # cap for quick runs
     early_stopping: int | None = field(default=None, metadata=_range(1))  # epochs without val gain
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     num_threads: int | None = field(default=None, metadata=_range(1))  # CPU threads; None: torch's
     # auto: CUDA graphs on a GPU, eager on a CPU; false; true (torch.compile's default); a mode; or
     # whole-step: the step from batch to gradients captured as one CUDA graph (hsnet.step; not yet the default)
@@ -199,14 +203,21 @@ def check_file(data, source: str) -> None:
     for name, entry in datasets.items():
         _convert(Params, entry or {}, f"{source}: datasets.{name}")
     to_run = data.get("datasets_to_run") or []
-    if not isinstance(to_run, list) or any(d not in datasets for d in to_run):
+    if not isinstance(to_run, list) or any(not isinstance(d, str) or d not in datasets for d in to_run):
         raise ParamsError(f"{source}: datasets_to_run must list names under 'datasets' "
-                          f"({', '.join(datasets) or 'none'}), got {to_run!r}")
+                          f"({', '.join(map(str, datasets)) or 'none'}), got {_show(to_run)}")
 
 
 # --- the schema's machinery -------------------------------------------------------------------
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_SHORT = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 6, 80, 80
+
+
+def _show(value) -> str:
+    """A value for a message, cut short: YAML aliases can make a few lines stand for 10^9 items."""
+    return _SHORT.repr(value)
 
 
 def _keys(cls) -> dict[str, dataclasses.Field]:
@@ -237,27 +248,27 @@ def _value(tp, value, where: str, meta: dict):
                 return _value(option, value, where, meta)
             except ParamsError:
                 continue
-        raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
+        raise ParamsError(f"{where}: {_show(value)} is not {_describe(tp)}")
     if origin is Literal:
         if isinstance(value, str) and value.lower() in [str(a).lower() for a in args]:
             return value.lower()
-        raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
+        raise ParamsError(f"{where}: {_show(value)} is not {_describe(tp)}")
     if tp is type(None):
         if value is None:
             return None
-        raise ParamsError(f"{where}: {value!r} is not null")
+        raise ParamsError(f"{where}: {_show(value)} is not null")
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ParamsError(f"{where}: {value!r} is not {_describe(tp)}")
+            raise ParamsError(f"{where}: {_show(value)} is not {_describe(tp)}")
         return tuple(_value(a, v, f"{where}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ParamsError(f"{where}: {value!r} is not true or false (write it without quotes)")
+        raise ParamsError(f"{where}: {_show(value)} is not true or false (write it without quotes)")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return _in_range(value, where, meta)
-        raise ParamsError(f"{where}: {value!r} is not an integer")
+        raise ParamsError(f"{where}: {_show(value)} is not an integer")
     if tp is float:
         if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -267,11 +278,11 @@ def _value(tp, value, where: str, meta: dict):
             if math.isinf(value):
                 raise ParamsError(f"{where}: {value} is not a finite number")
             return _in_range(float(value), where, meta)
-        raise ParamsError(f"{where}: {value!r} is not a number")
+        raise ParamsError(f"{where}: {_show(value)} is not a number")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ParamsError(f"{where}: {value!r} is not a string")
+        raise ParamsError(f"{where}: {_show(value)} is not a string")
     raise TypeError(f"no rule for {tp}")  # a schema bug, not an input error
 
 
@@ -288,7 +299,7 @@ def _in_range(value, where: str, meta: dict):
 def _convert(cls, data, where: str) -> dict:
     """A partial mapping for section ``cls`` checked key by key; returns it with converted values."""
     if not isinstance(data, dict):
-        raise ParamsError(f"{where}: expected a mapping of {', '.join(_keys(cls))}, got {data!r}")
+        raise ParamsError(f"{where}: expected a mapping of {', '.join(_keys(cls))}, got {_show(data)}")
     keys, hints = _keys(cls), _hints(cls)
     out = {}
     for key, value in data.items():
@@ -343,13 +354,46 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (PyYAML keeps the last silently;
+    dvc's loader refuses the file). A ``<<`` merge overridden by an explicit key is not a repeat."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: construct_mapping says so
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(f"key {_show(key)} is written twice in one mapping (lines {first} and "
+                                        f"{line}); the later would silently replace the earlier: keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_text(text: str):
+    """YAML text as Python objects, a key written twice refused (see :class:`_UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def load(path: str | os.PathLike) -> dict:
     """A params file as a mapping; the schema is checked by :meth:`Params.resolve`."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_text(path.read_text(encoding="utf-8")) or {}
+    except _DuplicateKey as exc:
+        raise ParamsError(f"params file {path}: {exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ParamsError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
