@@ -67,6 +67,20 @@ def test_an_aliased_value_in_the_wrong_place_is_refused_quickly_with_a_short_mes
     assert len(str(err.value)) < 2000
 
 
+@pytest.mark.parametrize("entry, key", [("input_size: 9000", "input_size"), ("crop: {size: 9000}", "crop.size")])
+def test_a_crop_size_hsnet_cannot_read_back_is_refused_before_cropping(tmp_path, entry, key):
+    """input_size 9000 (a careless 900): hsnet crop wrote 9000x9000 crops (81 Mpx each), which every
+    reader then refused (hsnet.io.MAX_IMAGE_PIXELS, 64 Mpx: 'over the limit ... downscale it first'),
+    so the whole crop was lost work and train failed on data the pipeline made itself."""
+    from hsnet.io import MAX_IMAGE_PIXELS
+
+    path = _write(tmp_path, f"datasets:\n  sample:\n    {entry}\n")
+    with pytest.raises(ParamsError, match=rf"datasets\.sample\.{key}: 9000 is out of range.*<= 8000"):
+        Params.resolve(path, "sample")
+    assert 8000 ** 2 <= MAX_IMAGE_PIXELS < 8001 ** 2
+    assert Params.resolve(_write(tmp_path, "datasets:\n  sample:\n    input_size: 8000\n"), "sample").crop.size == 8000
+
+
 # --- the numbers ---------------------------------------------------------------------------------
 
 def test_the_per_class_figures_average_to_the_mean_accuracy_reported():
