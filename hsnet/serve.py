@@ -11,7 +11,9 @@ version ``models:/hsnet-rafdb/7``) or a local checkpoint file once at start, and
   record as JSON text, ``model_version`` set and ``parameters.model_uri``;
 
 plus KServe's health endpoints (``/v2/health/live``, ``/v2/health/ready``,
-``/v1/models/<name>`` and ``/v2/models/<name>/ready``, 503 until the model is loaded).
+``/v1/models/<name>`` and ``/v2/models/<name>/ready``, 503 until the model is loaded), and
+KServe's repository API: ``POST /v2/repository/models/<name>/load`` reloads the model, ``unload``
+is refused (501).
 
 A photo's record is ``hsnet predict``'s (:func:`hsnet.predict.classify_faces`): ``faces``
 (``box``, ``detection_probability``, ``expression``, ``confidence``, ``probabilities``) and
@@ -328,6 +330,17 @@ class _Repository(kserve.model_repository.ModelRepository):
             raise HSNetError(f"no model {name!r} here")
         await asyncio.get_running_loop().run_in_executor(None, model.reload)
         return True
+
+    def unload(self, name: str):
+        """Refused (HTTP 501): this server holds one model, and any client of the predictor can
+        call ``POST /v2/repository/models/<name>/unload``. KServe's unload drops the model for
+        good: readiness 404 while liveness stays 200, so Kubernetes never restarts the pod, and
+        ``load`` has no model left to reload."""
+        if isinstance(self.get_model(name), HSNetModel):
+            raise NotImplementedError(f"unloading {name!r} is not supported: hsnet serve serves one model; "
+                                      f"POST /v2/repository/models/{name}/load reloads it, and stopping the "
+                                      "server (SIGTERM) takes it out of service")
+        return super().unload(name)
 
 
 def serve(model: str, *, port: int = 8080, host: str = "127.0.0.1", name: str = DEFAULT_NAME,

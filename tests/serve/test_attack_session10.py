@@ -1,0 +1,139 @@
+"""Session 10 attack on serving and deployment: what session 9's test_attack_serving.py did not try.
+
+* KServe's model repository API (``/v2/repository/models/<name>/unload``), which any client of the
+  predictor can call: the served model must not be taken away for good.
+* One request inside the InferenceService's own limits (serving/k8s/inferenceservice.yaml's
+  HSNET_SERVE_* values) against the container's memory limit there: the kernel's OOM killer
+  takes the whole pod, not one photo.
+* The images' build context (.dockerignore) against what each Dockerfile copies.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from serve_helpers import b64, post, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = ROOT / "serving" / "k8s" / "inferenceservice.yaml"
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.mark.slow
+def test_unload_through_the_repository_api_leaves_the_model_served(trained, photos, tmp_path):
+    """``POST /v2/repository/models/hsnet/unload`` (no credentials: the predictor's own port) took
+    the model out of the server: the readiness probe (/v2/models/hsnet/ready) answered 404 for
+    ever, liveness stayed 200 so Kubernetes never restarted the pod, and the reload endpoint
+    (``.../load``) could not bring it back ("no model 'hsnet' here"): one request took the
+    replica out of service until someone deleted the pod."""
+    s = start_server(str(trained["checkpoint"]), tmp_path / "serve.log")
+    try:
+        status, out = post(s.url + "/v2/repository/models/hsnet/unload", {})
+        assert not 200 <= status < 300, (status, out)
+        assert "unload" in json.dumps(out), out  # says what was refused
+        assert _get(s.url + "/v2/models/hsnet/ready") == (200, {"name": "hsnet", "ready": True})
+        status, out = post(s.url + "/v1/models/hsnet:predict", {"instances": [{"b64": b64(photos["astronaut"])}]})
+        assert status == 200 and len(out["predictions"][0]["faces"]) == 1, (status, out)
+        # the documented reload still works afterwards
+        status, out = post(s.url + "/v2/repository/models/hsnet/load", {})
+        assert status == 200, out
+        assert _get(s.url + "/v2/models/hsnet/ready")[0] == 200
+    finally:
+        s.stop()
+
+
+def _manifest_limits() -> tuple[dict, int, int]:
+    """(HSNET_SERVE_* env, memory limit in bytes, --threads) of the InferenceService's container."""
+    isvc = next(d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d.get("kind") == "InferenceService")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if e["name"].startswith("HSNET_SERVE_")}
+    memory = str(container["resources"]["limits"]["memory"])
+    units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "K": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}
+    number, unit = re.fullmatch(r"(\d+)([KMG]i?)?", memory).groups()
+    args = container["args"]
+    return env, int(number) * units.get(unit or "", 1), int(args[args.index("--threads") + 1])
+
+
+@pytest.mark.slow
+def test_one_request_inside_the_manifests_limits_fits_its_memory_limit(trained, tmp_path):
+    """The InferenceService lets a request hold max_request_pixels (48 MP: three 16 MP photos) and
+    limits the container to 3Gi. One such request (2.7 MB of JPEG, far under the body limit) took
+    the server to a peak RSS of 3.6 GB here (1.1 GB at rest): MTCNN's int64 summed-area tables of
+    three equal-size photos batched together. Over a cgroup's memory limit the kernel kills the
+    process: every request in flight on the replica is lost, not one photo (the per-photo 'out of
+    memory' record of test_attack_serving only happens under an address-space rlimit)."""
+    env, memory_limit, threads = _manifest_limits()
+    side = int(int(env["HSNET_SERVE_MAX_IMAGE_PIXELS"]) ** 0.5)
+    n = min(int(env["HSNET_SERVE_MAX_IMAGES"]), int(env["HSNET_SERVE_MAX_REQUEST_PIXELS"]) // (side * side))
+    yy, xx = np.mgrid[0:side, 0:side]
+    photo = Image.fromarray(np.stack([xx % 256, yy % 256, (xx // 7 + yy // 5) % 256], -1).astype(np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=60)
+    body = {"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}] * n}
+    assert len(json.dumps(body)) < int(env["HSNET_SERVE_MAX_REQUEST_BYTES"])
+    s = start_server(str(trained["checkpoint"]), tmp_path / "serve.log", **env)
+    try:
+        assert threads == 2  # start_server's --threads, as the manifest's
+        status, out = post(s.url + "/v1/models/hsnet:predict", body, timeout=600)
+        peak = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{s.proc.pid}/status")
+                    if line.startswith("VmHWM"))
+    finally:
+        s.stop()
+    assert status == 200 and len(out["predictions"]) == n, (status, str(out)[:300])
+    assert peak < memory_limit, (f"one request of {n} photos of {side}x{side} (inside the manifest's limits) "
+                                 f"peaked at {peak / 2 ** 30:.2f} GiB, over the container's limit of "
+                                 f"{memory_limit / 2 ** 30:.2f} GiB")
+
+
+def _copied(dockerfile: Path) -> list[str]:
+    """The build-context paths a Dockerfile's COPY/ADD instructions read (not --from stages)."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    sources = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if any(w.startswith("--from") for w in words[1:]):
+            continue
+        sources += args[:-1]
+    return sources
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "serving/Dockerfile", "mlflow/Dockerfile"])
+def test_every_file_a_dockerfile_copies_is_in_its_build_context(dockerfile):
+    """serving/Dockerfile and mlflow/Dockerfile are built from the repository root
+    (``docker build -f serving/Dockerfile .``, as their headers and the README say), so the root
+    .dockerignore applies to them (no serving/Dockerfile.dockerignore beside them): its allow-list
+    leaves out serving/requirements.txt and mlflow/create_bucket.py, and their COPY of those fails
+    the build ("not found")."""
+    from docker.utils.build import exclude_paths
+
+    path = ROOT / dockerfile
+    own = path.with_name(path.name + ".dockerignore")  # BuildKit's per-Dockerfile ignore file
+    ignore = own if own.is_file() else ROOT / ".dockerignore"
+    patterns = [line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    context = exclude_paths(str(ROOT), patterns, dockerfile=dockerfile)
+    missing = []
+    for source in _copied(path):
+        source = source.rstrip("/")
+        if not any(p == source or p.startswith(source + "/") for p in context):
+            missing.append(source)
+    assert not missing, f"{dockerfile} copies {missing}, which {ignore.name} keeps out of the build context"
