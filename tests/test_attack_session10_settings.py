@@ -81,6 +81,15 @@ def test_a_crop_size_hsnet_cannot_read_back_is_refused_before_cropping(tmp_path,
     assert Params.resolve(_write(tmp_path, "datasets:\n  sample:\n    input_size: 8000\n"), "sample").crop.size == 8000
 
 
+@pytest.mark.parametrize("entry, key, bound", [("train: {max_epochs: 0}", "train.max_epochs", ">= 1"),
+                                               ("train: {num_threads: 0}", "train.num_threads", ">= 1"),
+                                               ("crop: {size: 0}", "crop.size", ">= 1")])
+def test_an_optional_number_out_of_range_says_its_range(tmp_path, entry, key, bound):
+    # said "0 is not an integer or null": the range error of `int | None` was swallowed by the union
+    with pytest.raises(ParamsError, match=rf"datasets\.sample\.{key}: 0 is out of range; it must be {bound}"):
+        Params.resolve(_write(tmp_path, f"datasets:\n  sample:\n    {entry}\n"), "sample")
+
+
 # --- the numbers ---------------------------------------------------------------------------------
 
 def test_the_per_class_figures_average_to_the_mean_accuracy_reported():
