@@ -8,7 +8,8 @@ from . import SLIM_IMAGE
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
-                   runs: list = [], require_stem_uri: bool = False) -> NamedTuple("Outputs", version=str, settings=dict):
+                   runs: list = [], require_stem_uri: bool = False) -> NamedTuple(
+        "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict):
     """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
     DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
     an input, so new data at the same source is fetched (and everything after it re-run) and
@@ -18,11 +19,14 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     ``settings``: ``params`` cut to what ``dataset``'s settings come from (``defaults`` and
     ``datasets.<dataset>``), for the later steps: a parameter's value is part of their cache key,
     so another dataset's edit to params reuses their results, as DVC does (``params`` itself when
-    no dataset is named)."""
+    no dataset is named). ``import_settings``, ``validate_settings``, ``crop_settings``: cut further
+    to the keys that step reads (hsnet.params.STEP_KEYS), so an edit to this dataset's training
+    re-runs train and what follows it, not the data steps."""
     from typing import NamedTuple
 
     from components.convert import check_stem_weights, group_settings, params_for, start_step
     from hsnet.data.fetch import source_version as version_of
+    from hsnet.params import for_step
 
     start_step()
     settings = params
@@ -34,8 +38,11 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
             group_settings(params, dataset, runs)  # checkpoints and count twice in Table 6)
         if require_stem_uri:
             check_stem_weights(params, dataset, runs)
-    outputs = NamedTuple("Outputs", version=str, settings=dict)
-    return outputs(version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None), settings)
+    steps = {step: for_step(params, dataset, step) if dataset else params for step in ("import", "validate", "crop")}
+    outputs = NamedTuple("Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict,
+                         crop_settings=dict)
+    return outputs(version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None), settings,
+                   steps["import"], steps["validate"], steps["crop"])
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)

@@ -32,6 +32,7 @@ from typing import Literal, Union
 import yaml
 
 from .errors import HSNetError
+from .io import MAX_IMAGE_PIXELS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WHOLE_STEP = "whole-step"  # train.compile: the whole training step as one CUDA graph (hsnet.step)
@@ -41,10 +42,15 @@ class ParamsError(HSNetError):
     """A setting is unknown, of the wrong type or out of range; the message names it."""
 
 
+class _OutOfRange(ParamsError):
+    """Of the right type, out of range: said as such, also for an optional (``int | None``) setting."""
+
+
 def _range(lo=None, hi=None, *, lo_open=False, hi_open=False) -> dict:
     return {"range": (lo, hi, lo_open, hi_open)}
 
 
+SIDE_MAX = math.isqrt(MAX_IMAGE_PIXELS)  # 8000: larger square crops would be refused by every reader (hsnet.io)
 SEED_MAX = 2 ** 32 - 1  # numpy's generators take no negative seed; torch's overflow at train's seed * 1e6
 
 
@@ -63,7 +69,7 @@ class ValidateParams:
 @dataclass(frozen=True)
 class CropParams:
     detector: Literal["mtcnn", "none"] = "mtcnn"  # the paper crops RaFD and KDEF with MTCNN
-    size: int | None = field(default=None, metadata=_range(1))  # None: the dataset's input_size
+    size: int | None = field(default=None, metadata=_range(1, SIDE_MAX))  # None: the dataset's input_size
     margin: int = field(default=0, metadata=_range(0))  # around the face, in output pixels
     no_face: Literal["drop", "center"] = "drop"
     min_face_size: int = field(default=20, metadata=_range(1))  # MTCNN's own default
@@ -133,7 +139,7 @@ class Params:
     """Everything one dataset's pipeline run is configured by."""
 
     dataset: str = ""
-    input_size: int = field(default=224, metadata=_range(1))  # train checks HSNet's minimum
+    input_size: int = field(default=224, metadata=_range(1, SIDE_MAX))  # train checks HSNet's minimum
     import_: ImportParams = field(default=ImportParams(), metadata={"key": "import"})
     validate: ValidateParams = ValidateParams()
     crop: CropParams = CropParams()
@@ -185,6 +191,24 @@ class Params:
         entry = self.to_dict()
         entry.pop("dataset")
         return {"datasets_to_run": [self.dataset], "datasets": {self.dataset: entry}}
+
+
+# The keys of a dataset's entry (and of ``defaults``) each data step reads: dvc.yaml's params lists
+# for these stages (tests/pipeline/test_dvc.py compares). The Kubeflow steps take only these
+# (:func:`for_step`), since a parameter's value is part of Kubeflow's cache key: an edit to this
+# dataset's train.lr then re-runs train and what follows, not import, validate and crop.
+STEP_KEYS = {"import": ("import",), "validate": ("validate",), "crop": ("input_size", "crop")}
+
+
+def for_step(data: dict, dataset: str, step: str) -> dict:
+    """A params mapping cut to the keys ``step`` (one of :data:`STEP_KEYS`) reads of ``dataset``'s
+    entry and of ``defaults``: the same settings for that step (:meth:`Params.from_mapping`), and
+    nothing the step doesn't read."""
+    keys = STEP_KEYS[step]
+    entry = (data.get("datasets") or {}).get(dataset) or {}
+    defaults = {k: v for k, v in (data.get("defaults") or {}).items() if k in keys}
+    out = {"datasets_to_run": [dataset], "datasets": {dataset: {k: v for k, v in entry.items() if k in keys}}}
+    return {**out, "defaults": defaults} if defaults else out
 
 
 def check_file(data, source: str) -> None:
@@ -246,6 +270,8 @@ def _value(tp, value, where: str, meta: dict):
         for option in args:
             try:
                 return _value(option, value, where, meta)
+            except _OutOfRange:
+                raise  # the right type: its range is what to fix
             except ParamsError:
                 continue
         raise ParamsError(f"{where}: {_show(value)} is not {_describe(tp)}")
@@ -292,7 +318,7 @@ def _in_range(value, where: str, meta: dict):
         ([f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
     if (lo is not None and (value < lo or (lo_open and value == lo))) or \
             (hi is not None and (value > hi or (hi_open and value == hi))):
-        raise ParamsError(f"{where}: {value} is out of range; it must be {' and '.join(bounds)}")
+        raise _OutOfRange(f"{where}: {value} is out of range; it must be {' and '.join(bounds)}")
     return value
 
 

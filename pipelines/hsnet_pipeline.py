@@ -12,7 +12,9 @@ the same URI: fetch runs, its new artifact changes every later step's key, and t
 (Kubeflow keys a task on its parameter values, the ids of its input artifacts, its command and
 image; see docs/performance.md.) The steps after ``source-version`` take its ``settings`` output,
 this dataset's resolved settings alone, not the whole ``params``: editing another dataset's entry
-re-runs nothing here, as with DVC.
+re-runs nothing here, as with DVC. import, validate and crop take only the keys they read
+(``<step>_settings``, hsnet.params.STEP_KEYS): editing this dataset's training settings re-runs
+train and what follows it on the cached crops.
 
 Kubernetes settings (kfp-kubernetes): every step gets the S3 credentials from the secret
 ``hsnet-s3`` (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL_S3
@@ -117,7 +119,8 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
     (components.convert.check_stem_weights) before any data is fetched.
     ``settings``: source-version's output, ``dataset``'s resolved settings alone; every step after
     it takes them instead of the whole ``params``, so that its cache key changes with this
-    dataset's settings only (as dvc.yaml's params lists)."""
+    dataset's settings only (as dvc.yaml's params lists); import, validate and crop take only
+    their own keys of them (source-version's ``<step>_settings``)."""
     checks = {"runs": runs, "require_stem_uri": True} if runs is not None else {}
     version = step(_secrets(source_version(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev, params=params,
                                            dataset=dataset, **checks)), "source-version")
@@ -125,12 +128,14 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
     params = version.outputs["settings"]
     fetch = step(_secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev,
                                     version=version.outputs["version"])), "fetch")
-    imported = step(import_data(dataset=dataset, params=params, raw=fetch.outputs["raw"]), "import")
-    validated = step(validate_data(dataset=dataset, params=params, raw=fetch.outputs["raw"],
-                                   manifest=imported.outputs["manifest"]), "validate")
+    imported = step(import_data(dataset=dataset, params=version.outputs["import_settings"],
+                                raw=fetch.outputs["raw"]), "import")
+    validated = step(validate_data(dataset=dataset, params=version.outputs["validate_settings"],
+                                   raw=fetch.outputs["raw"], manifest=imported.outputs["manifest"]), "validate")
 
     def crop(device, gpu):
-        crops = step(crop_faces(dataset=dataset, params=params, device=device, raw=fetch.outputs["raw"],
+        crops = step(crop_faces(dataset=dataset, params=version.outputs["crop_settings"], device=device,
+                                raw=fetch.outputs["raw"],
                                 manifest=imported.outputs["manifest"]), "crop", gpu=gpu).after(validated)
         if then is not None:
             then(crops.outputs["crops"], params)

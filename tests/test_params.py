@@ -131,3 +131,30 @@ def test_to_file_hands_the_resolved_settings_to_another_process(tmp_path):
     assert q == p
     assert (q.model.dib, q.model.fgal, q.train.seed, q.crop.size, q.train.lr, q.train.batch_size) == \
         (False, True, 2, 100, 0.01, 32)
+
+
+def test_a_data_step_gets_only_the_keys_it_reads():
+    """Kubeflow's import, validate and crop take params cut to their own keys (a parameter is part
+    of the cache key): the same settings for the step, and nothing else of the file."""
+    from hsnet.params import Params, for_step
+
+    data = {"datasets_to_run": ["a", "b"],
+            "defaults": {"crop": {"margin": 4}, "train": {"seed": 7}, "validate": {"min_size": 40}},
+            "datasets": {"a": {"input_size": 96, "crop": {"detector": "none"}, "import": {"seed": 3},
+                               "train": {"lr": 0.5}, "model": {"ktl": False}},
+                         "b": {"input_size": 64, "train": {"lr": 0.1}}}}
+    assert for_step(data, "a", "crop") == {"datasets_to_run": ["a"], "defaults": {"crop": {"margin": 4}},
+                                           "datasets": {"a": {"input_size": 96, "crop": {"detector": "none"}}}}
+    assert for_step(data, "a", "import") == {"datasets_to_run": ["a"], "datasets": {"a": {"import": {"seed": 3}}}}
+    assert for_step(data, "a", "validate") == {"datasets_to_run": ["a"], "defaults": {"validate": {"min_size": 40}},
+                                               "datasets": {"a": {}}}
+    crop = Params.from_mapping(for_step(data, "a", "crop"), "a").crop
+    assert (crop.detector, crop.size, crop.margin) == ("none", 96, 4)  # size: a's input_size
+    assert Params.from_mapping(for_step(data, "a", "import"), "a").import_.seed == 3
+    assert Params.from_mapping(for_step(data, "a", "validate"), "a").validate.min_size == 40
+    # another dataset's or another section's edit leaves every data step's slice as it was
+    edited = {**data, "defaults": {**data["defaults"], "train": {"seed": 8}},
+              "datasets": {**data["datasets"], "a": {**data["datasets"]["a"], "train": {"lr": 0.25}},
+                           "b": {"input_size": 32}}}
+    for step in ("import", "validate", "crop"):
+        assert for_step(edited, "a", step) == for_step(data, "a", step)

@@ -113,8 +113,9 @@ def test_another_datasets_settings_do_not_retrain_this_one(sample):
     """Every step gets the whole params.yaml as its ``params`` parameter, and a parameter's value is
     part of Kubeflow's cache key: editing kdef's learning rate (or adding a dataset to
     datasets_to_run) re-runs import, validate, crop, train and evaluate of *rafdb* (and all 24
-    trainings of its ablation). DVC re-runs a dataset's stages only for its own keys and
-    ``defaults`` (dvc.yaml's params lists); the pipeline's cache must follow the same settings."""
+    trainings of its ablation); editing rafdb's own learning rate re-ran its import, validate
+    and crop. DVC re-runs a dataset's stages only for their own keys and ``defaults`` (dvc.yaml's
+    params lists); the pipeline's cache must follow the same settings."""
     import os
 
     from kfp import local
@@ -139,6 +140,12 @@ def test_another_datasets_settings_do_not_retrain_this_one(sample):
     other["datasets_to_run"] = sorted(set(other["datasets_to_run"]) | {"kdef", "sample"})
     assert run(other) == {"source-version", "register-model"}, \
         "kdef's settings changed and the sample's import..evaluate ran again"
+    # the sample's own training settings: train and what follows it, not import, validate and crop
+    # (each takes only its own keys, as dvc.yaml's params lists)
+    mine = copy.deepcopy(other)
+    mine["datasets"]["sample"]["train"]["lr"] = 0.5 * TINY["train"]["lr"]
+    assert run(mine) == {"source-version", "train-model", "evaluate-model", "register-model"}, \
+        "the sample's train.lr changed and its import, validate or crop ran again"
 
 
 def test_groups_need_checkpoints():

@@ -177,3 +177,14 @@ def test_stage_deps_cover_the_code_they_run():
         missing = sorted(f for f in seen - NOT_RESULTS if not any(f == d or f.startswith(d.rstrip("/") + "/")
                                                                    for d in deps))
         assert not missing, f"dvc.yaml stage {stage}: add {missing} to its deps"
+
+
+def test_data_stages_params_are_the_keys_the_kubeflow_steps_take():
+    """dvc.yaml's params of import, validate and crop name the keys hsnet.params.STEP_KEYS gives
+    the Kubeflow steps (and ``defaults``): both re-run a data step for the same edits."""
+    from hsnet.params import STEP_KEYS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert sorted(STEP_KEYS) == ["crop", "import", "validate"]
+    for stage, keys in STEP_KEYS.items():
+        assert stages[stage]["do"]["params"] == ["defaults"] + [f"datasets.${{item}}.{k}" for k in keys]

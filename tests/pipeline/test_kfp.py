@@ -101,9 +101,9 @@ def test_steps_order_gpu_secrets_parameters(spec):
     # a parameter's value is in their cache key (tests/pipeline/test_attack_cluster.py runs it)
     assert _upstream(tasks["import-data"]) == {"fetch-raw", "source-version"}
     assert _upstream(tasks["validate-data"]) == {"fetch-raw", "import-data", "source-version"}
-    for name in ("import-data", "validate-data"):
+    for name, key in (("import-data", "import_settings"), ("validate-data", "validate_settings")):
         assert tasks[name]["inputs"]["parameters"]["params"] == {
-            "taskOutputParameter": {"outputParameterKey": "settings", "producerTask": "source-version"}}
+            "taskOutputParameter": {"outputParameterKey": key, "producerTask": "source-version"}}
     assert "validate-data" in _upstream(tasks[CROPS])  # a failed validation stops the run before cropping
 
     # crop_device picks the branch: cuda -> crop on a GPU, anything else -> on the CPU; each
@@ -119,6 +119,10 @@ def test_steps_order_gpu_secrets_parameters(spec):
         assert _upstream(branch["train"][1]) == {key["crop"]}
         assert _upstream(branch["evaluate"][1]) == {key["crop"], key["train"]}
         assert _upstream(branch["register"][1]) == {key["train"], key["evaluate"]}
+        assert branch["crop"][1]["inputs"]["parameters"]["params"] == {
+            "componentInputParameter": "pipelinechannel--source-version-crop_settings"}
+        assert branch["train"][1]["inputs"]["parameters"]["params"] == {
+            "componentInputParameter": "pipelinechannel--source-version-settings"}
 
     executors = pipeline["deploymentSpec"]["executors"]
     assert {n: e["container"]["image"] for n, e in executors.items()} == {
