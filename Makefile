@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 test: setup serve-env
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25  # the slowest tests, for keeping CI under its time limit
 
 # The whole pipeline on the built-in sample: draw it (byte-identical to what data.dvc records),
 # then dvc repro import -> validate -> crop -> train -> evaluate -> register (local MLflow).
