@@ -59,8 +59,9 @@ def test_unload_through_the_repository_api_leaves_the_model_served(trained, phot
         s.stop()
 
 
-def _manifest_limits() -> tuple[dict, int, int]:
-    """(HSNET_SERVE_* env, memory limit in bytes, --threads) of the InferenceService's container."""
+def _manifest_limits() -> tuple[dict, int, int, int]:
+    """(HSNET_SERVE_* env, memory limit in bytes, --threads, containerConcurrency) of the
+    InferenceService's container."""
     isvc = next(d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d.get("kind") == "InferenceService")
     (container,) = isvc["spec"]["predictor"]["containers"]
     env = {e["name"]: e["value"] for e in container.get("env", []) if e["name"].startswith("HSNET_SERVE_")}
@@ -68,18 +69,22 @@ def _manifest_limits() -> tuple[dict, int, int]:
     units = {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "K": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}
     number, unit = re.fullmatch(r"(\d+)([KMG]i?)?", memory).groups()
     args = container["args"]
-    return env, int(number) * units.get(unit or "", 1), int(args[args.index("--threads") + 1])
+    return (env, int(number) * units.get(unit or "", 1), int(args[args.index("--threads") + 1]),
+            int(isvc["spec"]["predictor"].get("containerConcurrency") or 1))
 
 
 @pytest.mark.slow
-def test_one_request_inside_the_manifests_limits_fits_its_memory_limit(trained, tmp_path):
-    """The InferenceService lets a request hold max_request_pixels (48 MP: three 16 MP photos) and
-    limits the container to 3Gi. One such request (2.7 MB of JPEG, far under the body limit) took
-    the server to a peak RSS of 3.6 GB here (1.1 GB at rest): MTCNN's int64 summed-area tables of
-    three equal-size photos batched together. Over a cgroup's memory limit the kernel kills the
-    process: every request in flight on the replica is lost, not one photo (the per-photo 'out of
-    memory' record of test_attack_serving only happens under an address-space rlimit)."""
-    env, memory_limit, threads = _manifest_limits()
+def test_requests_inside_the_manifests_limits_fit_its_memory_limit(trained, tmp_path):
+    """The InferenceService lets a request hold max_request_pixels (48 MP: three 16 MP photos),
+    sends a replica containerConcurrency (2) requests at once and limits its container to 3Gi.
+    One such request alone (2.7 MB of JPEG, far under the body limit) took the server from 1.0 GiB
+    at rest to a peak RSS of 3.2-3.4 GiB here: MTCNN's int64 summed-area tables of three
+    equal-size photos batched together (about 0.75 GB per 16 MP photo). Over a cgroup's memory
+    limit the kernel kills the process: every request in flight on the replica is lost, not one
+    photo (test_attack_serving's per-photo 'out of memory' record needs an address-space rlimit)."""
+    import threading
+
+    env, memory_limit, threads, concurrency = _manifest_limits()
     side = int(int(env["HSNET_SERVE_MAX_IMAGE_PIXELS"]) ** 0.5)
     n = min(int(env["HSNET_SERVE_MAX_IMAGES"]), int(env["HSNET_SERVE_MAX_REQUEST_PIXELS"]) // (side * side))
     yy, xx = np.mgrid[0:side, 0:side]
@@ -91,13 +96,24 @@ def test_one_request_inside_the_manifests_limits_fits_its_memory_limit(trained, 
     s = start_server(str(trained["checkpoint"]), tmp_path / "serve.log", **env)
     try:
         assert threads == 2  # start_server's --threads, as the manifest's
-        status, out = post(s.url + "/v1/models/hsnet:predict", body, timeout=600)
+        results: list = [None] * concurrency
+
+        def one(i):
+            results[i] = post(s.url + "/v1/models/hsnet:predict", body, timeout=600)
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(concurrency)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
         peak = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{s.proc.pid}/status")
                     if line.startswith("VmHWM"))
     finally:
         s.stop()
-    assert status == 200 and len(out["predictions"]) == n, (status, str(out)[:300])
-    assert peak < memory_limit, (f"one request of {n} photos of {side}x{side} (inside the manifest's limits) "
+    for status, out in results:
+        assert status == 200 and len(out["predictions"]) == n, (status, str(out)[:300])
+    assert peak < memory_limit, (f"{concurrency} requests of {n} photos of {side}x{side} (inside the manifest's "
+                                 "limits and containerConcurrency) "
                                  f"peaked at {peak / 2 ** 30:.2f} GiB, over the container's limit of "
                                  f"{memory_limit / 2 ** 30:.2f} GiB")
 
