@@ -122,22 +122,41 @@ def test_a_run_records_the_cpu_threads_that_decide_its_numbers():
     assert threads == [str(torch.get_num_threads())], tags
 
 
-def test_resume_with_other_optimizer_settings_records_what_it_trained_with(tiny_data, tmp_path, monkeypatch):
+RESUME_PARAMS = ("datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false, fgal: false}\n"
+                 "    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3, scheduler: {patience: 50}}\n")
+
+
+@pytest.fixture(scope="module")
+def killed_run(tiny_data, tmp_path_factory):
+    """A training stopped after its first epoch, as a kill leaves it: last.pt to resume from."""
+    from hsnet.train import train
+
+    base = tmp_path_factory.mktemp("killed")
+    path = base / "params.yaml"
+    path.write_text(RESUME_PARAMS)
+    train(tiny_data, Params.resolve(path, "sample"), base / "run", stop_after_epochs=1, track=False, progress=False)
+    return base
+
+
+def _resume(tiny_data, killed_run, tmp_path, overrides):
+    import shutil
+
+    from hsnet.train import train
+
+    shutil.copytree(killed_run / "run", tmp_path / "run")
+    return train(tiny_data, Params.resolve(killed_run / "params.yaml", "sample", overrides), tmp_path / "run",
+                 resume=True, track=False, progress=False)
+
+
+def test_resume_with_other_optimizer_settings_records_what_it_trained_with(tiny_data, killed_run, tmp_path):
     """hsnet train --resume --set train.lr=0.01 after a killed run at lr 0.001: the optimizer state
     loaded from last.pt brings back lr 0.001 (and the old betas, weight decay, scheduler patience and
     factor), so epoch 2 trains at 0.001 while last.pt's meta, best.pt (hsnet register) and the new
     MLflow run record lr 0.01. Either refuse, naming the setting, or train with the new value."""
     from hsnet.checkpoint import load
-    from hsnet.train import train
 
-    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    path = _write(tmp_path, "datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false, fgal: false}\n"
-                            "    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3, scheduler: {patience: 50}}\n")
-    opts = dict(track=False, progress=False)
-    train(tiny_data, Params.resolve(path, "sample"), tmp_path / "run", stop_after_epochs=1, **opts)
     try:
-        train(tiny_data, Params.resolve(path, "sample", {"train": {"lr": 0.01}}), tmp_path / "run", resume=True,
-              **opts)
+        _resume(tiny_data, killed_run, tmp_path, {"train": {"lr": 0.01}})
     except HSNetError as exc:
         assert "lr" in str(exc)
         return
@@ -145,3 +164,11 @@ def test_resume_with_other_optimizer_settings_records_what_it_trained_with(tiny_
     trained_with = last["state"]["history"][-1]["lr"]
     assert last["meta"]["params"]["train"]["lr"] == trained_with, \
         f"epoch 2 trained at lr {trained_with}, the checkpoint says {last['meta']['params']['train']['lr']}"
+
+
+def test_resume_with_another_architecture_is_refused_naming_the_setting(tiny_data, killed_run, tmp_path):
+    """hsnet train --resume --set model.fgal=true on a last.pt trained without FGAL: a RuntimeError
+    'Error(s) in loading state_dict for HSNet: Missing key(s) ...' (a traceback of parameter names)
+    instead of a message naming model.fgal and what to do (another --out, or drop --resume)."""
+    with pytest.raises(HSNetError, match=r"model\.fgal"):
+        _resume(tiny_data, killed_run, tmp_path, {"model": {"fgal": True}})
