@@ -32,6 +32,16 @@ def test_a_key_written_twice_is_refused_naming_it(tmp_path, text, key):
         Params.resolve(_write(tmp_path, text), "sample")
 
 
+def test_kubeflow_submit_refuses_a_key_written_twice_as_the_cli_and_dvc_do(tmp_path):
+    """pipelines/submit.py reads params.yaml with yaml.safe_load: the duplicate the CLI (hsnet.params.load)
+    and dvc refuse is sent to Kubeflow with the last entry silently winning."""
+    from pipelines.submit import load_params
+
+    path = _write(tmp_path, "datasets:\n  sample:\n    train: {lr: 0.1}\n  sample:\n    train: {lr: 0.5}\n")
+    with pytest.raises(HSNetError, match="sample.*twice"):
+        load_params(str(path), ["sample"])
+
+
 def test_a_merge_key_overridden_by_an_explicit_key_is_not_a_duplicate(tmp_path):
     text = ("datasets:\n  sample: &base\n    input_size: 80\n    train: {lr: 0.1}\n"
             "  rafdb:\n    <<: *base\n    input_size: 96\n")
