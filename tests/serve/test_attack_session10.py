@@ -153,3 +153,19 @@ def test_every_file_a_dockerfile_copies_is_in_its_build_context(dockerfile):
         if not any(p == source or p.startswith(source + "/") for p in context):
             missing.append(source)
     assert not missing, f"{dockerfile} copies {missing}, which {ignore.name} keeps out of the build context"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "serving/Dockerfile", "mlflow/Dockerfile"])
+def test_images_that_run_mlflow_turn_its_telemetry_off(dockerfile):
+    """MLflow (3.2 and later) sends anonymous usage data by default, opted out of with
+    MLFLOW_DISABLE_TELEMETRY=true or DO_NOT_TRACK=true (mlflow.org/docs/latest/community/
+    usage-tracking; mlflow.telemetry.utils.is_telemetry_disabled). The project turns DVC's and
+    Great Expectations' analytics off everywhere (Makefile, tests/conftest.py, the image's ENV:
+    DVC_NO_ANALYTICS, GX_ANALYTICS_ENABLED) but not MLflow's: every training step, the model
+    server and the tracking server of a cluster install would call out to mlflow-telemetry.io
+    (and `hsnet serve` writes ~/.config/mlflow/telemetry.json at start, strace'd)."""
+    text = re.sub(r"\\\n", " ", (ROOT / dockerfile).read_text())
+    assert "mlflow" in text.lower()  # each of these images installs MLflow
+    envs = " ".join(line for line in text.splitlines() if line.strip().upper().startswith("ENV "))
+    assert re.search(r"\b(MLFLOW_DISABLE_TELEMETRY|DO_NOT_TRACK)=(true|1)\b", envs, flags=re.I), (
+        f"{dockerfile}: no ENV MLFLOW_DISABLE_TELEMETRY=true (or DO_NOT_TRACK=true)")
