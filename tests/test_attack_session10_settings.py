@@ -4,6 +4,7 @@ files, hand-computed metrics, and what a resumed or re-run training records."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,23 @@ def test_an_optional_number_out_of_range_says_its_range(tmp_path, entry, key, bo
     # said "0 is not an integer or null": the range error of `int | None` was swallowed by the union
     with pytest.raises(ParamsError, match=rf"datasets\.sample\.{key}: 0 is out of range; it must be {bound}"):
         Params.resolve(_write(tmp_path, f"datasets:\n  sample:\n    {entry}\n"), "sample")
+
+
+def test_every_section_of_a_dataset_entry_is_a_param_of_a_dvc_stage_that_reads_it():
+    """datasets.<name>.evaluate (tta_hflip) is read by no stage dvc re-runs on its change: train's
+    params are defaults, input_size, model and train; evaluate has none and runs without --params,
+    so it takes the evaluate settings best.pt was trained with. Setting tta_hflip: true in a
+    dataset's entry and running dvc repro (or make pipeline) changes nothing, not even with
+    dvc repro -f evaluate@NAME; Kubeflow's train step takes the whole entry, so there it retrains."""
+    import yaml
+
+    from hsnet.params import _keys
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    tracked = {p for s in stages.values() for p in (s.get("do") or s).get("params", [])}
+    for key in _keys(Params):
+        assert any(f"datasets.${{item}}.{key}".startswith(t) for t in tracked), \
+            f"datasets.<name>.{key} is no stage's param in dvc.yaml"
 
 
 # --- the numbers ---------------------------------------------------------------------------------
