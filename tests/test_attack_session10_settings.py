@@ -136,6 +136,24 @@ def test_the_per_class_figures_average_to_the_mean_accuracy_reported():
     assert np.mean(measured) == pytest.approx(m["mean_accuracy"])
 
 
+def test_table6s_summed_confusion_matrix_holds_the_runs_and_predictions_its_header_counts():
+    """A row's confusion matrix is summed over the runs that have one (dvc exp show leaves the list
+    out; a run whose commit can't be read keeps None), but its header counts every run and every
+    run's images: 'summed over 2 run(s) (16 test predictions)' above a matrix of 8."""
+    from hsnet.reproduce import ablation_section, exp_name
+
+    cfg = (True, True, False)
+    rows = [{"experiment": exp_name("s", cfg, seed), "rev": "x", "timestamp": "2026-01-01T00:00:00", "seed": seed,
+             "dataset": "s", "config": cfg, "accuracy": 0.875, "mean_accuracy": 0.875, "classes": ["a", "b"],
+             "confusion_matrix": cm, "images": 8} for seed, cm in ((0, [[3, 1], [0, 4]]), (1, None))]
+    lines, _ = ablation_section(rows, "s")
+    text = "\n".join(lines)
+    header = next(ln for ln in lines if ln.startswith("<details><summary>confusion matrix"))
+    matrix = [ln for ln in text.split(header, 1)[1].splitlines() if ln.startswith("| **")]
+    total = sum(int(v) for ln in matrix for v in ln.split("|")[2:-1])
+    assert f"({total} test predictions)" in header, header
+
+
 # --- reproducibility -----------------------------------------------------------------------------
 
 def test_a_run_records_the_cpu_settings_that_decide_its_numbers():
