@@ -136,6 +136,33 @@ def test_the_per_class_figures_average_to_the_mean_accuracy_reported():
     assert np.mean(measured) == pytest.approx(m["mean_accuracy"])
 
 
+def test_evaluate_on_crops_cut_otherwise_than_the_models_says_so(trained, tmp_path, caplog):
+    """best.pt records the crop settings its training crops were cut with (train reads crop_report.json,
+    and predict and the server cut faces with them), but hsnet evaluate takes any crops of the dataset:
+    the test split cut at 60 px (or with another margin or detector) is scored without a word, and the
+    metrics say nothing of it. train itself warns when params and crops differ."""
+    import logging
+    import shutil
+
+    from hsnet.data.crop import crop
+    from hsnet.evaluate import evaluate
+    from hsnet.params import CropParams
+
+    raw = trained["data"].parent  # tiny_data's folder: raw/, manifest.csv, crops/
+    crop(raw / "manifest.csv", raw / "raw", tmp_path / "crops60", settings=CropParams(detector="none", size=60),
+         progress=False)
+    caplog.set_level(logging.WARNING)
+    try:
+        evaluate(trained["checkpoint"], tmp_path / "crops60", tmp_path / "eval", track=False, progress=False)
+    except HSNetError as exc:
+        assert "crop" in str(exc)
+        return
+    finally:
+        shutil.rmtree(tmp_path / "crops60", ignore_errors=True)
+    assert any("crop" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING), \
+        "evaluated crops cut at 60 px with a model trained on 80 px crops without a word"
+
+
 def test_table6s_summed_confusion_matrix_holds_the_runs_and_predictions_its_header_counts():
     """A row's confusion matrix is summed over the runs that have one (dvc exp show leaves the list
     out; a run whose commit can't be read keeps None), but its header counts every run and every
