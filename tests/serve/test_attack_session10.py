@@ -169,3 +169,47 @@ def test_images_that_run_mlflow_turn_its_telemetry_off(dockerfile):
     envs = " ".join(line for line in text.splitlines() if line.strip().upper().startswith("ENV "))
     assert re.search(r"\b(MLFLOW_DISABLE_TELEMETRY|DO_NOT_TRACK)=(true|1)\b", envs, flags=re.I), (
         f"{dockerfile}: no ENV MLFLOW_DISABLE_TELEMETRY=true (or DO_NOT_TRACK=true)")
+
+
+def _photos_body(side: int, n: int) -> bytes:
+    yy, xx = np.mgrid[0:side, 0:side]
+    photo = Image.fromarray(np.stack([xx % 256, yy % 256, (xx // 7 + yy // 5) % 256], -1).astype(np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=60)
+    return json.dumps({"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}] * n}).encode()
+
+
+@pytest.mark.slow
+def test_requests_whose_clients_are_gone_are_not_computed(trained, photos, tmp_path):
+    """A client that gives up (its own timeout; Knative's queue-proxy after the predictor's
+    ``timeout: 60``, which then sends the replica its next request) left its request queued for
+    the worker threads and computed in full for nobody: 8 requests of 1.45 s each abandoned after
+    0.3 s made the next small request wait 6.5 s here, and under a sustained overload every
+    request times out. Work whose client is gone must not start; at most the requests already
+    running when their clients left (two worker threads) are finished. Counted from the server's
+    log: KServe's trace line of each predict answered 200."""
+    import socket
+    import time
+
+    s = start_server(str(trained["checkpoint"]), tmp_path / "serve.log")
+    url = s.url + "/v1/models/hsnet:predict"
+    heavy = _photos_body(2000, 3)
+    small = {"instances": [{"b64": b64(photos["astronaut"])}]}
+    try:
+        assert post(url, small)[0] == 200 and post(url, heavy)[0] == 200  # 2 answered
+        abandoned = 12
+        for _ in range(abandoned):  # clients that give up after 0.3 s
+            try:
+                post(url, heavy, timeout=0.3)
+            except (socket.timeout, TimeoutError, urllib.error.URLError):
+                pass
+        start = time.monotonic()
+        status, out = post(url, small, timeout=600)  # 1 answered
+        waited = time.monotonic() - start
+    finally:
+        s.stop()
+    assert status == 200 and len(out["predictions"][0]["faces"]) == 1
+    computed = sum(1 for line in (tmp_path / "serve.log").read_text().splitlines()
+                   if "hsnet:predict" in line and "http_status:200" in line and "time:wall" in line) - 3
+    assert computed <= 4, (f"{computed} of {abandoned} requests whose clients had gone were computed; the next "
+                           f"request waited {waited:.1f} s behind them")
