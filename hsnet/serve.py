@@ -36,6 +36,7 @@ image, or on a development machine from the overlay ``make serve-env`` installs,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "hsnet"
 OUTPUT = "records"
+# set by BodyLimit for each HTTP request once its client has closed the connection
+_CLIENT_GONE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("hsnet_client_gone",
+                                                                                      default=None)
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,7 @@ class HSNetModel(kserve.Model):
             raise InvalidInput(f"unexpected request of type {type(payload).__name__}")
         check_count(len(values), self.limits)  # before queueing for a worker
         loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self.pool, self._compute, loaded, values, crops)
+        records = await loop.run_in_executor(self.pool, self._compute, loaded, values, crops, _CLIENT_GONE.get())
         if isinstance(payload, InferRequest):
             out = InferOutput(name=OUTPUT, shape=[len(records)], datatype="BYTES",
                               data=[json.dumps(r) for r in records])
@@ -238,13 +242,22 @@ class HSNetModel(kserve.Model):
         return {"predictions": records, "model_name": self.name, "model_version": loaded.model_version,
                 "model_uri": loaded.model_uri}
 
-    def _compute(self, loaded: Loaded, values: list, crops: bool) -> list[dict]:
+    def _compute(self, loaded: Loaded, values: list, crops: bool, gone: threading.Event | None = None) -> list[dict]:
         """One request on a worker thread, the ``threads`` cores shared among the requests in
         flight (PyTorch's intra-op threads are set per calling thread): a lone request gets all
         of them, ``threads`` concurrent ones one each. In a container give ``--threads`` its CPU
-        limit: the host's core count is not what it may use."""
+        limit: the host's core count is not what it may use.
+
+        A request whose client has closed the connection while it waited for a worker (its own
+        timeout, or Knative's queue-proxy after the predictor's ``timeout``) is not computed:
+        HTTP 499, to nobody. Otherwise the abandoned requests ran in full for no one, each
+        request after them waited for all of them, and under an overload every request timed out."""
         import torch
 
+        if gone is not None and gone.is_set():
+            log.info("a request whose client has gone is not computed")
+            raise HTTPException(status_code=499, detail="the client closed the connection before its request "
+                                                        "was computed")
         with self._busy_lock:
             self.busy += 1
             share = max(1, self.threads // self.busy)
@@ -281,7 +294,9 @@ class HSNetModel(kserve.Model):
 
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is refused with 413 naming the limit,
-    before it is read (Content-Length) or as soon as a streamed body passes it."""
+    before it is read (Content-Length) or as soon as a streamed body passes it. Once the body is
+    read it also watches the connection: a client that goes away sets the request's
+    ``_CLIENT_GONE`` event, so that its work is not started (:meth:`HSNetModel._compute`)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, int(max_bytes)
@@ -303,17 +318,34 @@ class BodyLimit:
             response = JSONResponse({"error": self.message(size)}, status_code=413)
             return await response(scope, receive, send)
         total = 0
+        gone = threading.Event()
+        watcher: asyncio.Task | None = None
+
+        async def watch():  # after the whole body: the next message is the disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
 
         async def limited():
-            nonlocal total
+            nonlocal total, watcher
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
                 if total > self.max_bytes:
                     raise HTTPException(status_code=413, detail=self.message(None))
+                if not message.get("more_body", False) and watcher is None:
+                    watcher = asyncio.ensure_future(watch())
+            elif message["type"] == "http.disconnect":
+                gone.set()
             return message
 
-        return await self.app(scope, limited, send)
+        token = _CLIENT_GONE.set(gone)
+        try:
+            return await self.app(scope, limited, send)
+        finally:
+            _CLIENT_GONE.reset(token)
+            if watcher is not None:
+                watcher.cancel()
 
 
 async def _refused(_request, exc: InputRefused):
