@@ -176,6 +176,22 @@ def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: Tr
         checkpoint.save(out_dir / checkpoint.BEST, checkpoint.for_inference(ckpt))
 
 
+# Settings an explicit --resume may change: how long, and how fast, not what is trained. Any
+# other difference is refused: the optimizer and scheduler state loaded from last.pt would bring
+# back the old lr, betas, patience..., while the checkpoints and MLflow record the new ones; another
+# model or input size can't load the weights at all.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_epochs", "train.early_stopping", "train.num_threads",
+                     "train.compile", "train.data_on_device", "train.data_memory_share", "evaluate.tta_hflip")
+
+
+def _changed_settings(recorded: dict, now: dict) -> list[str]:
+    """The dotted settings that differ between a checkpoint's params and these, other than
+    :data:`RESUMABLE_CHANGES`, each as 'key old -> new'."""
+    old, new = flatten(recorded or {}), flatten(now)
+    return [f"{k} {old.get(k, 'unset')} -> {new.get(k, 'unset')}" for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+
+
 def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setup, *,
                 auto: bool = False) -> tuple[TrainingState, str | None] | None:
     """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from
@@ -192,6 +208,11 @@ def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setu
         raise HSNetError(f"--resume: {path} was trained on other data "
                          f"({ckpt['meta']['data_version']} vs {meta['data_version']}); "
                          "use another --out or drop --resume")
+    changed = _changed_settings(ckpt["meta"].get("params"), meta["params"])
+    if changed:
+        raise HSNetError(f"--resume: {path} was trained with other settings ({'; '.join(changed)}); a resumed "
+                         "run keeps its settings (only " + ", ".join(RESUMABLE_CHANGES) + " may change). Resume "
+                         "with the same settings, or train from the start: drop --resume or use another --out")
     if ckpt["meta"].get("code_version") != meta["code_version"]:
         log.warning("--resume: %s was written by other hsnet code (%s, now %s); continuing as asked", path,
                     ckpt["meta"].get("code_version", "unrecorded"), meta["code_version"])
