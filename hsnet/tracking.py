@@ -257,10 +257,15 @@ def data_version(manifest: Path) -> str:
 
 
 def system_tags() -> dict:
+    """What a run's numbers depend on besides its settings and data: on the CPU, the kernels
+    PyTorch picked for this processor (AVX512, AVX2, DEFAULT) and the thread count change the
+    floating-point sums (docs/results.md, "Reproducibility")."""
     import torch
 
     tags = {"system.python": platform.python_version(), "system.torch": torch.__version__,
-            "system.platform": platform.platform(), "system.device": "cpu"}
+            "system.platform": platform.platform(), "system.device": "cpu",
+            "system.cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "system.cpu_threads": str(torch.get_num_threads())}
     if torch.cuda.is_available():
         tags["system.device"] = torch.cuda.get_device_name(0)
         tags["system.cuda"] = str(torch.version.cuda)
