@@ -436,16 +436,17 @@ def _seed_list(runs: list[dict]) -> str:
     return ", ".join(seeds) if len(seeds) == len(runs) else f"{len(runs)} run(s)"
 
 
-def _confusion_md(runs: list[dict]) -> list[str]:
-    """The confusion matrix summed over the runs (all on the same test split)."""
+def _confusion_md(runs: list[dict]) -> tuple[list[str], int, int]:
+    """The confusion matrix summed over the runs that have one (all on the same test split), the
+    number of those runs and of the predictions in it (a run without a matrix isn't counted)."""
     classes = runs[0]["classes"]
     cms = [r["confusion_matrix"] for r in runs if r["confusion_matrix"] and r["classes"] == classes]
     if not cms or not classes:
-        return []
+        return [], 0, 0
     cm = [[sum(m[i][j] for m in cms) for j in range(len(classes))] for i in range(len(classes))]
     lines = ["| actual \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     lines += [f"| **{c}** | " + " | ".join(str(v) for v in r) + " |" for c, r in zip(classes, cm)]
-    return lines
+    return lines, len(cms), sum(map(sum, cm))
 
 
 def _bar_chart(by_cfg: dict[tuple, list[dict]], dataset: str, path: Path) -> None:
@@ -557,12 +558,10 @@ def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) 
         _bar_chart(by_cfg, dataset, chart)
         lines += [f"![ablation accuracy on {dataset}]({chart.name})", ""]
     for c in CONFIGS:
-        cm = _confusion_md(by_cfg[c]) if c in by_cfg else []
+        cm, n_runs, predictions = _confusion_md(by_cfg[c]) if c in by_cfg else ([], 0, 0)
         if cm:
-            runs = by_cfg[c]
-            images = sum(r["images"] or 0 for r in runs)
             lines += [f"<details><summary>confusion matrix: {dataset} {config_name(c)}, summed over "
-                      f"{len(runs)} run(s) ({images} test predictions)</summary>", "", *cm, "", "</details>", ""]
+                      f"{n_runs} run(s) ({predictions} test predictions)</summary>", "", *cm, "", "</details>", ""]
     return lines, missing
 
 
