@@ -29,7 +29,7 @@ them; the steps that can fail for passing reasons are retried with backoff (:dat
 
 from pathlib import Path
 
-import yaml
+from hsnet import params as params_file
 from kfp import dsl, kubernetes
 
 from components import (crop_faces, evaluate_model, import_data, promote_model, register_model, train_model,
@@ -38,7 +38,7 @@ from components.fetch import fetch_raw, source_version
 from components.convert import RUN_ID_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DEFAULT_PARAMS = params_file.load(ROOT / "params.yaml")
 S3_SECRET, MLFLOW_SECRET = "hsnet-s3", "hsnet-mlflow"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")

@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,14 +26,11 @@ def load_params(params_path: str, datasets: list[str]) -> dict:
     """params.yaml as a mapping (the pipeline's ``params``), each dataset's settings checked against
     the schema first: a typo fails here, not in a pod an hour later."""
     from hsnet.errors import HSNetError
-    from hsnet.params import Params
+    from hsnet.params import Params, load
 
-    try:
-        params = yaml.safe_load(Path(params_path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise HSNetError(f"--params {params_path}: {exc}") from exc
+    params = load(params_path)  # as the CLI reads it: a key written twice is refused, as dvc does
     for dataset in datasets:
-        if isinstance(params, dict) and dataset not in (params.get("datasets") or {}):
+        if dataset not in (params.get("datasets") or {}):
             raise HSNetError(f"--dataset {dataset}: no entry under 'datasets' in {params_path}")
         Params.from_mapping(params, dataset, source=params_path)
     return params
