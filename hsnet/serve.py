@@ -363,16 +363,20 @@ class _Repository(kserve.model_repository.ModelRepository):
         await asyncio.get_running_loop().run_in_executor(None, model.reload)
         return True
 
-    def unload(self, name: str):
-        """Refused (HTTP 501): this server holds one model, and any client of the predictor can
-        call ``POST /v2/repository/models/<name>/unload``. KServe's unload drops the model for
-        good: readiness 404 while liveness stays 200, so Kubernetes never restarts the pod, and
-        ``load`` has no model left to reload."""
-        if isinstance(self.get_model(name), HSNetModel):
-            raise NotImplementedError(f"unloading {name!r} is not supported: hsnet serve serves one model; "
-                                      f"POST /v2/repository/models/{name}/load reloads it, and stopping the "
-                                      "server (SIGTERM) takes it out of service")
-        return super().unload(name)
+
+class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExtension):
+    """KServe's repository API as clients reach it: ``unload`` is refused (HTTP 501). This server
+    holds one model and any client of the predictor can call ``POST /v2/repository/models/<name>/unload``:
+    KServe's unload dropped the model for good (readiness 404 while liveness stays 200, so
+    Kubernetes never restarts the pod; ``load`` had no model left to reload). The server's own
+    shutdown (SIGTERM) unloads through the repository, not through this."""
+
+    async def unload(self, model_name: str) -> None:
+        if isinstance(self._model_registry.get_model(model_name), HSNetModel):
+            raise NotImplementedError(f"unloading {model_name!r} is not supported: hsnet serve serves one model; "
+                                      f"POST /v2/repository/models/{model_name}/load reloads it")
+        await super().unload(model_name)
+
 
 
 def serve(model: str, *, port: int = 8080, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
@@ -388,6 +392,7 @@ def serve(model: str, *, port: int = 8080, host: str = "127.0.0.1", name: str = 
     hsnet_model.load()  # the port opens only now: readiness follows the load
     repository = _Repository()
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, registered_models=repository)
+    server.model_repository_extension = _Extension(model_registry=repository)
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
     app.add_exception_handler(InputRefused, _refused)
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
