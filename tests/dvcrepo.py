@@ -21,7 +21,9 @@ def make_repo(path: Path, sample_settings: dict, *, per_class: int = 3, extra_en
     shutil.copytree(ROOT / "hsnet", path / "hsnet", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert params["datasets_to_run"] == ["sample"]
-    params["datasets"]["sample"] = sample_settings
+    # a section left out is the paper's defaults ({}): dvc needs every section its stages list
+    params["datasets"]["sample"] = {**{k: {} for k, v in params["datasets"]["sample"].items() if isinstance(v, dict)},
+                                    **sample_settings}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (path / ".gitignore").write_text("/mlflow/\n__pycache__/\n")
     env = {**os.environ, **(extra_env or {}), "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
