@@ -20,7 +20,8 @@ def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input
     metrics.log_metric("accuracy", m["accuracy"])
     metrics.log_metric("mean_accuracy", m["mean_accuracy"])
     for name, acc in m["per_class_accuracy"].items():
-        metrics.log_metric(f"accuracy_{name}", acc)
+        if acc is not None:  # a class with no test image has no accuracy
+            metrics.log_metric(f"accuracy_{name}", acc)
     confusion.log_confusion_matrix(m["classes"], m["confusion_matrix"])
     write_metrics_file(metrics, confusion)
     shutil.copyfile(Path(report.path) / "comparison.md", comparison.path)

@@ -34,7 +34,9 @@ def confusion_matrix(actual, predicted, num_classes: int) -> np.ndarray:
 
 
 def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
-    """Eq. 22: sum TP_j / N; eq. 23: mean over classes of TP_j / N_j (classes with N_j > 0)."""
+    """Eq. 22: sum TP_j / N; eq. 23: mean over classes of TP_j / N_j (classes with N_j > 0; see
+    docs/paper-notes.md, "Mean accuracy"). A class with no test image has no accuracy: None, so the
+    per-class figures average to the mean accuracy reported."""
     tp = np.diag(cm).astype(np.float64)
     n_j = cm.sum(axis=1).astype(np.float64)
     present = n_j > 0
@@ -43,7 +45,7 @@ def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
         "accuracy": float(tp.sum() / max(cm.sum(), 1)),
         "mean_accuracy": float(per_class[present].mean()) if present.any() else 0.0,
         "classes": list(classes),  # the confusion matrix's row/column order
-        "per_class_accuracy": {c: float(a) for c, a in zip(classes, per_class)},
+        "per_class_accuracy": {c: float(a) if tested else None for c, a, tested in zip(classes, per_class, present)},
         "support": {c: int(n) for c, n in zip(classes, n_j)},
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_normalized": np.divide(cm, n_j[:, None], out=np.zeros(cm.shape),
@@ -151,7 +153,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
         _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
         mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
                             "test_mean_accuracy": metrics["mean_accuracy"],
-                            **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()}})
+                            **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()
+                               if a is not None}})
         for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "comparison.md"):
             mlflow.log_artifact(str(out_dir / name))
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
