@@ -378,7 +378,6 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
         await super().unload(model_name)
 
 
-
 def serve(model: str, *, port: int = 8080, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
           limits: Limits | None = None, device: str | None = None, min_prob: float = 0.9,
           min_face_size: int | None = None, threads: int | None = None) -> None:
