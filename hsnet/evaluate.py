@@ -15,7 +15,7 @@ import torch
 
 from . import paper as paper_mod
 from . import tracking
-from .data.manifest import read_manifest
+from .data.manifest import crop_settings, read_manifest
 from .errors import HSNetError
 from .io import atomic_path, sha256_file, write_json, write_text
 from .plots import plot_confusion
@@ -125,6 +125,11 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     check_nonempty(split, rows, manifest)
     setup = pick_device(device)
     model = place(checkpoint_mod.model_from(ckpt), setup)
+    cut_with, trained_on = crop_settings(data_dir), meta["params"].get("crop")
+    if cut_with is not None and trained_on is not None and cut_with != trained_on:
+        log.warning("the crops in %s were cut with %s, the model's training crops with %s (as predict and the "
+                    "server cut faces): these figures are not the served model's; evaluate on crops cut as the "
+                    "model's (hsnet crop with those settings)", data_dir, cut_with, trained_on)
     data = load_split(rows, data_dir, int(meta["input_size"]), progress=progress)
     probs = predict_split(model, data, setup, batch_size, tta_hflip)
     actual = data.labels.numpy()

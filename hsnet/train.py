@@ -24,12 +24,12 @@ import torch
 
 from . import checkpoint, guards, interrupt, tracking
 from .data.datasets import get_spec
-from .data.manifest import CROP_REPORT, crop_settings, read_manifest
+from .data.manifest import crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
 from .io import clean_stale_tmp, write_json
 from .model import MIN_INPUT_SIZE
-from .params import COMPILE_MODES, WHOLE_STEP, CropParams, Params, ParamsError, TrainParams, flatten, section
+from .params import COMPILE_MODES, WHOLE_STEP, Params, TrainParams, flatten
 from .plots import plot_training_curves
 from .step import Step
 from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, check_nonempty,
@@ -249,11 +249,6 @@ def _crops_made_with(data_dir: Path, from_params: dict) -> dict:
     made = crop_settings(data_dir)
     if made is None:
         return from_params
-    try:
-        made = dataclasses.asdict(section(CropParams, made))
-    except ParamsError as exc:
-        raise HSNetError(f"{data_dir / CROP_REPORT}: its crop settings are not this version's ({exc}); "
-                         "run hsnet crop again") from exc
     if made != from_params:
         log.warning("the crops in %s were cut with %s, params say %s: the checkpoint records the crops' settings",
                     data_dir, made, from_params)

@@ -90,9 +90,12 @@ def _first_bad_line(path: Path) -> str:
 
 
 def crop_settings(data_dir: str | os.PathLike) -> dict | None:
-    """The settings ``hsnet crop`` cut the crops in ``data_dir`` with (its report's ``settings``), or
-    None where no report says (crops made otherwise)."""
+    """The settings ``hsnet crop`` cut the crops in ``data_dir`` with (its report's ``settings``,
+    every key of the crop section), or None where no report says (crops made otherwise)."""
+    import dataclasses
     import json
+
+    from ..params import CropParams, ParamsError, section
 
     path = Path(data_dir) / CROP_REPORT
     try:
@@ -104,4 +107,9 @@ def crop_settings(data_dir: str | os.PathLike) -> dict | None:
         raise
     except (ValueError, AttributeError) as exc:
         raise ManifestError(f"{path} is not hsnet crop's report ({exc}); run hsnet crop again") from exc
-    return settings if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        return None
+    try:
+        return dataclasses.asdict(section(CropParams, settings))
+    except ParamsError as exc:
+        raise ManifestError(f"{path}: its crop settings are not this version's ({exc}); run hsnet crop again") from exc
