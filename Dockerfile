@@ -91,6 +91,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DVC_NO_ANALYTICS=1 \
     GX_ANALYTICS_ENABLED=false \
+    MLFLOW_DISABLE_TELEMETRY=true \
     MPLCONFIGDIR=/tmp/matplotlib \
     HSNET_CACHE_DIR=/tmp/hsnet-cache \
     MLFLOW_HOST=0.0.0.0

@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -qq -c requirements/constraints.txt
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup test pipeline lock clean image-test
 
