@@ -46,6 +46,11 @@ MANIFEST = "manifest.csv"  # crop's outputs beside images/ (and REPORT, from .ma
 IMAGES = "images"  # the crops' folder inside --out
 CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batches are cut from them)
 DECODED_BYTES = 1 << 30  # and at most about this much decoded RGB: 256 large photos are tens of GB
+# On a CPU, at most this many pixels go through MTCNN in one call (a larger image alone): a call's
+# memory grows with its pixels (about 40 bytes each for a 16 MP photo: the summed-area tables
+# are int64 above 8.4 MP), and batches are no faster there. Three 16 MP photos of one server
+# request took 1.9 GiB at once, and two such requests went over a 3 GiB container limit.
+CPU_BATCH_PIXELS = 4_000_000
 
 
 class DetectionFailed(HSNetError):
@@ -86,6 +91,20 @@ class Detector:
         return self._detect(images)
 
     def _detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        if self.device.type == "cpu" and len(images) > 1:
+            chunks, pixels = [[]], 0
+            for img in images:
+                n = img.shape[0] * img.shape[1]
+                if chunks[-1] and pixels + n > CPU_BATCH_PIXELS:
+                    chunks.append([])
+                    pixels = 0
+                chunks[-1].append(img)
+                pixels += n
+            if len(chunks) > 1:
+                return [b for chunk in chunks for b in self._detect_chunk(chunk)]
+        return self._detect_chunk(images)
+
+    def _detect_chunk(self, images: list[np.ndarray]) -> list[np.ndarray]:
         try:
             boxes = self.batched(images)
         except Exception as exc:  # e.g. out of memory, a torchvision NMS corner case; retry one by one
@@ -96,7 +115,7 @@ class Detector:
                 return [DetectionFailed(f"face detection failed on this {w}x{h} image ({type(exc).__name__}: "
                                         f"{reason}); downscale it, or run where there is more memory")]
             log.debug("batched detection failed (%s); retrying image by image", exc)
-            return [self._detect([img])[0] for img in images]
+            return [self._detect_chunk([img])[0] for img in images]
         return [np.asarray(b, dtype=np.float64).reshape(-1, 5) for b in boxes]
 
     def each(self, images: list[np.ndarray], pool: ThreadPoolExecutor) -> list[np.ndarray]:

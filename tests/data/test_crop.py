@@ -51,6 +51,30 @@ def test_mtcnn_finds_the_face_in_a_real_photograph(photos):
     assert x1 < FACE_CENTRE[0] < x2 and y1 < FACE_CENTRE[1] < y2
 
 
+def test_cpu_detection_holds_a_bounded_number_of_pixels_at_once(photos, monkeypatch):
+    """On a CPU the detector's memory grows with the pixels of one call: images go through in
+    chunks of at most crop.CPU_BATCH_PIXELS (a larger image alone), with the boxes each image
+    gets alone."""
+    import hsnet.data.crop as crop_mod
+
+    detector = Detector("cpu")
+    face = np.asarray(open_rgb(photos / "astronaut.jpg"))  # 512 x 512
+    grey = np.asarray(open_rgb(photos / "grey.png"))
+    small = face[::2, ::2]  # 256 x 256
+    images = [face, grey, small, small, face, small]
+    alone = [detector.batched([img])[0] for img in images]
+    calls = []
+    real = detector.batched
+    monkeypatch.setattr(detector, "batched", lambda imgs: calls.append([i.shape[:2] for i in imgs]) or real(imgs))
+    monkeypatch.setattr(crop_mod, "CPU_BATCH_PIXELS", 512 * 512 + 2 * 256 * 256)
+    found = detector(images)
+    # by hand: face alone would fit with grey? 2 x 512^2 > budget, so face | grey + 2 small | face + small
+    assert calls == [[(512, 512)], [(512, 512), (256, 256), (256, 256)], [(512, 512), (256, 256)]]
+    assert len(found[0]) >= 1 and len(found[1]) == 0
+    for got, want in zip(found, alone):
+        np.testing.assert_allclose(got, np.asarray(want, dtype=np.float64).reshape(-1, 5), atol=1e-3)
+
+
 def test_batch_mixing_face_and_no_face_images(photos, tmp_path):
     """facenet-pytorch's MTCNN.detect crashes on such a batch; crop must not."""
     manifest = _manifest(tmp_path / "m.csv", ["astronaut.jpg", "grey.png", "astronaut_mirror.png",
