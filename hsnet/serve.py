@@ -292,6 +292,9 @@ class HSNetModel(kserve.Model):
         return data, _flag(params.get("crops", False))
 
 
+BINARY_HEADER = b"inference-header-content-length"  # the V2 binary data extension's (lower case: ASGI's)
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is refused with 413 naming the limit,
     before it is read (Content-Length) or as soon as a streamed body passes it. Once the body is
@@ -309,7 +312,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if BINARY_HEADER in headers:  # KServe's parser answers 500 with Python's error text
+            response = JSONResponse({"error": "the V2 binary tensor extension (Inference-Header-Content-Length) "
+                                              "is not supported: send the images as JSON, base64 in a BYTES "
+                                              "input's data"}, status_code=415)
+            return await response(scope, receive, send)
+        length = headers.get(b"content-length")
         try:
             size = int(length) if length is not None else None
         except ValueError:

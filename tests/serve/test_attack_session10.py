@@ -220,3 +220,33 @@ def test_requests_whose_clients_are_gone_are_not_computed(trained, photos, tmp_p
                    if "hsnet:predict" in line and "http_status:200" in line and "time:wall" in line) - 3
     assert computed <= 3, (f"{computed} of {abandoned} requests whose clients had gone were computed; the next "
                            f"request waited {waited:.1f} s behind them")
+
+
+@pytest.mark.slow
+def test_the_v2_binary_extension_is_refused_by_name(trained, tmp_path):
+    """The Open Inference Protocol's binary data extension (a JSON header of
+    Inference-Header-Content-Length bytes, then raw tensors) reached KServe's parser, which answered
+    500 with Python's error text (KeyError, 'cannot reshape', 'Failed to encode') and a valid BYTES
+    image the same: the server takes JSON only, and says so with 415."""
+    import http.client
+    import struct
+
+    s = start_server(str(trained["checkpoint"]), tmp_path / "serve.log")
+    try:
+        png = io.BytesIO()
+        Image.new("RGB", (64, 64), (50, 90, 200)).save(png, "PNG")
+        element = struct.pack("<I", len(png.getvalue())) + png.getvalue()
+        header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                                         "parameters": {"binary_data_size": len(element)}}]}).encode()
+        host, port = s.url.removeprefix("http://").split(":")
+        for length in (str(len(header)), "abc"):
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", "/v2/models/hsnet/infer", body=header + element,
+                         headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": length})
+            resp = conn.getresponse()
+            status, out = resp.status, json.loads(resp.read())
+            conn.close()
+            assert status == 415 and "binary" in out["error"] and "JSON" in out["error"], (status, out)
+        assert _get(s.url + "/v2/models/hsnet/ready")[0] == 200
+    finally:
+        s.stop()
