@@ -37,6 +37,15 @@ def post(url: str, body, headers: dict | None = None, timeout: float = 120) -> t
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def get(url: str) -> tuple[int, dict]:
+    """GET ``url``: (status, JSON body), an HTTP error's too."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)

@@ -14,26 +14,16 @@ import base64
 import io
 import json
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from serve_helpers import b64, post, start_server
+from serve_helpers import b64, get, post, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "serving" / "k8s" / "inferenceservice.yaml"
-
-
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 @pytest.mark.slow
@@ -48,13 +38,13 @@ def test_unload_through_the_repository_api_leaves_the_model_served(trained, phot
         status, out = post(s.url + "/v2/repository/models/hsnet/unload", {})
         assert not 200 <= status < 300, (status, out)
         assert "unload" in json.dumps(out), out  # says what was refused
-        assert _get(s.url + "/v2/models/hsnet/ready") == (200, {"name": "hsnet", "ready": True})
+        assert get(s.url + "/v2/models/hsnet/ready") == (200, {"name": "hsnet", "ready": True})
         status, out = post(s.url + "/v1/models/hsnet:predict", {"instances": [{"b64": b64(photos["astronaut"])}]})
         assert status == 200 and len(out["predictions"][0]["faces"]) == 1, (status, out)
         # the documented reload still works afterwards
         status, out = post(s.url + "/v2/repository/models/hsnet/load", {})
         assert status == 200, out
-        assert _get(s.url + "/v2/models/hsnet/ready")[0] == 200
+        assert get(s.url + "/v2/models/hsnet/ready")[0] == 200
     finally:
         s.stop()
     # the server's own shutdown (SIGTERM: KServe unloads every model) is still clean
@@ -247,6 +237,6 @@ def test_the_v2_binary_extension_is_refused_by_name(trained, tmp_path):
             status, out = resp.status, json.loads(resp.read())
             conn.close()
             assert status == 415 and "binary" in out["error"] and "JSON" in out["error"], (status, out)
-        assert _get(s.url + "/v2/models/hsnet/ready")[0] == 200
+        assert get(s.url + "/v2/models/hsnet/ready")[0] == 200
     finally:
         s.stop()

@@ -4,12 +4,11 @@ the same figures as hsnet predict, limits, bad images per photo, a new productio
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import numpy as np
 import pytest
 import torch
-from serve_helpers import b64, encode, post, start_server
+from serve_helpers import b64, encode, get, post, start_server
 
 from hsnet.data.datasets import FERG_CLASSES
 from hsnet.evaluate import evaluate
@@ -34,14 +33,6 @@ def _same_faces(got: list[dict], expected: list[dict]):
                                    [e["probabilities"][c] for c in FERG_CLASSES], atol=2e-4)
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
 def test_registry_model_v1_v2_limits_and_reload(use_mlflow_server, trained, photos, tmp_path):
     name = "hsnet-sample-kserve"
     first = _register(trained["checkpoint"], trained["data"], name, tmp_path / "eval1")
@@ -50,8 +41,8 @@ def test_registry_model_v1_v2_limits_and_reload(use_mlflow_server, trained, phot
     server = start_server(f"models:/{name}@production", tmp_path / "serve.log", HSNET_SERVE_MAX_IMAGE_PIXELS=1_000_000)
     try:
         url = server.url
-        assert _get(url + "/v2/health/live") == (200, {"live": True})
-        assert _get(url + "/v1/models/hsnet") == (200, {"name": "hsnet", "ready": True})
+        assert get(url + "/v2/health/live") == (200, {"live": True})
+        assert get(url + "/v1/models/hsnet") == (200, {"name": "hsnet", "ready": True})
 
         instances = [{"b64": b64(photos["astronaut"])}, {"b64": b64(photos["no_face"])}, {"b64": b64(photos["broken"])},
                      {"b64": b64(photos["big"])}, "not base64!", {"image": "wrong key"}]
