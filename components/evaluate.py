@@ -6,17 +6,21 @@ from . import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input[Model], report: Output[Artifact],
-                   metrics: Output[Metrics], confusion: Output[ClassificationMetrics], comparison: Output[Markdown]):
-    """hsnet evaluate on the test split: accuracy, mean accuracy, confusion matrix, comparison with the paper."""
+                   metrics: Output[Metrics], confusion: Output[ClassificationMetrics], comparison: Output[Markdown],
+                   dataset: str = "", params: dict = {}):
+    """hsnet evaluate on the test split: accuracy, mean accuracy, confusion matrix, comparison with the paper.
+    ``params`` (with ``dataset``): the evaluate settings to use (source-version's ``evaluate_settings``);
+    without them, those the model was trained with."""
     import shutil
     from pathlib import Path
 
-    from components.convert import start_step, write_metrics_file
+    from components.convert import params_for, start_step, write_metrics_file
     from hsnet.checkpoint import BEST
     from hsnet.evaluate import evaluate
 
     start_step(mlflow_tracking_uri)
-    m = evaluate(Path(model.path) / BEST, crops.path, report.path)
+    settings = params_for(params, dataset).evaluate if params and dataset else None
+    m = evaluate(Path(model.path) / BEST, crops.path, report.path, settings=settings)
     metrics.log_metric("accuracy", m["accuracy"])
     metrics.log_metric("mean_accuracy", m["mean_accuracy"])
     for name, acc in m["per_class_accuracy"].items():

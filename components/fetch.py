@@ -9,7 +9,8 @@ from . import SLIM_IMAGE
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
                    runs: list = [], require_stem_uri: bool = False) -> NamedTuple(
-        "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict):
+        "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict,
+        train_settings=dict, evaluate_settings=dict):
     """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
     DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
     an input, so new data at the same source is fetched (and everything after it re-run) and
@@ -19,9 +20,10 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     ``settings``: ``params`` cut to what ``dataset``'s settings come from (``defaults`` and
     ``datasets.<dataset>``), for the later steps: a parameter's value is part of their cache key,
     so another dataset's edit to params reuses their results, as DVC does (``params`` itself when
-    no dataset is named). ``import_settings``, ``validate_settings``, ``crop_settings``: cut further
-    to the keys that step reads (hsnet.params.STEP_KEYS), so an edit to this dataset's training
-    re-runs train and what follows it, not the data steps."""
+    no dataset is named): the ablation's group step, which trains and evaluates, takes it.
+    ``<step>_settings``: cut further to the keys that step reads (hsnet.params.STEP_KEYS), so an
+    edit to this dataset's training re-runs train and what follows it, not the data steps, and
+    one to its evaluate settings re-runs evaluate, not train."""
     from typing import NamedTuple
 
     from components.convert import check_stem_weights, group_settings, params_for, start_step
@@ -38,11 +40,12 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
             group_settings(params, dataset, runs)  # checkpoints and count twice in Table 6)
         if require_stem_uri:
             check_stem_weights(params, dataset, runs)
-    steps = {step: for_step(params, dataset, step) if dataset else params for step in ("import", "validate", "crop")}
+    steps = {step: for_step(params, dataset, step) if dataset else params
+             for step in ("import", "validate", "crop", "train", "evaluate")}
     outputs = NamedTuple("Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict,
-                         crop_settings=dict)
+                         crop_settings=dict, train_settings=dict, evaluate_settings=dict)
     return outputs(version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None), settings,
-                   steps["import"], steps["validate"], steps["crop"])
+                   steps["import"], steps["validate"], steps["crop"], steps["train"], steps["evaluate"])
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)

@@ -193,11 +193,14 @@ class Params:
         return {"datasets_to_run": [self.dataset], "datasets": {self.dataset: entry}}
 
 
-# The keys of a dataset's entry (and of ``defaults``) each data step reads: dvc.yaml's params lists
-# for these stages (tests/pipeline/test_dvc.py compares). The Kubeflow steps take only these
+# The keys of a dataset's entry (and of ``defaults``) each step reads: dvc.yaml's params lists for
+# these stages (tests/pipeline/test_dvc.py compares). The Kubeflow steps take only these
 # (:func:`for_step`), since a parameter's value is part of Kubeflow's cache key: an edit to this
-# dataset's train.lr then re-runs train and what follows, not import, validate and crop.
-STEP_KEYS = {"import": ("import",), "validate": ("validate",), "crop": ("input_size", "crop")}
+# dataset's train.lr re-runs train and what follows, not import, validate and crop; one to its
+# evaluate.tta_hflip re-runs evaluate, not train. What train reads is also what a resumed
+# training must keep (hsnet.train).
+STEP_KEYS = {"import": ("import",), "validate": ("validate",), "crop": ("input_size", "crop"),
+             "train": ("input_size", "crop", "model", "train"), "evaluate": ("evaluate",)}
 
 
 def for_step(data: dict, dataset: str, step: str) -> dict:
@@ -390,20 +393,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
-                try:
-                    first = seen.get(key)
-                except TypeError:  # an unhashable key: construct_mapping says so
-                    continue
-                if first is not None:
-                    raise _DuplicateKey(f"key {_show(key)} is written twice in one mapping (lines {first} and "
-                                        f"{line}); the later would silently replace the earlier: keep one")
-                seen[key] = line
+            self._check_unique(node)
         return super().construct_mapping(node, deep)
+
+    def _check_unique(self, node: yaml.MappingNode) -> None:
+        """``node``'s own keys once each; the same for the mappings it merges (``<<``), which PyYAML
+        copies in without constructing them on their own."""
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if isinstance(source, yaml.MappingNode):
+                        self._check_unique(source)
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: construct_mapping says so
+                continue
+            if first is not None:
+                raise _DuplicateKey(f"key {_show(key)} is written twice in one mapping (lines {first} and "
+                                    f"{line}); the later would silently replace the earlier: keep one")
+            seen[key] = line
 
 
 def load_text(text: str):
@@ -420,6 +432,9 @@ def load(path: str | os.PathLike) -> dict:
         data = load_text(path.read_text(encoding="utf-8")) or {}
     except _DuplicateKey as exc:
         raise ParamsError(f"params file {path}: {exc}") from exc
+    except RecursionError as exc:  # PyYAML follows a merge (<<) of a mapping into itself for ever
+        raise ParamsError(f"params file {path}: a merge key (<<) takes in a mapping that contains it; "
+                          "merge another mapping") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ParamsError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

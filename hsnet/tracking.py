@@ -296,11 +296,22 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     mlflow.set_experiment(EXPERIMENT)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
+    system = system_tags()
+    if previous:  # a resumed run on another machine: keep where its first epochs ran ("2, then 1")
+        before = client.get_run(previous).data.tags
+        system = {k: _then(before.get(k), v) for k, v in system.items()}
     with mlflow.start_run(run_id=previous, run_name=None if previous else run_name) as active:
-        mlflow.set_tags({**system_tags(), **tags})
+        mlflow.set_tags({**system, **tags})
         if not previous:
             mlflow.log_params(flat)
         yield active
+
+
+def _then(before: str | None, now: str) -> str:
+    """A system tag of a continued run: ``now``, after what it was if that differs ("2, then 1")."""
+    if before is None or before == now:
+        return now
+    return before if before.endswith(f", then {now}") else f"{before}, then {now}"
 
 
 def _continuable(client, run_id: str | None, experiment, params: dict) -> str | None:

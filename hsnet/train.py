@@ -29,7 +29,7 @@ from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
 from .io import clean_stale_tmp, write_json
 from .model import MIN_INPUT_SIZE
-from .params import COMPILE_MODES, WHOLE_STEP, Params, TrainParams, flatten
+from .params import COMPILE_MODES, STEP_KEYS, WHOLE_STEP, Params, TrainParams, flatten
 from .plots import plot_training_curves
 from .step import Step
 from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, check_nonempty,
@@ -176,18 +176,19 @@ def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: Tr
         checkpoint.save(out_dir / checkpoint.BEST, checkpoint.for_inference(ckpt))
 
 
-# Settings an explicit --resume may change: how long, and how fast, not what is trained. Any
-# other difference is refused: the optimizer and scheduler state loaded from last.pt would bring
-# back the old lr, betas, patience..., while the checkpoints and MLflow record the new ones; another
-# model or input size can't load the weights at all.
+# Of the settings training reads (STEP_KEYS["train"]), those an explicit --resume may change: how
+# long, and how fast, not what is trained. Any other difference is refused: the optimizer and
+# scheduler state loaded from last.pt would bring back the old lr, betas, patience..., while the
+# checkpoints and MLflow record the new ones; another model or input size can't load the weights.
 RESUMABLE_CHANGES = ("train.epochs", "train.max_epochs", "train.early_stopping", "train.num_threads",
-                     "train.compile", "train.data_on_device", "train.data_memory_share", "evaluate.tta_hflip")
+                     "train.compile", "train.data_on_device", "train.data_memory_share")
 
 
 def _changed_settings(recorded: dict, now: dict) -> list[str]:
-    """The dotted settings that differ between a checkpoint's params and these, other than
-    :data:`RESUMABLE_CHANGES`, each as 'key old -> new'."""
-    old, new = flatten(recorded or {}), flatten(now)
+    """The dotted settings training reads that differ between a checkpoint's params and these,
+    other than :data:`RESUMABLE_CHANGES`, each as 'key old -> new'."""
+    read = STEP_KEYS["train"]
+    old, new = (flatten({k: v for k, v in (p or {}).items() if k in read}) for p in (recorded, now))
     return [f"{k} {old.get(k, 'unset')} -> {new.get(k, 'unset')}" for k in sorted(set(old) | set(new))
             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 

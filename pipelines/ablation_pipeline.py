@@ -88,7 +88,7 @@ def ablation_pipeline(
     with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):
         groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu, checkpoint_uri=checkpoint_uri), "group")
         with dsl.ParallelFor(items=groups.output, parallelism=PARALLEL_GPUS) as group:
-            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings,
+            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings["settings"],
                                                         mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                                         runs=group, checkpoint_uri=checkpoint_uri), mlflow=True),
                           "train-group", gpu=True)

@@ -117,15 +117,15 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
     ``dsl.OneOf`` joining the branches, which kfp.local can't run). ``runs`` (the ablation's):
     checked by source-version, which fails when a KTL run has no stem_weights URI
     (components.convert.check_stem_weights) before any data is fetched.
-    ``settings``: source-version's output, ``dataset``'s resolved settings alone; every step after
-    it takes them instead of the whole ``params``, so that its cache key changes with this
-    dataset's settings only (as dvc.yaml's params lists); import, validate and crop take only
-    their own keys of them (source-version's ``<step>_settings``)."""
+    ``settings``: source-version's outputs: ``settings``, ``dataset``'s part of params, and
+    ``<step>_settings``, the keys of it each step reads (hsnet.params.STEP_KEYS). Every step after
+    source-version takes one of them instead of the whole ``params``, so that its cache key changes
+    with its own settings only (as dvc.yaml's params lists)."""
     checks = {"runs": runs, "require_stem_uri": True} if runs is not None else {}
     version = step(_secrets(source_version(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev, params=params,
                                            dataset=dataset, **checks)), "source-version")
     version.set_caching_options(False)  # listing the source is the point: never reuse an old answer
-    params = version.outputs["settings"]
+    settings = version.outputs  # "settings" (the dataset's part of params) and "<step>_settings"
     fetch = step(_secrets(fetch_raw(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev,
                                     version=version.outputs["version"])), "fetch")
     imported = step(import_data(dataset=dataset, params=version.outputs["import_settings"],
@@ -138,8 +138,8 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
                                 raw=fetch.outputs["raw"],
                                 manifest=imported.outputs["manifest"]), "crop", gpu=gpu).after(validated)
         if then is not None:
-            then(crops.outputs["crops"], params)
-        return crops.outputs["crops"], params
+            then(crops.outputs["crops"], settings)
+        return crops.outputs["crops"], settings
 
     if isinstance(crop_device, str):
         return crop(crop_device, crop_device == "cuda")
@@ -152,21 +152,23 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
     return None
 
 
-def train_and_evaluate(dataset, params, mlflow_tracking_uri, crops, model_overrides=None, seed=None,
+def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_overrides=None, seed=None,
                        checkpoint_uri=None):
     """train on one GPU (tolerating its taint; checkpoints to ``checkpoint_uri`` every epoch) ->
-    evaluate; returns both tasks."""
+    evaluate, each with its own part of ``settings`` (prepare_crops'); returns both tasks."""
     extra = {} if model_overrides is None else {"model_overrides": model_overrides}
     if seed is not None:
         extra["seed"] = seed
     if checkpoint_uri is not None:
         extra["checkpoint_uri"] = checkpoint_uri
-    trained = step(_secrets(train_model(dataset=dataset, params=params, mlflow_tracking_uri=mlflow_tracking_uri,
+    trained = step(_secrets(train_model(dataset=dataset, params=settings["train_settings"],
+                                        mlflow_tracking_uri=mlflow_tracking_uri,
                                         crops=crops, **extra), mlflow=True), "train", gpu=True)
     # the run's id for the checkpoint prefix, from the pod's label: not an input, so not in the cache key
     kubernetes.use_field_path_as_env(trained, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
     evaluated = step(_secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
-                                             model=trained.outputs["model"]), mlflow=True), "evaluate")
+                                             model=trained.outputs["model"], dataset=dataset,
+                                             params=settings["evaluate_settings"]), mlflow=True), "evaluate")
     return trained, evaluated
 
 

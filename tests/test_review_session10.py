@@ -95,7 +95,7 @@ def test_kubeflow_train_is_not_re_run_for_a_setting_training_does_not_read(tmp_p
 
     def train_settings(params):
         return source_version.python_func(source=str(tmp_path / "raw"), dvc_path="", dvc_rev="", params=params,
-                                          dataset="sample").settings
+                                          dataset="sample").train_settings
 
     assert train_settings(edited) == train_settings(base), "the train step's parameter changed: it re-runs"
 
@@ -177,3 +177,23 @@ def test_mlflow_telemetry_is_off_where_mlflow_is_imported_before_hsnet():
             "print(get_telemetry_client() is None)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "True", "MLflow's telemetry client runs in the process"
+
+
+def test_a_continued_runs_system_tags_say_each_change_once():
+    """By hand: the first value, then each different one after it; a restart on the same kind of
+    machine as the last adds nothing."""
+    from hsnet.tracking import _then
+
+    assert _then(None, "1") == "1" and _then("2", "2") == "2"
+    assert _then("2", "1") == "2, then 1" and _then("2, then 1", "1") == "2, then 1"
+    assert _then("2, then 1", "2") == "2, then 1, then 2"
+
+
+def test_a_mapping_merged_into_itself_is_a_params_error(tmp_path):
+    """``datasets: &a {<<: *a}``: PyYAML follows the merge for ever (a RecursionError traceback)."""
+    from hsnet.params import ParamsError
+
+    path = tmp_path / "params.yaml"
+    path.write_text("datasets: &a\n  <<: *a\n  sample: {}\n")
+    with pytest.raises(ParamsError, match="merge"):
+        Params.resolve(path, "sample")

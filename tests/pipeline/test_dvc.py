@@ -179,12 +179,17 @@ def test_stage_deps_cover_the_code_they_run():
         assert not missing, f"dvc.yaml stage {stage}: add {missing} to its deps"
 
 
-def test_data_stages_params_are_the_keys_the_kubeflow_steps_take():
-    """dvc.yaml's params of import, validate and crop name the keys hsnet.params.STEP_KEYS gives
-    the Kubeflow steps (and ``defaults``): both re-run a data step for the same edits."""
+def test_stage_params_are_the_keys_the_kubeflow_steps_take():
+    """dvc.yaml's params of import, validate, crop and train name the keys hsnet.params.STEP_KEYS
+    gives the Kubeflow steps (and ``defaults``): both re-run a step for the same edits. evaluate's
+    cover its keys (the whole entry: a params file without an evaluate section still runs)."""
     from hsnet.params import STEP_KEYS
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert sorted(STEP_KEYS) == ["crop", "import", "validate"]
+    assert sorted(STEP_KEYS) == ["crop", "evaluate", "import", "train", "validate"]
     for stage, keys in STEP_KEYS.items():
-        assert stages[stage]["do"]["params"] == ["defaults"] + [f"datasets.${{item}}.{k}" for k in keys]
+        listed = stages[stage]["do"]["params"]
+        if stage == "evaluate":
+            assert listed == ["defaults", "datasets.${item}"]
+        else:
+            assert listed == ["defaults"] + [f"datasets.${{item}}.{k}" for k in keys]

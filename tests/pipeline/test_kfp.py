@@ -121,8 +121,9 @@ def test_steps_order_gpu_secrets_parameters(spec):
         assert _upstream(branch["register"][1]) == {key["train"], key["evaluate"]}
         assert branch["crop"][1]["inputs"]["parameters"]["params"] == {
             "componentInputParameter": "pipelinechannel--source-version-crop_settings"}
-        assert branch["train"][1]["inputs"]["parameters"]["params"] == {
-            "componentInputParameter": "pipelinechannel--source-version-settings"}
+        for task, key in (("train", "train_settings"), ("evaluate", "evaluate_settings")):
+            assert branch[task][1]["inputs"]["parameters"]["params"] == {
+                "componentInputParameter": f"pipelinechannel--source-version-{key}"}
 
     executors = pipeline["deploymentSpec"]["executors"]
     assert {n: e["container"]["image"] for n, e in executors.items()} == {
