@@ -12,9 +12,9 @@ the same URI: fetch runs, its new artifact changes every later step's key, and t
 (Kubeflow keys a task on its parameter values, the ids of its input artifacts, its command and
 image; see docs/performance.md.) The steps after ``source-version`` take its ``settings`` output,
 this dataset's resolved settings alone, not the whole ``params``: editing another dataset's entry
-re-runs nothing here, as with DVC. import, validate and crop take only the keys they read
-(``<step>_settings``, hsnet.params.STEP_KEYS): editing this dataset's training settings re-runs
-train and what follows it on the cached crops.
+re-runs nothing here, as with DVC. Each step takes only the keys it reads (``<step>_settings``,
+hsnet.params.STEP_KEYS): editing this dataset's training settings re-runs train and what follows
+it on the cached crops; its evaluate settings, evaluate and register only.
 
 Kubernetes settings (kfp-kubernetes): every step gets the S3 credentials from the secret
 ``hsnet-s3`` (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL_S3

@@ -146,6 +146,11 @@ def test_another_datasets_settings_do_not_retrain_this_one(sample):
     mine["datasets"]["sample"]["train"]["lr"] = 0.5 * TINY["train"]["lr"]
     assert run(mine) == {"source-version", "train-model", "evaluate-model", "register-model"}, \
         "the sample's train.lr changed and its import, validate or crop ran again"
+    # its evaluate settings: evaluate (and register), not train
+    flipped = copy.deepcopy(mine)
+    flipped["datasets"]["sample"]["evaluate"] = {"tta_hflip": True}
+    assert run(flipped) == {"source-version", "evaluate-model", "register-model"}, \
+        "the sample's evaluate.tta_hflip changed and it trained again"
 
 
 def test_groups_need_checkpoints():
