@@ -613,13 +613,11 @@ def test_a_version_registered_without_a_files_record_is_warned_about_once(local_
     to be checked against: the check says so itself, once, whoever asked (promote, predict, serve)."""
     import logging
 
-    import mlflow
-
     from hsnet.registry import check_model_files
 
-    client = MlflowClient()
-    with mlflow.start_run() as run:  # a registration run with no model_files_sha256 param
-        pass
+    # the client of this test's store by name: MLflow's global URI may hold an earlier test's
+    client = MlflowClient(local_mlflow, registry_uri=local_mlflow)
+    run = client.create_run(client.create_experiment("legacy"))  # a registration run with no model_files_sha256
     client.create_registered_model("hsnet-legacy")
     client.create_model_version("hsnet-legacy", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
     with caplog.at_level(logging.WARNING, logger="hsnet"):
