@@ -194,6 +194,14 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if len(s["unreadable"]) < s["photos"] else 1
 
 
+def _print_failures(failed: dict[str, str]) -> None:
+    from .reproduce import why_failed
+
+    for name, output in failed.items():
+        lines = why_failed(output) or ["(no output)"]
+        print(f"  {name}: {lines[-1]}" + "".join(f"\n    because: {line}" for line in lines[:-1]))
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from . import reproduce
 
@@ -202,8 +210,9 @@ def _reproduce(args: argparse.Namespace) -> int:
                                queue=args.queue, jobs=args.jobs, seeds=args.seeds, concurrent=args.concurrent)
         print(f"ablation on {args.dataset}: {len(r['ran'])} ran, {len(r['queued'])} queued "
               f"(start them: dvc queue start -j N), {len(r['skipped'])} skipped, {len(r['failed'])} failed")
-        for name, why in {**r["skipped"], **r["failed"]}.items():
-            print(f"  {name}: {why.splitlines()[-1] if why else ''}")
+        for name, why in r["skipped"].items():
+            print(f"  {name}: {why}")
+        _print_failures(r["failed"])
         print("then: hsnet reproduce report --out docs/results.md")
         return 1 if r["failed"] else 0
     if args.table == "datasets":
@@ -211,8 +220,9 @@ def _reproduce(args: argparse.Namespace) -> int:
                                queue=args.queue, seeds=args.seeds)
         print(f"{len(r['ran'])} ran, {len(r['queued'])} queued, {len(r['missing'])} missing, "
               f"{len(r['failed'])} failed")
-        for name, why in {**r["missing"], **r["failed"]}.items():
-            print(f"  {name}: {why.splitlines()[-1] if why else ''}")
+        for name, why in r["missing"].items():
+            print(f"  {name}: {why}")
+        _print_failures(r["failed"])
         return 1 if r["failed"] else 0
     r = reproduce.report(args.out)
     print(f"{r['out']}: {r['rows']} result(s); {len(r['missing'])} missing" +

@@ -24,11 +24,13 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from . import params as params_mod
+from . import tracking
 from .errors import HSNetError
 from .io import atomic_path, write_text
 from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, switches
@@ -188,8 +190,9 @@ def _dvc_env(repo: Path) -> dict:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     # queued experiments run in temporary copies: an absolute tracking URI keeps them in one store
     if "MLFLOW_TRACKING_URI" not in env:
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(repo / 'mlflow' / 'mlflow.db').resolve()}"
-        (repo / "mlflow").mkdir(exist_ok=True)
+        store = (repo / tracking.DEFAULT_STORE).resolve()
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+        store.parent.mkdir(exist_ok=True)
     return env
 
 
@@ -272,19 +275,39 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
         log.info("running %s (%d/%d)", name, i, total)
         proc = _dvc(args + ["--temp"], repo, check=False)  # in a copy: the workspace keeps its params
         if proc.returncode != 0:
-            result["failed"][name] = (proc.stderr or proc.stdout).strip()[-1500:]
-            log.error("%s failed: %s", name, result["failed"][name][-500:])
+            result["failed"][name] = _output(proc)
+            log.error("%s failed: %s", name, "; ".join(why_failed(result["failed"][name])))
         else:
             result["ran"].append(name)
     for name, done in run_jobs(runs_at_once, concurrent).items() if runs_at_once else ():
         if done["returncode"] == 0:
             result["ran"].append(name)
         else:
-            result["failed"][name] = done["output"].strip()[-1500:]
+            result["failed"][name] = done["output"].strip()[-FAILED_TAIL:]
     if queue and jobs:
         _dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], repo)
         result["ran"], result["queued"] = result["queued"], []
     return result
+
+
+FAILED_TAIL = 3000  # characters of a failed experiment's output kept in its record
+
+
+def _output(proc: subprocess.CompletedProcess) -> str:
+    """The end of what a dvc command printed, both streams (a stage's error may be on either)."""
+    return "\n".join(filter(None, (proc.stdout, proc.stderr))).strip()[-FAILED_TAIL:]
+
+
+# hsnet's own error line ("hsnet evaluate: error: ..."), or a Python traceback's last line
+_CAUSE = re.compile(r"^(hsnet \w+: (error|terminated|interrupted)\b|([A-Za-z_]\w*\.)*[A-Za-z_]\w*(Error|Exception)\b)")
+
+
+def why_failed(output: str) -> list[str]:
+    """The lines that say why a run failed, out of all it printed: the cause (hsnet's error line or
+    the exception a traceback ended with), then the last line (dvc's "failed to reproduce ...")."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    causes = [line for line in lines if _CAUSE.match(line)]
+    return list(dict.fromkeys(causes[-1:] + lines[-1:]))
 
 
 def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: str = "params.yaml",
@@ -314,7 +337,7 @@ def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: st
                     "-S", f"++datasets.{name}.train.seed={seed}"]
             proc = _dvc(args + (["--queue"] if queue else ["--temp"]), repo, check=False)
             if proc.returncode != 0:
-                result["failed"][exp] = (proc.stderr or proc.stdout).strip()[-1500:]
+                result["failed"][exp] = _output(proc)
             else:
                 result["queued" if queue else "ran"].append(exp)
     return result

@@ -28,9 +28,12 @@ from .io import cache_root, safe_join
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE = Path("mlflow") / "mlflow.db"
-DEFAULT_ARTIFACTS = Path("mlflow") / "artifacts"
+DEFAULT_STORE = Path("mlflow") / "mlflow.db"  # under the project folder
+ARTIFACTS = "artifacts"  # the artifacts of a local store: the folder beside it (mlflow/artifacts)
 EXPERIMENT = "hsnet"
+# where DVC runs an experiment's stages (dvc exp run --temp, dvc queue, hsnet reproduce): a copy of
+# the project, <project>/.dvc/tmp/exps/..., deleted when the experiment ends
+DVC_EXPERIMENT_COPIES = (".dvc", "tmp", "exps")
 
 
 class TrackingUnavailable(HSNetError):
@@ -74,13 +77,51 @@ def tracking_uri(create: bool = True) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return _move_credentials(uri)
-    if not create and not DEFAULT_STORE.is_file():
+    store = project_root() / DEFAULT_STORE
+    if not create and not store.is_file():
         raise TrackingUnavailable(f"MLFLOW_TRACKING_URI is not set and there is no local store {DEFAULT_STORE} in "
-                                  f"{Path.cwd()} (the store hsnet's steps write, relative to the folder they "
+                                  f"{store.parent.parent} (the store hsnet's steps write, relative to the folder they "
                                   "run in): run this from the project folder, or set MLFLOW_TRACKING_URI "
                                   "(e.g. sqlite:////path/to/project/mlflow/mlflow.db or http://host:5000)")
-    DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_STORE.resolve()}"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store}"
+
+
+def _experiment_copy_project(path: Path) -> Path | None:
+    """The project a DVC experiment's temporary copy was made from, when ``path`` is in one."""
+    parts = path.parts
+    for i in range(len(parts) - len(DVC_EXPERIMENT_COPIES) + 1):
+        if parts[i:i + len(DVC_EXPERIMENT_COPIES)] == DVC_EXPERIMENT_COPIES:
+            return Path(*parts[:i])
+    return None
+
+
+def project_root() -> Path:
+    """The folder the local store belongs to: the current one, or, in a DVC experiment's temporary
+    copy (deleted when the experiment ends, and with it anything recorded there), the project it
+    was copied from, so that the runs of ``dvc exp run --temp`` and ``dvc queue`` are kept."""
+    cwd = Path.cwd().resolve()
+    return _experiment_copy_project(cwd) or cwd
+
+
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and ``:memory:``)."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if not path or path == ":memory:" else path
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where experiment ``hsnet`` keeps its runs' artifacts when hsnet creates it: beside a SQLite
+    store (``<its folder>/artifacts``), the server's choice behind a tracking server, else the
+    project's ``mlflow/artifacts``. Never relative to the folder a step runs in, which may be a DVC
+    experiment's copy."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    db = _sqlite_file(uri)
+    folder = Path(db).resolve().parent if db else project_root() / DEFAULT_STORE.parent
+    return (folder / ARTIFACTS).as_uri()
 
 
 def _auth_headers() -> dict:
@@ -123,10 +164,8 @@ def ensure_store(uri: str | None) -> None:
     one fail ("duplicate column name", "table _alembic_tmp_experiments already exists"): trainings
     side by side (``--concurrent``, a GPU group), parallel kfp.local steps, ``dvc queue`` workers.
     Other URIs (a tracking server) need nothing."""
-    if not uri or not uri.startswith("sqlite:///"):
-        return
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if not path or path == ":memory:":
+    path = _sqlite_file(uri)
+    if not path:
         return
     import fcntl
 
@@ -274,7 +313,7 @@ def system_tags() -> dict:
 
 @contextmanager
 def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, continue_run: str | None = None):
-    """An MLflow run in experiment ``hsnet`` (created with artifacts under mlflow/artifacts).
+    """An MLflow run in experiment ``hsnet`` (created with its artifacts at :func:`artifact_location`).
     ``continue_run``: the run of a training being resumed, continued when it is there with the same
     params (a retried pod's epochs then join its history, and it ends finished, not RUNNING for
     ever); a new run otherwise."""
@@ -288,12 +327,13 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
-            location = None if uri.startswith("http") else DEFAULT_ARTIFACTS.resolve().as_uri()
-            client.create_experiment(EXPERIMENT, artifact_location=location)
+            client.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a dead store
         raise TrackingUnavailable(f"MLflow tracking store {mask_uri(uri)} is not usable: "
                                   f"{mask_uri(str(exc))}") from exc
     mlflow.set_experiment(EXPERIMENT)
+    if experiment is not None:
+        _check_artifact_location(experiment)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
     system = system_tags()
@@ -305,6 +345,23 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
         if not previous:
             mlflow.log_params(flat)
         yield active
+
+
+def _check_artifact_location(experiment) -> None:
+    """Warn when the experiment keeps its artifacts in a DVC experiment's temporary copy: made
+    there by an hsnet before 2026-11-29, it loses every artifact logged (DVC deletes the copy)."""
+    location = experiment.artifact_location or ""
+    if not location.startswith("file:"):
+        return
+    path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
+    if _experiment_copy_project(path) is None:
+        return
+    log.warning("MLflow experiment %r (id %s) keeps its runs' artifacts in %s, inside a DVC experiment's "
+                "temporary copy that DVC deletes: checkpoints, metrics and plots logged there are lost. Rename "
+                "it (MLFLOW_TRACKING_URI=<this store> mlflow experiments rename --experiment-id %s --new-name "
+                "%s-old); hsnet then makes a new %r that keeps them beside the store",
+                experiment.name, experiment.experiment_id, path, experiment.experiment_id, experiment.name,
+                experiment.name)
 
 
 def _then(before: str | None, now: str) -> str:

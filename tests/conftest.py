@@ -126,7 +126,7 @@ datasets:
 def local_mlflow(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)  # artifacts go under ./mlflow/artifacts
+    monkeypatch.chdir(tmp_path)  # the artifacts go beside the store: tmp_path/artifacts
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     return uri
 

@@ -219,6 +219,16 @@ def test_ablation_with_seeds_then_report(repo, tmp_path, monkeypatch):
     listed = sh("dvc", "exp", "list", "--name-only").stdout.split()
     no_ktl = [c for c in CONFIGS if not c[2]]
     assert sorted(listed) == sorted(exp_name("sample", c, s) for c in no_ktl for s in (0, 1))
+    # every run's artifacts outlived the experiment copies DVC ran them in and deleted (CI stop 23)
+    import mlflow
+
+    runs = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name("hsnet").experiment_id])
+    assert len(runs) == 2 * 2 * len(no_ktl)  # a train and an evaluate run per experiment
+    for run in runs:
+        kept = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert ".dvc" not in kept.parts and kept.is_dir(), run.info.artifact_uri
+        assert (kept / ("metrics.json" if run.data.tags["step"] == "evaluate" else "history.json")).is_file()
 
     # each experiment trained the configuration and seed its name says
     shown = {r["experiment"]: r for r in reproduce.collect(path) if r["experiment"].startswith("ablation-")}
@@ -446,3 +456,28 @@ def test_sigterm_stops_the_experiment_and_its_training(repo, tmp_path):
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"left running: {alive}"
     assert os.path.exists(path / "params.yaml")
+
+
+def test_a_failed_experiment_says_why_not_only_that_dvc_failed(capsys, monkeypatch):
+    """CI stop 23: "ablation-...-seed0: ERROR: failed to reproduce 'evaluate@sample': ... exited with 1"
+    was all a failed experiment said; the cause, printed by the step above dvc's line, was lost."""
+    from hsnet import cli
+
+    dvc_line = ("ERROR: failed to reproduce 'evaluate@sample': failed to run: hsnet evaluate --checkpoint "
+                "runs/sample/train/best.pt --data data/processed/sample --out runs/sample/eval, exited with 1")
+    outputs = {  # what dvc exp run printed, as run_jobs keeps it
+        "a-step-error": "Running stage 'evaluate@sample':\n> hsnet evaluate ...\n"
+                        "hsnet evaluate: error: runs/sample/train/best.pt: not an HSNet checkpoint\n" + dvc_line,
+        "a-traceback": "Running stage 'evaluate@sample':\nTraceback (most recent call last):\n"
+                       '  File "x.py", line 3, in <module>\n    f()\n'
+                       "sqlite3.OperationalError: database is locked\n\n" + dvc_line,
+        "only-dvc": dvc_line,
+    }
+    monkeypatch.setattr(reproduce, "ablation", lambda *a, **k: {"dataset": "sample", "ran": [], "queued": [],
+                                                                 "skipped": {}, "failed": outputs})
+    assert cli.main(["reproduce", "ablation", "--dataset", "sample"]) == 1
+    printed = capsys.readouterr().out
+    assert "hsnet evaluate: error: runs/sample/train/best.pt: not an HSNet checkpoint" in printed
+    assert "sqlite3.OperationalError: database is locked" in printed
+    assert printed.count("exited with 1") == 3  # dvc's own line still there, once per experiment
+    assert "Traceback" not in printed and "line 3" not in printed  # the cause, not the whole output

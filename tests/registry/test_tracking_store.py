@@ -1,0 +1,77 @@
+"""Where runs and their artifacts are kept when a step runs in a DVC experiment's temporary copy
+(``dvc exp run --temp``, ``dvc queue``, what ``hsnet reproduce`` runs): the copy,
+``<repo>/.dvc/tmp/exps/...``, is deleted when the experiment ends.
+
+Found by CI stop 23 (an evaluate step failing in one of two concurrent experiments) and
+reproduced with dvc: the experiment ``hsnet`` was created by the first step that ran in such a
+copy, with its artifacts in that copy, so every checkpoint, metrics.json and plot logged
+afterwards (by any run, on any day) went into a folder DVC deletes, and a concurrent experiment
+wrote into another's copy while DVC removed it. Without MLFLOW_TRACKING_URI the whole store was
+made in the copy and lost."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def _exp_copy(root: Path) -> Path:
+    """A folder where DVC runs an experiment's stages (dvc 3: .dvc/tmp/exps/standalone/tmpXXXX)."""
+    copy = root / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
+    copy.mkdir(parents=True)
+    return copy
+
+
+def test_without_a_tracking_uri_a_step_in_an_experiment_copy_records_in_the_projects_store(tmp_path, monkeypatch):
+    from hsnet import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(_exp_copy(tmp_path))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"  # the project's, not the copy's
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"  # as before in the project
+
+
+def test_artifacts_logged_in_an_experiment_copy_outlive_the_copy(tmp_path, monkeypatch):
+    import mlflow
+
+    from hsnet import tracking
+
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    copy = _exp_copy(tmp_path / "repo")
+    monkeypatch.chdir(copy)
+    (copy / "metrics.json").write_text('{"accuracy": 0.5}')
+    with tracking.run("evaluate-sample", params={"split": "test"}, tags={}) as active:
+        mlflow.log_artifact(str(copy / "metrics.json"))
+        run_id = active.info.run_id
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(tmp_path / "repo" / ".dvc" / "tmp")  # what DVC does when the experiment ends
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    local = Path(client.download_artifacts(run_id, "metrics.json", str(tmp_path)))
+    assert local.read_text() == '{"accuracy": 0.5}'
+    # kept beside the store they belong to
+    location = client.get_experiment_by_name(tracking.EXPERIMENT).artifact_location
+    assert location == (tmp_path / "elsewhere" / "artifacts").as_uri()
+
+
+def test_an_experiment_made_in_a_deleted_copy_is_named_with_what_to_do(tmp_path, monkeypatch, caplog):
+    """Stores made before the fix: the experiment's artifacts point into a DVC copy."""
+    import mlflow
+
+    from hsnet import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.ensure_store(uri)
+    gone = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "standalone" / "tmpold" / "mlflow" / "artifacts"
+    mlflow.MlflowClient(uri).create_experiment(tracking.EXPERIMENT, artifact_location=gone.as_uri())
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hsnet.tracking"):
+        with tracking.run("train-sample", params={}, tags={}):
+            pass
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert str(gone) in said and "mlflow experiments rename" in said, said
