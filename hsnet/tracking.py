@@ -76,7 +76,7 @@ def tracking_uri(create: bool = True) -> str:
     they run and then not find the model."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return _move_credentials(uri)
+        return _out_of_experiment_copy(_move_credentials(uri))
     store = project_root() / DEFAULT_STORE
     if not create and not store.is_file():
         raise TrackingUnavailable(f"MLFLOW_TRACKING_URI is not set and there is no local store {DEFAULT_STORE} in "
@@ -94,6 +94,20 @@ def _experiment_copy_project(path: Path) -> Path | None:
         if parts[i:i + len(DVC_EXPERIMENT_COPIES)] == DVC_EXPERIMENT_COPIES:
             return Path(*parts[:i])
     return None
+
+
+def _out_of_experiment_copy(uri: str) -> str:
+    """A relative sqlite URI names a store in the folder a step runs in; in a DVC experiment's copy,
+    a store deleted with the copy: the project's, at the same relative path, instead."""
+    db = _sqlite_file(uri)
+    project = _experiment_copy_project(Path.cwd().resolve()) if db and not os.path.isabs(db) else None
+    if project is None:
+        return uri
+    query = uri.partition("?")[2]
+    moved = f"sqlite:///{project / db}" + (f"?{query}" if query else "")
+    log.info("MLFLOW_TRACKING_URI %s is relative, and this step runs in a DVC experiment's temporary copy: "
+             "recording in the project's %s", mask_uri(uri), mask_uri(moved))
+    return moved
 
 
 def project_root() -> Path:

@@ -75,3 +75,18 @@ def test_an_experiment_made_in_a_deleted_copy_is_named_with_what_to_do(tmp_path,
             pass
     said = " ".join(r.getMessage() for r in caplog.records)
     assert str(gone) in said and "mlflow experiments rename" in said, said
+
+
+def test_a_relative_sqlite_uri_in_an_experiment_copy_means_the_projects_store(tmp_path, monkeypatch):
+    """README: `mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db`; exported as
+    MLFLOW_TRACKING_URI, a relative store is relative to the folder a step runs in: in a DVC copy,
+    a store deleted with it."""
+    from hsnet import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow/mlflow.db")
+    monkeypatch.chdir(_exp_copy(tmp_path))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow/mlflow.db?timeout=30")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}?timeout=30"
+    monkeypatch.chdir(tmp_path)  # in the project itself the URI is MLflow's, unchanged
+    assert tracking.tracking_uri() == "sqlite:///mlflow/mlflow.db?timeout=30"
