@@ -1,0 +1,43 @@
+"""Session 11 attack: state that lives in the wrong place or outlives/undercuts its owner
+(model download cache, tensor cache, stores relative to the current folder, DVC experiment copies,
+two verbs on the same outputs). Each test is a reproduction that fails on the code it was written
+against (2026-11-29, after 11ccbbc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hsnet.errors import HSNetError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_version_number_reused_after_the_model_was_deleted_loads_the_new_model(local_mlflow, trained, evaluated):
+    """The model cache is keyed by (tracking URI, name, version); a registered model deleted (MLflow UI,
+    `mlflow` client) and registered again starts again at version 1, with other weights. The cached copy
+    of the old version 1 outlives it: `hsnet predict --model models:/NAME/1` must load the new one."""
+    from mlflow import MlflowClient
+
+    from hsnet.predict import Classifier, load_classifier
+    from hsnet.registry import register
+
+    name = "hsnet-att11-reused"
+    old_ckpt, old_metrics, _ = evaluated(1)
+    assert register(old_ckpt, old_metrics, "sample", name=name)["version"] == 1
+    load_classifier(f"models:/{name}/1")  # cached
+    MlflowClient().delete_registered_model(name)
+    new_ckpt, new_metrics, _ = evaluated(2)
+    assert register(new_ckpt, new_metrics, "sample", name=name)["version"] == 1
+    x = [np.asarray(Image.open(sorted((trained["data"] / "images").rglob("*.png"))[0]).convert("RGB"))]
+    got = load_classifier(f"models:/{name}/1").probabilities(x)  # today: ModelChanged ("changed after registration")
+    want = Classifier.from_checkpoint(new_ckpt, device="cpu").probabilities(x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
