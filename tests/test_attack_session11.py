@@ -21,7 +21,26 @@ from hsnet.errors import HSNetError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_version_number_reused_after_the_model_was_deleted_loads_the_new_model(local_mlflow, trained, evaluated):
+def _answers(trained, k: int, out: Path) -> tuple[Path, Path]:
+    """The trained checkpoint changed to answer class ``k`` whatever the image, evaluated with MLflow
+    tracking in the current store (what register needs): (checkpoint, metrics.json)."""
+    from hsnet.evaluate import evaluate
+
+    ckpt = torch.load(trained["checkpoint"], weights_only=True)
+    for key, value in ckpt["model"].items():
+        if "classifier.weight" in key:
+            value.zero_()
+        elif "classifier.bias" in key:
+            value.zero_()
+            value[k] = 10.0
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"class{k}.pt"
+    torch.save(ckpt, path)
+    evaluate(path, trained["data"], out / "eval", progress=False)
+    return path, out / "eval" / "metrics.json"
+
+
+def test_a_version_number_reused_after_the_model_was_deleted_loads_the_new_model(local_mlflow, trained, tmp_path):
     """The model cache is keyed by (tracking URI, name, version); a registered model deleted (MLflow UI,
     `mlflow` client) and registered again starts again at version 1, with other weights. The cached copy
     of the old version 1 outlives it: `hsnet predict --model models:/NAME/1` must load the new one."""
@@ -31,11 +50,11 @@ def test_a_version_number_reused_after_the_model_was_deleted_loads_the_new_model
     from hsnet.registry import register
 
     name = "hsnet-att11-reused"
-    old_ckpt, old_metrics, _ = evaluated(1)
+    old_ckpt, old_metrics = _answers(trained, 1, tmp_path / "old")
     assert register(old_ckpt, old_metrics, "sample", name=name)["version"] == 1
     load_classifier(f"models:/{name}/1")  # cached
     MlflowClient().delete_registered_model(name)
-    new_ckpt, new_metrics, _ = evaluated(2)
+    new_ckpt, new_metrics = _answers(trained, 2, tmp_path / "new")
     assert register(new_ckpt, new_metrics, "sample", name=name)["version"] == 1
     x = [np.asarray(Image.open(sorted((trained["data"] / "images").rglob("*.png"))[0]).convert("RGB"))]
     got = load_classifier(f"models:/{name}/1").probabilities(x)  # today: ModelChanged ("changed after registration")
