@@ -60,3 +60,40 @@ def test_a_version_number_reused_after_the_model_was_deleted_loads_the_new_model
     got = load_classifier(f"models:/{name}/1").probabilities(x)  # today: ModelChanged ("changed after registration")
     want = Classifier.from_checkpoint(new_ckpt, device="cpu").probabilities(x)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+
+TINY = {"input_size": 80, "import": {"split_by": "class", "seed": 0}, "validate": {"min_size": 32},
+        "crop": {"detector": "none", "size": 80}, "model": {"ktl": False},
+        "train": {"lr": 0.001, "epochs": 1, "batch_size": 16, "seed": 3}}
+
+
+@pytest.mark.slow
+def test_an_experiment_kept_in_the_workspace_gets_registered_by_the_next_repro(tmp_path):
+    """README: `dvc exp run -S ...` registers nothing (register writes {"registered": false} and
+    DVC records that file in dvc.lock). A user who keeps the experiment (it ran in the workspace:
+    commit it; or `dvc exp apply` a --temp one) and runs `dvc repro` to ship it finds the pipeline
+    "up to date": the experiment's no-op marker stands as the register stage's result and the
+    workspace's best.pt is never registered (`hsnet promote` then works on an older candidate, or
+    on none). Only `dvc repro -f -s register@NAME`, documented nowhere, registers it."""
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dvcrepo import make_repo
+
+    path = tmp_path / "repo"
+    path.mkdir()
+    env, sh = make_repo(path, TINY, per_class=2)
+    sh("dvc", "exp", "run", "-S", "datasets.sample.train.lr=0.002", "--name", "lr2")
+    sh("git", "add", "-A")  # keep the experiment: it is the workspace now
+    sh("git", "commit", "-qm", "lr 0.002")
+    again = sh("dvc", "repro")
+    registered = json.loads((path / "runs/sample/registered.json").read_text())
+    best = hashlib.sha256((path / "runs/sample/train/best.pt").read_bytes()).hexdigest()
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    shas = {v.version: v.tags.get("checkpoint_sha256") for v in client.search_model_versions("name='hsnet-sample'")} \
+        if client.search_registered_models("name='hsnet-sample'") else {}
+    assert best in shas.values(), (f"the kept experiment's best.pt {best[:12]} is in no version {shas}; "
+                                   f"registered.json {registered}; dvc repro said: {again.stdout[-300:]}")
