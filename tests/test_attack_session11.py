@@ -97,3 +97,36 @@ def test_an_experiment_kept_in_the_workspace_gets_registered_by_the_next_repro(t
         if client.search_registered_models("name='hsnet-sample'") else {}
     assert best in shas.values(), (f"the kept experiment's best.pt {best[:12]} is in no version {shas}; "
                                    f"registered.json {registered}; dvc repro said: {again.stdout[-300:]}")
+
+
+def test_a_crop_stopped_half_way_leaves_no_crops_of_its_settings_to_a_rerun_of_the_old_ones(tmp_path):
+    """`hsnet crop` with other settings (here --size 96 over a finished --size 80 run) stopped half-way
+    (Ctrl-C, a kill, a full disk: here a write that fails at the last photo) has replaced part of
+    the crops, while crop_state.json still says they are the finished run's. Crop again with the old
+    settings (the user goes back) and every crop it replaced is "unchanged" and reused: the output
+    folder mixes two settings' crops under a manifest and report that name one."""
+    from hsnet.data.crop import crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.manifest import read_manifest
+    from hsnet.data.sample import generate
+    from hsnet.params import CropParams
+
+    generate(tmp_path / "raw", per_class=2, size=120, seed=7)
+    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
+    out = tmp_path / "crops"
+    small, large = CropParams(detector="none", size=80), CropParams(detector="none", size=96)
+    crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=small, progress=False)
+    rows = read_manifest(out / "manifest.csv")
+    last = out / rows[-1]["path"]
+    last.unlink()
+    last.mkdir()  # the run below stops at its last photo, as a kill or a full disk would stop it
+    with pytest.raises(HSNetError):
+        crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=large, progress=False)
+    last.rmdir()
+    report = crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=small, progress=False)
+    sizes = {}
+    for r in read_manifest(out / "manifest.csv"):
+        with Image.open(out / r["path"]) as im:
+            sizes.setdefault(im.size, []).append(r["path"])
+    assert set(sizes) == {(80, 80)}, (f"crops of another size under settings {report['settings']}: "
+                                      f"{ {k: len(v) for k, v in sizes.items()} } ({report['reused']} reused)")
