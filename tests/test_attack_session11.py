@@ -130,3 +130,31 @@ def test_a_crop_stopped_half_way_leaves_no_crops_of_its_settings_to_a_rerun_of_t
             sizes.setdefault(im.size, []).append(r["path"])
     assert set(sizes) == {(80, 80)}, (f"crops of another size under settings {report['settings']}: "
                                       f"{ {k: len(v) for k, v in sizes.items()} } ({report['reused']} reused)")
+
+
+def test_what_a_killed_model_download_left_is_removed_by_later_runs(local_mlflow, trained, tmp_path):
+    """`hsnet predict --model models:/...` downloads into <cache>/models/<server>/.download-XXXX and
+    renames it when complete; killed during the download (SIGKILL, an OOM kill, a pod evicted) its
+    `finally` never runs and the partial copy stays. The cache keeps "the five most recently used
+    versions", but its pruning skips dot-folders, so every such leftover stays for ever (a model is
+    ~62 MB of weights plus code). The tensor cache drops its killed decodes' files after a day
+    (hsnet.tensors.prune_cache); the model cache never does."""
+    import time
+
+    from hsnet.predict import load_classifier
+    from hsnet.registry import register
+
+    name = "hsnet-att11-leftover"
+    ckpt, metrics = _answers(trained, 1, tmp_path / "m")
+    register(ckpt, metrics, "sample", name=name)
+    load_classifier(f"models:/{name}/1")
+    (server,) = (tmp_path / "cache" / "models").iterdir()
+    leftover = server / ".download-killed1"  # what tempfile.mkdtemp(prefix=".download-") made, half filled
+    (leftover / "model" / "data").mkdir(parents=True)
+    (leftover / "model" / "data" / "model.pt").write_bytes(b"\0" * (1 << 20))
+    old = time.time() - 3 * 86_400
+    for p in [leftover, *leftover.rglob("*")]:
+        os.utime(p, (old, old))
+    load_classifier(f"models:/{name}/1")  # later runs, days after the kill
+    load_classifier(f"models:/{name}/1")
+    assert not leftover.exists(), f"{leftover} left by a killed download three days ago is still in the cache"
