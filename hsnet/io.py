@@ -173,6 +173,35 @@ def clean_stale_tmp(folder: str | os.PathLike, name: str = "*", *, recursive: bo
     return gone
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *,
+                             older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete what a killed process left in ``folder`` under a temporary name (``pattern``, a glob:
+    files, or folders with all they hold) when nothing in it changed for ``older_than`` seconds;
+    work in progress keeps its files fresh and is left alone. Returns what was deleted."""
+    import shutil
+
+    folder, gone, now = Path(folder), [], time.time()
+    if not folder.is_dir():
+        return gone
+    for item in folder.glob(pattern):
+        try:
+            newest = item.lstat().st_mtime
+            if item.is_dir() and not item.is_symlink():
+                for base, dirs, files in os.walk(item):
+                    for name in dirs + files:
+                        newest = max(newest, os.lstat(os.path.join(base, name)).st_mtime)
+            if now - newest <= older_than:
+                continue
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+            gone.append(item)
+        except FileNotFoundError:  # another process removed it, or its owner finished
+            pass
+    return gone
+
+
 def check_writable(folder: str | os.PathLike, what: str) -> Path:
     """Create ``folder`` if needed and prove a file can be written there, before any work is done;
     :class:`HSNetError` naming ``what`` (e.g. ``--out``) otherwise."""

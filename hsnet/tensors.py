@@ -24,7 +24,6 @@ import os
 import queue
 import shutil
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import HSNetError
-from .io import cache_root, open_rgb, safe_join
+from .io import cache_root, open_rgb, remove_stale_temporaries, safe_join
 
 
 @dataclass
@@ -49,6 +48,7 @@ class Split:
 
 
 DEFAULT_CACHE_MAX_GB = 20.0
+STALE_DECODE_SECONDS = 86_400  # a decode writes through a memory map, whose file time may lag: a day
 
 
 def default_cache_dir() -> Path:
@@ -72,14 +72,7 @@ def prune_cache(cache_dir: Path, keep: Path, limit: int | None = None) -> list[P
     that a killed decode left behind more than a day ago. Returns what was deleted.
     """
     limit = cache_limit_bytes() if limit is None else limit
-    gone, now = [], time.time()
-    for tmp in cache_dir.glob("*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > 86_400:
-                tmp.unlink()
-                gone.append(tmp)
-        except FileNotFoundError:
-            pass
+    gone = remove_stale_temporaries(cache_dir, "*.tmp", older_than=STALE_DECODE_SECONDS)
     files = []
     for f in cache_dir.glob("*.npy"):
         try:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HSNetError
-from .io import cache_root, safe_join
+from .io import cache_root, remove_stale_temporaries, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -208,19 +208,25 @@ def connect(create: bool = True) -> str:
 MODEL_CACHE_KEEP = 5  # model copies kept per tracking server, the most recently used
 
 
-def model_version(uri: str) -> tuple[str, str]:
-    """(registered name, version) of ``models:/NAME@ALIAS`` (the alias resolved now) or
-    ``models:/NAME/VERSION`` (checked to exist). Errors are MLflow's; the caller names the URI."""
+def _registered_version(uri: str):
+    """MLflow's record of the version ``models:/NAME@ALIAS`` (the alias resolved now) or
+    ``models:/NAME/VERSION`` names. Errors are MLflow's; the caller names the URI."""
     import mlflow
 
     rest = uri[len("models:/"):].strip("/")
     client = mlflow.MlflowClient()
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
+        return client.get_model_version_by_alias(name, alias)
     name, _, version = rest.rpartition("/")
-    client.get_model_version(name, version)  # exists?
-    return name, version
+    return client.get_model_version(name, version)
+
+
+def model_version(uri: str) -> tuple[str, str]:
+    """(registered name, version) of ``models:/NAME@ALIAS`` (the alias resolved now) or
+    ``models:/NAME/VERSION`` (checked to exist). Errors are MLflow's; the caller names the URI."""
+    mv = _registered_version(uri)
+    return mv.name, str(mv.version)
 
 
 def fetch_model(uri: str) -> Path | None:
@@ -229,14 +235,19 @@ def fetch_model(uri: str) -> Path | None:
     ``models:/NAME@ALIAS`` is resolved to its version first; model versions and run artifacts
     never change, so ``models:/NAME/VERSION`` and ``runs:/RUN_ID/PATH`` are cached under
     ``<cache>/models/<tracking server>/``, of which the :data:`MODEL_CACHE_KEEP` most recently
-    used are kept. Other URIs (a local folder, ``s3://``): ``None``, MLflow loads them as they are.
+    used are kept. A version is cached by what it is (its run, source and creation time), not
+    only its number: a registered model deleted and registered again starts again at version 1.
+    Leftovers of a download killed half-way are removed after :data:`~hsnet.io.STALE_TMP_SECONDS`.
+    Other URIs (a local folder, ``s3://``): ``None``, MLflow loads them as they are.
     Errors are MLflow's (no such model or alias); the caller names the URI.
     """
     import mlflow
 
     if uri.startswith("models:/"):
-        name, version = model_version(uri)
-        source, key = f"models:/{name}/{version}", f"{name}-v{version}"
+        mv = _registered_version(uri)
+        name, version = mv.name, str(mv.version)
+        which = hashlib.sha256(repr((mv.run_id, mv.source, mv.creation_timestamp)).encode()).hexdigest()[:8]
+        source, key = f"models:/{name}/{version}", f"{name}-v{version}-{which}"
     elif uri.startswith("runs:/"):
         source, key = uri, "run-" + uri[len("runs:/"):].strip("/")
     else:
@@ -262,6 +273,7 @@ def fetch_model(uri: str) -> Path | None:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s (%s) to %s", uri, source, local)
     os.utime(local)
+    remove_stale_temporaries(root, ".download-*")
     copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for old in copies[MODEL_CACHE_KEEP:]:

@@ -200,3 +200,24 @@ def test_tensor_loading_refuses_paths_outside_the_root(tmp_path):
     split = load_split([{"path": "images/ok.png", "label": 0}], root, 8, cache_dir=tmp_path / "cache",
                        progress=False)
     assert split.images.shape == (1, 3, 8, 8)
+
+
+def test_stale_temporaries_go_work_in_progress_stays(tmp_path):
+    """A folder a killed download left (nothing changed in it for two hours) is removed; one whose
+    file is still being written (fresh, deep inside an old folder) and other names are kept."""
+    import time
+
+    from hsnet.io import remove_stale_temporaries
+
+    old = time.time() - 7200
+    killed, writing = tmp_path / ".download-a", tmp_path / ".download-b"
+    for folder in (killed, writing):
+        (folder / "model" / "data").mkdir(parents=True)
+        (folder / "model" / "data" / "model.pt").write_bytes(b"half")
+    for p in [killed, *killed.rglob("*"), writing, writing / "model", writing / "model" / "data"]:
+        os.utime(p, (old, old))
+    kept = tmp_path / "hsnet-sample-v1"
+    kept.mkdir()
+    os.utime(kept, (old, old))
+    assert remove_stale_temporaries(tmp_path, ".download-*", older_than=3600) == [killed]
+    assert not killed.exists() and writing.exists() and kept.exists()
