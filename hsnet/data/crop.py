@@ -307,6 +307,9 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     report = {"images": len(rows), "settings": asdict(settings), "processed": 0, "reused": 0,
               "faces_found": 0, "no_face": [], "multi_face": [], "unreadable": [], "refused": refused,
               "center_fallback": []}
+    if not previous:  # the crops are re-cut from here on: nothing may still say how the old ones were
+        for name in (STATE_FILE, MANIFEST, REPORT):  # (a run stopped half-way would leave crops of two
+            (out / name).unlink(missing_ok=True)  # settings under a record naming one; all written last)
     entries = _crop_all(items, previous, detector, settings, out, report, batch_size=batch_size,
                         workers=workers, progress=progress)
     out_rows = _summarise(items, entries, report, settings)
