@@ -158,3 +158,65 @@ def test_what_a_killed_model_download_left_is_removed_by_later_runs(local_mlflow
     load_classifier(f"models:/{name}/1")  # later runs, days after the kill
     load_classifier(f"models:/{name}/1")
     assert not leftover.exists(), f"{leftover} left by a killed download three days ago is still in the cache"
+
+
+STAND_IN_STAGE = '''import json, pathlib, sys, yaml
+item = sys.argv[1]
+p = yaml.safe_load(open("params.yaml"))["datasets"][item]
+out = pathlib.Path("runs", item, "eval")
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({"dataset": item, "accuracy": 0.5, "mean_accuracy": 0.5,
+                                               "model": p.get("model") or {}}))
+'''
+
+
+@pytest.mark.slow
+def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements_finish(tmp_path, monkeypatch):
+    """`hsnet reproduce ablation` runs `dvc exp remove NAME` before it runs (or queues) NAME again. A
+    re-run that fails (a code change broke training, a missing file), is stopped, or is queued and
+    never started has already deleted the finished experiment: days of Table 6 runs gone, and
+    `hsnet reproduce report` then says "missing". Real DVC and reproduce.ablation/collect on a
+    stand-in evaluate stage (the experiments' bookkeeping is what is tested, not training)."""
+    import shutil
+
+    import yaml
+
+    from hsnet import reproduce
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def sh(*cmd):
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True,
+                              env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+        assert proc.returncode == 0, f"{cmd}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        return proc
+
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    (repo / "stage.py").write_text(STAND_IN_STAGE)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {"foreach": "${datasets_to_run}", "do": {
+        "cmd": "python stage.py ${item}", "deps": ["stage.py"],
+        "params": ["datasets.${item}.model", "datasets.${item}.train"],
+        "metrics": [{"runs/${item}/eval/metrics.json": {"cache": False}}]}}}}))
+    (repo / "data" / "raw" / "sample").mkdir(parents=True)
+    (repo / "data" / "raw" / "sample" / "placeholder.png").write_bytes(b"x")
+    sh("git", "init", "-q", "-b", "main")
+    sh("dvc", "init", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "repo")
+
+    first = reproduce.ablation("sample", repo=repo, seeds=1)  # the KTL rows are skipped: no VGGFace2 weights
+    assert len(first["ran"]) == 4 and not first["failed"], first
+    before = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
+    assert len(before) == 4, before
+
+    (repo / "stage.py").write_text("raise SystemExit('training broke')\n")  # a code change that breaks the runs
+    sh("git", "commit", "-qam", "a change that breaks training")
+    second = reproduce.ablation("sample", repo=repo, seeds=1)
+    assert len(second["failed"]) == 4, second
+    after = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
+    assert after == before, f"finished ablation runs deleted by a re-run that failed: {before} -> {after}"
