@@ -163,25 +163,21 @@ def test_what_a_killed_model_download_left_is_removed_by_later_runs(local_mlflow
 STAND_IN_STAGE = '''import json, pathlib, sys, yaml
 item = sys.argv[1]
 p = yaml.safe_load(open("params.yaml"))["datasets"][item]
+accuracy = 0.2 if "epochs" in (p.get("train") or {}) else 0.9  # a short run scores less
 out = pathlib.Path("runs", item, "eval")
 out.mkdir(parents=True, exist_ok=True)
-(out / "metrics.json").write_text(json.dumps({"dataset": item, "accuracy": 0.5, "mean_accuracy": 0.5,
+(out / "metrics.json").write_text(json.dumps({"dataset": item, "accuracy": accuracy, "mean_accuracy": accuracy,
                                                "model": p.get("model") or {}}))
 '''
 
 
-@pytest.mark.slow
-def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements_finish(tmp_path, monkeypatch):
-    """`hsnet reproduce ablation` runs `dvc exp remove NAME` before it runs (or queues) NAME again. A
-    re-run that fails (a code change broke training, a missing file), is stopped, or is queued and
-    never started has already deleted the finished experiment: days of Table 6 runs gone, and
-    `hsnet reproduce report` then says "missing". Real DVC and reproduce.ablation/collect on a
-    stand-in evaluate stage (the experiments' bookkeeping is what is tested, not training)."""
+def _stand_in_repo(tmp_path, monkeypatch, datasets=("sample",)):
+    """A git + DVC repository with the project's params.yaml and an evaluate stage that writes a
+    metrics.json (accuracy 0.9, or 0.2 when train.epochs is set): what hsnet.reproduce runs and
+    reads (dvc exp run/remove/show) is real, training is not. Returns (repo, sh)."""
     import shutil
 
     import yaml
-
-    from hsnet import reproduce
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -202,13 +198,27 @@ def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements
         "cmd": "python stage.py ${item}", "deps": ["stage.py"],
         "params": ["datasets.${item}.model", "datasets.${item}.train"],
         "metrics": [{"runs/${item}/eval/metrics.json": {"cache": False}}]}}}}))
-    (repo / "data" / "raw" / "sample").mkdir(parents=True)
-    (repo / "data" / "raw" / "sample" / "placeholder.png").write_bytes(b"x")
+    for name in datasets:
+        (repo / "data" / "raw" / name).mkdir(parents=True)
+        (repo / "data" / "raw" / name / "placeholder.png").write_bytes(b"x")
     sh("git", "init", "-q", "-b", "main")
     sh("dvc", "init", "-q")
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "repo")
+    return repo, sh
 
+
+@pytest.mark.slow
+def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements_finish(tmp_path, monkeypatch):
+    """`hsnet reproduce ablation` runs `dvc exp remove NAME` before it runs (or queues) NAME again. A
+    re-run that fails (a code change broke training, a missing file), is stopped, or is queued and
+    never started has already deleted the finished experiment: days of Table 6 runs gone, and
+    `hsnet reproduce report` then says "missing". Real DVC and reproduce.ablation/collect on a
+    stand-in evaluate stage (the experiments' bookkeeping is what is tested, not training).
+    `hsnet reproduce datasets` (paper-* experiments) does the same."""
+    from hsnet import reproduce
+
+    repo, sh = _stand_in_repo(tmp_path, monkeypatch)
     first = reproduce.ablation("sample", repo=repo, seeds=1)  # the KTL rows are skipped: no VGGFace2 weights
     assert len(first["ran"]) == 4 and not first["failed"], first
     before = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
@@ -220,3 +230,26 @@ def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements
     assert len(second["failed"]) == 4, second
     after = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
     assert after == before, f"finished ablation runs deleted by a re-run that failed: {before} -> {after}"
+
+
+@pytest.mark.slow
+def test_a_quick_check_experiment_is_not_reported_as_the_papers_setting(tmp_path, monkeypatch):
+    """`hsnet reproduce report` fills Tables 2-5 ("the paper's setting") with every experiment whose
+    DIB/FGAL/KTL switches are on, keeping per seed the latest: a 5-epoch check of RAF-DB run after
+    `hsnet reproduce datasets` (`dvc exp run -S +datasets.rafdb.train.epochs=5`, train.seed 0 as
+    every run without -S) replaces paper-rafdb-seed0 in Table 5 and docs/results.md reports the
+    short run's accuracy as the paper setting's."""
+    from hsnet import reproduce
+    from hsnet.model.ktl import vggface2_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    vggface2_cache_path().parent.mkdir(parents=True)
+    vggface2_cache_path().write_bytes(b"stand-in: the stage does not read it")
+    repo, sh = _stand_in_repo(tmp_path, monkeypatch, datasets=("rafdb",))
+    done = reproduce.datasets(["rafdb"], repo=repo, seeds=1)
+    assert done["ran"] == ["paper-rafdb-seed0"], done
+    sh("dvc", "exp", "run", "--temp", "evaluate@rafdb", "-S", "datasets_to_run=[rafdb]",
+       "-S", "+datasets.rafdb.train.epochs=5", "--name", "rafdb-quick-check")
+    reproduce.report(tmp_path / "results.md", repo=repo)
+    (row,) = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| Table 5 |")]
+    assert "| 90.00 |" in row, f"Table 5 (RAF-DB, the paper's setting) reports another run: {row}"
