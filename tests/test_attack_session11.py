@@ -253,3 +253,38 @@ def test_a_quick_check_experiment_is_not_reported_as_the_papers_setting(tmp_path
     reproduce.report(tmp_path / "results.md", repo=repo)
     (row,) = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| Table 5 |")]
     assert "| 90.00 |" in row, f"Table 5 (RAF-DB, the paper's setting) reports another run: {row}"
+
+
+def test_a_moved_project_keeps_recording_its_artifacts_inside_itself(tmp_path, monkeypatch):
+    """The local store's experiment `hsnet` records its artifact folder as an absolute file:// URI
+    (<project>/mlflow/artifacts, 11ccbbc). Move or rename the project (mv ~/hsnet ~/work/hsnet, a CI
+    workspace copied elsewhere) and every later run, found through the moved store, writes its
+    artifacts to the OLD path, re-creating folders outside the project (or failing where that path
+    can't be written), without a word; the old runs' artifacts (registered models) are not found."""
+    import shutil
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from hsnet import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    old, new = tmp_path / "old" / "project", tmp_path / "new" / "project"
+    old.mkdir(parents=True)
+    monkeypatch.chdir(old)
+    with tracking.run("before", params={"a": 1}, tags={}):
+        mlflow.log_text("one", "note.txt")
+    mlflow.set_tracking_uri(None)
+    new.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    shutil.move(str(old), str(new))
+    shutil.rmtree(tmp_path / "old")
+    monkeypatch.chdir(new)
+    with tracking.run("after", params={"a": 2}, tags={}) as active:
+        mlflow.log_text("two", "note.txt")
+        run_id = active.info.run_id
+    mlflow.set_tracking_uri(None)
+    uri = MlflowClient(f"sqlite:///{new / 'mlflow' / 'mlflow.db'}").get_run(run_id).info.artifact_uri
+    assert not (tmp_path / "old").exists() and uri.startswith(new.as_uri()), \
+        f"the moved project's run keeps its artifacts at {uri}, outside {new}"
