@@ -288,3 +288,44 @@ def test_a_moved_project_keeps_recording_its_artifacts_inside_itself(tmp_path, m
     uri = MlflowClient(f"sqlite:///{new / 'mlflow' / 'mlflow.db'}").get_run(run_id).info.artifact_uri
     assert not (tmp_path / "old").exists() and uri.startswith(new.as_uri()), \
         f"the moved project's run keeps its artifacts at {uri}, outside {new}"
+
+
+def test_a_photo_replaced_under_its_name_is_new_data_for_training(tmp_path):
+    """The data version (MLflow's data_version/test_data_version, train --resume auto, promote's "same
+    test data" gate) is the sha256 of the crops' manifest, which holds names, labels, splits and
+    boxes but nothing of the pixels. With the paper's RAF-DB and FERG settings (detector none) a
+    photo replaced under the same name (a corrected or re-exported image) changes the crops but not
+    the version: `dvc repro` re-crops, then train --resume auto "resumes" the finished last.pt of the
+    old pixels, and best.pt stays the model of the old data."""
+    import hashlib
+
+    from hsnet import tracking
+    from hsnet.data.crop import crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.manifest import read_manifest
+    from hsnet.data.sample import generate
+    from hsnet.params import CropParams, Params
+    from hsnet.train import train
+
+    raw, crops, run = tmp_path / "raw", tmp_path / "crops", tmp_path / "run"
+    generate(raw, per_class=2, size=96, seed=5)
+    import_dataset("sample", raw, tmp_path / "manifest.csv")
+    settings = CropParams(detector="none", size=80)
+    crop(tmp_path / "manifest.csv", raw, crops, settings=settings, progress=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("datasets:\n  sample:\n    input_size: 80\n    crop: {detector: none, size: 80}\n"
+                      "    model: {ktl: false}\n    train: {lr: 0.001, epochs: 1, batch_size: 16, seed: 3}\n")
+    p = Params.resolve(params, "sample")
+    train(crops, p, run, track=False, progress=False)
+    before = tracking.data_version(crops / "manifest.csv"), hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+
+    train_rows = [r for r in read_manifest(tmp_path / "manifest.csv") if r["split"] == "train"]
+    for r in train_rows[: len(train_rows) // 2]:  # half the training photos corrected in place
+        photo = raw / r["path"]
+        with Image.open(photo) as im:
+            im.convert("RGB").transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(photo)
+    assert crop(tmp_path / "manifest.csv", raw, crops, settings=settings, progress=False)["processed"] > 0
+    train(crops, p, run, resume="auto", track=False, progress=False)  # what dvc repro's train stage runs
+    after = tracking.data_version(crops / "manifest.csv"), hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+    assert after[0] != before[0] and after[1] != before[1], \
+        f"new pixels, same data version {after[0]}; best.pt {'unchanged' if after[1] == before[1] else 'retrained'}"
