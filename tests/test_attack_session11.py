@@ -329,3 +329,26 @@ def test_a_photo_replaced_under_its_name_is_new_data_for_training(tmp_path):
     after = tracking.data_version(crops / "manifest.csv"), hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
     assert after[0] != before[0] and after[1] != before[1], \
         f"new pixels, same data version {after[0]}; best.pt {'unchanged' if after[1] == before[1] else 'retrained'}"
+
+
+def test_make_pipelines_summary_after_an_experiment_in_the_workspace(trained, tmp_path):
+    """`dvc exp run -S ...` (in the workspace, README) leaves runs/<dataset>/registered.json as
+    {"registered": false, "experiment": ...} (the register stage's --skip-in-experiments). The next
+    `make pipeline` (dvc repro: up to date) ends with `python -m hsnet.summary runs`, which reads
+    registered.json's name/version/model_uri: a KeyError traceback, and make fails."""
+    import shutil
+
+    runs = tmp_path / "runs" / "sample"
+    (runs / "eval").mkdir(parents=True)
+    shutil.copy(trained["metrics"], runs / "eval" / "metrics.json")
+    env = {**os.environ, "DVC_EXP_NAME": "lr-0.002"}
+    env.pop("HSNET_REGISTER_EXPERIMENTS", None)
+    reg = subprocess.run([sys.executable, "-m", "hsnet", "register", "--checkpoint", str(trained["checkpoint"]),
+                          "--metrics", str(runs / "eval" / "metrics.json"), "--dataset", "sample",
+                          "--out", str(runs / "registered.json"), "--skip-in-experiments"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert reg.returncode == 0 and json.loads((runs / "registered.json").read_text())["registered"] is False, reg.stderr
+    summary = subprocess.run([sys.executable, "-m", "hsnet.summary", "runs"], cwd=tmp_path, capture_output=True,
+                             text=True, env={k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"})
+    assert summary.returncode == 0, summary.stderr[-800:]
+    assert "sample: test accuracy" in summary.stdout
