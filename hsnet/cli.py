@@ -132,10 +132,10 @@ def _register(args: argparse.Namespace) -> None:
               "workspace; set HSNET_REGISTER_EXPERIMENTS=1 to register experiments)")
         return
     r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
-    if args.out:
+    if args.out:  # the registration, the same whether made now or found (dvc runs this at every repro)
         from .io import write_json
 
-        write_json(args.out, r)
+        write_json(args.out, {k: v for k, v in r.items() if k != "already_registered"})
     state = "already registered as" if r["already_registered"] else "registered"
     print(f"{state} {r['name']} version {r['version']} (alias candidate; test accuracy "
           f"{r['test_accuracy']:.4f}): {r['model_uri']}")
