@@ -352,3 +352,35 @@ def test_make_pipelines_summary_after_an_experiment_in_the_workspace(trained, tm
                              text=True, env={k: v for k, v in os.environ.items() if k != "DVC_EXP_NAME"})
     assert summary.returncode == 0, summary.stderr[-800:]
     assert "sample: test accuracy" in summary.stdout
+
+
+def test_best_pt_is_the_best_epoch_after_a_stop_between_the_two_checkpoint_writes(tiny_data, tmp_path):
+    """Each improving epoch writes last.pt, then best.pt (hsnet.train.save_epoch). Stopped between the
+    two (a kill, or a full disk while writing best.pt: "training stops and the previous one stays
+    whole"), last.pt already records the new best epoch while best.pt still holds an older one; the
+    resumed run never writes best.pt again unless a later epoch beats the recorded best, so it ends
+    with best.pt = an older epoch's weights under a summary naming another. (hsnet.durable uploads
+    best.pt first for exactly this reason; the local writes are in the other order.)"""
+    import shutil
+
+    from hsnet.params import Params
+    from hsnet.train import train
+
+    params = tmp_path / "params.yaml"
+    params.write_text("datasets:\n  sample:\n    input_size: 80\n    crop: {detector: none, size: 80}\n"
+                      "    model: {ktl: false}\n    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3}\n")
+    p, run = Params.resolve(params, "sample"), tmp_path / "run"
+    train(tiny_data, p, run, track=False, progress=False, stop_after_epochs=1)
+    shutil.copy(run / "best.pt", tmp_path / "best-epoch1.pt")
+    (run / "best.pt").unlink()
+    (run / "best.pt").mkdir()  # epoch 2's best.pt can't be written (as on a full disk); last.pt can
+    (run / "best.pt" / "x").write_text("x")
+    with pytest.raises(HSNetError, match="best.pt"):  # epoch 2 improved: its best.pt write failed
+        train(tiny_data, p, run, resume=True, track=False, progress=False)
+    shutil.rmtree(run / "best.pt")
+    shutil.copy(tmp_path / "best-epoch1.pt", run / "best.pt")  # the previous one, whole
+    summary = train(tiny_data, p, run, resume=True, track=False, progress=False)  # space freed: resume
+    best = torch.load(run / "best.pt", weights_only=True)
+    epoch_in_best = len(best["state"]["history"]) if "state" in best else best["meta"].get("epoch")
+    assert epoch_in_best == summary["best_epoch"], \
+        f"best.pt holds epoch {epoch_in_best}'s weights, the run says its best epoch is {summary['best_epoch']}"
