@@ -384,3 +384,23 @@ def test_best_pt_is_the_best_epoch_after_a_stop_between_the_two_checkpoint_write
     epoch_in_best = len(best["state"]["history"]) if "state" in best else best["meta"].get("epoch")
     assert epoch_in_best == summary["best_epoch"], \
         f"best.pt holds epoch {epoch_in_best}'s weights, the run says its best epoch is {summary['best_epoch']}"
+
+
+def test_two_registrations_of_one_checkpoint_at_once_make_one_version(local_mlflow, trained, tmp_path):
+    """README: "Registering the same checkpoint again returns the existing version." register looks
+    for a version with the checkpoint's sha256, then logs the model (seconds) and registers it: two
+    registrations at once (two Kubeflow runs whose train and evaluate steps were cached, parallel
+    `dvc queue` workers with HSNET_REGISTER_EXPERIMENTS=1) both find none and make two versions of
+    one file; the second moves `candidate` and promote then compares the model with itself."""
+    from mlflow import MlflowClient
+
+    ckpt, metrics = _answers(trained, 1, tmp_path / "m")
+    name = "hsnet-att11-twice"
+    cmd = [sys.executable, "-m", "hsnet", "register", "--checkpoint", str(ckpt), "--metrics", str(metrics),
+           "--dataset", "sample", "--name", name]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    versions = sorted(int(v.version) for v in MlflowClient(local_mlflow).search_model_versions(f"name='{name}'"))
+    assert versions == [1], f"one checkpoint registered as versions {versions}: {[o.splitlines()[-1] for o in outs]}"
