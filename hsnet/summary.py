@@ -21,8 +21,11 @@ def summarize(runs: str | Path = "runs") -> str:
         lines.append(f"  confusion matrix: {eval_dir / 'confusion_matrix.png'}; curves: "
                      f"{eval_dir.parent / 'train' / 'training_curves.png'}; vs the paper: {eval_dir / 'comparison.md'}")
         reg = eval_dir.parent / "registered.json"
-        if reg.is_file():
-            r = json.loads(reg.read_text())
+        r = json.loads(reg.read_text()) if reg.is_file() else {}
+        if r.get("registered") is False:  # the marker a DVC experiment's register stage leaves
+            lines.append(f"  not registered: DVC experiment {r.get('experiment')} (dvc repro in the workspace "
+                         "registers what it holds)")
+        elif r:
             lines.append(f"  registered: {r['name']} version {r['version']} (alias candidate), {r['model_uri']}")
             lines.append(f"  promote it: hsnet promote --name {r['name']}; then "
                          f"hsnet predict PHOTO --model models:/{r['name']}@production")

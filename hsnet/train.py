@@ -164,16 +164,18 @@ def validate_epoch(model, split: Split, tp: TrainParams, setup: Setup, step: Ste
 
 def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: TrainingState, setup: Setup,
                improved: bool) -> None:
-    """``last.pt`` (resume state) every epoch; ``best.pt`` (weights for inference) when improved."""
+    """``last.pt`` (resume state) every epoch; ``best.pt`` (weights for inference) when improved,
+    written first: ``last.pt`` never records a best epoch that ``best.pt`` does not hold (stopped
+    between the two writes, the resumed run trains that epoch again and writes both)."""
     ckpt = {"format": checkpoint.FORMAT, "meta": meta, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": None,  # bf16 autocast needs no loss scaling
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if setup.device.type == "cuda" else None},
             "state": dataclasses.asdict(state)}
-    checkpoint.save(out_dir / checkpoint.LAST, ckpt)
     if improved:
         checkpoint.save(out_dir / checkpoint.BEST, checkpoint.for_inference(ckpt))
+    checkpoint.save(out_dir / checkpoint.LAST, ckpt)
 
 
 # Of the settings training reads (STEP_KEYS["train"]), those an explicit --resume may change: how
