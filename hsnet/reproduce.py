@@ -140,12 +140,41 @@ def config_label(cfg: tuple[bool, bool, bool]) -> str:
     return " + ".join(n for n, on in zip(("DIB", "FGAL", "KTL"), cfg) if on) or "baseline"
 
 
+# the experiments each table is made of, by name: Table 6 the ablation's, Tables 2-5 those of
+# `hsnet reproduce datasets` (the paper's recipe); any other experiment is a user's, in no table
+ABLATION_PREFIX, PAPER_PREFIX = "ablation-", "paper-"
+
+
 def exp_name(dataset: str, cfg: tuple[bool, bool, bool], seed: int = 0) -> str:
-    return f"ablation-{dataset}-{config_name(cfg)}-seed{seed}"
+    return f"{ABLATION_PREFIX}{dataset}-{config_name(cfg)}-seed{seed}"
 
 
 def paper_exp_name(dataset: str, seed: int = 0) -> str:
-    return f"paper-{dataset}-seed{seed}"
+    return f"{PAPER_PREFIX}{dataset}-seed{seed}"
+
+
+def _rerun_name(name: str, existing: set[str]) -> str:
+    """The name a run of ``name`` gets: ``name``, or when a finished run has it, ``name-2``
+    (``-3``, ...): the finished run stays until its replacement has finished (:func:`_replace`)."""
+    if name not in existing:
+        return name
+    n = 2
+    while f"{name}-{n}" in existing:
+        n += 1
+    return f"{name}-{n}"
+
+
+def _replace(repo: Path, name: str, run_as: str) -> str:
+    """After ``run_as``, a re-run of ``name``, finished: the old run removed and the new one named
+    ``name``. Returns the name it has (``run_as`` where DVC refused: the report takes a seed's latest)."""
+    if run_as == name:
+        return name
+    if _dvc(["exp", "remove", name], repo, check=False).returncode == 0 \
+            and _dvc(["exp", "rename", run_as, name], repo, check=False).returncode == 0:
+        return name
+    log.warning("%s finished, but DVC did not replace %s with it: both are kept, the report takes the latest",
+                run_as, name)
+    return run_as
 
 
 def _seeds(seeds: int | None) -> range:
@@ -246,6 +275,7 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
 
     concurrent = check_concurrent(concurrent) if concurrent is not None else 1
     runs_at_once: list = []
+    renamed: dict[str, str] = {}  # the name a concurrent run has -> the experiment it re-runs
     repo = Path(repo)
     seed_range = _seeds(seeds)
     cfg = _check_repo(repo, dataset, repo / params_path)
@@ -261,16 +291,16 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
             result["skipped"][name] = f"KTL on, but {problem}"
             log.warning("skipping %s: KTL on, but %s", name, problem)
             continue
-        if name in existing:
-            _dvc(["exp", "remove", name], repo, check=False)
-        args = ["exp", "run", f"evaluate@{dataset}", "--name", name, *_set_args(dataset, c, stem_weights, seed)]
-        if queue:
+        run_as = _rerun_name(name, existing)  # a finished run is replaced only once its re-run finished
+        args = ["exp", "run", f"evaluate@{dataset}", "--name", run_as, *_set_args(dataset, c, stem_weights, seed)]
+        if queue:  # run later by dvc queue: both are kept, the report takes a seed's latest
             _dvc(args + ["--queue"], repo)
-            result["queued"].append(name)
+            result["queued"].append(run_as)
             continue
         if concurrent > 1:  # the locked parts of the runs (set-up, saving the result) wait for each other
-            runs_at_once.append(Job(name, [sys.executable, "-m", "dvc", "--wait-for-lock", *args, "--temp"], repo,
+            runs_at_once.append(Job(run_as, [sys.executable, "-m", "dvc", "--wait-for-lock", *args, "--temp"], repo,
                             _dvc_env(repo)))
+            renamed[run_as] = name
             continue
         log.info("running %s (%d/%d)", name, i, total)
         proc = _dvc(args + ["--temp"], repo, check=False)  # in a copy: the workspace keeps its params
@@ -278,12 +308,12 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
             result["failed"][name] = _output(proc)
             log.error("%s failed: %s", name, "; ".join(why_failed(result["failed"][name])))
         else:
-            result["ran"].append(name)
-    for name, done in run_jobs(runs_at_once, concurrent).items() if runs_at_once else ():
+            result["ran"].append(_replace(repo, name, run_as))
+    for run_as, done in run_jobs(runs_at_once, concurrent).items() if runs_at_once else ():
         if done["returncode"] == 0:
-            result["ran"].append(name)
+            result["ran"].append(_replace(repo, renamed[run_as], run_as))
         else:
-            result["failed"][name] = done["output"].strip()[-FAILED_TAIL:]
+            result["failed"][renamed[run_as]] = done["output"].strip()[-FAILED_TAIL:]
     if queue and jobs:
         _dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], repo)
         result["ran"], result["queued"] = result["queued"], []
@@ -331,15 +361,16 @@ def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: st
         existing = _existing_experiments(repo)
         for seed in seed_range:
             exp = paper_exp_name(name, seed)
-            if exp in existing:
-                _dvc(["exp", "remove", exp], repo, check=False)
-            args = ["exp", "run", f"evaluate@{name}", "--name", exp, "-S", f"datasets_to_run=[{name}]",
+            run_as = _rerun_name(exp, existing)  # a finished run is replaced only once its re-run finished
+            args = ["exp", "run", f"evaluate@{name}", "--name", run_as, "-S", f"datasets_to_run=[{name}]",
                     "-S", f"++datasets.{name}.train.seed={seed}"]
             proc = _dvc(args + (["--queue"] if queue else ["--temp"]), repo, check=False)
             if proc.returncode != 0:
                 result["failed"][exp] = _output(proc)
+            elif queue:
+                result["queued"].append(run_as)
             else:
-                result["queued" if queue else "ran"].append(exp)
+                result["ran"].append(_replace(repo, exp, run_as))
     return result
 
 
@@ -592,9 +623,9 @@ def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[
     """Write the paper's table layouts (markdown) with this project's numbers; returns what is missing."""
     out = Path(out)
     rows = collect(repo) if rows is None else rows
-    ablation_rows = [r for r in rows if str(r["experiment"]).startswith("ablation-")]
+    ablation_rows = [r for r in rows if str(r["experiment"]).startswith(ABLATION_PREFIX)]
     paper_rows = [r for r in rows if r["dataset"] in DATASETS and r["config"] == (True, True, True)
-                  and not str(r["experiment"]).startswith("ablation-")]
+                  and str(r["experiment"]).startswith(PAPER_PREFIX)]
     if not ablation_rows and not paper_rows and out.exists():
         # a fresh clone: git doesn't fetch DVC's experiments (refs/exps); its commits' own metrics (the
         # sample's) fill no table, and the report would replace the results it has with an empty one

@@ -231,6 +231,14 @@ def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements
     after = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
     assert after == before, f"finished ablation runs deleted by a re-run that failed: {before} -> {after}"
 
+    # a re-run that finishes replaces them, under the same names (one run per configuration and seed)
+    (repo / "stage.py").write_text(STAND_IN_STAGE.replace("0.2 if", "0.3 if"))  # the sample sets train.epochs
+    sh("git", "commit", "-qam", "training fixed")
+    third = reproduce.ablation("sample", repo=repo, seeds=1)
+    assert sorted(third["ran"]) == before and not third["failed"], third
+    rows = [r for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-")]
+    assert sorted(r["experiment"] for r in rows) == before and {r["accuracy"] for r in rows} == {0.3}
+
 
 @pytest.mark.slow
 def test_a_quick_check_experiment_is_not_reported_as_the_papers_setting(tmp_path, monkeypatch):
