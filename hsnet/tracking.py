@@ -315,8 +315,9 @@ def code_version(root: str | os.PathLike | None = None) -> str:
 def data_version(manifest: Path) -> str:
     """A version of the data a run used: the sha256 of its manifest (paths, labels, splits).
 
-    Crop manifests embed the source paths and detection boxes, so the same raw data cropped
-    the same way gives the same version on any machine.
+    Crop manifests embed the source paths, the sources' sha256 and the detection boxes, so the
+    same raw data cropped the same way gives the same version on any machine, and a photo
+    replaced under its name gives another.
     """
     return "sha256:" + hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 

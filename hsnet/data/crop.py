@@ -251,7 +251,7 @@ def _with_current_row(entry: dict, item: _Item) -> dict:
     or another split must reach the output without re-cropping)."""
     if entry.get("row") is None:
         return entry
-    row = dict(entry["row"], source_path=item.row["path"])
+    row = dict(entry["row"], source_path=item.row["path"], source_sha256=entry["sha256"])
     row.update((k, item.row[k]) for k in ROW_FIELDS)
     return dict(entry, row=row)
 
@@ -365,6 +365,8 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
                         bar.update()
                         continue
                     result, outcome = _crop_one(item, img, boxes, settings, out)
+                    if result is not None:
+                        result["source_sha256"] = digest
                     entries[item.row["path"]] = {"sha256": digest, "row": result, "outcome": outcome}
                     report["processed"] += 1
                     bar.update()
@@ -421,8 +423,8 @@ def _summarise(items: list[_Item], entries: dict[str, dict], report: dict, setti
 
 def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict, settings: CropParams) -> None:
     write_manifest(out / MANIFEST, out_rows,
-                   columns=["path", "label", "label_name", "split", "subject", "source_path", "crop",
-                            "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
+                   columns=["path", "label", "label_name", "split", "subject", "source_path", "source_sha256",
+                            "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
     write_json(out / REPORT, report)
     keep = {out / r["path"] for r in out_rows}
     for stale in (out / IMAGES).rglob("*.png") if (out / IMAGES).is_dir() else []:
