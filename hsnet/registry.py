@@ -304,20 +304,9 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
                          f"model's. Evaluate {checkpoint} and register with the metrics.json it writes")
     name = name or default_name(dataset)
     client = _client()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        existing = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
-        existing = []
-    for mv in existing:
-        if mv.tags.get("checkpoint_sha256") == sha and _registered_sha(client, mv) == sha:
-            try:
-                figures = _version_figures(client, mv)
-            except NoEvaluation:  # registered before records were linked: what it was registered with
-                figures = {k: float(mv.tags.get(k, "nan")) for k in METRICS.values()}
-            log.debug("%s is already registered as %s version %s", checkpoint, name, mv.version)
-            return _result(name, mv, mv.run_id, True, figures)
+    for mv in _versions_of(client, name, sha)[:1]:
+        log.debug("%s is already registered as %s version %s", checkpoint, name, mv.version)
+        return _existing_result(client, name, mv)
 
     figures = _evaluation_of(client, sha, m, metrics_path, checkpoint)
     if figures["dataset"] != dataset:
@@ -339,12 +328,42 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
                        metrics={"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
     run_id = logged["run_id"]
     mv = mlflow.register_model(logged["model_uri"], name, tags=tags)
+    first = _versions_of(client, name, sha)[0]
+    if int(first.version) < int(mv.version):  # registered at the same time by another process: one version
+        log.info("%s was registered as %s version %s meanwhile: version %s removed", checkpoint, name,
+                 first.version, mv.version)
+        client.delete_model_version(name, mv.version)
+        client.delete_run(run_id)
+        return _existing_result(client, name, first)
     client.update_model_version(name, mv.version, description=(
         f"HSNet on {dataset}: test accuracy {test_acc:.4f}, mean accuracy {test_macc:.4f} "
         f"(test data {tags['test_data_version']}, evaluation run {figures['evaluation_run_id']}); "
         f"trained in run {tags['train_run_id']}"))
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
     return _result(name, mv, run_id, False, figures)
+
+
+def _versions_of(client, name: str, sha: str) -> list:
+    """The versions of ``name`` registered from the checkpoint with this sha256 (their files
+    unchanged since), the first registered first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:  # no such registered model yet
+        return []
+    return sorted((mv for mv in versions
+                   if mv.tags.get("checkpoint_sha256") == sha and _registered_sha(client, mv) == sha),
+                  key=lambda mv: int(mv.version))
+
+
+def _existing_result(client, name: str, mv) -> dict:
+    """What registering returns for a checkpoint already registered as ``mv``: its figures."""
+    try:
+        figures = _version_figures(client, mv)
+    except NoEvaluation:  # registered before records were linked: what it was registered with
+        figures = {k: float(mv.tags.get(k, "nan")) for k in METRICS.values()}
+    return _result(name, mv, mv.run_id, True, figures)
 
 
 def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: dict | None = None) -> dict:

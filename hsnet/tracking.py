@@ -358,9 +358,9 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a dead store
         raise TrackingUnavailable(f"MLflow tracking store {mask_uri(uri)} is not usable: "
                                   f"{mask_uri(str(exc))}") from exc
-    mlflow.set_experiment(EXPERIMENT)
     if experiment is not None:
-        _check_artifact_location(experiment)
+        _check_artifact_location(experiment, uri)
+    mlflow.set_experiment(EXPERIMENT)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
     system = system_tags()
@@ -374,21 +374,28 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
         yield active
 
 
-def _check_artifact_location(experiment) -> None:
-    """Warn when the experiment keeps its artifacts in a DVC experiment's temporary copy: made
-    there by an hsnet before 2026-11-29, it loses every artifact logged (DVC deletes the copy)."""
+def _check_artifact_location(experiment, uri: str) -> None:
+    """Refuse an experiment whose artifacts would be lost or land outside the project: one kept in
+    a DVC experiment's temporary copy (made there by an hsnet before 2026-11-29; DVC deletes the
+    copy), or in a folder that no longer exists (the project or its store was moved or renamed:
+    MLflow records absolute paths, and would re-create the old ones)."""
     location = experiment.artifact_location or ""
     if not location.startswith("file:"):
         return
     path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
-    if _experiment_copy_project(path) is None:
+    if _experiment_copy_project(path) is not None:
+        where = "inside a DVC experiment's temporary copy, which DVC deletes"
+    elif not path.parent.is_dir():
+        where = ("in a folder that no longer exists (the project or its store was moved or renamed; MLflow "
+                 "records absolute paths and would create the old ones again)")
+    else:
         return
-    log.warning("MLflow experiment %r (id %s) keeps its runs' artifacts in %s, inside a DVC experiment's "
-                "temporary copy that DVC deletes: checkpoints, metrics and plots logged there are lost. Rename "
-                "it (MLFLOW_TRACKING_URI=<this store> mlflow experiments rename --experiment-id %s --new-name "
-                "%s-old); hsnet then makes a new %r that keeps them beside the store",
-                experiment.name, experiment.experiment_id, path, experiment.experiment_id, experiment.name,
-                experiment.name)
+    raise TrackingUnavailable(
+        f"MLflow experiment {experiment.name!r} (id {experiment.experiment_id}) in {mask_uri(uri)} keeps its runs' "
+        f"artifacts at {path}, {where}: what this run logs would be lost or written outside the project. Rename "
+        f"it (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
+        f"{experiment.experiment_id} --new-name {experiment.name}-old); hsnet then makes a new {experiment.name!r} "
+        "with its artifacts beside the store. The old runs keep the paths they recorded")
 
 
 def _then(before: str | None, now: str) -> str:

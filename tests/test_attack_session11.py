@@ -289,11 +289,20 @@ def test_a_moved_project_keeps_recording_its_artifacts_inside_itself(tmp_path, m
     shutil.move(str(old), str(new))
     shutil.rmtree(tmp_path / "old")
     monkeypatch.chdir(new)
+    # refused before anything is written (MLflow can't move an experiment's recorded location) ...
+    with pytest.raises(tracking.TrackingUnavailable, match="mlflow experiments rename"):
+        with tracking.run("after", params={"a": 2}, tags={}):
+            mlflow.log_text("two", "note.txt")
+    mlflow.set_tracking_uri(None)
+    assert not (tmp_path / "old").exists()
+    # ... and once the old experiment is renamed as the message says, the runs record inside the project
+    client = MlflowClient(f"sqlite:///{new / 'mlflow' / 'mlflow.db'}")
+    client.rename_experiment(client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id, "hsnet-old")
     with tracking.run("after", params={"a": 2}, tags={}) as active:
         mlflow.log_text("two", "note.txt")
         run_id = active.info.run_id
     mlflow.set_tracking_uri(None)
-    uri = MlflowClient(f"sqlite:///{new / 'mlflow' / 'mlflow.db'}").get_run(run_id).info.artifact_uri
+    uri = client.get_run(run_id).info.artifact_uri
     assert not (tmp_path / "old").exists() and uri.startswith(new.as_uri()), \
         f"the moved project's run keeps its artifacts at {uri}, outside {new}"
 

@@ -11,7 +11,6 @@ made in the copy and lost."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -58,8 +57,9 @@ def test_artifacts_logged_in_an_experiment_copy_outlive_the_copy(tmp_path, monke
     assert location == (tmp_path / "elsewhere" / "artifacts").as_uri()
 
 
-def test_an_experiment_made_in_a_deleted_copy_is_named_with_what_to_do(tmp_path, monkeypatch, caplog):
-    """Stores made before the fix: the experiment's artifacts point into a DVC copy."""
+def test_an_experiment_made_in_a_deleted_copy_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """Stores made before the fix: the experiment's artifacts point into a DVC copy. Refused before
+    the run starts (its artifacts would be lost); renamed as the message says, a new one is made."""
     import mlflow
 
     from hsnet import tracking
@@ -68,13 +68,19 @@ def test_an_experiment_made_in_a_deleted_copy_is_named_with_what_to_do(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracking.ensure_store(uri)
     gone = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "standalone" / "tmpold" / "mlflow" / "artifacts"
-    mlflow.MlflowClient(uri).create_experiment(tracking.EXPERIMENT, artifact_location=gone.as_uri())
+    client = mlflow.MlflowClient(uri)
+    old_id = client.create_experiment(tracking.EXPERIMENT, artifact_location=gone.as_uri())
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="hsnet.tracking"):
+    with pytest.raises(tracking.TrackingUnavailable) as refused:
         with tracking.run("train-sample", params={}, tags={}):
             pass
-    said = " ".join(r.getMessage() for r in caplog.records)
-    assert str(gone) in said and "mlflow experiments rename" in said, said
+    said = str(refused.value)
+    assert str(gone) in said and f"mlflow experiments rename --experiment-id {old_id}" in said, said
+    assert not client.search_runs([old_id]) and not (tmp_path / "repo").exists()  # nothing run, nothing written
+    client.rename_experiment(old_id, "hsnet-old")  # what the message says to do
+    with tracking.run("train-sample", params={}, tags={}):
+        pass
+    assert client.get_experiment_by_name(tracking.EXPERIMENT).artifact_location == (tmp_path / "artifacts").as_uri()
 
 
 def test_a_relative_sqlite_uri_in_an_experiment_copy_means_the_projects_store(tmp_path, monkeypatch):
