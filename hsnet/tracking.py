@@ -380,8 +380,8 @@ def _check_artifact_location(experiment, uri: str) -> None:
     copy), or in a folder that no longer exists (the project or its store was moved or renamed:
     MLflow records absolute paths, and would re-create the old ones)."""
     location = experiment.artifact_location or ""
-    if not location.startswith("file:"):
-        return
+    if not _sqlite_file(uri) or not location.startswith("file:"):
+        return  # a tracking server's artifact root is the server's (it may be a path on its machine)
     path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
     if _experiment_copy_project(path) is not None:
         where = "inside a DVC experiment's temporary copy, which DVC deletes"
