@@ -328,7 +328,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
                        metrics={"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
     run_id = logged["run_id"]
     mv = mlflow.register_model(logged["model_uri"], name, tags=tags)
-    first = _versions_of(client, name, sha)[0]
+    first = next(iter(_versions_of(client, name, sha)), mv)
     if int(first.version) < int(mv.version):  # registered at the same time by another process: one version
         log.info("%s was registered as %s version %s meanwhile: version %s removed", checkpoint, name,
                  first.version, mv.version)
