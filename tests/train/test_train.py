@@ -226,7 +226,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     _train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False, stop_after_epochs=1)
-    before = (tmp_path / "run" / "last.pt").read_bytes()
+    before, best_before = ((tmp_path / "run" / name).read_bytes() for name in ("last.pt", "best.pt"))
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):
@@ -234,9 +234,11 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
     monkeypatch.setattr(train_mod.torch, "save", full_disk)
-    with pytest.raises(HSNetError, match=r"can't write checkpoint .*last\.pt.*disk full.*--resume"):
+    # the first write of epoch 2 fails: best.pt's when it improved (written first), else last.pt's
+    with pytest.raises(HSNetError, match=r"can't write checkpoint .*(best|last)\.pt.*disk full.*--resume"):
         _train(tiny_data, tiny_params, "sample", tmp_path / "run", resume=True, track=False, progress=False)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert (tmp_path / "run" / "best.pt").read_bytes() == best_before
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
     monkeypatch.setattr(train_mod.torch, "save", real_save)
     killed_write = tmp_path / "run" / ".last.pt.k1ll3d.tmp"  # what a SIGKILL during torch.save leaves
