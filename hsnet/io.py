@@ -185,14 +185,15 @@ def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *,
         return gone
     for item in folder.glob(pattern):
         try:
-            newest = item.lstat().st_mtime
-            if item.is_dir() and not item.is_symlink():
+            st = item.lstat()
+            folder_item, newest = stat.S_ISDIR(st.st_mode), st.st_mtime  # a link is removed, not followed
+            if folder_item:
                 for base, dirs, files in os.walk(item):
                     for name in dirs + files:
                         newest = max(newest, os.lstat(os.path.join(base, name)).st_mtime)
             if now - newest <= older_than:
                 continue
-            if item.is_dir() and not item.is_symlink():
+            if folder_item:
                 shutil.rmtree(item)
             else:
                 item.unlink()

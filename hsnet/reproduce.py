@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import params as params_mod
 from . import tracking
+from .concurrent import TAIL
 from .errors import HSNetError
 from .io import atomic_path, write_text
 from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, switches
@@ -313,14 +314,14 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
         if done["returncode"] == 0:
             result["ran"].append(_replace(repo, renamed[run_as], run_as))
         else:
-            result["failed"][renamed[run_as]] = done["output"].strip()[-FAILED_TAIL:]
+            result["failed"][renamed[run_as]] = done["output"].strip()
     if queue and jobs:
         _dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], repo)
         result["ran"], result["queued"] = result["queued"], []
     return result
 
 
-FAILED_TAIL = 3000  # characters of a failed experiment's output kept in its record
+FAILED_TAIL = TAIL  # characters of a failed experiment's output kept in its record, as run_jobs keeps them
 
 
 def _output(proc: subprocess.CompletedProcess) -> str:
