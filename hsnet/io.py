@@ -203,6 +203,26 @@ def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *,
     return gone
 
 
+@contextlib.contextmanager
+def only_writer(folder: str | os.PathLike, who: str, instead: str):
+    """Hold ``folder`` for this process while the block runs: another process asking for it (a second
+    ``who`` into the same output folder) gets an error naming the folder and ``instead`` (what to do).
+
+    An advisory lock (``flock``) on the folder itself, so nothing is written into it; the kernel
+    releases it when the process ends, killed or not, so a crash never leaves the folder locked."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HSNetError(f"{folder} is in use by another {who}, which is still running: {instead}") from None
+        yield Path(folder)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def check_writable(folder: str | os.PathLike, what: str) -> Path:
     """Create ``folder`` if needed and prove a file can be written there, before any work is done;
     :class:`HSNetError` naming ``what`` (e.g. ``--out``) otherwise."""

@@ -13,6 +13,7 @@ augmentation come from (seed, epoch)).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,7 +28,7 @@ from .data.datasets import get_spec
 from .data.manifest import crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
-from .io import clean_stale_tmp, write_json
+from .io import clean_stale_tmp, only_writer, write_json
 from .model import MIN_INPUT_SIZE
 from .params import COMPILE_MODES, STEP_KEYS, WHOLE_STEP, Params, TrainParams, flatten
 from .plots import plot_training_curves
@@ -290,13 +291,22 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
     ``last.pt`` (of the same data); "auto" only when it is of the same data, settings and code, from
     the start otherwise (``dvc repro`` after a kill or a settings change). ``on_checkpoint(out_dir,
     improved)`` runs after each epoch's checkpoints are written (:mod:`hsnet.durable` copies them).
+
+    One training per ``out_dir``: a second one started while this one runs is refused (it would
+    remove this one's checkpoint temporaries and overwrite its ``last.pt``).
     """
+    with contextlib.ExitStack() as held:  # the output folder, held from its creation to the end
+        return _train(Path(data_dir), params, Path(out_dir), held, resume=resume, device=device, track=track,
+                      progress=progress, stop_after_epochs=stop_after_epochs, on_checkpoint=on_checkpoint)
+
+
+def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitStack, *, resume, device, track,
+           progress, stop_after_epochs, on_checkpoint) -> dict:
     spec = get_spec(params.dataset)  # unknown dataset: fails here
     tp, size = params.train, params.input_size
     if size < MIN_INPUT_SIZE:
         raise HSNetError(f"input_size {size} for {params.dataset} is smaller than HSNet's minimum "
                          f"{MIN_INPUT_SIZE}; raise input_size in params.yaml")
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
     manifest, splits = _splits(data_dir, params.dataset, len(spec.classes))
     setup = pick_device(device)
     if tp.num_threads:
@@ -316,7 +326,8 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
             "code_version": tracking.code_version()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left; one trainer per folder
+    held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
+    clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here
     last_path = out_dir / checkpoint.LAST
     state, previous_run = TrainingState(), None
     if resume and last_path.is_file():

@@ -365,3 +365,40 @@ def test_the_checkpoint_records_the_crop_settings_the_crops_were_made_with(tiny_
     classifier = Classifier.from_checkpoint(tmp_path / "run" / "best.pt", device="cpu")
     assert (classifier.margin, classifier.crop_size) == (6, 80)
     shutil.rmtree(tmp_path / "run")
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tiny_data, tiny_params, tmp_path):
+    """Two `hsnet train` on one --out would each remove the other's checkpoint temporaries and
+    overwrite its last.pt: the second is refused while the first runs; once it is gone (killed),
+    the folder is free again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HSNET_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hsnet", "train", "--data", str(tiny_data), "--params", str(tiny_params),
+           "--dataset", "sample", "--no-mlflow", "--out", str(out)]
+    first = subprocess.Popen(cmd + ["--set", "train.epochs=500"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").is_file() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first training ended before the second started"
+        second = subprocess.run(cmd + ["--set", "train.epochs=1"], env=env, capture_output=True, text=True)
+        assert second.returncode != 0
+        assert str(out) in second.stderr and "another" in second.stderr and "--out" in second.stderr, second.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    epoch = load_checkpoint(out / "last.pt")["state"]["epoch"]
+    assert epoch >= 1 and load_checkpoint(out / "last.pt")["meta"]["params"]["train"]["epochs"] == 500
+    # killed: nothing holds the folder, and a resume continues the first run's last.pt
+    again = subprocess.run(cmd + ["--set", "train.epochs=500", "--set", "train.max_epochs=" + str(epoch + 1),
+                                  "--resume"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert load_checkpoint(out / "last.pt")["state"]["epoch"] == epoch + 1
