@@ -157,36 +157,29 @@ def clean_stale_tmp(folder: str | os.PathLike, name: str = "*", *, recursive: bo
                     older_than: float = STALE_TMP_SECONDS) -> list[Path]:
     """Delete the ``.NAME.*.tmp`` files that killed atomic writes of ``name`` (a glob; default: any
     name) left in ``folder`` (and below it with ``recursive``) more than ``older_than`` seconds ago;
-    a write in progress keeps its file's modification time fresh, so it is left alone. Returns what
-    was deleted."""
-    folder, gone, now = Path(folder), [], time.time()
-    if not folder.is_dir():
-        return gone
-    for tmp in (folder.rglob if recursive else folder.glob)(f".{name}.*{TMP_SUFFIX}"):
-        try:
-            st = tmp.lstat()
-            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than:
-                tmp.unlink()
-                gone.append(tmp)
-        except FileNotFoundError:  # another process cleaned it
-            pass
-    return gone
+    a write in progress keeps its file's modification time fresh, so it is left alone. Regular
+    files only (:func:`atomic_path` makes nothing else). Returns what was deleted."""
+    return remove_stale_temporaries(folder, f".{name}.*{TMP_SUFFIX}", recursive=recursive, older_than=older_than,
+                                    files_only=True)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *,
-                             older_than: float = STALE_TMP_SECONDS) -> list[Path]:
-    """Delete what a killed process left in ``folder`` under a temporary name (``pattern``, a glob:
-    files, or folders with all they hold) when nothing in it changed for ``older_than`` seconds;
-    work in progress keeps its files fresh and is left alone. Returns what was deleted."""
+def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *, recursive: bool = False,
+                             older_than: float = STALE_TMP_SECONDS, files_only: bool = False) -> list[Path]:
+    """Delete what a killed process left in ``folder`` (and below it with ``recursive``) under a
+    temporary name (``pattern``, a glob: files, links, or folders with all they hold; with
+    ``files_only`` regular files alone) when nothing in it changed for ``older_than`` seconds; work
+    in progress keeps its files fresh and is left alone. Returns what was deleted."""
     import shutil
 
     folder, gone, now = Path(folder), [], time.time()
     if not folder.is_dir():
         return gone
-    for item in folder.glob(pattern):
+    for item in list((folder.rglob if recursive else folder.glob)(pattern)):
         try:
-            st = item.lstat()
-            folder_item, newest = stat.S_ISDIR(st.st_mode), st.st_mtime  # a link is removed, not followed
+            st = item.lstat()  # a link is removed, not followed
+            folder_item, newest = stat.S_ISDIR(st.st_mode), st.st_mtime
+            if files_only and not stat.S_ISREG(st.st_mode):
+                continue
             if folder_item:
                 for base, dirs, files in os.walk(item):
                     for name in dirs + files:

@@ -122,8 +122,13 @@ def test_stale_temporary_files_are_cleaned_fresh_ones_kept(tmp_path):
         os.utime(p, (two_hours_ago, two_hours_ago))
     assert clean_stale_tmp(tmp_path, "last.pt") == [old_tmp]
     assert fresh_tmp.exists() and deep.exists() and other.exists()
+    odd = [tmp_path / ".d.zz.tmp", tmp_path / ".l.zz.tmp"]  # a folder and a link: atomic writes make neither
+    odd[0].mkdir()
+    odd[1].symlink_to(other)
+    for p in odd:
+        os.utime(p, (two_hours_ago, two_hours_ago), follow_symlinks=False)
     assert clean_stale_tmp(tmp_path, recursive=True) == [deep]
-    assert fresh_tmp.exists() and other.exists()
+    assert fresh_tmp.exists() and other.exists() and odd[0].is_dir() and odd[1].is_symlink()
     with atomic_path(tmp_path / "y.txt") as tmp:  # what a killed write leaves has this name
         assert tmp.name.startswith(".y.txt.") and tmp.name.endswith(".tmp") and tmp.parent == tmp_path
         tmp.write_text("y")
