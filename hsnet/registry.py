@@ -551,7 +551,8 @@ def _move(client, name: str, new_version, old) -> None:
 
 
 def rollback(name: str) -> dict:
-    """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``)."""
+    """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``),
+    if its model files are those it was registered with (:func:`check_model_files`), as for a promotion."""
     client = _client()
     _require_model(client, name)
     with _promotion_lock(client, name):
@@ -560,6 +561,7 @@ def rollback(name: str) -> dict:
             raise HSNetError(f"{name} has no '{PREVIOUS}' version to roll back to")
         if prod is not None and str(prod.version) == str(prev.version):
             raise HSNetError(f"{name}: '{PREVIOUS}' is already production (version {prev.version})")
+        check_model_files(client, name, prev.version)  # ModelChanged: production stays where it is
         _move(client, name, prev.version, prod)
         if prod is not None:
             client.set_model_version_tag(name, prod.version, "rolled_back_at",

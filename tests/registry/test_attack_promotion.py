@@ -138,3 +138,33 @@ def test_an_edited_hash_tag_does_not_make_register_return_another_version(use_ml
     assert not r["already_registered"] and r["version"] == 2, r
     assert r["test_accuracy"] == pytest.approx(gm["accuracy"])
     assert client.get_model_version_by_alias(name, "candidate").version == "2"
+
+
+def test_a_rollback_to_a_version_whose_files_were_changed_is_refused(use_mlflow_server, evaluated, tmp_path):
+    """In an incident, ``hsnet promote --rollback`` puts ``previous`` back. If that version's files
+    were rewritten in the artifact store, moving production to it would leave production on a model
+    every checked loader refuses (or that an unchecked one runs): the rollback is refused, naming
+    the version, and production stays where it was."""
+    from hsnet.cli import main
+    from hsnet.registry import ModelChanged, rollback
+
+    client = MlflowClient(use_mlflow_server)
+    name = "hsnet-sample-rollback"
+    for k in (0, 1):
+        ckpt, metrics, _ = evaluated(k)
+        register(ckpt, metrics, "sample", name=name)
+    assert promote(name, version=1)["production"] == 1
+    assert promote(name, version=2, force=True)["production"] == 2  # same figures: forced
+    assert client.get_model_version_by_alias(name, "previous").version == "1"
+
+    files = _model_files(client, name, 1, tmp_path / "dl")
+    (weights,) = files.rglob("model.pt")
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    _replace_model_files(client, name, 1, files)
+
+    with pytest.raises(ModelChanged, match=f"{name} version 1"):
+        rollback(name)
+    assert client.get_model_version_by_alias(name, "production").version == "2"
+    assert client.get_model_version_by_alias(name, "previous").version == "1"
+    assert main(["promote", "--name", name, "--rollback"]) == 2
+    assert client.get_model_version_by_alias(name, "production").version == "2"
