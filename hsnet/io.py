@@ -202,8 +202,11 @@ def only_writer(folder: str | os.PathLike, who: str, instead: str):
     ``who`` into the same output folder) gets an error naming the folder and ``instead`` (what to do).
 
     An advisory lock (``flock``) on the folder itself, so nothing is written into it; the kernel
-    releases it when the process ends, killed or not, so a crash never leaves the folder locked."""
+    releases it when the process ends, killed or not, so a crash never leaves the folder locked.
+    A file system without such locks for folders (NFS emulates flock with write locks, which a
+    folder can't take) gets a warning, and the block runs unguarded."""
     import fcntl
+    import logging
 
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -211,6 +214,9 @@ def only_writer(folder: str | os.PathLike, who: str, instead: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise HSNetError(f"{folder} is in use by another {who}, which is still running: {instead}") from None
+        except OSError as exc:
+            logging.getLogger(__name__).warning("%s: can't lock the folder here (%s); make sure no other %s "
+                                                "writes into it", folder, exc.strerror, who)
         yield Path(folder)
     finally:
         os.close(fd)  # releases the lock

@@ -226,3 +226,27 @@ def test_stale_temporaries_go_work_in_progress_stays(tmp_path):
     os.utime(kept, (old, old))
     assert remove_stale_temporaries(tmp_path, ".download-*", older_than=3600) == [killed]
     assert not killed.exists() and writing.exists() and kept.exists()
+
+
+def test_only_writer_refuses_a_second_holder_and_runs_unguarded_where_folders_cannot_be_locked(
+        tmp_path, monkeypatch, caplog):
+    import fcntl
+    import errno
+
+    from hsnet.io import only_writer
+
+    with only_writer(tmp_path, "hsnet train", "use another --out"):
+        with pytest.raises(HSNetError, match=rf"{tmp_path} is in use by another hsnet train.*use another --out"):
+            with only_writer(tmp_path, "hsnet train", "use another --out"):
+                pass
+    with only_writer(tmp_path, "hsnet train", "use another --out"):  # released at the end of the block
+        pass
+
+    def nfs(fd, op):  # NFS: flock is a write lock, which a folder opened for reading can't take
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(fcntl, "flock", nfs)
+    ran = []
+    with only_writer(tmp_path, "hsnet train", "use another --out"):
+        ran.append(True)
+    assert ran and "can't lock the folder" in caplog.text and str(tmp_path) in caplog.text
