@@ -13,6 +13,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(items):
+    """Files with slow tests first (each file's tests in their order): make test's pytest processes
+    (pytest-xdist, whole files each) take files in this order, so the long ones start at once and
+    the many quick files fill in at the end, instead of one long file starting last."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_dirs(tmp_path_factory):
     """The run's caches (tensor files, image checks, models) and temporary files (ours, MLflow's

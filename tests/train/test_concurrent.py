@@ -21,6 +21,7 @@ def _history(path):
     return json.loads((path / "history.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_trainings_at_once_train_what_each_trains_alone(tiny_data, tiny_params, tmp_path, monkeypatch):
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     extra = ["--max-epochs", "1", "--set", "train.num_threads=1"]
@@ -80,6 +81,7 @@ def test_bad_concurrency_is_refused(tmp_path):
         run_jobs([Job("a", ["true"]), Job("a", ["true"])], 2)
 
 
+@pytest.mark.slow
 def test_a_gpu_group_trains_its_runs_and_evaluates_each_a_failing_run_is_a_record(tiny_data, tiny_params, tmp_path,
                                                                                  monkeypatch):
     """What one Kubeflow ablation pod with runs_per_gpu=2 does: both runs train at once (as processes),

@@ -73,6 +73,7 @@ def test_when_the_data_goes_on_the_device(split):
         Params.from_mapping(None, "sample", {"train": {"data_on_device": "sometimes"}})
 
 
+@pytest.mark.slow
 def test_training_with_the_data_on_the_device_equals_the_host_path(tiny_data, tiny_params, tmp_path, monkeypatch,
                                                                    caplog):
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))

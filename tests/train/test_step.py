@@ -106,6 +106,7 @@ def test_whole_step_on_the_cpu_trains_bit_for_bit_like_a_plain_loop():
             assert ref[-1][0] < ref[0][0]  # and it learned
 
 
+@pytest.mark.slow
 def test_a_compiled_model_in_the_whole_step_trains_like_the_plain_loop():
     """whole-step puts a torch.compile'd model in the step (inductor on a GPU). Compiled here with
     AOTAutograd (its forward and backward graphs, FGAL's in-place level weights functionalised; no
@@ -216,6 +217,7 @@ def test_a_gradient_replaced_behind_the_steps_back_is_refused():
         run_epoch(model, Batches(split, torch.arange(8), 4, CPU.device), CPU, optimizer=opt, step=step)
 
 
+@pytest.mark.slow
 def test_hsnet_train_with_whole_step_gives_the_eager_history(tiny_data, tiny_params, tmp_path, monkeypatch):
     """``train.compile: whole-step`` end to end on the CPU: the same history as eager training."""
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
