@@ -1,0 +1,36 @@
+"""Session 12 attack: findings at the boundaries of today's changes (the training folder lock, the
+checked rollback, the stale-temporary cleaning, the suite under xdist, the cached validation).
+Each test fails on the code it was written against; the lead fixes the code, not the test."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from hsnet.io import only_writer
+
+
+def test_a_refused_ablation_run_leaves_the_running_ones_params_yaml(tiny_data, tiny_params, tmp_path, monkeypatch):
+    """hsnet.concurrent.train_and_evaluate writes NAME/params.yaml (the settings NAME/train/ is
+    trained with) *before* its ``hsnet train`` is refused by the lock of a training still running in
+    NAME/train. The refused group's settings then overwrite the running one's record: the finished
+    model's folder says it was trained with settings it was not (wrong result, silently). A running
+    ``hsnet train`` holds exactly ``only_writer(NAME/train, ...)``; the test holds the same lock."""
+    from hsnet.concurrent import train_and_evaluate
+    from hsnet.params import Params
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "group"
+    running = Params.resolve(tiny_params, "sample", {"train": {"max_epochs": 1, "num_threads": 1, "seed": 1}})
+    other = Params.resolve(tiny_params, "sample", {"train": {"max_epochs": 1, "num_threads": 1, "seed": 2},
+                                                   "model": {"dib": False}})
+    (out / "run" / "train").mkdir(parents=True)
+    (out / "run" / "params.yaml").write_text(yaml.safe_dump(running.to_file(), sort_keys=False))
+    before = (out / "run" / "params.yaml").read_text()
+
+    with only_writer(out / "run" / "train", "hsnet train", "wait"):  # the first group's training, still running
+        records = train_and_evaluate(tiny_data, {"run": other}, out, device="cpu", track=False)
+    assert records["run"]["returncode"] != 0 and "in use by another hsnet train" in records["run"]["output"]
+    assert (out / "run" / "params.yaml").read_text() == before, "the refused run rewrote the running run's settings"
+    assert json.loads((out / "runs.json").read_text()) == records
