@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from hsnet.io import only_writer
@@ -44,7 +45,6 @@ def test_a_refused_durable_training_puts_no_checkpoint_into_the_running_ones_fol
     another run's best.pt and last.pt, then fails with 'in use': the running training's folder now
     holds checkpoints it never wrote (the refused run was to leave it alone: 617b298's promise).
     A running ``hsnet train`` holds exactly ``only_writer(--out, ...)``; the test holds the same lock."""
-    import pytest
     from servers import s3_env
 
     from hsnet import durable
@@ -65,3 +65,47 @@ def test_a_refused_durable_training_puts_no_checkpoint_into_the_running_ones_fol
         with pytest.raises(HSNetError, match="in use by another hsnet train"):
             durable.train(tiny_data, params, out, "s3://hsnet/attack12/other-run", device="cpu", track=False)
     assert sorted(p.name for p in out.iterdir()) == [], "the refused run wrote into the running one's folder"
+
+
+def _registry_fixtures():
+    """tests/registry/conftest.py's gate_data/evaluated (real evaluations of real checkpoints)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("attack12_registry_conftest",
+                                                  Path(__file__).parent / "registry" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.gate_data, module.evaluated
+
+
+gate_data, evaluated = _registry_fixtures()
+
+
+@pytest.mark.slow  # the session's trained checkpoint (~60 s on 2 busy cores)
+def test_a_rolled_back_version_is_not_promoted_again_by_the_next_plain_promote(local_mlflow, evaluated):
+    """An incident: version 2 went to production, misbehaved, and ``hsnet promote --rollback`` put
+    version 1 back (hsnet tags version 2 ``rolled_back_at``). The ``candidate`` alias still names
+    version 2, so the next plain ``hsnet promote --name NAME`` (README's command; the pipeline's
+    promote step) compares 2 with 1 again and puts the rolled-back version straight back in
+    production: the rollback's tag is written but never read. Expected: refused (a rolled-back
+    version needs --version/--force to go back), production stays on 1."""
+    from mlflow import MlflowClient
+
+    from hsnet.registry import PromotionRefused, promote, register, rollback
+
+    client = MlflowClient(local_mlflow)
+    name = "hsnet-sample-attack12"
+    register(*evaluated(1)[:2], "sample", name=name)  # answers class 1: the minority of gate_data's test split
+    assert promote(name)["production"] == 1
+    register(*evaluated(0)[:2], "sample", name=name)  # answers class 0: most of the test split, better
+    assert promote(name)["production"] == 2
+    assert rollback(name)["production"] == 1
+    assert "rolled_back_at" in client.get_model_version(name, "2").tags
+
+    try:
+        decision = promote(name)
+    except PromotionRefused:
+        decision = None
+    assert str(client.get_model_version_by_alias(name, "production").version) == "1", (
+        f"the plain promote after the rollback put the rolled-back version back: {decision}")
