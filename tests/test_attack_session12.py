@@ -109,3 +109,32 @@ def test_a_rolled_back_version_is_not_promoted_again_by_the_next_plain_promote(l
         decision = None
     assert str(client.get_model_version_by_alias(name, "production").version) == "1", (
         f"the plain promote after the rollback put the rolled-back version back: {decision}")
+
+
+@pytest.mark.slow  # the session's trained checkpoint
+def test_a_rollback_with_no_production_leaves_no_previous_alias_on_production(local_mlflow, evaluated, capsys):
+    """Production's version was deleted (MLflow removes a deleted version's aliases), and the
+    operator rolls back to ``previous``. hsnet moves ``production`` to it but leaves ``previous`` on
+    that same version, and says "version None is now 'previous'" while the registry says the
+    production version is. README: "The old production version keeps the alias previous"; here
+    there is none, so ``previous`` should be gone (a later ``--rollback`` then says there is
+    nothing to roll back to, instead of "'previous' is already production")."""
+    from mlflow import MlflowClient
+
+    from hsnet.cli import main
+    from hsnet.registry import promote, register
+
+    client = MlflowClient(local_mlflow)
+    name = "hsnet-sample-attack12-noprod"
+    register(*evaluated(1)[:2], "sample", name=name)
+    assert promote(name)["production"] == 1
+    register(*evaluated(0)[:2], "sample", name=name)
+    assert promote(name)["production"] == 2
+    client.delete_model_version(name, "2")  # the bad model, removed by an admin: no production now
+    capsys.readouterr()
+    assert main(["promote", "--name", name, "--rollback"]) in (0, None)
+    said = capsys.readouterr().out
+    assert str(client.get_model_version_by_alias(name, "production").version) == "1"
+    previous = client.get_registered_model(name).aliases.get("previous")
+    assert previous is None, f"'previous' still names version {previous}, now production; hsnet said: {said!r}"
+    assert "version None" not in said, said
