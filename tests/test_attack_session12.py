@@ -5,6 +5,7 @@ Each test fails on the code it was written against; the lead fixes the code, not
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -138,3 +139,30 @@ def test_a_rollback_with_no_production_leaves_no_previous_alias_on_production(lo
     previous = client.get_registered_model(name).aliases.get("previous")
     assert previous is None, f"'previous' still names version {previous}, now production; hsnet said: {said!r}"
     assert "version None" not in said, said
+
+
+def test_validate_sees_an_image_replaced_by_a_file_of_the_same_size_and_time(tmp_path, monkeypatch):
+    """hsnet validate's image cache is keyed by (path, size, mtime_ns) only. A photo replaced under
+    its old name by a file of the same size and modification time (a re-extracted archive with
+    normalised times, `tar --mtime`/SOURCE_DATE_EPOCH, `rsync -a`/`cp -p` of another copy; every
+    same-dimension BMP/PPM has the same size) is not read again: the cached verdict (decodes, its
+    sha256 for the cross-split duplicate check) of the old photo passes the new one. Here the new
+    file does not even decode. DVC itself would see the change (its state is keyed by inode too),
+    re-run validate, and get the stale answer from hsnet's cache (the cache has no inode/ctime)."""
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.manifest import read_manifest
+    from hsnet.data.sample import generate
+    from hsnet.data.validate import ValidationFailed, validate
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    raw, manifest = tmp_path / "raw", tmp_path / "manifest.csv"
+    generate(raw, per_class=2, size=64, seed=7)
+    import_dataset("sample", raw, manifest)
+    assert validate(manifest, raw, "sample", tmp_path / "r1", progress=False)["success"]
+
+    victim = raw / read_manifest(manifest)[0]["path"]
+    st = victim.stat()
+    victim.write_bytes(b"\0" * st.st_size)  # same size, not an image
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # same time, as the tools above leave it
+    with pytest.raises(ValidationFailed, match="do not decode"):
+        validate(manifest, raw, "sample", tmp_path / "r2", progress=False)
