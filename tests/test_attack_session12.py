@@ -147,8 +147,10 @@ def test_validate_sees_an_image_replaced_by_a_file_of_the_same_size_and_time(tmp
     normalised times, `tar --mtime`/SOURCE_DATE_EPOCH, `rsync -a`/`cp -p` of another copy; every
     same-dimension BMP/PPM has the same size) is not read again: the cached verdict (decodes, its
     sha256 for the cross-split duplicate check) of the old photo passes the new one. Here the new
-    file does not even decode. DVC itself would see the change (its state is keyed by inode too),
-    re-run validate, and get the stale answer from hsnet's cache (the cache has no inode/ctime)."""
+    file does not even decode. Where the tool writes a new file (tar, rsync: a new inode), DVC sees
+    the change (dvc_data's state key is inode, mtime and size: dvc_data/hashfile/state.py), re-runs
+    validate, and gets the stale answer from hsnet's cache (no inode or ctime in its key). This test
+    rewrites in place (same inode) to stay short; the cache's answer is the same."""
     from hsnet.data.datasets import import_dataset
     from hsnet.data.manifest import read_manifest
     from hsnet.data.sample import generate
