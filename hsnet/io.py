@@ -222,6 +222,14 @@ def only_writer(folder: str | os.PathLike, who: str, instead: str):
         os.close(fd)  # releases the lock
 
 
+def file_stamp(st: os.stat_result) -> str:
+    """What tells a cached result about a file from the file now, besides its path: size,
+    modification time, and the change time and inode, which no tool can set back (a photo replaced
+    by one of the same size and modification time, as ``cp -p``, ``rsync -a`` or a re-extracted
+    archive leave it, is seen). Copying a folder elsewhere changes them too: its files are read again."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def check_writable(folder: str | os.PathLike, what: str) -> Path:
     """Create ``folder`` if needed and prove a file can be written there, before any work is done;
     :class:`HSNetError` naming ``what`` (e.g. ``--out``) otherwise."""

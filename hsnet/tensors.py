@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import HSNetError
-from .io import cache_root, open_rgb, remove_stale_temporaries, safe_join
+from .io import cache_root, file_stamp, open_rgb, remove_stale_temporaries, safe_join
 
 
 @dataclass
@@ -108,7 +108,7 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
             st = f.stat()
         except OSError as exc:
             raise HSNetError(f"{f}: {exc.strerror or exc}; the manifest lists it: re-run 'hsnet crop'") from exc
-        key.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        key.update(file_stamp(st).encode())
     path = cache_dir / f"{key.hexdigest()[:24]}_{size}.npy"
     labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
     paths = [r["path"] for r in rows]

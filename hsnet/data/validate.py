@@ -1,7 +1,7 @@
 """Validation of a manifest and its image files with Great Expectations (GX 1.x).
 
 The image files are inspected first (exists, decodes fully, RGB-convertible, size, sha256),
-in parallel and cached by file size and mtime, so a re-run over 30k images is fast. The
+in parallel and cached by file (size, times, inode: hsnet.io.file_stamp), so a re-run over 30k images is fast. The
 results become columns of the manifest's table, and a GX suite checks the table. The
 report directory gets the GX results as JSON and GX's Data Docs as HTML.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..errors import HSNetError
 from ..params import ValidateParams
-from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, open_rgb, safe_join, \
-    sha256_file, write_json
+from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, file_stamp, open_rgb, \
+    safe_join, sha256_file, write_json
 from .crop import colliding_rows, output_name
 from .datasets import get_spec
 from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
@@ -44,7 +44,9 @@ class ImageInfo:
 
 
 class ImageInfoCache:
-    """sqlite: (absolute path, size, mtime_ns) -> ImageInfo. Thread-safe, one connection per thread."""
+    TABLE = "image_info_v2"  # v1 was keyed by size and mtime alone
+
+    """sqlite: (absolute path, :func:`~hsnet.io.file_stamp`) -> ImageInfo. Thread-safe, one connection per thread."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -52,8 +54,8 @@ class ImageInfoCache:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with sqlite3.connect(path) as db:
-                db.execute("CREATE TABLE IF NOT EXISTS image_info (path TEXT PRIMARY KEY, size INTEGER,"
-                           " mtime_ns INTEGER, decodes INTEGER, width INTEGER, height INTEGER,"
+                db.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (path TEXT PRIMARY KEY, stamp TEXT,"
+                           " decodes INTEGER, width INTEGER, height INTEGER,"
                            " sha256 TEXT, error TEXT)")
 
     def _db(self):
@@ -61,27 +63,27 @@ class ImageInfoCache:
             self._local.db = sqlite3.connect(self.path, timeout=30)
         return self._local.db
 
-    def get_many(self, keys: list[str]) -> dict[str, tuple[int, int, ImageInfo]]:
-        """key -> (size, mtime_ns, ImageInfo) for the keys the cache knows, in a few queries."""
+    def get_many(self, keys: list[str]) -> dict[str, tuple[str, ImageInfo]]:
+        """key -> (stamp, ImageInfo) for the keys the cache knows, in a few queries."""
         if self.path is None or not keys:
             return {}
         out = {}
         db = self._db()
         for start in range(0, len(keys), 900):  # sqlite's default limit of bound parameters
             chunk = keys[start:start + 900]
-            rows = db.execute("SELECT path, size, mtime_ns, decodes, width, height, sha256, error FROM image_info "
+            rows = db.execute(f"SELECT path, stamp, decodes, width, height, sha256, error FROM {self.TABLE} "
                               f"WHERE path IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-            for key, size, mtime, decodes, w, h, sha, err in rows:
-                out[key] = (size, mtime, ImageInfo(True, bool(decodes), w, h, sha, err))
+            for key, stamp, decodes, w, h, sha, err in rows:
+                out[key] = (stamp, ImageInfo(True, bool(decodes), w, h, sha, err))
         return out
 
-    def put_many(self, items: list[tuple[str, int, int, ImageInfo]]) -> None:
+    def put_many(self, items: list[tuple[str, str, ImageInfo]]) -> None:
         if self.path is None or not items:
             return
         with sqlite3.connect(self.path, timeout=30) as db:
-            db.executemany("INSERT OR REPLACE INTO image_info VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(k, s, m, int(i.decodes), i.width, i.height, i.sha256, i.error)
-                            for k, s, m, i in items])
+            db.executemany(f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(k, stamp, int(i.decodes), i.width, i.height, i.sha256, i.error)
+                            for k, stamp, i in items])
 
 
 def _inspect(path: Path) -> ImageInfo:
@@ -98,7 +100,7 @@ def _inspect(path: Path) -> ImageInfo:
 
 def inspect_images(paths: list[Path], *, workers: int | None = None,
                    cache: ImageInfoCache | None = None, progress: bool = True) -> list[ImageInfo]:
-    """ImageInfo for each path (same order): parallel, and cached by size + mtime."""
+    """ImageInfo for each path (same order): parallel, and cached by :func:`~hsnet.io.file_stamp`."""
     from tqdm import tqdm
 
     cache = cache or ImageInfoCache(None)
@@ -117,8 +119,8 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
     known = cache.get_many(keys)
     for key, (i, path, st) in zip(keys, stats):
         hit = known.get(key)
-        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            infos[i] = hit[2]
+        if hit is not None and hit[0] == file_stamp(st):
+            infos[i] = hit[1]
         else:
             todo.append((i, path, key, st))
 
@@ -129,7 +131,7 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
             for (i, _, key, st), info in tqdm(zip(todo, results), total=len(todo), disable=None if progress else True,
                                               desc="inspecting images", unit="img", leave=False):
                 infos[i] = info
-                fresh.append((key, st.st_size, st.st_mtime_ns, info))
+                fresh.append((key, file_stamp(st), info))  # the stamp from before the read
     cache.put_many(fresh)
     return infos
 
