@@ -155,7 +155,8 @@ def _promote(args: argparse.Namespace) -> None:
     if args.rollback:
         r = rollback(args.name)
         print(f"{args.name}: production rolled back to version {r['production']} "
-              f"(version {r['previous']} is now 'previous')")
+              + (f"(version {r['previous']} is now 'previous')" if r["previous"] is not None else
+                 "(production's version was deleted: no version is 'previous' now)"))
         after_promotion(args, r)
         return
     r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)

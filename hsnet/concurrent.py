@@ -130,10 +130,10 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
 
     ``runs``: a run's name (its folder under ``out_root``) -> its resolved settings
     (:class:`~hsnet.params.Params`). Each trains as its own ``hsnet train`` process, its settings
-    handed over as ``NAME/params.yaml``, ``concurrent`` at a time (default: all of them), with
+    handed over in a params file, ``concurrent`` at a time (default: all of them), with
     durable checkpoints at ``checkpoint_uris[NAME]`` when given (a restarted pod resumes every run
     from its last upload). Then the runs that trained are evaluated here, one after another.
-    Writes ``NAME/params.yaml``, ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/``
+    Writes ``NAME/params.yaml`` (the settings, once NAME/train is trained with them), ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/``
     (metrics.json, ...) and :data:`RUNS_FILE`: per run its return code, seconds, the end of its
     output, and its test accuracy or what failed. A run that fails (to train or to evaluate) is
     its record; the others go on. Returns what :data:`RUNS_FILE` holds.
@@ -149,26 +149,33 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
     if any(not isinstance(name, str) or "/" in name or "\\" in name for name in runs):
         raise HSNetError(f"run names are folder names, without '/': {sorted(map(str, runs))}")
     folders = {name: safe_join(out_root, name, what="run name") for name in runs}
+    settings = {name: yaml.safe_dump(params.to_file(), sort_keys=False) for name, params in runs.items()}
     jobs = []
-    for name, params in runs.items():
-        folders[name].mkdir(parents=True, exist_ok=True)
-        params_file = folders[name] / "params.yaml"
-        write_text(params_file, yaml.safe_dump(params.to_file(), sort_keys=False))
-        extra = []
-        if checkpoint_uris and checkpoint_uris.get(name):
-            extra += ["--checkpoint-uri", checkpoint_uris[name]]
-            if checkpoint_every_s is not None:
-                extra += ["--checkpoint-every", str(checkpoint_every_s)]
-        # one `hsnet train` into NAME/train, with no overrides: the params file holds all the settings
-        (job,) = train_jobs(data_dir, params_file, params.dataset, {"train": {}}, folders[name],
-                            device=device, track=track, extra=extra)
-        jobs.append(Job(name, job.argv))
-    records = run_jobs(jobs, concurrent or len(jobs))
+    # the settings go to each `hsnet train` in a file of this call's own; NAME/params.yaml records
+    # them once NAME/train is trained with them (a run refused because another training holds
+    # NAME/train leaves that training's record alone)
+    out_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".settings-", dir=out_root) as handed:
+        for name, params in runs.items():
+            folders[name].mkdir(parents=True, exist_ok=True)
+            params_file = Path(handed) / f"{name}.yaml"
+            params_file.write_text(settings[name])
+            extra = []
+            if checkpoint_uris and checkpoint_uris.get(name):
+                extra += ["--checkpoint-uri", checkpoint_uris[name]]
+                if checkpoint_every_s is not None:
+                    extra += ["--checkpoint-every", str(checkpoint_every_s)]
+            # one `hsnet train` into NAME/train, with no overrides: the params file holds all the settings
+            (job,) = train_jobs(data_dir, params_file, params.dataset, {"train": {}}, folders[name],
+                                device=device, track=track, extra=extra)
+            jobs.append(Job(name, job.argv))
+        records = run_jobs(jobs, concurrent or len(jobs))
     for name, record in records.items():
         if record["returncode"] != 0:
             record["error"] = f"training ended with exit code {record['returncode']}"
             log.error("%s: %s; the end of its output:\n%s", name, record["error"], record["output"])
             continue
+        write_text(folders[name] / "params.yaml", settings[name])
         try:
             m = evaluate(folders[name] / "train" / "best.pt", data_dir, folders[name] / "eval", device=device,
                          track=track, progress=False)

@@ -129,10 +129,10 @@ class Uploader:
 def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interval_s: float = INTERVAL_S,
           **kwargs) -> dict:
     """:func:`hsnet.train.train` with durable checkpoints at ``checkpoint_uri`` (an s3:// prefix):
-    restored before, uploaded after the first epoch and then every ``min_interval_s`` seconds at
-    most (0: every epoch); resumes only a checkpoint of the same data, settings and code."""
+    restored once the training holds ``out_dir`` (a second run refused there downloads nothing into
+    it), uploaded after the first epoch and then every ``min_interval_s`` seconds at most (0: every
+    epoch); resumes only a checkpoint of the same data, settings and code."""
     from .train import train as train_local
 
-    restore(checkpoint_uri, out_dir)
-    return train_local(data_dir, params, out_dir, resume="auto",
+    return train_local(data_dir, params, out_dir, resume="auto", on_start=lambda folder: restore(checkpoint_uri, folder),
                        on_checkpoint=Uploader(checkpoint_uri, min_interval_s), **kwargs)

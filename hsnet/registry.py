@@ -43,6 +43,7 @@ from .io import sha256_file
 log = logging.getLogger(__name__)
 
 CANDIDATE, PRODUCTION, PREVIOUS = "candidate", "production", "previous"
+ROLLED_BACK_TAG = "rolled_back_at"  # on a version rollback took out of production; promote refuses it unforced
 METRICS = {m: f"test_{m}" for m in paper.METRICS}  # the evaluate run's MLflow metric names
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")
 LOCK_SUFFIX = ".promotion-lock"
@@ -520,6 +521,10 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
             elif not c_val >= p_val + min_delta:
                 reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
                                f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")
+    if cand.tags.get(ROLLED_BACK_TAG):  # the candidate alias still names a version taken out of production
+        reasons.append(f"version {cand.version} was rolled back out of production at {cand.tags[ROLLED_BACK_TAG]}; "
+                       "register a new version, or promote this one again with --version "
+                       f"{cand.version} --force")
     if reasons and not force:
         raise PromotionRefused("; ".join(reasons) + ". Production is unchanged; use --force to promote anyway")
     if reasons:
@@ -564,7 +569,9 @@ def rollback(name: str) -> dict:
         check_model_files(client, name, prev.version)  # ModelChanged: production stays where it is
         _move(client, name, prev.version, prod)
         if prod is not None:
-            client.set_model_version_tag(name, prod.version, "rolled_back_at",
+            client.set_model_version_tag(name, prod.version, ROLLED_BACK_TAG,
                                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        else:  # production's version was deleted: no version is previous now
+            client.delete_registered_model_alias(name, PREVIOUS)
     return {"name": name, "production": int(prev.version), "previous": int(prod.version) if prod else None,
             "promoted": True, "rollback": True}

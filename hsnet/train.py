@@ -283,25 +283,28 @@ def _finish(out_dir: Path, state: TrainingState, meta: dict, setup: Setup, activ
 
 def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLike, *, resume: bool | str = False,
           device: str | None = None, track: bool = True, progress: bool = True,
-          stop_after_epochs: int | None = None, on_checkpoint=None) -> dict:
+          stop_after_epochs: int | None = None, on_checkpoint=None, on_start=None) -> dict:
     """Train on the cropped dataset at ``data_dir`` (its ``manifest.csv``); write checkpoints to ``out_dir``.
 
     ``stop_after_epochs`` ends this invocation early, as a kill would, leaving ``last.pt`` to
     resume from (used by tests and for time-sliced jobs). ``resume``: True continues from
     ``last.pt`` (of the same data); "auto" only when it is of the same data, settings and code, from
     the start otherwise (``dvc repro`` after a kill or a settings change). ``on_checkpoint(out_dir,
-    improved)`` runs after each epoch's checkpoints are written (:mod:`hsnet.durable` copies them).
+    improved)`` runs after each epoch's checkpoints are written (:mod:`hsnet.durable` copies them);
+    ``on_start(out_dir)`` once this training holds ``out_dir``, before it looks for ``last.pt``
+    (:mod:`hsnet.durable` restores its checkpoints there).
 
     One training per ``out_dir``: a second one started while this one runs is refused (it would
     remove this one's checkpoint temporaries and overwrite its ``last.pt``).
     """
     with contextlib.ExitStack() as held:  # the output folder, held from its creation to the end
         return _train(Path(data_dir), params, Path(out_dir), held, resume=resume, device=device, track=track,
-                      progress=progress, stop_after_epochs=stop_after_epochs, on_checkpoint=on_checkpoint)
+                      progress=progress, stop_after_epochs=stop_after_epochs, on_checkpoint=on_checkpoint,
+                      on_start=on_start)
 
 
 def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitStack, *, resume, device, track,
-           progress, stop_after_epochs, on_checkpoint) -> dict:
+           progress, stop_after_epochs, on_checkpoint, on_start) -> dict:
     spec = get_spec(params.dataset)  # unknown dataset: fails here
     tp, size = params.train, params.input_size
     if size < MIN_INPUT_SIZE:
@@ -328,6 +331,8 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     out_dir.mkdir(parents=True, exist_ok=True)
     held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here
+    if on_start:
+        on_start(out_dir)
     last_path = out_dir / checkpoint.LAST
     state, previous_run = TrainingState(), None
     if resume and last_path.is_file():
