@@ -133,8 +133,8 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
     handed over in a params file, ``concurrent`` at a time (default: all of them), with
     durable checkpoints at ``checkpoint_uris[NAME]`` when given (a restarted pod resumes every run
     from its last upload). Then the runs that trained are evaluated here, one after another.
-    Writes ``NAME/params.yaml`` (the settings, once NAME/train is trained with them), ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/``
-    (metrics.json, ...) and :data:`RUNS_FILE`: per run its return code, seconds, the end of its
+    Writes ``NAME/params.yaml`` (the settings, once NAME/train is trained with them),
+    ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/`` (metrics.json, ...) and :data:`RUNS_FILE`: per run its return code, seconds, the end of its
     output, and its test accuracy or what failed. A run that fails (to train or to evaluate) is
     its record; the others go on. Returns what :data:`RUNS_FILE` holds.
     """

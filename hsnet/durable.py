@@ -134,5 +134,6 @@ def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interva
     epoch); resumes only a checkpoint of the same data, settings and code."""
     from .train import train as train_local
 
-    return train_local(data_dir, params, out_dir, resume="auto", on_start=lambda folder: restore(checkpoint_uri, folder),
+    return train_local(data_dir, params, out_dir, resume="auto",
+                       on_start=lambda folder: restore(checkpoint_uri, folder),
                        on_checkpoint=Uploader(checkpoint_uri, min_interval_s), **kwargs)

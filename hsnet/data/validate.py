@@ -1,9 +1,9 @@
 """Validation of a manifest and its image files with Great Expectations (GX 1.x).
 
 The image files are inspected first (exists, decodes fully, RGB-convertible, size, sha256),
-in parallel and cached by file (size, times, inode: hsnet.io.file_stamp), so a re-run over 30k images is fast. The
-results become columns of the manifest's table, and a GX suite checks the table. The
-report directory gets the GX results as JSON and GX's Data Docs as HTML.
+in parallel and cached by file (size, times, inode: hsnet.io.file_stamp), so a re-run over 30k
+images is fast. The results become columns of the manifest's table, and a GX suite checks the
+table. The report directory gets the GX results as JSON and GX's Data Docs as HTML.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ class ImageInfo:
 
 
 class ImageInfoCache:
-    TABLE = "image_info_v2"  # v1 was keyed by size and mtime alone
-
     """sqlite: (absolute path, :func:`~hsnet.io.file_stamp`) -> ImageInfo. Thread-safe, one connection per thread."""
+
+    TABLE = "image_info_v2"  # v1 was keyed by size and mtime alone
 
     def __init__(self, path: Path | None):
         self.path = path
