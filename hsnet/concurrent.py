@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TAIL = 3000  # characters of a job's output kept in its record
 RUNS_FILE = "runs.json"  # train_and_evaluate's record of every run
+SETTINGS_PREFIX = ".settings-"  # train_and_evaluate's folder of the settings it hands to its runs
 
 
 @dataclass
@@ -134,14 +135,15 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
     durable checkpoints at ``checkpoint_uris[NAME]`` when given (a restarted pod resumes every run
     from its last upload). Then the runs that trained are evaluated here, one after another.
     Writes ``NAME/params.yaml`` (the settings, once NAME/train is trained with them),
-    ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/`` (metrics.json, ...) and :data:`RUNS_FILE`: per run its return code, seconds, the end of its
-    output, and its test accuracy or what failed. A run that fails (to train or to evaluate) is
+    ``NAME/train/`` (best.pt, history.json, ...), ``NAME/eval/`` (metrics.json, ...) and
+    :data:`RUNS_FILE`: per run its return code, seconds, the end of its output, and its test
+    accuracy or what failed. A run that fails (to train or to evaluate) is
     its record; the others go on. Returns what :data:`RUNS_FILE` holds.
-    """
-    import yaml
 
-    from .evaluate import evaluate
-    from .io import safe_join, write_json, write_text
+    One group at a time per ``out_root`` (a second is refused by name); a group removes the
+    settings folder a killed group left there.
+    """
+    from .io import only_writer, remove_stale_temporaries, safe_join
 
     if not runs:
         raise HSNetError("no runs to train: give at least one")
@@ -149,13 +151,28 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
     if any(not isinstance(name, str) or "/" in name or "\\" in name for name in runs):
         raise HSNetError(f"run names are folder names, without '/': {sorted(map(str, runs))}")
     folders = {name: safe_join(out_root, name, what="run name") for name in runs}
+    out_root.mkdir(parents=True, exist_ok=True)
+    with only_writer(out_root, "group of trainings", "wait for it to end, or give another output folder"):
+        # holding out_root, no other group is here: any settings folder is a killed group's
+        remove_stale_temporaries(out_root, SETTINGS_PREFIX + "*", older_than=-1)
+        return _train_and_evaluate(data_dir, runs, out_root, folders, concurrent=concurrent,
+                                   checkpoint_uris=checkpoint_uris, checkpoint_every_s=checkpoint_every_s,
+                                   device=device, track=track)
+
+
+def _train_and_evaluate(data_dir, runs: dict, out_root: Path, folders: dict[str, Path], *, concurrent, checkpoint_uris,
+                        checkpoint_every_s, device, track) -> dict[str, dict]:
+    import yaml
+
+    from .evaluate import evaluate
+    from .io import write_json, write_text
+
     settings = {name: yaml.safe_dump(params.to_file(), sort_keys=False) for name, params in runs.items()}
     jobs = []
     # the settings go to each `hsnet train` in a file of this call's own; NAME/params.yaml records
     # them once NAME/train is trained with them (a run refused because another training holds
     # NAME/train leaves that training's record alone)
-    out_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".settings-", dir=out_root) as handed:
+    with tempfile.TemporaryDirectory(prefix=SETTINGS_PREFIX, dir=out_root) as handed:
         for name, params in runs.items():
             folders[name].mkdir(parents=True, exist_ok=True)
             params_file = Path(handed) / f"{name}.yaml"

@@ -160,3 +160,32 @@ def test_processes_that_each_open_a_new_sqlite_store_at_once_all_succeed(tmp_pat
     import mlflow
 
     assert {f"e{i}" for i in range(4)} <= {e.name for e in mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()}
+
+
+def test_a_group_removes_the_settings_a_killed_group_left_and_refuses_a_second_group(tiny_params, tmp_path):
+    """A group killed before its end leaves its settings folder (.settings-*) in out_root: the next
+    group there removes it. Two groups into one out_root at once: the second is refused by name,
+    before it writes anything."""
+    import fcntl
+    import os
+
+    from hsnet.concurrent import train_and_evaluate
+    from hsnet.params import Params
+
+    out = tmp_path / "group"
+    left = out / ".settings-killed"  # what a group killed before its end leaves
+    left.mkdir(parents=True)
+    (left / "dib1.yaml").write_text("train: {}\n")
+    p = Params.resolve(tiny_params, "sample")
+    records = train_and_evaluate(tmp_path / "no-crops-here", {"r": p}, out, device="cpu", track=False)
+    assert records["r"]["returncode"] != 0  # no crops: the run is a record
+    assert sorted(x.name for x in out.iterdir()) == ["r", "runs.json"]  # nothing else left behind
+
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)  # another group holds out_root
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(HSNetError, match=f"{out}.*in use"):
+            train_and_evaluate(tmp_path / "no-crops-here", {"other": p}, out, device="cpu", track=False)
+    finally:
+        os.close(fd)
+    assert not (out / "other").exists()
