@@ -119,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from .registry import register
+    from .registry import held, register
 
     experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run` for its stages
     if args.skip_in_experiments and experiment and \
@@ -137,7 +137,7 @@ def _register(args: argparse.Namespace) -> None:
 
         write_json(args.out, {k: v for k, v in r.items() if k != "already_registered"})
     state = "already registered as" if r["already_registered"] else "registered"
-    print(f"{state} {r['name']} version {r['version']} (alias candidate; test accuracy "
+    print(f"{state} {r['name']} version {r['version']} ({held(r['aliases'])}; test accuracy "
           f"{r['test_accuracy']:.4f}): {r['model_uri']}")
 
 

@@ -261,10 +261,18 @@ def _registered_sha(client, mv) -> str | None:
         return None
 
 
-def _result(name: str, mv, run_id: str, already: bool, figures: dict) -> dict:
+def held(aliases: list[str]) -> str:
+    """A version's aliases as messages name them: ``alias candidate``, ``aliases candidate, production``."""
+    return f"alias{'es' if len(aliases) > 1 else ''} {', '.join(aliases)}" if aliases else "no alias"
+
+
+def _result(client, name: str, mv, run_id: str, already: bool, figures: dict) -> dict:
+    """What :func:`register` returns (and ``hsnet register --out`` writes): the version, its
+    figures, and the aliases it holds now (``candidate``, ``production`` once promoted, ...)."""
+    aliases = sorted(client.get_model_version(name, str(mv.version)).aliases or [])
     return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
-            "run_id": run_id, "already_registered": already, "test_accuracy": figures["test_accuracy"],
-            "test_mean_accuracy": figures["test_mean_accuracy"],
+            "run_id": run_id, "already_registered": already, "aliases": aliases,
+            "test_accuracy": figures["test_accuracy"], "test_mean_accuracy": figures["test_mean_accuracy"],
             "evaluation_run_id": figures.get("evaluation_run_id")}
 
 
@@ -341,7 +349,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         f"(test data {tags['test_data_version']}, evaluation run {figures['evaluation_run_id']}); "
         f"trained in run {tags['train_run_id']}"))
     client.set_registered_model_alias(name, CANDIDATE, mv.version)
-    return _result(name, mv, run_id, False, figures)
+    return _result(client, name, mv, run_id, False, figures)
 
 
 def _versions_of(client, name: str, sha: str) -> list:
@@ -364,7 +372,7 @@ def _existing_result(client, name: str, mv) -> dict:
         figures = _version_figures(client, mv)
     except NoEvaluation:  # registered before records were linked: what it was registered with
         figures = {k: float(mv.tags.get(k, "nan")) for k in METRICS.values()}
-    return _result(name, mv, mv.run_id, True, figures)
+    return _result(client, name, mv, mv.run_id, True, figures)
 
 
 def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: dict | None = None) -> dict:

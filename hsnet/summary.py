@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def summarize(runs: str | Path = "runs") -> str:
+    from .registry import held
+
     runs = Path(runs)
     lines = []
     for eval_dir in sorted(runs.glob("*/eval")):
@@ -26,9 +28,11 @@ def summarize(runs: str | Path = "runs") -> str:
             lines.append(f"  not registered: DVC experiment {r.get('experiment')} (dvc repro in the workspace "
                          "registers what it holds)")
         elif r:
-            lines.append(f"  registered: {r['name']} version {r['version']} (alias candidate), {r['model_uri']}")
-            lines.append(f"  promote it: hsnet promote --name {r['name']}; then "
-                         f"hsnet predict PHOTO --model models:/{r['name']}@production")
+            aliases = r.get("aliases", ["candidate"])  # the aliases the version held when registered
+            lines.append(f"  registered: {r['name']} version {r['version']} ({held(aliases)}), {r['model_uri']}")
+            use = f"hsnet predict PHOTO --model models:/{r['name']}@production"
+            lines.append(f"  in production: {use}" if "production" in aliases
+                         else f"  promote it: hsnet promote --name {r['name']}; then {use}")
     if not lines:
         return f"no evaluated runs under {runs}/"
     lines.append("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db (or bash mlflow/server.sh)")

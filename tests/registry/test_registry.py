@@ -417,6 +417,37 @@ def test_local_sqlite_registry_without_a_server(local_mlflow, evaluated):
     assert [m.name for m in client.search_registered_models()] == ["hsnet-sample"]
 
 
+def test_make_pipelines_summary_says_which_aliases_the_registered_version_holds(local_mlflow, evaluated, tmp_path):
+    """The end of `make pipeline` (hsnet.summary) after a promotion and a second run: the version
+    is production, and the summary says so instead of "(alias candidate)" and "promote it"; after
+    a newer candidate, the older checkpoint registered again holds production alone."""
+    import json
+
+    from hsnet.summary import summarize
+
+    def summary_after_register(ckpt, metrics):
+        run = tmp_path / "runs" / "sample"
+        (run / "eval").mkdir(parents=True, exist_ok=True)
+        (run / "eval" / "metrics.json").write_text(Path(metrics).read_text())
+        (run / "registered.json").write_text(json.dumps(register(ckpt, metrics, "sample")))
+        return summarize(tmp_path / "runs").splitlines()
+
+    first = evaluated(1)[:2]
+    lines = summary_after_register(*first)
+    assert "  registered: hsnet-sample version 1 (alias candidate), models:/hsnet-sample/1" in lines
+    assert any(line.startswith("  promote it: hsnet promote --name hsnet-sample") for line in lines)
+
+    promote("hsnet-sample")
+    lines = summary_after_register(*first)  # make pipeline again: register finds version 1
+    assert "  registered: hsnet-sample version 1 (aliases candidate, production), models:/hsnet-sample/1" in lines
+    assert not any("promote it" in line for line in lines)
+    assert "  in production: hsnet predict PHOTO --model models:/hsnet-sample@production" in lines
+
+    register(*evaluated(0)[:2], "sample")  # version 2 is the candidate now
+    lines = summary_after_register(*first)
+    assert "  registered: hsnet-sample version 1 (alias production), models:/hsnet-sample/1" in lines
+
+
 def _fake_mlflow(tmp_path) -> Path:
     """An `mlflow` entry point as pip writes one (a script run by the environment's Python) that
     prints the arguments it was given instead of starting a server."""
