@@ -11,17 +11,25 @@
 #   bash benchmarks/gpu_session.sh issue18b  # second call: the sample trained with whole-step (needs the
 #                                            # crops) and evaluated, concurrent runs under MPS
 #   bash benchmarks/gpu_session.sh issue18c  # a later lease: concurrent whole-step runs, the step profile
-#   (each set's step limits fit one 600 s command of the device tool; carry .whl/ (facenet-pytorch and
-#   pytest wheels) and data/processed/sample)
+#   (each set's step limits fit one 600 s command of the device tool; carry .whl/ (the facenet-pytorch
+#   wheel) and data/processed/sample)
 #   STEPS="mtcnn concurrent" bash benchmarks/gpu_session.sh   # only the steps named
-#   ARCHIVE=/some/results.tgz ...   # also keep $OUT packed there (outside $OUT), renewed after every step
-#                                   # (a session cut short keeps what was measured; the device tool returns
-#                                   # 8 files)
+#
+# On the device tool, whose $OUT brings back at most 8 files, give that folder as BRING_BACK:
+#   BRING_BACK=$OUT bash benchmarks/gpu_session.sh issue18 2>&1 | tee $OUT/session.log
+# The results are then written to a folder of their own (OUT is not read) and BRING_BACK gets two
+# files, renewed after every step (a session cut short keeps what was measured): gpu_session.tgz
+# (every result and log) and steps.txt (how each step ended).
 #
 # Where hsnet isn't installed (a bare GPU image with PyTorch), the package runs from the checkout;
 # facenet-pytorch can come as a wheel in .whl/ (pip download --no-deps facenet-pytorch==2.5.3 -d .whl).
 set -u
-OUT=${OUT:-benchmarks/results}
+if [ -n "${BRING_BACK:-}" ]; then
+  OUT=$(mktemp -d "${TMPDIR:-/tmp}/gpu-session.XXXXXX") || exit 2  # BRING_BACK gets them packed: see above
+  mkdir -p "$BRING_BACK" || exit 2
+else
+  OUT=${OUT:-benchmarks/results}
+fi
 # every step below, by name (a step added below must be added here to be selectable)
 ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead crop gpu_tests mtcnn
   device_data_whole_step sample_whole_step sample_whole_step_evaluate concurrent_whole_step concurrent_mps
@@ -50,11 +58,12 @@ if [ -n "${STEPS:-}" ]; then
   done
   set +f
 fi
-if [ -n "${ARCHIVE:-}" ]; then
-  case "$(realpath -m "$ARCHIVE")/" in  # (GNU realpath; where it fails, both are empty: refused)
-    "$(realpath -m "$OUT")"/*) echo "ARCHIVE must lie outside OUT ($OUT)" >&2; exit 2 ;; esac
-fi
 mkdir -p "$OUT"
+bring_back() {  # renew BRING_BACK's two files from what OUT holds now
+  [ -n "${BRING_BACK:-}" ] || return 0
+  tar -czf "$BRING_BACK/.gpu_session.tgz.tmp" -C "$OUT" . && mv "$BRING_BACK/.gpu_session.tgz.tmp" "$BRING_BACK/gpu_session.tgz"
+  if [ -f "$OUT/steps.txt" ]; then cp "$OUT/steps.txt" "$BRING_BACK/.steps.txt.tmp" && mv "$BRING_BACK/.steps.txt.tmp" "$BRING_BACK/steps.txt"; fi
+}
 export PYTHONUNBUFFERED=1 HSNET_CACHE_DIR=${HSNET_CACHE_DIR:-/tmp/hsnet-cache} MPLBACKEND=Agg
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -74,12 +83,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say ho
   local rc=$?
   grep -v "img/s\]" "$OUT/$name.log" | tail -n 6
   echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
-  if [ -n "${ARCHIVE:-}" ]; then tar -czf "$ARCHIVE.tmp" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"; fi
+  bring_back
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu_machine.txt"
 $PY -c "import torch, facenet_pytorch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu_machine.txt"
+bring_back
 
 # 1. the CUDA path end to end: train (bf16, channels-last, fused Adam, device augmentation) and evaluate
 if [ -f data/processed/sample/manifest.csv ]; then
@@ -104,7 +114,6 @@ step crop 75 $PY -m benchmarks.crop --out "$OUT"
 #    Since the H200 session: the tests that need a GPU (the whole-step graphs against eager steps, the
 #    TF32 switch), the whole step as one CUDA graph (train.compile whole-step: speed, the sample's accuracy,
 #    concurrent runs), and concurrent runs under NVIDIA MPS (kernels of several processes at once).
-#    pytest may come as wheels in .whl/ too (pytest, pluggy, iniconfig, packaging).
 step gpu_tests 150 $PY -m pytest -q -p no:cacheprovider tests/train/test_step.py tests/test_device.py \
   tests/data/test_mtcnn.py -k "(gpu or tf32 or fp32) and not cpu"
 step mtcnn 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --out "$OUT"

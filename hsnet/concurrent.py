@@ -111,12 +111,14 @@ def train_jobs(data_dir: str | os.PathLike, params_path: str | os.PathLike, data
                track: bool = True, extra: list[str] | None = None) -> list[Job]:
     """``hsnet train`` commands, one per run: ``runs`` maps a run's name (its folder under
     ``out_root``) to its ``--set`` overrides, e.g. {"dib1-fgal0-ktl0-s0": {"model.dib": True, "train.seed": 0}}."""
+    from .params import set_text
+
     jobs = []
     for name, overrides in runs.items():
         argv = [sys.executable, "-m", "hsnet", "train", "--data", str(data_dir), "--params", str(params_path),
                 "--dataset", dataset, "--out", str(Path(out_root) / name)]
         for key, value in overrides.items():
-            argv += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+            argv += ["--set", f"{key}={set_text(value)}"]
         argv += (["--device", device] if device else []) + ([] if track else ["--no-mlflow"]) + list(extra or [])
         jobs.append(Job(name, argv))
     return jobs
@@ -150,6 +152,12 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
     out_root = Path(out_root)
     if any(not isinstance(name, str) or "/" in name or "\\" in name for name in runs):
         raise HSNetError(f"run names are folder names, without '/': {sorted(map(str, runs))}")
+    taken = sorted(n for n in runs if n == RUNS_FILE or n.startswith(SETTINGS_PREFIX))
+    if taken:
+        raise HSNetError(f"run names {taken}: {RUNS_FILE} and {SETTINGS_PREFIX}* are the group's own files; "
+                         "name the runs otherwise")
+    if concurrent is not None:
+        check_concurrent(concurrent)
     folders = {name: safe_join(out_root, name, what="run name") for name in runs}
     out_root.mkdir(parents=True, exist_ok=True)
     with only_writer(out_root, "group of trainings", "wait for it to end, or give another output folder"):

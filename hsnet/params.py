@@ -102,6 +102,9 @@ class AugmentParams:
     rotate_degrees: float = field(default=5.0, metadata=_range(0, 180))
 
 
+MIN_BATCH = 2  # BatchNorm normalises over the batch: a training batch needs 2 images
+
+
 @dataclass(frozen=True)
 class TrainParams:
     optimizer: Literal["adam"] = "adam"
@@ -109,7 +112,7 @@ class TrainParams:
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=_range(0, 1, hi_open=True))  # each
     weight_decay: float = field(default=0.0, metadata=_range(0))
     epochs: int = field(default=500, metadata=_range(1))
-    batch_size: int = field(default=32, metadata=_range(2))  # BatchNorm needs 2 images
+    batch_size: int = field(default=32, metadata=_range(MIN_BATCH))
     scheduler: SchedulerParams = SchedulerParams()
     augment: AugmentParams = AugmentParams()
     max_epochs: int | None = field(default=None, metadata=_range(1))  # cap for quick runs
@@ -460,6 +463,14 @@ def parse_set(items: list[str]) -> dict:
         except yaml.YAMLError as exc:
             raise ParamsError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
     return out
+
+
+def set_text(value) -> str:
+    """The VALUE of ``--set KEY=VALUE`` that :func:`parse_set` reads back as ``value`` (YAML, one
+    line): None -> ``null``, True -> ``true``, (0.9, 0.99) -> ``[0.9, 0.99]``, 1e-05 -> ``1.0e-05``."""
+    text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True,
+                          width=float("inf"))
+    return text[:-len("\n...\n")] if text.endswith("\n...\n") else text.rstrip("\n")
 
 
 def flags(section_name: str, given: dict) -> dict:

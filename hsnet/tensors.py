@@ -35,6 +35,7 @@ from PIL import Image
 
 from .errors import HSNetError
 from .io import cache_root, file_stamp, open_rgb, remove_stale_temporaries, safe_join
+from .params import MIN_BATCH
 
 
 @dataclass
@@ -239,7 +240,7 @@ class Batches:
                  *, drop_singleton: bool = True, prefetch: int = 3):
         self.split, self.device = split, device
         self.chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        if drop_singleton and self.chunks and len(self.chunks[-1]) < 2 and len(self.chunks) > 1:
+        if drop_singleton and self.chunks and len(self.chunks[-1]) < MIN_BATCH and len(self.chunks) > 1:
             self.chunks.pop()  # BatchNorm can't train on one image
         self.prefetch = prefetch
 
@@ -350,7 +351,9 @@ class DeviceBatches(Batches):
             yield self.split.images.index_select(0, idx), self.split.labels.index_select(0, idx)
 
 
-def check_nonempty(name: str, split: Split | list, where: str) -> None:
-    if len(split) == 0:
-        raise HSNetError(f"the {name} split of {where} is empty; re-import with other split settings "
+def check_nonempty(name: str, split: Split | list, where: str, minimum: int = 1) -> None:
+    if len(split) < minimum:
+        held = "is empty" if not len(split) else f"holds {len(split)} image{'s' if len(split) > 1 else ''}"
+        needs = f" (at least {minimum} are needed: BatchNorm normalises over a batch)" if minimum > 1 else ""
+        raise HSNetError(f"the {name} split of {where} {held}{needs}; re-import with other split settings "
                          "or check the crop report for dropped images")

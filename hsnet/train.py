@@ -30,7 +30,7 @@ from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
 from .io import clean_stale_tmp, only_writer, write_json
 from .model import MIN_INPUT_SIZE
-from .params import COMPILE_MODES, STEP_KEYS, WHOLE_STEP, Params, TrainParams, flatten
+from .params import COMPILE_MODES, MIN_BATCH, STEP_KEYS, WHOLE_STEP, Params, TrainParams, flatten
 from .plots import plot_training_curves
 from .step import Step
 from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAugment, Split, check_nonempty,
@@ -239,7 +239,7 @@ def _splits(data_dir: Path, dataset: str, num_classes: int) -> tuple[Path, dict[
     rows = read_manifest(manifest)
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val")}
     for name, split_rows in splits.items():
-        check_nonempty(name, split_rows, manifest)
+        check_nonempty(name, split_rows, manifest, minimum=MIN_BATCH if name == "train" else 1)
     bad = sorted({r["label"] for r in rows if not 0 <= r["label"] < num_classes})
     if bad:
         raise HSNetError(f"{manifest} has labels {bad} outside {dataset}'s {num_classes} classes")

@@ -36,7 +36,12 @@ Differences from ``detect_face``, none of which changes a result it returns:
 * an image too small for the pyramid (shorter side under ``min_face_size``) has no boxes
   instead of crashing the batch;
 * a batch where some images have no candidates is fine (``MTCNN.detect`` crashes on it);
-* landmarks are not computed (nothing here uses them).
+* landmarks are not computed (nothing here uses them);
+* the NMS after R-Net and after O-Net keeps each image's boxes apart also when boxes reach over
+  the top or left border (negative coordinates, :func:`apart`): ``detect_face``'s batch mode
+  (the coordinate trick of :func:`~torchvision.ops.batched_nms`) can let a face cut by one
+  image's top-left border suppress a face in another image's bottom-right corner, so a photo's
+  faces would depend on the other photos of its batch.
 
 On a GPU the networks run in full fp32 (:func:`hsnet.device.full_fp32`), whatever TF32 setting
 the process has: cuDNN's TF32 convolutions (PyTorch's default) moved boxes by pixels against
@@ -53,7 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops.boxes import batched_nms
+from torchvision.ops.boxes import batched_nms, nms
 
 from ..device import full_fp32
 
@@ -265,7 +270,7 @@ class BatchedMTCNN:
             ipass = (score > m.thresholds[1]) & valid
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
             inds, mv = inds[ipass], out[0][ipass]
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+            pick = nms(apart(boxes[:, :4], inds), boxes[:, 4], 0.7)
             boxes, inds, mv = boxes[pick], inds[pick], mv[pick]
             boxes = fd.rerec(fd.bbreg(boxes, mv))
 
@@ -278,7 +283,8 @@ class BatchedMTCNN:
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
             inds, mv = inds[ipass], out[0][ipass]
             boxes = fd.bbreg(boxes, mv)
-            pick = fd.batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
+            pick = fd.nms_numpy(apart(boxes[:, :4], inds).cpu().numpy(), boxes[:, 4].cpu().numpy(), 0.7, "Min")
+            pick = torch.as_tensor(pick, dtype=torch.long, device=boxes.device)
             boxes, inds = boxes[pick], inds[pick]
 
         boxes, inds = boxes.cpu().numpy().astype(np.float64), inds.cpu().numpy()
@@ -325,6 +331,19 @@ class BatchedMTCNN:
         pick = batched_nms(boxes[:, :4], boxes[:, 4], inds * len(pyramid) + levels, 0.5)
         pick = pick[torch.sort(levels[pick], stable=True).indices]
         return boxes[pick], inds[pick]
+
+
+def apart(boxes: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
+    """``boxes`` (k, 4) of several images (``inds``) moved so that no two images' boxes overlap, for
+    one NMS call that acts within each image: image i's boxes are shifted by ``i * D``, with ``D``
+    the span of all coordinates plus one. For boxes inside their images this is
+    :func:`~torchvision.ops.batched_nms`'s shift (``D`` = the largest coordinate + 1), the same
+    values; unlike that one, boxes that reach over the top or left border (negative
+    coordinates, R-Net's and O-Net's candidates) stay apart too."""
+    if not len(boxes):
+        return boxes
+    low = torch.clamp(boxes.min(), max=0)
+    return boxes + (inds.to(boxes) * (boxes.max() - low + 1))[:, None]
 
 
 def crop_resize_boxes(flat: torch.Tensor, base: torch.Tensor, hw: torch.Tensor, boxes: torch.Tensor,

@@ -130,6 +130,11 @@ def test_group_names_and_sizes(tmp_path, tiny_params):
     for name in ("../x", "a/b", "/abs", ".."):
         with pytest.raises(HSNetError, match="run name"):
             train_and_evaluate(tmp_path, {name: p}, tmp_path / "out")
+    for name in ("runs.json", ".settings-x"):  # the group's own files
+        with pytest.raises(HSNetError, match=f"run names \\['{name}'\\]: runs.json and .settings-"):
+            train_and_evaluate(tmp_path, {name: p}, tmp_path / "out")
+    with pytest.raises(HSNetError, match="--concurrent"):
+        train_and_evaluate(tmp_path, {"a": p}, tmp_path / "out", concurrent=0)
     assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
 
 
