@@ -5,74 +5,10 @@ or the documented behaviour)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 
-@pytest.fixture(scope="module")
-def mtcnn():
-    facenet = pytest.importorskip("facenet_pytorch")
-    torch.set_num_threads(1)
-    return facenet.MTCNN(keep_all=True, device="cpu").eval()
-
-
-def reference(mtcnn, image: np.ndarray) -> np.ndarray:
-    """facenet-pytorch's MTCNN.detect on this photo alone: (k, 5) x1, y1, x2, y2, prob, most probable first."""
-    boxes, probs = mtcnn.detect(Image.fromarray(image))
-    if boxes is None:
-        return np.zeros((0, 5))
-    found = np.concatenate([np.asarray(boxes, np.float64), np.asarray(probs, np.float64)[:, None]], 1)
-    return found[np.argsort(-found[:, 4], kind="stable")]
-
-
-def assert_same(found: np.ndarray, expected: np.ndarray, name: str) -> None:
-    found = found[np.argsort(-found[:, 4], kind="stable")]
-    assert found.shape == expected.shape, (f"{name}: {len(found)} faces {found.round(1).tolist()}, "
-                                           f"facenet-pytorch alone found {len(expected)} {expected.round(1).tolist()}")
-    if len(found):
-        assert np.abs(found[:, :4] - expected[:, :4]).max() <= 1.0, name
-        assert np.abs(found[:, 4] - expected[:, 4]).max() <= 1e-3, name
-
-
-def corner_faces(e: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two 500x500 photos: A, a small face (about 30 px) in the bottom-right corner; B, a large face
-    (about 390 px) whose box starts ``e`` px or so left of and above the image (cut by the border)."""
-    astro = pytest.importorskip("skimage.data").astronaut()
-    big = np.asarray(Image.fromarray(astro).resize((1536, 1536)))
-    small = np.asarray(Image.fromarray(astro).resize((171, 171)))  # face box about [60, 21, 89, 57]
-    a = np.full((500, 500, 3), 120, np.uint8)
-    ox, oy = 495 - 89, 495 - 57
-    a[oy:, ox:] = small[:500 - oy, :500 - ox]
-    b = np.ascontiguousarray(big[186 + e:186 + e + 500, 543 + e:543 + e + 500])
-    return a, b
-
-
-@pytest.mark.parametrize("e", [40, 80])
-def test_a_face_in_one_photo_is_not_suppressed_by_a_face_in_another_photo_of_the_batch(mtcnn, e):
-    """NMS "within each image" is done with the coordinate trick (torchvision's batched_nms for
-    <= 1000 boxes, facenet-pytorch's batched_nms_numpy after O-Net): each image's boxes are shifted
-    by index * (max coordinate + 1), which keeps images apart only for boxes with non-negative
-    coordinates. A face cut by the top-left border has a box with negative x1, y1; shifted, it
-    lands on the other photo's face in its bottom-right corner, and one of the two faces is
-    suppressed. facenet-pytorch on each photo alone finds both; so does BatchedMTCNN on each alone.
-    (hsnet predict on a GPU and crop with batches go through this path; the crop Detector too.)
-    facenet-pytorch's own MTCNN.detect on the pair as one batch drops the same face: the fault is
-    inherited from its batch mode, but hsnet's contract is per photo (tests/data/test_mtcnn.py,
-    test_a_batch_gives_each_photo_what_it_gets_alone) and hsnet batches photos of any sizes."""
-    from hsnet.data.crop import Detector
-    from hsnet.data.mtcnn import BatchedMTCNN
-
-    a, b = corner_faces(e)
-    expected = [reference(mtcnn, a), reference(mtcnn, b)]
-    assert len(expected[0]) == 1 and len(expected[1]) == 1 and expected[1][0, 0] < 0  # the set-up holds
-    found = BatchedMTCNN(mtcnn=mtcnn)([a, b])
-    assert_same(found[0], expected[0], "A (face bottom-right), batched with B")
-    assert_same(found[1], expected[1], "B (face over the top-left border), batched with A")
-    found = Detector("cpu")([a, b])  # what predict (GPU) and crop (batch_size > 1 on a GPU) call
-    assert_same(found[0], expected[0], "A through crop.Detector")
-    assert_same(found[1], expected[1], "B through crop.Detector")
+# --- the batched MTCNN: tests/data/test_mtcnn.py::test_a_face_in_one_photo_is_not_suppressed_by_a_face_in_another_photo_of_the_batch
 
 
 # --- benchmarks/gpu_session.sh ------------------------------------------------------------------------

@@ -262,3 +262,39 @@ def test_on_a_gpu_with_tf32_on_the_faces_are_facenet_pytorchs_fp32_ones(device):
             assert_same(boxes, expected[name], name)
     finally:
         restore(before)
+
+
+def corner_faces(e: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two 500x500 photos: A, a small face (about 30 px) in the bottom-right corner; B, a large face
+    (about 390 px) whose box starts ``e`` px or so left of and above the image (cut by the border)."""
+    astro = skimage_data.astronaut()
+    big = np.asarray(Image.fromarray(astro).resize((1536, 1536)))
+    small = np.asarray(Image.fromarray(astro).resize((171, 171)))  # face box about [60, 21, 89, 57]
+    a = np.full((500, 500, 3), 120, np.uint8)
+    ox, oy = 495 - 89, 495 - 57
+    a[oy:, ox:] = small[:500 - oy, :500 - ox]
+    b = np.ascontiguousarray(big[186 + e:186 + e + 500, 543 + e:543 + e + 500])
+    return a, b
+
+
+@pytest.mark.parametrize("e", [40, 80])
+def test_a_face_in_one_photo_is_not_suppressed_by_a_face_in_another_photo_of_the_batch(mtcnn, e):
+    """Attack session 13. NMS "within each image" is done with the coordinate trick (torchvision's batched_nms for
+    <= 1000 boxes, facenet-pytorch's batched_nms_numpy after O-Net): each image's boxes are shifted
+    by index * (max coordinate + 1), which keeps images apart only for boxes with non-negative
+    coordinates. A face cut by the top-left border has a box with negative x1, y1; shifted, it
+    lands on the other photo's face in its bottom-right corner, and one of the two faces is
+    suppressed. facenet-pytorch on each photo alone finds both; so does BatchedMTCNN on each alone.
+    (hsnet predict on a GPU and crop with batches go through this path; the crop Detector too.)
+    facenet-pytorch's own MTCNN.detect on the pair as one batch drops the same face: the fault is
+    inherited from its batch mode, but hsnet's contract is per photo (tests/data/test_mtcnn.py,
+    test_a_batch_gives_each_photo_what_it_gets_alone) and hsnet batches photos of any sizes."""
+    a, b = corner_faces(e)
+    expected = [reference(mtcnn, a), reference(mtcnn, b)]
+    assert len(expected[0]) == 1 and len(expected[1]) == 1 and expected[1][0, 0] < 0  # the set-up holds
+    found = BatchedMTCNN(mtcnn=mtcnn)([a, b])
+    assert_same(found[0], expected[0], "A (face bottom-right), batched with B")
+    assert_same(found[1], expected[1], "B (face over the top-left border), batched with A")
+    found = Detector("cpu")([a, b])  # what predict (GPU) and crop (batch_size > 1 on a GPU) call
+    assert_same(found[0], expected[0], "A through crop.Detector")
+    assert_same(found[1], expected[1], "B through crop.Detector")
