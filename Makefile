@@ -39,7 +39,7 @@ test: setup serve-env
 
 # The whole pipeline on the built-in sample: draw it (byte-identical to what data.dvc records),
 # then dvc repro import -> validate -> crop -> train -> evaluate -> register (local MLflow).
-# A second run with nothing changed does nothing.
+# A second run with nothing changed trains nothing: only register runs (the registry is outside DVC).
 pipeline: setup
 	@test -d data/raw/sample || $(BIN)/hsnet data sample --out data/raw/sample
 	@$(BIN)/dvc status data.dvc | grep -q "modified" && { echo "data/raw differs from data.dvc: dvc pull, or dvc commit data.dvc if you changed it on purpose"; exit 1; } || true

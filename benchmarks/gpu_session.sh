@@ -2,7 +2,7 @@
 # Everything to check and measure on a GPU machine, in one go (GPU time is scarce): the CUDA path of
 # `hsnet train`/`evaluate` end to end on the sample's crops, then the GPU benchmarks. Each step has
 # its own time limit and a failing step doesn't stop the others. Results and logs go to $OUT
-# (default benchmarks/results); write the figures up in docs/performance.md.
+# (default benchmarks/results/gpu); write the figures up in docs/performance.md.
 #
 #   bash benchmarks/gpu_session.sh     # from the repository root, after `make pipeline` made the crops
 #   bash benchmarks/gpu_session.sh issue18   # what issue 18 still lacks, first call: the GPU tests, the
@@ -28,7 +28,7 @@ if [ -n "${BRING_BACK:-}" ]; then
   OUT=$(mktemp -d "${TMPDIR:-/tmp}/gpu-session.XXXXXX") || exit 2  # BRING_BACK gets them packed: see above
   mkdir -p "$BRING_BACK" || exit 2
 else
-  OUT=${OUT:-benchmarks/results}
+  OUT=${OUT:-benchmarks/results/gpu}  # not benchmarks/results itself: the CPU figures live there
 fi
 # every step below, by name (a step added below must be added here to be selectable)
 ALL_STEPS="cuda_train cuda_evaluate gpu_eager input_pipeline gpu_reduce_overhead crop gpu_tests mtcnn

@@ -131,6 +131,10 @@ def _register(args: argparse.Namespace) -> None:
         print(f"not registered: DVC experiment {experiment} (registry aliases move only for runs of the "
               "workspace; set HSNET_REGISTER_EXPERIMENTS=1 to register experiments)")
         return
+    if args.out:
+        from .io import output_file
+
+        output_file(args.out, "--out")  # before the registry is touched
     r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
     if args.out:  # the registration, the same whether made now or found (dvc runs this at every repro)
         from .io import write_json
@@ -292,7 +296,7 @@ def _add_data_steps(verbs) -> None:
     p.add_argument("--report", required=True, help="folder for the GX results (JSON) and Data Docs (HTML)")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.validate settings")
     p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side in px (else params', 32)")
-    p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores)")
+    p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores, at most 32)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
 
     p = _verb(verbs, "crop", "detect and crop faces with MTCNN (or just resize)", _crop)

@@ -17,7 +17,7 @@ from . import paper as paper_mod
 from . import tracking
 from .data.manifest import crop_settings, read_manifest
 from .errors import HSNetError
-from .io import atomic_path, sha256_file, write_json, write_text
+from .io import atomic_path, check_creatable, clean_stale_tmp, sha256_file, write_json, write_text
 from .plots import plot_confusion
 from . import checkpoint as checkpoint_mod
 from .device import forward, pick_device, place
@@ -111,13 +111,15 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
              split: str = "test", settings: EvaluateParams | None = None, device: str | None = None,
              track: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of the cropped dataset at ``data_dir``; write the outputs."""
+    out_dir = check_creatable(out_dir, "--out")  # before any work, creating nothing
+    clean_stale_tmp(out_dir)
     ckpt = checkpoint_mod.load(checkpoint)
     sha = sha256_file(checkpoint)  # binds the figures to this file (hsnet register checks it)
     meta = ckpt["meta"]
     classes, dataset = meta["classes"], meta["dataset"]
     # the settings given, else those the model was trained with
     tta_hflip = (settings or section(EvaluateParams, meta["params"].get("evaluate"))).tta_hflip
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_dir = Path(data_dir)
     manifest = data_dir / "manifest.csv"
     all_rows = read_manifest(manifest)
     check_classes(all_rows, classes, manifest, checkpoint)

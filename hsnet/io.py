@@ -244,6 +244,39 @@ def check_writable(folder: str | os.PathLike, what: str) -> Path:
     return folder
 
 
+def check_creatable(folder: str | os.PathLike, what: str) -> Path:
+    """Prove that ``folder`` can be created and written into, before any work is done, creating
+    nothing (a step that then refuses its inputs leaves no empty folder behind): the nearest part
+    of the path that exists must be a folder a file can be written in. :class:`HSNetError` naming
+    ``what`` (e.g. ``--out``) otherwise."""
+    folder = Path(folder)
+    probe = folder.absolute()
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise HSNetError(f"{what} {folder}: can't write there ({probe} is not a folder); "
+                         "give a folder you can write to")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise HSNetError(f"{what} {folder}: can't write there ({exc.strerror or exc}); "
+                         "give a folder you can write to") from exc
+    return folder
+
+
+def output_file(path: str | os.PathLike, what: str) -> Path:
+    """Ready ``path`` (a file a step will write atomically) before any work is done: refused, naming
+    ``what`` (e.g. ``--out``), when it is a folder or its folder can't be written; the temporaries a
+    killed write of it left (an hour old) are removed."""
+    path = Path(path)
+    if path.is_dir():
+        raise HSNetError(f"{what} {path} is a folder; give a file name")
+    check_creatable(path.parent, what)
+    clean_stale_tmp(path.parent, path.name)
+    return path
+
+
 def open_regular(path: str | os.PathLike):
     """``path`` opened for binary reading if it is a regular file (after symbolic links);
     :class:`FileReadError` naming it otherwise. A FIFO, a device, a socket or a directory is

@@ -29,7 +29,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import HSNetError
-from .io import IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb, safe_join
+from .io import (IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
+                 output_file, safe_join)
 
 log = logging.getLogger(__name__)
 
@@ -365,13 +366,10 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     files = [path for path, _ in entries]
     targets = None
     if out:  # an unwritable output is refused before any work
-        if Path(out).is_dir():
-            raise HSNetError(f"--out {out} is a folder; give a file name (JSON lines)")
         if any(os.path.realpath(out) == os.path.realpath(f) for f in files):
             raise HSNetError(f"--out {out} is one of the photos to predict on; give another file name "
                              "(JSON lines)")
-        check_writable(Path(out).parent, "--out")
-        clean_stale_tmp(Path(out).parent, Path(out).name)
+        output_file(out, "--out")
     if annotate_dir:
         check_writable(annotate_dir, "--annotate")
         clean_stale_tmp(annotate_dir, "*" + ANNOTATED, recursive=True)

@@ -55,3 +55,25 @@ def test_train_without_crops_says_which_step_makes_them(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "--dataset", "sample", "--params",
                  str(root / "params.yaml"), "--out", str(tmp_path / "run"), "--no-mlflow"]) == 2
     assert "output folder of 'hsnet crop'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", [
+    ["data", "sample", "--per-class", "1", "--size", "48"],
+    ["evaluate", "--checkpoint", "{tmp}/missing.pt", "--data", "{tmp}/missing", "--no-mlflow"],
+    ["register", "--checkpoint", "{tmp}/missing.pt", "--metrics", "{tmp}/missing.json", "--dataset", "sample"],
+])
+def test_an_out_that_cant_be_written_is_refused_by_name_before_any_work(tmp_path, capsys, monkeypatch, verb):
+    """docs/security.md: an unwritable --out is refused before any work (attack session 13b: these
+    three read everything, or registered the model, then died with a traceback). The refusal comes
+    first: before the missing checkpoint is noticed, and before any MLflow store is opened."""
+    from hsnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the output's folder should be\n")
+    out = blocker / ("registered.json" if verb[0] == "register" else "out")
+    assert main([a.format(tmp=tmp_path) for a in verb] + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err or f"--out {blocker}" in err, err
+    assert "missing" not in err and not (tmp_path / "mlflow.db").exists()

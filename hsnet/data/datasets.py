@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HSNetError
+from ..io import output_file
 from ..params import ImportParams
 from . import splits
 from .manifest import SPLITS, write_manifest
@@ -226,6 +227,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset root {root} is not a directory; expected {spec.layout}")
+    output_file(out, "--out")
     if split_by not in ("class", "subject"):
         raise HSNetError(f"--split-by must be 'class' or 'subject', got {split_by!r}")
     if split_by == "subject" and not spec.subjects_known:

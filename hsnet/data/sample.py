@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import HSNetError
+from ..io import check_writable
 from .datasets import FERG_CHARACTERS, FERG_CLASSES
 
 # character: (face width, face height, skin RGB, hair RGB, hair style, eye RGB)
@@ -179,6 +180,7 @@ def generate(out: str | os.PathLike, *, per_class: int = 30, size: int = 112, se
         raise HSNetError(f"--out {out} holds {len(other)} file(s) that this draw doesn't write (e.g. "
                          f"{', '.join(other[:3])}): another draw's or another data set's, which import would "
                          "read with it. Give an empty or new folder")
+    check_writable(out, "--out")
     n = 0
     for character in characters:
         for emotion in FERG_CLASSES:

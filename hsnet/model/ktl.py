@@ -41,9 +41,10 @@ class StemWeightsError(HSNetError):
 
 HOW_TO_PROVIDE = (
     "Provide the VGGFace2 InceptionResnetV1 weights in one of these ways: copy "
-    "20180402-114759-vggface2.pt (facenet-pytorch's release file) to {cache}; or set "
-    "stem_weights (params.yaml: model.stem_weights, CLI: --stem-weights) to a local .pt file or "
-    "an s3:// URI; or train without knowledge transfer (model.ktl: false)."
+    "20180402-114759-vggface2.pt (facenet-pytorch's release file) to {cache}; or point "
+    "model.stem_weights at a local .pt file or an s3:// URI (params.yaml; hsnet train: --set "
+    "model.stem_weights=PATH; hsnet reproduce ablation: --stem-weights PATH); or train without "
+    "knowledge transfer (model.ktl: false)."
 )
 
 
