@@ -233,11 +233,9 @@ def file_stamp(st: os.stat_result) -> str:
 def check_writable(folder: str | os.PathLike, what: str) -> Path:
     """Create ``folder`` if needed and prove a file can be written there, before any work is done;
     :class:`HSNetError` naming ``what`` (e.g. ``--out``) otherwise."""
-    folder = Path(folder)
+    folder = check_creatable(folder, what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
     except OSError as exc:
         raise HSNetError(f"{what} {folder}: can't write there ({exc.strerror or exc}); "
                          "give a folder you can write to") from exc
