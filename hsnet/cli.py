@@ -121,6 +121,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _register(args: argparse.Namespace) -> None:
     from .registry import held, register
 
+    if args.out:
+        from .io import output_file
+
+        output_file(args.out, "--out")  # before the registry is touched
     experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run` for its stages
     if args.skip_in_experiments and experiment and \
             os.environ.get("HSNET_REGISTER_EXPERIMENTS", "").lower() not in ("1", "true", "yes"):
@@ -131,10 +135,6 @@ def _register(args: argparse.Namespace) -> None:
         print(f"not registered: DVC experiment {experiment} (registry aliases move only for runs of the "
               "workspace; set HSNET_REGISTER_EXPERIMENTS=1 to register experiments)")
         return
-    if args.out:
-        from .io import output_file
-
-        output_file(args.out, "--out")  # before the registry is touched
     r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
     if args.out:  # the registration, the same whether made now or found (dvc runs this at every repro)
         from .io import write_json

@@ -248,7 +248,8 @@ def check_creatable(folder: str | os.PathLike, what: str) -> Path:
     of the path that exists must be a folder a file can be written in. :class:`HSNetError` naming
     ``what`` (e.g. ``--out``) otherwise."""
     folder = Path(folder)
-    probe = folder.absolute()
+    # where the kernel will put it: links followed, '..' taken after them (a/missing/../.. is a's parent)
+    probe = Path(os.path.realpath(folder))
     while not os.path.lexists(probe) and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():

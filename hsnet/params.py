@@ -468,6 +468,8 @@ def parse_set(items: list[str]) -> dict:
 def set_text(value) -> str:
     """The VALUE of ``--set KEY=VALUE`` that :func:`parse_set` reads back as ``value`` (YAML, one
     line): None -> ``null``, True -> ``true``, (0.9, 0.99) -> ``[0.9, 0.99]``, 1e-05 -> ``1.0e-05``."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy numbers and arrays
+        value = value.tolist()
     text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True,
                           width=float("inf"))
     return text[:-len("\n...\n")] if text.endswith("\n...\n") else text.rstrip("\n")

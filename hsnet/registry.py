@@ -269,7 +269,13 @@ def held(aliases: list[str]) -> str:
 def _result(client, name: str, mv, run_id: str, already: bool, figures: dict) -> dict:
     """What :func:`register` returns (and ``hsnet register --out`` writes): the version, its
     figures, and the aliases it holds now (``candidate``, ``production`` once promoted, ...)."""
-    aliases = sorted(client.get_model_version(name, str(mv.version)).aliases or [])
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = sorted(client.get_model_version(name, str(mv.version)).aliases or [])
+    except MlflowException as exc:
+        raise HSNetError(f"{name} version {mv.version}: can't be read back from the registry ({exc.message}); "
+                         "was it deleted meanwhile? Register the checkpoint again") from exc
     return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
             "run_id": run_id, "already_registered": already, "aliases": aliases,
             "test_accuracy": figures["test_accuracy"], "test_mean_accuracy": figures["test_mean_accuracy"],

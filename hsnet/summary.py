@@ -31,8 +31,14 @@ def summarize(runs: str | Path = "runs") -> str:
             aliases = r.get("aliases", ["candidate"])  # the aliases the version held when registered
             lines.append(f"  registered: {r['name']} version {r['version']} ({held(aliases)}), {r['model_uri']}")
             use = f"hsnet predict PHOTO --model models:/{r['name']}@production"
-            lines.append(f"  in production: {use}" if "production" in aliases
-                         else f"  promote it: hsnet promote --name {r['name']}; then {use}")
+            if "production" in aliases:
+                lines.append(f"  in production: {use}")
+            elif "candidate" in aliases:  # what a plain promote promotes
+                lines.append(f"  promote it: hsnet promote --name {r['name']}; then {use}")
+            elif "previous" in aliases:  # production before the present one
+                lines.append(f"  production before: hsnet promote --name {r['name']} --rollback puts it back")
+            else:
+                lines.append(f"  promote it: hsnet promote --name {r['name']} --version {r['version']}; then {use}")
     if not lines:
         return f"no evaluated runs under {runs}/"
     lines.append("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db (or bash mlflow/server.sh)")

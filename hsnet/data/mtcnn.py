@@ -37,11 +37,16 @@ Differences from ``detect_face``, none of which changes a result it returns:
   instead of crashing the batch;
 * a batch where some images have no candidates is fine (``MTCNN.detect`` crashes on it);
 * landmarks are not computed (nothing here uses them);
-* the NMS after R-Net and after O-Net keeps each image's boxes apart also when boxes reach over
-  the top or left border (negative coordinates, :func:`apart`): ``detect_face``'s batch mode
-  (the coordinate trick of :func:`~torchvision.ops.batched_nms`) can let a face cut by one
-  image's top-left border suppress a face in another image's bottom-right corner, so a photo's
-  faces would depend on the other photos of its batch.
+* the NMS after R-Net and after O-Net runs image by image (:func:`nms_per_image`), on the boxes
+  as the image alone has them: ``detect_face``'s batch mode shifts each image's boxes by its
+  index times the largest coordinate (the coordinate trick of
+  :func:`~torchvision.ops.batched_nms`), which lets a face cut by one image's top-left border
+  (negative coordinates) suppress a face in another image's bottom-right corner, and rounds the
+  shifted coordinates in float32 (1/512 px at image 7 of 4,000 px photos), which flips pairs
+  of boxes at the threshold; either way a photo's faces would depend on the other photos of its
+  batch. P-Net's NMS keeps the trick (its boxes are inside their images; a photo of a batch can
+  still differ from the photo alone on a pair of candidates within about 1e-5 of the IoU
+  threshold, which R-Net and O-Net then judge again).
 
 On a GPU the networks run in full fp32 (:func:`hsnet.device.full_fp32`), whatever TF32 setting
 the process has: cuDNN's TF32 convolutions (PyTorch's default) moved boxes by pixels against
@@ -270,7 +275,7 @@ class BatchedMTCNN:
             ipass = (score > m.thresholds[1]) & valid
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
             inds, mv = inds[ipass], out[0][ipass]
-            pick = nms(apart(boxes[:, :4], inds), boxes[:, 4], 0.7)
+            pick = nms_per_image(boxes[:, :4], boxes[:, 4], inds, 0.7)
             boxes, inds, mv = boxes[pick], inds[pick], mv[pick]
             boxes = fd.rerec(fd.bbreg(boxes, mv))
 
@@ -283,8 +288,7 @@ class BatchedMTCNN:
             boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), 1)
             inds, mv = inds[ipass], out[0][ipass]
             boxes = fd.bbreg(boxes, mv)
-            pick = fd.nms_numpy(apart(boxes[:, :4], inds).cpu().numpy(), boxes[:, 4].cpu().numpy(), 0.7, "Min")
-            pick = torch.as_tensor(pick, dtype=torch.long, device=boxes.device)
+            pick = nms_per_image(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
             boxes, inds = boxes[pick], inds[pick]
 
         boxes, inds = boxes.cpu().numpy().astype(np.float64), inds.cpu().numpy()
@@ -333,17 +337,22 @@ class BatchedMTCNN:
         return boxes[pick], inds[pick]
 
 
-def apart(boxes: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
-    """``boxes`` (k, 4) of several images (``inds``) moved so that no two images' boxes overlap, for
-    one NMS call that acts within each image: image i's boxes are shifted by ``i * D``, with ``D``
-    the span of all coordinates plus one. For boxes inside their images this is
-    :func:`~torchvision.ops.batched_nms`'s shift (``D`` = the largest coordinate + 1), the same
-    values; unlike that one, boxes that reach over the top or left border (negative
-    coordinates, R-Net's and O-Net's candidates) stay apart too."""
-    if not len(boxes):
-        return boxes
-    low = torch.clamp(boxes.min(), max=0)
-    return boxes + (inds.to(boxes) * (boxes.max() - low + 1))[:, None]
+def nms_per_image(boxes: torch.Tensor, scores: torch.Tensor, inds: torch.Tensor, threshold: float,
+                  method: str = "Union") -> torch.Tensor:
+    """Non-maximum suppression within each image of a batch (``inds``), on each image's boxes as
+    they are: what ``detect_face`` computes for that image alone (torchvision's ``nms``, or
+    facenet-pytorch's ``nms_numpy`` for the ``"Min"`` overlap after O-Net). The indices kept,
+    image by image, each image's by falling score."""
+    keep = []
+    for i in torch.unique(inds).tolist():
+        where = torch.nonzero(inds == i).flatten()
+        if method == "Min":
+            k = _facenet().nms_numpy(boxes[where].cpu().numpy(), scores[where].cpu().numpy(), threshold, "Min")
+            k = torch.as_tensor(k, dtype=torch.long, device=boxes.device)
+        else:
+            k = nms(boxes[where], scores[where], threshold)
+        keep.append(where[k])
+    return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long, device=boxes.device)
 
 
 def crop_resize_boxes(flat: torch.Tensor, base: torch.Tensor, hw: torch.Tensor, boxes: torch.Tensor,
