@@ -6,7 +6,6 @@ Component bodies run in the project's image, where ``components`` is installed b
 
 from __future__ import annotations
 
-import logging
 import os
 
 # The pipeline run's id, from the train pod's label (pipelines/hsnet_pipeline.py sets it with the
@@ -35,9 +34,9 @@ def params_for(params: dict, dataset: str, overrides: dict | None = None):
 
 def start_step(mlflow_tracking_uri: str = "") -> None:
     """Logging as the hsnet CLI has it, and the MLflow server the step records to."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("great_expectations", "botocore", "urllib3", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from hsnet import logs
+
+    logs.setup()
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
 

@@ -16,10 +16,14 @@ def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input
 
     from components.convert import params_for, start_step, write_metrics_file
     from hsnet.checkpoint import BEST
-    from hsnet.evaluate import evaluate
+    from hsnet.evaluate import COMPARISON, evaluate
 
     start_step(mlflow_tracking_uri)
-    settings = params_for(params, dataset).evaluate if params and dataset else None
+    if params and not dataset:  # as hsnet evaluate --params without --dataset
+        from hsnet.errors import HSNetError
+
+        raise HSNetError("params needs dataset (whose 'evaluate' settings to use)")
+    settings = params_for(params, dataset).evaluate if params else None
     m = evaluate(Path(model.path) / BEST, crops.path, report.path, settings=settings)
     metrics.log_metric("accuracy", m["accuracy"])
     metrics.log_metric("mean_accuracy", m["mean_accuracy"])
@@ -28,4 +32,4 @@ def evaluate_model(mlflow_tracking_uri: str, crops: Input[Dataset], model: Input
             metrics.log_metric(f"accuracy_{name}", acc)
     confusion.log_confusion_matrix(m["classes"], m["confusion_matrix"])
     write_metrics_file(metrics, confusion)
-    shutil.copyfile(Path(report.path) / "comparison.md", comparison.path)
+    shutil.copyfile(Path(report.path) / COMPARISON, comparison.path)

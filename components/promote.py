@@ -8,21 +8,22 @@ def promote_model(model_uri: str, mlflow_tracking_uri: str, metric: str = "accur
                   deploy: bool = False, canary_percent: int = 10, isvc: str = "", namespace: str = "") -> str:
     """hsnet promote (and --deploy): production moves to the registered version only if the gate passes
     (a refusal is an answer, not a failure: the run succeeds and says why); with ``deploy`` the
-    KServe InferenceService then gets it with a canary share. Returns what happened."""
+    KServe InferenceService then serves production with a canary share, as ``hsnet promote --deploy``
+    does (hsnet.deploy.deploy_production: a version already in production is rolled out too, so a
+    re-run with canary_percent 100 finishes a canary). Returns what happened."""
     from components.convert import start_step
-    from hsnet.deploy import rollout
-    from hsnet.registry import PromotionRefused, promote
+    from hsnet.deploy import deploy_production, describe
+    from hsnet.registry import PromotionRefused, promote, registered_version
 
     start_step(mlflow_tracking_uri)
-    name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+    name, version = registered_version(model_uri)
     try:
         r = promote(name, version=version, metric=metric, min_delta=min_delta)
     except PromotionRefused as refused:
         return f"not promoted: {refused}"
     outcome = f"production -> version {r['production']}" if r["promoted"] else f"unchanged: {r['reason']}"
-    if deploy and r["promoted"]:
-        d = rollout(f"models:/{name}/{r['production']}", name=isvc or name, namespace=namespace or None,
-                    canary_percent=canary_percent)
-        outcome += f"; InferenceService {d['namespace']}/{isvc or name}: {d['action']}"
+    if deploy:
+        outcome += "; " + describe(deploy_production(name, r, isvc=isvc or None, namespace=namespace or None,
+                                                     canary_percent=canary_percent))
     print(outcome)
     return outcome

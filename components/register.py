@@ -11,7 +11,8 @@ def register_model(dataset: str, mlflow_tracking_uri: str, model: Input[Model], 
 
     from components.convert import start_step
     from hsnet.checkpoint import BEST
+    from hsnet.evaluate import METRICS_FILE
     from hsnet.registry import register
 
     start_step(mlflow_tracking_uri)
-    return register(Path(model.path) / BEST, Path(report.path) / "metrics.json", dataset)["model_uri"]
+    return register(Path(model.path) / BEST, Path(report.path) / METRICS_FILE, dataset)["model_uri"]

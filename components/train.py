@@ -7,47 +7,43 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset],
                 model: Output[Model], metrics: Output[Metrics], curves: Output[HTML], model_overrides: dict = {},
-                seed: int = -1, checkpoint_uri: str = "", checkpoint_every_s: float = 300.0):
+                seed: int = -1, checkpoint_uri: str = "", checkpoint_every_s: float = -1.0):
     """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI.
     ``model_overrides``: model switches to change, e.g. {"dib": false} (the ablation).
     ``seed``: train.seed for this run (the ablation's repeats); -1 keeps params'.
     ``checkpoint_uri``: an s3:// prefix; last.pt (and best.pt) go to CHECKPOINT_URI/RUN_ID/DATASET-SETTINGS
-    after the first epoch and then at most every ``checkpoint_every_s`` seconds (0: every epoch), and a
-    restarted pod (preemption, a retry) resumes from there; "" keeps them local.
+    after the first epoch and then at most every ``checkpoint_every_s`` seconds (0: every epoch; -1:
+    hsnet.durable.INTERVAL_S), and a restarted pod (preemption, a retry) resumes from there; "" keeps
+    them local.
     The Model artifact holds best.pt and the run's summary and history, not the resume state."""
     import base64
-    import json
     import logging
     import os
-    import shutil
     import tempfile
     from pathlib import Path
 
     from components.convert import RUN_ID_ENV, params_for, start_step, write_metrics_file
     from hsnet import durable
     from hsnet.checkpoint import BEST
-    from hsnet.train import train
+    from hsnet.train import CURVES, export_model, train
 
     start_step(mlflow_tracking_uri)
     overrides = {"model": model_overrides or {}, "train": {"seed": seed} if seed >= 0 else {}}
     settings = params_for(params, dataset, overrides)
     run_id = os.environ.get(RUN_ID_ENV, "")
+    every = None if checkpoint_every_s < 0 else checkpoint_every_s
     with tempfile.TemporaryDirectory(prefix="train-") as work:
         if checkpoint_uri and run_id:
             prefix = durable.run_prefix(checkpoint_uri, run_id, settings)
             logging.getLogger("hsnet").info("durable checkpoints at %s", prefix)
-            summary = durable.train(crops.path, settings, work, prefix, min_interval_s=checkpoint_every_s)
+            summary = durable.train(crops.path, settings, work, prefix, min_interval_s=every)
         else:
             if checkpoint_uri:
                 logging.getLogger("hsnet").warning("%s is not set (not on a Kubeflow cluster?): checkpoints stay "
                                                    "local, a restarted step trains from the start", RUN_ID_ENV)
             summary = train(crops.path, settings, work)
-        out = Path(model.path)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (BEST, "history.json"):
-            shutil.copyfile(Path(work) / name, out / name)
-        (out / "train_summary.json").write_text(json.dumps({**summary, "checkpoint": BEST}, indent=2))
-        png = base64.b64encode((Path(work) / "training_curves.png").read_bytes()).decode()
+        export_model(work, model.path)
+        png = base64.b64encode((Path(work) / CURVES).read_bytes()).decode()
     metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])
     metrics.log_metric("best_epoch", summary["best_epoch"])
     metrics.log_metric("epochs_run", summary["epochs_run"])

@@ -7,27 +7,24 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset], runs: list,
                          models: Output[Model], evaluations: Output[Artifact], checkpoint_uri: str = "",
-                         checkpoint_every_s: float = 300.0):
+                         checkpoint_every_s: float = -1.0):
     """Several ablation runs on one GPU: trained side by side (one process each), then each evaluated
     on the test split (hsnet.concurrent.train_and_evaluate). ``runs``: items as the ablation's
-    ({"model": {"dib": ..., ...}, "seed": N}). ``models``: RUN/best.pt, history.json, params.yaml per
-    run; ``evaluations``: RUN/metrics.json (and the evaluation's other files) per run, and runs.json
+    ({"model": {"dib": ..., ...}, "seed": N}). ``models``: RUN/ per run (best.pt, history.json,
+    train_summary.json and the params.yaml it was trained with); ``evaluations``: RUN/metrics.json (and the evaluation's other files) per run, and runs.json
     (every run's record: exit code, seconds, accuracy or what failed).
-    ``checkpoint_uri``: durable checkpoints per run (as train_model), so a restarted pod resumes
-    them all. Every run trains to its end whatever the others do, and the outputs are written; then
+    ``checkpoint_uri``, ``checkpoint_every_s``: durable checkpoints per run (as train_model), so a
+    restarted pod resumes them all. Every run trains to its end whatever the others do, and the outputs are written; then
     the step fails if any run failed: Kubeflow caches a task that succeeded, so a group that
     succeeded with a failed run would be reused as it is by every later submission and its run
     never trained again. A retry of the pipeline run (same run id) resumes the finished runs from
     their checkpoints as finished and trains only the failed ones."""
     import os
-    import shutil
     import tempfile
-    from pathlib import Path
 
     from components.convert import RUN_ID_ENV, group_settings, start_step
     from hsnet import durable
-    from hsnet.checkpoint import BEST
-    from hsnet.concurrent import RUNS_FILE, failed, train_and_evaluate
+    from hsnet.concurrent import export, failed, train_and_evaluate
     from hsnet.errors import HSNetError
 
     start_step(mlflow_tracking_uri)
@@ -37,16 +34,9 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
         if checkpoint_uri and run_id else None
     with tempfile.TemporaryDirectory(prefix="train-group-") as work:
         records = train_and_evaluate(crops.path, settings, work, checkpoint_uris=uris,
-                                     checkpoint_every_s=checkpoint_every_s)
+                                     checkpoint_every_s=None if checkpoint_every_s < 0 else checkpoint_every_s)
         bad = failed(records)
-        for name in records.keys() - bad.keys():
-            run = Path(work) / name
-            shutil.copytree(run / "eval", Path(evaluations.path) / name)
-            (Path(models.path) / name).mkdir(parents=True)
-            for src in (run / "train" / BEST, run / "train" / "history.json", run / "params.yaml"):
-                shutil.copyfile(src, Path(models.path) / name / src.name)
-        Path(evaluations.path).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(work) / RUNS_FILE, Path(evaluations.path) / RUNS_FILE)
+        export(work, records, models.path, evaluations.path)
     models.metadata.update(dataset=dataset, runs=sorted(settings), failed=sorted(bad))
     if bad:
         raise HSNetError(f"{len(bad)} of {len(records)} runs of this group failed: "

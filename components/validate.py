@@ -8,25 +8,21 @@ from . import SLIM_IMAGE
 def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Input[Dataset],
                   data_docs: Output[HTML], summary: Output[Metrics]):
     """hsnet validate (Great Expectations). A failed expectation fails this task and stops the run."""
-    import json
     import shutil
     import tempfile
-    from pathlib import Path
 
     from components.convert import params_for, start_step, write_metrics_file
-    from hsnet.data.validate import validate
+    from hsnet.data.validate import validate, validation_page
 
     start_step()
     settings = params_for(params, dataset).validate
-    with tempfile.TemporaryDirectory(prefix="validation-") as tmp:
-        report = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="validation-") as report:
         try:
-            validate(manifest.path, raw.path, dataset, report, settings)
+            s = validate(manifest.path, raw.path, dataset, report, settings)
         finally:  # the Data Docs page of this validation, also when it failed
-            pages = sorted((report / "data_docs" / "validations").rglob("*.html"))
-            if pages:
-                shutil.copyfile(pages[-1], data_docs.path)
-        s = json.loads((report / "summary.json").read_text())
+            page = validation_page(report)
+            if page:
+                shutil.copyfile(page, data_docs.path)
     summary.log_metric("images", s["images"])
     summary.log_metric("warnings", len(s["warnings"]))
     for split, n in s["splits"].items():

@@ -8,12 +8,11 @@ the same functions directly (components/).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 
-from . import interrupt
+from . import interrupt, logs
 from .errors import HSNetError
 
 
@@ -89,19 +88,18 @@ def _train(args: argparse.Namespace) -> None:
 
     overrides = deep_merge(parse_set(args.set or []), flags("train", {"max_epochs": args.max_epochs}))
     params = Params.resolve(args.params, args.dataset, overrides)
-    if args.checkpoint_uri:  # copies last.pt/best.pt to S3 every epoch and resumes from there
+    if args.checkpoint_uri:  # copies last.pt/best.pt to S3 (at most every --checkpoint-every s), resumes from there
         from . import durable
 
-        every = durable.INTERVAL_S if args.checkpoint_every is None else args.checkpoint_every
-        if every < 0:
-            raise HSNetError(f"--checkpoint-every {every}: give seconds, 0 or more (0: every epoch)")
+        if args.checkpoint_every is not None and args.checkpoint_every < 0:
+            raise HSNetError(f"--checkpoint-every {args.checkpoint_every}: give seconds, 0 or more (0: every epoch)")
         summary = durable.train(args.data, params, args.out, args.checkpoint_uri, device=args.device,
-                                track=not args.no_mlflow, min_interval_s=every)
+                                track=not args.no_mlflow, min_interval_s=args.checkpoint_every)
     else:
         summary = train(args.data, params, args.out, resume={"auto": "auto", "yes": True}.get(args.resume, False),
                         device=args.device, track=not args.no_mlflow)
     print(f"trained {summary['epochs_run']} epoch(s); best val accuracy {summary['best_val_accuracy']:.4f} "
-          f"at epoch {summary['best_epoch']} -> {summary['checkpoint']}")
+          f"at epoch {summary['best_epoch']} -> {os.path.join(args.out, summary['checkpoint'])}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -119,39 +117,37 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from .registry import held, register
+    from .io import output_file, write_json
+    from .registry import REGISTER_EXPERIMENTS_ENV, experiment_not_registered, held, record, register
 
     if args.out:
-        from .io import output_file
-
         output_file(args.out, "--out")  # before the registry is touched
-    experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run` for its stages
-    if args.skip_in_experiments and experiment and \
-            os.environ.get("HSNET_REGISTER_EXPERIMENTS", "").lower() not in ("1", "true", "yes"):
+    skipped = experiment_not_registered() if args.skip_in_experiments else None
+    if skipped:
         if args.out:
-            from .io import write_json
-
-            write_json(args.out, {"registered": False, "experiment": experiment})
-        print(f"not registered: DVC experiment {experiment} (registry aliases move only for runs of the "
-              "workspace; set HSNET_REGISTER_EXPERIMENTS=1 to register experiments)")
+            write_json(args.out, skipped)
+        print(f"not registered: DVC experiment {skipped['experiment']} (registry aliases move only for runs of "
+              f"the workspace; set {REGISTER_EXPERIMENTS_ENV}=1 to register experiments)")
         return
     r = register(args.checkpoint, args.metrics, args.dataset, name=args.name)
-    if args.out:  # the registration, the same whether made now or found (dvc runs this at every repro)
-        from .io import write_json
-
-        write_json(args.out, {k: v for k, v in r.items() if k != "already_registered"})
+    if args.out:
+        write_json(args.out, record(r))
     state = "already registered as" if r["already_registered"] else "registered"
     print(f"{state} {r['name']} version {r['version']} ({held(r['aliases'])}; test accuracy "
           f"{r['test_accuracy']:.4f}): {r['model_uri']}")
 
 
 def _promote(args: argparse.Namespace) -> None:
-    from .deploy import after_promotion, dry_run
     from .registry import LOCK_SUFFIX, promote, rollback, unlock
 
     if args.dry_run:
-        return dry_run(args)
+        if not args.deploy:
+            raise HSNetError("--dry-run goes with --deploy")
+        from .deploy import dry_run
 
+        print(dry_run(args.name, version=args.version, rollback=args.rollback, isvc=args.isvc,
+                      namespace=args.namespace, canary_percent=args.canary_percent), end="")
+        return
     if args.unlock:
         print(f"{args.name}: promotion lock {args.name}{LOCK_SUFFIX} "
               + ("removed" if unlock(args.name) else "was not held"))
@@ -161,16 +157,20 @@ def _promote(args: argparse.Namespace) -> None:
         print(f"{args.name}: production rolled back to version {r['production']} "
               + (f"(version {r['previous']} is now 'previous')" if r["previous"] is not None else
                  "(production's version was deleted: no version is 'previous' now)"))
-        after_promotion(args, r)
-        return
-    r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
-    if r["promoted"]:
-        print(f"{args.name}: production -> version {r['production']}"
-              f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
-              + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
     else:
-        print(f"{args.name}: nothing to do, {r['reason']}")
-    after_promotion(args, r)
+        r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta,
+                    force=args.force)
+        if r["promoted"]:
+            print(f"{args.name}: production -> version {r['production']}"
+                  f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
+                  + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
+        else:
+            print(f"{args.name}: nothing to do, {r['reason']}")
+    if args.deploy:
+        from .deploy import deploy_production, describe
+
+        print(describe(deploy_production(args.name, r, isvc=args.isvc, namespace=args.namespace,
+                                         canary_percent=args.canary_percent)))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -352,6 +352,9 @@ def _add_train_evaluate(verbs) -> None:
 
 
 def _add_reproduce(verbs) -> None:
+    from .paper import DATASETS
+    from .reproduce import DEFAULT_SEEDS
+
     p = _verb(verbs, "reproduce", "the paper's tables as DVC experiments, and a report of them")
     rverbs = p.add_subparsers(dest="table", required=True, metavar="WHAT")
     r = _verb(rverbs, "ablation", "Table 6: the 8 DIB/FGAL/KTL configurations on one dataset", _reproduce)
@@ -361,20 +364,21 @@ def _add_reproduce(verbs) -> None:
     r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
     r.add_argument("--jobs", type=int, default=None, help="with --queue: run the queue now with N workers")
     r.add_argument("--seeds", type=int, default=None, metavar="K",
-                   help="runs per configuration, train.seed = 0..K-1 (default 3)")
+                   help=f"runs per configuration, train.seed = 0..K-1 (default {DEFAULT_SEEDS})")
     r.add_argument("--concurrent", type=int, default=None, metavar="N",
                    help="train N runs at a time, sharing the GPU (default 1: one after another)")
     r = _verb(rverbs, "datasets", "Tables 2-5: the paper's setting on each dataset", _reproduce)
-    r.add_argument("--datasets", default="rafd,kdef,ferg,rafdb", help="comma-separated")
+    r.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
     r.add_argument("--seeds", type=int, default=None, metavar="K",
-                   help="runs per dataset, train.seed = 0..K-1 (default 3)")
+                   help=f"runs per dataset, train.seed = 0..K-1 (default {DEFAULT_SEEDS})")
     r = _verb(rverbs, "report", "the finished experiments in the paper's table layouts", _reproduce)
     r.add_argument("--out", default="docs/results.md")
 
 
 def _add_registry(verbs) -> None:
+    from .deploy import CANARY_PERCENT
     from .paper import METRICS
 
     p = _verb(verbs, "register", "register an evaluated checkpoint in the MLflow model registry", _register)
@@ -399,36 +403,39 @@ def _add_registry(verbs) -> None:
     p.add_argument("--deploy", action="store_true", help="then roll the KServe InferenceService to production "
                    "with a canary share (--rollback: return its traffic); KUBECONFIG or the pod's account")
     p.add_argument("--dry-run", action="store_true", help="with --deploy: print the manifest, apply nothing")
-    p.add_argument("--canary-percent", type=int, default=10, help="with --deploy: the new version's traffic share "
+    p.add_argument("--canary-percent", type=int, default=CANARY_PERCENT, help="with --deploy: the new version's traffic share "
                    "(100: all; run again with 100 to finish a canary)")
     p.add_argument("--isvc", default=None, help="with --deploy: the InferenceService (default: the model's name)")
     p.add_argument("--namespace", default=None, help="with --deploy: its namespace (default: the context's)")
 
 
 def _add_inference(verbs) -> None:
+    from .limits import ENV_PREFIX, MIN_FACE_SIZE, MIN_PROB, PORT, Limits
+    from .params import MTCNN_MIN_FACE_SIZE
+
     p = _verb(verbs, "predict", "find the faces in photos and classify their expressions", _predict)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--model", required=True, help="a checkpoint, or models:/hsnet-NAME@production")
     p.add_argument("--out", default=None, help="JSON lines file (default: print to stdout)")
     p.add_argument("--annotate", default=None, metavar="DIR", help="save copies with boxes and labels here")
-    p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
-    p.add_argument("--min-face-size", type=int, default=40,
-                   help="smallest face searched for, in pixels (MTCNN's own default is 20)")
+    p.add_argument("--min-prob", type=float, default=MIN_PROB, help="face detection probability threshold")
+    p.add_argument("--min-face-size", type=int, default=MIN_FACE_SIZE,
+                   help=f"smallest face searched for, in pixels (MTCNN's own default is {MTCNN_MIN_FACE_SIZE})")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
 
     p = _verb(verbs, "serve", "the model server (KServe V1/V2): photos in, faces and expressions out", _serve)
     p.add_argument("--model", required=True, help="models:/hsnet-NAME@production, models:/hsnet-NAME/VERSION "
                    "or a checkpoint file")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=PORT)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--name", default="hsnet", help="the model's name in the URLs (/v1/models/NAME:predict)")
     p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
-    p.add_argument("--min-prob", type=float, default=0.9, help="face detection probability threshold")
-    p.add_argument("--min-face-size", type=int, default=40, help="smallest face searched for, in pixels")
+    p.add_argument("--min-prob", type=float, default=MIN_PROB, help="face detection probability threshold")
+    p.add_argument("--min-face-size", type=int, default=MIN_FACE_SIZE, help="smallest face searched for, in pixels")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
-    for limit in ("max_request_bytes", "max_images", "max_image_pixels", "max_request_pixels"):
+    for limit in Limits.names():
         p.add_argument("--" + limit.replace("_", "-"), type=int, default=None,
-                       help=f"limit (default: HSNET_SERVE_{limit.upper()} or the built-in one)")
+                       help=f"limit (default: {ENV_PREFIX}{limit.upper()} or the built-in one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,10 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("great_expectations", "botocore", "urllib3", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(args.verbose)
     try:
         with interrupt.interruptible():  # a Ctrl-C is remembered even where Python swallows it
             result = args.func(args)

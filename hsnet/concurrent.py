@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TAIL = 3000  # characters of a job's output kept in its record
 RUNS_FILE = "runs.json"  # train_and_evaluate's record of every run
 SETTINGS_PREFIX = ".settings-"  # train_and_evaluate's folder of the settings it hands to its runs
+PARAMS_FILE = "params.yaml"  # NAME/params.yaml: the settings NAME/train was trained with
 
 
 @dataclass
@@ -172,6 +173,7 @@ def _train_and_evaluate(data_dir, runs: dict, out_root: Path, folders: dict[str,
                         checkpoint_every_s, device, track) -> dict[str, dict]:
     import yaml
 
+    from .checkpoint import BEST
     from .evaluate import evaluate
     from .io import write_json, write_text
 
@@ -200,9 +202,9 @@ def _train_and_evaluate(data_dir, runs: dict, out_root: Path, folders: dict[str,
             record["error"] = f"training ended with exit code {record['returncode']}"
             log.error("%s: %s; the end of its output:\n%s", name, record["error"], record["output"])
             continue
-        write_text(folders[name] / "params.yaml", settings[name])
+        write_text(folders[name] / PARAMS_FILE, settings[name])
         try:
-            m = evaluate(folders[name] / "train" / "best.pt", data_dir, folders[name] / "eval", device=device,
+            m = evaluate(folders[name] / "train" / BEST, data_dir, folders[name] / "eval", device=device,
                          track=track, progress=False)
             record["accuracy"] = m["accuracy"]
         except Exception as exc:  # noqa: BLE001 - one run's failure is its record
@@ -215,6 +217,25 @@ def _train_and_evaluate(data_dir, runs: dict, out_root: Path, folders: dict[str,
 def failed(records: dict[str, dict]) -> dict[str, str]:
     """The runs of :func:`train_and_evaluate`'s records that have no test accuracy, with what failed."""
     return {name: r.get("error", "no test accuracy") for name, r in records.items() if "accuracy" not in r}
+
+
+def export(out_root: str | os.PathLike, records: dict[str, dict], models: str | os.PathLike,
+           evaluations: str | os.PathLike) -> None:
+    """Copy what :func:`train_and_evaluate` made in ``out_root`` out (the Kubeflow group step's
+    artifacts): per finished run ``models/NAME/`` (the trained model, :func:`hsnet.train.export_model`,
+    and its ``params.yaml``) and ``evaluations/NAME/`` (its evaluation); :data:`RUNS_FILE` (every
+    run's record, the failed ones' too) into ``evaluations``."""
+    import shutil
+
+    from .train import export_model
+
+    out_root, models, evaluations = Path(out_root), Path(models), Path(evaluations)
+    for name in sorted(records.keys() - failed(records).keys()):
+        shutil.copytree(out_root / name / "eval", evaluations / name)
+        shutil.copyfile(out_root / name / PARAMS_FILE, export_model(out_root / name / "train", models / name)
+                        / PARAMS_FILE)
+    evaluations.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out_root / RUNS_FILE, evaluations / RUNS_FILE)
 
 
 def groups_of(items: list, size: int) -> list[list]:

@@ -33,6 +33,7 @@ TEMPLATE = ROOT / "serving" / "k8s" / "inferenceservice.yaml"
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER = "kserve-container"
 VERSION_ANNOTATION = "hsnet.io/model-uri"
+CANARY_PERCENT = 10  # a newly promoted version's share of the traffic, unless told otherwise
 
 
 # --- hsnet serve -------------------------------------------------------------------------------
@@ -43,10 +44,9 @@ def overlay_dir() -> Path:
 
 def serve_command(args) -> int:
     """``hsnet serve``: run the model server in this process, or re-run it with the overlay."""
-    from .pyfunc import Limits
+    from .limits import Limits
 
-    limits = Limits.from_env(**{k: getattr(args, k) for k in ("max_request_bytes", "max_images",
-                                                                "max_image_pixels", "max_request_pixels")})
+    limits = Limits.from_env(**{k: getattr(args, k) for k in Limits.names()})
     try:
         import kserve  # noqa: F401
     except ImportError:
@@ -60,8 +60,7 @@ def serve_command(args) -> int:
         argv = [sys.executable, "-m", "hsnet.cli", "serve", "--model", str(args.model), "--port", str(args.port),
                 "--host", args.host, "--name", args.name, "--min-prob", str(args.min_prob),
                 "--min-face-size", str(args.min_face_size)]
-        for flag in ("threads", "device", "max_request_bytes", "max_images", "max_image_pixels",
-                     "max_request_pixels"):
+        for flag in ("threads", "device", *Limits.names()):
             if getattr(args, flag) is not None:
                 argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         if args.verbose:
@@ -184,7 +183,8 @@ def _call(what: str, fn, *args):
         raise _explain(what, exc) from exc
 
 
-def rollout(model_uri: str, *, name: str, namespace: str | None = None, canary_percent: int | None = 10) -> dict:
+def rollout(model_uri: str, *, name: str, namespace: str | None = None,
+            canary_percent: int | None = CANARY_PERCENT) -> dict:
     """Point InferenceService ``name`` at ``model_uri`` with ``canary_percent`` of the traffic
     (created from the template, with all traffic, when it doesn't exist)."""
     from kubernetes.client.exceptions import ApiException
@@ -237,52 +237,60 @@ def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict
     return {"action": action, "name": name, "namespace": namespace, "model": model_uri, "previous": serving}
 
 
-def after_promotion(args, result: dict) -> None:
-    """``hsnet promote --deploy``: roll the InferenceService to production, print what was done."""
-    if not getattr(args, "deploy", False):
-        return
+def deploy_production(name: str, result: dict, *, isvc: str | None = None, namespace: str | None = None,
+                      canary_percent: int = CANARY_PERCENT) -> dict:
+    """``hsnet promote --deploy`` (and the Kubeflow promote step with ``deploy``): after
+    :func:`hsnet.registry.promote` or :func:`~hsnet.registry.rollback` returned ``result``, the
+    InferenceService ``isvc`` (default: the model's ``name``) serves production: rolled out with
+    ``canary_percent`` of the traffic, or its traffic returned after a rollback. A version that was
+    production already is rolled out too (a canary's next step, e.g. to 100%). Returns
+    :func:`rollout`'s or :func:`rollback`'s record; :func:`describe` says it in a line."""
+    from . import tracking
+
     production = result.get("production")
     if production is None and result.get("previous") == result.get("candidate"):
         production = result.get("candidate")  # already production: deploy it (e.g. a canary to 100%)
     if production is None:
-        raise HSNetError(f"{args.name}: no production version to deploy")
-    model_uri = f"models:/{args.name}/{production}"
-    isvc = args.isvc or args.name
+        raise HSNetError(f"{name}: no production version to deploy")
+    model_uri = tracking.version_uri(name, production)
     if result.get("rollback"):
-        r = rollback(model_uri, name=isvc, namespace=args.namespace)
-    else:
-        r = rollout(model_uri, name=isvc, namespace=args.namespace, canary_percent=args.canary_percent)
+        return rollback(model_uri, name=isvc or name, namespace=namespace)
+    return rollout(model_uri, name=isvc or name, namespace=namespace, canary_percent=canary_percent)
+
+
+def describe(r: dict) -> str:
+    """One line for what :func:`rollout` or :func:`rollback` did."""
+    where = f"InferenceService {r['namespace']}/{r['name']}"
     if r["action"] == "unchanged":
-        print(f"InferenceService {r['namespace']}/{isvc}: already serves {model_uri} with all traffic")
-    else:
-        share = f", canary {r['canary']}%" if r.get("canary") else ""
-        print(f"InferenceService {r['namespace']}/{isvc}: {r['action']}, {model_uri}{share}"
-              + (f" (was {r['previous']})" if r.get("previous") else ""))
+        return f"{where}: already serves {r['model']} with all traffic"
+    share = f", canary {r['canary']}%" if r.get("canary") else ""
+    return f"{where}: {r['action']}, {r['model']}{share}" + (f" (was {r['previous']})" if r.get("previous") else "")
 
 
-def dry_run(args) -> None:
-    """``hsnet promote --deploy --dry-run``: the manifest the promotion (or rollback) would roll
-    out, without moving an alias or touching the cluster. The gate is not evaluated."""
+def dry_run(name: str, *, version: int | str | None = None, rollback: bool = False, isvc: str | None = None,
+            namespace: str | None = None, canary_percent: int = CANARY_PERCENT) -> str:
+    """``hsnet promote --deploy --dry-run``: the manifest the promotion of ``version`` (default: the
+    candidate), or the rollback, would roll out, as YAML after a comment line; no alias moves and
+    the cluster is not touched. The gate is not evaluated."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from . import tracking
+    from .registry import CANDIDATE, PREVIOUS
 
-    if not args.deploy:
-        raise HSNetError("--dry-run goes with --deploy")
     tracking.connect()
     client = mlflow.MlflowClient()
-    alias = "previous" if args.rollback else None if args.version else "candidate"
+    alias = PREVIOUS if rollback else None if version else CANDIDATE
     try:
-        version = (client.get_model_version_by_alias(args.name, alias).version if alias
-                   else client.get_model_version(args.name, str(args.version)).version)
+        found = (client.get_model_version_by_alias(name, alias).version if alias
+                 else client.get_model_version(name, str(version)).version)
     except MlflowException as exc:
-        raise HSNetError(f"{args.name}: no {'version ' + str(args.version) if args.version else repr(alias)} "
+        raise HSNetError(f"{name}: no {'version ' + str(version) if version else repr(alias)} "
                          f"in the registry ({exc.message[:200]})") from exc
-    model_uri = f"models:/{args.name}/{version}"
-    isvc = render(model_uri, name=args.isvc or args.name, namespace=args.namespace,
-                  canary_percent=None if args.rollback else args.canary_percent)
-    what = "a rollback" if args.rollback else "promoting version " + str(version)
-    print(f"# --dry-run: after {what}, InferenceService {args.isvc or args.name} would serve {model_uri}"
-          f"{'' if args.rollback else f' with {args.canary_percent}% of the traffic'}; nothing changed")
-    print(to_yaml(isvc), end="")
+    model_uri = tracking.version_uri(name, found)
+    manifest = render(model_uri, name=isvc or name, namespace=namespace,
+                      canary_percent=None if rollback else canary_percent)
+    what = "a rollback" if rollback else "promoting version " + str(found)
+    return (f"# --dry-run: after {what}, InferenceService {isvc or name} would serve {model_uri}"
+            f"{'' if rollback else f' with {canary_percent}% of the traffic'}; nothing changed\n"
+            + to_yaml(manifest))

@@ -126,13 +126,18 @@ class Uploader:
         self.uploaded_at, self.best_pending, self.uploads = now, False, self.uploads + 1
 
 
-def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interval_s: float = INTERVAL_S,
+def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interval_s: float | None = None,
           **kwargs) -> dict:
     """:func:`hsnet.train.train` with durable checkpoints at ``checkpoint_uri`` (an s3:// prefix):
     restored once the training holds ``out_dir`` (a second run refused there downloads nothing into
     it), uploaded after the first epoch and then every ``min_interval_s`` seconds at most (0: every
-    epoch); resumes only a checkpoint of the same data, settings and code."""
+    epoch; None: :data:`INTERVAL_S`); resumes only a checkpoint of the same data, settings and code."""
     from .train import train as train_local
+
+    if min_interval_s is None:
+        min_interval_s = INTERVAL_S
+    if min_interval_s < 0:
+        raise HSNetError(f"checkpoint interval {min_interval_s} s: give 0 (every epoch) or more seconds")
 
     return train_local(data_dir, params, out_dir, resume="auto",
                        on_start=lambda folder: restore(checkpoint_uri, folder),

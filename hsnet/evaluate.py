@@ -15,7 +15,7 @@ import torch
 
 from . import paper as paper_mod
 from . import tracking
-from .data.manifest import crop_settings, read_manifest
+from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .errors import HSNetError
 from .io import atomic_path, check_creatable, clean_stale_tmp, sha256_file, write_json, write_text
 from .plots import plot_confusion
@@ -25,6 +25,13 @@ from .params import EvaluateParams, section
 from .tensors import Batches, check_nonempty, load_split
 
 log = logging.getLogger(__name__)
+
+# evaluate's output folder
+METRICS_FILE = "metrics.json"  # the figures; hsnet register takes this file with the checkpoint it scored
+PREDICTIONS = "predictions.csv"  # one row per test image: path, actual, predicted, confidence
+CONFUSION = "confusion_matrix.png"
+COMPARISON = "comparison.md"  # the figures beside the paper's
+OUTPUTS = (METRICS_FILE, PREDICTIONS, CONFUSION, COMPARISON)
 
 
 def confusion_matrix(actual, predicted, num_classes: int) -> np.ndarray:
@@ -60,7 +67,7 @@ def comparison_markdown(dataset: str, metrics: dict) -> str:
              f"| this run | {acc:.2f} | {macc:.2f} |"]
     if paper:
         table, p_acc, p_macc = paper
-        lines.append(f"| paper (Fan et al. 2022, {table}) | {p_acc:.2f} | {p_macc if p_macc is not None else '–'} |")
+        lines.append(f"| paper ({paper_mod.REFERENCE}, {table}) | {p_acc:.2f} | {p_macc if p_macc is not None else '–'} |")
         lines.append(f"| difference | {acc - p_acc:+.2f} | "
                      f"{f'{macc - p_macc:+.2f}' if p_macc is not None else '–'} |")
     else:
@@ -120,7 +127,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     # the settings given, else those the model was trained with
     tta_hflip = (settings or section(EvaluateParams, meta["params"].get("evaluate"))).tta_hflip
     data_dir = Path(data_dir)
-    manifest = data_dir / "manifest.csv"
+    manifest = data_dir / MANIFEST
     all_rows = read_manifest(manifest)
     check_classes(all_rows, classes, manifest, checkpoint)
     rows = [r for r in all_rows if r["split"] == split]
@@ -162,22 +169,22 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                             "test_mean_accuracy": metrics["mean_accuracy"],
                             **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()
                                if a is not None}})
-        for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "comparison.md"):
+        for name in OUTPUTS:
             mlflow.log_artifact(str(out_dir / name))
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
     return metrics
 
 
 def _write_outputs(out_dir: Path, metrics: dict, data, actual, predicted, probs, classes, dataset, split) -> None:
-    write_json(out_dir / "metrics.json", metrics)
-    with atomic_path(out_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
+    write_json(out_dir / METRICS_FILE, metrics)
+    with atomic_path(out_dir / PREDICTIONS) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "actual", "predicted", "confidence"])
         for path, a, p, pr in zip(data.paths, actual, predicted, probs):
             w.writerow([path, classes[a], classes[p], f"{pr[p]:.4f}"])
     title = f"HSNet on {dataset} ({split}): acc {metrics['accuracy']:.2%}, mAcc {metrics['mean_accuracy']:.2%}"
-    plot_confusion(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", title)
-    write_text(out_dir / "comparison.md", comparison_markdown(dataset, metrics))
+    plot_confusion(np.array(metrics["confusion_matrix"]), classes, out_dir / CONFUSION, title)
+    write_text(out_dir / COMPARISON, comparison_markdown(dataset, metrics))
     log.info("%s %s: accuracy %.4f, mean accuracy %.4f on %d images -> %s", dataset, split,
              metrics["accuracy"], metrics["mean_accuracy"], metrics["images"], out_dir)
 

@@ -6,7 +6,8 @@
 * blew up: a training loss far above ln C after an epoch. A model that guesses uniformly over
   C classes scores ln C (1.95 for 7); HSNet at the paper's lr 0.01 before the fix of
   docs/paper-notes.md ("Learning rate 0.01") scored 828 after its first epoch on the sample;
-* is not learning: a validation accuracy at chance for :data:`CHANCE_EPOCHS` epochs in a row.
+* is not learning: a validation accuracy at chance for :func:`chance_window` epochs in a row
+  (the scheduler's patience, then :data:`CHANCE_EPOCHS` more).
 
 Pure functions of the epoch records (the ``history.json`` rows), so they can be checked on
 hand-made histories.
@@ -19,13 +20,22 @@ from collections import Counter
 from collections.abc import Sequence
 
 from .errors import HSNetError
+from .params import SchedulerParams
 
 LOSS_FACTOR = 10.0  # a training loss above LOSS_FACTOR * ln C after an epoch stops the run
-CHANCE_EPOCHS = 10  # epochs in a row with the validation accuracy at chance that stop the run
+CHANCE_EPOCHS = 10  # epochs at chance, after the scheduler's patience, that stop the run (chance_window)
 CHANCE_Z = 2.0  # "at chance": at most chance + CHANCE_Z standard errors of a guesser's accuracy
 
-TRY = ("Try a lower train.lr (it is {lr:g} now; the sample trains at 0.001), check that the manifest's labels "
-       "match the images (hsnet validate), and with KTL that model.stem_weights holds the VGGFace2 weights.")
+TRY = ("Try a lower train.lr (it is {lr:g} now), check that the manifest's labels match the images "
+       "(hsnet validate), and with KTL that model.stem_weights holds the VGGFace2 weights.")
+
+
+def chance_window(patience: int) -> int:
+    """How many epochs in a row at chance stop a run whose scheduler waits ``patience`` epochs
+    (train.scheduler.patience) before lowering the lr: first the scheduler's own wait, so a run
+    the paper's recipe would carry on at a lower lr is not ended before the lr could be lowered
+    (the paper: 20 epochs of 500), then :data:`CHANCE_EPOCHS` more."""
+    return patience + CHANCE_EPOCHS
 
 
 def chance_level(num_classes: int, val_labels: Sequence[int] | None = None) -> tuple[float, float]:
@@ -47,13 +57,17 @@ def chance_level(num_classes: int, val_labels: Sequence[int] | None = None) -> t
 
 
 def check_epoch(row: dict, history: list[dict], num_classes: int, *, val_labels: Sequence[int] | None = None,
-                loss_factor: float = LOSS_FACTOR, chance_epochs: int = CHANCE_EPOCHS) -> None:
+                loss_factor: float = LOSS_FACTOR, chance_epochs: int | None = None) -> None:
     """Raise :class:`HSNetError` saying what to try when the epoch ``row`` (with ``history``, the
     epochs before it) shows a run that diverged, blew up or is not learning.
 
     ``row`` and ``history`` hold ``epoch``, ``loss`` (training), ``val_accuracy`` and ``lr``;
     ``val_labels`` (the validation set's labels) set the chance level, else it is 1/C.
+    ``chance_epochs``: epochs in a row at chance that stop the run (default: :func:`chance_window`
+    of the paper's patience; 0: never).
     """
+    if chance_epochs is None:
+        chance_epochs = chance_window(SchedulerParams().patience)
     epoch, loss, lr = row["epoch"], float(row["loss"]), float(row.get("lr", float("nan")))
     if not math.isfinite(loss):
         raise HSNetError(f"training diverged at epoch {epoch} (loss {loss}); " + TRY.format(lr=lr))

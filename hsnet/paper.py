@@ -7,8 +7,7 @@ defaults of the params schema (:mod:`hsnet.params`); the architecture is Table 1
 
 from __future__ import annotations
 
-CITATION = ("Fan et al., Hierarchical scale convolutional neural network for facial expression "
-            "recognition, 2022")
+REFERENCE = "Fan et al. 2022"  # "Hierarchical scale convolutional neural network for facial expression recognition"
 
 # Tables 2-5: HSNet on each dataset -> (table, accuracy %, mean accuracy % or None)
 RESULTS = {

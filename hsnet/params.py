@@ -3,7 +3,7 @@
     defaults:            # applies to every dataset
       train: {seed: 0}
     datasets:
-      sample: {input_size: 80, train: {lr: 0.001, epochs: 12}}
+      sample: {input_size: 80, train: {epochs: 12}}
 
 One dataclass per section below holds each setting's type, allowed values and default (the
 paper's choice, Sect. 4.2). :meth:`Params.resolve` reads the file once, checks every layer
@@ -51,6 +51,7 @@ def _range(lo=None, hi=None, *, lo_open=False, hi_open=False) -> dict:
 
 
 SIDE_MAX = math.isqrt(MAX_IMAGE_PIXELS)  # 8000: larger square crops would be refused by every reader (hsnet.io)
+MTCNN_MIN_FACE_SIZE = 20  # facenet-pytorch MTCNN's own smallest face, px: crop's default (hsnet predict's is larger)
 SEED_MAX = 2 ** 32 - 1  # numpy's generators take no negative seed; torch's overflow at train's seed * 1e6
 
 
@@ -72,7 +73,7 @@ class CropParams:
     size: int | None = field(default=None, metadata=_range(1, SIDE_MAX))  # None: the dataset's input_size
     margin: int = field(default=0, metadata=_range(0))  # around the face, in output pixels
     no_face: Literal["drop", "center"] = "drop"
-    min_face_size: int = field(default=20, metadata=_range(1))  # MTCNN's own default
+    min_face_size: int = field(default=MTCNN_MIN_FACE_SIZE, metadata=_range(1))
     min_prob: float = field(default=0.0, metadata=_range(0, 1))  # detections below are ignored
 
     def key(self) -> str:

@@ -29,13 +29,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import HSNetError
+from .limits import MIN_FACE_SIZE, MIN_PROB
 from .io import (IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
                  output_file, safe_join)
 
 log = logging.getLogger(__name__)
 
 CHUNK = 32  # photos decoded, detected and classified together (fewer when they are large: _read_chunks)
-MIN_FACE_SIZE = 40  # pixels; MTCNN's default of 20 finds faces too small to read an expression from
 
 
 class Classifier:
@@ -130,7 +130,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
         try:
             if text.startswith("models:/"):  # the alias resolved once: the version checked is the one loaded
                 name, version = tracking.model_version(text)
-                local = tracking.fetch_model(f"models:/{name}/{version}")
+                local = tracking.fetch_model(tracking.version_uri(name, version))
                 registry.check_model_files(mlflow.MlflowClient(), name, version, local)
             else:
                 local = tracking.fetch_model(text)
@@ -248,7 +248,7 @@ def _check_min_prob(min_prob: float) -> None:
         raise HSNetError(f"--min-prob {min_prob}: a detection probability between 0 and 1 (e.g. 0.9)")
 
 
-def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, *, min_prob: float = 0.9,
+def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, *, min_prob: float = MIN_PROB,
                    pool: ThreadPoolExecutor | None = None, failed: dict[int, str] | None = None) -> list[list[dict]]:
     """The faces of decoded RGB photos, a list of records per photo (``None``: ``[]``).
 
@@ -349,7 +349,7 @@ def _predict_chunk(photos, clf, detector, pool, min_prob, targets, results, no_f
 
 
 def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: str | os.PathLike | None = None,
-            annotate_dir: str | os.PathLike | None = None, device: str | None = None, min_prob: float = 0.9,
+            annotate_dir: str | os.PathLike | None = None, device: str | None = None, min_prob: float = MIN_PROB,
             min_face_size: int = MIN_FACE_SIZE, progress: bool = True, classifier: Classifier | None = None,
             workers: int | None = None) -> dict:
     """Detect and classify the faces in ``inputs`` (files and directories).

@@ -24,8 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
-from dataclasses import dataclass, fields
 
 import mlflow.pyfunc
 import numpy as np
@@ -34,44 +32,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from .errors import HSNetError
+from .limits import Limits
 
 INPUT_COLUMN = "image"
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # what clients may send; others are refused unread
-ENV_PREFIX = "HSNET_SERVE_"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one request may hold. Each is settable as ``HSNET_SERVE_<NAME>`` (e.g.
-    ``HSNET_SERVE_MAX_IMAGE_PIXELS``) and by ``hsnet serve``'s flags."""
-
-    max_request_bytes: int = 32 * 1024 * 1024  # the HTTP body (the model server checks it)
-    max_images: int = 32  # photos or crops in one request
-    max_image_pixels: int = 16_000_000  # one image (a 16 MP photo; 12 MP phone photos fit)
-    max_request_pixels: int = 48_000_000  # all images of one request: about 150 MB decoded
-
-    @classmethod
-    def from_env(cls, **overrides) -> "Limits":
-        values = {}
-        for f in fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            if overrides.get(f.name) is not None:
-                values[f.name] = int(overrides[f.name])
-            elif os.environ.get(key):
-                try:
-                    values[f.name] = int(os.environ[key])
-                except ValueError as exc:
-                    raise HSNetError(f"{key}={os.environ[key]!r} is not a whole number") from exc
-        limits = cls(**values)
-        for f in fields(cls):
-            if getattr(limits, f.name) < 1:
-                raise HSNetError(f"{ENV_PREFIX}{f.name.upper()} (--{f.name.replace('_', '-')}) must be at least 1")
-        return limits
-
-    @staticmethod
-    def flag(name: str) -> str:
-        """How a limit is named to clients: ``max_image_pixels (HSNET_SERVE_MAX_IMAGE_PIXELS)``."""
-        return f"{name} ({ENV_PREFIX}{name.upper()})"
 
 
 class InputRefused(HSNetError, MlflowException):
@@ -144,21 +110,6 @@ def check_budget(pixels: int, limits: Limits) -> None:
         raise InputRefused(f"the request's images hold {pixels:,} pixels, over the limit of "
                            f"{limits.max_request_pixels:,} pixels per request, {Limits.flag('max_request_pixels')}; "
                            "send fewer or smaller images per request", status=413)
-
-
-def decode_image(value, row: int, limits: Limits | None = None) -> np.ndarray:
-    """One cell of the input column as an (H, W, 3) uint8 array (no request budget: see
-    :meth:`HSNetModel.predict`)."""
-    from PIL import Image
-
-    from .io import to_rgb
-
-    limits = limits or Limits.from_env()
-    if isinstance(value, Image.Image):
-        return np.asarray(to_rgb(value))
-    if isinstance(value, (np.ndarray, list)):
-        return _array(value, row, limits)
-    return np.asarray(decode_opened(open_encoded(as_bytes(value, row), row, limits), row))
 
 
 def _array(value, row: int, limits: Limits) -> np.ndarray:

@@ -154,7 +154,7 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
         log.warning("%s version %s was registered before model files were recorded: its files can't be "
                     "checked; register its checkpoint again to have them checked", name, version)
         return False
-    got = model_files_digest(folder) if folder is not None else _download_digest(f"models:/{name}/{version}")
+    got = model_files_digest(folder) if folder is not None else _download_digest(tracking.version_uri(name, version))
     if got != recorded:
         raise ModelChanged(f"{name} version {version}: its model files (weights, MLmodel or code) were changed "
                            f"after registration ({got[:19]}… now, {recorded[:19]}… recorded in registration run "
@@ -276,27 +276,36 @@ def _result(client, name: str, mv, run_id: str, already: bool, figures: dict) ->
     except MlflowException as exc:
         raise HSNetError(f"{name} version {mv.version}: can't be read back from the registry ({exc.message}); "
                          "was it deleted meanwhile? Register the checkpoint again") from exc
-    return {"name": name, "version": int(mv.version), "model_uri": f"models:/{name}/{mv.version}",
+    return {"name": name, "version": int(mv.version), "model_uri": tracking.version_uri(name, mv.version),
             "run_id": run_id, "already_registered": already, "aliases": aliases,
             "test_accuracy": figures["test_accuracy"], "test_mean_accuracy": figures["test_mean_accuracy"],
             "evaluation_run_id": figures.get("evaluation_run_id")}
 
 
-def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset: str, *,
-             name: str | None = None) -> dict:
-    """Log ``checkpoint`` as a pyfunc and register it as a new version of ``name``, alias ``candidate``.
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for its stages
+REGISTER_EXPERIMENTS_ENV = "HSNET_REGISTER_EXPERIMENTS"
 
-    ``metrics`` is the metrics.json ``hsnet evaluate`` wrote for this very file (same sha256);
-    the figures recorded are those of its MLflow evaluation run. Registering the same checkpoint
-    again returns the existing version, with that version's figures.
-    """
-    import mlflow
 
-    from . import checkpoint as checkpoint_mod
+def experiment_not_registered() -> dict | None:
+    """Inside ``dvc exp run`` the register stage registers nothing, unless
+    HSNET_REGISTER_EXPERIMENTS=1: an experiment's model must not move the candidate alias that
+    the workspace's runs set. The record the stage writes then (``{"registered": false,
+    "experiment": NAME}``, read by :mod:`hsnet.summary`), or None outside an experiment."""
+    experiment = os.environ.get(EXPERIMENT_ENV)
+    if not experiment or os.environ.get(REGISTER_EXPERIMENTS_ENV, "").lower() in ("1", "true", "yes"):
+        return None
+    return {"registered": False, "experiment": experiment}
 
-    checkpoint, metrics_path = Path(checkpoint), Path(metrics)
-    ckpt = checkpoint_mod.load(checkpoint)
-    meta = ckpt["meta"]
+
+def record(registration: dict) -> dict:
+    """What ``hsnet register --out`` writes of :func:`register`'s result: the same whether the
+    version was made now or found (dvc runs the register stage at every repro)."""
+    return {k: v for k, v in registration.items() if k != "already_registered"}
+
+
+def _checked_metrics(checkpoint: Path, metrics_path: Path, meta: dict, dataset: str) -> tuple[dict, str]:
+    """The metrics.json ``hsnet evaluate`` wrote for ``checkpoint`` (of ``dataset``), and the
+    checkpoint's sha256; an HSNetError saying what to do when they don't belong together."""
     if not metrics_path.is_file():
         raise HSNetError(f"--metrics {metrics_path} does not exist; run hsnet evaluate first")
     try:
@@ -317,6 +326,25 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         raise HSNetError(f"--metrics {metrics_path} measured the checkpoint with sha256 {str(claimed)[:16]}…, "
                          f"not --checkpoint {checkpoint} (sha256 {sha[:16]}…): these figures are not this "
                          f"model's. Evaluate {checkpoint} and register with the metrics.json it writes")
+    return m, sha
+
+
+def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset: str, *,
+             name: str | None = None) -> dict:
+    """Log ``checkpoint`` as a pyfunc and register it as a new version of ``name``, alias ``candidate``.
+
+    ``metrics`` is the metrics.json ``hsnet evaluate`` wrote for this very file (same sha256);
+    the figures recorded are those of its MLflow evaluation run. Registering the same checkpoint
+    again returns the existing version, with that version's figures.
+    """
+    import mlflow
+
+    from . import checkpoint as checkpoint_mod
+
+    checkpoint, metrics_path = Path(checkpoint), Path(metrics)
+    ckpt = checkpoint_mod.load(checkpoint)
+    meta = ckpt["meta"]
+    m, sha = _checked_metrics(checkpoint, metrics_path, meta, dataset)
     name = name or default_name(dataset)
     client = _client()
     for mv in _versions_of(client, name, sha)[:1]:
@@ -453,6 +481,21 @@ def unlock(name: str) -> bool:
     except MlflowException:
         return False
     return True
+
+
+def registered_version(model_uri: str) -> tuple[str, str]:
+    """(name, version) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` (the alias resolved
+    now), checked against the registry; an HSNetError naming the URI when there is no such version."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith(tracking.MODELS_SCHEME):
+        raise HSNetError(f"{model_uri!r} is not a registered model's URI ({tracking.version_uri('NAME', 'VERSION')} "
+                         f"or {tracking.alias_uri('NAME', 'ALIAS')})")
+    where = tracking.mask_uri(tracking.connect(create=False))
+    try:
+        return tracking.model_version(model_uri)
+    except MlflowException as exc:
+        raise HSNetError(f"{model_uri}: not in the registry at {where} ({exc.message[:300]})") from exc
 
 
 def promote(name: str, *, version: int | str | None = None, metric: str = "accuracy", min_delta: float = 0.0,

@@ -406,6 +406,8 @@ def finished(exp: dict) -> bool:
 
 def collect(repo: str | os.PathLike = ".") -> list[dict]:
     """Every experiment (and the workspace) with its dataset, model switches, seed and test metrics."""
+    from .evaluate import METRICS_FILE
+
     repo = Path(repo)
     proc = _dvc(["exp", "show", "-A", "--json"], repo)
     rows = []
@@ -429,7 +431,7 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
         p = (((data.get("params") or {}).get("params.yaml") or {}).get("data")) or {}
         for path, metrics in (data.get("metrics") or {}).items():
             m = (metrics or {}).get("data")
-            if not m or not path.endswith("eval/metrics.json") or "accuracy" not in m:
+            if not m or not path.endswith(f"eval/{METRICS_FILE}") or "accuracy" not in m:
                 continue
             m = full_metrics(entry.get("rev") or "workspace", path, m)
             dataset = m.get("dataset") or Path(path).parent.parent.name
@@ -552,10 +554,11 @@ def evaluation_rows(folders: list[str | os.PathLike]) -> tuple[list[dict], list[
     or a GPU group's (RUN/metrics.json, and hsnet.concurrent's record of the runs that failed).
     Returns the rows for :func:`ablation_section` and a line per failed run."""
     from .concurrent import RUNS_FILE, failed
+    from .evaluate import METRICS_FILE
 
     rows, failures = [], []
     for folder in map(Path, folders):
-        for path in sorted(folder.rglob("metrics.json")):
+        for path in sorted(folder.rglob(METRICS_FILE)):
             name = path.parent.name if path.parent != folder else f"run {len(rows)}"
             rows.append(run_row(json.loads(path.read_text()), experiment=name))
         if (folder / RUNS_FILE).is_file():

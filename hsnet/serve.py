@@ -52,6 +52,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
 from .errors import HSNetError
+from .limits import MIN_FACE_SIZE, MIN_PROB, PORT
 from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def resolve(model: str) -> tuple[str, str, str | None]:
         except MlflowException as exc:
             raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
                              "check the name and alias (hsnet promote)") from exc
-        return f"models:/{name}/{version}", version, name
+        return tracking.version_uri(name, version), version, name
     if text.startswith("runs:/"):
         return text, text[len("runs:/"):].split("/", 1)[0], None
     raise HSNetError(f"--model {text}: no such checkpoint file, and not models:/NAME@ALIAS, models:/NAME/VERSION "
@@ -110,9 +111,8 @@ class HSNetModel(kserve.Model):
     """HSNet behind KServe: see the module's docstring for the protocol."""
 
     def __init__(self, name: str, model: str, *, limits: Limits | None = None, device: str | None = None,
-                 min_prob: float = 0.9, min_face_size: int | None = None, threads: int | None = None):
+                 min_prob: float = MIN_PROB, min_face_size: int | None = None, threads: int | None = None):
         super().__init__(name)
-        from .predict import MIN_FACE_SIZE
 
         self.model_ref = str(model)
         self.limits = limits or Limits.from_env()
@@ -387,8 +387,8 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
         await super().unload(model_name)
 
 
-def serve(model: str, *, port: int = 8080, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
-          limits: Limits | None = None, device: str | None = None, min_prob: float = 0.9,
+def serve(model: str, *, port: int = PORT, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
+          limits: Limits | None = None, device: str | None = None, min_prob: float = MIN_PROB,
           min_face_size: int | None = None, threads: int | None = None) -> None:
     """Load ``model``, then answer on ``host:port`` until SIGTERM/SIGINT."""
     from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app

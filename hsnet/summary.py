@@ -8,40 +8,46 @@ from pathlib import Path
 
 
 def summarize(runs: str | Path = "runs") -> str:
-    from .registry import held
+    """The lines ``make pipeline`` ends with: per dataset of dvc.yaml's ``runs/DATASET/`` its test
+    figures, its plots and what its register stage did (``registered.json``), with the next step."""
+    from . import tracking
+    from .evaluate import COMPARISON, CONFUSION, METRICS_FILE
+    from .registry import CANDIDATE, PREVIOUS, PRODUCTION, held
+    from .train import CURVES
 
     runs = Path(runs)
     lines = []
     for eval_dir in sorted(runs.glob("*/eval")):
         dataset = eval_dir.parent.name
-        metrics_path = eval_dir / "metrics.json"
+        metrics_path = eval_dir / METRICS_FILE
         if not metrics_path.is_file():
             continue
         m = json.loads(metrics_path.read_text())
         lines.append(f"{dataset}: test accuracy {m['accuracy']:.2%}, mean accuracy {m['mean_accuracy']:.2%} "
                      f"({m['images']} test images)")
-        lines.append(f"  confusion matrix: {eval_dir / 'confusion_matrix.png'}; curves: "
-                     f"{eval_dir.parent / 'train' / 'training_curves.png'}; vs the paper: {eval_dir / 'comparison.md'}")
+        lines.append(f"  confusion matrix: {eval_dir / CONFUSION}; curves: "
+                     f"{eval_dir.parent / 'train' / CURVES}; vs the paper: {eval_dir / COMPARISON}")
         reg = eval_dir.parent / "registered.json"
         r = json.loads(reg.read_text()) if reg.is_file() else {}
         if r.get("registered") is False:  # the marker a DVC experiment's register stage leaves
             lines.append(f"  not registered: DVC experiment {r.get('experiment')} (dvc repro in the workspace "
                          "registers what it holds)")
         elif r:
-            aliases = r.get("aliases", ["candidate"])  # the aliases the version held when registered
+            aliases = r.get("aliases", [CANDIDATE])  # the aliases the version held when registered
             lines.append(f"  registered: {r['name']} version {r['version']} ({held(aliases)}), {r['model_uri']}")
-            use = f"hsnet predict PHOTO --model models:/{r['name']}@production"
-            if "production" in aliases:
+            use = f"hsnet predict PHOTO --model {tracking.alias_uri(r['name'], PRODUCTION)}"
+            if PRODUCTION in aliases:
                 lines.append(f"  in production: {use}")
-            elif "candidate" in aliases:  # what a plain promote promotes
+            elif CANDIDATE in aliases:  # what a plain promote promotes
                 lines.append(f"  promote it: hsnet promote --name {r['name']}; then {use}")
-            elif "previous" in aliases:  # production before the present one
+            elif PREVIOUS in aliases:  # production before the present one
                 lines.append(f"  production before: hsnet promote --name {r['name']} --rollback puts it back")
             else:
                 lines.append(f"  promote it: hsnet promote --name {r['name']} --version {r['version']}; then {use}")
     if not lines:
         return f"no evaluated runs under {runs}/"
-    lines.append("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db (or bash mlflow/server.sh)")
+    lines.append(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tracking.DEFAULT_STORE.as_posix()} "
+                 "(or bash mlflow/server.sh)")
     return "\n".join(lines)
 
 

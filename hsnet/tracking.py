@@ -208,12 +208,25 @@ def connect(create: bool = True) -> str:
 MODEL_CACHE_KEEP = 5  # model copies kept per tracking server, the most recently used
 
 
+MODELS_SCHEME = "models:/"  # MLflow's registry URIs: models:/NAME/VERSION, models:/NAME@ALIAS
+
+
+def version_uri(name: str, version) -> str:
+    """The URI of one registered version: ``models:/NAME/VERSION``."""
+    return f"{MODELS_SCHEME}{name}/{version}"
+
+
+def alias_uri(name: str, alias: str) -> str:
+    """The URI of the version an alias points to when it is loaded: ``models:/NAME@ALIAS``."""
+    return f"{MODELS_SCHEME}{name}@{alias}"
+
+
 def _registered_version(uri: str):
     """MLflow's record of the version ``models:/NAME@ALIAS`` (the alias resolved now) or
     ``models:/NAME/VERSION`` names. Errors are MLflow's; the caller names the URI."""
     import mlflow
 
-    rest = uri[len("models:/"):].strip("/")
+    rest = uri[len(MODELS_SCHEME):].strip("/")
     client = mlflow.MlflowClient()
     if "@" in rest:
         name, alias = rest.split("@", 1)
@@ -243,11 +256,11 @@ def fetch_model(uri: str) -> Path | None:
     """
     import mlflow
 
-    if uri.startswith("models:/"):
+    if uri.startswith(MODELS_SCHEME):
         mv = _registered_version(uri)
         name, version = mv.name, str(mv.version)
         which = hashlib.sha256(repr((mv.run_id, mv.source, mv.creation_timestamp)).encode()).hexdigest()[:8]
-        source, key = f"models:/{name}/{version}", f"{name}-v{version}-{which}"
+        source, key = version_uri(name, version), f"{name}-v{version}-{which}"
     elif uri.startswith("runs:/"):
         source, key = uri, "run-" + uri[len("runs:/"):].strip("/")
     else:

@@ -25,7 +25,7 @@ import torch
 
 from . import checkpoint, guards, interrupt, tracking
 from .data.datasets import get_spec
-from .data.manifest import crop_settings, read_manifest
+from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
 from .io import clean_stale_tmp, only_writer, write_json
@@ -37,6 +37,12 @@ from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAu
                       data_on_device, load_split, to_device)
 
 log = logging.getLogger(__name__)
+
+# train's output folder, beside checkpoint.BEST and checkpoint.LAST
+HISTORY = "history.json"  # one row per epoch
+SUMMARY = "train_summary.json"  # what train() returns; its "checkpoint" is the best epoch's file, beside it
+CURVES = "training_curves.png"
+MODEL_FILES = (checkpoint.BEST, HISTORY, SUMMARY)  # the trained model without its resume state (last.pt)
 
 
 @dataclass
@@ -232,7 +238,7 @@ def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setu
 
 
 def _splits(data_dir: Path, dataset: str, num_classes: int) -> tuple[Path, dict[str, list[dict]]]:
-    manifest = data_dir / "manifest.csv"
+    manifest = data_dir / MANIFEST
     if not manifest.is_file():
         raise HSNetError(f"{manifest} does not exist: --data must be the output folder of 'hsnet crop' "
                          "(run hsnet crop first)")
@@ -265,20 +271,33 @@ def _finish(out_dir: Path, state: TrainingState, meta: dict, setup: Setup, activ
     summary = {"dataset": meta["dataset"], "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                "best_val_accuracy": state.best_acc, "final": state.history[-1] if state.history else {},
                "device": str(setup.device), "data_version": meta["data_version"],
-               "mlflow_run_id": meta["mlflow_run_id"], "checkpoint": str(best_path)}
-    write_json(out_dir / "history.json", state.history)
-    write_json(out_dir / "train_summary.json", summary)
-    plot_training_curves(state.history, out_dir / "training_curves.png", f"training on {meta['dataset']}",
+               "mlflow_run_id": meta["mlflow_run_id"], "checkpoint": checkpoint.BEST}
+    write_json(out_dir / HISTORY, state.history)
+    write_json(out_dir / SUMMARY, summary)
+    plot_training_curves(state.history, out_dir / CURVES, f"training on {meta['dataset']}",
                          best_epoch=state.best_epoch)
     if active:
         import mlflow
 
-        for name in ("history.json", "training_curves.png", "train_summary.json"):
+        for name in (HISTORY, CURVES, SUMMARY):
             mlflow.log_artifact(str(out_dir / name))
         if best_path.is_file():
             mlflow.log_artifact(str(best_path), artifact_path="checkpoint")
         mlflow.set_tag("best_val_accuracy", f"{state.best_acc:.4f}")
     return summary
+
+
+def export_model(out_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy the trained model out of train's ``out_dir`` into ``dest`` (:data:`MODEL_FILES`: the
+    best epoch's weights, the history and the summary; not the resume state): a Kubeflow Model
+    artifact, a group's models. Returns ``dest``."""
+    import shutil
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copyfile(Path(out_dir) / name, dest / name)
+    return dest
 
 
 def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLike, *, resume: bool | str = False,
@@ -303,6 +322,34 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
                       on_start=on_start)
 
 
+@dataclass
+class Engine:
+    """What a run steps with: the model (and its compiled or graphed form), optimizer, scheduler."""
+
+    model: torch.nn.Module
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_step: Step | None  # the whole training step as one CUDA graph (train.compile whole-step)
+    val_step: Step | None
+
+
+def build_engine(num_classes: int, params: Params, setup: Setup) -> Engine:
+    """The model of ``params.model`` (KTL's stem weights loaded: a missing file fails here), the
+    paper's Adam and ReduceLROnPlateau, compiled as ``train.compile`` says."""
+    tp = params.train
+    torch.manual_seed(tp.seed)
+    model = place(checkpoint.build_model(num_classes, params.model), setup)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], tp, setup)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=tp.scheduler.patience,
+                                                           factor=tp.scheduler.factor)
+    step_model = compile_model(model, tp.compile, setup.device)
+    graphed = whole_step(tp.compile)  # the steps (and their graphs) live as long as the run
+    return Engine(model, step_model, optimizer, scheduler,
+                  Step(step_model, setup, optimizer, whole_graph=True) if graphed else None,
+                  Step(step_model, setup, whole_graph=True) if graphed else None)
+
+
 def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitStack, *, resume, device, track,
            progress, stop_after_epochs, on_checkpoint, on_start) -> dict:
     spec = get_spec(params.dataset)  # unknown dataset: fails here
@@ -314,15 +361,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     setup = pick_device(device)
     if tp.num_threads:
         torch.set_num_threads(tp.num_threads)
-    torch.manual_seed(tp.seed)
-    model = place(checkpoint.build_model(len(spec.classes), params.model), setup)  # KTL weights: fail here
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], tp, setup)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=tp.scheduler.patience,
-                                                           factor=tp.scheduler.factor)
-    step_model = compile_model(model, tp.compile, setup.device)
-    graphed = whole_step(tp.compile)  # the steps (and their graphs) live as long as the run
-    train_step = Step(step_model, setup, optimizer, whole_graph=True) if graphed else None
-    val_step = Step(step_model, setup, whole_graph=True) if graphed else None
+    engine = build_engine(len(spec.classes), params, setup)
     cfg = params.to_dict()
     cfg["crop"] = _crops_made_with(data_dir, cfg["crop"])  # what predict cuts faces with
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
@@ -336,8 +375,8 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     last_path = out_dir / checkpoint.LAST
     state, previous_run = TrainingState(), None
     if resume and last_path.is_file():
-        state, previous_run = (resume_from(last_path, meta, model, optimizer, scheduler, setup, auto=resume == "auto")
-                               or (state, None))
+        state, previous_run = (resume_from(last_path, meta, engine.model, engine.optimizer, engine.scheduler, setup,
+                                           auto=resume == "auto") or (state, None))
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
@@ -345,7 +384,6 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     train_data, val_data = train_split, val_split
     if data_on_device([train_split, val_split], setup.device, tp.data_on_device, tp.data_memory_share):
         train_data, val_data = to_device(train_split, setup.device), to_device(val_split, setup.device)
-    epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
     tags = {"dataset": params.dataset, "git_commit": tracking.git_commit(), "data_version": meta["data_version"],
             "step": "train", **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
     run_params = flatten({k: v for k, v in cfg.items() if k != "crop"})
@@ -353,33 +391,45 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
                       continue_run=previous_run) as active:
         meta["mlflow_run_id"] = active.info.run_id if active else None
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
-                 setup.device, len(train_split), len(val_split), size, size, epochs, tp.batch_size,
+                 setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
         log.info("training data %s", "held on the device" if train_data is not train_split else "read from the host")
-        while state.epoch < epochs:
-            epoch = state.epoch + 1
-            loss, acc, ips = train_one_epoch(step_model, train_data, tp, setup, optimizer, epoch,
-                                             progress=progress, desc=f"epoch {epoch}/{epochs}", step=train_step)
-            val_loss, val_acc = validate_epoch(step_model, val_data, tp, setup, val_step)
-            scheduler.step(val_loss)
-            weights = model.level_weights
-            row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
-                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": ips,
-                   **{f"lambda_{k}": v for k, v in weights.items()}}
-            guards.check_epoch(row, state.history, len(spec.classes), val_labels=val_split.labels)
-            improved = state.record(row)
-            # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
-            _log_epoch(row, epochs, weights, improved, active)
-            save_epoch(out_dir, meta, model, optimizer, scheduler, state, setup, improved)
-            if on_checkpoint:
-                on_checkpoint(out_dir, improved)
-            if tp.early_stopping and state.stale >= tp.early_stopping:
-                log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
-                break
-            if stop_at and epoch >= stop_at:
-                log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
-                break
+        _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
+             val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
+             on_checkpoint=on_checkpoint)
         return _finish(out_dir, state, meta, setup, active)
+
+
+def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainParams, setup: Setup, out_dir: Path,
+         meta: dict, active, *, num_classes: int, val_labels, progress: bool, stop_after_epochs: int | None,
+         on_checkpoint) -> None:
+    """The epoch loop from ``state`` on: train, validate, step the scheduler, check the run is
+    learning (:mod:`hsnet.guards`), record and checkpoint each epoch; early stopping."""
+    epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
+    while state.epoch < epochs:
+        epoch = state.epoch + 1
+        loss, acc, ips = train_one_epoch(engine.step_model, train_data, tp, setup, engine.optimizer, epoch,
+                                         progress=progress, desc=f"epoch {epoch}/{epochs}", step=engine.train_step)
+        val_loss, val_acc = validate_epoch(engine.step_model, val_data, tp, setup, engine.val_step)
+        engine.scheduler.step(val_loss)
+        weights = engine.model.level_weights
+        row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
+               "lr": engine.optimizer.param_groups[0]["lr"], "images_per_s": ips,
+               **{f"lambda_{k}": v for k, v in weights.items()}}
+        guards.check_epoch(row, state.history, num_classes, val_labels=val_labels,
+                           chance_epochs=guards.chance_window(tp.scheduler.patience))
+        improved = state.record(row)
+        # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
+        _log_epoch(row, epochs, weights, improved, active)
+        save_epoch(out_dir, meta, engine.model, engine.optimizer, engine.scheduler, state, setup, improved)
+        if on_checkpoint:
+            on_checkpoint(out_dir, improved)
+        if tp.early_stopping and state.stale >= tp.early_stopping:
+            log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
+            break
+        if stop_at and epoch >= stop_at:
+            log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
+            break
 
 
 def _log_epoch(row: dict, epochs: int, weights: dict, improved: bool, active) -> None:

@@ -20,16 +20,16 @@ Compile: ``python -m pipelines.compile``; upload ``pipelines/ablation_pipeline.y
 
 from typing import List
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 from kfp.dsl import Artifact, Input, Markdown, Output
 
 from components import IMAGE, SLIM_IMAGE
-from components.convert import RUN_ID_ENV
 from components.train_group import train_evaluate_group
 from hsnet.paper import CONFIGS, switches
 from hsnet.reproduce import DEFAULT_SEEDS
 
-from .hsnet_pipeline import DEFAULT_CHECKPOINT_URI, DEFAULT_PARAMS, _secrets, prepare_crops, step, train_and_evaluate
+from . import DEFAULT_CHECKPOINT_URI, DEFAULT_MLFLOW_URI, RAW_PREFIX
+from .hsnet_pipeline import DEFAULT_PARAMS, _secrets, prepare_crops, step, train_and_evaluate, with_run_id
 
 ABLATION_RUNS = [{"model": switches(c), "seed": seed} for seed in range(DEFAULT_SEEDS) for c in CONFIGS]
 PARALLEL_GPUS = 8
@@ -70,11 +70,11 @@ def ablation_report(dataset: str, evaluations: Input[List[Artifact]], table: Out
               description="HSNet Table 6: the DIB/FGAL/KTL configurations x seeds in parallel, with intervals")
 def ablation_pipeline(
     dataset: str = "rafdb",
-    raw_source: str = "s3://hsnet-data/raw/rafdb",
+    raw_source: str = RAW_PREFIX + "rafdb",
     dvc_path: str = "",
     dvc_rev: str = "",
     params: dict = DEFAULT_PARAMS,
-    mlflow_tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000",
+    mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI,
     runs: list = ABLATION_RUNS,
     checkpoint_uri: str = DEFAULT_CHECKPOINT_URI,
     runs_per_gpu: int = 1,
@@ -92,7 +92,7 @@ def ablation_pipeline(
                                                         mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                                         runs=group, checkpoint_uri=checkpoint_uri), mlflow=True),
                           "train-group", gpu=True)
-            kubernetes.use_field_path_as_env(shared, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
+            with_run_id(shared)
         step(ablation_report(dataset=dataset, evaluations=dsl.Collected(shared.outputs["evaluations"])), "report") \
             .set_caching_options(False)
     with dsl.Else(name="one-run-per-gpu"):

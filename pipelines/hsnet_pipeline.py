@@ -23,19 +23,21 @@ for MinIO) and the MLflow credentials from the optional secret ``hsnet-mlflow``
 the run runs in (a profile namespace in multi-user Kubeflow). Every step has CPU and memory
 requests and limits and size-limited scratch volumes (:data:`RESOURCES`); train asks for one
 NVIDIA GPU, and crop too when ``crop_device`` is ``cuda``, tolerating the usual GPU node taint.
-Train writes its checkpoints to ``checkpoint_uri`` every epoch and a restarted pod resumes from
-them; the steps that can fail for passing reasons are retried with backoff (:data:`RETRIES`).
+Train writes its checkpoints to ``checkpoint_uri`` (after the first epoch, then at most every
+hsnet.durable.INTERVAL_S) and a restarted pod resumes from them; the steps that can fail for passing reasons are retried with backoff (:data:`RETRIES`).
 """
 
 from pathlib import Path
 
 from hsnet import params as params_file
+from hsnet.deploy import CANARY_PERCENT
 from kfp import dsl, kubernetes
 
 from components import (crop_faces, evaluate_model, import_data, promote_model, register_model, train_model,
                         validate_data)
 from components.fetch import fetch_raw, source_version
 from components.convert import RUN_ID_ENV
+from pipelines import DEFAULT_CHECKPOINT_URI, DEFAULT_MLFLOW_URI, RAW_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = params_file.load(ROOT / "params.yaml")
@@ -45,7 +47,6 @@ S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 MLFLOW_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                "MLFLOW_S3_ENDPOINT_URL")
 GPU = "nvidia.com/gpu"
-DEFAULT_CHECKPOINT_URI = "s3://hsnet-data/checkpoints"
 
 # Per step: (cpu request, cpu limit, memory request, memory limit, scratch size). Sized for RAF-DB
 # (15k images; raw 0.2 GB, crops at 100 px 0.1 GB; last.pt 185 MB) with room for the larger sets.
@@ -70,7 +71,7 @@ RESOURCES = {
 SCRATCH = {"artifacts-s3": "/s3", "artifacts-minio": "/minio", "tmp": "/tmp"}
 # Per step: the most hours one attempt (one pod) may run before Kubernetes stops it
 # (activeDeadlineSeconds), so that a hung step can't hold its node, or a GPU, for ever. Generous:
-# 500 epochs of the largest set (FERG-DB, 39k training images at 256) take about an hour on an
+# 500 epochs of the largest set (FERG-DB, about 45k training images at 256) take about an hour on an
 # H100 and ten on a GPU ten times slower; a GPU group trains up to runs_per_gpu of them at once.
 TIMEOUT_HOURS = {"train": 24, "train-group": 48, "crop": 6, "validate": 4, "fetch": 4, "import": 2, "evaluate": 2,
                  "register": 1, "promote": 1, "report": 1, "group": 1, "source-version": 1}
@@ -152,9 +153,16 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
     return None
 
 
+def with_run_id(task):
+    """The pipeline run's id in the task's environment (RUN_ID_ENV), from its pod's label: the key
+    of its durable checkpoints. Not an input, so not in Kubeflow's cache key."""
+    kubernetes.use_field_path_as_env(task, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
+    return task
+
+
 def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_overrides=None, seed=None,
                        checkpoint_uri=None):
-    """train on one GPU (tolerating its taint; checkpoints to ``checkpoint_uri`` every epoch) ->
+    """train on one GPU (tolerating its taint; durable checkpoints to ``checkpoint_uri``) ->
     evaluate, each with its own part of ``settings`` (prepare_crops'); returns both tasks."""
     extra = {} if model_overrides is None else {"model_overrides": model_overrides}
     if seed is not None:
@@ -164,8 +172,7 @@ def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_over
     trained = step(_secrets(train_model(dataset=dataset, params=settings["train_settings"],
                                         mlflow_tracking_uri=mlflow_tracking_uri,
                                         crops=crops, **extra), mlflow=True), "train", gpu=True)
-    # the run's id for the checkpoint prefix, from the pod's label: not an input, so not in the cache key
-    kubernetes.use_field_path_as_env(trained, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
+    with_run_id(trained)
     evaluated = step(_secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                              model=trained.outputs["model"], dataset=dataset,
                                              params=settings["evaluate_settings"]), mlflow=True), "evaluate")
@@ -175,21 +182,21 @@ def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_over
 @dsl.pipeline(name="hsnet", description="HSNet facial expression recognition: raw data to a registered model")
 def hsnet_pipeline(
     dataset: str = "sample",
-    raw_source: str = "s3://hsnet-data/raw/sample",
+    raw_source: str = RAW_PREFIX + "sample",
     dvc_path: str = "",
     dvc_rev: str = "",
     params: dict = DEFAULT_PARAMS,
-    mlflow_tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000",
+    mlflow_tracking_uri: str = DEFAULT_MLFLOW_URI,
     crop_device: str = "cpu",
     checkpoint_uri: str = DEFAULT_CHECKPOINT_URI,
     promote: bool = False,
     deploy: bool = False,
-    canary_percent: int = 10,
+    canary_percent: int = CANARY_PERCENT,
 ):
     """``raw_source``: an s3:// prefix, or (with ``dvc_path``) a DVC repository URL read at ``dvc_rev``.
     ``params``: the whole params.yaml (defaults to the repository's at compile time).
     ``crop_device``: cpu, or cuda (the crop step then gets a GPU).
-    ``checkpoint_uri``: s3:// prefix for train's per-epoch checkpoints ("" to keep them in the pod).
+    ``checkpoint_uri``: s3:// prefix for train's durable checkpoints ("" to keep them in the pod).
     ``promote`` (off by default): then move production to the new version if it passes the gate, and
     with ``deploy`` roll the KServe InferenceService to it with ``canary_percent`` of the traffic."""
 

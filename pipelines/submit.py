@@ -5,8 +5,8 @@
     python -m pipelines.submit --host ... --dataset rafdb --raw-source s3://b/raw/rafdb \
         --dataset kdef --raw-source s3://b/raw/kdef --no-cache
 
-One ``--raw-source`` per ``--dataset``, in the same order (none: s3://hsnet-data/raw/DATASET for
-each). The params passed are params.yaml (or --params FILE), checked for every dataset before
+One ``--raw-source`` per ``--dataset``, in the same order (none: ``pipelines.RAW_PREFIX`` + DATASET
+for each). The params passed are params.yaml (or --params FILE), checked for every dataset before
 anything is submitted. ``--no-cache`` runs every step even where Kubeflow's cache holds its
 result. Authentication: KF_PIPELINES_SA_TOKEN_PATH or an existing kfp login
 (``--existing-token``), never on the command line.
@@ -65,12 +65,14 @@ def submit(host: str, dataset: str, raw_source: str, *, experiment: str = "hsnet
 def main(argv=None) -> int:
     from hsnet.errors import HSNetError
 
+    from . import RAW_PREFIX
+
     p = argparse.ArgumentParser(prog="python -m pipelines.submit", description=__doc__.splitlines()[0])
     p.add_argument("--host", required=True, help="the Kubeflow Pipelines API, e.g. https://HOST/pipeline")
     p.add_argument("--dataset", required=True, action="append", help="repeat for several datasets (one run each)")
     p.add_argument("--raw-source", action="append", default=None,
                    help="s3:// prefix of the raw data or a DVC repo URL, one per --dataset in the same order "
-                   "(default s3://hsnet-data/raw/DATASET)")
+                   f"(default {RAW_PREFIX}DATASET)")
     p.add_argument("--dvc-path", default="", help="with a DVC repo URL: the path, e.g. data/raw/rafdb")
     p.add_argument("--dvc-rev", default="")
     p.add_argument("--params", default="params.yaml")
@@ -78,13 +80,13 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", default="hsnet")
     p.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached result")
     p.add_argument("--checkpoint-uri", default=None,
-                   help="s3:// prefix for train's per-epoch checkpoints (default: the pipeline's; '' for none)")
+                   help="s3:// prefix for train's durable checkpoints (default: the pipeline's; '' for none)")
     p.add_argument("--existing-token", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sources = args.raw_source or [f"s3://hsnet-data/raw/{d}" for d in args.dataset]
+    sources = args.raw_source or [RAW_PREFIX + d for d in args.dataset]
     if len(sources) != len(args.dataset):
         p.error(f"{len(args.dataset)} --dataset but {len(sources)} --raw-source: give one --raw-source per "
-                "--dataset, in the same order (or none for s3://hsnet-data/raw/DATASET)")
+                f"--dataset, in the same order (or none for {RAW_PREFIX}DATASET)")
     try:
         params = load_params(args.params, args.dataset)  # every dataset checked before any run starts
         for dataset, source in zip(args.dataset, sources):

@@ -19,7 +19,6 @@ output manifest or, by name, in the report.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,15 +33,15 @@ from PIL import Image
 from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
                   safe_join, sha256_file, write_json)
-from ..params import CropParams, Params
-from .manifest import CROP_REPORT as REPORT, read_manifest, write_manifest
+from ..limits import MIN_FACE_SIZE
+from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params
+from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 DETECTORS = ("mtcnn", "none")
 NO_FACE_POLICIES = ("drop", "center")
 STATE_FILE = "crop_state.json"
-MANIFEST = "manifest.csv"  # crop's outputs beside images/ (and REPORT, from .manifest: train reads it too)
 IMAGES = "images"  # the crops' folder inside --out
 CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batches are cut from them)
 DECODED_BYTES = 1 << 30  # and at most about this much decoded RGB: 256 large photos are tens of GB
@@ -62,13 +61,13 @@ class Detector:
     """MTCNN over equal-size batches; returns, per image, an array (k, 5): x1, y1, x2, y2, prob,
     or a :class:`DetectionFailed` for an image the detector failed on alone."""
 
-    def __init__(self, device: str = "cpu", min_face_size: int = 20):
+    def __init__(self, device: str = "cpu", min_face_size: int = MTCNN_MIN_FACE_SIZE):
         import torch
         from facenet_pytorch import MTCNN
 
         if not isinstance(min_face_size, int) or min_face_size < 1:  # 0: a division by zero; < 0: no pyramid
             raise HSNetError(f"--min-face-size {min_face_size}: the smallest face searched for must be at least "
-                             "1 pixel (MTCNN's default 20; hsnet predict's 40)")
+                             f"1 pixel (MTCNN's default {MTCNN_MIN_FACE_SIZE}; hsnet predict's {MIN_FACE_SIZE})")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise HSNetError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
         from .mtcnn import BatchedMTCNN

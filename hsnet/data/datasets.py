@@ -110,12 +110,6 @@ RAFDB_CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger",
 RAFDB_LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the file RAF-DB ships
 
 
-@dataclass(frozen=True)
-class _RafdbLine:
-    name: str
-    label: int
-
-
 @dataset("rafdb", RAFDB_CLASSES, fractions=(0.1, 0.0), official_test=True, subjects_known=False,
          layout=f"RAF-DB basic: {RAFDB_LABEL_FILE} with lines like 'train_00001.jpg 5' (labels 1-7) "
                 "and the images in Image/aligned/train_00001_aligned.jpg (or Image/original/)",

@@ -61,11 +61,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.boxes import batched_nms, nms
 
 from ..device import full_fp32
+from ..params import MTCNN_MIN_FACE_SIZE
 
 RNET_SIZE, ONET_SIZE = 24, 48
 
@@ -207,7 +207,7 @@ class BatchedMTCNN:
     ``min_face_size`` are used unchanged; by default a new one on ``device``.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", min_face_size: int = 20, mtcnn=None):
+    def __init__(self, device: str | torch.device = "cpu", min_face_size: int = MTCNN_MIN_FACE_SIZE, mtcnn=None):
         if mtcnn is None:
             from facenet_pytorch import MTCNN
 

@@ -27,6 +27,11 @@ from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
 
 log = logging.getLogger(__name__)
 
+# validate's report folder
+SUMMARY = "summary.json"  # what validate() returns: counts, failed and warned expectations
+RESULTS = "gx_results.json"  # Great Expectations' own results
+DATA_DOCS = "data_docs"  # Great Expectations' Data Docs site (index.html)
+
 
 
 class ValidationFailed(HSNetError):
@@ -136,8 +141,7 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
     return infos
 
 
-def build_table(rows: list[dict], root: Path, classes: tuple[str, ...], min_size: int,
-                workers: int | None, cache: ImageInfoCache | None, progress: bool):
+def build_table(rows: list[dict], root: Path, workers: int | None, cache: ImageInfoCache | None, progress: bool):
     """The manifest as a pandas DataFrame with the columns the expectations check."""
     import pandas as pd
 
@@ -280,6 +284,13 @@ def _run_suites(dataset: str, spec, min_size: int, df, counts, docs_dir: Path) -
     return results, problems
 
 
+def validation_page(report: str | os.PathLike) -> Path | None:
+    """The Data Docs page of the last validation written into ``report`` (also of one that
+    failed), or None: the page a Kubeflow run shows."""
+    pages = sorted((Path(report) / DATA_DOCS / "validations").rglob("*.html"))
+    return pages[-1] if pages else None
+
+
 def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
              report: str | os.PathLike, settings: ValidateParams = ValidateParams(), *,
              workers: int | None = None, use_cache: bool = True, progress: bool = True) -> dict:
@@ -304,7 +315,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
         for col in COLUMNS:
             row.setdefault(col, None)
     cache = ImageInfoCache(cache_root() / "image-info.sqlite") if use_cache else None
-    df = build_table(rows, root, spec.classes, min_size, workers, cache, progress)
+    df = build_table(rows, root, workers, cache, progress)
     present_cols = set(manifest_columns(manifest))
     for col in COLUMNS:
         if col not in present_cols:
@@ -318,7 +329,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
         counts = pd.DataFrame([{"split": k, "count": observed[k], "paper": v}
                                for k, v in spec.paper_split_sizes.items()])
 
-    docs_dir = report / "data_docs"
+    docs_dir = report / DATA_DOCS
     results, problems = _run_suites(dataset, spec, min_size, df, counts, docs_dir)
 
     critical = [p for p in problems if p["severity"] == "critical"]
@@ -329,14 +340,14 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
         "splits": {s: int((df["split"] == s).sum()) for s in SPLITS} if "split" in df else {},
         "data_docs": str(docs_dir / "index.html"),
     }
-    write_json(report / "gx_results.json", results)
-    write_json(report / "summary.json", summary)
+    write_json(report / RESULTS, results)
+    write_json(report / SUMMARY, summary)
     for w in warnings:
         log.warning("%s: %s", w["what"], "; ".join(w["examples"]))
     if critical:
         lines = [f"- {p['what']}" + (f" ({p['unexpected_count']} rows)" if p["unexpected_count"] else "")
                  + (f": {', '.join(p['examples'])}" if p["examples"] else "") for p in critical]
         raise ValidationFailed(f"{manifest} failed {len(critical)} expectation(s):\n" + "\n".join(lines)
-                               + f"\nFull report: {report / 'summary.json'}, {summary['data_docs']}")
+                               + f"\nFull report: {report / SUMMARY}, {summary['data_docs']}")
     return summary
 

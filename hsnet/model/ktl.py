@@ -178,20 +178,15 @@ def freeze(stem: nn.Module) -> None:
 
 
 def he_init(module: nn.Module) -> None:
-    """Eq. 18: He initialisation (He et al. 2015, fan-in, ReLU gain) of the convolutions.
-
-    Classifier layers (``nn.Linear``) start at N(0, 0.01) with zero bias, as classifier heads
-    usually do: He-scaled heads on HSNet's un-normalised pooled features give logits with a
-    standard deviation around 5 and a first-step loss that makes FGAL's sigmoid weights
-    collapse to 0 (see docs/paper-notes.md).
-    """
+    """Eq. 18: He initialisation (He et al. 2015, fan-in, ReLU gain) of everything after the stem:
+    the convolutions and the classifiers' FC layers (zero biases); BatchNorm at weight 1, bias 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.01)
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine:
             nn.init.ones_(m.weight)

@@ -224,7 +224,7 @@ def test_validate_table_on_any_paths_never_raises(names):
     with tempfile.TemporaryDirectory() as tmp:
         root, _, _ = _world(Path(tmp))
         rows = [{"path": n, "label": 0, "label_name": "anger", "split": "train", "subject": ""} for n in names]
-        df = build_table(rows, root, CLASSES, 8, 2, None, False)
+        df = build_table(rows, root, 2, None, False)
         assert len(df) == len(names)
         for i, name in enumerate(names):
             if df["path_inside_root"].iloc[i]:

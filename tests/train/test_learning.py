@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hsnet.errors import HSNetError
-from hsnet.guards import CHANCE_EPOCHS, LOSS_FACTOR, chance_level, check_epoch
+from hsnet.guards import LOSS_FACTOR, chance_level, chance_window, check_epoch
 
 
 def _row(epoch, loss=1.0, val_accuracy=0.5, lr=0.01):
@@ -51,21 +51,36 @@ def test_chance_level_is_the_majority_share_plus_two_standard_errors():
 
 def test_validation_accuracy_at_chance_for_n_epochs():
     labels = [0, 1, 2, 3, 4, 5, 6] * 18  # the sample's 126 validation images: chance 0.143, limit 0.205
-    at_chance = [_row(e, 1.95, 0.19) for e in range(1, CHANCE_EPOCHS + 1)]
+    N = 10
+    at_chance = [_row(e, 1.95, 0.19) for e in range(1, N + 1)]
     for i, row in enumerate(at_chance[:-1]):  # N - 1 epochs at chance: not yet
-        check_epoch(row, at_chance[:i], 7, val_labels=labels)
-    with pytest.raises(HSNetError, match=rf"at chance \(0\.143.*for {CHANCE_EPOCHS} epochs \(epochs 1-{CHANCE_EPOCHS}\)"):
-        check_epoch(at_chance[-1], at_chance[:-1], 7, val_labels=labels)
+        check_epoch(row, at_chance[:i], 7, val_labels=labels, chance_epochs=N)
+    with pytest.raises(HSNetError, match=rf"at chance \(0\.143.*for {N} epochs \(epochs 1-{N}\)"):
+        check_epoch(at_chance[-1], at_chance[:-1], 7, val_labels=labels, chance_epochs=N)
     # one epoch above the limit in the window: learning, however slowly
-    mixed = at_chance[:-1] + [_row(CHANCE_EPOCHS, 1.9, 0.21)]
-    check_epoch(mixed[-1], mixed[:-1], 7, val_labels=labels)
+    mixed = at_chance[:-1] + [_row(N, 1.9, 0.21)]
+    check_epoch(mixed[-1], mixed[:-1], 7, val_labels=labels, chance_epochs=N)
     # ... until the window has moved past it: N more epochs at chance
     history = list(mixed)
-    for epoch in range(CHANCE_EPOCHS + 1, 2 * CHANCE_EPOCHS):
-        check_epoch(_row(epoch, 1.9, 0.19), history, 7, val_labels=labels)
+    for epoch in range(N + 1, 2 * N):
+        check_epoch(_row(epoch, 1.9, 0.19), history, 7, val_labels=labels, chance_epochs=N)
         history.append(_row(epoch, 1.9, 0.19))
-    with pytest.raises(HSNetError, match=rf"epochs {CHANCE_EPOCHS + 1}-{2 * CHANCE_EPOCHS}\)"):
-        check_epoch(_row(2 * CHANCE_EPOCHS, 1.9, 0.19), history, 7, val_labels=labels)
+    with pytest.raises(HSNetError, match=rf"epochs {N + 1}-{2 * N}\)"):
+        check_epoch(_row(2 * N, 1.9, 0.19), history, 7, val_labels=labels, chance_epochs=N)
+
+
+def test_at_the_papers_patience_the_chance_guard_waits_for_the_scheduler_then_ten_epochs():
+    """Sect. 4.2: ReduceLROnPlateau lowers the lr "if the validation loss does not change for 20
+    epochs" (of 500). A run at chance with the paper's lr 0.01 is not ended before the scheduler
+    could lower the lr: 20 epochs, then 10 more at chance stop it (epoch 30), not epoch 10."""
+    assert chance_window(20) == 20 + 10
+    labels = [0, 1, 2, 3, 4, 5, 6] * 18
+    history = []
+    for epoch in range(1, 30):  # 29 epochs at chance, the val loss falling too slowly for a gain
+        check_epoch(_row(epoch, 1.95, 0.15), history, 7, val_labels=labels, chance_epochs=chance_window(20))
+        history.append(_row(epoch, 1.95, 0.15))
+    with pytest.raises(HSNetError, match=r"for 30 epochs \(epochs 1-30\)"):
+        check_epoch(_row(30, 1.95, 0.15), history, 7, val_labels=labels, chance_epochs=chance_window(20))
 
 
 def test_imbalanced_validation_set_counts_the_majority_guess_as_chance():
@@ -112,6 +127,20 @@ def test_a_run_that_does_not_move_is_at_chance(tiny_data, tmp_path, monkeypatch)
     labels = [r["label"] for r in read_manifest(tiny_data / "manifest.csv") if r["split"] == "val"]
     with pytest.raises(HSNetError, match="at chance"):
         check_epoch(history[-1], history[:-1], 7, val_labels=labels, chance_epochs=2)
+
+
+def test_training_stops_at_chance_after_its_schedulers_patience(tiny_data, tmp_path, monkeypatch):
+    """train passes its own train.scheduler.patience to the guard: with patience 1 and one more
+    epoch at chance (CHANCE_EPOCHS set to 1 here), a run whose weights don't move (lr 1e-9)
+    stops after epoch 2 of 4."""
+    from hsnet import guards
+    from hsnet.train import train
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(guards, "CHANCE_EPOCHS", 1)
+    with pytest.raises(HSNetError, match=r"at chance .*for 2 epochs \(epochs 1-2\)"):
+        train(tiny_data, _params(tmp_path, "lr: 1.0e-9, epochs: 4, scheduler: {patience: 1}"), tmp_path / "run",
+              track=False, progress=False)
 
 
 # --- the paper's recipe at lr 0.01 -------------------------------------------------------
