@@ -29,13 +29,15 @@ ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
 
 # --- build: a virtual environment with hsnet and its pinned dependencies ----------------------
 # The dependencies alone, from pyproject.toml and the pins (an empty README stands in for the
-# real one): editing the package's code doesn't touch this environment (see the wheel stage).
+# real one; hsnet/__init__.py holds the version pyproject reads): editing the package's code
+# doesn't touch this environment (see the wheel stage).
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml ./
+COPY hsnet/__init__.py hsnet/__init__.py
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
     touch README.md \
  && { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \

@@ -91,7 +91,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.checkpoint_uri:  # copies last.pt/best.pt to S3 (at most every --checkpoint-every s), resumes from there
         from . import durable
 
-        if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        if args.checkpoint_every is not None and not 0 <= args.checkpoint_every < float("inf"):
             raise HSNetError(f"--checkpoint-every {args.checkpoint_every}: give seconds, 0 or more (0: every epoch)")
         summary = durable.train(args.data, params, args.out, args.checkpoint_uri, device=args.device,
                                 track=not args.no_mlflow, min_interval_s=args.checkpoint_every)

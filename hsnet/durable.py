@@ -17,6 +17,8 @@ The Kubeflow train step builds the prefix with :func:`run_prefix` from the pipel
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import json
 import logging
@@ -136,8 +138,9 @@ def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interva
 
     if min_interval_s is None:
         min_interval_s = INTERVAL_S
-    if min_interval_s < 0:
-        raise HSNetError(f"checkpoint interval {min_interval_s} s: give 0 (every epoch) or more seconds")
+    if not 0 <= min_interval_s < math.inf:  # NaN too: every comparison with it is False
+        raise HSNetError(f"checkpoint interval {min_interval_s} s: give 0 (every epoch) or more seconds, a finite "
+                         "number")
 
     return train_local(data_dir, params, out_dir, resume="auto",
                        on_start=lambda folder: restore(checkpoint_uri, folder),

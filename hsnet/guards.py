@@ -34,8 +34,10 @@ def chance_window(patience: int) -> int:
     """How many epochs in a row at chance stop a run whose scheduler waits ``patience`` epochs
     (train.scheduler.patience) before lowering the lr: first the scheduler's own wait, so a run
     the paper's recipe would carry on at a lower lr is not ended before the lr could be lowered
-    (the paper: 20 epochs of 500), then :data:`CHANCE_EPOCHS` more."""
-    return patience + CHANCE_EPOCHS
+    (the paper: 20 epochs of 500), then :data:`CHANCE_EPOCHS` more at the lowered lr.
+    ReduceLROnPlateau lowers the lr once more than ``patience`` epochs in a row have not beaten
+    the best, and the first epoch sets the best: with a flat loss, after epoch ``patience + 2``."""
+    return patience + 2 + CHANCE_EPOCHS
 
 
 def chance_level(num_classes: int, val_labels: Sequence[int] | None = None) -> tuple[float, float]:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # train's output folder, beside checkpoint.BEST and checkpoint.LAST
 HISTORY = "history.json"  # one row per epoch
-SUMMARY = "train_summary.json"  # what train() returns; its "checkpoint" is the best epoch's file, beside it
+SUMMARY = "train_summary.json"  # what train() returns; "checkpoint": the best epoch's file name in this folder
 CURVES = "training_curves.png"
 MODEL_FILES = (checkpoint.BEST, HISTORY, SUMMARY)  # the trained model without its resume state (last.pt)
 

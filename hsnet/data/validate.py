@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"  # what validate() returns: counts, failed and warned expectations
 RESULTS = "gx_results.json"  # Great Expectations' own results
 DATA_DOCS = "data_docs"  # Great Expectations' Data Docs site (index.html)
+ROW_SUITE = "manifest_and_images"  # the suite of the critical checks, row by row
+SIZE_SUITE = "paper_split_sizes"  # split sizes against the paper's: warnings only
 
 
 
@@ -184,7 +186,7 @@ def build_table(rows: list[dict], root: Path, workers: int | None, cache: ImageI
 
 def _suites(gx, gxe, classes, min_size, paper_sizes):
     n = len(classes)
-    rows = gx.ExpectationSuite(name="manifest_and_images")
+    rows = gx.ExpectationSuite(name=ROW_SUITE)
     for col in COLUMNS:
         rows.add_expectation(gxe.ExpectColumnToExist(column=col))
     for col in ("path", "label", "label_name", "split"):
@@ -203,7 +205,7 @@ def _suites(gx, gxe, classes, min_size, paper_sizes):
         rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=[True]))
     rows.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="min_side", min_value=min_size))
     rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="sha256_splits", value_set=[1]))
-    sizes = gx.ExpectationSuite(name="paper_split_sizes")
+    sizes = gx.ExpectationSuite(name=SIZE_SUITE)
     if paper_sizes:
         sizes.add_expectation(gxe.ExpectColumnPairValuesToBeEqual(
             column_A="count", column_B="paper", severity="warning"))
@@ -285,10 +287,15 @@ def _run_suites(dataset: str, spec, min_size: int, df, counts, docs_dir: Path) -
 
 
 def validation_page(report: str | os.PathLike) -> Path | None:
-    """The Data Docs page of the last validation written into ``report`` (also of one that
-    failed), or None: the page a Kubeflow run shows."""
-    pages = sorted((Path(report) / DATA_DOCS / "validations").rglob("*.html"))
-    return pages[-1] if pages else None
+    """The Data Docs page a Kubeflow run shows of the validation written into ``report`` (also
+    of one that failed): the page of the critical checks (:data:`ROW_SUITE`, where a failure
+    is), the latest of its runs; the split sizes' page only where there is no other; or None."""
+    validations = Path(report) / DATA_DOCS / "validations"
+    for where in (validations / ROW_SUITE, validations):
+        pages = sorted(where.rglob("*.html"), key=lambda p: (p.stat().st_mtime_ns, str(p)))
+        if pages:
+            return pages[-1]
+    return None
 
 
 def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
