@@ -11,10 +11,12 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
     """Several ablation runs on one GPU: trained side by side (one process each), then each evaluated
     on the test split (hsnet.concurrent.train_and_evaluate). ``runs``: items as the ablation's
     ({"model": {"dib": ..., ...}, "seed": N}). ``models``: RUN/ per run (best.pt, history.json,
-    train_summary.json and the params.yaml it was trained with); ``evaluations``: RUN/metrics.json (and the evaluation's other files) per run, and runs.json
-    (every run's record: exit code, seconds, accuracy or what failed).
-    ``checkpoint_uri``, ``checkpoint_every_s``: durable checkpoints per run (as train_model; a negative
-    interval is hsnet.durable.INTERVAL_S), so a restarted pod resumes them all. Every run trains to its end whatever the others do, and the outputs are written; then
+    train_summary.json and the params.yaml it was trained with); ``evaluations``: RUN/metrics.json
+    (and the evaluation's other files) per run, and runs.json (every run's record: exit code,
+    seconds, accuracy or what failed).
+    ``checkpoint_uri``, ``checkpoint_every_s``: durable checkpoints per run (as train_model; a
+    negative interval is hsnet.durable.INTERVAL_S), so a restarted pod resumes them all. Every run
+    trains to its end whatever the others do, and the outputs are written; then
     the step fails if any run failed: Kubeflow caches a task that succeeded, so a group that
     succeeded with a failed run would be reused as it is by every later submission and its run
     never trained again. A retry of the pipeline run (same run id) resumes the finished runs from
