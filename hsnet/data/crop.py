@@ -33,7 +33,6 @@ from PIL import Image
 from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
                   safe_join, sha256_file, write_json)
-from ..limits import MIN_FACE_SIZE
 from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params
 from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
@@ -67,7 +66,7 @@ class Detector:
 
         if not isinstance(min_face_size, int) or min_face_size < 1:  # 0: a division by zero; < 0: no pyramid
             raise HSNetError(f"--min-face-size {min_face_size}: the smallest face searched for must be at least "
-                             f"1 pixel (MTCNN's default {MTCNN_MIN_FACE_SIZE}; hsnet predict's {MIN_FACE_SIZE})")
+                             f"1 pixel (MTCNN's default is {MTCNN_MIN_FACE_SIZE})")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise HSNetError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
         from .mtcnn import BatchedMTCNN
