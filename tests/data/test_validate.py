@@ -224,3 +224,29 @@ def test_manifest_that_is_not_utf8_exits_2_naming_it(good, tmp_path, capsys):
     assert main(["validate", "--manifest", str(manifest), "--root", str(root), "--dataset", "ferg",
                  "--report", str(tmp_path / "rep")]) == 2
     assert f"{manifest} is not UTF-8 text (line 128" in capsys.readouterr().err
+
+
+def test_validation_page_of_a_failed_validation_shows_the_failed_expectation(rafd_root, tmp_path, monkeypatch):
+    """components/validate.py copies hsnet.data.validate.validation_page(report) to the run's
+    Data Docs output, "the Data Docs page of this validation, also when it failed". For every
+    dataset with paper split sizes (rafd, kdef, ferg, rafdb: all the real ones) validate runs two
+    suites, and validation_page (hsnet/data/validate.py:287-291, sorted(...)[-1] over the paths)
+    returns validations/paper_split_sizes/.../*-split_sizes.html -- the warning-only split-size
+    page -- never manifest_and_images/.../*-manifest.html, where a critical failure is. A run that
+    failed on an undecodable file shows a page that does not mention it."""
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.manifest import read_manifest
+    from hsnet.data.validate import ValidationFailed, validate, validation_page
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    root, manifest = rafd_root, tmp_path / "m.csv"
+    import_dataset("rafd", root, manifest)
+    victim = read_manifest(manifest)[5]["path"]
+    (root / victim).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)  # PNG header, no pixels
+    with pytest.raises(ValidationFailed, match="files that do not decode as images"):
+        validate(manifest, root, "rafd", tmp_path / "report", progress=False)
+    page = validation_page(tmp_path / "report")
+    assert page is not None
+    assert "decodes" in page.read_text(), (
+        f"the page a failed Kubeflow validation shows ({page.relative_to(tmp_path)}) is not the one "
+        "holding the failed expectation (the 'decodes' column)")
