@@ -11,7 +11,8 @@
 #   DOCKER_BUILDKIT=1 docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt \
 #     --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t ghcr.io/hsnet-pipeline/hsnet:0.1.0 .
 # Proxies: docker build's own HTTP(S)_PROXY/NO_PROXY build args (never recorded in the image);
-# a CA bundle or pip.conf only as secrets (pip_cert, pip_conf): nothing of either stays in a layer.
+# a CA bundle or pip.conf only as secrets (pip_cert, pip_conf; requirements/pip.sh uses them):
+# nothing of either stays in a layer.
 #
 # PyTorch comes from PyPI's Linux wheels, which are CUDA builds (the CUDA runtime and cuDNN are
 # the nvidia-* wheels pinned in requirements/constraints.txt): on a GPU node the NVIDIA
@@ -38,11 +39,10 @@ WORKDIR /src
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml ./
 COPY hsnet/__init__.py hsnet/__init__.py
-RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=bind,source=requirements/pip.sh,target=/tmp/pip.sh \
+    --mount=type=cache,target=/root/.cache/pip \
     touch README.md \
- && { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
- && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
- && pip install -c requirements/constraints.txt ".[all,server]" \
+ && sh /tmp/pip.sh install -c requirements/constraints.txt ".[all,server]" \
  && pip uninstall -y hsnet
 RUN find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +
 
@@ -53,10 +53,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY hsnet hsnet
 COPY components components
-RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
-    { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
- && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
- && pip wheel --no-deps -w /wheels .
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=bind,source=requirements/pip.sh,target=/tmp/pip.sh \
+    --mount=type=cache,target=/root/.cache/pip \
+    sh /tmp/pip.sh wheel --no-deps -w /wheels .
 
 # --- build-slim: what fetch, import and validate need --------------------------------------------
 # The package's requirements and its data + pipeline extras, read from pyproject.toml, less
@@ -69,14 +68,13 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY pyproject.toml ./
-RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=cache,target=/root/.cache/pip \
-    { [ ! -s /run/secrets/pip_cert ] || export PIP_CERT=/run/secrets/pip_cert; } \
- && { [ ! -s /run/secrets/pip_conf ] || export PIP_CONFIG_FILE=/run/secrets/pip_conf; } \
- && python -c "import re, sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=bind,source=requirements/pip.sh,target=/tmp/pip.sh \
+    --mount=type=cache,target=/root/.cache/pip \
+    python -c "import re, sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 x = p['optional-dependencies']; skip = sys.argv[1].split(); \
 print('\n'.join(r for r in p['dependencies'] + x['data'] + x['pipeline'] \
 if re.match(r'[A-Za-z0-9_.-]+', r)[0].lower() not in skip))" "$LEAVE_OUT" > /tmp/requirements-slim.txt \
- && pip install -c requirements/constraints.txt -r /tmp/requirements-slim.txt \
+ && sh /tmp/pip.sh install -c requirements/constraints.txt -r /tmp/requirements-slim.txt \
  && rm /tmp/requirements-slim.txt
 RUN find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +
 

@@ -47,19 +47,19 @@ pipeline: setup
 	@$(BIN)/python -m hsnet.summary runs
 
 # The images built and run for real (needs a Docker engine; tests/container/test_image.py):
-# build both (tests/container/build.sh: tagged sha-<commit>, a stand-in base where no registry
+# build the three (tests/container/build.sh: tagged sha-<commit>, a stand-in base where no registry
 # answers), run the whole pipeline in them with kfp.local's DockerRunner against moto + MLflow on
-# loopback, and `hsnet --help` as the non-root user; then remove the images (Docker's build
-# cache is kept, and trimmed to IMAGE_CACHE_KEEP).
+# loopback, the model server as the InferenceService runs it, and `hsnet --help` as the non-root
+# user; then remove the images (Docker's build cache is kept, and trimmed to IMAGE_CACHE_KEEP).
 IMAGE_CACHE_KEEP ?= 30GB
 image-test: setup
 	@refs=$$(mktemp); trap 'rm -f $$refs' EXIT; \
 	PYTHON=$(BIN)/python bash tests/container/build.sh --refs $$refs || exit 1; . $$refs; \
 	start=$$(date +%s); \
-	HSNET_IMAGE_TEST=1 HSNET_TEST_IMAGE=$$IMAGE HSNET_TEST_SLIM_IMAGE=$$SLIM_IMAGE HSNET_TEST_COMMIT=$$COMMIT \
+	HSNET_IMAGE_TEST=1 HSNET_TEST_IMAGE=$$IMAGE HSNET_TEST_SLIM_IMAGE=$$SLIM_IMAGE HSNET_TEST_SERVE_IMAGE=$$SERVE_IMAGE HSNET_TEST_COMMIT=$$COMMIT \
 	  DOCKER=$$DOCKER $(BIN)/pytest -q --durations=0 -p no:cacheprovider tests/container; rc=$$?; \
 	echo "image tests: $$(( $$(date +%s) - start )) s"; \
-	$$DOCKER rmi $$IMAGE $$SLIM_IMAGE > /dev/null; \
+	$$DOCKER rmi $$IMAGE $$SLIM_IMAGE $$SERVE_IMAGE > /dev/null; \
 	$$DOCKER builder prune -f --keep-storage $(IMAGE_CACHE_KEEP) > /dev/null || true; \
 	exit $$rc
 

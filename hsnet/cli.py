@@ -410,7 +410,7 @@ def _add_registry(verbs) -> None:
 
 
 def _add_inference(verbs) -> None:
-    from .limits import ENV_PREFIX, MIN_FACE_SIZE, MIN_PROB, PORT, Limits
+    from .limits import ENV_PREFIX, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT, Limits
     from .params import MTCNN_MIN_FACE_SIZE
 
     p = _verb(verbs, "predict", "find the faces in photos and classify their expressions", _predict)
@@ -428,7 +428,7 @@ def _add_inference(verbs) -> None:
                    "or a checkpoint file")
     p.add_argument("--port", type=int, default=PORT)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
-    p.add_argument("--name", default="hsnet", help="the model's name in the URLs (/v1/models/NAME:predict)")
+    p.add_argument("--name", default=MODEL_NAME, help="the model's name in the URLs (/v1/models/NAME:predict)")
     p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
     p.add_argument("--min-prob", type=float, default=MIN_PROB, help="face detection probability threshold")
     p.add_argument("--min-face-size", type=int, default=MIN_FACE_SIZE, help="smallest face searched for, in pixels")

@@ -3,7 +3,7 @@
 * :func:`serve_command` starts the model server (:mod:`hsnet.serve`) here, or, where KServe's
   SDK is not importable beside the project's packages (its pins clash, serving/requirements.txt),
   again with the overlay ``make serve-env`` installed in front of them.
-* :func:`render` fills serving/k8s/inferenceservice.yaml (the one template) with a model URI
+* :func:`render` fills hsnet/k8s/inferenceservice.yaml (the one template) with a model URI
   and a canary share; :func:`rollout` applies it to the cluster after a promotion: the
   InferenceService's model container is pointed at the new version with
   ``canaryTrafficPercent`` (KServe routes that share to the new revision and the rest to the
@@ -24,14 +24,16 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import HSNetError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT / "serving" / "k8s" / "inferenceservice.yaml"
+# inside the package, so that an installed hsnet (the images, a pip install) renders it too
+TEMPLATE = Path(__file__).resolve().parent / "k8s" / "inferenceservice.yaml"
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER = "kserve-container"
+SERVE_IMAGE = f"ghcr.io/hsnet-pipeline/hsnet-serve:{__version__}"  # serving/Dockerfile, the template's image
 VERSION_ANNOTATION = "hsnet.io/model-uri"
 CANARY_PERCENT = 10  # a newly promoted version's share of the traffic, unless told otherwise
 

@@ -52,12 +52,11 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
 from .errors import HSNetError
-from .limits import MIN_FACE_SIZE, MIN_PROB, PORT
+from .limits import MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
 from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "hsnet"
 OUTPUT = "records"
 # set by BodyLimit for each HTTP request once its client has closed the connection
 _CLIENT_GONE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("hsnet_client_gone",
@@ -387,7 +386,7 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
         await super().unload(model_name)
 
 
-def serve(model: str, *, port: int = PORT, host: str = "127.0.0.1", name: str = DEFAULT_NAME,
+def serve(model: str, *, port: int = PORT, host: str = "127.0.0.1", name: str = MODEL_NAME,
           limits: Limits | None = None, device: str | None = None, min_prob: float = MIN_PROB,
           min_face_size: int | None = None, threads: int | None = None) -> None:
     """Load ``model``, then answer on ``host:port`` until SIGTERM/SIGINT."""

@@ -151,9 +151,9 @@ def test_performance_md_says_what_a_second_make_pipeline_runs_now():
 
 def test_performance_md_summary_names_the_inferenceservices_memory_limit():
     """docs/performance.md:36 (Summary against the targets, serving under a hostile mix): "peak RSS
-    under the cap ... the pod's limit 3 GiB". serving/k8s/inferenceservice.yaml's limit is 4Gi
+    under the cap ... the pod's limit 3 GiB". hsnet/k8s/inferenceservice.yaml's limit is 4Gi
     (raised after 3 GiB was exceeded; performance.md:306 and security.md:108 say 4 GiB)."""
-    isvc = next(d for d in yaml.safe_load_all((ROOT / "serving/k8s/inferenceservice.yaml").read_text())
+    isvc = next(d for d in yaml.safe_load_all((ROOT / "hsnet/k8s/inferenceservice.yaml").read_text())
                 if d and d.get("kind") == "InferenceService")
     container = isvc["spec"]["predictor"]["containers"][0]
     limit = container["resources"]["limits"]["memory"]
@@ -161,7 +161,7 @@ def test_performance_md_summary_names_the_inferenceservices_memory_limit():
     stated = re.findall(r"the pod's limit (\d+(?:\.\d+)?) GiB", flat(PERFORMANCE))
     for gib in stated:
         assert float(gib) == float(limit[:-2]), (f"docs/performance.md: 'the pod's limit {gib} GiB'; "
-                                                 f"serving/k8s/inferenceservice.yaml: memory limit {limit}")
+                                                 f"hsnet/k8s/inferenceservice.yaml: memory limit {limit}")
 
 
 # --- README "Development": where the GPU session's results go ------------------------------------
@@ -294,7 +294,7 @@ def test_every_dvc_stage_depends_on_the_cli_module_its_command_runs():
 
 def test_readmes_promote_deploy_rolls_the_inferenceservice_its_kubectl_apply_made(tmp_path, monkeypatch):
     """README.md "On the cluster" (lines 351-353) in order: `kubectl apply -n models -f
-    serving/k8s/inferenceservice.yaml`, then `hsnet promote --name hsnet-rafdb --deploy
+    hsnet/k8s/inferenceservice.yaml`, then `hsnet promote --name hsnet-rafdb --deploy
     --canary-percent 10  # gate, then 10% to the new version` -- no --namespace. hsnet's --namespace
     defaults to the kube context's (`default` for a context that names none), so the promotion
     doesn't find models/hsnet-rafdb and *creates* default/hsnet-rafdb from the template with all
@@ -308,7 +308,7 @@ def test_readmes_promote_deploy_rolls_the_inferenceservice_its_kubectl_apply_mad
     from hsnet import deploy
 
     text = README.read_text(encoding="utf-8")
-    applied = re.search(r"kubectl apply -n (\S+) -f serving/k8s/inferenceservice\.yaml", text)
+    applied = re.search(r"kubectl apply -n (\S+) -f hsnet/k8s/inferenceservice\.yaml", text)
     assert applied, "README no longer applies the InferenceService"
     namespace = applied.group(1)
     promote = next((m for m in re.finditer(r"^\s*hsnet promote --name (\S+)( .*)$", text, re.M)

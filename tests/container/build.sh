@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Build the project's two images (Dockerfile: the default target and --target slim) with BuildKit.
+# Build the project's three images with BuildKit: Dockerfile's default target and --target slim (the
+# pipeline's steps), and serving/Dockerfile (the model server, hsnet.deploy.SERVE_IMAGE).
 #
 #   bash tests/container/build.sh [--release] [--refs FILE]
 #
-# Tags: REPO:sha-<commit> and REPO:sha-<commit>-slim always (commit = git rev-parse HEAD, 12
-# hex digits, "-dirty" when a file the build reads differs from HEAD); with --release also the
-# release tags components/__init__.py names (REPO:<version>, REPO:<version>-slim), only from a
-# clean checkout of the commit tagged v<version>. The commit,
-# version and source go into the OCI labels and HSNET_GIT_COMMIT. --refs FILE: writes
-# IMAGE=, SLIM_IMAGE= (the commit tags), COMMIT= and DOCKER= to FILE, for `make image-test`.
+# Tags: REPO:sha-<commit>, REPO:sha-<commit>-slim and SERVE_REPO:sha-<commit> always (commit = git
+# rev-parse HEAD, 12 hex digits, "-dirty" when a file the build reads differs from HEAD); with
+# --release also the release tags components/__init__.py and hsnet.deploy name (REPO:<version>,
+# REPO:<version>-slim, SERVE_REPO:<version>), only from a clean checkout of the commit tagged
+# v<version>. The commit, version and source go into the OCI labels and HSNET_GIT_COMMIT. --refs
+# FILE: writes IMAGE=, SLIM_IMAGE=, SERVE_IMAGE= (the commit tags), COMMIT= and DOCKER= to FILE,
+# for `make image-test`.
 #
 # The base image comes from tests/container/base_image.sh (pulled, or a stand-in where no
 # registry answers). pip inside the build reaches the index with this machine's settings, none
@@ -35,9 +37,9 @@ context=$(sed -n 's/^!//p' .dockerignore | tr '\n' ' ')
 # A release tag names one version of the code: Kubeflow keys a cached step on the image's name, not
 # its digest, so a release tag built again from other code would serve results cached from the old.
 # shellcheck disable=SC2086
-if [ $release = 1 ] && { ! git rev-parse HEAD > /dev/null 2>&1 || [ -n "$(git status --porcelain -- Dockerfile $context)" ]; }; then
+if [ $release = 1 ] && { ! git rev-parse HEAD > /dev/null 2>&1 || [ -n "$(git status --porcelain -- Dockerfile serving/Dockerfile $context)" ]; }; then
   echo "build.sh: --release needs a clean checkout (files the image is built from differ from the commit:" \
-       "$(git status --porcelain -- Dockerfile $context 2> /dev/null | head -3 | tr '\n' ' ')); commit them," \
+       "$(git status --porcelain -- Dockerfile serving/Dockerfile $context 2> /dev/null | head -3 | tr '\n' ' ')); commit them," \
        "and raise hsnet's __version__ for every release (a release tag must never name other code)" >&2
   exit 2
 fi
@@ -73,14 +75,14 @@ DOCKER=$(pick_docker)
 export DOCKER DOCKER_BUILDKIT=1
 $DOCKER info > /dev/null 2>&1 || { echo "build.sh: the Docker engine is not answering ($DOCKER info)" >&2; exit 2; }
 
-read -r RELEASE_IMAGE RELEASE_SLIM VERSION < <("$PYTHON" -c \
-  "import hsnet, components as c; print(c.IMAGE, c.SLIM_IMAGE, hsnet.__version__)")
-REPO=${RELEASE_IMAGE%:*}
+read -r RELEASE_IMAGE RELEASE_SLIM RELEASE_SERVE VERSION < <("$PYTHON" -c \
+  "import hsnet, components as c; from hsnet.deploy import SERVE_IMAGE; print(c.IMAGE, c.SLIM_IMAGE, SERVE_IMAGE, hsnet.__version__)")
+REPO=${RELEASE_IMAGE%:*} SERVE_REPO=${RELEASE_SERVE%:*}
 
 # the commit, and whether the files the build reads differ from it
 if commit=$(git rev-parse HEAD 2> /dev/null); then
   # shellcheck disable=SC2086
-  [ -z "$(git status --porcelain -- Dockerfile $context)" ] || commit="$commit-dirty"
+  [ -z "$(git status --porcelain -- Dockerfile serving/Dockerfile $context)" ] || commit="$commit-dirty"
   source_url=$(git remote get-url origin 2> /dev/null | sed -E 's#^(https?://)[^/@]*@#\1#' || true)
   case $source_url in  # a local path (a CI clone) names no source: the Dockerfile's default
     https://* | http://* | ssh://* | git@*) ;;
@@ -93,6 +95,7 @@ short=${commit:0:12}${commit#????????????????????????????????????????}  # 12 dig
 [ "$commit" = unknown ] && short=unknown
 IMAGE=$REPO:sha-$short
 SLIM_IMAGE=$REPO:sha-$short-slim
+SERVE_IMAGE=$SERVE_REPO:sha-$short
 
 args=(--build-arg "GIT_COMMIT=$commit" --build-arg "VERSION=$VERSION")
 [ -z "$source_url" ] || args+=(--build-arg "SOURCE=$source_url")
@@ -108,8 +111,8 @@ $DOCKER network inspect bridge > /dev/null 2>&1 || args+=(--network host)
 
 bash tests/container/base_image.sh
 
-tags=(-t "$IMAGE") slim_tags=(-t "$SLIM_IMAGE")
-[ $release = 0 ] || { tags+=(-t "$RELEASE_IMAGE"); slim_tags+=(-t "$RELEASE_SLIM"); }
+tags=(-t "$IMAGE") slim_tags=(-t "$SLIM_IMAGE") serve_tags=(-t "$SERVE_IMAGE")
+[ $release = 0 ] || { tags+=(-t "$RELEASE_IMAGE"); slim_tags+=(-t "$RELEASE_SLIM"); serve_tags+=(-t "$RELEASE_SERVE"); }
 logs=$(mktemp -d "${TMPDIR:-/tmp}/hsnet-build.XXXXXX")
 build() {  # LOG ARGS...: the build's output goes to LOG, its last lines to stderr if it fails
   local log=$1; shift
@@ -122,9 +125,13 @@ build() {  # LOG ARGS...: the build's output goes to LOG, its last lines to stde
 start=$(date +%s)
 build "$logs/slim.log" --target slim "${slim_tags[@]}"
 build "$logs/image.log" "${tags[@]}"
+build "$logs/serve.log" -f serving/Dockerfile "${serve_tags[@]}"
 rm -rf "$logs"
-echo "built $IMAGE and $SLIM_IMAGE in $(( $(date +%s) - start )) s (commit $commit)"
-$DOCKER image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$REPO" | grep -F -e "$IMAGE " -e "$SLIM_IMAGE " || true
+echo "built $IMAGE, $SLIM_IMAGE and $SERVE_IMAGE in $(( $(date +%s) - start )) s (commit $commit)"
+for r in "$IMAGE" "$SLIM_IMAGE" "$SERVE_IMAGE"; do
+  $DOCKER image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$r"
+done
 if [ -n "$refs" ]; then
-  printf 'IMAGE=%s\nSLIM_IMAGE=%s\nCOMMIT=%s\nDOCKER=%s\n' "$IMAGE" "$SLIM_IMAGE" "$commit" "$DOCKER" > "$refs"
+  printf 'IMAGE=%s\nSLIM_IMAGE=%s\nSERVE_IMAGE=%s\nCOMMIT=%s\nDOCKER=%s\n' "$IMAGE" "$SLIM_IMAGE" "$SERVE_IMAGE" \
+    "$commit" "$DOCKER" > "$refs"
 fi

@@ -2,7 +2,7 @@
 
 * KServe's model repository API (``/v2/repository/models/<name>/unload``), which any client of the
   predictor can call: the served model must not be taken away for good.
-* One request inside the InferenceService's own limits (serving/k8s/inferenceservice.yaml's
+* One request inside the InferenceService's own limits (hsnet/k8s/inferenceservice.yaml's
   HSNET_SERVE_* values) against the container's memory limit there: the kernel's OOM killer
   takes the whole pod, not one photo.
 * The images' build context (.dockerignore) against what each Dockerfile copies.
@@ -23,7 +23,7 @@ from PIL import Image
 from serve_helpers import b64, get, post, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = ROOT / "serving" / "k8s" / "inferenceservice.yaml"
+MANIFEST = ROOT / "hsnet" / "k8s" / "inferenceservice.yaml"
 
 
 @pytest.mark.slow
@@ -112,11 +112,18 @@ def test_requests_inside_the_manifests_limits_fit_its_memory_limit(trained, tmp_
 
 
 def _copied(dockerfile: Path) -> list[str]:
-    """The build-context paths a Dockerfile's COPY/ADD instructions read (not --from stages)."""
+    """The build-context paths a Dockerfile's COPY/ADD instructions and RUN's bind mounts read
+    (not --from stages)."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     sources = []
     for line in text.splitlines():
         words = line.split()
+        if words and words[0].upper() == "RUN":
+            for w in words[1:]:
+                opts = dict(o.split("=", 1) for o in w[len("--mount="):].split(",") if "=" in o) \
+                    if w.startswith("--mount=") else {}
+                if opts.get("type") == "bind" and "from" not in opts:
+                    sources.append(opts.get("source", "."))
         if not words or words[0].upper() not in ("COPY", "ADD"):
             continue
         args = [w for w in words[1:] if not w.startswith("--")]

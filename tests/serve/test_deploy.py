@@ -164,3 +164,23 @@ def test_deploy_errors_are_named(local_mlflow, tmp_path, monkeypatch, capsys):
         rollout("models:/hsnet-x/1", name="hsnet-x")
     assert main(["promote", "--name", "hsnet-x", "--dry-run"]) == 2
     assert "--dry-run goes with --deploy" in capsys.readouterr().err
+
+
+def test_the_installed_package_carries_its_template(tmp_path):
+    """The Kubeflow promote step runs hsnet installed from its wheel (Dockerfile), not from a
+    checkout: its first --deploy (no InferenceService yet) renders the template, so the template
+    must travel inside the package; a path beside the checkout's package (site-packages/serving/...)
+    is not there."""
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheels), root], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("hsnet-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = ("import hsnet.deploy as d; assert d.__file__.startswith(%r), d.__file__; "
+            "i = d.render('models:/hsnet-rafdb/3', name='x'); print(d.model_of(i), i['kind'])" % str(site))
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["models:/hsnet-rafdb/3", "InferenceService"]
