@@ -67,11 +67,24 @@ def _why_unloadable(exc: Exception) -> str:
 
 def load(path: str | os.PathLike) -> dict:
     """A checkpoint read safely (``weights_only``), or an error naming the file."""
+    return read(path)[0]
+
+
+def read(path: str | os.PathLike) -> tuple[dict, bytes]:
+    """:func:`load`, and the bytes it was loaded from: the file is read once, so its hash, its
+    weights and any copy of it are of one file, even if it is replaced meanwhile (``best.pt`` of a
+    training still running)."""
+    import io
+
     path = Path(path)
     if not path.is_file():
         raise HSNetError(f"checkpoint {path} does not exist (or is not a regular file)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HSNetError(f"checkpoint {path} can't be read ({exc.strerror or exc})") from exc
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise HSNetError(f"checkpoint {path} {_why_unloadable(exc)}; use a checkpoint written by hsnet train "
                          "(copy it again, or train again)") from exc
@@ -80,7 +93,7 @@ def load(path: str | os.PathLike) -> dict:
     if ckpt.get("format") != FORMAT:
         raise HSNetError(f"{path} was written by another hsnet version (checkpoint format {ckpt.get('format')!r}, "
                          f"this one reads {FORMAT}: the model changed); train it again with this version")
-    return ckpt
+    return ckpt, data
 
 
 def model_from(ckpt: dict):

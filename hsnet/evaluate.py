@@ -6,8 +6,10 @@ training curves, and a comparison with the paper's number for the dataset (Table
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from . import paper as paper_mod
 from . import tracking
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .errors import HSNetError
-from .io import atomic_path, check_creatable, clean_stale_tmp, sha256_file, write_json, write_text
+from .io import atomic_path, check_creatable, clean_stale_tmp, write_json, write_text
 from .plots import plot_confusion
 from . import checkpoint as checkpoint_mod
 from .device import forward, pick_device, place
@@ -120,8 +122,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     """Evaluate ``checkpoint`` on ``split`` of the cropped dataset at ``data_dir``; write the outputs."""
     out_dir = check_creatable(out_dir, "--out")  # before any work, creating nothing
     clean_stale_tmp(out_dir)
-    ckpt = checkpoint_mod.load(checkpoint)
-    sha = sha256_file(checkpoint)  # binds the figures to this file (hsnet register checks it)
+    ckpt, ckpt_bytes = checkpoint_mod.read(checkpoint)  # read once: the weights, hash and upload of one file
+    sha = hashlib.sha256(ckpt_bytes).hexdigest()  # binds the figures to this file (hsnet register checks it)
     meta = ckpt["meta"]
     classes, dataset = meta["classes"], meta["dataset"]
     # the settings given, else those the model was trained with
@@ -171,7 +173,10 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                                if a is not None}})
         for name in OUTPUTS:
             mlflow.log_artifact(str(out_dir / name))
-        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+        with tempfile.TemporaryDirectory() as tmp:  # the bytes evaluated, not the file as it is now
+            copy = Path(tmp) / Path(checkpoint).name
+            copy.write_bytes(ckpt_bytes)
+            mlflow.log_artifact(str(copy), artifact_path="checkpoint")
     return metrics
 
 

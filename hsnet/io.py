@@ -123,13 +123,16 @@ STALE_TMP_SECONDS = 3600
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, *, durable: bool = True):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
 
-    A crash or an exception leaves whatever ``path`` held before untouched. The new file gets the
-    mode an ordinary write would give it: the old file's mode, or 0666 less the umask (0644 by
-    default), not mkstemp's 0600. A killed process leaves ``.NAME.*.tmp``:
-    :func:`clean_stale_tmp` removes old ones.
+    A crash or an exception leaves whatever ``path`` held before untouched. With ``durable`` the
+    new file is flushed to the disk before the rename (and the folder after it), so a machine
+    that loses power just after finds the old file or the new one whole, never a name pointing at
+    a file cut short; without it (many small files that a re-run writes again, e.g. crops) only a
+    killed process is survived. The new file gets the mode an ordinary write would give it: the
+    old file's mode, or 0666 less the umask (0644 by default), not mkstemp's 0600. A killed
+    process leaves ``.NAME.*.tmp``: :func:`clean_stale_tmp` removes old ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,11 +149,33 @@ def atomic_path(path: str | os.PathLike):
         os.close(fd)
     try:
         yield Path(tmp)
+        if durable:
+            _flush(tmp)
         os.replace(tmp, path)
+        if durable:
+            _flush(path.parent, folder=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _flush(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """fsync ``path`` (a folder: its entries, e.g. a rename); a filesystem that can't (some network
+    and virtual ones refuse a folder's fsync) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 def clean_stale_tmp(folder: str | os.PathLike, name: str = "*", *, recursive: bool = False,

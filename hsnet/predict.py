@@ -339,7 +339,7 @@ def _predict_chunk(photos, clf, detector, pool, min_prob, targets, results, no_f
                 no_face.append(str(photo.path))
             if targets:  # a copy that can't be written is this photo's record; its faces still count
                 try:
-                    with atomic_path(targets[photo.path]) as tmp:
+                    with atomic_path(targets[photo.path], durable=False) as tmp:
                         annotate(photo.image, faces).save(tmp, format="JPEG", quality=90)
                 except OSError as exc:
                     record["annotation_error"] = (f"{targets[photo.path]}: the annotated copy can't be written "

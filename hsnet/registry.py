@@ -23,6 +23,7 @@ always find ``production``. See docs/security.md for what this does and doesn't 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -303,9 +304,9 @@ def record(registration: dict) -> dict:
     return {k: v for k, v in registration.items() if k != "already_registered"}
 
 
-def _checked_metrics(checkpoint: Path, metrics_path: Path, meta: dict, dataset: str) -> tuple[dict, str]:
-    """The metrics.json ``hsnet evaluate`` wrote for ``checkpoint`` (of ``dataset``), and the
-    checkpoint's sha256; an HSNetError saying what to do when they don't belong together."""
+def _checked_metrics(checkpoint: Path, sha: str, metrics_path: Path, meta: dict, dataset: str) -> tuple[dict, str]:
+    """The metrics.json ``hsnet evaluate`` wrote for ``checkpoint`` (of ``dataset``, its bytes'
+    sha256 ``sha``), and ``sha``; an HSNetError saying what to do when they don't belong together."""
     if not metrics_path.is_file():
         raise HSNetError(f"--metrics {metrics_path} does not exist; run hsnet evaluate first")
     try:
@@ -316,7 +317,6 @@ def _checked_metrics(checkpoint: Path, metrics_path: Path, meta: dict, dataset: 
     if meta["dataset"] != dataset or m.get("dataset") != dataset:
         raise HSNetError(f"--dataset {dataset}: the checkpoint is for {meta['dataset']!r} and the metrics "
                          f"for {m.get('dataset')!r}")
-    sha = sha256_file(checkpoint)
     claimed = m.get("checkpoint_sha256")
     if not claimed:
         raise HSNetError(f"--metrics {metrics_path} does not say which checkpoint it measured (no "
@@ -342,13 +342,17 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     from . import checkpoint as checkpoint_mod
 
     checkpoint, metrics_path = Path(checkpoint), Path(metrics)
-    ckpt = checkpoint_mod.load(checkpoint)
-    meta = ckpt["meta"]
-    m, sha = _checked_metrics(checkpoint, metrics_path, meta, dataset)
+    ckpt, data = checkpoint_mod.read(checkpoint)  # read once: the weights logged are the bytes hashed
+    sha, meta = hashlib.sha256(data).hexdigest(), ckpt["meta"]
+    del data
+    m, sha = _checked_metrics(checkpoint, sha, metrics_path, meta, dataset)
     name = name or default_name(dataset)
     client = _client()
     for mv in _versions_of(client, name, sha)[:1]:
         log.debug("%s is already registered as %s version %s", checkpoint, name, mv.version)
+        if mv.tags.get(STATE_TAG) == PENDING:  # a registration stopped half-way (killed, retried): finish it
+            log.info("%s version %s: finishing its registration (stopped before its alias was set)", name, mv.version)
+            _finish(client, name, mv.version, mv.tags)
         return _existing_result(client, name, mv)
 
     figures = _evaluation_of(client, sha, m, metrics_path, checkpoint)
@@ -365,6 +369,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         **{f"model.{k}": str(v) for k, v in meta["model"].items()},
     }
     run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}
+    tags[STATE_TAG] = PENDING  # until its description and alias are set: a retried register finishes it
     params = {"checkpoint": str(checkpoint), "name": name, "checkpoint_sha256": sha,
               "evaluation_run_id": figures["evaluation_run_id"]}  # params: immutable, read by promote
     logged = log_model(ckpt, run_name=f"register-{dataset}", params=params, tags=run_tags,
@@ -378,12 +383,23 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         client.delete_model_version(name, mv.version)
         client.delete_run(run_id)
         return _existing_result(client, name, first)
-    client.update_model_version(name, mv.version, description=(
-        f"HSNet on {dataset}: test accuracy {test_acc:.4f}, mean accuracy {test_macc:.4f} "
-        f"(test data {tags['test_data_version']}, evaluation run {figures['evaluation_run_id']}); "
-        f"trained in run {tags['train_run_id']}"))
-    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    _finish(client, name, mv.version, tags)
     return _result(client, name, mv, run_id, False, figures)
+
+
+STATE_TAG, PENDING, COMPLETE = "registration", "pending", "complete"
+
+
+def _finish(client, name: str, version, tags: dict) -> None:
+    """The last steps of registering a version (from its tags): its description, the ``candidate``
+    alias, and the tag that says they are done (set last, so a registration killed before it is
+    finished by the next ``hsnet register`` of the same file)."""
+    client.update_model_version(name, str(version), description=(
+        f"HSNet on {tags['dataset']}: test accuracy {float(tags['test_accuracy']):.4f}, mean accuracy "
+        f"{float(tags['test_mean_accuracy']):.4f} (test data {tags['test_data_version']}, evaluation run "
+        f"{tags['evaluation_run_id']}); trained in run {tags['train_run_id']}"))
+    client.set_registered_model_alias(name, CANDIDATE, str(version))
+    client.set_model_version_tag(name, str(version), STATE_TAG, COMPLETE)
 
 
 def _versions_of(client, name: str, sha: str) -> list:

@@ -111,7 +111,7 @@ def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, pro
     targets = local_paths(bucket, prefix, keys, dest)
 
     def get(key: str) -> None:
-        with atomic_path(targets[key]) as tmp:
+        with atomic_path(targets[key], durable=False) as tmp:
             s3.download_file(bucket, key, str(tmp))
 
     try:

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -277,6 +278,8 @@ def fetch_model(uri: str) -> Path | None:
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
                 raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {source})")
+            if local.exists() and not (local / "MLmodel").is_file():
+                _remove_copy(local)  # what a copy removed by older code (not renamed first) may have left
             try:
                 os.rename(got, local)
             except OSError:  # another process cached it meanwhile
@@ -286,13 +289,28 @@ def fetch_model(uri: str) -> Path | None:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s (%s) to %s", uri, source, local)
     os.utime(local)
-    remove_stale_temporaries(root, ".download-*")
+    for leftover in (".download-*", REMOVING + "*"):
+        remove_stale_temporaries(root, leftover)
     copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for old in copies[MODEL_CACHE_KEEP:]:
         if old != local:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_copy(old)
     return local
+
+
+REMOVING = ".removing-"  # a cached copy being deleted: renamed first, so no half-deleted copy keeps its name
+
+
+def _remove_copy(path: Path) -> None:
+    """Delete a cached model copy: renamed to a hidden name at once (atomic), then removed; a
+    process killed meanwhile leaves only the hidden name, cleaned up later."""
+    aside = path.with_name(f"{REMOVING}{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # removed by another process
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def git_commit() -> str:

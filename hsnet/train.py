@@ -407,6 +407,10 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
     learning (:mod:`hsnet.guards`), record and checkpoint each epoch; early stopping."""
     epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
     while state.epoch < epochs:
+        # checked before an epoch, not after: a run resumed from the epoch it stopped at stops there too
+        if tp.early_stopping and state.stale >= tp.early_stopping:
+            log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
+            break
         epoch = state.epoch + 1
         loss, acc, ips = train_one_epoch(engine.step_model, train_data, tp, setup, engine.optimizer, epoch,
                                          progress=progress, desc=f"epoch {epoch}/{epochs}", step=engine.train_step)
@@ -424,9 +428,6 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
         save_epoch(out_dir, meta, engine.model, engine.optimizer, engine.scheduler, state, setup, improved)
         if on_checkpoint:
             on_checkpoint(out_dir, improved)
-        if tp.early_stopping and state.stale >= tp.early_stopping:
-            log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
-            break
         if stop_at and epoch >= stop_at:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
             break

@@ -19,6 +19,7 @@ output manifest or, by name, in the report.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HSNetError
-from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
-                  safe_join, sha256_file, write_json)
+from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, only_writer,
+                  open_rgb, safe_join, sha256_file, write_json)
 from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params
 from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
@@ -173,18 +174,35 @@ def output_name(rel: str) -> str:
 
 
 def colliding_rows(paths: list[str]) -> dict[int, int]:
-    """{row index: index of the earlier row whose crop it would overwrite} for manifest paths whose
-    :func:`output_name` is the same. (Names equal but for case, ``x.JPG`` and ``x.jpg``, are two
-    files only where the filesystem tells case apart, and so are their crops.)"""
-    first: dict[str, int] = {}
+    """{row index: index of an earlier row whose crop can't exist beside its crop} for manifest paths
+    whose :func:`output_name` is the same, or where one crop's name is a folder the other's lies in
+    (``a`` and ``a.png/x.jpg``: ``images/a.png`` and ``images/a.png/x.jpg.png``). (Names equal but
+    for case, ``x.JPG`` and ``x.jpg``, are two files only where the filesystem tells case apart, and
+    so are their crops.)"""
+    files: dict[str, int] = {}  # crop name -> row
+    folders: dict[str, int] = {}  # a folder a crop lies in -> the first such row
     clashes = {}
     for i, rel in enumerate(paths):
         key = output_name(rel)
-        if key in first:
-            clashes[i] = first[key]
-        else:
-            first[key] = i
+        parents = [str(p) for p in PurePosixPath(key).parents if str(p) != "."]
+        other = files.get(key, folders.get(key))
+        if other is None:
+            other = next((files[p] for p in parents if p in files), None)
+        if other is not None:
+            clashes[i] = other
+            continue
+        files[key] = i
+        for folder in parents:
+            folders.setdefault(folder, i)
     return clashes
+
+
+def clash_message(rel: str, other: str) -> str:
+    """Why the crop of row ``rel`` is refused beside the crop of the earlier row ``other``."""
+    mine, theirs = output_name(rel), output_name(other)
+    why = ("would overwrite the crop of" if mine == theirs
+           else "can't exist beside the crop (one crop's name is the other's folder) of")
+    return f"its crop {mine!r} {why} the row {other!r}; rename one of the files"
 
 
 @dataclass
@@ -206,8 +224,7 @@ def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[di
     for i, row in enumerate(rows):
         try:
             if i in clashes:
-                raise HSNetError(f"its crop {output_name(row['path'])!r} would overwrite the crop of the row "
-                                 f"{rows[clashes[i]]['path']!r}; rename one of the files")
+                raise HSNetError(clash_message(row["path"], rows[clashes[i]]["path"]))
             src = safe_join(root, row["path"], what="manifest path")
             dest = output_name(row["path"])
             safe_join(out, dest, what="crop output")
@@ -258,6 +275,10 @@ def _check_apart(root: Path, out: Path) -> None:
     """Refuse an ``out`` whose crops folder holds ``root`` or lies in it: crops would overwrite the
     photos (``--root D/images --out D``: ``images/x.png``'s crop is ``D/images/x.png``) and the
     stale-crop cleanup would delete them (``--root D --out D``)."""
+    if (out / IMAGES).is_symlink():
+        raise HSNetError(f"--out {out}: its crops folder {out / IMAGES} is a symbolic link (to "
+                         f"{os.readlink(out / IMAGES)}); crop writes and deletes only inside --out: remove the "
+                         "link, or give an --out on the disk you want the crops on")
     photos, crops = os.path.realpath(root), os.path.realpath(out / IMAGES)
     if photos == crops or crops.startswith(photos.rstrip(os.sep) + os.sep) \
             or photos.startswith(crops.rstrip(os.sep) + os.sep):
@@ -298,6 +319,14 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
     if not rows:
         raise HSNetError(f"manifest {manifest} has no rows: nothing to crop")
     check_writable(out, "--out")
+    with only_writer(out, "hsnet data crop", "wait for it to end, or crop into another --out"):
+        return _crop_into(rows, root, out, settings, device, batch_size, workers, progress)
+
+
+def _crop_into(rows: list[dict], root: Path, out: Path, settings: CropParams, device: str, batch_size: int,
+               workers: int | None, progress: bool) -> dict:
+    """:func:`crop`'s work, with ``out`` held against another crop (a second one would mix crops
+    of its settings under this one's record, and remove this one's temporary files)."""
     clean_stale_tmp(out, recursive=True)
     items, refused = _plan(rows, root, out)
     previous = _previous_entries(out, settings)
@@ -362,7 +391,12 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
                         report["unreadable"].append({"path": item.row["path"], "error": f"{item.src}: {boxes}"})
                         bar.update()
                         continue
-                    result, outcome = _crop_one(item, img, boxes, settings, out)
+                    try:
+                        result, outcome = _crop_one(item, img, boxes, settings, out)
+                    except _RowRefused as exc:  # no state entry: a re-run tries it again
+                        report["refused"].append({"path": item.row["path"], "error": str(exc)})
+                        bar.update()
+                        continue
                     if result is not None:
                         result["source_sha256"] = digest
                     entries[item.row["path"]] = {"sha256": digest, "row": result, "outcome": outcome}
@@ -425,10 +459,21 @@ def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict,
                             "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
     write_json(out / REPORT, report)
     keep = {out / r["path"] for r in out_rows}
-    for stale in (out / IMAGES).rglob("*.png") if (out / IMAGES).is_dir() else []:
+    for stale in _crops_in(out / IMAGES):
         if stale not in keep:  # crops of rows that left the manifest or now have no face
             stale.unlink()
     write_json(out / STATE_FILE, {"settings": settings.key(), "entries": entries})
+
+
+def _crops_in(folder: Path) -> list[Path]:
+    """The ``.png`` files under ``folder``, never looking through a symbolic link to a folder (a
+    linked folder's files are not crop's to delete; a linked file is only a link to remove)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    found = []
+    for parent, _, files in os.walk(folder, followlinks=False):
+        found += [Path(parent) / f for f in files if f.endswith(".png")]
+    return found
 
 
 def _crop_one(item: _Item, img, boxes, settings: CropParams, out: Path) -> tuple[dict | None, str]:
@@ -455,8 +500,20 @@ def _crop_one(item: _Item, img, boxes, settings: CropParams, out: Path) -> tuple
                           box_y2=f"{box[3]:.1f}", det_prob=f"{box[4]:.4f}")
     dest = out / item.dest
     try:
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest, durable=False) as tmp:  # thousands of files a re-run cuts again
             face.save(tmp, format="PNG", compress_level=1)
     except OSError as exc:
-        raise HSNetError(f"{dest}: can't write the crop of {row['path']!r} ({exc.strerror or exc})") from exc
+        message = f"{dest}: can't write the crop of {row['path']!r} ({exc.strerror or exc})"
+        if exc.errno in _NAME_ERRORS:  # this row's name, not the disk: a record, the run goes on
+            raise _RowRefused(message) from exc
+        raise HSNetError(message + "; nothing was recorded, run it again once fixed") from exc
     return result, outcome
+
+
+# write errors that come from one crop's name (too long, a file where a folder must be, bytes the
+# filesystem refuses), unlike a full disk or a read-only folder, which would fail every row
+_NAME_ERRORS = {errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EILSEQ, errno.EINVAL}
+
+
+class _RowRefused(Exception):
+    """One row's crop can't be written under its name: a ``refused`` record."""

@@ -21,7 +21,7 @@ from ..errors import HSNetError
 from ..params import ValidateParams
 from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, file_stamp, open_rgb, \
     safe_join, sha256_file, write_json
-from .crop import colliding_rows, output_name
+from .crop import clash_message, colliding_rows
 from .datasets import get_spec
 from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
 
@@ -168,7 +168,7 @@ def build_table(rows: list[dict], root: Path, workers: int | None, cache: ImageI
     df["crop_name_unique"] = [i not in clashes for i in range(len(df))]
     for i, j in clashes.items():
         infos[i] = ImageInfo(infos[i].exists, infos[i].decodes, infos[i].width, infos[i].height, infos[i].sha256,
-                             f"its crop {output_name(paths[i])!r} would overwrite the crop of {paths[j]!r}")
+                             clash_message(paths[i], paths[j]))
     df["file_exists"] = [i.exists for i in infos]
     df["decodes"] = [i.decodes for i in infos]
     df["min_side"] = [min(i.width, i.height) for i in infos]

@@ -265,6 +265,32 @@ def test_crops_never_land_outside_out_through_a_link(tmp_path):
     assert list(outside.iterdir()) == []
 
 
+def test_a_crop_that_cant_be_written_under_its_name_is_a_record(tmp_path):
+    """A folder left where one row's crop goes (out/images/a.png a directory): renaming the crop onto
+    it fails (EISDIR) for that row only; the run goes on, a full disk would still end it."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    root.mkdir()
+    for i, n in enumerate(["a.png", "b.png"]):
+        _noise(root / n, i)
+    (out / "images" / "a.png" / "inside").mkdir(parents=True)
+    write_manifest(tmp_path / "m.csv", _rows([("a.png", "train"), ("b.png", "train")]))
+    report = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
+    assert [r["path"] for r in report["refused"]] == ["a.png"] and "can't write the crop" in report["refused"][0]["error"]
+    assert [r["source_path"] for r in read_manifest(out / "manifest.csv")] == ["b.png"]
+    # not remembered as done: once the folder is gone, the next run crops it
+    (out / "images" / "a.png" / "inside").rmdir()
+    (out / "images" / "a.png").rmdir()
+    again = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
+    assert again["refused"] == [] and again["processed"] == 1 and again["reused"] == 1
+
+
+def test_a_crop_whose_name_is_another_crops_folder_is_refused_by_name():
+    """``a`` (crop images/a.png) and ``a.png/x.jpg`` (crop images/a.png/x.jpg.png): both can't exist."""
+    assert colliding_rows(["a", "a.png/x.jpg", "b.png"]) == {1: 0}
+    assert colliding_rows(["a.png/x.jpg", "a", "a.png/y.jpg"]) == {1: 0}
+    assert colliding_rows(["d/x.png", "d.png", "d/y.png"]) == {}  # images/d/ and images/d.png: no clash
+
+
 def test_special_files_are_listed_not_opened(tmp_path):
     """A FIFO named .png hung crop; a directory named dir.png or a file whose open fails ended in a traceback."""
     from tests.data.test_io import finishes

@@ -166,7 +166,7 @@ def test_rows_whose_crops_would_collide_fail(good, tmp_path):
         rows.append({**victim, "path": name})
     write_manifest(manifest, rows)
     message = _fails(manifest, root, tmp_path, "rows whose crops would get the same file name", twin)
-    assert f"would overwrite the crop of '{first}'" in message
+    assert f"would overwrite the crop of the row '{first}'" in message
 
 
 def test_kdef_case_variants_and_extensions_pass(good, tmp_path):
