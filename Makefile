@@ -51,7 +51,7 @@ pipeline: setup
 # answers), run the whole pipeline in them with kfp.local's DockerRunner against moto + MLflow on
 # loopback, the model server as the InferenceService runs it, and `hsnet --help` as the non-root
 # user; then remove the images (Docker's build cache is kept, and trimmed to IMAGE_CACHE_KEEP).
-IMAGE_CACHE_KEEP ?= 30GB
+IMAGE_CACHE_KEEP ?= 40GB
 image-test: setup
 	@refs=$$(mktemp); trap 'rm -f $$refs' EXIT; \
 	PYTHON=$(BIN)/python bash tests/container/build.sh --refs $$refs || exit 1; . $$refs; \
