@@ -5,6 +5,7 @@ against (2026-11-29, after 11ccbbc)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -117,12 +118,17 @@ def test_a_crop_stopped_half_way_leaves_no_crops_of_its_settings_to_a_rerun_of_t
     small, large = CropParams(detector="none", size=80), CropParams(detector="none", size=96)
     crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=small, progress=False)
     rows = read_manifest(out / "manifest.csv")
-    last = out / rows[-1]["path"]
-    last.unlink()
-    last.mkdir()  # the run below stops at its last photo, as a kill or a full disk would stop it
-    with pytest.raises(HSNetError):
-        crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=large, progress=False)
-    last.rmdir()
+    real_save, saved = Image.Image.save, []
+
+    def disk_full_at_the_last(self, fp, *args, **kwargs):  # the run below stops at its last photo
+        if len(saved) == len(rows) - 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fp))
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(HSNetError, match="can't write the crop"):
+        mp.setattr(Image.Image, "save", disk_full_at_the_last)
+        crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=large, progress=False, workers=1)
     report = crop(tmp_path / "manifest.csv", tmp_path / "raw", out, settings=small, progress=False)
     sizes = {}
     for r in read_manifest(out / "manifest.csv"):
