@@ -350,7 +350,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     client = _client()
     for mv in _versions_of(client, name, sha)[:1]:
         log.debug("%s is already registered as %s version %s", checkpoint, name, mv.version)
-        if mv.tags.get(STATE_TAG) == PENDING:  # a registration stopped half-way (killed, retried): finish it
+        if _unfinished(mv):  # a registration stopped half-way (killed, retried): finish it
             log.info("%s version %s: finishing its registration (stopped before its alias was set)", name, mv.version)
             _finish(client, name, mv.version, mv.tags)
         return _existing_result(client, name, mv)
@@ -382,6 +382,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
                  first.version, mv.version)
         client.delete_model_version(name, mv.version)
         client.delete_run(run_id)
+        if _unfinished(first):  # the other register was stopped before finishing it: this one does
+            _finish(client, name, first.version, first.tags)
         return _existing_result(client, name, first)
     _finish(client, name, mv.version, tags)
     return _result(client, name, mv, run_id, False, figures)
@@ -390,15 +392,33 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
 STATE_TAG, PENDING, COMPLETE = "registration", "pending", "complete"
 
 
+def _unfinished(mv) -> bool:
+    """Whether ``mv``'s registration stopped half-way: tagged ``pending``, or, registered by an hsnet
+    from before that tag, without the description registering sets before the alias."""
+    state = (mv.tags or {}).get(STATE_TAG)
+    return state == PENDING or (state is None and not mv.description)
+
+
 def _finish(client, name: str, version, tags: dict) -> None:
     """The last steps of registering a version (from its tags): its description, the ``candidate``
-    alias, and the tag that says they are done (set last, so a registration killed before it is
-    finished by the next ``hsnet register`` of the same file)."""
+    alias unless a newer version holds it (``candidate`` is the newest registered version: a
+    registration finished late never takes it back), and the tag that says they are done (set
+    last, so a registration killed before it is finished by the next ``hsnet register`` of the
+    same file)."""
+    from mlflow.exceptions import MlflowException
+
     client.update_model_version(name, str(version), description=(
         f"HSNet on {tags['dataset']}: test accuracy {float(tags['test_accuracy']):.4f}, mean accuracy "
         f"{float(tags['test_mean_accuracy']):.4f} (test data {tags['test_data_version']}, evaluation run "
         f"{tags['evaluation_run_id']}); trained in run {tags['train_run_id']}"))
-    client.set_registered_model_alias(name, CANDIDATE, str(version))
+    try:
+        holder = int(client.get_model_version_by_alias(name, CANDIDATE).version)
+    except MlflowException:  # no candidate yet (or its version was deleted)
+        holder = None
+    if holder is None or holder < int(version):
+        client.set_registered_model_alias(name, CANDIDATE, str(version))
+    elif holder > int(version):
+        log.info("%s version %s: %s stays on version %s, registered later", name, version, CANDIDATE, holder)
     client.set_model_version_tag(name, str(version), STATE_TAG, COMPLETE)
 
 

@@ -74,14 +74,13 @@ class Loaded:
     registered_model: str | None
 
 
-def resolve(model: str) -> tuple[str, str, str | None]:
+def resolve(model: str) -> tuple[str, str | None, str | None]:
     """(URI to load, version, registered name): an alias is resolved to its version first, so
-    the version reported is the one loaded even if the alias moves meanwhile."""
-    from .io import sha256_file
-
+    the version reported is the one loaded even if the alias moves meanwhile. A checkpoint file's
+    version (``sha256:`` of its bytes) is known once it is loaded: None here."""
     text = str(model)
     if Path(text).is_file():
-        return text, "sha256:" + sha256_file(text)[:12], None
+        return text, None, None
     if text.startswith("models:/"):
         from mlflow.exceptions import MlflowException
 
@@ -132,6 +131,8 @@ class HSNetModel(kserve.Model):
 
         uri, version, registered = resolve(self.model_ref)
         classifier = load_classifier(uri, self.device)  # a registered version's files are checked first
+        if version is None:  # a checkpoint file: the hash of the bytes loaded, not of the file as it is now
+            version = "sha256:" + classifier.info["sha256"][:12]
         detector = Detector(str(classifier.setup.device), min_face_size=self.min_face_size)
         loaded = Loaded(classifier, detector, uri, version, registered)
         self._infer(loaded, [], crops=False)  # nothing to do, but proves the objects work together

@@ -251,7 +251,8 @@ def fetch_model(uri: str) -> Path | None:
     ``<cache>/models/<tracking server>/``, of which the :data:`MODEL_CACHE_KEEP` most recently
     used are kept. A version is cached by what it is (its run, source and creation time), not
     only its number: a registered model deleted and registered again starts again at version 1.
-    Leftovers of a download killed half-way are removed after :data:`~hsnet.io.STALE_TMP_SECONDS`.
+    A copy is used only once whole (a marker beside it, made last); leftovers of a download or a
+    deletion killed half-way are removed after :data:`~hsnet.io.STALE_TMP_SECONDS`.
     Other URIs (a local folder, ``s3://``): ``None``, MLflow loads them as they are.
     Errors are MLflow's (no such model or alias); the caller names the URI.
     """
@@ -271,20 +272,21 @@ def fetch_model(uri: str) -> Path | None:
     if folder != key:  # 'a b' and 'a_b' are different models: never one cache folder
         folder += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     local = safe_join(root, folder, what=f"model cache folder for {uri}")
-    if not (local / "MLmodel").is_file():
+    if not _complete(local):
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
         try:
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
                 raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {source})")
-            if local.exists() and not (local / "MLmodel").is_file():
-                _remove_copy(local)  # what a copy removed by older code (not renamed first) may have left
+            if local.exists() and not _complete(local):
+                _remove_copy(local)  # a copy cut short: killed before its marker, or left by older code
             try:
                 os.rename(got, local)
             except OSError:  # another process cached it meanwhile
                 if not (local / "MLmodel").is_file():
                     raise
+            _marker(local).touch()  # last: a copy without it is never used
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s (%s) to %s", uri, source, local)
@@ -302,10 +304,23 @@ def fetch_model(uri: str) -> Path | None:
 REMOVING = ".removing-"  # a cached copy being deleted: renamed first, so no half-deleted copy keeps its name
 
 
+def _marker(copy: Path) -> Path:
+    """The file beside a cached copy that says it is whole: made after the copy is in place,
+    removed before it is deleted (hidden, and not in the copy, whose files are checked against
+    the registry's)."""
+    return copy.with_name(".complete-" + hashlib.sha256(copy.name.encode()).hexdigest()[:16])
+
+
+def _complete(copy: Path) -> bool:
+    return _marker(copy).is_file() and (copy / "MLmodel").is_file()
+
+
 def _remove_copy(path: Path) -> None:
-    """Delete a cached model copy: renamed to a hidden name at once (atomic), then removed; a
-    process killed meanwhile leaves only the hidden name, cleaned up later."""
-    aside = path.with_name(f"{REMOVING}{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    """Delete a cached model copy: its marker first, then the copy renamed to a hidden name at once
+    (atomic) and removed; a process killed meanwhile leaves only the hidden name, cleaned up later."""
+    _marker(path).unlink(missing_ok=True)
+    aside = path.with_name(f"{REMOVING}{hashlib.sha256(path.name.encode()).hexdigest()[:16]}-{os.getpid()}-"
+                           f"{time.monotonic_ns()}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:  # removed by another process

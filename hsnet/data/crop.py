@@ -249,12 +249,25 @@ def _previous_entries(out: Path, settings: CropParams) -> dict:
         return {}
 
 
-def _reusable(old, digest: str, item: _Item, out: Path) -> bool:
+def _reusable(old, digest: str, item: _Item, out: Path, size: int) -> bool:
     try:
         return old["sha256"] == digest and (old["row"] is None or (
-            old["row"]["path"] == item.dest and (out / item.dest).is_file()))
+            old["row"]["path"] == item.dest and _png_size(out / item.dest) == (size, size)))
     except (TypeError, KeyError):
         return False
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG file's header; None for anything else (missing, empty, cut short
+    before its header: what a power cut can leave of a crop renamed into place unflushed)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 ROW_FIELDS = ("label", "label_name", "split", "subject")  # what crop copies from the input row
@@ -368,7 +381,7 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
         except FileReadError as exc:
             return item, None, None, str(exc)
         old = previous.get(item.row["path"])
-        if old and _reusable(old, digest, item, out):
+        if old and _reusable(old, digest, item, out, settings.size):
             return item, digest, old, None
         try:
             return item, digest, open_rgb(item.src), None
@@ -454,6 +467,8 @@ def _summarise(items: list[_Item], entries: dict[str, dict], report: dict, setti
 
 
 def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict, settings: CropParams) -> None:
+    if report["processed"]:
+        os.sync()  # the crops (written unflushed, thousands of them) reach the disk before the records listing them
     write_manifest(out / MANIFEST, out_rows,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "source_sha256",
                             "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])

@@ -171,10 +171,17 @@ def test_the_installed_package_carries_its_template(tmp_path):
     checkout: its first --deploy (no InferenceService yet) renders the template, so the template
     must travel inside the package; a path beside the checkout's package (site-packages/serving/...)
     is not there."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    import shutil
+
+    wheels, site, src = tmp_path / "wheels", tmp_path / "site", tmp_path / "src"
+    src.mkdir()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for part in ("pyproject.toml", "README.md", "hsnet", "components"):  # built from a copy: setuptools
+        copy = shutil.copytree if os.path.isdir(os.path.join(root, part)) else shutil.copy  # writes build/ there
+        copy(os.path.join(root, part), src / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                        if copy is shutil.copytree else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheels), root], check=True, capture_output=True, timeout=300)
+                    str(wheels), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("hsnet-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
