@@ -6,8 +6,9 @@
 #                    and pins without torch, MLflow or matplotlib (under 1 GB instead of 7)
 #
 # Build with BuildKit (the pip steps take the index's CA bundle as a secret, and cache wheels):
-#   make image                      # both images, tagged with the release and the source commit
-# which runs (see tests/container/build.sh):
+#   bash tests/container/build.sh   # both images (and serving/Dockerfile's), tagged with the source
+#                                   # commit (--release: and the release); make image-test builds them so
+# which runs:
 #   DOCKER_BUILDKIT=1 docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt \
 #     --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t ghcr.io/hsnet-pipeline/hsnet:0.1.0 .
 # Proxies: docker build's own HTTP(S)_PROXY/NO_PROXY build args (never recorded in the image);

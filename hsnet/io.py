@@ -168,7 +168,10 @@ def _flush(path: str | os.PathLike, *, folder: bool = False) -> None:
     except OSError:
         if folder:
             return
-        raise
+        try:  # a file its mode makes write-only (rewriting a 0200 file keeps its mode)
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            return  # neither: not ours to flush (it is renamed all the same)
     try:
         os.fsync(fd)
     except OSError:
@@ -233,7 +236,11 @@ def only_writer(folder: str | os.PathLike, who: str, instead: str):
     import fcntl
     import logging
 
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise HSNetError(f"{folder}: can't open the folder to hold it ({exc.strerror or exc}); {who} needs to "
+                         "read and write it: fix its permissions, or give another output folder") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,6 +19,7 @@ output manifest or, by name, in the report.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -288,6 +289,9 @@ def _check_apart(root: Path, out: Path) -> None:
     """Refuse an ``out`` whose crops folder holds ``root`` or lies in it: crops would overwrite the
     photos (``--root D/images --out D``: ``images/x.png``'s crop is ``D/images/x.png``) and the
     stale-crop cleanup would delete them (``--root D --out D``)."""
+    if (out / IMAGES).exists() and not (out / IMAGES).is_dir():
+        raise HSNetError(f"--out {out}: {out / IMAGES}, where the crops go, is a file, not a folder; move it "
+                         "away, or give another output folder")
     if (out / IMAGES).is_symlink():
         raise HSNetError(f"--out {out}: its crops folder {out / IMAGES} is a symbolic link (to "
                          f"{os.readlink(out / IMAGES)}); crop writes and deletes only inside --out: remove the "
@@ -342,6 +346,7 @@ def _crop_into(rows: list[dict], root: Path, out: Path, settings: CropParams, de
     of its settings under this one's record, and remove this one's temporary files)."""
     clean_stale_tmp(out, recursive=True)
     items, refused = _plan(rows, root, out)
+    _remove_stale(out, {out / item.dest for item in items})  # first: an old crop's folder may be a new crop's name
     previous = _previous_entries(out, settings)
     detector = Detector(device, settings.min_face_size) if settings.detector == "mtcnn" else None
     report = {"images": len(rows), "settings": asdict(settings), "processed": 0, "reused": 0,
@@ -473,11 +478,22 @@ def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "source_sha256",
                             "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
     write_json(out / REPORT, report)
-    keep = {out / r["path"] for r in out_rows}
-    for stale in _crops_in(out / IMAGES):
-        if stale not in keep:  # crops of rows that left the manifest or now have no face
-            stale.unlink()
+    _remove_stale(out, {out / r["path"] for r in out_rows})  # crops of rows that now have no face
     write_json(out / STATE_FILE, {"settings": settings.key(), "entries": entries})
+
+
+def _remove_stale(out: Path, keep: set[Path]) -> None:
+    """Delete the crops under ``out/images`` not in ``keep`` (rows that left the manifest, or have
+    no face now), then the folders left empty."""
+    for stale in _crops_in(out / IMAGES):
+        if stale not in keep:
+            stale.unlink()
+    if (out / IMAGES).is_dir() and not (out / IMAGES).is_symlink():
+        for parent, dirs, files in os.walk(out / IMAGES, topdown=False):
+            for d in dirs:
+                with contextlib.suppress(OSError):  # not empty, or a link: left alone
+                    if not (Path(parent) / d).is_symlink():
+                        (Path(parent) / d).rmdir()
 
 
 def _crops_in(folder: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """The images, built and run for real (``make image-test``; skipped unless HSNET_IMAGE_TEST=1).
 
-``make image-test`` builds both images (tests/container/build.sh, with the stand-in base where
-no registry answers) and passes their references in HSNET_TEST_IMAGE / HSNET_TEST_SLIM_IMAGE and
+``make image-test`` builds the images (tests/container/build.sh, with the stand-in base where
+no registry answers) and passes their references in HSNET_TEST_IMAGE / HSNET_TEST_SLIM_IMAGE (the
+serving image's, HSNET_TEST_SERVE_IMAGE, to test_serve_image.py) and
 the commit they were built from in HSNET_TEST_COMMIT. The whole pipeline then runs under
 kfp.local's DockerRunner, every step in its own container of the image it is compiled for (as
 uid 1000), against moto's S3 server and a real MLflow server on loopback (host network), to a

@@ -94,15 +94,19 @@ def test_the_image_serves_a_promoted_model_as_the_cluster_runs_it(serve_image, u
     args = list(spec["args"])
     port = free_port()
     args[args.index("--model") + 1] = f"models:/{name}@production"
-    args[args.index("--port") + 1] = str(port)  # host network: a free port of this machine
-    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(port)  # host network: a free port of this machine (--host as the manifest)
     env = {e["name"]: e["value"] for e in spec["env"]}
     env["MLFLOW_TRACKING_URI"] = use_mlflow_server  # the registry on loopback, not the cluster's Service
     sc = spec["securityContext"]
-    tmp_mb = 2048
+    isvc = next(d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d.get("kind") == "InferenceService")
+    volumes = {v["name"]: v for v in isvc["spec"]["predictor"]["volumes"]}
+    (mount,) = spec["volumeMounts"]  # the one writable place: an emptyDir with a size limit
+    size = volumes[mount["name"]]["emptyDir"]["sizeLimit"]
+    memory = spec["resources"]["limits"]["memory"]
+    units = {"Mi": "m", "Gi": "g"}
     run = ["run", "-d", "--network", "host", "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}",
-           "--read-only", "--tmpfs", f"/tmp:rw,size={tmp_mb}m,mode=1777", "--cap-drop", "ALL",
-           "--security-opt", "no-new-privileges", "--memory", "4g",
+           "--read-only", "--tmpfs", f"{mount['mountPath']}:rw,size={size[:-2]}{units[size[-2:]]},mode=1777",
+           "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--memory", memory[:-2] + units[memory[-2:]],
            "--entrypoint", spec["command"][0]]
     for k, v in env.items():
         run += ["-e", f"{k}={v}"]

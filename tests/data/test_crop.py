@@ -266,22 +266,41 @@ def test_crops_never_land_outside_out_through_a_link(tmp_path):
 
 
 def test_a_crop_that_cant_be_written_under_its_name_is_a_record(tmp_path):
-    """A folder left where one row's crop goes (out/images/a.png a directory): renaming the crop onto
-    it fails (EISDIR) for that row only; the run goes on, a full disk would still end it."""
+    """A folder someone left where one row's crop goes (out/images/a.png holding a note: not a crop,
+    so not crop's to delete): renaming the crop onto it fails (EISDIR) for that row only; the run
+    goes on, a full disk would still end it."""
     root, out = tmp_path / "root", tmp_path / "out"
     root.mkdir()
     for i, n in enumerate(["a.png", "b.png"]):
         _noise(root / n, i)
-    (out / "images" / "a.png" / "inside").mkdir(parents=True)
+    (out / "images" / "a.png").mkdir(parents=True)
+    (out / "images" / "a.png" / "notes.txt").write_text("mine")
     write_manifest(tmp_path / "m.csv", _rows([("a.png", "train"), ("b.png", "train")]))
     report = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
     assert [r["path"] for r in report["refused"]] == ["a.png"] and "can't write the crop" in report["refused"][0]["error"]
     assert [r["source_path"] for r in read_manifest(out / "manifest.csv")] == ["b.png"]
+    assert (out / "images" / "a.png" / "notes.txt").read_text() == "mine"
     # not remembered as done: once the folder is gone, the next run crops it
-    (out / "images" / "a.png" / "inside").rmdir()
+    (out / "images" / "a.png" / "notes.txt").unlink()
     (out / "images" / "a.png").rmdir()
     again = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
     assert again["refused"] == [] and again["processed"] == 1 and again["reused"] == 1
+
+
+def test_a_crop_whose_name_was_an_old_crops_folder_is_cut(tmp_path):
+    """Run 1 crops a.png/x.jpg (images/a.png/x.jpg.png); the manifest then has a photo `a` instead
+    (its crop images/a.png): the old crop and its folder are removed first, and `a` is cut."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "a.png").mkdir(parents=True)
+    _noise(root / "a.png" / "x.jpg", 0)
+    write_manifest(tmp_path / "m.csv", _rows([("a.png/x.jpg", "train")]))
+    crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
+    assert (out / "images" / "a.png" / "x.jpg.png").is_file()
+    _noise(root / "a", 1)
+    write_manifest(tmp_path / "m.csv", _rows([("a", "train")]))
+    report = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
+    assert report["refused"] == [] and (out / "images" / "a.png").is_file()
+    assert [r["path"] for r in read_manifest(out / "manifest.csv")] == ["images/a.png"]
 
 
 def test_a_crop_whose_name_is_another_crops_folder_is_refused_by_name():

@@ -260,3 +260,24 @@ def test_only_writer_refuses_a_second_holder_and_runs_unguarded_where_folders_ca
     with only_writer(tmp_path, "hsnet train", "use another --out"):
         ran.append(True)
     assert ran and "can't lock the folder" in caplog.text and str(tmp_path) in caplog.text
+
+
+def test_a_folder_that_cant_be_held_is_named(tmp_path, monkeypatch):
+    """only_writer on a folder it can't open (writable but not readable for this user): an error
+    naming the folder and what to do, not a traceback."""
+    import errno
+
+    from hsnet.errors import HSNetError
+    from hsnet.io import only_writer
+
+    real_open = os.open
+
+    def refused(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(tmp_path) and flags & os.O_DIRECTORY:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(HSNetError, match=f"{tmp_path}: can't open the folder to hold it .*ermission.*hsnet train"):
+        with only_writer(tmp_path, "hsnet train", "x"):
+            pass

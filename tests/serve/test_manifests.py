@@ -1,6 +1,6 @@
 """The serving manifests agree with the code they run.
 
-serving/k8s/inferenceservice.yaml and serving/Dockerfile are deployment files, not Python: they
+hsnet/k8s/inferenceservice.yaml and serving/Dockerfile are deployment files, not Python: they
 write the port, the image tag, the model's name and the limits' variable names a second time. Each
 must equal its one home in the code (hsnet.limits.PORT, hsnet.deploy.SERVE_IMAGE, hsnet.limits.MODEL_NAME,
 hsnet.limits.Limits, pipelines.DEFAULT_MLFLOW_URI); a change to either side fails here instead of
