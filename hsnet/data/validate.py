@@ -223,7 +223,7 @@ WHAT = {  # expectation type (+ column) -> what a person should read
     "expect_column_unique_value_count_to_be_between:label": "wrong number of classes",
     "expect_column_values_to_be_unique:path": "duplicate paths",
     "expect_column_values_to_be_in_set:path_inside_root": "paths escaping the root (absolute, '..' or a link out)",
-    "expect_column_values_to_be_in_set:crop_name_unique": "rows whose crops would get the same file name",
+    "expect_column_values_to_be_in_set:crop_name_unique": "rows whose crops would clash (one file name, or one crop's name the other's folder)",
     "expect_column_values_to_be_in_set:file_exists": "missing files",
     "expect_column_values_to_be_in_set:decodes": "files that do not decode as images",
     "expect_column_values_to_be_between:min_side": "images smaller than the minimum size",

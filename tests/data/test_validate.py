@@ -165,7 +165,7 @@ def test_rows_whose_crops_would_collide_fail(good, tmp_path):
         img.save(root / name, format="PNG")
         rows.append({**victim, "path": name})
     write_manifest(manifest, rows)
-    message = _fails(manifest, root, tmp_path, "rows whose crops would get the same file name", twin)
+    message = _fails(manifest, root, tmp_path, "rows whose crops would clash (one file name, or one crop's name the other's folder)", twin)
     assert f"would overwrite the crop of the row '{first}'" in message
 
 
