@@ -181,6 +181,24 @@ def _flush(path: str | os.PathLike, *, folder: bool = False) -> None:
         os.close(fd)
 
 
+def sync_filesystem(folder: str | os.PathLike) -> None:
+    """Flush what was written to the filesystem ``folder`` is on (Linux ``syncfs``), not every
+    mounted one (``os.sync``, the fallback elsewhere, would wait on a slow network mount too)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    try:
+        if not hasattr(libc, "syncfs") or libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 def clean_stale_tmp(folder: str | os.PathLike, name: str = "*", *, recursive: bool = False,
                     older_than: float = STALE_TMP_SECONDS) -> list[Path]:
     """Delete the ``.NAME.*.tmp`` files that killed atomic writes of ``name`` (a glob; default: any

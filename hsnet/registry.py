@@ -392,6 +392,21 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
 STATE_TAG, PENDING, COMPLETE = "registration", "pending", "complete"
 
 
+def _description(tags: dict) -> str:
+    """A version's description, from its tags (a version older hsnet registered may lack some)."""
+    def figure(key):
+        try:
+            return f"{float(tags[key]):.4f}"
+        except (KeyError, TypeError, ValueError):
+            return "?"
+
+    where = ", ".join(f"{what} {tags[key]}" for what, key in (("test data", "test_data_version"),
+                                                             ("evaluation run", "evaluation_run_id")) if tags.get(key))
+    return (f"HSNet on {tags.get('dataset', '?')}: test accuracy {figure('test_accuracy')}, mean accuracy "
+            f"{figure('test_mean_accuracy')}" + (f" ({where})" if where else "")
+            + (f"; trained in run {tags['train_run_id']}" if tags.get("train_run_id") else ""))
+
+
 def _unfinished(mv) -> bool:
     """Whether ``mv``'s registration stopped half-way: tagged ``pending``, or, registered by an hsnet
     from before that tag, without the description registering sets before the alias."""
@@ -407,10 +422,7 @@ def _finish(client, name: str, version, tags: dict) -> None:
     same file)."""
     from mlflow.exceptions import MlflowException
 
-    client.update_model_version(name, str(version), description=(
-        f"HSNet on {tags['dataset']}: test accuracy {float(tags['test_accuracy']):.4f}, mean accuracy "
-        f"{float(tags['test_mean_accuracy']):.4f} (test data {tags['test_data_version']}, evaluation run "
-        f"{tags['evaluation_run_id']}); trained in run {tags['train_run_id']}"))
+    client.update_model_version(name, str(version), description=_description(tags))
     try:
         holder = int(client.get_model_version_by_alias(name, CANDIDATE).version)
     except MlflowException:  # no candidate yet (or its version was deleted)

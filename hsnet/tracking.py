@@ -9,6 +9,7 @@ URI is used without them. Every URI hsnet prints goes through :func:`mask_uri`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -279,26 +280,36 @@ def fetch_model(uri: str) -> Path | None:
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
                 raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {source})")
-            if local.exists() and not _complete(local):
-                _remove_copy(local)  # a copy cut short: killed before its marker, or left by older code
-            try:
-                os.rename(got, local)
-            except OSError:  # another process cached it meanwhile
-                if not (local / "MLmodel").is_file():
-                    raise
-            _marker(local).touch()  # last: a copy without it is never used
+            with _cache_lock(root):  # put in place by one process at a time; downloads run side by side
+                if not _complete(local):  # else another process's copy is in place: ours is dropped
+                    if local.exists():
+                        _remove_copy(local)  # a copy cut short: killed before its marker, or left by older code
+                    os.rename(got, local)
+                    _marker(local).touch()  # last: a copy without it is never used
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s (%s) to %s", uri, source, local)
-    os.utime(local)
-    for leftover in (".download-*", REMOVING + "*"):
-        remove_stale_temporaries(root, leftover)
-    copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in copies[MODEL_CACHE_KEEP:]:
-        if old != local:
-            _remove_copy(old)
+    with _cache_lock(root):
+        os.utime(local)
+        for leftover in (".download-*", REMOVING + "*"):
+            remove_stale_temporaries(root, leftover)
+        copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in copies[MODEL_CACHE_KEEP:]:
+            if old != local:
+                _remove_copy(old)
     return local
+
+
+@contextlib.contextmanager
+def _cache_lock(root: Path):
+    """The model cache of one tracking server, held while copies are put in place or removed (an
+    flock on ``root/.lock``, released when the process ends, killed or not)."""
+    import fcntl
+
+    with open(root / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 REMOVING = ".removing-"  # a cached copy being deleted: renamed first, so no half-deleted copy keeps its name

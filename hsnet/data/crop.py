@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, only_writer,
-                  open_rgb, safe_join, sha256_file, write_json)
+                  open_rgb, safe_join, sha256_file, sync_filesystem, write_json)
 from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params
 from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
@@ -258,15 +258,20 @@ def _reusable(old, digest: str, item: _Item, out: Path, size: int) -> bool:
         return False
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: IEND, empty, with its CRC
+
+
 def _png_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from a PNG file's header; None for anything else (missing, empty, cut short
-    before its header: what a power cut can leave of a crop renamed into place unflushed)."""
+    """(width, height) of a whole PNG file, from its header, if it ends with its end chunk; None for
+    anything else (missing, empty, cut short: what a power cut or an interrupted copy can leave)."""
     try:
         with open(path, "rb") as f:
             head = f.read(24)
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            tail = f.read()
     except OSError:
         return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or tail != _PNG_END:
         return None
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
@@ -346,7 +351,7 @@ def _crop_into(rows: list[dict], root: Path, out: Path, settings: CropParams, de
     of its settings under this one's record, and remove this one's temporary files)."""
     clean_stale_tmp(out, recursive=True)
     items, refused = _plan(rows, root, out)
-    _remove_stale(out, {out / item.dest for item in items})  # first: an old crop's folder may be a new crop's name
+    _clear_the_way(out, items)
     previous = _previous_entries(out, settings)
     detector = Detector(device, settings.min_face_size) if settings.detector == "mtcnn" else None
     report = {"images": len(rows), "settings": asdict(settings), "processed": 0, "reused": 0,
@@ -473,13 +478,36 @@ def _summarise(items: list[_Item], entries: dict[str, dict], report: dict, setti
 
 def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict, settings: CropParams) -> None:
     if report["processed"]:
-        os.sync()  # the crops (written unflushed, thousands of them) reach the disk before the records listing them
+        sync_filesystem(out)  # the crops (written unflushed, thousands of them) reach the disk before the records
     write_manifest(out / MANIFEST, out_rows,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "source_sha256",
                             "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
     write_json(out / REPORT, report)
     _remove_stale(out, {out / r["path"] for r in out_rows})  # crops of rows that now have no face
     write_json(out / STATE_FILE, {"settings": settings.key(), "entries": entries})
+
+
+def _clear_the_way(out: Path, items: list[_Item]) -> None:
+    """Before cutting: remove the old crops in the way of this run's crop names (a crop whose name
+    is now a folder a crop goes into; a folder of old crops where a crop now goes). The records
+    go first, so that nothing lists a crop that is gone if the run stops; the other old crops
+    stay until the run's end (:func:`_remove_stale`)."""
+    images = out / IMAGES
+    in_the_way: set[Path] = set()
+    for item in items:
+        dest = out / item.dest
+        for parent in dest.parents:
+            if parent == images or images not in parent.parents:
+                break
+            if parent.is_file() and not parent.is_symlink():
+                in_the_way.add(parent)
+        if dest.is_dir() and not dest.is_symlink():
+            in_the_way.update(_crops_in(dest))
+    if not in_the_way:
+        return
+    for name in (MANIFEST, REPORT):
+        (out / name).unlink(missing_ok=True)
+    _remove_stale(out, set(_crops_in(images)) - in_the_way)
 
 
 def _remove_stale(out: Path, keep: set[Path]) -> None:
