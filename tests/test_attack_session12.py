@@ -68,21 +68,6 @@ def test_a_refused_durable_training_puts_no_checkpoint_into_the_running_ones_fol
     assert sorted(p.name for p in out.iterdir()) == [], "the refused run wrote into the running one's folder"
 
 
-def _registry_fixtures():
-    """tests/registry/conftest.py's gate_data/evaluated (real evaluations of real checkpoints)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("attack12_registry_conftest",
-                                                  Path(__file__).parent / "registry" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.gate_data, module.evaluated
-
-
-gate_data, evaluated = _registry_fixtures()
-
-
 @pytest.mark.slow  # the session's trained checkpoint (~60 s on 2 busy cores)
 def test_a_rolled_back_version_is_not_promoted_again_by_the_next_plain_promote(local_mlflow, evaluated):
     """An incident: version 2 went to production, misbehaved, and ``hsnet promote --rollback`` put

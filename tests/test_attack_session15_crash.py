@@ -6,9 +6,10 @@ quotes the promise it checks.
 
 from __future__ import annotations
 
+from crafted import manifest_rows, noise_photo
+
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,32 +18,6 @@ from hsnet.data.crop import crop
 from hsnet.data.manifest import read_manifest, write_manifest
 from hsnet.errors import HSNetError
 from hsnet.params import CropParams, Params
-
-
-def _registry_fixtures():
-    """tests/registry/conftest.py's fixtures (``evaluated`` and what it needs), for the register test here."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_registry_fixtures_15a",
-                                                  Path(__file__).parent / "registry" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.gate_data, module.evaluated
-
-
-gate_data, evaluated = _registry_fixtures()
-
-
-def _rows(names):
-    return [{"path": n, "label": i % 7, "label_name": "joy", "split": "train", "subject": ""}
-            for i, n in enumerate(names)]
-
-
-def _photo(path, seed=0, size=40, fmt="PNG"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
-        path, format=fmt)
 
 
 def test_a_crop_whose_folder_is_another_rows_crop_is_a_record_not_the_end_of_the_run(tmp_path):
@@ -58,10 +33,10 @@ def test_a_crop_whose_folder_is_another_rows_crop_is_a_record_not_the_end_of_the
     *equal* crop names, so crop writes both and the second write raises: the whole run ends
     (HSNetError "can't write the crop ... (File exists)") and b.png, a fine photo, is never cropped."""
     root = tmp_path / "root"
-    _photo(root / "a")
-    _photo(root / "a.png" / "x.jpg", 1, fmt="JPEG")
-    _photo(root / "b.png", 2)
-    write_manifest(tmp_path / "m.csv", _rows(["a", "a.png/x.jpg", "b.png"]))
+    noise_photo(root / "a")
+    noise_photo(root / "a.png" / "x.jpg", 1, fmt="JPEG")
+    noise_photo(root / "b.png", 2)
+    write_manifest(tmp_path / "m.csv", manifest_rows(["a", "a.png/x.jpg", "b.png"]))
     report = crop(tmp_path / "m.csv", root, tmp_path / "out", settings=CropParams(detector="none", size=32),
                   progress=False)
     recorded = {r["path"] for r in report["refused"] + report["unreadable"]}
@@ -88,8 +63,8 @@ def test_two_crops_into_one_out_never_leave_crops_of_other_settings_under_its_re
     root = tmp_path / "root"
     names = [f"p{i}.png" for i in range(4)]
     for i, n in enumerate(names):
-        _photo(root / n, i, size=64)
-    write_manifest(tmp_path / "m.csv", _rows(names))
+        noise_photo(root / n, i, size=64)
+    write_manifest(tmp_path / "m.csv", manifest_rows(names))
     out = tmp_path / "out"
     original = crop_mod._crop_one
     state = {"second": None}
@@ -166,7 +141,8 @@ def test_a_run_killed_after_early_stopping_resumes_to_the_same_end(tiny_data, ti
     assert len(history) == stopped_at
 
 
-def test_register_killed_before_its_alias_is_set_sets_it_when_run_again(local_mlflow, evaluated, monkeypatch):
+def test_register_killed_before_its_alias_is_set_sets_it_when_run_again(
+        register_killed, quick_log_model, local_mlflow, evaluated, monkeypatch):
     """registry.register(): "register it as a new version of ``name``, alias ``candidate``";
     "Registering the same checkpoint again returns the existing version"; README: register "always
     runs (it is idempotent)"; promote() promotes "default: the ``candidate`` alias".
@@ -178,32 +154,13 @@ def test_register_killed_before_its_alias_is_set_sets_it_when_run_again(local_ml
     version (or on none), and the next `hsnet promote` gates and promotes the OLD model."""
     from mlflow import MlflowClient
 
-    import hsnet.registry as registry_mod
     from hsnet.registry import register
 
-    def quick_log_model(ckpt, *, run_name, params, tags, metrics=None):  # no pyfunc packaging: seconds, not 10 s
-        import mlflow
-
-        from hsnet import tracking
-
-        with tracking.run(run_name, params=params, tags=tags) as active:
-            mlflow.log_text("stand-in for the pyfunc model", "model/MLmodel")
-            return {"model_uri": f"runs:/{active.info.run_id}/model", "run_id": active.info.run_id}
-
-    monkeypatch.setattr(registry_mod, "log_model", quick_log_model)
     client = MlflowClient(local_mlflow)
     old = register(*evaluated(1)[:2], "sample")
     assert old["aliases"] == ["candidate"]
     new_ckpt, new_metrics, _ = evaluated(0)
-    real = MlflowClient.update_model_version
-
-    def killed(self, *args, **kwargs):
-        raise KeyboardInterrupt  # the process dies right after the version was created
-
-    monkeypatch.setattr(MlflowClient, "update_model_version", killed)
-    with pytest.raises(KeyboardInterrupt):
-        register(new_ckpt, new_metrics, "sample")
-    monkeypatch.setattr(MlflowClient, "update_model_version", real)
+    register_killed(new_ckpt, new_metrics, "sample")  # stopped right after it made the version
     again = register(new_ckpt, new_metrics, "sample")  # the retried step
     assert again["version"] != old["version"]
     assert "candidate" in again["aliases"], again
@@ -301,14 +258,14 @@ def test_crop_never_deletes_files_outside_out_through_a_linked_images_folder(tmp
     import os
 
     root = tmp_path / "root"
-    _photo(root / "p.png")
+    noise_photo(root / "p.png")
     elsewhere = tmp_path / "bigdisk"
-    _photo(elsewhere / "precious.png", 1)
-    _photo(elsewhere / "album" / "also.png", 2)
+    noise_photo(elsewhere / "precious.png", 1)
+    noise_photo(elsewhere / "album" / "also.png", 2)
     out = tmp_path / "out"
     out.mkdir()
     os.symlink(elsewhere, out / "images")
-    write_manifest(tmp_path / "m.csv", _rows(["p.png"]))
+    write_manifest(tmp_path / "m.csv", manifest_rows(["p.png"]))
     try:
         report = crop(tmp_path / "m.csv", root, out, settings=CropParams(detector="none", size=32), progress=False)
     except HSNetError:

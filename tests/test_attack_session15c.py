@@ -7,7 +7,8 @@ quotes the promise it checks.
 
 from __future__ import annotations
 
-import numpy as np
+from crafted import manifest_rows, noise_photo
+
 import pytest
 import torch
 from PIL import Image
@@ -16,46 +17,8 @@ from hsnet.data.manifest import read_manifest, write_manifest
 from hsnet.params import CropParams
 
 
-def _registry_fixtures():
-    """tests/registry/conftest.py's fixtures (``evaluated`` and what it needs)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_registry_fixtures_15c",
-                                                  Path(__file__).parent / "registry" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.gate_data, module.evaluated
-
-
-gate_data, evaluated = _registry_fixtures()
-
-
-def _rows(names):
-    return [{"path": n, "label": i % 7, "label_name": "joy", "split": "train", "subject": ""}
-            for i, n in enumerate(names)]
-
-
-def _photo(path, seed=0, size=40, fmt="PNG"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
-        path, format=fmt)
-
-
-def _quick_log_model(ckpt, *, run_name, params, tags, metrics=None):
-    """registry.log_model without the pyfunc packaging (seconds, not 10 s): the registry steps under
-    test are the same."""
-    import mlflow
-
-    from hsnet import tracking
-
-    with tracking.run(run_name, params=params, tags=tags) as active:
-        mlflow.log_text("stand-in for the pyfunc model", "model/MLmodel")
-        return {"model_uri": f"runs:/{active.info.run_id}/model", "run_id": active.info.run_id}
-
-
 def test_finishing_a_stale_pending_registration_never_takes_candidate_from_a_newer_version(
-        local_mlflow, evaluated, monkeypatch):
+        register_killed, quick_log_model, local_mlflow, evaluated, monkeypatch):
     """hsnet/registry.py's module docstring: "``candidate``: the newest registered version";
     promote() promotes "default: the ``candidate`` alias".
 
@@ -68,21 +31,11 @@ def test_finishing_a_stale_pending_registration_never_takes_candidate_from_a_new
     old one, and the next `hsnet promote` (no --version) gates and promotes the OLD model."""
     from mlflow import MlflowClient
 
-    import hsnet.registry as registry_mod
     from hsnet.registry import register
 
-    monkeypatch.setattr(registry_mod, "log_model", _quick_log_model)
     client = MlflowClient(local_mlflow)
     old_ckpt, old_metrics, _ = evaluated(1)
-    real = MlflowClient.update_model_version
-
-    def killed(self, *args, **kwargs):
-        raise KeyboardInterrupt  # the process dies right after the version was created
-
-    monkeypatch.setattr(MlflowClient, "update_model_version", killed)
-    with pytest.raises(KeyboardInterrupt):
-        register(old_ckpt, old_metrics, "sample")
-    monkeypatch.setattr(MlflowClient, "update_model_version", real)
+    register_killed(old_ckpt, old_metrics, "sample")  # stopped right after it made the version
     newer = register(*evaluated(0)[:2], "sample")  # the next run's model: the newest version
     assert newer["aliases"] == ["candidate"]
     retried = register(old_ckpt, old_metrics, "sample")  # the killed step, retried afterwards
@@ -92,7 +45,8 @@ def test_finishing_a_stale_pending_registration_never_takes_candidate_from_a_new
         f"candidate moved back from the newest version {newer['version']} to version {now}")
 
 
-def test_a_register_that_loses_the_race_to_a_killed_one_finishes_its_version(local_mlflow, evaluated, monkeypatch):
+def test_a_register_that_loses_the_race_to_a_killed_one_finishes_its_version(
+        quick_log_model, local_mlflow, evaluated, monkeypatch):
     """docs/security.md: "a registration stopped after its version was made and before its
     `candidate` alias was set (the version's tag `registration` is `pending` until then) is finished
     by the next `hsnet register` of the same file"; register(): "register it as a new version of
@@ -108,10 +62,8 @@ def test_a_register_that_loses_the_race_to_a_killed_one_finishes_its_version(loc
     import mlflow
     from mlflow import MlflowClient
 
-    import hsnet.registry as registry_mod
     from hsnet.registry import register
 
-    monkeypatch.setattr(registry_mod, "log_model", _quick_log_model)
     client = MlflowClient(local_mlflow)
     ckpt, metrics, _ = evaluated(1)
     real_register, real_update = mlflow.register_model, MlflowClient.update_model_version
@@ -271,8 +223,8 @@ def test_a_crop_lost_to_a_power_cut_is_cut_again_not_reused(tmp_path):
     root = tmp_path / "root"
     names = [f"p{i}.png" for i in range(3)]
     for i, n in enumerate(names):
-        _photo(root / n, i, size=48)
-    write_manifest(tmp_path / "m.csv", _rows(names))
+        noise_photo(root / n, i, size=48)
+    write_manifest(tmp_path / "m.csv", manifest_rows(names))
     out, settings = tmp_path / "out", CropParams(detector="none", size=32)
     crop(tmp_path / "m.csv", root, out, settings=settings, progress=False)
     lost = out / "images" / "p1.png"
@@ -283,7 +235,8 @@ def test_a_crop_lost_to_a_power_cut_is_cut_again_not_reused(tmp_path):
         assert img.size == (32, 32)
 
 
-def test_a_registration_older_code_left_half_done_is_finished_too(local_mlflow, evaluated, monkeypatch):
+def test_a_registration_older_code_left_half_done_is_finished_too(
+        register_killed, quick_log_model, local_mlflow, evaluated, monkeypatch):
     """docs/security.md: "a registration stopped after its version was made and before its
     `candidate` alias was set ... is finished by the next `hsnet register` of the same file";
     README: register "points the alias `candidate` at it" and "always runs (it is idempotent)".
@@ -297,21 +250,11 @@ def test_a_registration_older_code_left_half_done_is_finished_too(local_mlflow, 
     it with no description was stopped before both."""
     from mlflow import MlflowClient
 
-    import hsnet.registry as registry_mod
     from hsnet.registry import register
 
-    monkeypatch.setattr(registry_mod, "log_model", _quick_log_model)
     client = MlflowClient(local_mlflow)
     ckpt, metrics, _ = evaluated(1)
-    real = MlflowClient.update_model_version
-
-    def killed(self, *args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(MlflowClient, "update_model_version", killed)
-    with pytest.raises(KeyboardInterrupt):
-        register(ckpt, metrics, "sample")
-    monkeypatch.setattr(MlflowClient, "update_model_version", real)
+    register_killed(ckpt, metrics, "sample")  # stopped right after it made the version
     (mv,) = client.search_model_versions("name='hsnet-sample'")
     client.delete_model_version_tag("hsnet-sample", mv.version, "registration")  # as older code left it: no such tag
     again = register(ckpt, metrics, "sample")  # the upgraded pipeline's register of the same file

@@ -7,39 +7,15 @@ quotes the promise it checks.
 
 from __future__ import annotations
 
+from crafted import manifest_rows, noise_photo
+
 import threading
 
 import pytest
 
 
-def _registry_fixtures():
-    """tests/registry/conftest.py's fixtures (``evaluated`` and what it needs)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_registry_fixtures_15d",
-                                                  Path(__file__).parent / "registry" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.gate_data, module.evaluated
-
-
-gate_data, evaluated = _registry_fixtures()
-
-
-def _quick_log_model(ckpt, *, run_name, params, tags, metrics=None):
-    """registry.log_model without the pyfunc packaging (the registry steps under test are the same)."""
-    import mlflow
-
-    from hsnet import tracking
-
-    with tracking.run(run_name, params=params, tags=tags) as active:
-        mlflow.log_text("stand-in for the pyfunc model", "model/MLmodel")
-        return {"model_uri": f"runs:/{active.info.run_id}/model", "run_id": active.info.run_id}
-
-
 def test_finishing_a_registration_older_code_left_half_done_needs_no_tag_it_never_set(
-        local_mlflow, evaluated, monkeypatch):
+        register_killed, quick_log_model, local_mlflow, evaluated, monkeypatch):
     """hsnet.registry._unfinished: a version "registered by an hsnet from before that tag, without the
     description registering sets before the alias" is finished by the next ``hsnet register`` of
     the same file (commit 557bfce: "a version older hsnet left without its description is finished
@@ -53,21 +29,11 @@ def test_finishing_a_registration_older_code_left_half_done_needs_no_tag_it_neve
     ``hsnet register`` of that file now ends in a traceback instead of returning its version."""
     from mlflow import MlflowClient
 
-    import hsnet.registry as registry_mod
     from hsnet.registry import register
 
-    monkeypatch.setattr(registry_mod, "log_model", _quick_log_model)
     client = MlflowClient(local_mlflow)
     ckpt, metrics, _ = evaluated(1)
-    real = MlflowClient.update_model_version
-
-    def killed(self, *args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(MlflowClient, "update_model_version", killed)
-    with pytest.raises(KeyboardInterrupt):
-        register(ckpt, metrics, "sample")
-    monkeypatch.setattr(MlflowClient, "update_model_version", real)
+    register_killed(ckpt, metrics, "sample")  # stopped right after it made the version
     (mv,) = client.search_model_versions("name='hsnet-sample'")
     # as the 2026-11-27 code left it: neither the registration tag nor the evaluation_run_id tag
     for tag in ("registration", "evaluation_run_id"):
@@ -140,20 +106,6 @@ def test_a_fetch_never_deletes_the_copy_another_fetch_just_put_in_place(local_ml
         assert isinstance(got, Path) and (got / "data" / "model.pt").is_file(), (who, got)
 
 
-def _rows(names):
-    return [{"path": n, "label": i % 7, "label_name": "joy", "split": "train", "subject": ""}
-            for i, n in enumerate(names)]
-
-
-def _photo(path, seed=0, size=40):
-    import numpy as np
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
-        path, format="PNG")
-
-
 def test_a_crop_stopped_half_way_leaves_every_crop_its_records_list(tmp_path, monkeypatch):
     """docs/security.md: "Crops are flushed together, once, before the records that list them";
     crop.py keeps the last run's records while a run with the same settings works ("all written
@@ -172,11 +124,11 @@ def test_a_crop_stopped_half_way_leaves_every_crop_its_records_list(tmp_path, mo
 
     root = tmp_path / "root"
     for i, n in enumerate(["p0.png", "p1.png", "p2.png", "p3.png"]):
-        _photo(root / n, i, size=48)
+        noise_photo(root / n, i, size=48)
     out, settings = tmp_path / "out", CropParams(detector="none", size=32)
-    write_manifest(tmp_path / "m.csv", _rows(["p0.png", "p1.png", "p2.png"]))
+    write_manifest(tmp_path / "m.csv", manifest_rows(["p0.png", "p1.png", "p2.png"]))
     crop(tmp_path / "m.csv", root, out, settings=settings, progress=False)
-    write_manifest(tmp_path / "m.csv", _rows(["p0.png", "p2.png", "p3.png"]))  # p1 leaves, p3 comes
+    write_manifest(tmp_path / "m.csv", manifest_rows(["p0.png", "p2.png", "p3.png"]))  # p1 leaves, p3 comes
     real = crop_mod._crop_one
 
     def stopped(item, *args, **kwargs):
@@ -210,8 +162,8 @@ def test_a_crop_cut_short_after_its_png_header_is_cut_again_not_reused(tmp_path)
     root = tmp_path / "root"
     names = [f"p{i}.png" for i in range(2)]
     for i, n in enumerate(names):
-        _photo(root / n, i, size=48)
-    write_manifest(tmp_path / "m.csv", _rows(names))
+        noise_photo(root / n, i, size=48)
+    write_manifest(tmp_path / "m.csv", manifest_rows(names))
     out, settings = tmp_path / "out", CropParams(detector="none", size=32)
     crop(tmp_path / "m.csv", root, out, settings=settings, progress=False)
     cut = out / "images" / "p1.png"

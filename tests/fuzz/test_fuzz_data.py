@@ -233,8 +233,9 @@ def test_validate_table_on_any_paths_never_raises(names):
                 assert df["error"].iloc[i]
         clashes = colliding_rows(names)
         assert [not u for u in df["crop_name_unique"]] == [i in clashes for i in range(len(names))]
-        for i, j in clashes.items():
-            assert output_name(names[i]) == output_name(names[j])
+        for i, j in clashes.items():  # one crop name, or one crop's name the other's folder
+            a, b = output_name(names[i]), output_name(names[j])
+            assert a == b or a.startswith(b + "/") or b.startswith(a + "/"), (a, b)
 
 
 @settings(max_examples=4, **BOUNDED)  # Great Expectations takes seconds a run

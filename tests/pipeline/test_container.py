@@ -44,7 +44,7 @@ def test_dockerfile_multi_stage_installs_package_non_root():
     stages = _stages((ROOT / "Dockerfile").read_text())
     assert len(stages) >= 2, "expected a build stage and a runtime stage"
     build, final = stages[0], stages[-1]
-    assert any(re.search(r"pip install .*-c requirements/constraints\.txt .*\"\.\[all", s) for s in build)
+    assert any(re.search(r"pip(?:\.sh)? install .*-c requirements/constraints\.txt .*\"\.\[all", s) for s in build)
     assert any(s.startswith("COPY --from=build /opt/venv") for s in final)
     users = [s.split()[1] for s in final if s.upper().startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime stage must end as a non-root user"
