@@ -70,10 +70,11 @@ def load(path: str | os.PathLike) -> dict:
     return read(path)[0]
 
 
-def read(path: str | os.PathLike) -> tuple[dict, bytes]:
-    """:func:`load`, and the bytes it was loaded from: the file is read once, so its hash, its
-    weights and any copy of it are of one file, even if it is replaced meanwhile (``best.pt`` of a
-    training still running)."""
+def read(path: str | os.PathLike) -> tuple[dict, bytes, str]:
+    """:func:`load`, the bytes it was loaded from and their sha256: the file is read once, so its
+    hash, its weights and any copy of it are of one file, even if it is replaced meanwhile
+    (``best.pt`` of a training still running)."""
+    import hashlib
     import io
 
     path = Path(path)
@@ -93,7 +94,7 @@ def read(path: str | os.PathLike) -> tuple[dict, bytes]:
     if ckpt.get("format") != FORMAT:
         raise HSNetError(f"{path} was written by another hsnet version (checkpoint format {ckpt.get('format')!r}, "
                          f"this one reads {FORMAT}: the model changed); train it again with this version")
-    return ckpt, data
+    return ckpt, data, hashlib.sha256(data).hexdigest()
 
 
 def model_from(ckpt: dict):

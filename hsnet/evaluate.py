@@ -6,7 +6,6 @@ training curves, and a comparison with the paper's number for the dataset (Table
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import tempfile
@@ -122,8 +121,9 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     """Evaluate ``checkpoint`` on ``split`` of the cropped dataset at ``data_dir``; write the outputs."""
     out_dir = check_creatable(out_dir, "--out")  # before any work, creating nothing
     clean_stale_tmp(out_dir)
-    ckpt, ckpt_bytes = checkpoint_mod.read(checkpoint)  # read once: the weights, hash and upload of one file
-    sha = hashlib.sha256(ckpt_bytes).hexdigest()  # binds the figures to this file (hsnet register checks it)
+    # read once: the weights, the hash (it binds the figures to this file: hsnet register checks it) and
+    # the upload are of one file
+    ckpt, ckpt_bytes, sha = checkpoint_mod.read(checkpoint)
     meta = ckpt["meta"]
     classes, dataset = meta["classes"], meta["dataset"]
     # the settings given, else those the model was trained with

@@ -54,16 +54,14 @@ class Classifier:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | None = None) -> "Classifier":
-        import hashlib
-
         from . import checkpoint
 
-        ckpt, data = checkpoint.read(path)  # one read: the weights and the hash are of one file
+        ckpt, _, sha = checkpoint.read(path)  # one read: the weights and the hash are of one file
         meta = ckpt["meta"]
         return cls(checkpoint.model_from(ckpt), meta["classes"], meta["input_size"], device=device,
                    crop=meta.get("params", {}).get("crop"),
                    info={"dataset": meta["dataset"], "data_version": meta["data_version"],
-                         "model": meta["model"], "source": str(path), "sha256": hashlib.sha256(data).hexdigest()})
+                         "model": meta["model"], "source": str(path), "sha256": sha})
 
     @property
     def margin(self) -> int:

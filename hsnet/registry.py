@@ -23,7 +23,6 @@ always find ``production``. See docs/security.md for what this does and doesn't 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -342,9 +341,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     from . import checkpoint as checkpoint_mod
 
     checkpoint, metrics_path = Path(checkpoint), Path(metrics)
-    ckpt, data = checkpoint_mod.read(checkpoint)  # read once: the weights logged are the bytes hashed
-    sha, meta = hashlib.sha256(data).hexdigest(), ckpt["meta"]
-    del data
+    ckpt, _, sha = checkpoint_mod.read(checkpoint)  # read once: the weights logged are the bytes hashed
+    meta = ckpt["meta"]
     m, sha = _checked_metrics(checkpoint, sha, metrics_path, meta, dataset)
     name = name or default_name(dataset)
     client = _client()
