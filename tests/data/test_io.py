@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,3 +282,67 @@ def test_a_folder_that_cant_be_held_is_named(tmp_path, monkeypatch):
     with pytest.raises(HSNetError, match=f"{tmp_path}: can't open the folder to hold it .*ermission.*hsnet train"):
         with only_writer(tmp_path, "hsnet train", "x"):
             pass
+
+
+AS_ANOTHER_USER = r'''
+import os, sys
+from pathlib import Path
+from hsnet.errors import HSNetError
+from hsnet.io import atomic_path, only_writer
+
+work = Path(sys.argv[1])
+unreadable = work / "out"  # writable, not readable: the folder can't be opened to hold it
+try:
+    with only_writer(unreadable, "hsnet crop", "x"):
+        print("held")
+except HSNetError as exc:
+    print("refused:", exc)
+secret = work / "w" / "write-only"  # 0200: an ordinary rewrite keeps the mode; the flush opens it write-only
+with atomic_path(secret) as tmp:
+    tmp.write_bytes(b"new")
+print("mode", oct(os.stat(secret).st_mode & 0o777))
+'''
+
+
+def _without_root_rights():
+    """In the child, before exec: drop the two capabilities that let root ignore permission bits
+    from the bounding set, so the new program runs as root but obeys them like any user."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_only_writer_and_the_flush_without_root_rights(tmp_path):
+    """What the two tests above simulate with a refused ``os.open``, for real: CI runs as root, who
+    may open anything, so the script runs without root's rights to ignore permission bits there.
+    A folder the user may write but not read can't be held (a clear error naming it), and a
+    write-only file is rewritten with the flush and keeps its mode (the flush opens it write-only)."""
+    import stat
+    import subprocess
+    import sys
+
+    import hsnet
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "write-only").write_bytes(b"old")
+    os.chmod(tmp_path / "w" / "write-only", 0o200)
+    os.chmod(tmp_path / "out", 0o300)
+    try:
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(hsnet.__file__).parent.parent)}
+        done = subprocess.run([sys.executable, "-c", AS_ANOTHER_USER, str(tmp_path)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=_without_root_rights if os.geteuid() == 0 else None)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout.splitlines()
+        assert out[0].startswith(f"refused: {tmp_path / 'out'}: can't open the folder to hold it"), out
+        assert "ermission denied" in out[0] and "hsnet crop" in out[0], out
+        assert out[1] == "mode 0o200", out
+        assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o300
+        os.chmod(tmp_path / "w" / "write-only", 0o600)
+        assert (tmp_path / "w" / "write-only").read_bytes() == b"new"
+    finally:
+        os.chmod(tmp_path / "out", 0o700)
