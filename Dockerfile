@@ -51,7 +51,7 @@ RUN find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +
 # editing the code rebuilds a small layer, not the multi-GB environment's copy
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY hsnet hsnet
 COPY components components
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_conf --mount=type=bind,source=requirements/pip.sh,target=/tmp/pip.sh \

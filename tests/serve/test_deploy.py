@@ -166,7 +166,7 @@ def test_deploy_errors_are_named(local_mlflow, tmp_path, monkeypatch, capsys):
     assert "--dry-run goes with --deploy" in capsys.readouterr().err
 
 
-def test_the_installed_package_carries_its_template(tmp_path):
+def test_the_installed_package_carries_its_template_and_license(tmp_path):
     """The Kubeflow promote step runs hsnet installed from its wheel (Dockerfile), not from a
     checkout: its first --deploy (no InferenceService yet) renders the template, so the template
     must travel inside the package; a path beside the checkout's package (site-packages/serving/...)
@@ -176,7 +176,7 @@ def test_the_installed_package_carries_its_template(tmp_path):
     wheels, site, src = tmp_path / "wheels", tmp_path / "site", tmp_path / "src"
     src.mkdir()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for part in ("pyproject.toml", "README.md", "hsnet", "components"):  # built from a copy: setuptools
+    for part in ("pyproject.toml", "README.md", "LICENSE", "hsnet", "components"):  # from a copy: setuptools
         copy = shutil.copytree if os.path.isdir(os.path.join(root, part)) else shutil.copy  # writes build/ there
         copy(os.path.join(root, part), src / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                                         if copy is shutil.copytree else {}))
@@ -185,6 +185,9 @@ def test_the_installed_package_carries_its_template(tmp_path):
     (wheel,) = wheels.glob("hsnet-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
+    (license_file,) = site.glob("hsnet-*.dist-info/**/LICENSE")  # README: "the wheel carries it"
+    assert "MIT License" in license_file.read_text() and "MIT" in (site.glob("hsnet-*.dist-info/METADATA").__next__()
+                                                                     .read_text())
     code = ("import hsnet.deploy as d; assert d.__file__.startswith(%r), d.__file__; "
             "i = d.render('models:/hsnet-rafdb/3', name='x'); print(d.model_of(i), i['kind'])" % str(site))
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
