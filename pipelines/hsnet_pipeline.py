@@ -76,10 +76,22 @@ SCRATCH = {"artifacts-s3": "/s3", "artifacts-minio": "/minio", "tmp": "/tmp"}
 TIMEOUT_HOURS = {"train": 24, "train-group": 48, "crop": 6, "validate": 4, "fetch": 4, "import": 2, "evaluate": 2,
                  "register": 1, "promote": 1, "report": 1, "group": 1, "source-version": 1}
 # Steps that can fail for passing reasons (S3 or MLflow unreachable for a moment, a preempted GPU
-# node): (retries, first backoff, backoff max). Deterministic failures (validation) are not retried.
-RETRIES = {"source-version": (3, "30s", "5m"), "fetch": (3, "30s", "5m"), "train": (3, "60s", "10m"),
-           "train-group": (3, "60s", "10m"),
-           "evaluate": (2, "30s", "5m"), "register": (3, "30s", "5m")}
+# node): (retries, first backoff in seconds; each next wait doubles). Deterministic failures
+# (validation) are not retried.
+RETRIES = {"source-version": (3, 30), "fetch": (3, 30), "train": (3, 60), "train-group": (3, 60), "evaluate": (2, 30),
+           "register": (3, 30)}
+BACKOFF_FACTOR = 2
+
+
+def retry_window_s(name: str) -> int:
+    """How long after its first attempt began a step may still be retried: every attempt at its full
+    deadline (:data:`TIMEOUT_HOURS`) plus the waits between them. Argo, which runs KFP's retries,
+    counts ``backoff.maxDuration`` (kfp's ``backoff_max_duration``) from the first attempt's start and
+    neither retries nor lets run anything past it, so a shorter window (kfp's default is an hour)
+    would end a training preempted after it, instead of resuming it from its checkpoints."""
+    retries, backoff = RETRIES[name]
+    waits = sum(backoff * BACKOFF_FACTOR ** i for i in range(retries))
+    return (retries + 1) * TIMEOUT_HOURS[name] * 3600 + waits
 
 
 def _secrets(task: dsl.PipelineTask, mlflow: bool = False) -> dsl.PipelineTask:
@@ -101,9 +113,9 @@ def step(task: dsl.PipelineTask, name: str, *, gpu: bool = False) -> dsl.Pipelin
         kubernetes.empty_dir_mount(task, volume_name=volume, mount_path=path, size_limit=scratch)
     kubernetes.set_timeout(task, TIMEOUT_HOURS[name] * 3600)
     if name in RETRIES:
-        retries, backoff, backoff_max = RETRIES[name]
-        task.set_retry(num_retries=retries, backoff_duration=backoff, backoff_factor=2.0,
-                       backoff_max_duration=backoff_max)
+        retries, backoff = RETRIES[name]
+        task.set_retry(num_retries=retries, backoff_duration=f"{backoff}s", backoff_factor=float(BACKOFF_FACTOR),
+                       backoff_max_duration=f"{retry_window_s(name)}s")
     if gpu:
         task.set_accelerator_type(GPU).set_accelerator_limit(1)
         kubernetes.add_toleration(task, key=GPU, operator="Exists", effect="NoSchedule")

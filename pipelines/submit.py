@@ -8,7 +8,8 @@
 One ``--raw-source`` per ``--dataset``, in the same order (none: ``pipelines.RAW_PREFIX`` + DATASET
 for each). The params passed are params.yaml (or --params FILE), checked for every dataset before
 anything is submitted. ``--no-cache`` runs every step even where Kubeflow's cache holds its
-result. Authentication: KF_PIPELINES_SA_TOKEN_PATH or an existing kfp login
+result. On a multi-user Kubeflow, ``--namespace`` names your profile namespace (without it kfp
+takes the one its context file names, and the API server refuses an experiment with none). Authentication: KF_PIPELINES_SA_TOKEN_PATH or an existing kfp login
 (``--existing-token``), never on the command line.
 """
 
@@ -39,7 +40,8 @@ def load_params(params_path: str, datasets: list[str]) -> dict:
 def submit(host: str, dataset: str, raw_source: str, *, experiment: str = "hsnet", params_path: str = "params.yaml",
            mlflow_tracking_uri: str | None = None, dvc_path: str = "", dvc_rev: str = "",
            package: Path = HERE / "hsnet_pipeline.yaml", existing_token: str | None = None,
-           enable_caching: bool = True, checkpoint_uri: str | None = None, params: dict | None = None) -> str:
+           enable_caching: bool = True, checkpoint_uri: str | None = None, params: dict | None = None,
+           namespace: str | None = None) -> str:
     import kfp
 
     from hsnet.errors import HSNetError
@@ -53,8 +55,9 @@ def submit(host: str, dataset: str, raw_source: str, *, experiment: str = "hsnet
     try:
         client = kfp.Client(host=host, existing_token=existing_token)
         # enable_caching=False overrides every task's caching option for this run; None keeps the spec's
+        # namespace: a multi-user Kubeflow's profile; None lets kfp take its context's (single-user: none)
         run = client.create_run_from_pipeline_package(str(package), arguments=args, experiment_name=experiment,
-                                                      run_name=f"hsnet-{dataset}",
+                                                      run_name=f"hsnet-{dataset}", namespace=namespace,
                                                       enable_caching=None if enable_caching else False)
     except Exception as exc:  # noqa: BLE001 - kfp raises urllib3/ApiException/...
         raise HSNetError(f"Kubeflow Pipelines at {host} did not accept the run ({type(exc).__name__}: "
@@ -78,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--mlflow-tracking-uri", default=None)
     p.add_argument("--experiment", default="hsnet")
+    p.add_argument("--namespace", default=None,
+                   help="multi-user Kubeflow: your profile namespace (e.g. kubeflow-user-example-com), where the "
+                   "experiment and the run are made and the hsnet-s3 secret must be")
     p.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached result")
     p.add_argument("--checkpoint-uri", default=None,
                    help="s3:// prefix for train's durable checkpoints (default: the pipeline's; '' for none)")
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
             run_id = submit(args.host, dataset, source, experiment=args.experiment, params_path=args.params,
                             mlflow_tracking_uri=args.mlflow_tracking_uri, dvc_path=dvc_path, dvc_rev=args.dvc_rev,
                             existing_token=args.existing_token, enable_caching=not args.no_cache,
-                            checkpoint_uri=args.checkpoint_uri, params=params)
+                            checkpoint_uri=args.checkpoint_uri, params=params, namespace=args.namespace)
             print(f"{dataset}: run {run_id} in experiment {args.experiment} at {args.host}")
     except HSNetError as exc:
         print(f"pipelines.submit: error: {exc}", file=sys.stderr)

@@ -188,7 +188,14 @@ def test_resources_retries_and_run_id(spec):
         mounts = {m["mountPath"]: m["sizeLimit"] for m in k8s[executor]["emptyDirMounts"]}
         assert mounts == {"/s3": scratch, "/minio": scratch, "/tmp": scratch}, key
         if name in RETRIES:
-            assert task["retryPolicy"]["maxRetryCount"] == RETRIES[name][0], key
+            policy = task["retryPolicy"]
+            assert policy["maxRetryCount"] == RETRIES[name][0], key
+            # Argo counts the window from the first attempt's start and retries nothing after it: it
+            # must hold every attempt at its full deadline, and the waits between them
+            attempts, deadline = policy["maxRetryCount"] + 1, int(k8s[executor]["activeDeadlineSeconds"])
+            assert int(policy["backoffMaxDuration"].rstrip("s")) >= attempts * deadline, key
+            if name == "train":  # by hand: 4 attempts of 24 h, waits of 60, 120 and 240 s
+                assert policy["backoffMaxDuration"] == "346020s" and policy["backoffDuration"] == "60s", policy
         else:
             assert "retryPolicy" not in task, f"{key} is retried but its failures are not transient"
         if name == "train":
@@ -376,7 +383,7 @@ def test_submit_reports_an_unreachable_host_and_unknown_dataset(capsys):
 
 def test_submit_pairs_sources_with_datasets_and_checks_params(tmp_path, capsys, monkeypatch):
     """One --raw-source per --dataset (a count mismatch is refused), params checked for every
-    dataset before anything is submitted, --no-cache passed to Kubeflow."""
+    dataset before anything is submitted, --no-cache and --namespace passed to Kubeflow."""
     from pipelines.submit import main
 
     good = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -396,27 +403,35 @@ def test_submit_pairs_sources_with_datasets_and_checks_params(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "datasets.other.train.lr" in err and "did not accept" not in err  # refused before any submission
 
-    # what reaches Kubeflow's client: a stand-in for the remote API, recording the calls
+    # what reaches Kubeflow's client: a stand-in for the remote API, recording the calls, whose
+    # arguments must fit the real client's method
+    import inspect
+
+    import kfp
+
+    real = inspect.signature(kfp.Client.create_run_from_pipeline_package)
     calls = []
 
     class Client:
         def __init__(self, host, existing_token=None):
             self.host = host
 
-        def create_run_from_pipeline_package(self, package, arguments, experiment_name, run_name, enable_caching):
-            calls.append((arguments["dataset"], arguments["raw_source"], enable_caching))
+        def create_run_from_pipeline_package(self, *args, **kwargs):
+            call = real.bind(self, *args, **kwargs).arguments
+            calls.append((call["arguments"]["dataset"], call["arguments"]["raw_source"], call["enable_caching"],
+                          call.get("namespace")))
             return type("Run", (), {"run_id": f"id-{len(calls)}"})()
-
-    import kfp
 
     monkeypatch.setattr(kfp, "Client", Client)
     path.write_text(yaml.safe_dump(good))
     assert main(["--host", "http://kfp", "--dataset", "sample", "--raw-source", "s3://b/s", "--dataset", "other",
                  "--raw-source", "s3://b/o", "--params", str(path), "--no-cache"]) == 0
-    assert calls == [("sample", "s3://b/s", False), ("other", "s3://b/o", False)]
+    assert calls == [("sample", "s3://b/s", False, None), ("other", "s3://b/o", False, None)]
     calls.clear()
-    assert main(["--host", "http://kfp", "--dataset", "other", "--params", str(path)]) == 0
-    assert calls == [("other", "s3://hsnet-data/raw/other", None)]
+    # a multi-user Kubeflow refuses an experiment with no namespace (kubeflow/pipelines#5907)
+    assert main(["--host", "http://kfp", "--dataset", "other", "--params", str(path),
+                 "--namespace", "kubeflow-user-example-com"]) == 0
+    assert calls == [("other", "s3://hsnet-data/raw/other", None, "kubeflow-user-example-com")]
 
 
 def test_native_size_crops_train_on_the_same_tensors(tmp_path):
