@@ -153,19 +153,28 @@ def _promote(args: argparse.Namespace) -> None:
               + ("removed" if unlock(args.name) else "was not held"))
         return
     if args.rollback:
-        r = rollback(args.name)
+        deployed = None
+        if args.deploy:  # the traffic first: see deploy.rollback_production
+            from .deploy import rollback_production
+
+            r, deployed = rollback_production(args.name, isvc=args.isvc, namespace=args.namespace)
+        else:
+            r = rollback(args.name)
         print(f"{args.name}: production rolled back to version {r['production']} "
               + (f"(version {r['previous']} is now 'previous')" if r["previous"] is not None else
                  "(production's version was deleted: no version is 'previous' now)"))
+        if deployed is not None:
+            from .deploy import describe
+
+            print(describe(deployed))
+        return
+    r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
+    if r["promoted"]:
+        print(f"{args.name}: production -> version {r['production']}"
+              f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
+              + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
     else:
-        r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta,
-                    force=args.force)
-        if r["promoted"]:
-            print(f"{args.name}: production -> version {r['production']}"
-                  f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
-                  + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
-        else:
-            print(f"{args.name}: nothing to do, {r['reason']}")
+        print(f"{args.name}: nothing to do, {r['reason']}")
     if args.deploy:
         from .deploy import deploy_production, describe
 

@@ -162,16 +162,31 @@ def _api():
     return client.CustomObjectsApi(), namespace or "default"
 
 
+def _status_message(exc) -> str:
+    """The ``message`` of the Status the API server answered with (what is wrong, in its words: a
+    webhook's denial, the field the schema refused), or ''."""
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message") or "")[:1000]
+    except (TypeError, ValueError, AttributeError):
+        return ""
+
+
 def _explain(what: str, exc: Exception) -> HSNetError:
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(exc, ApiException):
+        said = _status_message(exc)
+        detail = f": {said}" if said else ""
         if exc.status == 409:
-            return HSNetError(f"{what}: changed by someone else meanwhile (409 Conflict); run it again")
+            return HSNetError(f"{what}: changed by someone else meanwhile (409 Conflict){detail}; run it again")
+        if "admission webhook" in said:  # KServe's webhook: 403 for a refused spec, 500 when it is down
+            return HSNetError(f"{what}: refused by an admission webhook ({exc.status} {exc.reason}){detail}")
         if exc.status in (401, 403):
-            return HSNetError(f"{what}: not allowed ({exc.status} {exc.reason}); the account needs get, create "
-                              f"and update on {PLURAL}.{GROUP}")
-        return HSNetError(f"{what}: the API server answered {exc.status} {exc.reason}")
+            return HSNetError(f"{what}: not allowed ({exc.status} {exc.reason}){detail}; the account needs get, "
+                              f"create and update on {PLURAL}.{GROUP}")
+        return HSNetError(f"{what}: the API server answered {exc.status} {exc.reason}{detail}")
     return HSNetError(f"{what}: the Kubernetes API server is unreachable ({exc})")
 
 
@@ -183,6 +198,26 @@ def _call(what: str, fn, *args):
         return fn(*args)
     except (ApiException, HTTPError, OSError) as exc:
         raise _explain(what, exc) from exc
+
+
+def readiness(isvc: dict) -> tuple[str | None, str]:
+    """What KServe reports of the InferenceService's spec as it is now: ``ready``, ``failed`` or
+    ``pending`` (its Ready condition True, False or Unknown), with the reason and message; None
+    when it reports nothing yet, or only of an older spec (``status.observedGeneration`` behind
+    ``metadata.generation``)."""
+    status = isvc.get("status") or {}
+    generation = (isvc.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and observed is not None and int(observed) < int(generation):
+        return None, "status of an older spec"
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Ready":
+            detail = "; ".join(str(c[k]) for k in ("reason", "message") if c.get(k))
+            if c.get("status") == "False":  # the predictor's condition says why, where Ready only says that
+                detail = "; ".join(str(p[k]) for p in status["conditions"] if p.get("type") == "PredictorReady"
+                                   for k in ("reason", "message") if p.get(k)) or detail
+            return {"True": "ready", "False": "failed"}.get(c.get("status"), "pending"), detail
+    return None, "no Ready condition yet"
 
 
 def rollout(model_uri: str, *, name: str, namespace: str | None = None,
@@ -210,18 +245,37 @@ def rollout(model_uri: str, *, name: str, namespace: str | None = None,
         return {"action": "created", "name": name, "namespace": namespace, "model": model_uri, "canary": None}
     previous = model_of(current)
     if previous == model_uri and "canaryTrafficPercent" not in current["spec"]["predictor"]:
-        return {"action": "unchanged", "name": name, "namespace": namespace, "model": model_uri, "canary": None}
+        state, detail = readiness(current)
+        if state == "failed":  # the spec asks for it, but KServe routes no traffic to a revision that failed
+            raise HSNetError(f"{where} names {model_uri} with all traffic, but KServe reports it not ready "
+                             f"({detail}): the traffic stays on the last ready revision. Fix the cause (kubectl "
+                             f"describe inferenceservice -n {namespace} {name}), then run this again")
+        return {"action": "unchanged", "name": name, "namespace": namespace, "model": model_uri, "canary": None,
+                "ready": state == "ready"}
     canary = canary_percent  # a new version, or a step of the running canary (e.g. to 100)
+    note = None
+    if _is_alias(previous) and canary is not None and canary < 100:
+        # Each pod resolves an alias when it starts, and promote has just moved it to this version:
+        # the revision that would keep the other share starts the new version too from now on (a
+        # scale-up, a restart), so there is nothing to compare with, and a canary rollback returns
+        # nothing. From here on the InferenceService names versions, and canaries compare two.
+        canary, note = None, (f"no canary: it served the alias {previous}, which its pods resolve when they start "
+                              f"and which now names this version")
     updated = set_model(current, model_uri, canary)
     _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, updated)
     log.info("%s: %s -> %s (%s)", where, previous, model_uri,
              f"canary {canary}%" if canary is not None and canary < 100 else "all traffic")
     return {"action": "updated", "name": name, "namespace": namespace, "model": model_uri, "previous": previous,
-            "canary": canary if canary is not None and canary < 100 else None}
+            "canary": canary if canary is not None and canary < 100 else None, **({"note": note} if note else {})}
+
+
+def _is_alias(model_uri: str | None) -> bool:
+    """``models:/NAME@ALIAS``: a name the registry can point elsewhere, not one version."""
+    return bool(model_uri) and model_uri.startswith("models:/") and "@" in model_uri[len("models:/"):]
 
 
 def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict:
-    """Traffic back to ``model_uri`` (production after a registry rollback)."""
+    """Traffic back to ``model_uri`` (the version a registry rollback puts back in production)."""
     api, default_ns = _api()
     namespace = namespace or default_ns
     where = f"InferenceService {namespace}/{name}"
@@ -242,11 +296,11 @@ def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict
 def deploy_production(name: str, result: dict, *, isvc: str | None = None, namespace: str | None = None,
                       canary_percent: int = CANARY_PERCENT) -> dict:
     """``hsnet promote --deploy`` (and the Kubeflow promote step with ``deploy``): after
-    :func:`hsnet.registry.promote` or :func:`~hsnet.registry.rollback` returned ``result``, the
-    InferenceService ``isvc`` (default: the model's ``name``) serves production: rolled out with
-    ``canary_percent`` of the traffic, or its traffic returned after a rollback. A version that was
-    production already is rolled out too (a canary's next step, e.g. to 100%). Returns
-    :func:`rollout`'s or :func:`rollback`'s record; :func:`describe` says it in a line."""
+    :func:`hsnet.registry.promote` returned ``result``, the InferenceService ``isvc`` (default: the
+    model's ``name``) serves production, rolled out with ``canary_percent`` of the traffic. A
+    version that was production already is rolled out too (a canary's next step, e.g. to 100%, or
+    the run again after a rollout that failed: the registry is moved first, so that is what a
+    retry needs). Returns :func:`rollout`'s record; :func:`describe` says it in a line."""
     from . import tracking
 
     production = result.get("production")
@@ -254,19 +308,35 @@ def deploy_production(name: str, result: dict, *, isvc: str | None = None, names
         production = result.get("candidate")  # already production: deploy it (e.g. a canary to 100%)
     if production is None:
         raise HSNetError(f"{name}: no production version to deploy")
-    model_uri = tracking.version_uri(name, production)
-    if result.get("rollback"):
-        return rollback(model_uri, name=isvc or name, namespace=namespace)
-    return rollout(model_uri, name=isvc or name, namespace=namespace, canary_percent=canary_percent)
+    return rollout(tracking.version_uri(name, production), name=isvc or name, namespace=namespace,
+                   canary_percent=canary_percent)
+
+
+def rollback_production(name: str, *, isvc: str | None = None, namespace: str | None = None) -> tuple[dict, dict]:
+    """``hsnet promote --rollback --deploy``: the traffic goes back first (:func:`rollback` to the
+    version :func:`hsnet.registry.rollback_target` names), then the registry's aliases swap. A
+    rollback swaps, so the other order would not survive a failure in between: the registry
+    already swapped, the run again as told would swap it back and send the bad version all the
+    traffic. In this order a failed traffic change leaves the registry as it was, and the run
+    again does the same rollback again. Returns (the registry's record, :func:`rollback`'s)."""
+    from . import registry, tracking
+
+    target = registry.rollback_target(name)
+    record = rollback(tracking.version_uri(name, target), name=isvc or name, namespace=namespace)
+    return registry.rollback(name, expect=target), record
 
 
 def describe(r: dict) -> str:
     """One line for what :func:`rollout` or :func:`rollback` did."""
     where = f"InferenceService {r['namespace']}/{r['name']}"
     if r["action"] == "unchanged":
-        return f"{where}: already serves {r['model']} with all traffic"
+        if r.get("ready", True):
+            return f"{where}: already serves {r['model']} with all traffic"
+        return (f"{where}: already names {r['model']} with all traffic; KServe has not reported it ready yet "
+                f"(kubectl get inferenceservice -n {r['namespace']} {r['name']})")
     share = f", canary {r['canary']}%" if r.get("canary") else ""
-    return f"{where}: {r['action']}, {r['model']}{share}" + (f" (was {r['previous']})" if r.get("previous") else "")
+    return (f"{where}: {r['action']}, {r['model']}{share}" + (f" (was {r['previous']})" if r.get("previous") else "")
+            + (f"; {r['note']}" if r.get("note") else ""))
 
 
 def dry_run(name: str, *, version: int | str | None = None, rollback: bool = False, isvc: str | None = None,

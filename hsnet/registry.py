@@ -658,18 +658,40 @@ def _move(client, name: str, new_version, old) -> None:
                             f"{now.version if now else None} at the same time; check and retry")
 
 
-def rollback(name: str) -> dict:
+def _rollback_versions(client, name: str):
+    """(previous, production) for a rollback of ``name``, after the checks a rollback makes (a
+    ``previous`` that isn't production already, whose files are those it was registered with)."""
+    prev, prod = _alias_version(client, name, PREVIOUS), _alias_version(client, name, PRODUCTION)
+    if prev is None:
+        raise HSNetError(f"{name} has no '{PREVIOUS}' version to roll back to")
+    if prod is not None and str(prod.version) == str(prev.version):
+        raise HSNetError(f"{name}: '{PREVIOUS}' is already production (version {prev.version})")
+    check_model_files(client, name, prev.version)  # ModelChanged: production stays where it is
+    return prev, prod
+
+
+def rollback_target(name: str) -> int:
+    """The version :func:`rollback` would put back in production, checked as it checks it; no alias
+    moves. For changing the serving first (``hsnet promote --rollback --deploy``): if that fails,
+    the registry is as it was, and running it again does the same again, not a second swap."""
+    client = _client()
+    _require_model(client, name)
+    return int(_rollback_versions(client, name)[0].version)
+
+
+def rollback(name: str, *, expect: int | str | None = None) -> dict:
     """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``),
-    if its model files are those it was registered with (:func:`check_model_files`), as for a promotion."""
+    if its model files are those it was registered with (:func:`check_model_files`), as for a
+    promotion. ``expect``: the version :func:`rollback_target` named; if ``previous`` moved since,
+    nothing changes and the error says so."""
     client = _client()
     _require_model(client, name)
     with _promotion_lock(client, name):
-        prev, prod = _alias_version(client, name, PREVIOUS), _alias_version(client, name, PRODUCTION)
-        if prev is None:
-            raise HSNetError(f"{name} has no '{PREVIOUS}' version to roll back to")
-        if prod is not None and str(prod.version) == str(prev.version):
-            raise HSNetError(f"{name}: '{PREVIOUS}' is already production (version {prev.version})")
-        check_model_files(client, name, prev.version)  # ModelChanged: production stays where it is
+        prev, prod = _rollback_versions(client, name)
+        if expect is not None and str(prev.version) != str(expect):
+            raise HSNetError(f"{name}: '{PREVIOUS}' moved to version {prev.version} while version {expect} was being "
+                             "deployed (another promotion ran meanwhile); nothing changed in the registry: check "
+                             "the aliases and run it again")
         _move(client, name, prev.version, prod)
         if prod is not None:
             client.set_model_version_tag(name, prod.version, ROLLED_BACK_TAG,

@@ -8,7 +8,8 @@ version ``models:/hsnet-rafdb/7``) or a local checkpoint file once at start, and
   "model_version", "model_uri"}``;
 * V2 (Open Inference Protocol): ``POST /v2/models/<name>/infer`` with one ``BYTES`` input
   (``"data": ["<base64>", ...]``) -> one ``BYTES`` output ``records`` holding each photo's
-  record as JSON text, ``model_version`` set and ``parameters.model_uri``;
+  record as JSON text, ``model_version`` set and ``parameters.model_uri``; the model metadata
+  (``GET /v2/models/<name>``) names them (input ``images``, shape ``[-1]``);
 
 plus KServe's health endpoints (``/v2/health/live``, ``/v2/health/ready``,
 ``/v1/models/<name>`` and ``/v2/models/<name>/ready``, 503 until the model is loaded), and
@@ -57,7 +58,7 @@ from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, d
 
 log = logging.getLogger(__name__)
 
-OUTPUT = "records"
+INPUT, OUTPUT = "images", "records"  # V2: the tensors the model metadata names (any input name is taken)
 # set by BodyLimit for each HTTP request once its client has closed the connection
 _CLIENT_GONE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("hsnet_client_gone",
                                                                                       default=None)
@@ -123,6 +124,13 @@ class HSNetModel(kserve.Model):
         self._busy_lock = threading.Lock()
         self.busy = 0  # requests being computed now
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="hsnet-infer")
+
+    # --- V2 model metadata (GET /v2/models/<name>): what a client sends and gets back -------------
+    def get_input_types(self) -> list[dict]:
+        return [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}]  # base64 JPEG/PNG, one per photo
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]  # a JSON record per photo
 
     # --- loading ----------------------------------------------------------------------------
     def _load(self) -> Loaded:
