@@ -39,7 +39,9 @@ def _data_import(args: argparse.Namespace) -> None:
     print(f"{summary['images']} images of {args.dataset} -> {args.out} "
           f"(train {summary['splits']['train']}, val {summary['splits']['val']}, "
           f"test {summary['splits']['test']}; skipped {summary['skipped']} stray file(s), "
-          f"{summary['missing']} listed but missing)")
+          f"{summary['missing']} listed but missing"
+          + (f", {summary['duplicates']} left out as duplicates" if summary["duplicates"] else "")
+          + (f", {len(summary['inferred'])} misnamed taken by their folders" if summary["inferred"] else "") + ")")
 
 
 def _data_sample(args: argparse.Namespace) -> None:
@@ -59,7 +61,7 @@ def _data_fetch(args: argparse.Namespace) -> None:
 def _validate(args: argparse.Namespace) -> None:
     from .data.validate import validate
 
-    p = _params(args, "validate", {"min_size": args.min_size})
+    p = _params(args, "validate", {"min_size": args.min_size, "max_bad_fraction": args.max_bad_fraction})
     summary = validate(args.manifest, args.root, args.dataset, args.report, p.validate,
                        workers=args.workers, use_cache=not args.no_cache)
     print(f"{summary['images']} images of {args.dataset} passed validation "
@@ -305,6 +307,9 @@ def _add_data_steps(verbs) -> None:
     p.add_argument("--report", required=True, help="folder for the GX results (JSON) and Data Docs (HTML)")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.validate settings")
     p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side in px (else params', 32)")
+    p.add_argument("--max-bad-fraction", type=float, default=None,
+                   help="share of images that may not decode or be too small and still pass, each named in the "
+                   "report (else params', 0.001)")
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores, at most 32)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
 

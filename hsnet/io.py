@@ -40,14 +40,16 @@ class UnsafePath(HSNetError):
     """A name from outside (a manifest row, an object key, a model name) would lead outside its folder."""
 
 
-def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: bool = True) -> Path:
+def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: bool = True,
+              also: tuple[str, ...] = ()) -> Path:
     """``name``, a relative name that came from outside (a manifest's path, an S3 key, a model
     name), as a path inside ``root``; :class:`UnsafePath` naming it otherwise.
 
     Refused: empty names, NUL characters, absolute paths (``/x``, ``C:x``, ``\\x``, ``~x``), any
     ``..`` component (``/`` and ``\\`` both count as separators) and names that lead out of
     ``root`` through a symbolic link that exists now (``links=False``: the name alone is checked,
-    for a ``root`` that isn't local). Returns ``root / name`` (not resolved).
+    for a ``root`` that isn't local), unless it leads into one of the resolved folders ``also``
+    (:func:`dvc_cache_of`). Returns ``root / name`` (not resolved).
     """
     text = name if isinstance(name, str) else os.fspath(name)
     shown = f"{what} {text!r}"
@@ -70,9 +72,37 @@ def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: 
         target = _follow(base, parts)
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise UnsafePath(f"{shown}: can't be resolved inside {root} ({exc})") from exc
-    if target != base and not target.startswith(base.rstrip(os.sep) + os.sep):
+    if not any(target == folder or target.startswith(folder.rstrip(os.sep) + os.sep) for folder in (base, *also)):
         raise UnsafePath(f"{shown} leads outside {root} through a symbolic link (to {target})")
     return path
+
+
+def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:
+    """The cache folder (resolved) of the DVC project ``folder`` is in, as DVC finds it: ``cache.dir``
+    of the project's ``.dvc/config.local`` or ``.dvc/config`` (relative to ``.dvc``), else
+    ``.dvc/cache``; () outside a DVC project. With ``cache.type symlink`` every tracked file of a
+    checkout is a link into it, which :func:`safe_join` then follows: the project's own data, not
+    an escape. A cache set only in DVC's user or system config is not seen."""
+    import configparser
+
+    here = Path(os.path.realpath(folder))
+    for project in (here, *here.parents):
+        dvc_dir = project / ".dvc"
+        if dvc_dir.is_dir():  # what DVC itself looks for
+            break
+    else:
+        return ()
+    cache = dvc_dir / "cache"
+    for name in ("config", "config.local"):  # the local one wins
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            parser.read(dvc_dir / name, encoding="utf-8")
+            configured = parser.get("cache", "dir", fallback=None)
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        if configured:
+            cache = dvc_dir / os.path.expanduser(configured.strip().strip("'\""))
+    return (os.path.realpath(cache),)
 
 
 @functools.lru_cache(maxsize=64)

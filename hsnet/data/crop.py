@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import HSNetError
-from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, only_writer,
-                  open_rgb, safe_join, sha256_file, sync_filesystem, write_json)
+from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, dvc_cache_of,
+                  only_writer, open_rgb, safe_join, sha256_file, sync_filesystem, write_json)
 from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params
 from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
@@ -216,7 +216,7 @@ class _Item:
 def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[dict]]:
     """The rows crop may read and write, and the refused ones (paths outside ``root``, crops that
     would land outside ``out`` or on another row's crop) as report records."""
-    items, refused = [], []
+    items, refused, linked = [], [], dvc_cache_of(root)  # a DVC checkout of links into its cache is the data
     clashes = colliding_rows([r["path"] for r in rows])
     try:
         name_max = os.pathconf(out, "PC_NAME_MAX")
@@ -226,7 +226,7 @@ def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[di
         try:
             if i in clashes:
                 raise HSNetError(clash_message(row["path"], rows[clashes[i]]["path"]))
-            src = safe_join(root, row["path"], what="manifest path")
+            src = safe_join(root, row["path"], what="manifest path", also=linked)
             dest = output_name(row["path"])
             safe_join(out, dest, what="crop output")
             if any(len(os.fsencode(part)) > name_max for part in PurePosixPath(dest).parts):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ class Scan:
     records: list[Record] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # stray files, relative paths
     missing: list[str] = field(default_factory=list)  # listed by the dataset but not on disk
+    inferred: list[str] = field(default_factory=list)  # misnamed files taken as what their folder lacks
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,40 @@ KDEF_PATTERN = re.compile(r"^([AB])([FM])(\d\d)(AF|AN|DI|HA|NE|SA|SU)(S|HL|HR|FL
                 "e.g. KDEF/AF01/AF01ANS.JPG")
 def scan_kdef(root: Path, options: dict) -> Scan:
     # subject: gender + id (the same person in sessions A and B)
-    return _scan_by_pattern(root, KDEF_PATTERN, lambda m, rel: Record(
-        rel, KDEF_CODES[m[4].upper()], f"{m[2].upper()}{m[3]}"))
+    def record(m: re.Match, rel: str) -> Record:
+        return Record(rel, KDEF_CODES[m[4].upper()], f"{m[2].upper()}{m[3]}")
+
+    scan = _scan_by_pattern(root, KDEF_PATTERN, record)
+    _kdef_misnamed(scan, record)
+    return scan
+
+
+KDEF_FOLDER = re.compile(r"^[AB][FM]\d\d$", re.IGNORECASE)  # a session's folder: AF01 ... BM35
+KDEF_ANGLES = ("S", "HL", "HR", "FL", "FR")
+
+
+def _kdef_misnamed(scan: Scan, record: Callable[[re.Match, str], Record]) -> None:
+    """A session folder (e.g. KDEF/AF31) with one JPEG outside KDEF's naming while exactly one of its
+    35 photos (7 expressions x 5 angles) is missing: that file is the missing photo. The archive
+    has two such files (AF31V.JPG, AM31H.JPG), which the paper's 4,900 images count; each taken so
+    is listed in the summary's ``inferred``."""
+    named, stray = defaultdict(set), defaultdict(list)
+    for r in scan.records:
+        folder, _, name = r.path.rpartition("/")
+        named[folder].add(name.upper())
+    for rel in scan.skipped:
+        folder, _, name = rel.rpartition("/")
+        if name.upper().endswith((".JPG", ".JPEG")) and not _is_junk(rel) \
+                and KDEF_FOLDER.match(folder.rpartition("/")[2]):
+            stray[folder].append(rel)
+    for folder, files in stray.items():
+        session = folder.rpartition("/")[2].upper()
+        missing = {f"{session}{code}{angle}.JPG" for code in KDEF_CODES for angle in KDEF_ANGLES} - named[folder]
+        if len(files) == 1 and len(missing) == 1:
+            name = missing.pop()
+            scan.records.append(record(KDEF_PATTERN.match(name), files[0]))
+            scan.skipped.remove(files[0])
+            scan.inferred.append(f"{files[0]} as {name}")
 
 
 # --- FERG-DB (and the built-in sample, drawn in its layout) ------------------------------
@@ -213,6 +246,60 @@ dataset("sample", FERG_CLASSES, fractions=(0.1, 0.1),
 
 # --- shared --------------------------------------------------------------------------------
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes, which os.walk hands over as surrogates
+        return False
+
+
+def _shown(name: str) -> str:
+    """``name`` as text that can be written anywhere: a byte that isn't UTF-8 as ``\\udcXX``."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record], list[str]]:
+    """``records`` (sorted by path) less the files byte-identical to another, and what was left
+    out, each with its reason. One photo in two splits is leakage (validate refuses it), and one
+    photo under two labels is a contradiction: of identical files with one label the first is kept;
+    of identical files with different labels none (KDEF ships four copies of one black placeholder,
+    each named for another expression). Only files sharing a size are read."""
+    import hashlib
+
+    by_size = defaultdict(list)
+    for r in records:
+        try:
+            by_size[os.stat(root / r.path).st_size].append(r)
+        except OSError:  # unreadable now: validate names it
+            pass
+    groups = defaultdict(list)
+    for same in by_size.values():
+        if len(same) < 2:
+            continue
+        for r in same:
+            try:
+                with open(root / r.path, "rb") as f:
+                    groups[hashlib.file_digest(f, "sha256").hexdigest()].append(r)
+            except OSError:
+                pass
+    dropped, reasons = set(), []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        labels = sorted({r.label_name for r in group})
+        if len(labels) == 1:
+            for r in group[1:]:
+                dropped.add(r.path)
+                reasons.append(f"{r.path}: identical to {group[0].path}")
+        else:
+            for r in group:
+                dropped.add(r.path)
+            reasons.append(f"{', '.join(r.path for r in group[:4])}{' ...' if len(group) > 4 else ''}: "
+                           f"identical files labelled {', '.join(labels)}")
+    return [r for r in records if r.path not in dropped], reasons
+
+
 def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
                    settings: ImportParams = ImportParams()) -> dict:
     """Read dataset ``name`` at ``root`` and write its manifest to ``out``. Returns a summary."""
@@ -231,7 +318,19 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         examples = ", ".join(scan.skipped[:3]) or "no files at all"
         raise DatasetLayoutError(f"{root} does not look like {name}: no image matched. Expected {spec.layout}. "
                            f"Found {len(scan.skipped)} other file(s) ({examples})")
+    unnamed = [r.path for r in scan.records if not _utf8(r.path)]
+    if unnamed:  # a manifest is UTF-8: a name that isn't can't be written there (a zip's code page)
+        log.warning("skipped %d image(s) whose names are not UTF-8, e.g. %s: rename them (e.g. with convmv) to "
+                    "import them", len(unnamed), ", ".join(map(_shown, unnamed[:3])))
+        scan.records = [r for r in scan.records if _utf8(r.path)]
+        scan.skipped += unnamed
+    scan.skipped = [_shown(rel) for rel in scan.skipped]
     scan.records.sort(key=lambda r: r.path)
+    matched = len(scan.records)
+    scan.records, duplicates = _without_duplicates(root, scan.records)
+    if not scan.records:
+        raise DatasetLayoutError(f"{root}: every image matched has a name that is not UTF-8 "
+                                 f"(e.g. {', '.join(scan.skipped[:3])}); rename them to import them")
     assigned = splits.assign(scan.records, spec, seed=seed, by=split_by)
     rows = [{"path": r.path, "label": spec.classes.index(r.label_name), "label_name": r.label_name,
              "split": split, "subject": r.subject} for r, split in zip(scan.records, assigned)]
@@ -242,10 +341,16 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         "classes": dict(Counter(r["label_name"] for r in rows)),
         "skipped": len(scan.skipped), "skipped_examples": scan.skipped[:5],
         "missing": len(scan.missing), "missing_examples": scan.missing[:5],
+        "duplicates": matched - len(rows), "duplicate_examples": duplicates[:5],
+        "inferred": scan.inferred,
     }
     if scan.skipped:
         log.info("skipped %d stray file(s) under %s, e.g. %s", len(scan.skipped), root,
                  ", ".join(scan.skipped[:3]))
+    if duplicates:
+        log.warning("left out %d image(s) identical to another, e.g. %s", len(duplicates), "; ".join(duplicates[:3]))
+    for what in scan.inferred:
+        log.warning("a misnamed file taken by what its folder lacks: %s", what)
     if scan.missing:
         log.warning("%d image(s) listed by %s are not on disk, e.g. %s", len(scan.missing), name,
                     ", ".join(scan.missing[:3]))

@@ -60,6 +60,23 @@ def test_corrupt_file(good, tmp_path):
     _fails(manifest, root, tmp_path, "files that do not decode as images", victim)
 
 
+def test_a_few_bad_images_within_max_bad_fraction_pass_named(good, tmp_path):
+    """max_bad_fraction 0.02 of 126 images: 2 broken (124/126 = 0.984 good, >= 0.98) pass, each
+    named in the summary's warnings; 3 (123/126 = 0.976) fail, the message naming the setting."""
+    manifest, root = good
+    victims = [r["path"] for r in read_manifest(manifest)[:3]]
+    for v in victims[:2]:
+        (root / v).write_bytes(b"")
+    summary = validate(manifest, root, "ferg", tmp_path / "report", ValidateParams(max_bad_fraction=0.02),
+                       progress=False)
+    (tolerated,) = [w for w in summary["warnings"] if w["column"] == "decodes"]
+    assert tolerated["unexpected_count"] == 2 and all(any(v in e for e in tolerated["examples"]) for v in victims[:2])
+    assert "within validate.max_bad_fraction 0.02" in tolerated["what"]
+    (root / victims[2]).write_bytes(b"")
+    with pytest.raises(ValidationFailed, match=r"do not decode.*3 rows.*more than validate.max_bad_fraction 0.02"):
+        validate(manifest, root, "ferg", tmp_path / "report", ValidateParams(max_bad_fraction=0.02), progress=False)
+
+
 def test_truncated_file(good, tmp_path):
     manifest, root = good
     victim = read_manifest(manifest)[7]["path"]
