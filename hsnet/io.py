@@ -82,11 +82,13 @@ def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:
     of the project's ``.dvc/config.local`` or ``.dvc/config`` (relative to ``.dvc``), else
     ``.dvc/cache``; () outside a DVC project. With ``cache.type symlink`` every tracked file of a
     checkout is a link into it, which :func:`safe_join` then follows: the project's own data, not
-    an escape. A cache set only in DVC's user or system config is not seen."""
+    an escape. The project is looked for above ``folder`` only (a ``.dvc`` in the data itself came
+    with it), and a cache that holds ``folder`` (``/``, ``..``) counts as none. A cache set only in
+    DVC's user or system config is not seen."""
     import configparser
 
     here = Path(os.path.realpath(folder))
-    for project in (here, *here.parents):
+    for project in here.parents:  # above the data: a .dvc inside it came with the data, not from the user
         dvc_dir = project / ".dvc"
         if dvc_dir.is_dir():  # what DVC itself looks for
             break
@@ -102,7 +104,10 @@ def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:
             continue
         if configured:
             cache = dvc_dir / os.path.expanduser(configured.strip().strip("'\""))
-    return (os.path.realpath(cache),)
+    cache = os.path.realpath(cache)
+    if here.as_posix().startswith(cache.rstrip(os.sep) + os.sep):  # a "cache" holding the data (e.g. /) is no cache
+        return ()
+    return (cache,)
 
 
 @functools.lru_cache(maxsize=64)

@@ -63,11 +63,9 @@ def test_a_pristine_kdef_passes_validation_at_the_default_seed_despite_its_ident
         tmp_path, monkeypatch):
     """KDEF as distributed holds a few blank placeholders in place of photos: an EDA of the
     archive lists 10 images "mostly black (mean pixel value < 10)", among them AF01SUFR.JPG,
-    AF10AFFR.JPG, AF11NEHL.JPG, AF20DIHL.JPG, AM25DIFL.JPG, AM34DIFR.JPG, BF13NEHR.JPG (page
-    https://anthropic_fake_github/12ae36d23a4fd07e6be800f2c22eae02773f1be6, "EDA for Affective AI
-    datasets"); a KDEF loader notes "some original KDEF files are plain black - replacement files
-    of exactly 12104 bytes with mean 0.61" and drops them (kdefTrain.py, read via the search
-    index, id 66604420168; its README: "four original KDEF files are plain black"). Equal size
+    AF10AFFR.JPG, AF11NEHL.JPG, AF20DIHL.JPG, AM25DIFL.JPG, AM34DIFR.JPG, BF13NEHR.JPG (a public
+    exploratory analysis of FER archives, "EDA for Affective AI datasets"); a KDEF loader notes "some original KDEF files are plain black - replacement files
+    of exactly 12104 bytes with mean 0.61" and drops them (a public kdefTrain.py; its README: "four original KDEF files are plain black"). Equal size
     and mean: one file copied; here, four copies of one black 562x762 JPEG.
 
     The importer labels each placeholder with the emotion its name carries; the class-stratified
@@ -98,10 +96,10 @@ def test_a_pristine_kdef_passes_validation_at_the_default_seed_despite_its_ident
 def test_kdefs_two_misnamed_photos_are_imported_with_their_labels(tmp_path):
     """KDEF holds 4,900 pictures (70 people x 7 expressions x 5 angles x 2 sessions; the paper,
     Sect. 4.1: "It contains 4,900 images"), but two of them are misnamed in the archive:
-    "2 instances failed on wrong naming convention: "AF31V.JPG", "AM31H.JPG" (fix: renamed)" (page
-    https://anthropic_fake_github/12ae36d23a4fd07e6be800f2c22eae02773f1be6). Which photos they are
-    follows from the folders: AF31 lacks its SA-HL picture and AM31 its SU-HR one (kdefTrain.py,
-    search index id 66604420168: ERRATA = {'AF31V': 'AF31SAHL', 'AM31H': 'AM31SUHR'}).
+    "2 instances failed on wrong naming convention: "AF31V.JPG", "AM31H.JPG" (fix: renamed)" (the
+    same public analysis). Which photos they are
+    follows from the folders: AF31 lacks its SA-HL picture and AM31 its SU-HR one (a public kdefTrain.py:
+    ERRATA = {'AF31V': 'AF31SAHL', 'AM31H': 'AM31SUHR'}).
 
     The importer matches file names only, so both photos are "stray files" beside Thumbs.db
     (README: "anything not in the dataset's naming scheme) are skipped") and a full KDEF imports
@@ -125,10 +123,9 @@ def test_kdefs_two_misnamed_photos_are_imported_with_their_labels(tmp_path):
 def test_a_pristine_ferg_db_is_not_stopped_by_its_one_faulty_image(tmp_path, monkeypatch):
     """FERG_DB_256 as distributed holds one image that does not load:
     bonnie/bonnie_surprise/bonnie_surprise_1389.png. Three public loaders special-case it: one
-    deletes it after unzipping ("# remove a faulty image", search index id 48188740547), one skips
-    it by name before cv2.imread (id 13377772006), one excludes it with ImageFolder's
-    is_valid_file (id 20440326022); another copies only files with ``os.path.getsize(f) != 0``
-    (id 2724408367), so here it is an empty file.
+    deletes it after unzipping ("# remove a faulty image"), one skips it by name before
+    cv2.imread, one excludes it with ImageFolder's is_valid_file; another copies only files with
+    ``os.path.getsize(f) != 0``, so here it is an empty file.
 
     The importer accepts it (its name fits), and validate's critical "files that do not decode as
     images" then stops all 55,767 images of the dataset: ``dvc repro`` can't get past validate on

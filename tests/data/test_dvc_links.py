@@ -74,3 +74,10 @@ def test_dvc_cache_of_reads_the_local_config_over_the_project_one(tmp_path):
     assert dvc_cache_of(tmp_path / "p" / "data") == (os.path.realpath(tmp_path / "c"),)
     (tmp_path / "q").mkdir()
     assert dvc_cache_of(tmp_path / "q") == ()
+    # a hostile archive's own .dvc (cache.dir = /, so that every link would be followed) is not the
+    # project's: only a .dvc above the data counts, and a cache holding the data is none
+    (tmp_path / "q" / ".dvc").mkdir()
+    (tmp_path / "q" / ".dvc" / "config").write_text("[cache]\n    dir = /\n")
+    assert dvc_cache_of(tmp_path / "q") == ()
+    (tmp_path / "p" / ".dvc" / "config.local").write_text("[cache]\n    dir = /\n")
+    assert dvc_cache_of(tmp_path / "p" / "data") == ()
