@@ -308,8 +308,8 @@ def _add_data_steps(verbs) -> None:
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.validate settings")
     p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side in px (else params', 32)")
     p.add_argument("--max-bad-fraction", type=float, default=None,
-                   help="share of images that may not decode or be too small and still pass, each named in the "
-                   "report (else params', 0.001)")
+                   help="share of images that may not decode and still pass, each named in the report and left "
+                   "out by crop (else params', 0.001)")
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores, at most 32)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
 

@@ -201,15 +201,11 @@ def _call(what: str, fn, *args):
 
 
 def readiness(isvc: dict) -> tuple[str | None, str]:
-    """What KServe reports of the InferenceService's spec as it is now: ``ready``, ``failed`` or
-    ``pending`` (its Ready condition True, False or Unknown), with the reason and message; None
-    when it reports nothing yet, or only of an older spec (``status.observedGeneration`` behind
-    ``metadata.generation``)."""
+    """What KServe reports of the InferenceService: ``ready``, ``failed`` or ``pending`` (its Ready
+    condition True, False or Unknown), with the reason and message; None when it reports nothing
+    yet. ``status.observedGeneration`` is not compared with ``metadata.generation``: KServe copies
+    it from a child's counter, which a Ready InferenceService can have lower (kserve/kserve#6081)."""
     status = isvc.get("status") or {}
-    generation = (isvc.get("metadata") or {}).get("generation")
-    observed = status.get("observedGeneration")
-    if generation is not None and observed is not None and int(observed) < int(generation):
-        return None, "status of an older spec"
     for c in status.get("conditions") or []:
         if c.get("type") == "Ready":
             detail = "; ".join(str(c[k]) for k in ("reason", "message") if c.get(k))
@@ -322,8 +318,14 @@ def rollback_production(name: str, *, isvc: str | None = None, namespace: str | 
     from . import registry, tracking
 
     target = registry.rollback_target(name)
-    record = rollback(tracking.version_uri(name, target), name=isvc or name, namespace=namespace)
-    return registry.rollback(name, expect=target), record
+    model_uri = tracking.version_uri(name, target)
+    record = rollback(model_uri, name=isvc or name, namespace=namespace)
+    try:
+        return registry.rollback(name, expect=target), record
+    except HSNetError as exc:  # the traffic moved, the registry didn't: say both, and what puts them together
+        raise HSNetError(f"{exc}. The InferenceService {record['namespace']}/{record['name']} was already changed "
+                         f"({record['action']}, to {model_uri}): to serve production again, run `hsnet promote "
+                         f"--name {name} --deploy`") from exc
 
 
 def describe(r: dict) -> str:

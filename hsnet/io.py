@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 import time
@@ -77,6 +78,32 @@ def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: 
     return path
 
 
+def _dvc_cache_dir(config: Path) -> str | None:
+    """``cache.dir`` of one DVC config file as DVC reads it (configobj, which DVC uses: inline
+    ``# comments`` and blanks in ``[ cache ]`` stripped, quotes removed); None when unset or unreadable."""
+    if not config.is_file():
+        return None
+    try:
+        from configobj import ConfigObj, ConfigObjError  # DVC's own reader (a dependency of dvc)
+    except ImportError:  # hsnet without dvc: the same rules with the standard library
+        import configparser
+
+        parser = configparser.ConfigParser(interpolation=None, strict=False, inline_comment_prefixes=("#", ";"))
+        try:
+            parser.read(config, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            return None
+        for section in parser.sections():
+            if section.strip().strip("'\"") == "cache" and parser.has_option(section, "dir"):
+                return parser.get(section, "dir").strip().strip("'\"") or None
+        return None
+    try:
+        value = ConfigObj(str(config), encoding="utf-8").get("cache", {}).get("dir")
+    except (ConfigObjError, UnicodeDecodeError, OSError, AttributeError):
+        return None
+    return str(value).strip() or None if isinstance(value, str) else None
+
+
 def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:
     """The cache folder (resolved) of the DVC project ``folder`` is in, as DVC finds it: ``cache.dir``
     of the project's ``.dvc/config.local`` or ``.dvc/config`` (relative to ``.dvc``), else
@@ -85,8 +112,6 @@ def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:
     an escape. The project is looked for above ``folder`` only (a ``.dvc`` in the data itself came
     with it), and a cache that holds ``folder`` (``/``, ``..``) counts as none. A cache set only in
     DVC's user or system config is not seen."""
-    import configparser
-
     here = Path(os.path.realpath(folder))
     for project in here.parents:  # above the data: a .dvc inside it came with the data, not from the user
         dvc_dir = project / ".dvc"
@@ -96,14 +121,9 @@ def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:
         return ()
     cache = dvc_dir / "cache"
     for name in ("config", "config.local"):  # the local one wins
-        parser = configparser.ConfigParser(interpolation=None, strict=False)
-        try:
-            parser.read(dvc_dir / name, encoding="utf-8")
-            configured = parser.get("cache", "dir", fallback=None)
-        except (configparser.Error, UnicodeDecodeError):
-            continue
+        configured = _dvc_cache_dir(dvc_dir / name)
         if configured:
-            cache = dvc_dir / os.path.expanduser(configured.strip().strip("'\""))
+            cache = dvc_dir / os.path.expanduser(configured)
     cache = os.path.realpath(cache)
     if here.as_posix().startswith(cache.rstrip(os.sep) + os.sep):  # a "cache" holding the data (e.g. /) is no cache
         return ()
@@ -429,7 +449,10 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
     except FileReadError as exc:
         raise ImageReadError(str(exc)) from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+        # PIL names the file object it was given ("<_io.BufferedReader name=7>": a descriptor number,
+        # another at every run); the reason must read the same for the same file (validate's verdict)
+        said = re.sub(r"\s*<_io\.\w+ name=[^>]*>", "", str(exc))
+        raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {said})") from exc
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

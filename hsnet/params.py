@@ -65,9 +65,9 @@ class ImportParams:
 @dataclass(frozen=True)
 class ValidateParams:
     min_size: int = field(default=32, metadata=_range(1))  # smallest acceptable image side, px
-    # the share of images that may fail to decode or be under min_size and still pass, each named in
-    # the report and left out by crop: a real archive's one broken file (FERG-DB has one in 55,767)
-    # must not stop the dataset; a copy with more is refused
+    # the share of images that may fail to decode and still pass, each named in the report and left
+    # out by crop (as unreadable): a real archive's one broken file (FERG-DB has one in 55,767) must
+    # not stop the dataset; a copy with more is refused. Images under min_size always fail.
     max_bad_fraction: float = field(default=0.001, metadata=_range(0, 1, hi_open=True))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HSNetError
-from ..io import output_file
+from ..io import open_regular, output_file
 from ..params import ImportParams
 from . import splits
 from .manifest import SPLITS, write_manifest
@@ -266,22 +266,25 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
     of identical files with different labels none (KDEF ships four copies of one black placeholder,
     each named for another expression). Only files sharing a size are read."""
     import hashlib
+    import stat
 
     by_size = defaultdict(list)
     for r in records:
         try:
-            by_size[os.stat(root / r.path).st_size].append(r)
+            st = os.stat(root / r.path)
         except OSError:  # unreadable now: validate names it
-            pass
+            continue
+        if stat.S_ISREG(st.st_mode):  # a FIFO or a device is never read here (validate names it)
+            by_size[st.st_size].append(r)
     groups = defaultdict(list)
     for same in by_size.values():
         if len(same) < 2:
             continue
         for r in same:
             try:
-                with open(root / r.path, "rb") as f:
+                with open_regular(root / r.path) as f:
                     groups[hashlib.file_digest(f, "sha256").hexdigest()].append(r)
-            except OSError:
+            except (OSError, HSNetError):
                 pass
     dropped, reasons = set(), []
     for group in groups.values():
@@ -326,11 +329,14 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         scan.skipped += unnamed
     scan.skipped = [_shown(rel) for rel in scan.skipped]
     scan.records.sort(key=lambda r: r.path)
-    matched = len(scan.records)
-    scan.records, duplicates = _without_duplicates(root, scan.records)
     if not scan.records:
         raise DatasetLayoutError(f"{root}: every image matched has a name that is not UTF-8 "
                                  f"(e.g. {', '.join(scan.skipped[:3])}); rename them to import them")
+    matched = len(scan.records)
+    scan.records, duplicates = _without_duplicates(root, scan.records)
+    if not scan.records:
+        raise DatasetLayoutError(f"{root}: every image is identical to another under another label (e.g. "
+                                 f"{'; '.join(duplicates[:2])}): nothing is left to import")
     assigned = splits.assign(scan.records, spec, seed=seed, by=split_by)
     rows = [{"path": r.path, "label": spec.classes.index(r.label_name), "label_name": r.label_name,
              "split": split, "subject": r.subject} for r, split in zip(scan.records, assigned)]
@@ -348,7 +354,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         log.info("skipped %d stray file(s) under %s, e.g. %s", len(scan.skipped), root,
                  ", ".join(scan.skipped[:3]))
     if duplicates:
-        log.warning("left out %d image(s) identical to another, e.g. %s", len(duplicates), "; ".join(duplicates[:3]))
+        log.warning("left out %d image(s) identical to another, e.g. %s", matched - len(rows), "; ".join(duplicates[:3]))
     for what in scan.inferred:
         log.warning("a misnamed file taken by what its folder lacks: %s", what)
     if scan.missing:
