@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kfp_ir import container_tasks
+
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = [ROOT / "pipelines" / "hsnet_pipeline.yaml", ROOT / "pipelines" / "ablation_pipeline.yaml"]
 
@@ -21,23 +23,6 @@ PIPELINES = [ROOT / "pipelines" / "hsnet_pipeline.yaml", ROOT / "pipelines" / "a
 def _docs(path: Path) -> tuple[dict, dict]:
     pipeline, platform = list(yaml.safe_load_all(path.read_text()))
     return pipeline, platform
-
-
-def _container_tasks(pipeline: dict) -> list[tuple[str, dict]]:
-    """(key, task) of every container task, in the root DAG and in every nested DAG (conditions,
-    ParallelFor bodies)."""
-    found = []
-
-    def walk(tasks):
-        for key, task in tasks.items():
-            component = pipeline["components"][task["componentRef"]["name"]]
-            if "dag" in component:
-                walk(component["dag"]["tasks"])
-            else:
-                found.append((key, task))
-
-    walk(pipeline["root"]["dag"]["tasks"])
-    return found
 
 
 def _seconds(duration: str) -> int:
@@ -70,7 +55,7 @@ def test_retries_outlive_the_attempt_they_retry(path):
     pipeline, platform = _docs(path)
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     bad = []
-    for key, task in _container_tasks(pipeline):
+    for key, task in container_tasks(pipeline):
         policy = task.get("retryPolicy")
         if not policy:
             continue

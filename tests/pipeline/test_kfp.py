@@ -15,6 +15,7 @@ import yaml
 
 from components import IMAGE, SLIM_IMAGE
 from pipelines.compile import compile_all
+from kfp_ir import container_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "pipelines" / "hsnet_pipeline.yaml"
@@ -44,23 +45,6 @@ def _branches(pipeline) -> dict:
         tasks = pipeline["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
         out[branch["taskInfo"]["name"]] = {t["taskInfo"]["name"]: (key, t) for key, t in tasks.items()}
     return out
-
-
-def _all_tasks(pipeline) -> list[tuple[str, dict]]:
-    """(key, task) of every step (a container), in the root DAG and inside its conditions (the crop
-    branches, the optional promotion)."""
-    found = []
-
-    def walk(tasks):
-        for key, task in tasks.items():
-            component = pipeline["components"][task["componentRef"]["name"]]
-            if "dag" in component:
-                walk(component["dag"]["tasks"])
-            else:
-                found.append((key, task))
-
-    walk(pipeline["root"]["dag"]["tasks"])
-    return found
 
 
 def _executor(pipeline, task: dict) -> str:
@@ -162,7 +146,7 @@ def test_caching_follows_the_data(spec):
     assert tasks["source-version"]["cachingOptions"] == {}  # enableCache false is written as {}
     assert tasks["fetch-raw"]["inputs"]["parameters"]["version"] == {
         "taskOutputParameter": {"outputParameterKey": "version", "producerTask": "source-version"}}
-    for _, task in _all_tasks(pipeline):
+    for _, task in container_tasks(pipeline):
         name = task["taskInfo"]["name"]
         if name == "promote-if-asked":  # the condition around promote: no step of its own
             continue
@@ -179,7 +163,7 @@ def test_resources_retries_and_run_id(spec):
     pipeline, platform = spec[1]
     executors = pipeline["deploymentSpec"]["executors"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for key, task in _all_tasks(pipeline):
+    for key, task in container_tasks(pipeline):
         name, executor = task["taskInfo"]["name"], _executor(pipeline, task)
         cpu, cpu_limit, memory, memory_limit, scratch = RESOURCES[name]
         r = executors[executor]["container"]["resources"]
