@@ -322,10 +322,13 @@ def rollback_production(name: str, *, isvc: str | None = None, namespace: str | 
     record = rollback(model_uri, name=isvc or name, namespace=namespace)
     try:
         return registry.rollback(name, expect=target), record
-    except HSNetError as exc:  # the traffic moved, the registry didn't: say both, and what puts them together
+    except Exception as exc:  # noqa: BLE001 - the registry refused or failed (an MlflowException too)
+        # the traffic moved, the registry didn't: say both, and the command that puts them together
+        again = f"hsnet promote --name {name} --deploy --namespace {record['namespace']}" + (
+            f" --isvc {record['name']}" if record["name"] != name else "")
         raise HSNetError(f"{exc}. The InferenceService {record['namespace']}/{record['name']} was already changed "
-                         f"({record['action']}, to {model_uri}): to serve production again, run `hsnet promote "
-                         f"--name {name} --deploy`") from exc
+                         f"({record['action']}, to {model_uri}): run the rollback again once the registry "
+                         f"answers, or serve production again with `{again}`") from exc
 
 
 def describe(r: dict) -> str:

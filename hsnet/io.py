@@ -79,29 +79,49 @@ def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: 
 
 
 def _dvc_cache_dir(config: Path) -> str | None:
-    """``cache.dir`` of one DVC config file as DVC reads it (configobj, which DVC uses: inline
-    ``# comments`` and blanks in ``[ cache ]`` stripped, quotes removed); None when unset or unreadable."""
-    if not config.is_file():
+    """``cache.dir`` of one DVC config file as DVC reads it: with configobj, as DVC does, section and
+    key names in any case (DVC lowers them), inline ``# comments`` and blanks in ``[ cache ]``
+    stripped, quotes removed; None when unset or unreadable."""
+    try:
+        text = config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return None
     try:
         from configobj import ConfigObj, ConfigObjError  # DVC's own reader (a dependency of dvc)
-    except ImportError:  # hsnet without dvc: the same rules with the standard library
-        import configparser
-
-        parser = configparser.ConfigParser(interpolation=None, strict=False, inline_comment_prefixes=("#", ";"))
-        try:
-            parser.read(config, encoding="utf-8")
-        except (configparser.Error, UnicodeDecodeError):
-            return None
-        for section in parser.sections():
-            if section.strip().strip("'\"") == "cache" and parser.has_option(section, "dir"):
-                return parser.get(section, "dir").strip().strip("'\"") or None
-        return None
+    except ImportError:  # hsnet without dvc: the same rules, by hand
+        return _ini_value(text, "cache", "dir")
     try:
-        value = ConfigObj(str(config), encoding="utf-8").get("cache", {}).get("dir")
-    except (ConfigObjError, UnicodeDecodeError, OSError, AttributeError):
+        parsed = ConfigObj(text.splitlines())
+    except ConfigObjError:
         return None
-    return str(value).strip() or None if isinstance(value, str) else None
+    for section, values in parsed.items():
+        if section.lower() == "cache" and isinstance(values, dict):
+            for key, value in values.items():
+                if key.lower() == "dir" and isinstance(value, str):
+                    return value.strip() or None
+    return None
+
+
+def _ini_value(text: str, section: str, key: str) -> str | None:
+    """``key`` of ``[section]`` in configobj's INI dialect, which DVC's config is: names in any case,
+    indentation ignored, a value in quotes taken whole, else cut at an inline ``#``."""
+    current, found = None, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = line.strip("[]").strip().strip("'\"").strip().lower()
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or current != section or name.strip().lower() != key:
+            continue
+        value = value.strip()
+        if value[:1] in ("'", '"') and value[1:].find(value[0]) >= 0:
+            found = value[1:1 + value[1:].find(value[0])]
+        else:
+            found = value.split("#", 1)[0].strip()
+    return found or None
 
 
 def dvc_cache_of(folder: str | os.PathLike) -> tuple[str, ...]:

@@ -207,7 +207,8 @@ def test_any_image_bytes_are_an_image_or_a_per_item_record(data, suffix, mtcnn_r
         photo = _read(path)
         assert info.decodes == (img is not None) == (photo.image is not None)
         if img is None:
-            assert str(path) in info.error and str(path) in photo.error
+            # validate's reason leaves the path to its row (one text for every spelling of it)
+            assert info.error and str(path) not in info.error and str(path) in photo.error
             return
         assert img.mode == "RGB" and (info.width, info.height) == img.size
         boxes = mtcnn_ready([np.asarray(img)])
