@@ -5,7 +5,6 @@ Each test fails on the code as committed (57fc24c) and passes once the defect it
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
