@@ -300,16 +300,18 @@ def _add_data_verbs(verbs) -> None:
 
 
 def _add_data_steps(verbs) -> None:
+    from .params import CropParams, Params, ValidateParams  # the defaults the help names
+
     p = _verb(verbs, "validate", "check a manifest and its images with Great Expectations", _validate)
     p.add_argument("--manifest", required=True, help="the manifest CSV of 'hsnet data import'")
     p.add_argument("--root", required=True, help="the folder the manifest's paths are relative to")
     p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--report", required=True, help="folder for the GX results (JSON) and Data Docs (HTML)")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.validate settings")
-    p.add_argument("--min-size", type=int, default=None, help="smallest acceptable image side in px (else params', 32)")
+    p.add_argument("--min-size", type=int, default=None, help=f"smallest acceptable image side in px (else params', {ValidateParams.min_size})")
     p.add_argument("--max-bad-fraction", type=float, default=None,
                    help="share of images that may not decode and still pass, each named in the report and left "
-                   "out by crop (else params', 0.001)")
+                   f"out by crop (else params', {ValidateParams.max_bad_fraction:g})")
     p.add_argument("--workers", type=int, default=None, help="parallel image checks (default: 2 x cores, at most 32)")
     p.add_argument("--no-cache", action="store_true", help="re-inspect every image")
 
@@ -319,13 +321,13 @@ def _add_data_steps(verbs) -> None:
     p.add_argument("--out", required=True, help="folder for the crops, their manifest and the report")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.crop settings (with --dataset)")
     p.add_argument("--dataset", default=None, help=_dataset_help(" (whose settings --params gives)"))
-    p.add_argument("--detector", choices=["mtcnn", "none"], default=None, help="else params', else mtcnn")
+    p.add_argument("--detector", choices=["mtcnn", "none"], default=None, help=f"else params', else {CropParams.detector}")
     p.add_argument("--size", type=int, default=None,
-                   help="output side in pixels (else params' crop.size, else the input size, 224)")
-    p.add_argument("--margin", type=int, default=None, help="margin around the face, in output pixels (else 0)")
+                   help=f"output side in pixels (else params' crop.size, else the input size, {Params.input_size})")
+    p.add_argument("--margin", type=int, default=None, help=f"margin around the face, in output pixels (else {CropParams.margin})")
     p.add_argument("--no-face", choices=["drop", "center"], default=None,
                    help="images without a face: drop them (the default; listed in the report) or centre-crop")
-    p.add_argument("--min-prob", type=float, default=None, help="ignore detections below this probability (else 0)")
+    p.add_argument("--min-prob", type=float, default=None, help=f"ignore detections below this probability (else {CropParams.min_prob:g})")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="photos per MTCNN batch")
 
