@@ -292,30 +292,31 @@ def test_every_dvc_stage_depends_on_the_cli_module_its_command_runs():
 
 # --- README "Serving in production": the commands in order ----------------------------------------
 
-def test_readmes_promote_deploy_rolls_the_inferenceservice_its_kubectl_apply_made(tmp_path, monkeypatch):
-    """README.md "On the cluster" (lines 351-353) in order: `kubectl apply -n models -f
-    hsnet/k8s/inferenceservice.yaml`, then `hsnet promote --name hsnet-rafdb --deploy
-    --canary-percent 10  # gate, then 10% to the new version` -- no --namespace. hsnet's --namespace
-    defaults to the kube context's (`default` for a context that names none), so the promotion
-    doesn't find models/hsnet-rafdb and *creates* default/hsnet-rafdb from the template with all
-    the traffic: the InferenceService the user applied keeps serving the old version, and no
-    canary happens. Run against the fake API server of tests/serve (a context without a
-    namespace, as `kubectl config` makes by default); rollout() is what the promote calls after
-    the gate (hsnet.deploy.after_promotion with args.namespace None)."""
+def test_readmes_promote_deploy_rolls_the_inferenceservice_its_first_deploy_made(tmp_path, monkeypatch):
+    """README.md "On the cluster" in order: the first `hsnet promote --name hsnet-rafdb --deploy
+    --namespace models` creates the InferenceService (a pinned version, all traffic), then `hsnet
+    promote ... --deploy --canary-percent 10  # gate, then 10% to the new version`. (It was
+    `kubectl apply -n models -f hsnet/k8s/inferenceservice.yaml` first, without --namespace on the
+    promotion: the promotion made default/hsnet-rafdb instead; since session 16 the first step is
+    the deploy itself, as a template serving the alias can't be canaried against.) Both lines must
+    name one namespace, or the canary creates a second InferenceService with all the traffic.
+    Run against the fake API server of tests/serve (a context without a namespace, as `kubectl
+    config` makes by default)."""
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "serve"))
     from fake_kube import FakeKube
 
     from hsnet import deploy
 
     text = README.read_text(encoding="utf-8")
-    applied = re.search(r"kubectl apply -n (\S+) -f hsnet/k8s/inferenceservice\.yaml", text)
-    assert applied, "README no longer applies the InferenceService"
-    namespace = applied.group(1)
-    promote = next((m for m in re.finditer(r"^\s*hsnet promote --name (\S+)( .*)$", text, re.M)
-                    if "--deploy" in m.group(2) and "--canary-percent 10 " in m.group(2) + " "), None)
-    assert promote, "README no longer shows the canary promotion"
-    name, rest = promote.group(1), promote.group(2).split("#")[0]
-    given = re.search(r"--namespace[ =](\S+)", rest)
+    lines = [(m.group(1), m.group(2).split("#")[0] + " ")
+             for m in re.finditer(r"^\s*hsnet promote --name (\S+)( .*)$", text, re.M) if "--deploy" in m.group(2)]
+    first = next(((n, r) for n, r in lines if "--dry-run" not in r and "--canary-percent" not in r
+                  and "--rollback" not in r), None)
+    canary = next(((n, r) for n, r in lines if "--canary-percent 10 " in r), None)
+    assert first and canary, f"README no longer shows the first deploy and the canary promotion: {lines}"
+    spaces = [re.search(r"--namespace[ =](\S+)", r) for _, r in (first, canary)]
+    assert first[0] == canary[0] == deploy.load_template()["metadata"]["name"]
+    name = first[0]
 
     fake = FakeKube()
     try:
@@ -326,16 +327,14 @@ def test_readmes_promote_deploy_rolls_the_inferenceservice_its_kubectl_apply_mad
             "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
         monkeypatch.setenv("KUBECONFIG", str(cfg))
-        template = deploy.load_template()
-        assert template["metadata"]["name"] == name
-        fake._store(namespace, name, template)  # what `kubectl apply -n models -f ...` left
-        deploy.rollout(f"models:/{name}/2", name=name, namespace=given.group(1) if given else None,
+        made = deploy.rollout(f"models:/{name}/1", name=name, namespace=spaces[0].group(1) if spaces[0] else None)
+        deploy.rollout(f"models:/{name}/2", name=name, namespace=spaces[1].group(1) if spaces[1] else None,
                        canary_percent=10)
-        created = sorted(f"{ns}/{n}" for (ns, n) in fake.objects if (ns, n) != (namespace, name))
-        applied_isvc = fake.objects[(namespace, name)]
+        objects = dict(fake.objects)
     finally:
         fake.stop()
-    assert not created, (f"README's `hsnet promote --name {name} --deploy --canary-percent 10` after `kubectl apply "
-                         f"-n {namespace}` created {created} (all traffic) instead of a canary on {namespace}/{name}")
-    assert deploy.model_of(applied_isvc) == f"models:/{name}/2"
-    assert applied_isvc["spec"]["predictor"].get("canaryTrafficPercent") == 10
+    assert made["action"] == "created" and list(objects) == [(made["namespace"], name)], (
+        f"README's first deploy and its canary promotion made {sorted(objects)}: two InferenceServices")
+    isvc = objects[(made["namespace"], name)]
+    assert deploy.model_of(isvc) == f"models:/{name}/2"
+    assert isvc["spec"]["predictor"].get("canaryTrafficPercent") == 10

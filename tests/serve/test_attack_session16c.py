@@ -40,7 +40,8 @@ def kube(tmp_path, monkeypatch):
 
 
 def _apply_template(kube) -> dict:
-    """The README's first step, ``kubectl apply -n models -f hsnet/k8s/inferenceservice.yaml``."""
+    """A template applied by hand (``kubectl apply -n models -f hsnet/k8s/inferenceservice.yaml``; README's
+    first step until this attack), which serves the alias ``@production``."""
     from hsnet.deploy import load_template
 
     isvc = load_template()
