@@ -31,6 +31,9 @@ from .manifest import SPLITS, write_manifest
 log = logging.getLogger(__name__)
 
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+JUNK_FOLDERS = {"__macosx", ".appledouble"}  # macOS's resource forks beside the files, under the same names
+# where an archive's top folder is, if --root is the folder it was unpacked into
+ARCHIVE_TOPS = {"rafdb": "basic", "ferg": "FERG_DB_256"}  # (RaFD and KDEF are found at any depth)
 
 
 class DatasetLayoutError(HSNetError):
@@ -90,8 +93,8 @@ def _walk(root: Path) -> Iterator[str]:
 
 
 def _is_junk(rel: str) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return name.lower() in JUNK_NAMES or name.startswith("._")
+    *folders, name = rel.split("/")
+    return name.lower() in JUNK_NAMES or name.startswith("._") or any(f.lower() in JUNK_FOLDERS for f in folders)
 
 
 def _scan_by_pattern(root: Path, pattern: re.Pattern, make: Callable[[re.Match, str], Record]) -> Scan:
@@ -118,13 +121,13 @@ RAFDB_LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the file RAF-DB sh
 def scan_rafdb(root: Path, options: dict) -> Scan:
     label_file = root / RAFDB_LABEL_FILE
     if not label_file.is_file():
-        raise DatasetLayoutError(f"{root} does not look like RAF-DB: {label_file} is missing")
+        raise DatasetLayoutError(f"{root} does not look like RAF-DB: {label_file} is missing{_top_hint('rafdb', root)}")
     variant = options.get("rafdb_images", "aligned")
     if variant not in ("aligned", "original"):
         raise HSNetError(f"rafdb_images must be 'aligned' or 'original', got {variant!r}")
     scan = Scan()
     listed = set()
-    for n, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM too
         if not line.strip():
             continue
         parts = line.split()
@@ -246,6 +249,12 @@ dataset("sample", FERG_CLASSES, fractions=(0.1, 0.1),
 
 # --- shared --------------------------------------------------------------------------------
 
+def _top_hint(name: str, root: Path) -> str:
+    """'; give --root ROOT/TOP' when ``root`` holds the archive's top folder instead of being it."""
+    top = ARCHIVE_TOPS.get(name)
+    return f"; it holds {top}/: give --root {root / top}" if top and (root / top).is_dir() else ""
+
+
 def _utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -320,7 +329,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     if not scan.records:
         examples = ", ".join(scan.skipped[:3]) or "no files at all"
         raise DatasetLayoutError(f"{root} does not look like {name}: no image matched. Expected {spec.layout}. "
-                           f"Found {len(scan.skipped)} other file(s) ({examples})")
+                                 f"Found {len(scan.skipped)} other file(s) ({examples}){_top_hint(name, root)}")
     unnamed = [r.path for r in scan.records if not _utf8(r.path)]
     if unnamed:  # a manifest is UTF-8: a name that isn't can't be written there (a zip's code page)
         log.warning("skipped %d image(s) whose names are not UTF-8, e.g. %s: rename them (e.g. with convmv) to "

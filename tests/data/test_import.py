@@ -117,3 +117,38 @@ def test_cli_import(ferg_root, tmp_path, capsys):
         assert next(csv.reader(f)) == ["path", "label", "label_name", "split", "subject"]
     assert main(["data", "import", "--dataset", "rafd", "--root", str(ferg_root), "--out", str(out)]) == 2
     assert "does not look like rafd" in capsys.readouterr().err
+
+
+def test_archives_as_unpacked_bom_and_macos_folders(rafdb_root, ferg_root, rafd_root, tmp_path):
+    """What unpacking the real archives gives: RAF-DB's files under basic/ and FERG-DB's under
+    FERG_DB_256/ (--root one level too high gets the folder to give), a label file saved with a
+    byte-order mark, and macOS's __MACOSX/ and .AppleDouble/ folders of resource forks that carry
+    the images' own names (never images)."""
+    import shutil
+
+    unpacked = tmp_path / "rafdb-download"
+    shutil.copytree(rafdb_root, unpacked / "basic")
+    with pytest.raises(HSNetError, match=rf"give --root {unpacked / 'basic'}"):
+        import_dataset("rafdb", unpacked, tmp_path / "m.csv")
+    ferg_unpacked = tmp_path / "ferg-download"
+    shutil.copytree(ferg_root, ferg_unpacked / "FERG_DB_256")
+    with pytest.raises(HSNetError, match=rf"give --root {ferg_unpacked / 'FERG_DB_256'}"):
+        import_dataset("ferg", ferg_unpacked, tmp_path / "m.csv")
+
+    label_file = unpacked / "basic" / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_bytes(b"\xef\xbb\xbf" + label_file.read_bytes())
+    before = import_dataset("rafdb", rafdb_root, tmp_path / "a.csv")
+    assert import_dataset("rafdb", unpacked / "basic", tmp_path / "b.csv")["images"] == before["images"] == 91
+
+    for folder in ("__MACOSX/aia/aia_joy", "aia/aia_joy/.AppleDouble"):
+        (ferg_unpacked / "FERG_DB_256" / folder).mkdir(parents=True, exist_ok=True)
+        (ferg_unpacked / "FERG_DB_256" / folder / "aia_joy_1.png").write_bytes(b"\0\5\26\7resource fork")
+    summary = import_dataset("ferg", ferg_unpacked / "FERG_DB_256", tmp_path / "f.csv")
+    assert summary["images"] == 6 * 7 * 3 and summary["skipped"] == 1 + 2  # the fixture's stray ._ file too
+    # RaFD's (and KDEF's) names are matched at any depth: a fork with a photo's name is not a photo
+    photos = import_dataset("rafd", rafd_root, tmp_path / "r.csv")["images"]
+    photo = next(rafd_root.rglob("Rafd*.jpg"))
+    for folder in ("__MACOSX", ".AppleDouble"):
+        (rafd_root / folder).mkdir()
+        (rafd_root / folder / photo.name).write_bytes(b"\0\5\26\7resource fork")
+    assert import_dataset("rafd", rafd_root, tmp_path / "r.csv")["images"] == photos
