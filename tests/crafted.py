@@ -17,3 +17,17 @@ def noise_photo(path, seed: int = 0, size: int = 40, fmt: str = "PNG") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
         path, format=fmt)
+
+
+def ferg_tree(root, per_class: int = 6):
+    """FERG-DB's layout at ``root`` ({character}/{character}_{emotion}/{character}_{emotion}_{n}.png),
+    ``per_class`` noise photos of 40 px per character and emotion, each of its own seed."""
+    from hsnet.data.datasets import FERG_CHARACTERS, FERG_CLASSES
+
+    seed = 0
+    for character in FERG_CHARACTERS:
+        for emotion in FERG_CLASSES:
+            for n in range(1, per_class + 1):
+                seed += 1
+                noise_photo(root / character / f"{character}_{emotion}" / f"{character}_{emotion}_{n}.png", seed)
+    return root

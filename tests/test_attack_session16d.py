@@ -10,34 +10,17 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from hsnet.data.datasets import import_dataset
+from crafted import ferg_tree, noise_photo
+from hsnet.data.datasets import FERG_CHARACTERS, FERG_CLASSES as FERG_EMOTIONS, import_dataset
 from hsnet.data.manifest import read_manifest
 from hsnet.errors import HSNetError
 from hsnet.params import CropParams, ImportParams, ValidateParams
 
-FERG_CHARACTERS = ("aia", "bonnie", "jules", "malcolm", "mery", "ray")
-FERG_EMOTIONS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _photo(path: Path, seed: int, side: int = 40) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(path, format="PNG")
-
-
-def _ferg_tree(root: Path, per_class: int = 6) -> Path:
-    seed = 0
-    for character in FERG_CHARACTERS:
-        for emotion in FERG_EMOTIONS:
-            for n in range(1, per_class + 1):
-                seed += 1
-                _photo(root / character / f"{character}_{emotion}" / f"{character}_{emotion}_{n}.png", seed)
-    return root
 
 
 # --- 4. validate.max_bad_fraction: what happens downstream to the tolerated rows --------------
@@ -54,7 +37,7 @@ def test_what_validate_tolerates_crop_leaves_out_and_a_too_small_image_is_never_
     from hsnet.data.validate import ValidationFailed, validate
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    root = _ferg_tree(tmp_path / "FERG_DB_256")
+    root = ferg_tree(tmp_path / "FERG_DB_256")
     broken = root / "aia" / "aia_joy" / "aia_joy_98.png"
     broken.write_bytes(b"not a png")
     manifest = tmp_path / "ferg.csv"
@@ -68,7 +51,7 @@ def test_what_validate_tolerates_crop_leaves_out_and_a_too_small_image_is_never_
     kept = [r["path"] for r in read_manifest(out / "manifest.csv")]
     assert not any("aia_joy_98" in p for p in kept) and any("aia_joy_98" in u["path"] for u in report["unreadable"])
 
-    _photo(root / "aia" / "aia_joy" / "aia_joy_99.png", 12345, side=8)  # decodes, but 8 px < min_size 32
+    noise_photo(root / "aia" / "aia_joy" / "aia_joy_99.png", 12345, size=8)  # decodes, but 8 px < min_size 32
     import_dataset("ferg", root, manifest, ImportParams())
     with pytest.raises(ValidationFailed, match=r"smaller than the minimum size.*aia_joy_99\.png"):
         validate(manifest, root, "ferg", tmp_path / "report", ValidateParams(min_size=32, max_bad_fraction=0.05),
@@ -86,7 +69,7 @@ def test_import_does_not_hang_on_a_fifo_or_a_device_named_like_an_image(tmp_path
     size and reads each group of two or more with a plain ``open``: two FIFOs (size 0) block import
     in open() forever; two links to /dev/zero (size 0) are read forever. Before today import never
     opened an image; now a raw folder with two such names hangs ``hsnet data import``."""
-    root = _ferg_tree(tmp_path / "FERG_DB_256", per_class=2)
+    root = ferg_tree(tmp_path / "FERG_DB_256", per_class=2)
     for n in (98, 99):
         target = root / "aia" / "aia_joy" / f"aia_joy_{n}.png"
         if kind == "fifo":
@@ -119,7 +102,7 @@ def test_a_dataset_of_identical_images_is_not_said_to_have_names_that_are_not_ut
     root = tmp_path / "FERG_DB_256"
     for character in FERG_CHARACTERS:
         for emotion in FERG_EMOTIONS:
-            _photo(root / character / f"{character}_{emotion}" / f"{character}_{emotion}_1.png", 7)
+            noise_photo(root / character / f"{character}_{emotion}" / f"{character}_{emotion}_1.png", 7)
     with pytest.raises(HSNetError) as info:
         import_dataset("ferg", root, tmp_path / "ferg.csv", ImportParams())
     assert "UTF-8" not in str(info.value), f"all names are ASCII, yet: {info.value}"
@@ -149,7 +132,7 @@ def test_the_dvc_cache_is_found_where_dvc_finds_it(tmp_path, config):
     (project / ".dvc" / "config").write_text(config)
     shared = project / "shared-cache"
     blob = shared / "files" / "md5" / "ab" / "cdef0123"
-    _photo(blob, 1)
+    noise_photo(blob, 1)
     data = project / "data" / "raw" / "ferg"
     (data / "aia" / "aia_joy").mkdir(parents=True)
     (data / "aia" / "aia_joy" / "aia_joy_1.png").symlink_to(blob)
@@ -212,7 +195,7 @@ def test_every_class_in_train_holds_after_the_tolerated_images_are_left_out(tmp_
     from hsnet.data.validate import ValidationFailed, validate
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    root = _ferg_tree(tmp_path / "FERG_DB_256")
+    root = ferg_tree(tmp_path / "FERG_DB_256")
     manifest = tmp_path / "ferg.csv"
     import_dataset("ferg", root, manifest, ImportParams())
     for i, r in enumerate(read_manifest(manifest)):
@@ -233,9 +216,9 @@ def test_the_duplicates_warning_counts_the_images_left_out(tmp_path, caplog):
     import logging
     import re
 
-    root = _ferg_tree(tmp_path / "FERG_DB_256", per_class=2)
+    root = ferg_tree(tmp_path / "FERG_DB_256", per_class=2)
     for emotion in ("anger", "disgust", "fear", "joy"):
-        _photo(root / "ray" / f"ray_{emotion}" / f"ray_{emotion}_9.png", 4242)  # one picture, four labels
+        noise_photo(root / "ray" / f"ray_{emotion}" / f"ray_{emotion}_9.png", 4242)  # one picture, four labels
     with caplog.at_level(logging.WARNING, logger="hsnet"):
         summary = import_dataset("ferg", root, tmp_path / "ferg.csv", ImportParams())
     assert summary["duplicates"] == 4
@@ -253,7 +236,7 @@ def test_the_verdict_file_is_the_same_for_the_same_input_with_tolerated_images(t
     from hsnet.data.validate import validate
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    root = _ferg_tree(tmp_path / "FERG_DB_256")
+    root = ferg_tree(tmp_path / "FERG_DB_256")
     manifest = tmp_path / "ferg.csv"
     import_dataset("ferg", root, manifest, ImportParams())
     for i, r in enumerate(read_manifest(manifest)):

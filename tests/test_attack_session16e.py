@@ -8,38 +8,21 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from crafted import ferg_tree
 from hsnet.data.datasets import import_dataset
 from hsnet.data.manifest import read_manifest
 from hsnet.errors import HSNetError
 from hsnet.params import CropParams, ImportParams, ValidateParams
 
-FERG_CHARACTERS = ("aia", "bonnie", "jules", "malcolm", "mery", "ray")
-FERG_EMOTIONS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _photo(path: Path, seed: int, side: int = 40) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(path, format="PNG")
-
-
-def _ferg_tree(root: Path, per_class: int = 6) -> Path:
-    seed = 0
-    for character in FERG_CHARACTERS:
-        for emotion in FERG_EMOTIONS:
-            for n in range(1, per_class + 1):
-                seed += 1
-                _photo(root / character / f"{character}_{emotion}" / f"{character}_{emotion}_{n}.png", seed)
-    return root
 
 
 def _imported(tmp_path: Path, per_class: int = 6) -> tuple[Path, Path, list[dict]]:
-    root = _ferg_tree(tmp_path / "FERG_DB_256", per_class)
+    root = ferg_tree(tmp_path / "FERG_DB_256", per_class)
     manifest = tmp_path / "ferg.csv"
     import_dataset("ferg", root, manifest, ImportParams())
     return root, manifest, read_manifest(manifest)
