@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HSNetError
-from ..io import open_regular, output_file
+from ..io import output_file, sha256_file
 from ..params import ImportParams
 from . import splits
 from .manifest import SPLITS, write_manifest
@@ -274,26 +274,20 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
     photo under two labels is a contradiction: of identical files with one label the first is kept;
     of identical files with different labels none (KDEF ships four copies of one black placeholder,
     each named for another expression). Only files sharing a size are read."""
-    import hashlib
-    import stat
-
     by_size = defaultdict(list)
     for r in records:
         try:
-            st = os.stat(root / r.path)
+            by_size[os.stat(root / r.path).st_size].append(r)
         except OSError:  # unreadable now: validate names it
-            continue
-        if stat.S_ISREG(st.st_mode):  # a FIFO or a device is never read here (validate names it)
-            by_size[st.st_size].append(r)
+            pass
     groups = defaultdict(list)
     for same in by_size.values():
         if len(same) < 2:
             continue
         for r in same:
-            try:
-                with open_regular(root / r.path) as f:
-                    groups[hashlib.file_digest(f, "sha256").hexdigest()].append(r)
-            except (OSError, HSNetError):
+            try:  # regular files only: a FIFO or a device is refused, never read (validate names it)
+                groups[sha256_file(root / r.path)].append(r)
+            except HSNetError:
                 pass
     dropped, reasons = set(), []
     for group in groups.values():
