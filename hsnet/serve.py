@@ -48,7 +48,9 @@ from pathlib import Path
 
 import kserve
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
@@ -369,6 +371,24 @@ async def _refused(_request, exc: InputRefused):
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
+async def _http_error(_request, exc: StarletteHTTPException):
+    """FastAPI's own refusals (no such route, a method not allowed, a streamed body over the limit,
+    a client gone) in the protocol's error shape, ``{"error": "<message>"}``, not FastAPI's
+    ``{"detail": ...}``: KServe's clients read ``error``."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _invalid_body(request, exc: RequestValidationError):
+    """A body that isn't JSON or not what the endpoint takes: HTTP 400 and ``{"error"}`` naming
+    where and why (FastAPI's default is a 422 with a ``detail`` list no protocol client reads)."""
+    problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg', 'not valid')}"
+                for e in exc.errors()[:3]]
+    hint = ('; expected {"inputs": [{"name": ..., "datatype": "BYTES", "shape": [N], "data": [N base64 images]}]}'
+            if request.url.path.endswith("/infer") else "")
+    return JSONResponse({"error": f"the request body is not valid at {request.url.path} ("
+                                  f"{'; '.join(problems or ['not valid'])}){hint}"}, status_code=400)
+
+
 class _Repository(kserve.model_repository.ModelRepository):
     """KServe's model repository, whose ``load`` (``POST /v2/repository/models/<name>/load``)
     reloads our model: a new production version is picked up without a restart."""
@@ -411,6 +431,8 @@ def serve(model: str, *, port: int = PORT, host: str = "127.0.0.1", name: str = 
     server.model_repository_extension = _Extension(model_registry=repository)
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
     app.add_exception_handler(InputRefused, _refused)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
                       workers=1, grace_period=10)
     rest.config.host = host  # KServe binds 0.0.0.0; locally we default to loopback
