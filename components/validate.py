@@ -25,6 +25,7 @@ def validate_data(dataset: str, params: dict, raw: Input[Dataset], manifest: Inp
                 shutil.copyfile(page, data_docs.path)
     summary.log_metric("images", s["images"])
     summary.log_metric("warnings", len(s["warnings"]))
-    for split, n in s["splits"].items():
+    summary.log_metric("left_out", s["left_out"])  # undecodable, within validate.max_bad_fraction
+    for split, n in s["usable"].items():  # the images crop will cut
         summary.log_metric(f"{split}_images", n)
     write_metrics_file(summary)

@@ -366,6 +366,9 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
         "dataset": dataset, "manifest": str(manifest), "root": str(root), "images": len(df),
         "success": not critical, "failed": critical, "warnings": warnings,
         "splits": {s: int((df["split"] == s).sum()) for s in SPLITS} if "split" in df else {},
+        # what goes on to crop: the rows whose image decodes (the others are tolerated and left out)
+        "usable": {s: int(((df["split"] == s) & df["decodes"]).sum()) for s in SPLITS} if "split" in df else {},
+        "left_out": int((~df["decodes"]).sum()),
         "data_docs": str(docs_dir / "index.html"),
     }
     write_json(report / RESULTS, results)

@@ -72,6 +72,13 @@ def test_a_few_bad_images_within_max_bad_fraction_pass_named(good, tmp_path):
     (tolerated,) = [w for w in summary["warnings"] if w["column"] == "decodes"]
     assert tolerated["unexpected_count"] == 2 and all(any(v in e for e in tolerated["examples"]) for v in victims[:2])
     assert "within validate.max_bad_fraction 0.02" in tolerated["what"]
+    # the manifest's 126 rows per split as listed; what goes on to crop is the 124 that decode
+    assert sum(summary["splits"].values()) == 126 and sum(summary["usable"].values()) == 124
+    assert summary["left_out"] == 2
+    where = {r["path"]: r["split"] for r in read_manifest(manifest)}
+    for split in summary["splits"]:
+        broken_here = sum(where[v] == split for v in victims[:2])
+        assert summary["usable"][split] == summary["splits"][split] - broken_here
     (root / victims[2]).write_bytes(b"")
     with pytest.raises(ValidationFailed, match=r"do not decode.*3 rows.*more than validate.max_bad_fraction 0.02"):
         validate(manifest, root, "ferg", tmp_path / "report", ValidateParams(max_bad_fraction=0.02), progress=False)

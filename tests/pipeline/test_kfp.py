@@ -261,6 +261,14 @@ def test_local_run_end_to_end(kfp_local, use_mlflow_server, raw_on_s3, monkeypat
     assert [r["row"] for r in cm["rows"]] == m["confusion_matrix"]
     (docs,) = [p for p in (kfp_local / "kfp-root").rglob("data_docs") if p.parent.name == "validate-data"]
     assert "<html" in docs.read_text().lower()
+    # validate's per-split figures are the images crop went on to cut (no face detector here: all)
+    (checked,) = [p for p in (kfp_local / "kfp-root").rglob("summary") if p.parent.name == "validate-data"]
+    checked = json.loads(checked.read_text())
+    (crop_out,) = [p for p in (kfp_local / "kfp-root").rglob("executor_output.json")
+                   if p.parent.name.startswith("crop-faces")]
+    crops = json.loads(crop_out.read_text())["artifacts"]["crops"]["artifacts"][0]["metadata"]
+    assert checked["left_out"] == 0
+    assert sum(checked[f"{s}_images"] for s in ("train", "val", "test")) == crops["images"] > 0
     # ... and the training curves as an HTML page with the PNG inside
     import base64
     import re
