@@ -24,10 +24,10 @@
 # Non-root and the KFP launcher: both images run as uid 1000 (user hsnet), which owns /minio,
 # /s3 and /gcs (where the KFP v2 launcher puts the local copies of artifacts) and its home; nothing
 # is world-writable beyond the base image's /tmp.
+#
+# Labels: each image names itself (org.opencontainers.image.title); the source, revision and
+# version labels, the same for all three images, are build.sh's --label flags.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-# where the source lives (the OCI source label); build.sh passes the checkout's origin only when
-# it is a public URL (a CI clone's origin is a local path)
-ARG SOURCE=https://github.com/hsnet-pipeline/hsnet
 
 # --- build: a virtual environment with hsnet and its pinned dependencies ----------------------
 # The dependencies alone, from pyproject.toml and the pins (an empty README stands in for the
@@ -109,12 +109,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
  && ! python -c "import torch" 2> /dev/null \
  && hsnet --help > /dev/null
 ARG GIT_COMMIT=unknown
-ARG VERSION=unknown
-ARG SOURCE
-LABEL org.opencontainers.image.source=$SOURCE \
-      org.opencontainers.image.revision=$GIT_COMMIT \
-      org.opencontainers.image.version=$VERSION \
-      org.opencontainers.image.title="hsnet (slim: no torch)"
+LABEL org.opencontainers.image.title="hsnet (slim: no torch)"
 ENV HSNET_GIT_COMMIT=$GIT_COMMIT
 USER 1000:1000
 
@@ -132,11 +127,6 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
  && python -c "import hsnet, components, facenet_pytorch, kfp, mlflow, dvc, boto3, great_expectations" \
  && python -c "from facenet_pytorch import MTCNN; MTCNN(device='cpu')" && hsnet --help > /dev/null
 ARG GIT_COMMIT=unknown
-ARG VERSION=unknown
-ARG SOURCE
-LABEL org.opencontainers.image.source=$SOURCE \
-      org.opencontainers.image.revision=$GIT_COMMIT \
-      org.opencontainers.image.version=$VERSION \
-      org.opencontainers.image.title=hsnet
+LABEL org.opencontainers.image.title=hsnet
 ENV HSNET_GIT_COMMIT=$GIT_COMMIT
 USER 1000:1000

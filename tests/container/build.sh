@@ -8,7 +8,7 @@
 # rev-parse HEAD, 12 hex digits, "-dirty" when a file the build reads differs from HEAD); with
 # --release also the release tags components/__init__.py and hsnet.deploy name (REPO:<version>,
 # REPO:<version>-slim, SERVE_REPO:<version>), only from a clean checkout of the commit tagged
-# v<version>. The commit, version and source go into the OCI labels and HSNET_GIT_COMMIT. --refs
+# v<version>. The commit, version and source (the origin when public, else SOURCE below) go into the OCI labels, the commit also into HSNET_GIT_COMMIT. --refs
 # FILE: writes IMAGE=, SLIM_IMAGE=, SERVE_IMAGE= (the commit tags), COMMIT= and DOCKER= to FILE,
 # for `make image-test`.
 #
@@ -77,6 +77,7 @@ $DOCKER info > /dev/null 2>&1 || { echo "build.sh: the Docker engine is not answ
 
 read -r RELEASE_IMAGE RELEASE_SLIM RELEASE_SERVE VERSION < <("$PYTHON" -c \
   "import hsnet, components as c; from hsnet.deploy import SERVE_IMAGE; print(c.IMAGE, c.SLIM_IMAGE, SERVE_IMAGE, hsnet.__version__)")
+SOURCE=https://github.com/hsnet-pipeline/hsnet  # the images' OCI source label where the origin isn't public
 REPO=${RELEASE_IMAGE%:*} SERVE_REPO=${RELEASE_SERVE%:*}
 
 # the commit, and whether the files the build reads differ from it
@@ -84,7 +85,7 @@ if commit=$(git rev-parse HEAD 2> /dev/null); then
   # shellcheck disable=SC2086
   [ -z "$(git status --porcelain -- Dockerfile serving/Dockerfile $context)" ] || commit="$commit-dirty"
   source_url=$(git remote get-url origin 2> /dev/null | sed -E 's#^(https?://)[^/@]*@#\1#' || true)
-  case $source_url in  # a local path (a CI clone) names no source: the Dockerfile's default
+  case $source_url in  # a local path (a CI clone) names no source: SOURCE's
     https://* | http://* | ssh://* | git@*) ;;
     *) source_url="" ;;
   esac
@@ -97,8 +98,10 @@ IMAGE=$REPO:sha-$short
 SLIM_IMAGE=$REPO:sha-$short-slim
 SERVE_IMAGE=$SERVE_REPO:sha-$short
 
-args=(--build-arg "GIT_COMMIT=$commit" --build-arg "VERSION=$VERSION")
-[ -z "$source_url" ] || args+=(--build-arg "SOURCE=$source_url")
+# the OCI labels the three images share (each Dockerfile stage adds its own title)
+source_url=${source_url:-$SOURCE}
+args=(--build-arg "GIT_COMMIT=$commit" --label "org.opencontainers.image.source=$source_url"
+      --label "org.opencontainers.image.revision=$commit" --label "org.opencontainers.image.version=$VERSION")
 for v in HTTP_PROXY HTTPS_PROXY NO_PROXY ALL_PROXY http_proxy https_proxy no_proxy all_proxy; do
   [ -z "${!v:-}" ] || args+=(--build-arg "$v")   # value from the environment, never on the command line
 done
