@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .errors import HSNetError
 from .io import atomic_path
 from .params import ModelParams, section
@@ -92,9 +93,23 @@ def read(path: str | os.PathLike) -> tuple[dict, bytes, str]:
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in INFERENCE_KEYS):
         raise HSNetError(f"{path} is not an hsnet training checkpoint")
     if ckpt.get("format") != FORMAT:
-        raise HSNetError(f"{path} was written by another hsnet version (checkpoint format {ckpt.get('format')!r}, "
-                         f"this one reads {FORMAT}: the model changed); train it again with this version")
+        raise OtherFormat(path, ckpt.get("format"))
     return ckpt, data, hashlib.sha256(data).hexdigest()
+
+
+class OtherFormat(HSNetError):
+    """A checkpoint of another :data:`FORMAT`: older (train it again with this hsnet) or newer (it
+    needs the newer hsnet that wrote it: upgrade this one, e.g. the serving image)."""
+
+    def __init__(self, path: Path, found):
+        newer = isinstance(found, int) and found > FORMAT
+        super().__init__(
+            f"{path} was written by {'a newer' if newer else 'an older'} hsnet (checkpoint format {found!r}, this "
+            f"hsnet {__version__} reads format {FORMAT}): "
+            + ("upgrade hsnet where it is read (for a registered model, the serving image or the pipeline's "
+               "image to the release that trained it)" if newer else
+               "the model changed since; train it again with this version"))
+        self.path, self.found = path, found
 
 
 def model_from(ckpt: dict):

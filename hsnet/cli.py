@@ -471,6 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what to lower when a GPU runs out of memory (another job may hold it: nvidia-smi shows which)
+OUT_OF_MEMORY = {
+    "train": "lower train.batch_size, set train.data_on_device false or train.compile off, or free the GPU; "
+             "last.pt holds the last finished epoch: add --resume (dvc repro resumes by itself)",
+    "crop": "lower --batch-size, or crop on the CPU with --device cpu",
+    None: "free the GPU (nvidia-smi shows what holds it), or run on the CPU with --device cpu",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.verbose)
@@ -479,6 +488,13 @@ def main(argv: list[str] | None = None) -> int:
             result = args.func(args)
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(exc, torch.OutOfMemoryError):
+            raise
+        print(f"hsnet {args.verb}: error: out of GPU memory ({str(exc).splitlines()[0][:300]}); "
+              + OUT_OF_MEMORY.get(args.verb, OUT_OF_MEMORY[None]), file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, SIGTERM: files are written atomically, so none is half-written
         hint = ""

@@ -1,8 +1,9 @@
 """Where the model runs, and the one forward pass every step uses.
 
 :func:`pick_device` chooses the device and its numerics (bf16 autocast and channels-last on a
-GPU, fp32 on a CPU); :func:`forward` is the model's input contract, used by training,
-evaluation, prediction and serving alike: uint8 RGB batch -> fixed image standardisation
+GPU, fp16 autocast on one without bf16: :class:`hsnet.step.Step` scales its loss; fp32 on a
+CPU); :func:`forward` is the model's input contract, used by training, evaluation, prediction
+and serving alike: uint8 RGB batch -> fixed image standardisation
 (what the VGGFace2 stem was trained with) -> optional augmentation -> channels-last ->
 autocast -> float32 logits.
 
@@ -42,11 +43,28 @@ def pick_device(name: str | None = None) -> Setup:
     except RuntimeError as exc:
         raise HSNetError(f"device {name!r} is not a device name; use cpu or cuda (cuda:N)") from exc
     if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise HSNetError(f"device {name!r}: {count} GPU(s) visible (cuda:0 to cuda:{count - 1}"
+                             + (f"; CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+                             + "); pick one of them")
+        if device.index is not None:
+            torch.cuda.set_device(device)  # the current device: its RNG, streams and graphs are this one's
         torch.backends.cudnn.benchmark = True
         enable_tf32()
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp = torch.bfloat16 if native_bf16(device) else torch.float16
         return Setup(device, amp, True)
     return Setup(device, None, False)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (Ampere, compute capability 8.0, and later).
+    Not ``torch.cuda.is_bf16_supported()``: by default it counts emulation (True on a V100 or T4,
+    where bf16 runs slowly) and answers for the current device, not ``device``."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def place(model: torch.nn.Module, setup: Setup) -> torch.nn.Module:

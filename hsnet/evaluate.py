@@ -164,7 +164,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     params = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "split": split,
               "test_data_version": metrics["data_version"], "tta_hflip": tta_hflip,
               **{f"model.{k}": v for k, v in meta["model"].items()}}
-    with tracking.run(f"evaluate-{dataset}", params=params, tags=tags) as active:
+    with tracking.run(f"evaluate-{dataset}", params=params, tags=tags, device=setup.device) as active:
         metrics["mlflow_run_id"] = active.info.run_id
         _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
         mlflow.log_metrics({"test_accuracy": metrics["accuracy"],

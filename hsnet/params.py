@@ -128,7 +128,8 @@ class TrainParams:
     # whole-step: the step from batch to gradients captured as one CUDA graph (hsnet.step; not yet the default)
     compile: Union[bool, None, Literal[("auto",) + COMPILE_MODES + (WHOLE_STEP,)]] = "auto"
     # hold the uint8 splits in GPU memory (gather, flip, rotate there): auto = when they take at most
-    # data_memory_share of it; true = always (on a CPU: in RAM, the same code path); false = host pipeline
+    # data_memory_share of it and leave room to train (tensors.TRAINING_HEADROOM of the free memory);
+    # true = always (on a CPU: in RAM, the same code path); false = host pipeline
     data_on_device: Union[bool, Literal["auto"]] = "auto"
     data_memory_share: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
 

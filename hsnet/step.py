@@ -93,6 +93,10 @@ class Step:
         self.grads: list[torch.Tensor] | None = None  # the fixed gradient tensors the graphs write
         self.grad_params: list[torch.nn.Parameter] = []
         self.stream = torch.cuda.Stream(setup.device) if self.capture else None
+        # float16 autocast (a GPU without bf16): small gradients underflow to zero unless the loss
+        # is scaled (PyTorch's AMP notes); bf16 has float32's range and needs none
+        fp16 = self.training and setup.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(setup.device.type) if fp16 else None
 
     def begin(self) -> None:
         """Before an epoch: the sums to zero, the model in training or evaluation mode."""
@@ -121,7 +125,7 @@ class Step:
                     torch._foreach_zero_(self.grads)  # backward then accumulates into them, in place
                 elif not self.whole_graph:
                     self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self.loss_sum += loss.detach() * len(y)
         self.correct += (logits.argmax(1) == y).sum()
 
@@ -183,7 +187,10 @@ class Step:
             _copy(cap.flip, flip, "a flip mask")
             _copy(cap.theta, theta, "rotations")
             cap.graph.replay()
-        if self.training:
+        if self.scaler is not None:  # unscales, skips a step whose gradients overflowed, adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.training:
             self.optimizer.step()
         self.seen += n
 

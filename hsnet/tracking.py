@@ -140,18 +140,42 @@ def artifact_location(uri: str) -> str | None:
     return (folder / ARTIFACTS).as_uri()
 
 
+def is_tracking_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLflow's (a store that stopped answering: MlflowException once its
+    retries are spent), without importing MLflow where nothing tracked."""
+    import sys
+
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.MlflowException)
+
+
 def _auth_headers() -> dict:
-    """The credentials MLflow would send, for our own health check."""
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if user is not None and os.environ.get("MLFLOW_TRACKING_PASSWORD") is not None:
+    """The credentials MLflow would send, for our own health check: user and password first, else
+    the token (mlflow/utils/rest_utils.py's order)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
         import base64
 
-        pair = f"{user}:{os.environ['MLFLOW_TRACKING_PASSWORD']}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
-    return {}
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _tls_context():
+    """TLS as MLflow sets it up from its environment variables: no verification with
+    ``MLFLOW_TRACKING_INSECURE_TLS=true``, else the CA bundle ``MLFLOW_TRACKING_SERVER_CERT_PATH``
+    (default: the system's), and the client certificate ``MLFLOW_TRACKING_CLIENT_CERT_PATH``
+    (certificate and key in one PEM file, as requests takes it)."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        context.load_cert_chain(os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"])
+    return context
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -160,8 +184,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     shown = mask_uri(uri)
     try:
-        request = urllib.request.Request(uri.rstrip("/") + "/health", headers=_auth_headers())
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        request = urllib.request.Request(uri.rstrip("/") + "/health")
+        for key, value in _auth_headers().items():  # not sent on to where a redirect points
+            request.add_unredirected_header(key, value)
+        context = _tls_context() if uri.startswith("https://") else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             if resp.status >= 500:
                 raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -379,9 +406,10 @@ def data_version(manifest: Path) -> str:
     return "sha256:" + hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
-def system_tags() -> dict:
-    """What a run's numbers depend on besides its settings and data: on the CPU, the kernels
-    PyTorch picked for this processor (AVX512, AVX2, DEFAULT) and the thread count change the
+def system_tags(device=None) -> dict:
+    """What a run's numbers depend on besides its settings and data: the device it computed on
+    (``device``, a GPU by its name; the CPU when None) and on the CPU the kernels PyTorch picked
+    for this processor (AVX512, AVX2, DEFAULT) and the thread count, which change the
     floating-point sums (docs/results.md, "Reproducibility")."""
     import torch
 
@@ -389,15 +417,17 @@ def system_tags() -> dict:
             "system.platform": platform.platform(), "system.device": "cpu",
             "system.cpu_kernels": torch.backends.cpu.get_cpu_capability(),
             "system.cpu_threads": str(torch.get_num_threads())}
-    if torch.cuda.is_available():
-        tags["system.device"] = torch.cuda.get_device_name(0)
+    if device is not None and torch.device(device).type == "cuda":
+        tags["system.device"] = torch.cuda.get_device_name(torch.device(device))
         tags["system.cuda"] = str(torch.version.cuda)
     return tags
 
 
 @contextmanager
-def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, continue_run: str | None = None):
-    """An MLflow run in experiment ``hsnet`` (created with its artifacts at :func:`artifact_location`).
+def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, continue_run: str | None = None,
+        device=None):
+    """An MLflow run in experiment ``hsnet`` (created with its artifacts at :func:`artifact_location`),
+    tagged with :func:`system_tags` of ``device`` (where its numbers are computed).
     ``continue_run``: the run of a training being resumed, continued when it is there with the same
     params (a retried pod's epochs then join its history, and it ends finished, not RUNNING for
     ever); a new run otherwise."""
@@ -420,7 +450,7 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     mlflow.set_experiment(EXPERIMENT)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
-    system = system_tags()
+    system = system_tags(device)
     if previous:  # a resumed run on another machine: keep where its first epochs ran ("2, then 1")
         before = client.get_run(previous).data.tags
         system = {k: _then(before.get(k), v) for k, v in system.items()}

@@ -176,7 +176,7 @@ def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: Tr
     between the two writes, the resumed run trains that epoch again and writes both)."""
     ckpt = {"format": checkpoint.FORMAT, "meta": meta, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": None,  # bf16 autocast needs no loss scaling
+            "scaler": None,  # fp16's loss scale (GPUs without bf16) starts again on resume: it settles in a few steps
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if setup.device.type == "cuda" else None},
             "state": dataclasses.asdict(state)}
@@ -207,7 +207,14 @@ def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setu
     """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from
     and the MLflow run it was recorded in (continued). ``auto``: None (nothing loaded) when
     ``last.pt`` is from other data, settings or code."""
-    ckpt = checkpoint.load(path)
+    try:
+        ckpt = checkpoint.load(path)
+    except checkpoint.OtherFormat:
+        if not auto:
+            raise
+        # an older hsnet's last.pt after an upgrade (dvc repro keeps it): other code, not resumable
+        log.warning("%s is of another checkpoint format (written by another hsnet): training from the start", path)
+        return None
     same = ("data_version", "params", "code_version")
     if auto and any(ckpt["meta"].get(k) != meta[k] for k in same):
         # dvc repro re-runs the stage after a change to its data, settings or code: what an older run
@@ -388,7 +395,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
             "step": "train", **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
     run_params = flatten({k: v for k, v in cfg.items() if k != "crop"})
     with tracking.run(f"train-{params.dataset}", params=run_params, tags=tags, enabled=track,
-                      continue_run=previous_run) as active:
+                      continue_run=previous_run, device=setup.device) as active:
         meta["mlflow_run_id"] = active.info.run_id if active else None
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
@@ -424,7 +431,15 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
                            chance_epochs=guards.chance_window(tp.scheduler.patience))
         improved = state.record(row)
         # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
-        _log_epoch(row, epochs, weights, improved, active)
+        try:
+            _log_epoch(row, epochs, weights, improved, active)
+        except Exception as exc:
+            if not tracking.is_tracking_error(exc):
+                raise
+            raise tracking.TrackingUnavailable(
+                f"the MLflow tracking store stopped answering at epoch {epoch} ({tracking.mask_uri(str(exc))[:300]}); "
+                f"{out_dir / checkpoint.LAST} holds the epochs it recorded: once it answers, run the same command "
+                "with --resume (dvc repro and make pipeline resume by themselves)") from exc
         save_epoch(out_dir, meta, engine.model, engine.optimizer, engine.scheduler, state, setup, improved)
         if on_checkpoint:
             on_checkpoint(out_dir, improved)

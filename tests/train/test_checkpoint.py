@@ -17,7 +17,7 @@ META = {"dataset": "sample", "classes": ["a", "b", "c"], "input_size": 80,
 def test_a_checkpoint_of_another_format_is_refused_by_name(tmp_path):
     path = tmp_path / "old.pt"
     torch.save({"format": 1, "meta": META, "model": {}, "state": {}}, path)
-    with pytest.raises(HSNetError, match=r"old\.pt was written by another hsnet version .*format 1.*train it again"):
+    with pytest.raises(HSNetError, match=r"old\.pt was written by an older hsnet .*format 1.*train it again"):
         checkpoint.load(path)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(HSNetError, match="other.pt is not an hsnet training checkpoint"):
