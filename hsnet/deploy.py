@@ -216,53 +216,92 @@ def readiness(isvc: dict) -> tuple[str | None, str]:
     return None, "no Ready condition yet"
 
 
-def rollout(model_uri: str, *, name: str, namespace: str | None = None,
-            canary_percent: int | None = CANARY_PERCENT) -> dict:
-    """Point InferenceService ``name`` at ``model_uri`` with ``canary_percent`` of the traffic
-    (created from the template, with all traffic, when it doesn't exist)."""
+def _current(api, namespace: str, name: str) -> dict | None:
+    """The live InferenceService, None when there is none."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    api, default_ns = _api()
-    namespace = namespace or default_ns
     where = f"InferenceService {namespace}/{name}"
     try:
-        current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as exc:
         if exc.status != 404:
             raise _explain(where, exc) from exc
-        current = None
+        return None
     except (HTTPError, OSError) as exc:
         raise _explain(where, exc) from exc
-    if current is None:
-        isvc = render(model_uri, name=name, namespace=namespace, canary_percent=None)
-        _call(where, api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, isvc)
-        log.info("%s created, serving %s", where, model_uri)
-        return {"action": "created", "name": name, "namespace": namespace, "model": model_uri, "canary": None}
+
+
+def plan_rollout(current: dict | None, model_uri: str, *, name: str, namespace: str,
+                 canary_percent: int | None = CANARY_PERCENT) -> dict:
+    """What :func:`rollout` does to the live InferenceService ``current`` (None: there is none), as
+    a record with the object it sends (``object``, None for ``unchanged``); nothing is sent."""
+    where = f"InferenceService {namespace}/{name}"
+    record = {"name": name, "namespace": namespace, "model": model_uri, "canary": None}
+    if current is None:  # the first deploy: the template, with all traffic
+        return {**record, "action": "created",
+                "object": render(model_uri, name=name, namespace=namespace, canary_percent=None)}
     previous = model_of(current)
-    if previous == model_uri and "canaryTrafficPercent" not in current["spec"]["predictor"]:
+    image, image_note = _release_image(current)
+    if previous == model_uri and "canaryTrafficPercent" not in current["spec"]["predictor"] and image is None:
         state, detail = readiness(current)
         if state == "failed":  # the spec asks for it, but KServe routes no traffic to a revision that failed
             raise HSNetError(f"{where} names {model_uri} with all traffic, but KServe reports it not ready "
                              f"({detail}): the traffic stays on the last ready revision. Fix the cause (kubectl "
                              f"describe inferenceservice -n {namespace} {name}), then run this again")
-        return {"action": "unchanged", "name": name, "namespace": namespace, "model": model_uri, "canary": None,
-                "ready": state == "ready"}
+        return {**record, "action": "unchanged", "object": None, "ready": state == "ready"}
     canary = canary_percent  # a new version, or a step of the running canary (e.g. to 100)
-    note = None
+    notes = [image_note] if image_note else []
     if _is_alias(previous) and canary is not None and canary < 100:
         # Each pod resolves an alias when it starts, and promote has just moved it to this version:
         # the revision that would keep the other share starts the new version too from now on (a
         # scale-up, a restart), so there is nothing to compare with, and a canary rollback returns
         # nothing. From here on the InferenceService names versions, and canaries compare two.
-        canary, note = None, (f"no canary: it served the alias {previous}, which its pods resolve when they start "
-                              f"and which now names this version")
+        canary = None
+        notes.append(f"no canary: it served the alias {previous}, which its pods resolve when they start "
+                     "and which now names this version")
     updated = set_model(current, model_uri, canary)
-    _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, updated)
-    log.info("%s: %s -> %s (%s)", where, previous, model_uri,
-             f"canary {canary}%" if canary is not None and canary < 100 else "all traffic")
-    return {"action": "updated", "name": name, "namespace": namespace, "model": model_uri, "previous": previous,
-            "canary": canary if canary is not None and canary < 100 else None, **({"note": note} if note else {})}
+    if image is not None:
+        _container(updated)["image"] = image
+    return {**record, "action": "updated", "object": updated, "previous": previous,
+            "canary": canary if canary is not None and canary < 100 else None,
+            **({"note": "; ".join(notes)} if notes else {})}
+
+
+def _release_image(current: dict) -> tuple[str | None, str | None]:
+    """The serving image a rollout brings, and a note: this release's :data:`SERVE_IMAGE` where the
+    live one is another tag of its repository (an earlier release's first deploy made it: its
+    hsnet may not read the checkpoints this release trains, and its fixes would never arrive);
+    none, with a note, where it is another repository (a mirror, a build of one's own: kept)."""
+    live = _container(current).get("image") or ""
+    if live == SERVE_IMAGE:
+        return None, None
+    repository = SERVE_IMAGE.rsplit(":", 1)[0]
+    if live.rsplit(":", 1)[0] == repository and "@" not in live:
+        return SERVE_IMAGE, f"serving image {live} -> {SERVE_IMAGE} (this hsnet's release)"
+    return None, (f"its model server is {live}, not this release's {SERVE_IMAGE}: it must be built from the same "
+                  "hsnet release, or it may not read the checkpoints this one trains")
+
+
+def rollout(model_uri: str, *, name: str, namespace: str | None = None,
+            canary_percent: int | None = CANARY_PERCENT) -> dict:
+    """Point InferenceService ``name`` at ``model_uri`` with ``canary_percent`` of the traffic
+    (created from the template, with all traffic, when it doesn't exist; an earlier release's
+    serving image is replaced by this release's: :func:`plan_rollout`)."""
+    api, default_ns = _api()
+    namespace = namespace or default_ns
+    where = f"InferenceService {namespace}/{name}"
+    plan = plan_rollout(_current(api, namespace, name), model_uri, name=name, namespace=namespace,
+                        canary_percent=canary_percent)
+    isvc = plan.pop("object")
+    if plan["action"] == "created":
+        _call(where, api.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, isvc)
+        log.info("%s created, serving %s", where, model_uri)
+    elif plan["action"] == "updated":
+        _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, isvc)
+        log.info("%s: %s -> %s (%s)", where, plan["previous"], model_uri,
+                 f"canary {plan['canary']}%" if plan["canary"] else "all traffic")
+    return plan
 
 
 def _is_alias(model_uri: str | None) -> bool:
@@ -270,12 +309,8 @@ def _is_alias(model_uri: str | None) -> bool:
     return bool(model_uri) and model_uri.startswith("models:/") and "@" in model_uri[len("models:/"):]
 
 
-def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict:
-    """Traffic back to ``model_uri`` (the version a registry rollback puts back in production)."""
-    api, default_ns = _api()
-    namespace = namespace or default_ns
-    where = f"InferenceService {namespace}/{name}"
-    current = _call(where, api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+def plan_rollback(current: dict, model_uri: str, *, name: str, namespace: str) -> dict:
+    """What :func:`rollback` does to the live InferenceService ``current``; nothing is sent."""
     serving, canary = model_of(current), current["spec"]["predictor"].get("canaryTrafficPercent")
     if serving != model_uri and canary is not None and int(canary) < 100:
         updated = copy.deepcopy(current)  # a canary of the bad version: KServe's rollback
@@ -284,9 +319,20 @@ def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict
     else:
         updated = set_model(current, model_uri, None)
         action = "rolled-back"
-    _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, updated)
-    log.info("%s: %s (was serving %s)", where, action, serving)
-    return {"action": action, "name": name, "namespace": namespace, "model": model_uri, "previous": serving}
+    return {"action": action, "name": name, "namespace": namespace, "model": model_uri, "previous": serving,
+            "object": updated}
+
+
+def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict:
+    """Traffic back to ``model_uri`` (the version a registry rollback puts back in production)."""
+    api, default_ns = _api()
+    namespace = namespace or default_ns
+    where = f"InferenceService {namespace}/{name}"
+    current = _call(where, api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+    plan = plan_rollback(current, model_uri, name=name, namespace=namespace)
+    _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, plan.pop("object"))
+    log.info("%s: %s (was serving %s)", where, plan["action"], plan["previous"])
+    return plan
 
 
 def deploy_production(name: str, result: dict, *, isvc: str | None = None, namespace: str | None = None,
@@ -346,9 +392,12 @@ def describe(r: dict) -> str:
 
 def dry_run(name: str, *, version: int | str | None = None, rollback: bool = False, isvc: str | None = None,
             namespace: str | None = None, canary_percent: int = CANARY_PERCENT) -> str:
-    """``hsnet promote --deploy --dry-run``: the manifest the promotion of ``version`` (default: the
-    candidate), or the rollback, would roll out, as YAML after a comment line; no alias moves and
-    the cluster is not touched. The gate is not evaluated."""
+    """``hsnet promote --deploy --dry-run``: what the promotion of ``version`` (default: the
+    candidate), or the rollback, would send to the cluster, as YAML after a comment line saying
+    what it does. The live InferenceService is read (nothing is changed), so that the manifest is
+    the one :func:`rollout` or :func:`rollback` would send: created from the template with all
+    traffic before the first deploy, a canary of the live one after. Without a Kubernetes
+    configuration, the first deploy's manifest, said so. No alias moves; the gate is not evaluated."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -365,9 +414,25 @@ def dry_run(name: str, *, version: int | str | None = None, rollback: bool = Fal
         raise HSNetError(f"{name}: no {'version ' + str(version) if version else repr(alias)} "
                          f"in the registry ({exc.message[:200]})") from exc
     model_uri = tracking.version_uri(name, found)
-    manifest = render(model_uri, name=isvc or name, namespace=namespace,
-                      canary_percent=None if rollback else canary_percent)
+    target = isvc or name
+    try:
+        api, default_ns = _api()
+    except HSNetError as exc:  # no cluster to read: what the first deploy would create
+        if rollback:
+            raise
+        ns = namespace or "default"
+        plan = plan_rollout(None, model_uri, name=target, namespace=ns, canary_percent=canary_percent)
+        return (f"# --dry-run: no Kubernetes configuration ({str(exc).split(':')[0]}), so the cluster was not read; "
+                f"a first deploy would create InferenceService {ns}/{target} serving {model_uri} with all the "
+                "traffic; nothing changed\n" + to_yaml(plan["object"]))
+    ns = namespace or default_ns
+    current = _current(api, ns, target)
     what = "a rollback" if rollback else "promoting version " + str(found)
-    return (f"# --dry-run: after {what}, InferenceService {isvc or name} would serve {model_uri}"
-            f"{'' if rollback else f' with {canary_percent}% of the traffic'}; nothing changed\n"
-            + to_yaml(manifest))
+    if rollback:
+        if current is None:
+            raise HSNetError(f"InferenceService {ns}/{target} does not exist: there is nothing to roll back")
+        plan = plan_rollback(current, model_uri, name=target, namespace=ns)
+    else:
+        plan = plan_rollout(current, model_uri, name=target, namespace=ns, canary_percent=canary_percent)
+    head = f"# --dry-run, nothing changed: after {what}, it would be {describe(plan)}"
+    return head + ("; nothing to send\n" if plan["object"] is None else "\n" + to_yaml(plan["object"]))

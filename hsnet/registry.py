@@ -152,7 +152,8 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
         raise HSNetError(f"{name} version {version}: can't read its registration record ({exc.message})") from exc
     if not recorded:
         log.warning("%s version %s was registered before model files were recorded: its files can't be "
-                    "checked; register its checkpoint again to have them checked", name, version)
+                    "checked; register its checkpoint again (a new version, whose files are recorded) and "
+                    "promote that one", name, version)
         return False
     got = model_files_digest(folder) if folder is not None else _download_digest(tracking.version_uri(name, version))
     if got != recorded:
@@ -250,15 +251,20 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
     return figures
 
 
-def _registered_sha(client, mv) -> str | None:
-    """The checkpoint hash a version was registered with: its registration run's param (immutable),
-    not its tag (editable); None when the run is gone."""
+def _registration_params(client, mv) -> dict:
+    """The params of a version's registration run (immutable, unlike its tags); {} when it is gone."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(mv.run_id).data.params.get("checkpoint_sha256")
+        return dict(client.get_run(mv.run_id).data.params)
     except MlflowException:
-        return None
+        return {}
+
+
+def _registered_sha(client, mv) -> str | None:
+    """The checkpoint hash a version was registered with: its registration run's param (immutable),
+    not its tag (editable); None when the run is gone."""
+    return _registration_params(client, mv).get("checkpoint_sha256")
 
 
 def held(aliases: list[str]) -> str:
@@ -433,17 +439,24 @@ def _finish(client, name: str, version, tags: dict) -> None:
 
 
 def _versions_of(client, name: str, sha: str) -> list:
-    """The versions of ``name`` registered from the checkpoint with this sha256 (their files
-    unchanged since), the first registered first."""
+    """The versions of ``name`` registered from the checkpoint with this sha256 and their model
+    files recorded (:data:`MODEL_FILES_PARAM`), the first registered first. A version an older
+    hsnet registered without that record doesn't count: registering its checkpoint again gives a
+    new version whose files are checked (what :func:`check_model_files` advises)."""
     from mlflow.exceptions import MlflowException
 
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:  # no such registered model yet
         return []
-    return sorted((mv for mv in versions
-                   if mv.tags.get("checkpoint_sha256") == sha and _registered_sha(client, mv) == sha),
-                  key=lambda mv: int(mv.version))
+    found = []
+    for mv in versions:
+        if mv.tags.get("checkpoint_sha256") != sha:
+            continue
+        params = _registration_params(client, mv)
+        if params.get("checkpoint_sha256") == sha and params.get(MODEL_FILES_PARAM):
+            found.append(mv)
+    return sorted(found, key=lambda mv: int(mv.version))
 
 
 def _existing_result(client, name: str, mv) -> dict:
@@ -607,7 +620,11 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
         c_fig = _version_figures(client, cand)
     except NoEvaluation as exc:
         c_fig, reasons = None, [str(exc)]
-    if prod is not None and c_fig is not None:
+    same = prod is not None and _registered_sha(client, cand) is not None and \
+        _registered_sha(client, cand) == _registered_sha(client, prod)
+    if same:  # production's own checkpoint, registered again (its files now recorded): nothing to compare
+        decision["reason"] = f"the same checkpoint as production (version {prod.version}), registered again"
+    elif prod is not None and c_fig is not None:
         try:
             p_fig = _version_figures(client, prod)
         except NoEvaluation as exc:

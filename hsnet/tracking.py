@@ -42,14 +42,18 @@ class TrackingUnavailable(HSNetError):
     pass
 
 
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/:]*):(?P<password>[^@]*)@")
-_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key)[^=&#]*=)[^&#]*")
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/:]*)(?::(?P<password>[^@]*))?@")
+# query values that are secrets: passwords, tokens, keys, and presigned URLs' signatures and
+# credentials (S3's X-Amz-Signature / X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig)
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key|sig|credential)[^=&#]*=)[^&#]*")
 
 
 def mask_uri(uri: str) -> str:
-    """``uri`` as it may be printed or logged: a password in it (``scheme://user:PASSWORD@host``, or a
-    ``password=``/``token=``/``secret=`` query value) replaced by ``***``. The one masking rule."""
-    uri = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(uri), count=1)
+    """``uri`` as it may be printed or logged: a password in it (``scheme://user:PASSWORD@host``), a
+    user part alone (``scheme://TOKEN@host``: a token sent as the user), or a secret query value
+    (``password=``, ``token=``, ``X-Amz-Signature=``...) replaced by ``***``. The one masking rule."""
+    uri = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] is not None
+                        else f"{m['scheme']}***@", str(uri), count=1)
     return _SECRET_QUERY.sub(r"\1***", uri)
 
 
@@ -113,11 +117,17 @@ def _out_of_experiment_copy(uri: str) -> str:
 
 
 def project_root() -> Path:
-    """The folder the local store belongs to: the current one, or, in a DVC experiment's temporary
-    copy (deleted when the experiment ends, and with it anything recorded there), the project it
-    was copied from, so that the runs of ``dvc exp run --temp`` and ``dvc queue`` are kept."""
+    """The folder the local store belongs to: the DVC project the current folder is in (the nearest
+    folder at or above it with ``dvc.yaml`` and ``.dvc/``: a command run from ``runs/sample`` records
+    in the project's store, not a second one there), else the current folder; in a DVC
+    experiment's temporary copy (deleted when the experiment ends, and with it anything recorded
+    there), the project it was copied from, so that the runs of ``dvc exp run --temp`` and
+    ``dvc queue`` are kept."""
     cwd = Path.cwd().resolve()
-    return _experiment_copy_project(cwd) or cwd
+    copied_from = _experiment_copy_project(cwd)
+    if copied_from is not None:
+        return copied_from
+    return next((f for f in (cwd, *cwd.parents) if (f / "dvc.yaml").is_file() and (f / ".dvc").is_dir()), cwd)
 
 
 def _sqlite_file(uri: str) -> str | None:

@@ -253,7 +253,10 @@ def quick_log_model(monkeypatch):
 
         with tracking.run(run_name, params=params, tags=tags) as active:
             mlflow.log_text("stand-in for the pyfunc model", "model/MLmodel")
-            return {"model_uri": f"runs:/{active.info.run_id}/model", "run_id": active.info.run_id}
+            uri = f"runs:/{active.info.run_id}/model"
+            # the record of its files, as the real one keeps it (read at call time: a test may rename it)
+            mlflow.log_param(registry_mod.MODEL_FILES_PARAM, registry_mod._download_digest(uri))
+            return {"model_uri": uri, "run_id": active.info.run_id}
 
     monkeypatch.setattr(registry_mod, "log_model", log_model)
 

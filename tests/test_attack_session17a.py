@@ -172,3 +172,45 @@ def test_the_gate_compares_on_new_test_data_once_production_is_evaluated_there(
     evaluate(prod_ckpt, other_test_data, tmp_path / "prod-on-new-data", progress=False)  # production, re-measured
     decision = promote("hsnet-sample")
     assert decision["promoted"] and decision["production"] == 2, decision
+
+
+def test_the_checked_version_of_productions_own_checkpoint_is_promoted_without_a_gate(
+        quick_log_model, local_mlflow, evaluated, monkeypatch):
+    """The rest of the advice ("register its checkpoint again ... and promote that one"): the new
+    version holds production's own checkpoint (same registered sha256, same evaluation), so the
+    gate has nothing to compare; it is promoted even with a --min-delta that a tie can't meet, and
+    production's files are checked from then on."""
+    from mlflow import MlflowClient
+
+    import hsnet.registry as registry
+
+    client = MlflowClient(local_mlflow)
+    ckpt, metrics, _ = evaluated(0)
+    with monkeypatch.context() as old:
+        old.setattr(registry, "MODEL_FILES_PARAM", "not_recorded_by_old_hsnet")
+        first = registry.register(ckpt, metrics, "sample")
+    assert registry.promote("hsnet-sample")["production"] == first["version"]
+    again = registry.register(ckpt, metrics, "sample")
+    assert again["version"] != first["version"] and not again["already_registered"]
+    decision = registry.promote("hsnet-sample", min_delta=0.05)
+    assert decision["promoted"] and decision["production"] == again["version"] and not decision["forced"]
+    assert "same checkpoint as production" in decision["reason"]
+    assert registry.check_model_files(client, "hsnet-sample", decision["production"]) is True
+
+
+def test_a_serving_image_of_another_repository_is_kept_and_named():
+    """A team that mirrors the serving image (an air-gapped cluster: registry.corp/...) keeps it: a
+    rollout must not swap in ghcr.io's, which its nodes can't pull; it says which image serves."""
+    from hsnet.deploy import CONTAINER, SERVE_IMAGE, load_template, plan_rollout, set_model
+
+    live = set_model(load_template(), "models:/hsnet-rafdb/7", None)
+    (container,) = [c for c in live["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
+    container["image"] = "registry.corp/ml/hsnet-serve:0.1.0"
+    plan = plan_rollout(live, "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models", canary_percent=10)
+    (sent,) = [c for c in plan["object"]["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
+    assert sent["image"] == "registry.corp/ml/hsnet-serve:0.1.0"
+    assert "registry.corp/ml/hsnet-serve:0.1.0" in plan["note"] and SERVE_IMAGE in plan["note"]
+    # this release's own image: nothing to say
+    container["image"] = SERVE_IMAGE
+    plan = plan_rollout(live, "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models", canary_percent=10)
+    assert "note" not in plan and plan["canary"] == 10

@@ -301,8 +301,7 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
         else:
             for r in group:
                 dropped.add(r.path)
-            reasons.append(f"{', '.join(r.path for r in group[:4])}{' ...' if len(group) > 4 else ''}: "
-                           f"identical files labelled {', '.join(labels)}")
+            reasons.append(f"{', '.join(r.path for r in group)}: identical files labelled {', '.join(labels)}")
     return [r for r in records if r.path not in dropped], reasons
 
 
@@ -356,8 +355,10 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     if scan.skipped:
         log.info("skipped %d stray file(s) under %s, e.g. %s", len(scan.skipped), root,
                  ", ".join(scan.skipped[:3]))
-    if duplicates:
-        log.warning("left out %d image(s) identical to another, e.g. %s", matched - len(rows), "; ".join(duplicates[:3]))
+    if duplicates:  # each named: which photos the dataset lost
+        log.warning("left out %d image(s) identical to another:", matched - len(rows))
+        for reason in duplicates:
+            log.warning("  %s", reason)
     for what in scan.inferred:
         log.warning("a misnamed file taken by what its folder lacks: %s", what)
     if scan.missing:

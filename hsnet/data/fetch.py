@@ -86,8 +86,7 @@ def source_version(source: str, *, dvc_path: str | None = None, rev: str | None 
     elif Path(source).is_dir():
         from ..io import sha256_file
 
-        root = Path(source)
-        items = sorted((p.relative_to(root).as_posix(), sha256_file(p)) for p in root.rglob("*") if p.is_file())
+        items = [(rel, sha256_file(path)) for rel, path in folder_files(Path(source))]
         kind = "folder"
     else:
         raise HSNetError(f"--source {source!r}: not an s3:// prefix, not a folder here, and no --dvc-path "
@@ -117,16 +116,51 @@ def _fetch(source: str, out: Path, *, dvc_path: str | None, rev: str | None, pro
         download_prefix(source, out, progress=progress)
         how = f"s3 {source}"
     elif Path(source).is_dir():
-        try:
-            shutil.copytree(source, out, dirs_exist_ok=True, copy_function=_copy_regular)
-        except shutil.Error as exc:
-            bad = [f"{src}: {why}" for src, _, why in exc.args[0]][:5]
-            raise HSNetError(f"copy of {source}: {len(exc.args[0])} file(s) not copied: {'; '.join(bad)}") from exc
+        failed = []
+        for rel, path in folder_files(Path(source)):  # what source_version hashed, no more
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _copy_regular(path, target)
+            except (OSError, HSNetError) as exc:
+                failed.append(f"{path}: {exc}")
+        if failed:
+            raise HSNetError(f"copy of {source}: {len(failed)} file(s) not copied: {'; '.join(failed[:5])}")
         how = f"copy of {source}"
     else:
         raise HSNetError(f"--source {source!r}: not an s3:// prefix, not a folder here, and no --dvc-path "
                          "was given for a DVC repository")
     return how
+
+
+def folder_files(root: Path) -> list[tuple[str, Path]]:
+    """The files of the folder ``root`` as fetch copies them and :func:`source_version` hashes them:
+    (relative name, path to read), sorted. A link to a file is followed when it stays in ``root``
+    or leads into its DVC project's cache (a ``cache.type symlink`` checkout); any other link, and
+    every link to a folder, is refused by name: a copy must not bring in what lies outside the
+    source (in a pod, its service account's token) or what a version didn't hash."""
+    from ..io import dvc_cache_of
+
+    base, allowed = root.resolve(), dvc_cache_of(root)
+    files, bad = [], []
+    for folder, dirs, names in os.walk(root):  # links to folders are not entered: refused below
+        for name in sorted(dirs + names):
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                target = path.resolve()
+                if target.is_dir():
+                    bad.append(f"{rel} is a link to the folder {target}")
+                    continue
+                if not (target.is_relative_to(base) or any(target.is_relative_to(a) for a in allowed)):
+                    bad.append(f"{rel} is a link to {target}, outside {root}")
+                    continue
+            if name in names:
+                files.append((rel, path))
+    if bad:
+        raise HSNetError(f"--source {root}: refusing links to folders or out of the folder ({'; '.join(bad[:5])}"
+                         f"{f'; ... {len(bad) - 5} more' if len(bad) > 5 else ''}); copy the files themselves there")
+    return sorted(files)
 
 
 def _empty(out: Path, keep: bool) -> None:

@@ -48,18 +48,20 @@ def _read(path: str | os.PathLike, required: list[str] | None) -> tuple[list[str
         raise ManifestError(f"manifest {path} does not exist; create it with 'hsnet data import'")
     try:
         with open_regular(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, restval="")
-            fieldnames = list(reader.fieldnames or [])
+            reader = csv.reader(f)
+            fieldnames = next(reader, [])
             missing = [c for c in (required if required is not None else COLUMNS) if c not in fieldnames]
             if missing:
                 raise ManifestError(f"manifest {path} lacks the column(s) {', '.join(missing)} "
                                     f"(has: {', '.join(fieldnames)}); re-create it with 'hsnet data import'")
             rows = []
-            for row in reader:
-                if None in row:
-                    raise ManifestError(f"manifest {path} line {reader.line_num}: {len(fieldnames) + len(row[None])} "
-                                        f"fields, the header has {len(fieldnames)}")
-                rows.append(row)
+            for record in reader:
+                if not record:  # a blank line
+                    continue
+                if len(record) != len(fieldnames):  # more, or fewer (a line cut short, a hand edit)
+                    raise ManifestError(f"manifest {path} line {reader.line_num}: {len(record)} fields, the header "
+                                        f"has {len(fieldnames)}")
+                rows.append(dict(zip(fieldnames, record)))
     except FileReadError as exc:
         raise ManifestError(f"manifest {exc}") from exc
     except UnicodeDecodeError as exc:

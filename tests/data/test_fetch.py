@@ -109,7 +109,7 @@ def test_local_folder_with_special_files_is_refused(tmp_path):
     assert not out.exists()
     (src / "fifo.png").unlink()
     (src / "zero.png").symlink_to("/dev/zero")
-    with pytest.raises(HSNetError, match="zero.png.*a device, not a regular file"):
+    with pytest.raises(HSNetError, match="zero.png is a link to /dev/zero, outside"):
         finishes(lambda: fetch(str(src), out, progress=False), 30)
 
 
@@ -141,3 +141,39 @@ def test_what_dvc_get_delivers_is_checked_for_links_out_and_special_files(tmp_pa
     with pytest.raises(HSNetError, match=r"dvc get repo data/raw: refusing what arrived \(.*passwd.png is a link to "
                                          r"/etc/passwd, outside .*fifo.png is not a regular file"):
         _check_tree(out, "dvc get repo data/raw")
+
+
+def test_a_folder_checked_out_with_dvc_symlinks_is_copied_and_a_link_elsewhere_refused(tmp_path):
+    """A DVC checkout with ``cache.type symlink``: each file is a link into the project's cache,
+    which the copy follows (the project's own data); a link to a file outside both, or to a
+    folder, is refused by name and nothing is copied. The content version hashes what the copy
+    takes: the file's bytes under its name in the folder."""
+    import hashlib
+
+    from hsnet.data.fetch import source_version
+
+    project = tmp_path / "project"
+    cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / "cdef"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a photo")
+    src = project / "data" / "raw"
+    src.mkdir(parents=True)
+    (src / "a.png").symlink_to(cached)
+    (src / "b.png").write_bytes(b"another")
+    out = tmp_path / "out"
+    fetch(str(src), out, progress=False)
+    assert (out / "a.png").read_bytes() == b"a photo" and not (out / "a.png").is_symlink()
+    assert (out / "b.png").read_bytes() == b"another"
+    expected = hashlib.sha256()
+    for name, data in (("a.png", b"a photo"), ("b.png", b"another")):  # as source_version documents it
+        expected.update(f"{name}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+    assert source_version(str(src)) == f"folder:{expected.hexdigest()}"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token")
+    (src / "c.png").symlink_to(secret)
+    (src / "dir").symlink_to(tmp_path)
+    with pytest.raises(HSNetError, match=r"c\.png is a link to .*secret\.txt, outside.*dir is a link to the folder"):
+        fetch(str(src), tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(HSNetError, match=r"c\.png is a link"):
+        source_version(str(src))

@@ -513,6 +513,10 @@ def test_server_script_without_mlflow_says_it_is_missing(tmp_path):
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
     ("sqlite:////home/u/mlflow.db", "sqlite:////home/u/mlflow.db"),
     ("models:/hsnet-rafdb@production", "models:/hsnet-rafdb@production"),
+    # a token given as the user alone (GitHub-style https://TOKEN@host), and a presigned S3 URL
+    ("https://ghp_abc123@mlflow.example.com/", "https://***@mlflow.example.com/"),
+    ("https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA1%2F2&X-Amz-Signature=ab12",
+     "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Signature=***"),
 ])
 def test_mask_uri(uri, shown):
     from hsnet.tracking import mask_uri
@@ -659,4 +663,5 @@ def test_a_version_registered_without_a_files_record_is_warned_about_once(local_
         assert check_model_files(client, "hsnet-legacy", 1) is False
     said = [r.getMessage() for r in caplog.records if "before model files were recorded" in r.getMessage()]
     assert said == ["hsnet-legacy version 1 was registered before model files were recorded: its files can't "
-                    "be checked; register its checkpoint again to have them checked"]
+                    "be checked; register its checkpoint again (a new version, whose files are recorded) and "
+                    "promote that one"]

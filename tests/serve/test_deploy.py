@@ -95,14 +95,16 @@ def test_promote_deploy_canary_rollback_and_dry_run(local_mlflow, trained, kube,
     evaluate(trained["checkpoint"], trained["data"], tmp_path / "eval1", progress=False)
     assert register(trained["checkpoint"], tmp_path / "eval1" / "metrics.json", "sample")["version"] == 1
 
-    # --dry-run: the manifest, nothing promoted, nothing sent to the cluster
+    # --dry-run: the manifest the deploy would send, nothing promoted, nothing sent to the cluster
+    # (it is read): before the first deploy, the one that creates it, with all the traffic
     capsys.readouterr()
     assert main(["promote", "--name", name, "--deploy", "--dry-run"]) == 0
     out = capsys.readouterr().out
     manifest = yaml.safe_load(out[out.index("apiVersion:"):])  # after the line that says what it is
     assert model_of(manifest) == f"models:/{name}/1" and manifest["metadata"]["name"] == name
-    assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert kube.requests == []
+    assert "canaryTrafficPercent" not in manifest["spec"]["predictor"] and "created" in out.splitlines()[0]
+    assert [m for m, *_ in kube.requests] == ["GET"]
+    kube.requests.clear()
     from mlflow import MlflowClient
 
     assert "production" not in MlflowClient(local_mlflow).get_registered_model(name).aliases
@@ -124,6 +126,14 @@ def test_promote_deploy_canary_rollback_and_dry_run(local_mlflow, trained, kube,
     evaluate(tmp_path / "v2.pt", trained["data"], tmp_path / "eval2", progress=False)
     assert register(tmp_path / "v2.pt", tmp_path / "eval2" / "metrics.json", "sample")["version"] == 2
     before = _objects(kube)[name]
+    sent = len(kube.requests)
+    assert main(["promote", "--name", name, "--force", "--deploy", "--dry-run", "--canary-percent", "20"]) == 0
+    out = capsys.readouterr().out  # now it exists: a canary of the live object, its resources kept
+    manifest = yaml.safe_load(out[out.index("apiVersion:"):])
+    assert model_of(manifest) == f"models:/{name}/2" and manifest["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert manifest["spec"]["predictor"]["containers"][0]["resources"] == before["spec"]["predictor"]["containers"][0][
+        "resources"]
+    assert [m for m, *_ in kube.requests[sent:]] == ["GET"] and _objects(kube)[name] == before
     assert main(["promote", "--name", name, "--force", "--deploy", "--canary-percent", "20"]) == 0
     isvc = _objects(kube)[name]
     assert model_of(isvc) == f"models:/{name}/2" and isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
