@@ -223,16 +223,10 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
         if not _DATA_VERSION.match(version) or split not in ("train", "val", "test"):
             raise NoEvaluation(f"{metrics_path}: data_version {version!r} / split {split!r} are not an hsnet "
                                f"evaluate's; {again}")
-        experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            f"params.checkpoint_sha256 = '{sha}' and params.test_data_version = '{version}' and "
-            f"params.split = '{split}' and tags.step = 'evaluate' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
-        if not runs:
+        run = _newest_evaluation(client, sha, version, split)
+        if run is None:
             raise NoEvaluation(f"{metrics_path}: no MLflow evaluation of {checkpoint} (sha256 {sha[:16]}…) on "
                                f"{version} ({split}) in {where}; {again}")
-        run = runs[0]
     figures = _figures(client, run)
     if figures["checkpoint_sha256"] != sha:
         raise HSNetError(f"{metrics_path}: its evaluation run {run.info.run_id} measured the checkpoint with "
@@ -249,6 +243,21 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
                          + f": the file was changed after hsnet evaluate wrote it. Registration takes the "
                          f"figures of the evaluation run only; {again}")
     return figures
+
+
+def _newest_evaluation(client, sha: str, data_version: str, split: str):
+    """The newest finished ``hsnet evaluate`` run of the checkpoint ``sha`` on ``data_version``
+    (``split``), or None."""
+    if not _DATA_VERSION.match(str(data_version)) or split not in ("train", "val", "test") or \
+            not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
+        return None  # never put into a search filter what isn't an hsnet hash or split
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"params.checkpoint_sha256 = '{sha}' and params.test_data_version = '{data_version}' and "
+        f"params.split = '{split}' and tags.step = 'evaluate' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    return runs[0] if runs else None
 
 
 def _registration_params(client, mv) -> dict:
@@ -634,10 +643,21 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
             decision.update(candidate_value=c_val, production_value=p_val)
             c_data = (c_fig["test_data_version"], c_fig["test_split"])
             p_data = (p_fig["test_data_version"], p_fig["test_split"])
+            if c_data != p_data:  # e.g. the same photos cropped again by a newer hsnet: another data version
+                there = _newest_evaluation(client, p_fig["checkpoint_sha256"], *c_data)
+                if there is not None:  # production's checkpoint measured on the candidate's test data
+                    p_fig, p_data = _figures(client, there), c_data
+                    p_val = p_fig[key]
+                    decision.update(production_value=p_val, production_evaluation_run_id=p_fig["evaluation_run_id"])
             if c_data != p_data:
+                train_run = prod.tags.get("train_run_id")
+                fetch = (f"mlflow artifacts download -r {train_run} -a checkpoint/best.pt" if train_run
+                         and train_run != "None" else "its checkpoint")
                 reasons.append(f"version {cand.version} was tested on {c_data[0]} ({c_data[1]}) and production "
                                f"(version {prod.version}) on {p_data[0]} ({p_data[1]}): the metrics are not "
-                               "comparable")
+                               f"comparable. To compare them on the candidate's data, evaluate production's "
+                               f"checkpoint there ({fetch}, then hsnet evaluate --checkpoint best.pt --data "
+                               "<the candidate's crops>, tracked) and promote again")
             elif not c_val >= p_val + min_delta:
                 reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
                                f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")

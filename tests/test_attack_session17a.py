@@ -169,6 +169,11 @@ def test_the_gate_compares_on_new_test_data_once_production_is_evaluated_there(
     assert promote("hsnet-sample")["production"] == 1
     cand_ckpt, cand_metrics, _ = evaluated(0, data=other_test_data)  # this release, the crops cut again
     assert register(cand_ckpt, cand_metrics, "sample")["version"] == 2
+    from hsnet.registry import PromotionRefused
+
+    with pytest.raises(PromotionRefused, match=r"not comparable\. To compare them on the candidate's data, evaluate "
+                                               r"production's checkpoint there"):
+        promote("hsnet-sample")  # the refusal says how to make them comparable, not only --force
     evaluate(prod_ckpt, other_test_data, tmp_path / "prod-on-new-data", progress=False)  # production, re-measured
     decision = promote("hsnet-sample")
     assert decision["promoted"] and decision["production"] == 2, decision
