@@ -64,7 +64,8 @@ def _validate(args: argparse.Namespace) -> None:
     p = _params(args, "validate", {"min_size": args.min_size, "max_bad_fraction": args.max_bad_fraction})
     summary = validate(args.manifest, args.root, args.dataset, args.report, p.validate,
                        workers=args.workers, use_cache=not args.no_cache)
-    print(f"{summary['images']} images of {args.dataset} passed validation "
+    left = f", {summary['left_out']} that don't decode left out" if summary.get("left_out") else ""
+    print(f"{summary['images']} images of {args.dataset} passed validation{left} "
           f"({len(summary['warnings'])} warning(s)); report: {summary['data_docs']}")
 
 
@@ -170,6 +171,10 @@ def _promote(args: argparse.Namespace) -> None:
 
             print(describe(deployed))
         return
+    if args.deploy:  # no Kubernetes configuration: refused before the registry moves
+        from .deploy import require_cluster
+
+        require_cluster()
     r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
     if r["promoted"]:
         print(f"{args.name}: production -> version {r['production']}"
@@ -180,8 +185,16 @@ def _promote(args: argparse.Namespace) -> None:
     if args.deploy:
         from .deploy import deploy_production, describe
 
-        print(describe(deploy_production(args.name, r, isvc=args.isvc, namespace=args.namespace,
-                                         canary_percent=args.canary_percent)))
+        try:
+            deployed = deploy_production(args.name, r, isvc=args.isvc, namespace=args.namespace,
+                                         canary_percent=args.canary_percent)
+        except HSNetError as exc:
+            if not r["promoted"]:
+                raise
+            raise HSNetError(f"{str(exc).rstrip('.')}. The registry's production is version {r['production']} "
+                             "already: run the same command again once the cluster answers (it rolls production "
+                             "out)") from exc
+        print(describe(deployed))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -239,7 +252,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         for name, why in r["missing"].items():
             print(f"  {name}: {why}")
         _print_failures(r["failed"])
-        return 1 if r["failed"] else 0
+        return 1 if r["failed"] or r["missing"] else 0  # a dataset asked for and not run is not a success
     r = reproduce.report(args.out)
     print(f"{r['out']}: {r['rows']} result(s); {len(r['missing'])} missing" +
           "".join(f"\n  missing: {m}" for m in r["missing"]))
@@ -252,7 +265,8 @@ class _Help(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or action.option_strings == []:
+        if "%(default)" in text or default is None or default is False or default is argparse.SUPPRESS \
+                or action.option_strings == []:  # (is: a default of 0 or 0.0 is shown)
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         return f"{text} (default: {shown})" if text else f"default: {shown}"
@@ -287,7 +301,7 @@ def _add_data_verbs(verbs) -> None:
     p.add_argument("--rafdb-images", choices=["aligned", "original"], default=None,
                    help="RAF-DB's aligned faces (the default) or its original photos")
     p = _verb(data_verbs, "sample", "draw the built-in synthetic sample dataset (FERG-DB layout)", _data_sample)
-    p.add_argument("--out", default="data/raw/sample")
+    p.add_argument("--out", default="data/raw/sample", help="folder for the generated dataset")
     p.add_argument("--per-class", type=int, default=30, help="images per character and expression")
     p.add_argument("--size", type=int, default=112, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
@@ -358,7 +372,7 @@ def _add_train_evaluate(verbs) -> None:
     p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, the plots")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the manifest's split to evaluate on")
     p.add_argument("--params", default=None,
                    help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
     p.add_argument("--dataset", default=None, help="with --params: whose settings")
@@ -390,7 +404,7 @@ def _add_reproduce(verbs) -> None:
     r.add_argument("--seeds", type=int, default=None, metavar="K",
                    help=f"runs per dataset, train.seed = 0..K-1 (default {DEFAULT_SEEDS})")
     r = _verb(rverbs, "report", "the finished experiments in the paper's table layouts", _reproduce)
-    r.add_argument("--out", default="docs/results.md")
+    r.add_argument("--out", default="docs/results.md", help="the report to write")
 
 
 def _add_registry(verbs) -> None:
@@ -442,7 +456,7 @@ def _add_inference(verbs) -> None:
     p = _verb(verbs, "serve", "the model server (KServe V1/V2): photos in, faces and expressions out", _serve)
     p.add_argument("--model", required=True, help="models:/hsnet-NAME@production, models:/hsnet-NAME/VERSION "
                    "or a checkpoint file")
-    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument("--port", type=int, default=PORT, help="port to listen on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--name", default=MODEL_NAME, help="the model's name in the URLs (/v1/models/NAME:predict)")
     p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
@@ -451,7 +465,7 @@ def _add_inference(verbs) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     for limit in Limits.names():
         p.add_argument("--" + limit.replace("_", "-"), type=int, default=None,
-                       help=f"limit (default: {ENV_PREFIX}{limit.upper()} or the built-in one)")
+                       help=f"limit (default: {ENV_PREFIX}{limit.upper()}, else {getattr(Limits(), limit):,})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = _verb(verbs, "model-info", "parameters and forward GFLOPs of HSNet and its Table 6 ablations", _model_info)
-    p.add_argument("--num-classes", type=int, default=7)
-    p.add_argument("--input-sizes", type=int, nargs="+", default=[100, 224])
+    p.add_argument("--num-classes", type=int, default=7, help="expressions the classifier tells apart")
+    p.add_argument("--input-sizes", type=int, nargs="+", default=[100, 224], help="input sizes to count GFLOPs at")
     _add_data_verbs(verbs)
     _add_data_steps(verbs)
     _add_train_evaluate(verbs)

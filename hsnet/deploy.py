@@ -158,8 +158,15 @@ def _api():
             namespace = ns_file.read_text().strip() if ns_file.is_file() else None
         except Exception as exc:  # noqa: BLE001
             raise HSNetError("--deploy: no Kubernetes configuration (KUBECONFIG, ~/.kube/config or a service "
-                             f"account): {exc}. Use --dry-run to see the manifest without a cluster") from exc
+                             f"account): {str(exc).rstrip('.')}. Use --dry-run to see the manifest without a "
+                             "cluster") from exc
     return client.CustomObjectsApi(), namespace or "default"
+
+
+def require_cluster() -> None:
+    """:class:`HSNetError` when there is no Kubernetes configuration to deploy with (checked before
+    ``hsnet promote --deploy`` moves the registry)."""
+    _api()
 
 
 def _status_message(exc) -> str:

@@ -675,8 +675,10 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
     if decision["forced"]:
         client.set_model_version_tag(name, cand.version, "promotion_forced", decision["reason"][:5000])
     decision.update(promoted=True, production=int(cand.version))
-    decision.setdefault("reason", "no production version yet" if prod is None else
-                        f"{metric} beats production by at least {min_delta}")
+    if "reason" not in decision:
+        decision["reason"] = ("no production version yet" if prod is None else
+                              f"{metric} {decision['candidate_value']:.4f} against production's "
+                              f"{decision['production_value']:.4f}: at least --min-delta {min_delta} better")
     return decision
 
 

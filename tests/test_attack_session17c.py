@@ -329,3 +329,37 @@ def test_data_import_lists_every_duplicate_it_leaves_out(tmp_path, capsys, caplo
     assert f"{len(copies)} left out as duplicates" in said, said[-500:]
     unnamed = [c for c in copies if c not in said]
     assert not unnamed, f"left out as duplicates and named nowhere: {unnamed}"
+
+
+def test_reproduce_datasets_that_could_not_run_is_not_a_success(tmp_path, monkeypatch, capsys):
+    """`hsnet reproduce datasets` outside a DVC project (or without a dataset's raw data) ran
+    nothing and exited 0 ("0 ran ... 1 missing"), where `reproduce ablation` exits 2 for the same
+    cause: a script or CI job chaining it went on as if the table's runs existed."""
+    from hsnet.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no dvc.yaml, no params.yaml
+    rc = main(["reproduce", "datasets", "--datasets", "rafd"])
+    out = capsys.readouterr().out
+    assert rc != 0 and "0 ran" in out and "1 missing" in out, (rc, out)
+
+
+def test_promote_deploy_without_a_cluster_is_refused_before_the_registry_moves(local_mlflow, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """`hsnet promote --deploy` with no Kubernetes configuration moved `production` in the registry,
+    then failed ("no Kubernetes configuration ... not set.."), without saying the registry had
+    moved. Now it is refused before anything moves, in one clean sentence."""
+    import mlflow
+
+    from hsnet.cli import main
+
+    mlflow.set_tracking_uri(local_mlflow)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("hsnet-nocluster")
+    v = client.create_model_version("hsnet-nocluster", source=str(tmp_path / "model"))
+    client.set_registered_model_alias("hsnet-nocluster", "candidate", v.version)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert main(["promote", "--name", "hsnet-nocluster", "--deploy", "--force"]) == 2
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hsnet promote: error:")]
+    assert "no Kubernetes configuration" in said and ".." not in said, said
+    assert "production" not in client.get_registered_model("hsnet-nocluster").aliases
