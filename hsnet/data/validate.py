@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import HSNetError
 from ..params import ValidateParams
 from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
-    open_rgb, safe_join, sha256_file, write_json
+    open_rgb, remove_stale_temporaries, safe_join, sha256_file, write_json
 from .crop import clash_message, colliding_rows
 from .datasets import get_spec
 from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
@@ -306,6 +306,28 @@ def _run_suites(dataset: str, spec, settings: ValidateParams, df, counts, docs_d
     return results, problems
 
 
+def _build_docs(docs_dir: Path, run):
+    """``run(folder)`` with Great Expectations writing its Data Docs site into a new folder beside
+    ``docs_dir``, which then replaces it: a run that fails half-way (killed, an error) leaves the
+    last complete site, never one half of each (GX writes its pages one by one, in place)."""
+    import shutil
+    import tempfile
+
+    building = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", suffix=".tmp", dir=docs_dir.parent))
+    try:
+        result = run(building)
+        if docs_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", suffix=".tmp", dir=docs_dir.parent))
+            os.replace(docs_dir, old / docs_dir.name)
+            os.replace(building, docs_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(building, docs_dir)
+        return result
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
 def validation_page(report: str | os.PathLike) -> Path | None:
     """The Data Docs page a Kubeflow run shows of the validation written into ``report`` (also
     of one that failed): the page of the critical checks (:data:`ROW_SUITE`, where a failure
@@ -335,6 +357,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
     rows = read_manifest(manifest, required=[])
     check_writable(report, "--report")
     clean_stale_tmp(report)
+    remove_stale_temporaries(report, f".{DATA_DOCS}.*.tmp")  # a Data Docs site a killed run was building
     if not rows:
         raise ValidationFailed(f"manifest {manifest} has no rows")
     for row in rows:  # a missing core column is reported by the suite, not by a KeyError here
@@ -356,7 +379,8 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
                                for k, v in spec.paper_split_sizes.items()])
 
     docs_dir = report / DATA_DOCS
-    results, problems = _run_suites(dataset, spec, settings, df, counts, docs_dir)
+    results, problems = _build_docs(docs_dir, lambda building: _run_suites(dataset, spec, settings, df, counts,
+                                                                           building))
 
     critical = [p for p in problems if p["severity"] == "critical"]
     warnings = [p for p in problems if p["severity"] != "critical"]

@@ -274,3 +274,30 @@ def test_validation_page_of_a_failed_validation_shows_the_failed_expectation(raf
     assert "decodes" in page.read_text(), (
         f"the page a failed Kubeflow validation shows ({page.relative_to(tmp_path)}) is not the one "
         "holding the failed expectation (the 'decodes' column)")
+
+
+def test_data_docs_are_replaced_whole_never_half_written(good, tmp_path, monkeypatch):
+    """docs/security.md: every output is written atomically. Great Expectations writes its Data
+    Docs pages one by one in place: a validation that fails half-way must leave the last whole
+    site (its index and pages as they were), and a finished one replaces it, leaving no temporary
+    folder behind."""
+    import hsnet.data.validate as v
+
+    manifest, root = good
+    report = tmp_path / "report"
+    validate(manifest, root, "ferg", report, progress=False)
+    site = report / v.DATA_DOCS
+    before = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert (site / "index.html").is_file()
+
+    def half(dataset, spec, settings, df, counts, docs_dir):
+        (docs_dir / "index.html").write_text("<html>half")  # what GX had written when it stopped
+        raise RuntimeError("killed half-way")
+
+    with monkeypatch.context() as m:
+        m.setattr(v, "_run_suites", half)
+        with pytest.raises(RuntimeError, match="half-way"):
+            validate(manifest, root, "ferg", report, progress=False)
+    assert {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
+    validate(manifest, root, "ferg", report, progress=False)
+    assert (site / "index.html").is_file() and [p.name for p in report.iterdir() if p.name.startswith(".")] == []
