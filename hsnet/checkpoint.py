@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .device import NORMALIZATION
 from .errors import HSNetError
 from .io import atomic_path
 from .params import ModelParams, section
@@ -115,6 +116,11 @@ class OtherFormat(HSNetError):
 def model_from(ckpt: dict):
     """The trained HSNet of a loaded checkpoint, on the CPU."""
     meta = ckpt["meta"]
+    trained_on = meta.get("normalization")  # what its inputs were standardised as (recorded by train)
+    if trained_on is not None and trained_on != NORMALIZATION:
+        raise HSNetError(f"the checkpoint's model was trained on inputs standardised as {trained_on!r}, and this "
+                         f"hsnet feeds {NORMALIZATION!r}: every prediction would be wrong. Use the hsnet that "
+                         "trained it, or train again with this one")
     model = build_model(len(meta["classes"]), section(ModelParams, meta["model"]), for_checkpoint=True)
     try:
         model.load_state_dict(ckpt["model"])

@@ -49,3 +49,17 @@ def test_a_damaged_or_foreign_file_is_named_with_what_to_do_never_advice_to_load
         assert name in message and why in message, message
         assert "weights_only` set to `False`" not in message and "False" not in message, message
         assert "hsnet train" in message, message
+
+
+def test_a_checkpoint_trained_on_other_input_standardisation_is_refused():
+    """train records how its inputs were standardised (meta.normalization: facenet-pytorch's
+    (x - 127.5) / 128); a model trained on other inputs gives wrong predictions without an error,
+    so loading it is refused by name. A checkpoint without the record (older) loads."""
+    from hsnet.params import ModelParams, section
+
+    weights = checkpoint.build_model(3, section(ModelParams, META["model"]), for_checkpoint=True).state_dict()
+    ckpt = {"format": checkpoint.FORMAT, "meta": dict(META), "model": weights, "state": {}}
+    checkpoint.model_from(ckpt)  # unrecorded: as before
+    ckpt["meta"]["normalization"] = "x / 255"
+    with pytest.raises(HSNetError, match=r"standardised as 'x / 255'.*\(x - 127\.5\) / 128"):
+        checkpoint.model_from(ckpt)
