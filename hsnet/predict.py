@@ -165,7 +165,9 @@ def _expand(inputs: list[str | os.PathLike]) -> list[tuple[Path, str]]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            # not only regular files: a FIFO or a broken link named like a photo is listed and then
+            # refused by name in its own record (open_regular), not skipped without a word
+            found = sorted(f for f in p.rglob("*") if not f.is_dir() and f.suffix.lower() in IMAGE_SUFFIXES
                            and not f.name.startswith(".") and not f.name.endswith(ANNOTATED))  # --annotate's copies
             if not found:
                 log.warning("%s holds no image files (%s)", p, ", ".join(sorted(IMAGE_SUFFIXES)))

@@ -273,3 +273,21 @@ def test_predict_holds_a_bounded_amount_of_decoded_pixels(trained_ckpt, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     grown_mib = int(done.stdout.split()[-1])
     assert grown_mib < 400, f"peak memory grew by {grown_mib} MiB for 600 MB of photos, budget 64 MB"
+
+
+def test_a_fifo_named_like_a_photo_in_a_folder_is_a_record_not_silence(photos, trained_ckpt, tmp_path):
+    """`hsnet predict DIR`: a FIFO (or a broken link) named like a photo was skipped without a word
+    (only regular files were listed), where the same name given alone is a per-photo error. Listed
+    now, it gets its own record naming why, and the other photos are answered."""
+    import os
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(photos / "astronaut.jpg", folder / "a.jpg")
+    os.mkfifo(folder / "b.jpg")
+    (folder / "c.jpg").symlink_to(tmp_path / "gone.jpg")
+    assert [p.name for p in expand_inputs([folder])] == ["a.jpg", "b.jpg", "c.jpg"]
+    s = predict([folder], str(trained_ckpt), device="cpu", progress=False)
+    errors = {Path(r["path"]).name: r.get("error", "") for r in s["results"]}
+    assert s["faces"] == 1 and "FIFO" in errors["b.jpg"] and errors["c.jpg"], errors
