@@ -12,18 +12,23 @@ def promote_model(model_uri: str, mlflow_tracking_uri: str, metric: str = "accur
     does (hsnet.deploy.deploy_production: a version already in production is rolled out too, so a
     re-run with canary_percent 100 finishes a canary). Returns what happened."""
     from components.convert import start_step
-    from hsnet.deploy import deploy_production, describe
+    from hsnet.deploy import describe, promote_and_deploy
     from hsnet.registry import PromotionRefused, promote, registered_version
 
     start_step(mlflow_tracking_uri)
     name, version = registered_version(model_uri)
+    deployed = None
     try:
-        r = promote(name, version=version, metric=metric, min_delta=min_delta)
+        if deploy:  # the cluster checked first, as hsnet promote --deploy does
+            r, deployed = promote_and_deploy(name, version=version, metric=metric, min_delta=min_delta,
+                                             isvc=isvc or None, namespace=namespace or None,
+                                             canary_percent=canary_percent)
+        else:
+            r = promote(name, version=version, metric=metric, min_delta=min_delta)
     except PromotionRefused as refused:
         return f"not promoted: {refused}"
     outcome = f"production -> version {r['production']}" if r["promoted"] else f"unchanged: {r['reason']}"
-    if deploy:
-        outcome += "; " + describe(deploy_production(name, r, isvc=isvc or None, namespace=namespace or None,
-                                                     canary_percent=canary_percent))
+    if deployed is not None:
+        outcome += "; " + describe(deployed)
     print(outcome)
     return outcome

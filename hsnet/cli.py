@@ -171,29 +171,24 @@ def _promote(args: argparse.Namespace) -> None:
 
             print(describe(deployed))
         return
-    if args.deploy:  # no Kubernetes configuration: refused before the registry moves
-        from .deploy import require_cluster
+    deployed = None
+    if args.deploy:
+        from .deploy import promote_and_deploy
 
-        require_cluster()
-    r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
+        r, deployed = promote_and_deploy(args.name, version=args.version, metric=args.metric,
+                                         min_delta=args.min_delta, force=args.force, isvc=args.isvc,
+                                         namespace=args.namespace, canary_percent=args.canary_percent)
+    else:
+        r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
     if r["promoted"]:
         print(f"{args.name}: production -> version {r['production']}"
               f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
               + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
     else:
         print(f"{args.name}: nothing to do, {r['reason']}")
-    if args.deploy:
-        from .deploy import deploy_production, describe
+    if deployed is not None:
+        from .deploy import describe
 
-        try:
-            deployed = deploy_production(args.name, r, isvc=args.isvc, namespace=args.namespace,
-                                         canary_percent=args.canary_percent)
-        except HSNetError as exc:
-            if not r["promoted"]:
-                raise
-            raise HSNetError(f"{str(exc).rstrip('.')}. The registry's production is version {r['production']} "
-                             "already: run the same command again once the cluster answers (it rolls production "
-                             "out)") from exc
         print(describe(deployed))
 
 
@@ -487,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # what to lower when a GPU runs out of memory (another job may hold it: nvidia-smi shows which)
 OUT_OF_MEMORY = {
-    "train": "lower train.batch_size, set train.data_on_device false or train.compile off, or free the GPU; "
+    "train": "lower train.batch_size, set train.data_on_device false or train.compile false, or free the GPU; "
              "last.pt holds the last finished epoch: add --resume (dvc repro resumes by itself)",
     "crop": "lower --batch-size, or crop on the CPU with --device cpu",
     None: "free the GPU (nvidia-smi shows what holds it), or run on the CPU with --device cpu",

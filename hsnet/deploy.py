@@ -268,26 +268,43 @@ def plan_rollout(current: dict | None, model_uri: str, *, name: str, namespace: 
         notes.append(f"no canary: it served the alias {previous}, which its pods resolve when they start "
                      "and which now names this version")
     updated = set_model(current, model_uri, canary)
-    if image is not None:
+    if image is not None:  # recorded, so that rolling this rollout back brings back the image it ran on
         _container(updated)["image"] = image
+        updated["metadata"]["annotations"][REPLACED_IMAGE] = f"{_container(current).get('image')} {previous}"
     return {**record, "action": "updated", "object": updated, "previous": previous,
             "canary": canary if canary is not None and canary < 100 else None,
             **({"note": "; ".join(notes)} if notes else {})}
 
 
+REPLACED_IMAGE = "hsnet.io/replaced-image"  # the serving image a rollout replaced, for its rollback
+
+
 def _release_image(current: dict) -> tuple[str | None, str | None]:
     """The serving image a rollout brings, and a note: this release's :data:`SERVE_IMAGE` where the
-    live one is another tag of its repository (an earlier release's first deploy made it: its
-    hsnet may not read the checkpoints this release trains, and its fixes would never arrive);
-    none, with a note, where it is another repository (a mirror, a build of one's own: kept)."""
+    live one is an earlier release's tag of its repository (that release's first deploy made it:
+    its hsnet may not read the checkpoints this release trains, and its fixes would never
+    arrive); none otherwise: a later release's (never downgraded: said), a commit build or a
+    digest of it (``sha-...``, ``@sha256:``: a pin of one's own), or another repository (a
+    mirror: said)."""
+    from packaging.version import InvalidVersion, Version
+
     live = _container(current).get("image") or ""
     if live == SERVE_IMAGE:
         return None, None
-    repository = SERVE_IMAGE.rsplit(":", 1)[0]
-    if live.rsplit(":", 1)[0] == repository and "@" not in live:
-        return SERVE_IMAGE, f"serving image {live} -> {SERVE_IMAGE} (this hsnet's release)"
-    return None, (f"its model server is {live}, not this release's {SERVE_IMAGE}: it must be built from the same "
-                  "hsnet release, or it may not read the checkpoints this one trains")
+    repository, ours = SERVE_IMAGE.rsplit(":", 1)
+    if "@" in live or not live.startswith(repository + ":"):
+        if "@" in live and live.startswith(repository + "@"):
+            return None, None  # pinned by digest (README: deploy by digest): the pin is kept
+        return None, (f"its model server is {live}, not this release's {SERVE_IMAGE}: it must be built from the "
+                      "same hsnet release, or it may not read the checkpoints this one trains")
+    try:
+        older = Version(live.rsplit(":", 1)[1]) < Version(ours)
+    except InvalidVersion:  # a commit build (sha-...) or another tag: someone's choice, kept
+        return None, f"its model server {live} is not a release tag: kept"
+    if not older:
+        return None, (f"its model server {live} is of a later hsnet release than this one ({ours}): kept; "
+                      "promote with that release")
+    return SERVE_IMAGE, f"serving image {live} -> {SERVE_IMAGE} (this hsnet's release)"
 
 
 def rollout(model_uri: str, *, name: str, namespace: str | None = None,
@@ -326,8 +343,15 @@ def plan_rollback(current: dict, model_uri: str, *, name: str, namespace: str) -
     else:
         updated = set_model(current, model_uri, None)
         action = "rolled-back"
+    note = None
+    replaced = (current.get("metadata", {}).get("annotations") or {}).get(REPLACED_IMAGE, "").split()
+    if action == "rolled-back" and len(replaced) == 2 and replaced[1] == model_uri:
+        # the rollout being undone replaced the serving image: the version goes back to the one it ran on
+        _container(updated)["image"] = replaced[0]
+        updated["metadata"]["annotations"].pop(REPLACED_IMAGE, None)
+        note = f"serving image back to {replaced[0]}, which served {model_uri}"
     return {"action": action, "name": name, "namespace": namespace, "model": model_uri, "previous": serving,
-            "object": updated}
+            "object": updated, **({"note": note} if note else {})}
 
 
 def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict:
@@ -359,6 +383,28 @@ def deploy_production(name: str, result: dict, *, isvc: str | None = None, names
         raise HSNetError(f"{name}: no production version to deploy")
     return rollout(tracking.version_uri(name, production), name=isvc or name, namespace=namespace,
                    canary_percent=canary_percent)
+
+
+def promote_and_deploy(name: str, *, version=None, metric: str = "accuracy", min_delta: float = 0.0,
+                       force: bool = False, isvc: str | None = None, namespace: str | None = None,
+                       canary_percent: int = CANARY_PERCENT) -> tuple[dict, dict]:
+    """``hsnet promote --deploy`` and the Kubeflow promote step with ``deploy``: the Kubernetes
+    configuration is checked first (without one, refused before the registry moves), then
+    :func:`hsnet.registry.promote` (its refusals raise), then :func:`deploy_production`; a rollout
+    that fails after production moved says so, and that running the same again rolls it out.
+    Returns (the promotion's decision, the rollout's record)."""
+    from .registry import promote
+
+    require_cluster()
+    decision = promote(name, version=version, metric=metric, min_delta=min_delta, force=force)
+    try:
+        return decision, deploy_production(name, decision, isvc=isvc, namespace=namespace,
+                                           canary_percent=canary_percent)
+    except HSNetError as exc:
+        if not decision["promoted"]:
+            raise
+        raise HSNetError(f"{str(exc).rstrip('.')}. The registry's production is version {decision['production']} "
+                         "already: run the same again once the cluster answers (it rolls production out)") from exc
 
 
 def rollback_production(name: str, *, isvc: str | None = None, namespace: str | None = None) -> tuple[dict, dict]:
@@ -424,14 +470,13 @@ def dry_run(name: str, *, version: int | str | None = None, rollback: bool = Fal
     target = isvc or name
     try:
         api, default_ns = _api()
-    except HSNetError as exc:  # no cluster to read: what the first deploy would create
-        if rollback:
-            raise
+    except HSNetError:  # no cluster to read: the template, as the first deploy would create it
         ns = namespace or "default"
         plan = plan_rollout(None, model_uri, name=target, namespace=ns, canary_percent=canary_percent)
-        return (f"# --dry-run: no Kubernetes configuration ({str(exc).split(':')[0]}), so the cluster was not read; "
-                f"a first deploy would create InferenceService {ns}/{target} serving {model_uri} with all the "
-                "traffic; nothing changed\n" + to_yaml(plan["object"]))
+        what = "after a rollback, the InferenceService would serve" if rollback else "a first deploy would create"
+        return (f"# --dry-run: no Kubernetes configuration, so the live InferenceService was not read; from the "
+                f"template, {what} {ns}/{target} serving {model_uri} with all the traffic; nothing changed\n"
+                + to_yaml(plan["object"]))
     ns = namespace or default_ns
     current = _current(api, ns, target)
     what = "a rollback" if rollback else "promoting version " + str(found)

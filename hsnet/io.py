@@ -73,9 +73,26 @@ def safe_join(root: str | os.PathLike, name: str, *, what: str = "path", links: 
         target = _follow(base, parts)
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise UnsafePath(f"{shown}: can't be resolved inside {root} ({exc})") from exc
-    if not any(target == folder or target.startswith(folder.rstrip(os.sep) + os.sep) for folder in (base, *also)):
+    if not (target == base or target.startswith(base.rstrip(os.sep) + os.sep) or in_dvc_cache(target, also)):
         raise UnsafePath(f"{shown} leads outside {root} through a symbolic link (to {target})")
     return path
+
+
+# where DVC keeps a file's content in its cache: files/md5/XX/<30 hex> (DVC 3), XX/<30 hex> (DVC 2)
+_DVC_CACHE_ENTRY = re.compile(r"(files/md5/)?[0-9a-f]{2}/[0-9a-f]{30}")
+
+
+def in_dvc_cache(target: str | os.PathLike, caches: tuple[str, ...]) -> bool:
+    """Whether the resolved path ``target`` is a file's entry in one of the DVC caches ``caches``
+    (:func:`dvc_cache_of`): a link of a ``cache.type symlink`` checkout. Only an entry's name as DVC
+    lays it out counts, so a cache folder that a planted config names (a secrets folder, a home
+    directory) lends none of its other files."""
+    target = os.fspath(target)
+    for cache in caches:
+        prefix = cache.rstrip(os.sep) + os.sep
+        if target.startswith(prefix) and _DVC_CACHE_ENTRY.fullmatch(target[len(prefix):].replace(os.sep, "/")):
+            return True
+    return False
 
 
 def _dvc_cache_dir(config: Path) -> str | None:

@@ -260,6 +260,19 @@ def _newest_evaluation(client, sha: str, data_version: str, split: str):
     return runs[0] if runs else None
 
 
+def _how_to_measure(prod) -> str:
+    """The commands that evaluate production's checkpoint on other test data: its training run
+    keeps it (``checkpoint/<best.pt>``, hsnet.train), and ``hsnet evaluate`` records the run the
+    gate then finds."""
+    from .checkpoint import BEST
+
+    folder, train_run = "production-checkpoint", prod.tags.get("train_run_id")
+    if not train_run or train_run == "None":
+        return f"its checkpoint file (version {prod.version} names no training run), with hsnet evaluate"
+    return (f"mlflow artifacts download -r {train_run} -a checkpoint/{BEST} -d {folder}, then hsnet evaluate "
+            f"--checkpoint {folder}/{BEST} --data <the candidate's crops> --out production-evaluation")
+
+
 def _registration_params(client, mv) -> dict:
     """The params of a version's registration run (immutable, unlike its tags); {} when it is gone."""
     from mlflow.exceptions import MlflowException
@@ -623,15 +636,17 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
     if prod is not None and str(prod.version) == str(cand.version):
         decision.update(promoted=False, reason=f"version {cand.version} is already production")
         return decision
-    check_model_files(client, name, cand.version)  # ModelChanged: not even with --force
+    files_checked = check_model_files(client, name, cand.version)  # ModelChanged: not even with --force
     reasons = []
     try:
         c_fig = _version_figures(client, cand)
     except NoEvaluation as exc:
         c_fig, reasons = None, [str(exc)]
-    same = prod is not None and _registered_sha(client, cand) is not None and \
+    # production's own checkpoint, registered again with its files recorded (an old version that
+    # couldn't be checked, replaced by one that can): nothing to compare
+    same = prod is not None and files_checked and _registered_sha(client, cand) is not None and \
         _registered_sha(client, cand) == _registered_sha(client, prod)
-    if same:  # production's own checkpoint, registered again (its files now recorded): nothing to compare
+    if same:
         decision["reason"] = f"the same checkpoint as production (version {prod.version}), registered again"
     elif prod is not None and c_fig is not None:
         try:
@@ -645,19 +660,19 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
             p_data = (p_fig["test_data_version"], p_fig["test_split"])
             if c_data != p_data:  # e.g. the same photos cropped again by a newer hsnet: another data version
                 there = _newest_evaluation(client, p_fig["checkpoint_sha256"], *c_data)
-                if there is not None:  # production's checkpoint measured on the candidate's test data
-                    p_fig, p_data = _figures(client, there), c_data
-                    p_val = p_fig[key]
+                try:  # production's checkpoint measured on the candidate's test data
+                    there = _figures(client, there) if there is not None else None
+                except NoEvaluation as exc:  # altered or unfinished: not a measurement to compare with
+                    log.warning("production's evaluation on %s is not used: %s", c_data[0], exc)
+                    there = None
+                if there is not None:
+                    p_fig, p_data, p_val = there, c_data, there[key]
                     decision.update(production_value=p_val, production_evaluation_run_id=p_fig["evaluation_run_id"])
             if c_data != p_data:
-                train_run = prod.tags.get("train_run_id")
-                fetch = (f"mlflow artifacts download -r {train_run} -a checkpoint/best.pt" if train_run
-                         and train_run != "None" else "its checkpoint")
                 reasons.append(f"version {cand.version} was tested on {c_data[0]} ({c_data[1]}) and production "
                                f"(version {prod.version}) on {p_data[0]} ({p_data[1]}): the metrics are not "
                                f"comparable. To compare them on the candidate's data, evaluate production's "
-                               f"checkpoint there ({fetch}, then hsnet evaluate --checkpoint best.pt --data "
-                               "<the candidate's crops>, tracked) and promote again")
+                               f"checkpoint there ({_how_to_measure(prod)}, tracked) and promote again")
             elif not c_val >= p_val + min_delta:
                 reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
                                f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")

@@ -171,43 +171,32 @@ def _auth_headers() -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _tls_context():
-    """TLS as MLflow sets it up from its environment variables: no verification with
-    ``MLFLOW_TRACKING_INSECURE_TLS=true``, else the CA bundle ``MLFLOW_TRACKING_SERVER_CERT_PATH``
-    (default: the system's), and the client certificate ``MLFLOW_TRACKING_CLIENT_CERT_PATH``
-    (certificate and key in one PEM file, as requests takes it)."""
-    import ssl
-
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
-    if os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
-        context.load_cert_chain(os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"])
-    return context
-
-
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training time is spent, when an HTTP tracking server is not answering."""
     if not uri.startswith(("http://", "https://")):
         return
     shown = mask_uri(uri)
-    try:
-        request = urllib.request.Request(uri.rstrip("/") + "/health")
-        for key, value in _auth_headers().items():  # not sent on to where a redirect points
-            request.add_unredirected_header(key, value)
-        context = _tls_context() if uri.startswith("https://") else None
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
-            if resp.status >= 500:
-                raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
-            return  # up (e.g. 401/404 behind a proxy): MLflow will report auth errors itself
+    import requests
+
+    try:  # requests, as MLflow sends it: REQUESTS_CA_BUNDLE, a CA folder, and no credentials on a redirect elsewhere
+        resp = requests.get(uri.rstrip("/") + "/health", headers=_auth_headers(), timeout=timeout,
+                            verify=_verify(), cert=os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None)
+    except (requests.RequestException, OSError, ValueError) as exc:
         raise TrackingUnavailable(
             f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) is unreachable "
             f"({mask_uri(str(exc))}). Start it (mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it "
             f"to track in the local store {DEFAULT_STORE}") from exc
+    if resp.status_code >= 500:  # below: up (e.g. 401/404 behind a proxy): MLflow reports auth errors itself
+        raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status_code}")
+
+
+def _verify():
+    """TLS verification as MLflow sets it: off with ``MLFLOW_TRACKING_INSECURE_TLS`` true (or 1),
+    else ``MLFLOW_TRACKING_SERVER_CERT_PATH`` (a CA bundle or a folder of them), else requests'
+    default (``REQUESTS_CA_BUNDLE``, then the bundled CAs)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").strip().lower() in ("true", "1"):
+        return False
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
 
 
 def ensure_store(uri: str | None) -> None:

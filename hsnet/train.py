@@ -401,10 +401,26 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
                  setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
         log.info("training data %s", "held on the device" if train_data is not train_split else "read from the host")
-        _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
-             val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
-             on_checkpoint=on_checkpoint)
-        return _finish(out_dir, state, meta, setup, active)
+        with _tracking_lost(out_dir):
+            _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
+                 val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
+                 on_checkpoint=on_checkpoint)
+            return _finish(out_dir, state, meta, setup, active)
+
+
+@contextlib.contextmanager
+def _tracking_lost(out_dir: Path):
+    """A tracking store that stops answering mid-training (an epoch's metrics, the final uploads):
+    an error that says what is kept and how to go on, not MLflow's traceback."""
+    try:
+        yield
+    except Exception as exc:
+        if not tracking.is_tracking_error(exc):
+            raise
+        raise tracking.TrackingUnavailable(
+            f"the MLflow tracking store stopped answering during training ({tracking.mask_uri(str(exc))[:300]}); "
+            f"{out_dir / checkpoint.LAST} holds every epoch it recorded: once it answers, run the same command "
+            "with --resume (dvc repro and make pipeline resume by themselves)") from exc
 
 
 def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainParams, setup: Setup, out_dir: Path,
@@ -431,15 +447,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
                            chance_epochs=guards.chance_window(tp.scheduler.patience))
         improved = state.record(row)
         # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
-        try:
-            _log_epoch(row, epochs, weights, improved, active)
-        except Exception as exc:
-            if not tracking.is_tracking_error(exc):
-                raise
-            raise tracking.TrackingUnavailable(
-                f"the MLflow tracking store stopped answering at epoch {epoch} ({tracking.mask_uri(str(exc))[:300]}); "
-                f"{out_dir / checkpoint.LAST} holds the epochs it recorded: once it answers, run the same command "
-                "with --resume (dvc repro and make pipeline resume by themselves)") from exc
+        _log_epoch(row, epochs, weights, improved, active)
         save_epoch(out_dir, meta, engine.model, engine.optimizer, engine.scheduler, state, setup, improved)
         if on_checkpoint:
             on_checkpoint(out_dir, improved)

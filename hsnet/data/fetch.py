@@ -136,14 +136,19 @@ def _fetch(source: str, out: Path, *, dvc_path: str | None, rev: str | None, pro
 def folder_files(root: Path) -> list[tuple[str, Path]]:
     """The files of the folder ``root`` as fetch copies them and :func:`source_version` hashes them:
     (relative name, path to read), sorted. A link to a file is followed when it stays in ``root``
-    or leads into its DVC project's cache (a ``cache.type symlink`` checkout); any other link, and
-    every link to a folder, is refused by name: a copy must not bring in what lies outside the
+    or leads to a file's entry in its DVC project's cache (a ``cache.type symlink`` checkout:
+    :func:`hsnet.io.in_dvc_cache`); any other link, every link to a folder, and a folder that can't
+    be listed are refused by name: a copy must not bring in what lies outside the
     source (in a pod, its service account's token) or what a version didn't hash."""
-    from ..io import dvc_cache_of
+    from ..io import dvc_cache_of, in_dvc_cache
 
-    base, allowed = root.resolve(), dvc_cache_of(root)
+    base, caches = root.resolve(), dvc_cache_of(root)
     files, bad = [], []
-    for folder, dirs, names in os.walk(root):  # links to folders are not entered: refused below
+
+    def unreadable(exc: OSError) -> None:  # os.walk skips a folder it can't list unless told: a copy would lack it
+        bad.append(f"{exc.filename} can't be listed ({exc.strerror or exc})")
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable):  # links to folders are not entered: refused
         for name in sorted(dirs + names):
             path = Path(folder) / name
             rel = path.relative_to(root).as_posix()
@@ -152,13 +157,13 @@ def folder_files(root: Path) -> list[tuple[str, Path]]:
                 if target.is_dir():
                     bad.append(f"{rel} is a link to the folder {target}")
                     continue
-                if not (target.is_relative_to(base) or any(target.is_relative_to(a) for a in allowed)):
+                if not (target.is_relative_to(base) or in_dvc_cache(target, caches)):
                     bad.append(f"{rel} is a link to {target}, outside {root}")
                     continue
             if name in names:
                 files.append((rel, path))
     if bad:
-        raise HSNetError(f"--source {root}: refusing links to folders or out of the folder ({'; '.join(bad[:5])}"
+        raise HSNetError(f"--source {root}: refusing to copy it ({'; '.join(bad[:5])}"
                          f"{f'; ... {len(bad) - 5} more' if len(bad) > 5 else ''}); copy the files themselves there")
     return sorted(files)
 

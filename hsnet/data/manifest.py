@@ -56,7 +56,7 @@ def _read(path: str | os.PathLike, required: list[str] | None) -> tuple[list[str
                                     f"(has: {', '.join(fieldnames)}); re-create it with 'hsnet data import'")
             rows = []
             for record in reader:
-                if not record:  # a blank line
+                if not record or (len(record) == 1 and not record[0].strip()):  # a blank line
                     continue
                 if len(record) != len(fieldnames):  # more, or fewer (a line cut short, a hand edit)
                     raise ManifestError(f"manifest {path} line {reader.line_num}: {len(record)} fields, the header "

@@ -153,7 +153,7 @@ def test_a_folder_checked_out_with_dvc_symlinks_is_copied_and_a_link_elsewhere_r
     from hsnet.data.fetch import source_version
 
     project = tmp_path / "project"
-    cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / "cdef"
+    cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)  # DVC 3's layout
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"a photo")
     src = project / "data" / "raw"
@@ -172,7 +172,10 @@ def test_a_folder_checked_out_with_dvc_symlinks_is_copied_and_a_link_elsewhere_r
     secret.write_text("token")
     (src / "c.png").symlink_to(secret)
     (src / "dir").symlink_to(tmp_path)
-    with pytest.raises(HSNetError, match=r"c\.png is a link to .*secret\.txt, outside.*dir is a link to the folder"):
+    (project / ".dvc" / "cache" / "notes.txt").write_text("not a cache entry")
+    (src / "d.png").symlink_to(project / ".dvc" / "cache" / "notes.txt")  # in the cache, but no entry of it
+    with pytest.raises(HSNetError, match=r"c\.png is a link to .*secret\.txt, outside.*d\.png is a link.*dir is a "
+                                         r"link to the folder"):
         fetch(str(src), tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists()
     with pytest.raises(HSNetError, match=r"c\.png is a link"):
