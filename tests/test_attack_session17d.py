@@ -8,7 +8,6 @@ HTTPS tracking server is 17b's self-signed loopback one.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 
@@ -225,7 +224,6 @@ def test_a_rollback_dry_run_without_a_cluster_does_not_answer_use_dry_run(local_
 
 # --- 6. the health check's TLS is not MLflow's: INSECURE_TLS=1, REQUESTS_CA_BUNDLE, a CA folder (end) ---
 
-from test_attack_session17b import _self_signed, https_tracking_server  # noqa: E402,F401  (the 17b fixture)
 
 
 def test_a_tracking_server_with_mlflow_tracking_insecure_tls_1_is_reachable(https_tracking_server, monkeypatch):
