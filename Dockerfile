@@ -8,9 +8,10 @@
 # Build with BuildKit (the pip steps take the index's CA bundle as a secret, and cache wheels):
 #   bash tests/container/build.sh   # both images (and serving/Dockerfile's), tagged with the source
 #                                   # commit (--release: and the release); make image-test builds them so
-# which runs:
+# which runs (with the OCI source/revision/version labels as --label flags):
 #   DOCKER_BUILDKIT=1 docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt \
-#     --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t ghcr.io/hsnet-pipeline/hsnet:0.1.0 .
+#     --build-arg GIT_COMMIT=$(git rev-parse HEAD) --label org.opencontainers.image.revision=$(git rev-parse HEAD) \
+#     -t ghcr.io/hsnet-pipeline/hsnet:0.1.0 .
 # Proxies: docker build's own HTTP(S)_PROXY/NO_PROXY build args (never recorded in the image);
 # a CA bundle or pip.conf only as secrets (pip_cert, pip_conf; requirements/pip.sh uses them):
 # nothing of either stays in a layer.
