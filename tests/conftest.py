@@ -338,3 +338,13 @@ def https_tracking_server(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_sample(tmp_path_factory):
+    """The built-in sample at its smallest: 42 photos (6 characters x 7 expressions), 48 px."""
+    from hsnet.data.sample import generate
+
+    root = tmp_path_factory.mktemp("raw") / "sample"
+    generate(root, per_class=1, size=48, seed=0)
+    return root

@@ -14,34 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from doc_claims import claimed, flat
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SECURITY = ROOT / "docs" / "security.md"
 PERFORMANCE = ROOT / "docs" / "performance.md"
-
-
-def flat(path: Path) -> str:
-    """A doc's text with line breaks and runs of spaces as one space (sentences wrap)."""
-    return " ".join(path.read_text(encoding="utf-8").split())
-
-
-def claimed(text: str, doc: Path) -> None:
-    """The test compares the software with these words of ``doc``: once the docs no longer say them,
-    there is nothing left to disagree with."""
-    if text not in flat(doc):
-        pytest.skip(f"{doc.name} no longer says: {text[:80]}...")
-
-
-@pytest.fixture(scope="module")
-def tiny_sample(tmp_path_factory) -> Path:
-    """The built-in sample at its smallest: 42 photos (6 characters x 7 expressions), 48 px."""
-    from hsnet.data.sample import generate
-
-    root = tmp_path_factory.mktemp("raw") / "sample"
-    generate(root, per_class=1, size=48, seed=0)
-    return root
 
 
 # --- docs/security.md, "Data steps": every output ... ---------------------------------------------

@@ -297,34 +297,37 @@ def test_auto_does_not_put_the_data_on_a_busy_gpu_when_it_leaves_no_room_to_trai
 
 # --- 7. the tracking server goes down mid-training ---------------------------------------------------------
 
-def test_a_tracking_server_lost_mid_training_ends_with_a_message_and_the_way_to_resume(tiny_data, local_mlflow,
-                                                                                      tmp_path, monkeypatch,
-                                                                                      capsys):
+@pytest.mark.parametrize("lost_in, epochs", [("log_metrics", 2), ("log_artifact", 1)],
+                         ids=["an-epochs-metrics", "the-final-upload-of-best.pt"])
+def test_a_tracking_server_lost_mid_training_ends_with_a_message_and_the_way_to_resume(
+        tiny_data, local_mlflow, tmp_path, monkeypatch, capsys, lost_in, epochs):
     """The server answered the pre-flight check, then goes away (restart, network): MLflow raises
-    MlflowException once its retries are spent. README: "An unreachable server stops the command
-    before training starts"; once training runs, the command should still end as hsnet's errors
-    do (exit 2, "hsnet train: error: ...") and say that the finished epochs are in last.pt and
-    how to continue (as a Ctrl-C does), not end in a traceback out of main()."""
+    MlflowException once its retries are spent, while an epoch's metrics are logged or while
+    train uploads best.pt after the last epoch (17d: only the first was guarded). README: "An
+    unreachable server stops the command before training starts"; once training runs, the
+    command should still end as hsnet's errors do (exit 2, "hsnet train: error: ...") and say
+    that the finished epochs are in last.pt and how to continue (as a Ctrl-C does), not end in a
+    traceback out of main()."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from hsnet import cli
 
     def down(*args, **kwargs):
-        raise MlflowException("API request to http://mlflow.example:5000/api/2.0/mlflow/runs/log-batch failed with "
+        raise MlflowException("API request to http://mlflow.example:5000/api/2.0/mlflow/... failed with "
                               "exception HTTPConnectionPool(host='mlflow.example', port=5000): Max retries exceeded")
 
-    monkeypatch.setattr(mlflow, "log_metrics", down)
+    monkeypatch.setattr(mlflow, lost_in, down)
     params = tmp_path / "params.yaml"
     params.write_text("datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false}\n"
-                      "    train: {epochs: 2, batch_size: 16, seed: 3}\n")
+                      f"    train: {{epochs: {epochs}, batch_size: 16, seed: 3}}\n")
     try:
         rc = cli.main(["train", "--data", str(tiny_data), "--dataset", "sample", "--params", str(params),
                        "--out", str(tmp_path / "run"), "--device", "cpu"])
     except MlflowException:
         pytest.fail("the tracking error escaped hsnet train as a traceback")
     err = capsys.readouterr().err
-    assert rc == 2 and "resume" in err.lower(), err
+    assert rc == 2 and "hsnet train: error:" in err and "--resume" in err, err
 
 
 # --- 8. dvc repro: Python's bytecode cache inside the stages' directory dependencies -------------------
