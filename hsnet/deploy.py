@@ -268,9 +268,9 @@ def plan_rollout(current: dict | None, model_uri: str, *, name: str, namespace: 
         notes.append(f"no canary: it served the alias {previous}, which its pods resolve when they start "
                      "and which now names this version")
     updated = set_model(current, model_uri, canary)
-    if image is not None:  # recorded, so that rolling this rollout back brings back the image it ran on
-        _container(updated)["image"] = image
-        updated["metadata"]["annotations"][REPLACED_IMAGE] = f"{_container(current).get('image')} {previous}"
+    if image is not None:  # recorded with the version it brings, so that rolling back from that
+        _container(updated)["image"] = image  # version puts back the image the others ran on
+        updated["metadata"]["annotations"][REPLACED_IMAGE] = f"{_container(current).get('image')} {model_uri}"
     return {**record, "action": "updated", "object": updated, "previous": previous,
             "canary": canary if canary is not None and canary < 100 else None,
             **({"note": "; ".join(notes)} if notes else {})}
@@ -292,18 +292,20 @@ def _release_image(current: dict) -> tuple[str | None, str | None]:
     if live == SERVE_IMAGE:
         return None, None
     repository, ours = SERVE_IMAGE.rsplit(":", 1)
-    if "@" in live or not live.startswith(repository + ":"):
-        if "@" in live and live.startswith(repository + "@"):
-            return None, None  # pinned by digest (README: deploy by digest): the pin is kept
+    named, _, digest = live.partition("@")
+    if not (named == repository or named.startswith(repository + ":")):
         return None, (f"its model server is {live}, not this release's {SERVE_IMAGE}: it must be built from the "
                       "same hsnet release, or it may not read the checkpoints this one trains")
+    tag = named[len(repository) + 1:] if named != repository else ""
     try:
-        older = Version(live.rsplit(":", 1)[1]) < Version(ours)
-    except InvalidVersion:  # a commit build (sha-...) or another tag: someone's choice, kept
-        return None, f"its model server {live} is not a release tag: kept"
-    if not older:
-        return None, (f"its model server {live} is of a later hsnet release than this one ({ours}): kept; "
-                      "promote with that release")
+        theirs = Version(tag)
+    except InvalidVersion:  # a digest alone, a commit build (sha-...): someone's pin, kept (said unless a digest)
+        return None, None if digest and not tag else f"its model server {live} is not a release tag: kept"
+    if theirs == Version(ours):
+        return None, None  # this release (perhaps pinned by digest, README: deploy by digest)
+    if digest or theirs > Version(ours):  # a pin is kept; a later release is never downgraded
+        return None, (f"its model server {live} is hsnet {theirs}, not this release ({ours}): kept"
+                      + ("; promote with that release" if theirs > Version(ours) else ""))
     return SERVE_IMAGE, f"serving image {live} -> {SERVE_IMAGE} (this hsnet's release)"
 
 
@@ -345,8 +347,9 @@ def plan_rollback(current: dict, model_uri: str, *, name: str, namespace: str) -
         action = "rolled-back"
     note = None
     replaced = (current.get("metadata", {}).get("annotations") or {}).get(REPLACED_IMAGE, "").split()
-    if action == "rolled-back" and len(replaced) == 2 and replaced[1] == model_uri:
-        # the rollout being undone replaced the serving image: the version goes back to the one it ran on
+    if action == "rolled-back" and len(replaced) == 2 and replaced[1] == serving and serving != model_uri:
+        # rolling back from the version whose rollout replaced the serving image: back to the image
+        # the versions before it ran on
         _container(updated)["image"] = replaced[0]
         updated["metadata"]["annotations"].pop(REPLACED_IMAGE, None)
         note = f"serving image back to {replaced[0]}, which served {model_uri}"
@@ -404,7 +407,8 @@ def promote_and_deploy(name: str, *, version=None, metric: str = "accuracy", min
         if not decision["promoted"]:
             raise
         raise HSNetError(f"{str(exc).rstrip('.')}. The registry's production is version {decision['production']} "
-                         "already: run the same again once the cluster answers (it rolls production out)") from exc
+                         f"already{' (FORCED)' if decision['forced'] else ''}: {decision['reason']}; run the same "
+                         "again once the cluster answers (it rolls production out)") from exc
 
 
 def rollback_production(name: str, *, isvc: str | None = None, namespace: str | None = None) -> tuple[dict, dict]:

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import tempfile
@@ -269,7 +270,9 @@ def _how_to_measure(prod) -> str:
     folder, train_run = "production-checkpoint", prod.tags.get("train_run_id")
     if not train_run or train_run == "None":
         return f"its checkpoint file (version {prod.version} names no training run), with hsnet evaluate"
-    return (f"mlflow artifacts download -r {train_run} -a checkpoint/{BEST} -d {folder}, then hsnet evaluate "
+    store = shlex.quote(tracking.mask_uri(tracking.tracking_uri(create=False)))  # the mlflow CLI's default is another
+    return (f"MLFLOW_TRACKING_URI={store} mlflow artifacts download -r {train_run} -a checkpoint/{BEST} -d {folder}, "
+            "then hsnet evaluate "
             f"--checkpoint {folder}/{BEST} --data <the candidate's crops> --out production-evaluation")
 
 

@@ -77,7 +77,7 @@ def _move_credentials(uri: str) -> str:
 
 def tracking_uri(create: bool = True) -> str:
     """MLFLOW_TRACKING_URI (its credentials moved out), else the local store ``mlflow/mlflow.db``
-    under the current folder: created for steps that record, refused by name for those that only
+    of the project (:func:`project_root`): created for steps that record, refused by name for those that only
     read (``create=False``: a registry lookup), which would otherwise make an empty store wherever
     they run and then not find the model."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")

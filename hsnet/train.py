@@ -394,18 +394,18 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     tags = {"dataset": params.dataset, "git_commit": tracking.git_commit(), "data_version": meta["data_version"],
             "step": "train", **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
     run_params = flatten({k: v for k, v in cfg.items() if k != "crop"})
-    with tracking.run(f"train-{params.dataset}", params=run_params, tags=tags, enabled=track,
-                      continue_run=previous_run, device=setup.device) as active:
+    # _tracking_lost outside the run: a store that stopped answering fails its end too (end_run FAILED)
+    with _tracking_lost(out_dir), tracking.run(f"train-{params.dataset}", params=run_params, tags=tags,
+                                               enabled=track, continue_run=previous_run, device=setup.device) as active:
         meta["mlflow_run_id"] = active.info.run_id if active else None
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
         log.info("training data %s", "held on the device" if train_data is not train_split else "read from the host")
-        with _tracking_lost(out_dir):
-            _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
-                 val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
-                 on_checkpoint=on_checkpoint)
-            return _finish(out_dir, state, meta, setup, active)
+        _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
+             val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
+             on_checkpoint=on_checkpoint)
+        return _finish(out_dir, state, meta, setup, active)
 
 
 @contextlib.contextmanager
