@@ -27,12 +27,13 @@ def make_checkpoint(path: Path, input_size: int = 100) -> Path:
     from hsnet.data.datasets import FERG_CLASSES
     from hsnet.model import HSNet
     from hsnet.checkpoint import FORMAT
+    from hsnet.device import NORMALIZATION
     from hsnet.params import Params
 
     torch.manual_seed(0)
     model = HSNet(7, ktl=False)
     meta = {"dataset": "sample", "classes": list(FERG_CLASSES), "input_size": input_size,
-            "model": {"dib": True, "fgal": True, "ktl": False}, "normalization": "fixed",
+            "model": {"dib": True, "fgal": True, "ktl": False}, "normalization": NORMALIZATION,
             "data_version": "sha256:benchmark", "params": Params().to_dict(), "mlflow_run_id": None}
     torch.save({"format": FORMAT, "meta": meta, "model": model.state_dict(),
                 "state": {"epoch": 1, "best_epoch": 1, "best_acc": 0.0, "history": [], "stale": 0}}, path)

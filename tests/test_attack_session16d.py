@@ -131,7 +131,7 @@ def test_the_dvc_cache_is_found_where_dvc_finds_it(tmp_path, config):
     (project / ".dvc").mkdir(parents=True)
     (project / ".dvc" / "config").write_text(config)
     shared = project / "shared-cache"
-    blob = shared / "files" / "md5" / "ab" / "cdef0123"
+    blob = shared / "files" / "md5" / "ab" / ("cdef0123" + "0" * 22)  # DVC 3's layout: XX/<30 hex digits>
     noise_photo(blob, 1)
     data = project / "data" / "raw" / "ferg"
     (data / "aia" / "aia_joy").mkdir(parents=True)

@@ -208,7 +208,8 @@ def test_raw_data_checked_out_by_dvc_as_links_to_its_cache_passes_validation(tmp
         for emotion in FERG_EMOTIONS:
             for n in range(1, 4):
                 seed += 1
-                blob = cache / f"{seed:02x}"[:2] / f"{seed:032x}"
+                md5 = f"{seed:032x}"
+                blob = cache / md5[:2] / md5[2:]  # DVC 3's layout: files/md5/XX/<the other 30 hex digits>
                 _photo(blob, seed, "PNG")
                 link = root / character / f"{character}_{emotion}" / f"{character}_{emotion}_{n}.png"
                 link.parent.mkdir(parents=True, exist_ok=True)
