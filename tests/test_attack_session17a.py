@@ -206,16 +206,15 @@ def test_the_checked_version_of_productions_own_checkpoint_is_promoted_without_a
 def test_a_serving_image_of_another_repository_is_kept_and_named():
     """A team that mirrors the serving image (an air-gapped cluster: registry.corp/...) keeps it: a
     rollout must not swap in ghcr.io's, which its nodes can't pull; it says which image serves."""
-    from hsnet.deploy import CONTAINER, SERVE_IMAGE, load_template, plan_rollout, set_model
+    from isvc import image_of, live_isvc
 
-    live = set_model(load_template(), "models:/hsnet-rafdb/7", None)
-    (container,) = [c for c in live["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    container["image"] = "registry.corp/ml/hsnet-serve:0.1.0"
+    from hsnet.deploy import SERVE_IMAGE, plan_rollout
+
+    live = live_isvc("registry.corp/ml/hsnet-serve:0.1.0")
     plan = plan_rollout(live, "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models", canary_percent=10)
-    (sent,) = [c for c in plan["object"]["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    assert sent["image"] == "registry.corp/ml/hsnet-serve:0.1.0"
+    assert image_of(plan["object"]) == "registry.corp/ml/hsnet-serve:0.1.0"
     assert "registry.corp/ml/hsnet-serve:0.1.0" in plan["note"] and SERVE_IMAGE in plan["note"]
     # this release's own image: nothing to say
-    container["image"] = SERVE_IMAGE
-    plan = plan_rollout(live, "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models", canary_percent=10)
+    plan = plan_rollout(live_isvc(SERVE_IMAGE), "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models",
+                        canary_percent=10)
     assert "note" not in plan and plan["canary"] == 10

@@ -10,26 +10,10 @@ from __future__ import annotations
 
 
 import pytest
+from isvc import image_of as _image, live_isvc as _live
 
 
 # --- 1. a rollout from an older hsnet puts a newer release's serving image back to its own ---------
-
-def _live(image: str, model: str = "models:/hsnet-rafdb/7") -> dict:
-    from hsnet.deploy import CONTAINER, load_template, set_model
-
-    live = set_model(load_template(), model, None)
-    live["metadata"].update(namespace="models", name="hsnet-rafdb")
-    (container,) = [c for c in live["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    container["image"] = image
-    return live
-
-
-def _image(isvc: dict) -> str:
-    from hsnet.deploy import CONTAINER
-
-    (container,) = [c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    return container["image"]
-
 
 def test_a_rollout_does_not_downgrade_a_newer_releases_serving_image():
     """hsnet/deploy.py ``_release_image`` (4f74357): "this release's SERVE_IMAGE where the live one

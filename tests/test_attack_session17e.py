@@ -14,23 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def _live(image: str, model: str) -> dict:
-    from hsnet.deploy import CONTAINER, load_template, set_model
-
-    live = set_model(load_template(), model, None)
-    live["metadata"].update(namespace="models", name="hsnet-rafdb")
-    (container,) = [c for c in live["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    container["image"] = image
-    return live
-
-
-def _image(isvc: dict) -> str:
-    from hsnet.deploy import CONTAINER
-
-    (container,) = [c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    return container["image"]
+from isvc import image_of as _image, live_isvc as _live
 
 
 # --- 1. the image a rollout replaced is not brought back when that rollout replaced the alias -------
@@ -227,13 +211,11 @@ def test_which_live_serving_images_a_rollout_replaces(tag, replaced, noted):
     """hsnet.deploy._release_image, minor findings of 17e: the same release written otherwise (v0.1.0,
     a digest pin of it) is neither replaced nor called another release; a pin is never replaced."""
     from hsnet import __version__
-    from hsnet.deploy import CONTAINER, SERVE_IMAGE, load_template, plan_rollout, set_model
+    from hsnet.deploy import SERVE_IMAGE, plan_rollout
 
     live_image = SERVE_IMAGE.rsplit(":", 1)[0] + tag.format(ours=__version__)
-    live = set_model(load_template(), "models:/hsnet-rafdb/7", None)
-    (container,) = [c for c in live["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    container["image"] = live_image
-    plan = plan_rollout(live, "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models", canary_percent=10)
-    (sent,) = [c for c in plan["object"]["spec"]["predictor"]["containers"] if c["name"] == CONTAINER]
-    assert (sent["image"] == SERVE_IMAGE) is replaced and sent["image"] in (SERVE_IMAGE, live_image)
+    plan = plan_rollout(_live(live_image), "models:/hsnet-rafdb/8", name="hsnet-rafdb", namespace="models",
+                        canary_percent=10)
+    sent = _image(plan["object"])
+    assert (sent == SERVE_IMAGE) is replaced and sent in (SERVE_IMAGE, live_image)
     assert ("note" in plan) is noted, plan.get("note")
