@@ -335,6 +335,14 @@ def _is_alias(model_uri: str | None) -> bool:
     return bool(model_uri) and model_uri.startswith("models:/") and "@" in model_uri[len("models:/"):]
 
 
+def _existing(api, namespace: str, name: str) -> dict:
+    """The live InferenceService a rollback changes; refused by name when there is none."""
+    current = _current(api, namespace, name)
+    if current is None:
+        raise HSNetError(f"InferenceService {namespace}/{name} does not exist: there is nothing to roll back")
+    return current
+
+
 def plan_rollback(current: dict, model_uri: str, *, name: str, namespace: str) -> dict:
     """What :func:`rollback` does to the live InferenceService ``current``; nothing is sent."""
     serving, canary = model_of(current), current["spec"]["predictor"].get("canaryTrafficPercent")
@@ -362,8 +370,7 @@ def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict
     api, default_ns = _api()
     namespace = namespace or default_ns
     where = f"InferenceService {namespace}/{name}"
-    current = _call(where, api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
-    plan = plan_rollback(current, model_uri, name=name, namespace=namespace)
+    plan = plan_rollback(_existing(api, namespace, name), model_uri, name=name, namespace=namespace)
     _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, plan.pop("object"))
     log.info("%s: %s (was serving %s)", where, plan["action"], plan["previous"])
     return plan
@@ -482,13 +489,11 @@ def dry_run(name: str, *, version: int | str | None = None, rollback: bool = Fal
                 f"template, {what} {ns}/{target} serving {model_uri} with all the traffic; nothing changed\n"
                 + to_yaml(plan["object"]))
     ns = namespace or default_ns
-    current = _current(api, ns, target)
     what = "a rollback" if rollback else "promoting version " + str(found)
     if rollback:
-        if current is None:
-            raise HSNetError(f"InferenceService {ns}/{target} does not exist: there is nothing to roll back")
-        plan = plan_rollback(current, model_uri, name=target, namespace=ns)
+        plan = plan_rollback(_existing(api, ns, target), model_uri, name=target, namespace=ns)
     else:
-        plan = plan_rollout(current, model_uri, name=target, namespace=ns, canary_percent=canary_percent)
+        plan = plan_rollout(_current(api, ns, target), model_uri, name=target, namespace=ns,
+                            canary_percent=canary_percent)
     head = f"# --dry-run, nothing changed: after {what}, it would be {describe(plan)}"
     return head + ("; nothing to send\n" if plan["object"] is None else "\n" + to_yaml(plan["object"]))

@@ -647,8 +647,8 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
         c_fig, reasons = None, [str(exc)]
     # production's own checkpoint, registered again with its files recorded (an old version that
     # couldn't be checked, replaced by one that can): nothing to compare
-    same = prod is not None and files_checked and _registered_sha(client, cand) is not None and \
-        _registered_sha(client, cand) == _registered_sha(client, prod)
+    cand_sha = _registered_sha(client, cand) if prod is not None and files_checked else None
+    same = cand_sha is not None and cand_sha == _registered_sha(client, prod)
     if same:
         decision["reason"] = f"the same checkpoint as production (version {prod.version}), registered again"
     elif prod is not None and c_fig is not None:
