@@ -42,7 +42,10 @@ class TrackingUnavailable(HSNetError):
     pass
 
 
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/:]*)(?::(?P<password>[^@]*))?@")
+# the user part runs to the authority's last '@' (an '@' left unencoded in a password or token is
+# part of it, as urllib reads it); a password may hold a '/' left unencoded (masked, not parsed)
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/:]*(?:@[^@/:?#]*(?=[@:]))*)"
+                       r"(?::(?P<password>[^@]*(?:@[^@/?#]*(?=@))*))?@")
 # query values that are secrets: passwords, tokens, keys, and presigned URLs' signatures and
 # credentials (S3's X-Amz-Signature / X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig)
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key|sig|credential)[^=&#]*=)[^&#]*")

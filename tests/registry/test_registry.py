@@ -517,6 +517,14 @@ def test_server_script_without_mlflow_says_it_is_missing(tmp_path):
     ("https://ghp_abc123@mlflow.example.com/", "https://***@mlflow.example.com/"),
     ("https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA1%2F2&X-Amz-Signature=ab12",
      "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***&X-Amz-Signature=***"),
+    # an '@' left unencoded in the password or the token: the authority's user part runs to its
+    # LAST '@' (RFC 3986 3.2.1; urllib.parse.urlsplit(...).hostname is "host" in each)
+    ("http://alice:p@ss@host:5000/x", "http://alice:***@host:5000/x"),
+    ("https://alice:a@b@c@host/", "https://alice:***@host/"),
+    ("https://tok@en@host/", "https://***@host/"),
+    # ... but an '@' in the path is not part of it
+    ("http://alice:pw@host/runs/a@b", "http://alice:***@host/runs/a@b"),
+    ("http://tok@host:5000/p", "http://***@host:5000/p"),
 ])
 def test_mask_uri(uri, shown):
     from hsnet.tracking import mask_uri
