@@ -169,14 +169,15 @@ def validate_epoch(model, split: Split, tp: TrainParams, setup: Setup, step: Ste
     return loss, acc
 
 
-def save_epoch(out_dir: Path, meta: dict, model, optimizer, scheduler, state: TrainingState, setup: Setup,
+def save_epoch(out_dir: Path, meta: dict, engine: Engine, state: TrainingState, setup: Setup,
                improved: bool) -> None:
     """``last.pt`` (resume state) every epoch; ``best.pt`` (weights for inference) when improved,
     written first: ``last.pt`` never records a best epoch that ``best.pt`` does not hold (stopped
     between the two writes, the resumed run trains that epoch again and writes both)."""
-    ckpt = {"format": checkpoint.FORMAT, "meta": meta, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": None,  # fp16's loss scale (GPUs without bf16) starts again on resume: it settles in a few steps
+    scaler = engine.train_step.scaler  # fp16's loss scale (GPUs without bf16), else None
+    ckpt = {"format": checkpoint.FORMAT, "meta": meta, "model": engine.model.state_dict(),
+            "optimizer": engine.optimizer.state_dict(), "scheduler": engine.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if setup.device.type == "cuda" else None},
             "state": dataclasses.asdict(state)}
@@ -202,9 +203,9 @@ def _changed_settings(recorded: dict, now: dict) -> list[str]:
             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
 
 
-def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setup, *,
+def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
                 auto: bool = False) -> tuple[TrainingState, str | None] | None:
-    """Load ``last.pt`` into the model, optimizer, scheduler and RNGs; the state to carry on from
+    """Load ``last.pt`` into the model, optimizer, scheduler, loss scaler and RNGs; the state to carry on from
     and the MLflow run it was recorded in (continued). ``auto``: None (nothing loaded) when
     ``last.pt`` is from other data, settings or code."""
     try:
@@ -233,9 +234,12 @@ def resume_from(path: Path, meta: dict, model, optimizer, scheduler, setup: Setu
     if ckpt["meta"].get("code_version") != meta["code_version"]:
         log.warning("--resume: %s was written by other hsnet code (%s, now %s); continuing as asked", path,
                     ckpt["meta"].get("code_version", "unrecorded"), meta["code_version"])
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    engine.model.load_state_dict(ckpt["model"])
+    engine.optimizer.load_state_dict(ckpt["optimizer"])
+    engine.scheduler.load_state_dict(ckpt["scheduler"])
+    scaler = engine.train_step.scaler
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])  # resumed on another GPU without bf16: its scale carries on
     torch.set_rng_state(ckpt["rng"]["torch"])
     if setup.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
@@ -337,8 +341,10 @@ class Engine:
     step_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    train_step: Step | None  # the whole training step as one CUDA graph (train.compile whole-step)
-    val_step: Step | None
+    # the run's steps, kept from epoch to epoch: whole-step's CUDA graphs (train.compile whole-step)
+    # and fp16's loss scale (train_step.scaler, in last.pt) live as long as the run
+    train_step: Step
+    val_step: Step
 
 
 def build_engine(num_classes: int, params: Params, setup: Setup) -> Engine:
@@ -351,10 +357,9 @@ def build_engine(num_classes: int, params: Params, setup: Setup) -> Engine:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=tp.scheduler.patience,
                                                            factor=tp.scheduler.factor)
     step_model = compile_model(model, tp.compile, setup.device)
-    graphed = whole_step(tp.compile)  # the steps (and their graphs) live as long as the run
-    return Engine(model, step_model, optimizer, scheduler,
-                  Step(step_model, setup, optimizer, whole_graph=True) if graphed else None,
-                  Step(step_model, setup, whole_graph=True) if graphed else None)
+    graphed = whole_step(tp.compile)
+    return Engine(model, step_model, optimizer, scheduler, Step(step_model, setup, optimizer, whole_graph=graphed),
+                  Step(step_model, setup, whole_graph=graphed))
 
 
 def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitStack, *, resume, device, track,
@@ -382,8 +387,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     last_path = out_dir / checkpoint.LAST
     state, previous_run = TrainingState(), None
     if resume and last_path.is_file():
-        state, previous_run = (resume_from(last_path, meta, engine.model, engine.optimizer, engine.scheduler, setup,
-                                           auto=resume == "auto") or (state, None))
+        state, previous_run = resume_from(last_path, meta, engine, setup, auto=resume == "auto") or (state, None)
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
@@ -448,7 +452,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
         improved = state.record(row)
         # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
         _log_epoch(row, epochs, weights, improved, active)
-        save_epoch(out_dir, meta, engine.model, engine.optimizer, engine.scheduler, state, setup, improved)
+        save_epoch(out_dir, meta, engine, state, setup, improved)
         if on_checkpoint:
             on_checkpoint(out_dir, improved)
         if stop_at and epoch >= stop_at:

@@ -405,3 +405,37 @@ def test_a_second_training_into_the_same_folder_is_refused(tiny_data, tiny_param
                                   "--resume"], env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert load_checkpoint(out / "last.pt")["state"]["epoch"] == epoch + 1
+
+
+def test_fp16_loss_scale_lives_through_the_run_and_a_resume(tiny_params, tmp_path, monkeypatch):
+    """Under float16 autocast (a GPU without bf16) the GradScaler's scale adapts over the whole run:
+    PyTorch's AMP examples make one scaler per run, and its ``growth_interval`` counts "consecutive
+    iterations without inf/NaN gradients" (2,000 by default) across epochs. So while the scale
+    never backed off (still the documented ``init_scale`` 2**16), last.pt records a tracker equal to
+    the run's optimizer steps so far, through a kill and ``--resume`` too. (float16 on a CPU is ~6x
+    slower than float32: 42 photos, one batch per epoch, keep this short.)"""
+    import hsnet.train as train_module
+    from hsnet.data.crop import crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.sample import generate
+    from hsnet.device import Setup
+    from hsnet.params import CropParams
+
+    generate(tmp_path / "raw", per_class=1, size=80, seed=5)
+    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
+    crop(tmp_path / "manifest.csv", tmp_path / "raw", tmp_path / "crops", settings=CropParams(detector="none", size=80),
+         progress=False)
+    with open(tmp_path / "crops" / "manifest.csv") as f:
+        train_images = sum(row["split"] == "train" for row in csv.DictReader(f))
+    batch = 64
+    assert 1 < train_images <= batch  # one batch, one optimizer step, per epoch
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(train_module, "pick_device", lambda name=None: Setup(torch.device("cpu"), torch.float16, False))
+    opts = dict(track=False, progress=False, overrides={"train": {"epochs": 2, "batch_size": batch}})
+    _train(tmp_path / "crops", tiny_params, "sample", tmp_path / "run", stop_after_epochs=1, **opts)
+    first = load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]
+    assert first is not None and first["scale"] == 2.0 ** 16 and first["_growth_tracker"] == 1
+    _train(tmp_path / "crops", tiny_params, "sample", tmp_path / "run", resume=True, **opts)
+    resumed = load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]
+    assert resumed["scale"] == 2.0 ** 16 and resumed["_growth_tracker"] == 2  # 1 again: the scale started over
