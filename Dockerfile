@@ -87,16 +87,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 --user-group hsnet \
  && install -d -o 1000 -g 1000 -m 0755 /minio /s3 /gcs
-COPY mlflow/server.sh /opt/hsnet/mlflow/server.sh
-COPY params.yaml /opt/hsnet/params.yaml
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DVC_NO_ANALYTICS=1 \
     GX_ANALYTICS_ENABLED=false \
     MLFLOW_DISABLE_TELEMETRY=true \
     MPLCONFIGDIR=/tmp/matplotlib \
-    HSNET_CACHE_DIR=/tmp/hsnet-cache \
-    MLFLOW_HOST=0.0.0.0
+    HSNET_CACHE_DIR=/tmp/hsnet-cache
 WORKDIR /home/hsnet
 CMD ["hsnet", "--help"]
 

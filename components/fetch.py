@@ -53,13 +53,8 @@ def fetch_raw(source: str, dvc_path: str, dvc_rev: str, version: str, raw: Outpu
     """The raw dataset: an s3:// prefix (boto3), or DVC_PATH of the DVC repository SOURCE at DVC_REV.
     ``version`` (from source_version) is this step's cache key; the data fetched must still have it."""
     from components.convert import start_step
-    from hsnet.data.fetch import fetch, source_version as version_of
-    from hsnet.errors import HSNetError
+    from hsnet.data.fetch import fetch
 
     start_step()
-    fetch(source, raw.path, dvc_path=dvc_path or None, rev=dvc_rev or None)
-    now = version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None)
-    if now != version:
-        raise HSNetError(f"the data at {source} changed while this run was fetching it ({version} -> {now}); "
-                         "run the pipeline again once the upload is complete")
+    fetch(source, raw.path, dvc_path=dvc_path or None, rev=dvc_rev or None, expect_version=version)
     raw.metadata.update(source=source + (f" {dvc_path}@{dvc_rev}" if dvc_path else ""), version=version)

@@ -282,6 +282,9 @@ def _dataset_help(extra: str = "") -> str:
 
 
 def _add_data_verbs(verbs) -> None:
+    from .data import sample
+    from .params import ImportParams, allowed
+
     data = _verb(verbs, "data", "raw datasets: import into a manifest, draw the sample, fetch")
     data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="VERB")
     p = _verb(data_verbs, "import", "read a dataset in its publisher's layout, write a manifest with splits",
@@ -291,15 +294,16 @@ def _add_data_verbs(verbs) -> None:
     p.add_argument("--out", required=True, help="the manifest CSV to write")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.import settings")
     p.add_argument("--seed", type=int, default=None, help="split seed (params' import.seed, else 0)")
-    p.add_argument("--split-by", choices=["class", "subject"], default=None,
+    p.add_argument("--split-by", choices=allowed(ImportParams, "split_by"), default=None,
                    help="stratify by class (the default), or keep subjects disjoint across splits")
-    p.add_argument("--rafdb-images", choices=["aligned", "original"], default=None,
+    p.add_argument("--rafdb-images", choices=allowed(ImportParams, "rafdb_images"), default=None,
                    help="RAF-DB's aligned faces (the default) or its original photos")
     p = _verb(data_verbs, "sample", "draw the built-in synthetic sample dataset (FERG-DB layout)", _data_sample)
     p.add_argument("--out", default="data/raw/sample", help="folder for the generated dataset")
-    p.add_argument("--per-class", type=int, default=30, help="images per character and expression")
-    p.add_argument("--size", type=int, default=112, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    # the defaults draw the sample data.dvc records (make pipeline: byte-identical)
+    p.add_argument("--per-class", type=int, default=sample.PER_CLASS, help="images per character and expression")
+    p.add_argument("--size", type=int, default=sample.SIZE, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=sample.SEED)
     p = _verb(data_verbs, "fetch", "copy a raw dataset from S3, a DVC repository or a folder", _data_fetch)
     p.add_argument("--source", required=True,
                    help="s3://BUCKET/PREFIX, a local folder, or a DVC repository URL (with --dvc-path)")
@@ -309,7 +313,8 @@ def _add_data_verbs(verbs) -> None:
 
 
 def _add_data_steps(verbs) -> None:
-    from .params import CropParams, Params, ValidateParams  # the defaults the help names
+    from .data import crop as crop_module
+    from .params import CropParams, Params, ValidateParams, allowed  # the defaults the help names
 
     p = _verb(verbs, "validate", "check a manifest and its images with Great Expectations", _validate)
     p.add_argument("--manifest", required=True, help="the manifest CSV of 'hsnet data import'")
@@ -330,15 +335,15 @@ def _add_data_steps(verbs) -> None:
     p.add_argument("--out", required=True, help="folder for the crops, their manifest and the report")
     p.add_argument("--params", default=None, help="params.yaml: its datasets.NAME.crop settings (with --dataset)")
     p.add_argument("--dataset", default=None, help=_dataset_help(" (whose settings --params gives)"))
-    p.add_argument("--detector", choices=["mtcnn", "none"], default=None, help=f"else params', else {CropParams.detector}")
+    p.add_argument("--detector", choices=allowed(CropParams, "detector"), default=None, help=f"else params', else {CropParams.detector}")
     p.add_argument("--size", type=int, default=None,
                    help=f"output side in pixels (else params' crop.size, else the input size, {Params.input_size})")
     p.add_argument("--margin", type=int, default=None, help=f"margin around the face, in output pixels (else {CropParams.margin})")
-    p.add_argument("--no-face", choices=["drop", "center"], default=None,
+    p.add_argument("--no-face", choices=allowed(CropParams, "no_face"), default=None,
                    help="images without a face: drop them (the default; listed in the report) or centre-crop")
     p.add_argument("--min-prob", type=float, default=None, help=f"ignore detections below this probability (else {CropParams.min_prob:g})")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=16, help="photos per MTCNN batch")
+    p.add_argument("--batch-size", type=int, default=crop_module.BATCH_SIZE, help="photos per MTCNN batch")
 
 
 def _add_train_evaluate(verbs) -> None:

@@ -354,6 +354,15 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
+def allowed(cls, key: str) -> list[str]:
+    """The values a ``Literal`` setting of section ``cls`` takes (e.g. ``allowed(CropParams,
+    "detector")``): what a command-line flag for it offers."""
+    values = typing.get_args(_hints(cls)[key])
+    if typing.get_origin(_hints(cls)[key]) is not Literal:
+        raise TypeError(f"{cls.__name__}.{key} is not a Literal setting")
+    return list(values)
+
+
 def _build(cls, merged: dict, where: str):
     converted = _convert(cls, {k: v for k, v in merged.items() if k != "dataset"}, where)
     hints, kwargs = _hints(cls), {}

@@ -44,6 +44,7 @@ from .io import sha256_file
 log = logging.getLogger(__name__)
 
 CANDIDATE, PRODUCTION, PREVIOUS = "candidate", "production", "previous"
+RECORD = "registered.json"  # what the register stage writes beside a run's evaluation (dvc.yaml's --out)
 ROLLED_BACK_TAG = "rolled_back_at"  # on a version rollback took out of production; promote refuses it unforced
 METRICS = {m: f"test_{m}" for m in paper.METRICS}  # the evaluate run's MLflow metric names
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")

@@ -34,7 +34,7 @@ from . import tracking
 from .concurrent import TAIL
 from .errors import HSNetError
 from .io import atomic_path, write_text
-from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, switches
+from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, TABLE6_DATASET, switches
 
 log = logging.getLogger(__name__)
 
@@ -570,7 +570,7 @@ def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) 
     """Table 6 on ``dataset`` (markdown lines) from its ablation runs, and what is missing.
     ``chart``: where to draw the bar chart (linked from the section); None: no chart."""
     by_cfg = runs_by_config([r for r in rows if r["dataset"] == dataset])
-    note = "" if dataset == "rafdb" else (f" The paper's column is RAF-DB's; {dataset} is another dataset, "
+    note = "" if dataset == TABLE6_DATASET else (f" The paper's column is RAF-DB's; {dataset} is another dataset, "
                                           "so compare the ordering of the rows, not the numbers.")
     lines = [f"## Table 6: ablation on {dataset}", "",
              "Rows in the paper's order; ✓ = on, ✗ = off. All off is the Inception-ResNet-V1 baseline." + note,
@@ -668,7 +668,7 @@ def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[
     lines.append("")
 
     charts = {}
-    for dataset in sorted({r["dataset"] for r in ablation_rows}) or ["rafdb"]:
+    for dataset in sorted({r["dataset"] for r in ablation_rows}) or [TABLE6_DATASET]:
         chart = out.with_name(f"{out.stem}-ablation-{dataset}.png") if ablation_rows else None
         section, miss = ablation_section(ablation_rows, dataset, chart)
         lines += section

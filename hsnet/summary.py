@@ -12,7 +12,7 @@ def summarize(runs: str | Path = "runs") -> str:
     figures, its plots and what its register stage did (``registered.json``), with the next step."""
     from . import tracking
     from .evaluate import COMPARISON, CONFUSION, METRICS_FILE
-    from .registry import CANDIDATE, PREVIOUS, PRODUCTION, held
+    from .registry import CANDIDATE, PREVIOUS, PRODUCTION, RECORD, held
     from .train import CURVES
 
     runs = Path(runs)
@@ -27,7 +27,7 @@ def summarize(runs: str | Path = "runs") -> str:
                      f"({m['images']} test images)")
         lines.append(f"  confusion matrix: {eval_dir / CONFUSION}; curves: "
                      f"{eval_dir.parent / 'train' / CURVES}; vs the paper: {eval_dir / COMPARISON}")
-        reg = eval_dir.parent / "registered.json"
+        reg = eval_dir.parent / RECORD
         r = json.loads(reg.read_text()) if reg.is_file() else {}
         if r.get("registered") is False:  # the marker a DVC experiment's register stage leaves
             lines.append(f"  not registered: DVC experiment {r.get('experiment')} (dvc repro in the workspace "

@@ -25,7 +25,7 @@ from kfp.dsl import Artifact, Input, Markdown, Output
 
 from components import IMAGE, SLIM_IMAGE
 from components.train_group import train_evaluate_group
-from hsnet.paper import CONFIGS, switches
+from hsnet.paper import CONFIGS, TABLE6_DATASET, switches
 from hsnet.reproduce import DEFAULT_SEEDS
 
 from . import DEFAULT_CHECKPOINT_URI, DEFAULT_MLFLOW_URI, RAW_PREFIX
@@ -69,8 +69,8 @@ def ablation_report(dataset: str, evaluations: Input[List[Artifact]], table: Out
 @dsl.pipeline(name="hsnet-ablation",
               description="HSNet Table 6: the DIB/FGAL/KTL configurations x seeds in parallel, with intervals")
 def ablation_pipeline(
-    dataset: str = "rafdb",
-    raw_source: str = RAW_PREFIX + "rafdb",
+    dataset: str = TABLE6_DATASET,
+    raw_source: str = RAW_PREFIX + TABLE6_DATASET,
     dvc_path: str = "",
     dvc_rev: str = "",
     params: dict = DEFAULT_PARAMS,

@@ -321,8 +321,11 @@ def _check_settings(settings: CropParams) -> None:
                          "output pixels, as facenet-pytorch's margin: e.g. 20 for 160)")
 
 
+BATCH_SIZE = 16  # photos per MTCNN batch (hsnet crop --batch-size)
+
+
 def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike, *,
-         settings: CropParams = Params().crop, device: str = "cpu", batch_size: int = 16,
+         settings: CropParams = Params().crop, device: str = "cpu", batch_size: int = BATCH_SIZE,
          workers: int | None = None, progress: bool = True) -> dict:
     """Crop every row of ``manifest`` (files under ``root``) into ``out``. Returns the report.
 

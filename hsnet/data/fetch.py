@@ -27,7 +27,10 @@ from ..io import check_writable, open_regular, safe_join
 
 
 def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, rev: str | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, expect_version: str | None = None) -> dict:
+    """Copy the raw dataset at ``source`` into the empty or new folder ``out``. ``expect_version``
+    (what :func:`source_version` said before: a pipeline's cache key): the data must still have it
+    once fetched, else ``out`` is left empty and the error says the source changed meanwhile."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise HSNetError(f"--out {out} exists and is not empty; give an empty or new folder")
@@ -41,6 +44,11 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
                                  "give an output folder outside the source")
         how = _fetch(source, out, dvc_path=dvc_path, rev=rev, progress=progress)
         _check_tree(out, how)
+        if expect_version is not None:
+            now = source_version(source, dvc_path=dvc_path, rev=rev)
+            if now != expect_version:
+                raise HSNetError(f"the data at {source} changed while it was being fetched ({expect_version} -> "
+                                 f"{now}); fetch again once the upload is complete")
     except BaseException:  # out was empty or new: leave it so, nothing half-fetched behind
         _empty(out, keep=existed)
         raise

@@ -163,7 +163,12 @@ def _photograph(img: Image.Image, rng: np.random.Generator, size: int, bg) -> Im
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
-def generate(out: str | os.PathLike, *, per_class: int = 30, size: int = 112, seed: int = 0,
+# the built-in sample as data.dvc records it (hsnet data sample's defaults): 6 characters x 7
+# expressions x PER_CLASS photos of SIZE px, drawn with SEED
+PER_CLASS, SIZE, SEED = 30, 112, 0
+
+
+def generate(out: str | os.PathLike, *, per_class: int = PER_CLASS, size: int = SIZE, seed: int = SEED,
              characters=FERG_CHARACTERS) -> int:
     """Write ``per_class`` images per character and emotion under ``out``; returns the count.
 

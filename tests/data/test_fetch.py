@@ -36,6 +36,24 @@ def test_fetch_from_a_folder_and_its_refusals(tmp_path):
         fetch(str(tmp_path / "empty"), tmp_path / "out2", progress=False)
 
 
+def test_data_that_changed_since_its_version_was_read_is_not_kept(tmp_path):
+    """The pipeline reads the source's version first (its cache key), then fetches: a file changed in
+    between (an upload still going on) must not be delivered under the old version: the fetch
+    fails saying so and leaves --out empty; with the version unchanged it goes through."""
+    from hsnet.data.fetch import source_version
+
+    src = tmp_path / "src"
+    (src / "aia" / "aia_joy").mkdir(parents=True)
+    photo = src / "aia" / "aia_joy" / "aia_joy_1.png"
+    photo.write_bytes(b"png-1")
+    before = source_version(str(src))
+    photo.write_bytes(b"png-1, re-exported")
+    with pytest.raises(HSNetError, match=f"the data at {src} changed while it was being fetched"):
+        fetch(str(src), tmp_path / "out", progress=False, expect_version=before)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert fetch(str(src), tmp_path / "out", progress=False, expect_version=source_version(str(src)))["files"] == 1
+
+
 def test_fetch_from_s3(s3_server, tmp_path, monkeypatch):
     for key, value in s3_env(s3_server).items():
         monkeypatch.setenv(key, value)
