@@ -109,10 +109,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     settings = None  # the settings the model was trained with
-    if args.params or args.tta_hflip:
+    if args.params or args.tta_hflip is not None:
         if args.params and not args.dataset:
             raise HSNetError("--params needs --dataset (whose 'evaluate' settings to use)")
-        settings = _params(args, "evaluate", {"tta_hflip": True if args.tta_hflip else None}).evaluate
+        settings = _params(args, "evaluate", {"tta_hflip": args.tta_hflip}).evaluate
     m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device, settings=settings,
                  track=not args.no_mlflow)
     print(f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.4f}, mean accuracy {m['mean_accuracy']:.4f} "
@@ -376,7 +376,9 @@ def _add_train_evaluate(verbs) -> None:
     p.add_argument("--params", default=None,
                    help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
     p.add_argument("--dataset", default=None, help="with --params: whose settings")
-    p.add_argument("--tta-hflip", action="store_true", help="average with the flipped image (off in the paper)")
+    p.add_argument("--tta-hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the flipped image, or not (else the checkpoint's evaluate.tta_hflip; "
+                        "off in the paper)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--no-mlflow", action="store_true", help="don't record an MLflow run")
 

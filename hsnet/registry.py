@@ -176,7 +176,7 @@ def _figures(client, run) -> dict:
         raise NoEvaluation(f"evaluation run {run_id} did not finish (status {run.info.status}); evaluate again")
     out = {"evaluation_run_id": run_id, "checkpoint_sha256": params["checkpoint_sha256"],
            "test_data_version": params.get("test_data_version"), "test_split": params.get("split"),
-           "dataset": run.data.tags.get("dataset")}
+           "tta_hflip": params.get("tta_hflip"), "dataset": run.data.tags.get("dataset")}
     for key in METRICS.values():
         history = client.get_metric_history(run_id, key)
         if len(history) != 1:
@@ -225,7 +225,7 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
         if not _DATA_VERSION.match(version) or split not in ("train", "val", "test"):
             raise NoEvaluation(f"{metrics_path}: data_version {version!r} / split {split!r} are not an hsnet "
                                f"evaluate's; {again}")
-        run = _newest_evaluation(client, sha, version, split)
+        run = next(iter(_evaluations(client, sha, version, split)), None)
         if run is None:
             raise NoEvaluation(f"{metrics_path}: no MLflow evaluation of {checkpoint} (sha256 {sha[:16]}…) on "
                                f"{version} ({split}) in {where}; {again}")
@@ -247,34 +247,62 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
     return figures
 
 
-def _newest_evaluation(client, sha: str, data_version: str, split: str):
-    """The newest finished ``hsnet evaluate`` run of the checkpoint ``sha`` on ``data_version``
-    (``split``), or None."""
+def _evaluations(client, sha: str, data_version: str, split: str, tta_hflip: str | None = None,
+                 max_results: int = 1) -> list:
+    """The finished ``hsnet evaluate`` runs of the checkpoint ``sha`` on ``data_version``
+    (``split``; with ``tta_hflip`` "True"/"False": that setting only), newest first."""
     if not _DATA_VERSION.match(str(data_version)) or split not in ("train", "val", "test") or \
-            not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
-        return None  # never put into a search filter what isn't an hsnet hash or split
+            not re.fullmatch(r"[0-9a-f]{64}", str(sha)) or tta_hflip not in (None, "True", "False"):
+        return []  # never put into a search filter what isn't an hsnet hash, split or setting
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
-    runs = client.search_runs(
+    tta = f" and params.tta_hflip = '{tta_hflip}'" if tta_hflip is not None else ""
+    return client.search_runs(
         [experiment.experiment_id],
         f"params.checkpoint_sha256 = '{sha}' and params.test_data_version = '{data_version}' and "
-        f"params.split = '{split}' and tags.step = 'evaluate' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
-    return runs[0] if runs else None
+        f"params.split = '{split}'{tta} and tags.step = 'evaluate' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=max_results) if experiment else []
 
 
-def _how_to_measure(prod) -> str:
+def _valid_evaluation(client, sha: str, measured: tuple) -> dict | None:
+    """The figures of the newest valid evaluation of ``sha`` as ``measured`` (data version, split,
+    tta_hflip): a record changed after its evaluation is skipped (with a warning), not the end."""
+    for run in _evaluations(client, sha, *measured, max_results=20):
+        try:
+            return _figures(client, run)
+        except NoEvaluation as exc:  # altered: not a measurement to compare with
+            log.warning("production's evaluation run %s on %s is not used: %s", run.info.run_id, measured[0], exc)
+    return None
+
+
+def _measured(fig: dict) -> tuple:
+    """How a version's figures were measured: (test data version, split, evaluate.tta_hflip)."""
+    return fig["test_data_version"], fig["test_split"], fig["tta_hflip"]
+
+
+def _not_comparable(cand, prod, c: tuple, p: tuple) -> str:
+    if c[:2] != p[:2]:
+        differ = f"was tested on {c[0]} ({c[1]}) and production (version {prod.version}) on {p[0]} ({p[1]})"
+    else:
+        differ = f"was evaluated with evaluate.tta_hflip {c[2]} and production (version {prod.version}) with {p[2]}"
+    return (f"version {cand.version} {differ}: the metrics are not comparable. To compare them on the candidate's "
+            f"data, evaluate production's checkpoint there ({_how_to_measure(prod, c[2])}, tracked) and promote again")
+
+
+def _how_to_measure(prod, tta_hflip: str | None) -> str:
     """The commands that evaluate production's checkpoint on other test data: its training run
     keeps it (``checkpoint/<best.pt>``, hsnet.train), and ``hsnet evaluate`` records the run the
-    gate then finds."""
+    gate then finds, measured with the candidate's ``tta_hflip``."""
     from .checkpoint import BEST
 
     folder, train_run = "production-checkpoint", prod.tags.get("train_run_id")
+    flips = f"--{'' if tta_hflip == 'True' else 'no-'}tta-hflip"
     if not train_run or train_run == "None":
-        return f"its checkpoint file (version {prod.version} names no training run), with hsnet evaluate"
+        return (f"its checkpoint file (version {prod.version} names no training run), then hsnet evaluate "
+                f"--checkpoint <its best.pt> --data <the candidate's crops> --out production-evaluation {flips}")
     store = shlex.quote(tracking.mask_uri(tracking.tracking_uri(create=False)))  # the mlflow CLI's default is another
     return (f"MLFLOW_TRACKING_URI={store} mlflow artifacts download -r {train_run} -a checkpoint/{BEST} -d {folder}, "
-            "then hsnet evaluate "
-            f"--checkpoint {folder}/{BEST} --data <the candidate's crops> --out production-evaluation")
+            f"then hsnet evaluate --checkpoint {folder}/{BEST} --data <the candidate's crops> "
+            f"--out production-evaluation {flips}")
 
 
 def _registration_params(client, mv) -> dict:
@@ -660,23 +688,15 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
         if p_fig is not None:
             c_val, p_val = c_fig[key], p_fig[key]
             decision.update(candidate_value=c_val, production_value=p_val)
-            c_data = (c_fig["test_data_version"], c_fig["test_split"])
-            p_data = (p_fig["test_data_version"], p_fig["test_split"])
-            if c_data != p_data:  # e.g. the same photos cropped again by a newer hsnet: another data version
-                there = _newest_evaluation(client, p_fig["checkpoint_sha256"], *c_data)
-                try:  # production's checkpoint measured on the candidate's test data
-                    there = _figures(client, there) if there is not None else None
-                except NoEvaluation as exc:  # altered or unfinished: not a measurement to compare with
-                    log.warning("production's evaluation on %s is not used: %s", c_data[0], exc)
-                    there = None
-                if there is not None:
-                    p_fig, p_data, p_val = there, c_data, there[key]
-                    decision.update(production_value=p_val, production_evaluation_run_id=p_fig["evaluation_run_id"])
-            if c_data != p_data:
-                reasons.append(f"version {cand.version} was tested on {c_data[0]} ({c_data[1]}) and production "
-                               f"(version {prod.version}) on {p_data[0]} ({p_data[1]}): the metrics are not "
-                               f"comparable. To compare them on the candidate's data, evaluate production's "
-                               f"checkpoint there ({_how_to_measure(prod)}, tracked) and promote again")
+            c_how, p_how = _measured(c_fig), _measured(p_fig)
+            # e.g. the same photos cropped again by a newer hsnet (another data version), or the
+            # candidate measured with test-time flips: production's checkpoint measured as the candidate was
+            there = _valid_evaluation(client, p_fig["checkpoint_sha256"], c_how) if c_how != p_how else None
+            if there is not None:
+                p_fig, p_how, p_val = there, c_how, there[key]
+                decision.update(production_value=p_val, production_evaluation_run_id=p_fig["evaluation_run_id"])
+            if c_how != p_how:
+                reasons.append(_not_comparable(cand, prod, c_how, p_how))
             elif not c_val >= p_val + min_delta:
                 reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
                                f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")
