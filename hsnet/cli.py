@@ -398,7 +398,8 @@ def _add_reproduce(verbs) -> None:
     r.add_argument("--seeds", type=int, default=None, metavar="K",
                    help=f"runs per configuration, train.seed = 0..K-1 (default {DEFAULT_SEEDS})")
     r.add_argument("--concurrent", type=int, default=None, metavar="N",
-                   help="train N runs at a time, sharing the GPU (default 1: one after another)")
+                   help="train N runs at a time, sharing the GPU or, with several, each on the least busy "
+                        "(default 1: one after another)")
     r = _verb(rverbs, "datasets", "Tables 2-5: the paper's setting on each dataset", _reproduce)
     r.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     r.add_argument("--params", default="params.yaml")

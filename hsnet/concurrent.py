@@ -1,10 +1,12 @@
-"""Several trainings at once on one machine (one GPU): processes sharing the device.
+"""Several trainings at once on one machine: processes sharing its GPU, or spread over its GPUs.
 
 One HSNet run at the paper's batch of 32 leaves most of a large GPU idle and takes 0.27 GiB,
 so Table 6's configurations go faster side by side than one after another. Each run is its
 own process (its own CUDA context, allocator and Python interpreter: a crash or an
 out-of-memory in one ends only that one, and its result is a per-run record); the GPU
-time-slices between them. The CPU threads are divided between the runs (``OMP_NUM_THREADS``).
+time-slices between them. On a machine with several GPUs (:func:`visible_gpus`), each run starts
+on the one with the fewest runs (``CUDA_VISIBLE_DEVICES``), unless a device index was given.
+The CPU threads are divided between the runs (``OMP_NUM_THREADS``).
 
 * :func:`run_jobs` runs commands, at most ``concurrent`` at a time: what ``hsnet reproduce
   ablation --concurrent N`` does with its ``dvc exp run --temp`` commands.
@@ -54,11 +56,37 @@ def threads_per_job(concurrent: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // concurrent)
 
 
-def run_jobs(jobs: list[Job], concurrent: int, *, poll: float = 0.2) -> dict[str, dict]:
-    """Run ``jobs``, at most ``concurrent`` at once, in the given order; wait for all.
+def visible_gpus(device: str | None = None) -> list[str]:
+    """The GPUs concurrent runs are spread over: those ``CUDA_VISIBLE_DEVICES`` names (as CUDA reads
+    it: up to the first invalid entry), else every GPU torch sees. None to spread over when the
+    runs' ``device`` (else ``HSNET_DEVICE``) is the CPU or a GPU index ("cuda:1": every run there,
+    as asked), or with one GPU or none."""
+    device = device or os.environ.get("HSNET_DEVICE") or None
+    if device not in (None, "cuda"):
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        import torch
+
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    else:
+        ids = []
+        for entry in visible.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):  # CUDA stops at the first invalid entry
+                break
+            ids.append(entry)
+    return ids if len(ids) > 1 else []
+
+
+def run_jobs(jobs: list[Job], concurrent: int, *, gpus: list[str] | None = None,
+             poll: float = 0.2) -> dict[str, dict]:
+    """Run ``jobs``, at most ``concurrent`` at once, in the given order; wait for all. ``gpus``
+    (:func:`visible_gpus`): each job starts with ``CUDA_VISIBLE_DEVICES`` set to the one running
+    the fewest jobs then (a job's own ``env`` may set it instead).
 
     Returns {name: {"returncode", "seconds", "started", "ended" (epoch seconds), "output" (the end of
-    stdout and stderr)}}; a job that
+    stdout and stderr), "gpu" (with ``gpus``)}}; a job that
     fails is its record, the others still run. Interrupted (Ctrl-C), every running job is stopped.
     """
     check_concurrent(concurrent)
@@ -70,13 +98,20 @@ def run_jobs(jobs: list[Job], concurrent: int, *, poll: float = 0.2) -> dict[str
         for uri in {j.env.get("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")) for j in jobs}:
             ensure_store(uri)
     pending, running, results, started = list(jobs), {}, {}, {}
+    load = {gpu: 0 for gpu in gpus or []}  # running jobs per GPU
+    placed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="hsnet-jobs-") as tmp:
         try:
             while pending or running:
                 while pending and len(running) < concurrent:
                     job = pending.pop(0)
                     out = open(Path(tmp) / f"{len(results) + len(running)}.log", "w+b")
-                    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **job.env}
+                    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+                    if load and "CUDA_VISIBLE_DEVICES" not in job.env:
+                        placed[job.name] = min(load, key=lambda g: load[g])  # the first of the least busy
+                        load[placed[job.name]] += 1
+                        env["CUDA_VISIBLE_DEVICES"] = placed[job.name]
+                    env.update(job.env)
                     log.info("starting %s (%d running, %d waiting)", job.name, len(running) + 1, len(pending))
                     proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
                     running[job.name] = (proc, out, time.perf_counter())
@@ -89,6 +124,9 @@ def run_jobs(jobs: list[Job], concurrent: int, *, poll: float = 0.2) -> dict[str
                     out.close()
                     results[name] = {"returncode": proc.returncode, "seconds": time.perf_counter() - t0,
                                      "started": started[name], "ended": time.time(), "output": text[-TAIL:]}
+                    if name in placed:
+                        results[name]["gpu"] = placed[name]
+                        load[placed[name]] -= 1
                     del running[name]
                     (log.info if proc.returncode == 0 else log.error)(
                         "%s ended with %d after %.0f s", name, proc.returncode, results[name]["seconds"])
@@ -129,7 +167,7 @@ def train_and_evaluate(data_dir: str | os.PathLike, runs: dict, out_root: str | 
                        concurrent: int | None = None, checkpoint_uris: dict[str, str] | None = None,
                        checkpoint_every_s: float | None = None, device: str | None = None,
                        track: bool = True) -> dict[str, dict]:
-    """Several trainings on the same crops side by side (one GPU), then each finished one evaluated
+    """Several trainings on the same crops side by side (one GPU, or spread over several), then each finished one evaluated
     on the test split: the step of a Kubeflow ablation pod that trains several configurations.
 
     ``runs``: a run's name (its folder under ``out_root``) -> its resolved settings
@@ -196,7 +234,7 @@ def _train_and_evaluate(data_dir, runs: dict, out_root: Path, folders: dict[str,
             (job,) = train_jobs(data_dir, params_file, params.dataset, {"train": {}}, folders[name],
                                 device=device, track=track, extra=extra)
             jobs.append(Job(name, job.argv))
-        records = run_jobs(jobs, concurrent or len(jobs))
+        records = run_jobs(jobs, concurrent or len(jobs), gpus=visible_gpus(device))
     for name, record in records.items():
         if record["returncode"] != 0:
             record["error"] = f"training ended with exit code {record['returncode']}"

@@ -271,8 +271,8 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
              seeds: int | None = None, concurrent: int | None = None) -> dict:
     """Run (or queue) Table 6's eight configurations on ``dataset`` as DVC experiments, ``seeds`` runs
     each (train.seed = 0..seeds-1), one at a time, or ``concurrent`` at a time sharing the machine's
-    GPU (:mod:`hsnet.concurrent`)."""
-    from .concurrent import Job, check_concurrent, run_jobs
+    GPU, or spread over its GPUs (:mod:`hsnet.concurrent`)."""
+    from .concurrent import Job, check_concurrent, run_jobs, visible_gpus
 
     concurrent = check_concurrent(concurrent) if concurrent is not None else 1
     runs_at_once: list = []
@@ -310,7 +310,7 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
             log.error("%s failed: %s", name, "; ".join(why_failed(result["failed"][name])))
         else:
             result["ran"].append(_replace(repo, name, run_as))
-    for run_as, done in run_jobs(runs_at_once, concurrent).items() if runs_at_once else ():
+    for run_as, done in run_jobs(runs_at_once, concurrent, gpus=visible_gpus()).items() if runs_at_once else ():
         if done["returncode"] == 0:
             result["ran"].append(_replace(repo, renamed[run_as], run_as))
         else:

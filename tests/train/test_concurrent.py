@@ -194,3 +194,39 @@ def test_a_group_removes_the_settings_a_killed_group_left_and_refuses_a_second_g
     finally:
         os.close(fd)
     assert not (out / "other").exists()
+
+
+@pytest.mark.parametrize("visible, device, expected", [
+    ("0,1", None, ["0", "1"]), ("2,3,5", "cuda", ["2", "3", "5"]),
+    ("GPU-8f2c,GPU-91ab", None, ["GPU-8f2c", "GPU-91ab"]),  # UUIDs, as CUDA takes them
+    ("0,1,-1,2", None, ["0", "1"]),  # CUDA enumerates up to the first invalid entry
+    ("3", None, []), ("", None, []),  # one GPU or none: nothing to spread over
+    ("0,1", "cuda:1", []), ("0,1", "cpu", []),  # a device given: every run where it says
+])
+def test_the_gpus_concurrent_runs_are_spread_over(monkeypatch, visible, device, expected):
+    from hsnet.concurrent import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.delenv("HSNET_DEVICE", raising=False)
+    assert visible_gpus(device) == expected
+    monkeypatch.setenv("HSNET_DEVICE", "cuda:0")
+    assert visible_gpus() == []  # HSNET_DEVICE names one: all there
+
+
+def test_concurrent_jobs_on_a_machine_with_several_gpus_never_share_one_while_there_are_enough(tmp_path):
+    """4 jobs, 2 at a time, 2 GPUs: each job sees one GPU (CUDA_VISIBLE_DEVICES), and two jobs
+    running at the same time never see the same one; a job whose env names its own GPU keeps it."""
+    code = ("import os, sys, time; print(os.environ['CUDA_VISIBLE_DEVICES']); "
+            "time.sleep(float(sys.argv[1]))")
+    jobs = [Job(f"j{i}", [sys.executable, "-c", code, str(0.3 + 0.4 * (i % 2))]) for i in range(4)]
+    jobs.append(Job("own", [sys.executable, "-c", code, "0"], env={"CUDA_VISIBLE_DEVICES": "7"}))
+    records = run_jobs(jobs, 2, gpus=["0", "1"], poll=0.02)
+    assert records["own"]["output"].strip() == "7" and "gpu" not in records["own"]
+    spread = {n: r for n, r in records.items() if n != "own"}
+    for name, r in spread.items():
+        assert r["returncode"] == 0 and r["output"].strip() == r["gpu"] in ("0", "1"), (name, r)
+    for a in spread:
+        for b in spread:
+            overlap = spread[a]["started"] < spread[b]["ended"] and spread[b]["started"] < spread[a]["ended"]
+            if a < b and overlap:
+                assert spread[a]["gpu"] != spread[b]["gpu"], (a, b, spread)
