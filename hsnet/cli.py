@@ -76,7 +76,8 @@ def _crop(args: argparse.Namespace) -> None:
         raise HSNetError("--params needs --dataset (whose 'crop' settings to use)")
     p = _params(args, "crop", {"detector": args.detector, "size": args.size, "margin": args.margin,
                                "no_face": args.no_face, "min_prob": args.min_prob})
-    report = crop(args.manifest, args.root, args.out, device=args.device, settings=p.crop,
+    device = args.device or os.environ.get("HSNET_DEVICE") or "cpu"  # dvc repro's stage gives none: the env decides
+    report = crop(args.manifest, args.root, args.out, device=device, settings=p.crop,
                   batch_size=args.batch_size)
     print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
@@ -342,7 +343,7 @@ def _add_data_steps(verbs) -> None:
     p.add_argument("--no-face", choices=allowed(CropParams, "no_face"), default=None,
                    help="images without a face: drop them (the default; listed in the report) or centre-crop")
     p.add_argument("--min-prob", type=float, default=None, help=f"ignore detections below this probability (else {CropParams.min_prob:g})")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: HSNET_DEVICE, else cpu)")
     p.add_argument("--batch-size", type=int, default=crop_module.BATCH_SIZE, help="photos per MTCNN batch")
 
 

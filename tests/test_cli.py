@@ -57,6 +57,27 @@ def test_train_without_crops_says_which_step_makes_them(tmp_path, capsys):
     assert "output folder of 'hsnet crop'" in capsys.readouterr().err
 
 
+def test_crop_runs_where_hsnet_device_says_when_no_device_is_given(tiny_sample, tmp_path, capsys, monkeypatch):
+    """README: `HSNET_DEVICE=cuda dvc repro` puts every step on the GPU; dvc.yaml's crop stage gives
+    no --device. A machine without a GPU shows where crop went: it refuses cuda by name; without
+    HSNET_DEVICE it crops on the CPU; an explicit --device wins over the variable."""
+    import torch
+
+    from hsnet.cli import main
+    from hsnet.data.datasets import import_dataset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    import_dataset("sample", tiny_sample, tmp_path / "manifest.csv")
+    args = ["crop", "--manifest", str(tmp_path / "manifest.csv"), "--root", str(tiny_sample), "--detector", "mtcnn",
+            "--no-face", "center", "--size", "48"]
+    monkeypatch.setenv("HSNET_DEVICE", "cuda")
+    assert main(args + ["--out", str(tmp_path / "gpu")]) == 2
+    assert "--device cuda: no CUDA GPU is visible" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "cpu"), "--device", "cpu"]) == 0
+    monkeypatch.delenv("HSNET_DEVICE")
+    assert main(args + ["--out", str(tmp_path / "default")]) == 0
+
+
 @pytest.mark.parametrize("verb", [
     ["data", "sample", "--per-class", "1", "--size", "48"],
     ["evaluate", "--checkpoint", "{tmp}/missing.pt", "--data", "{tmp}/missing", "--no-mlflow"],
