@@ -508,7 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        torch = sys.modules.get("torch")
+        from .tracking import schema_message
+
+        torch, schema = sys.modules.get("torch"), schema_message(exc)
+        if schema:  # a tracking store of another MLflow's schema: what to do, not MLflow's traceback
+            print(f"hsnet {args.verb}: error: {schema}", file=sys.stderr)
+            return 2
         if torch is None or not isinstance(exc, torch.OutOfMemoryError):
             raise
         print(f"hsnet {args.verb}: error: out of GPU memory ({str(exc).splitlines()[0][:300]}); "

@@ -162,6 +162,33 @@ def is_tracking_error(exc: BaseException) -> bool:
     return exceptions is not None and isinstance(exc, exceptions.MlflowException)
 
 
+_SCHEMA = re.compile(r"database schema \(found version (?P<found>\w+), but expected (?P<expected>\w+)\)")
+
+
+def schema_message(exc: BaseException) -> str | None:
+    """MLflow's refusal of a store whose database schema isn't its own (``Detected out-of-date
+    database schema``, said of an older store and of a newer one alike), as what to do: an older
+    store is upgraded with ``mlflow db upgrade``; one a later MLflow wrote needs that MLflow here.
+    None for any other error."""
+    match = _SCHEMA.search(str(exc)) if is_tracking_error(exc) else None
+    if match is None:
+        return None
+    import mlflow
+    from mlflow.store import db_migrations
+
+    versions = Path(db_migrations.__file__).parent / "versions"
+    older = any(p.name.startswith(match["found"] + "_") for p in versions.glob("*.py"))
+    store = mask_uri(mlflow.get_tracking_uri())
+    if older:
+        return (f"the MLflow store {store} has an older database schema ({match['found']}) than MLflow "
+                f"{mlflow.__version__} here uses ({match['expected']}): back the store up, then run "
+                f"mlflow db upgrade '{store}' (with its real credentials) and run this again")
+    return (f"the MLflow store {store} was written by a newer MLflow than {mlflow.__version__} here (its database "
+            f"schema {match['found']} is unknown to this one): run this with the MLflow that wrote it (upgrade "
+            "hsnet and mlflow here, or use the image of that release), or set MLFLOW_TRACKING_URI to another "
+            "store; a store can't be downgraded")
+
+
 def _auth_headers() -> dict:
     """The credentials MLflow would send, for our own health check: user and password first, else
     the token (mlflow/utils/rest_utils.py's order)."""

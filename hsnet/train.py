@@ -419,8 +419,8 @@ def _tracking_lost(out_dir: Path):
     try:
         yield
     except Exception as exc:
-        if not tracking.is_tracking_error(exc):
-            raise
+        if not tracking.is_tracking_error(exc) or tracking.schema_message(exc):
+            raise  # a store of another schema is refused as such (hsnet.cli), not as "stopped answering"
         raise tracking.TrackingUnavailable(
             f"the MLflow tracking store stopped answering during training ({tracking.mask_uri(str(exc))[:300]}); "
             f"{out_dir / checkpoint.LAST} holds every epoch it recorded: once it answers, run the same command "

@@ -96,3 +96,52 @@ def test_a_relative_sqlite_uri_in_an_experiment_copy_means_the_projects_store(tm
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}?timeout=30"
     monkeypatch.chdir(tmp_path)  # in the project itself the URI is MLflow's, unchanged
     assert tracking.tracking_uri() == "sqlite:///mlflow/mlflow.db?timeout=30"
+
+
+def _store_at_schema(tmp_path, monkeypatch, revision: str) -> str:
+    """A sqlite tracking store whose recorded schema revision is ``revision`` (alembic_version)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the tables at this MLflow's schema, made in another process (this one keeps the stores it opened)
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"],
+                   check=True, capture_output=True)
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        con.execute("update alembic_version set version_num = ?", (revision,))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    return uri
+
+
+@pytest.mark.parametrize("revision, said", [
+    # a revision no MLflow here knows: the store was migrated by a later MLflow (its schema moves on
+    # with each release, and MLflow migrates a store only forwards: `mlflow db upgrade`)
+    ("ffffffffffff", "written by a newer MLflow than"),
+    # MLflow's own first migration (mlflow/store/db_migrations/versions/451aebb31d03_add_metric_step.py)
+    ("451aebb31d03", "has an older database schema (451aebb31d03)"),
+])
+def test_a_store_of_another_mlflow_schema_is_refused_with_what_to_do(tmp_path, monkeypatch, capsys, revision, said):
+    """MLflow refuses a store whose schema isn't its own with one text for both directions
+    ("Detected out-of-date database schema ... run 'mlflow db upgrade'"), which is wrong advice for
+    a store a newer MLflow wrote, and hsnet printed it as a traceback (exit 1). Each step says
+    which it is and what to do (exit 2, no traceback)."""
+    from hsnet.cli import main
+
+    uri = _store_at_schema(tmp_path, monkeypatch, revision)
+    assert main(["promote", "--name", "hsnet-sample"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and uri in err and "Traceback" not in err, err
+    assert ("mlflow db upgrade" in err) == (revision == "451aebb31d03")
+
+
+def test_training_into_a_store_of_a_newer_schema_is_not_called_a_store_that_stopped_answering(
+        tiny_data, tiny_params, tmp_path, monkeypatch, capsys):
+    from hsnet.cli import main
+
+    _store_at_schema(tmp_path, monkeypatch, "ffffffffffff")
+    code = main(["train", "--data", str(tiny_data), "--params", str(tiny_params), "--dataset", "sample",
+                 "--out", str(tmp_path / "run"), "--max-epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "written by a newer MLflow" in err and "stopped answering" not in err, err
