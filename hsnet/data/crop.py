@@ -35,13 +35,13 @@ from PIL import Image
 from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, dvc_cache_of,
                   only_writer, open_rgb, safe_join, sha256_file, sync_filesystem, write_json)
-from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params
+from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params, allowed
 from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("mtcnn", "none")
-NO_FACE_POLICIES = ("drop", "center")
+DETECTORS = tuple(allowed(CropParams, "detector"))  # the schema's values
+NO_FACE_POLICIES = tuple(allowed(CropParams, "no_face"))
 STATE_FILE = "crop_state.json"
 IMAGES = "images"  # the crops' folder inside --out
 CHUNK = 256  # at most this many decoded photos are held at a time (MTCNN's batches are cut from them)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import HSNetError
 from ..io import output_file, sha256_file
-from ..params import ImportParams
+from ..params import ImportParams, allowed
 from . import splits
 from .manifest import SPLITS, write_manifest
 
@@ -122,9 +122,9 @@ def scan_rafdb(root: Path, options: dict) -> Scan:
     label_file = root / RAFDB_LABEL_FILE
     if not label_file.is_file():
         raise DatasetLayoutError(f"{root} does not look like RAF-DB: {label_file} is missing{_top_hint('rafdb', root)}")
-    variant = options.get("rafdb_images", "aligned")
-    if variant not in ("aligned", "original"):
-        raise HSNetError(f"rafdb_images must be 'aligned' or 'original', got {variant!r}")
+    variant, variants = options.get("rafdb_images", ImportParams.rafdb_images), allowed(ImportParams, "rafdb_images")
+    if variant not in variants:
+        raise HSNetError(f"rafdb_images must be one of {', '.join(map(repr, variants))}, got {variant!r}")
     scan = Scan()
     listed = set()
     for n, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM too
@@ -314,8 +314,9 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset root {root} is not a directory; expected {spec.layout}")
     output_file(out, "--out")
-    if split_by not in ("class", "subject"):
-        raise HSNetError(f"--split-by must be 'class' or 'subject', got {split_by!r}")
+    if split_by not in allowed(ImportParams, "split_by"):
+        raise HSNetError(f"--split-by must be one of {', '.join(map(repr, allowed(ImportParams, 'split_by')))}, "
+                         f"got {split_by!r}")
     if split_by == "subject" and not spec.subjects_known:
         raise HSNetError(f"--split-by subject: {name} does not identify subjects; use --split-by class")
     scan = spec.scan(root, options)
