@@ -54,7 +54,8 @@ def fetch_raw(source: str, dvc_path: str, dvc_rev: str, version: str, raw: Outpu
     ``version`` (from source_version) is this step's cache key; the data fetched must still have it."""
     from components.convert import start_step
     from hsnet.data.fetch import fetch
+    from hsnet.tracking import mask_text
 
     start_step()
     fetch(source, raw.path, dvc_path=dvc_path or None, rev=dvc_rev or None, expect_version=version)
-    raw.metadata.update(source=source + (f" {dvc_path}@{dvc_rev}" if dvc_path else ""), version=version)
+    raw.metadata.update(source=mask_text(source) + (f" {dvc_path}@{dvc_rev}" if dvc_path else ""), version=version)

@@ -57,25 +57,20 @@ def threads_per_job(concurrent: int, cores: int | None = None) -> int:
 
 
 def visible_gpus(device: str | None = None) -> list[str]:
-    """The GPUs concurrent runs are spread over: those ``CUDA_VISIBLE_DEVICES`` names (as CUDA reads
-    it: up to the first invalid entry), else every GPU torch sees. None to spread over when the
-    runs' ``device`` (else ``HSNET_DEVICE``) is the CPU or a GPU index ("cuda:1": every run there,
-    as asked), or with one GPU or none."""
+    """The GPUs concurrent runs are spread over: the first ``torch.cuda.device_count()`` entries of
+    ``CUDA_VISIBLE_DEVICES`` (CUDA stops at the first invalid entry, and torch counts as CUDA
+    does: "0,1,7" on a 2-GPU machine is 0 and 1), else every GPU torch sees. None to spread over
+    when the runs' ``device`` (else ``HSNET_DEVICE``) is the CPU or a GPU index ("cuda:1": every
+    run there, as asked), or with one GPU or none."""
+    import torch
+
     device = device or os.environ.get("HSNET_DEVICE") or None
     if device not in (None, "cuda"):
         return []
+    count = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        import torch
-
-        ids = [str(i) for i in range(torch.cuda.device_count())]
-    else:
-        ids = []
-        for entry in visible.split(","):
-            entry = entry.strip()
-            if not entry or entry.startswith("-"):  # CUDA stops at the first invalid entry
-                break
-            ids.append(entry)
+    entries = [e.strip() for e in visible.split(",")] if visible is not None else [str(i) for i in range(count)]
+    ids = entries[:count]
     return ids if len(ids) > 1 else []
 
 

@@ -35,7 +35,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from . import paper, tracking
 from .errors import HSNetError
@@ -169,6 +169,8 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
 def _figures(client, run) -> dict:
     """The figures of a finished ``hsnet evaluate`` run, from its params (immutable) and metrics
     (each logged once by evaluate: a metric logged again later is a changed record, refused)."""
+    from .checkpoint import BEST
+
     run_id, params = run.info.run_id, run.data.params
     if run.data.tags.get("step") != "evaluate" or "checkpoint_sha256" not in params:
         raise NoEvaluation(f"MLflow run {run_id} is not an hsnet evaluate run of a known checkpoint")
@@ -176,7 +178,9 @@ def _figures(client, run) -> dict:
         raise NoEvaluation(f"evaluation run {run_id} did not finish (status {run.info.status}); evaluate again")
     out = {"evaluation_run_id": run_id, "checkpoint_sha256": params["checkpoint_sha256"],
            "test_data_version": params.get("test_data_version"), "test_split": params.get("split"),
-           "tta_hflip": params.get("tta_hflip"), "dataset": run.data.tags.get("dataset")}
+           "tta_hflip": params.get("tta_hflip"), "dataset": run.data.tags.get("dataset"),
+           # the bytes it measured, logged in the run as checkpoint/<this name> (hsnet.evaluate)
+           "checkpoint_file": PurePath(params.get("checkpoint") or BEST).name}
     for key in METRICS.values():
         history = client.get_metric_history(run_id, key)
         if len(history) != 1:
@@ -279,30 +283,31 @@ def _measured(fig: dict) -> tuple:
     return fig["test_data_version"], fig["test_split"], fig["tta_hflip"]
 
 
-def _not_comparable(cand, prod, c: tuple, p: tuple) -> str:
+def _not_comparable(cand, prod, p_fig: dict, c: tuple, p: tuple) -> str:
+    """Why the candidate (measured as ``c``) and production (as ``p``, figures ``p_fig``) can't be
+    compared, and the commands that measure production's checkpoint as the candidate was."""
     if c[:2] != p[:2]:
         differ = f"was tested on {c[0]} ({c[1]}) and production (version {prod.version}) on {p[0]} ({p[1]})"
     else:
         differ = f"was evaluated with evaluate.tta_hflip {c[2]} and production (version {prod.version}) with {p[2]}"
     return (f"version {cand.version} {differ}: the metrics are not comparable. To compare them on the candidate's "
-            f"data, evaluate production's checkpoint there ({_how_to_measure(prod, c[2])}, tracked) and promote again")
+            f"data, evaluate production's checkpoint there ({_how_to_measure(p_fig, c)}, tracked) and promote again")
 
 
-def _how_to_measure(prod, tta_hflip: str | None) -> str:
-    """The commands that evaluate production's checkpoint on other test data: its training run
-    keeps it (``checkpoint/<best.pt>``, hsnet.train), and ``hsnet evaluate`` records the run the
-    gate then finds, measured with the candidate's ``tta_hflip``."""
-    from .checkpoint import BEST
-
-    folder, train_run = "production-checkpoint", prod.tags.get("train_run_id")
-    flips = f"--{'' if tta_hflip == 'True' else 'no-'}tta-hflip"
-    if not train_run or train_run == "None":
-        return (f"its checkpoint file (version {prod.version} names no training run), then hsnet evaluate "
-                f"--checkpoint <its best.pt> --data <the candidate's crops> --out production-evaluation {flips}")
-    store = shlex.quote(tracking.mask_uri(tracking.tracking_uri(create=False)))  # the mlflow CLI's default is another
-    return (f"MLFLOW_TRACKING_URI={store} mlflow artifacts download -r {train_run} -a checkpoint/{BEST} -d {folder}, "
-            f"then hsnet evaluate --checkpoint {folder}/{BEST} --data <the candidate's crops> "
-            f"--out production-evaluation {flips}")
+def _how_to_measure(p_fig: dict, measured: tuple) -> str:
+    """The commands that evaluate production's checkpoint as the candidate was ``measured`` (data,
+    split, tta_hflip): production's own evaluation run keeps the very bytes it measured
+    (``checkpoint/<file>``, hsnet.evaluate; a training run's best.pt may have been replaced by a
+    resumed run since), and ``hsnet evaluate`` records the run the gate then finds."""
+    folder, name = "production-checkpoint", p_fig["checkpoint_file"]
+    flips = f"--{'' if measured[2] == 'True' else 'no-'}tta-hflip"
+    # the store named (the mlflow CLI's default is another), unless its credentials were taken out
+    # of the URI here: the user's own MLFLOW_TRACKING_URI has them
+    store = tracking.tracking_uri(create=False)
+    prefix = "" if tracking.credentials_moved(store) else f"MLFLOW_TRACKING_URI={shlex.quote(tracking.mask_uri(store))} "
+    return (f"{prefix}mlflow artifacts download -r {p_fig['evaluation_run_id']} -a checkpoint/{name} -d {folder}, "
+            f"then hsnet evaluate --checkpoint {shlex.quote(f'{folder}/{name}')} --data <the candidate's crops> "
+            f"--split {measured[1]} --out production-evaluation {flips}")
 
 
 def _registration_params(client, mv) -> dict:
@@ -696,7 +701,7 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
                 p_fig, p_how, p_val = there, c_how, there[key]
                 decision.update(production_value=p_val, production_evaluation_run_id=p_fig["evaluation_run_id"])
             if c_how != p_how:
-                reasons.append(_not_comparable(cand, prod, c_how, p_how))
+                reasons.append(_not_comparable(cand, prod, p_fig, c_how, p_how))
             elif not c_val >= p_val + min_delta:
                 reasons.append(f"version {cand.version} {metric} {c_val:.4f} does not beat production "
                                f"(version {prod.version}) {p_val:.4f} by at least {min_delta}")

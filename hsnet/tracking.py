@@ -42,10 +42,10 @@ class TrackingUnavailable(HSNetError):
     pass
 
 
-# the user part runs to the authority's last '@' (an '@' left unencoded in a password or token is
-# part of it, as urllib reads it); a password may hold a '/' left unencoded (masked, not parsed)
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/:]*(?:@[^@/:?#]*(?=[@:]))*)"
-                       r"(?::(?P<password>[^@]*(?:@[^@/?#]*(?=@))*))?@")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# a password with a '/' left unencoded ends the authority early (urllib reads it no better): its
+# user:password@ runs to the next '@', unless what precedes the '/' is a port (host:5000/a@b)
+_SPLIT_PASSWORD = re.compile(r"^(?P<user>[^@/:?#]*):(?P<password>(?!\d{1,5}[/?#])[^@?#]*)@")
 # query values that are secrets: passwords, tokens, keys, and presigned URLs' signatures and
 # credentials (S3's X-Amz-Signature / X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig)
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key|sig|credential)[^=&#]*=)[^&#]*")
@@ -55,9 +55,35 @@ def mask_uri(uri: str) -> str:
     """``uri`` as it may be printed or logged: a password in it (``scheme://user:PASSWORD@host``), a
     user part alone (``scheme://TOKEN@host``: a token sent as the user), or a secret query value
     (``password=``, ``token=``, ``X-Amz-Signature=``...) replaced by ``***``. The one masking rule."""
-    uri = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] is not None
-                        else f"{m['scheme']}***@", str(uri), count=1)
+    uri = str(uri)
+    scheme = _SCHEME.match(uri)
+    if scheme:
+        head, rest = uri[:scheme.end()], uri[scheme.end():]
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if "@" in authority:  # the user part runs to the authority's last '@' (RFC 3986 3.2.1), as urllib reads it
+            userinfo = authority.rpartition("@")[0]
+            user, has_password, _ = userinfo.partition(":")
+            uri = head + (f"{user}:***" if has_password else "***") + rest[len(userinfo):]
+        else:
+            uri = head + _SPLIT_PASSWORD.sub(lambda m: f"{m['user']}:***@", rest, count=1)
     return _SECRET_QUERY.sub(r"\1***", uri)
+
+
+_moved: set[str] = set()  # tracking URIs whose credentials _move_credentials took out
+
+
+def credentials_moved(uri: str) -> bool:
+    """Whether ``uri`` is a tracking URI hsnet took credentials out of: a command printed for the
+    user must not name it (without them it fails; theirs has them)."""
+    return uri in _moved
+
+
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+
+
+def mask_text(text: str) -> str:
+    """``text`` (an error, a tool's output) with every URI in it through :func:`mask_uri`."""
+    return _URI_IN_TEXT.sub(lambda m: mask_uri(m.group(0)), str(text))
 
 
 def _move_credentials(uri: str) -> str:
@@ -74,6 +100,7 @@ def _move_credentials(uri: str) -> str:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
     clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
     os.environ["MLFLOW_TRACKING_URI"] = clean
+    _moved.add(clean)
     log.debug("MLFLOW_TRACKING_URI carried credentials: moved to MLFLOW_TRACKING_USERNAME/PASSWORD")
     return clean
 

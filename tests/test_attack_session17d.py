@@ -80,12 +80,18 @@ def _evaluation(local_mlflow, sha: str, data_version: str, accuracy: float, *, s
     """A finished ``hsnet evaluate`` run's record: tags, params and one value of each metric."""
     import time
 
+    import tempfile
+    from pathlib import Path
+
     client, exp = _store(local_mlflow)
     run = client.create_run(exp, tags={"step": "evaluate", "dataset": "sample"})
     rid = run.info.run_id
-    for k, v in {"checkpoint_sha256": sha, "test_data_version": data_version, "split": split,
-                 "tta_hflip": "False"}.items():
+    for k, v in {"checkpoint": "runs/sample/train/best.pt", "checkpoint_sha256": sha,
+                 "test_data_version": data_version, "split": split, "tta_hflip": "False"}.items():
         client.log_param(rid, k, v)
+    with tempfile.TemporaryDirectory() as tmp:  # the bytes evaluated, as hsnet evaluate logs them
+        (Path(tmp) / "best.pt").write_bytes(f"weights {sha}".encode())
+        client.log_artifact(rid, str(Path(tmp) / "best.pt"), artifact_path="checkpoint")
     for k in ("test_accuracy", "test_mean_accuracy"):
         client.log_metric(rid, k, accuracy)
         if logged_twice:

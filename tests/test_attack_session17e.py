@@ -66,10 +66,15 @@ def _version(client, exp: str, name: str, sha: str, evaluation: str) -> str:
 def _evaluation(client, exp: str, sha: str, data_version: str, accuracy: float) -> str:
     import time
 
+    import tempfile
+
     rid = client.create_run(exp, tags={"step": "evaluate", "dataset": "sample"}).info.run_id
-    for k, v in {"checkpoint_sha256": sha, "test_data_version": data_version, "split": "test",
-                 "tta_hflip": "False"}.items():
+    for k, v in {"checkpoint": "runs/sample/train/best.pt", "checkpoint_sha256": sha,
+                 "test_data_version": data_version, "split": "test", "tta_hflip": "False"}.items():
         client.log_param(rid, k, v)
+    with tempfile.TemporaryDirectory() as tmp:  # the bytes evaluated, as hsnet evaluate logs them
+        (Path(tmp) / "best.pt").write_bytes(f"weights {sha}".encode())
+        client.log_artifact(rid, str(Path(tmp) / "best.pt"), artifact_path="checkpoint")
     for k in ("test_accuracy", "test_mean_accuracy"):
         client.log_metric(rid, k, accuracy)
     client.set_terminated(rid, "FINISHED")

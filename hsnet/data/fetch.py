@@ -14,6 +14,7 @@ unchanged data is not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,8 +25,24 @@ from pathlib import Path
 
 from ..errors import HSNetError
 from ..io import check_writable, open_regular, safe_join
+from ..tracking import mask_text
 
 
+def _masked(step):
+    """``step``'s errors and result with the source's credentials masked (a private repository is
+    often given as https://oauth2:TOKEN@host/...; dvc's and git's output may repeat it)."""
+    @functools.wraps(step)
+    def masked(*args, **kwargs):
+        try:
+            result = step(*args, **kwargs)
+        except HSNetError as exc:
+            exc.args = (mask_text(str(exc)),)
+            raise
+        return {**result, "source": mask_text(result["source"])} if isinstance(result, dict) else result
+    return masked
+
+
+@_masked
 def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, rev: str | None = None,
           progress: bool = True, expect_version: str | None = None) -> dict:
     """Copy the raw dataset at ``source`` into the empty or new folder ``out``. ``expect_version``
@@ -58,6 +75,7 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
     return {"source": how, "out": str(out), "files": files}
 
 
+@_masked
 def source_version(source: str, *, dvc_path: str | None = None, rev: str | None = None) -> str:
     """A content version of what :func:`fetch` would bring from ``source`` now, read without
     downloading the data: equal for the same content, different when any file changed.

@@ -64,3 +64,23 @@ def test_an_altered_newer_evaluation_of_production_falls_back_to_an_older_valid_
     assert decision["promoted"] and decision["production"] == 2 and not decision["forced"], decision
     assert decision["production_evaluation_run_id"] != newer["mlflow_run_id"]
     assert newer["mlflow_run_id"] in caplog.text
+
+
+@pytest.mark.parametrize("given, prefix", [
+    ("http://127.0.0.1:5000", "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 "),
+    # credentials in the URI: hsnet moved them out of its own copy; the user's variable still has them,
+    # so the command must not name the store (a URI without them gets a 401) nor print them
+    ("http://alice:s3cr3t@127.0.0.1:5000", ""),
+])
+def test_the_refusals_download_names_the_store_unless_that_would_drop_its_credentials(monkeypatch, given, prefix):
+    from hsnet import tracking
+    from hsnet.registry import _how_to_measure
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    tracking.tracking_uri()  # what every hsnet step does first
+    advice = _how_to_measure({"evaluation_run_id": "a" * 32, "checkpoint_file": "best.pt"},
+                             ("sha256:0123456789abcdef", "test", "False"))
+    assert advice.startswith(prefix + "mlflow artifacts download -r " + "a" * 32 + " -a checkpoint/best.pt"), advice
+    assert "s3cr3t" not in advice

@@ -525,6 +525,8 @@ def test_server_script_without_mlflow_says_it_is_missing(tmp_path):
     # ... but an '@' in the path is not part of it
     ("http://alice:pw@host/runs/a@b", "http://alice:***@host/runs/a@b"),
     ("http://tok@host:5000/p", "http://***@host:5000/p"),
+    # a port, then an '@' in the path: nothing to mask (the host is kept)
+    ("http://host:5000/runs/a@b", "http://host:5000/runs/a@b"),
 ])
 def test_mask_uri(uri, shown):
     from hsnet.tracking import mask_uri

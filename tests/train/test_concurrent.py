@@ -196,17 +196,24 @@ def test_a_group_removes_the_settings_a_killed_group_left_and_refuses_a_second_g
     assert not (out / "other").exists()
 
 
-@pytest.mark.parametrize("visible, device, expected", [
-    ("0,1", None, ["0", "1"]), ("2,3,5", "cuda", ["2", "3", "5"]),
-    ("GPU-8f2c,GPU-91ab", None, ["GPU-8f2c", "GPU-91ab"]),  # UUIDs, as CUDA takes them
-    ("0,1,-1,2", None, ["0", "1"]),  # CUDA enumerates up to the first invalid entry
-    ("3", None, []), ("", None, []),  # one GPU or none: nothing to spread over
-    ("0,1", "cuda:1", []), ("0,1", "cpu", []),  # a device given: every run where it says
+@pytest.mark.parametrize("visible, cuda_sees, device, expected", [
+    ("0,1", 2, None, ["0", "1"]), ("2,3,5", 3, "cuda", ["2", "3", "5"]),
+    ("GPU-8f2c,GPU-91ab", 2, None, ["GPU-8f2c", "GPU-91ab"]),  # UUIDs, as CUDA takes them
+    ("0,1,-1,2", 2, None, ["0", "1"]),  # CUDA enumerates up to the first invalid entry (torch counts 2)
+    (None, 3, None, ["0", "1", "2"]),  # unset: every GPU
+    ("3", 1, None, []), ("", 0, None, []),  # one GPU or none: nothing to spread over
+    ("0,1", 2, "cuda:1", []), ("0,1", 2, "cpu", []),  # a device given: every run where it says
 ])
-def test_the_gpus_concurrent_runs_are_spread_over(monkeypatch, visible, device, expected):
+def test_the_gpus_concurrent_runs_are_spread_over(monkeypatch, visible, cuda_sees, device, expected):
+    import torch
+
     from hsnet.concurrent import visible_gpus
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_sees)  # what CUDA reports here
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     monkeypatch.delenv("HSNET_DEVICE", raising=False)
     assert visible_gpus(device) == expected
     monkeypatch.setenv("HSNET_DEVICE", "cuda:0")
