@@ -301,11 +301,12 @@ def _how_to_measure(p_fig: dict, measured: tuple) -> str:
     resumed run since), and ``hsnet evaluate`` records the run the gate then finds."""
     folder, name = "production-checkpoint", p_fig["checkpoint_file"]
     flips = f"--{'' if measured[2] == 'True' else 'no-'}tta-hflip"
-    # the store named (the mlflow CLI's default is another), unless its credentials were taken out
-    # of the URI here: the user's own MLFLOW_TRACKING_URI has them
+    # hsnet's own local store is named (the mlflow CLI's default is another); a store the user gave
+    # in MLFLOW_TRACKING_URI is theirs already, with its credentials (which a printed URI masks)
     store = tracking.tracking_uri(create=False)
-    prefix = "" if tracking.credentials_moved(store) else f"MLFLOW_TRACKING_URI={shlex.quote(tracking.mask_uri(store))} "
-    return (f"{prefix}mlflow artifacts download -r {p_fig['evaluation_run_id']} -a checkpoint/{name} -d {folder}, "
+    prefix = f"MLFLOW_TRACKING_URI={shlex.quote(store)} " if tracking.is_default_store(store) else ""
+    return (f"{prefix}mlflow artifacts download -r {p_fig['evaluation_run_id']} -a {shlex.quote(f'checkpoint/{name}')} "
+            f"-d {folder}, "
             f"then hsnet evaluate --checkpoint {shlex.quote(f'{folder}/{name}')} --data <the candidate's crops> "
             f"--split {measured[1]} --out production-evaluation {flips}")
 

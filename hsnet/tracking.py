@@ -43,9 +43,10 @@ class TrackingUnavailable(HSNetError):
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# a password with a '/' left unencoded ends the authority early (urllib reads it no better): its
-# user:password@ runs to the next '@', unless what precedes the '/' is a port (host:5000/a@b)
-_SPLIT_PASSWORD = re.compile(r"^(?P<user>[^@/:?#]*):(?P<password>(?!\d{1,5}[/?#])[^@?#]*)@")
+# a password with a '/', '?' or '#' left unencoded ends the authority early (urllib reads it no
+# better): its user:password@ runs to the next '@', unless a port precedes it (host:5000/a@b); an
+# IPv6 host ([::1]:5000) is no user
+_SPLIT_PASSWORD = re.compile(r"^(?P<user>[^@/:?#\[\]]*):(?P<password>(?!\d{1,5}[/?#])[^@]*)@")
 # query values that are secrets: passwords, tokens, keys, and presigned URLs' signatures and
 # credentials (S3's X-Amz-Signature / X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig)
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key|sig|credential)[^=&#]*=)[^&#]*")
@@ -69,16 +70,8 @@ def mask_uri(uri: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", uri)
 
 
-_moved: set[str] = set()  # tracking URIs whose credentials _move_credentials took out
-
-
-def credentials_moved(uri: str) -> bool:
-    """Whether ``uri`` is a tracking URI hsnet took credentials out of: a command printed for the
-    user must not name it (without them it fails; theirs has them)."""
-    return uri in _moved
-
-
-_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+# a URI in a text: its scheme, then up to a blank, a quote, or where the next URI's scheme begins
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:(?![A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>`])+")
 
 
 def mask_text(text: str) -> str:
@@ -100,9 +93,14 @@ def _move_credentials(uri: str) -> str:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
     clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
     os.environ["MLFLOW_TRACKING_URI"] = clean
-    _moved.add(clean)
     log.debug("MLFLOW_TRACKING_URI carried credentials: moved to MLFLOW_TRACKING_USERNAME/PASSWORD")
     return clean
+
+
+def is_default_store(uri: str) -> bool:
+    """Whether ``uri`` is hsnet's own local store (``mlflow/mlflow.db`` of the project: used when
+    MLFLOW_TRACKING_URI is not set), which the ``mlflow`` CLI doesn't know by itself."""
+    return uri == f"sqlite:///{project_root() / DEFAULT_STORE}"
 
 
 def tracking_uri(create: bool = True) -> str:

@@ -66,21 +66,26 @@ def test_an_altered_newer_evaluation_of_production_falls_back_to_an_older_valid_
     assert newer["mlflow_run_id"] in caplog.text
 
 
-@pytest.mark.parametrize("given, prefix", [
-    ("http://127.0.0.1:5000", "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 "),
-    # credentials in the URI: hsnet moved them out of its own copy; the user's variable still has them,
-    # so the command must not name the store (a URI without them gets a 401) nor print them
-    ("http://alice:s3cr3t@127.0.0.1:5000", ""),
-])
-def test_the_refusals_download_names_the_store_unless_that_would_drop_its_credentials(monkeypatch, given, prefix):
+@pytest.mark.parametrize("given", ["http://127.0.0.1:5000", "http://alice:s3cr3t@127.0.0.1:5000",
+                                   "postgresql://mlflow:s3cr3t@db:5432/mlflow"])
+def test_the_refusals_download_names_only_hsnets_own_store(monkeypatch, tmp_path, given):
+    """A store the user gave in MLFLOW_TRACKING_URI is theirs in the shell they paste into (with its
+    credentials; a URI hsnet prints has them masked, and a command naming it would log in with
+    '***'); hsnet's own local store, used when none is given, is named: the mlflow CLI's default
+    is another."""
     from hsnet import tracking
     from hsnet.registry import _how_to_measure
 
+    fig, measured = {"evaluation_run_id": "a" * 32, "checkpoint_file": "best.pt"}, ("sha256:0123456789abcdef",
+                                                                                 "test", "False")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
-    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    tracking.tracking_uri()  # what every hsnet step does first
-    advice = _how_to_measure({"evaluation_run_id": "a" * 32, "checkpoint_file": "best.pt"},
-                             ("sha256:0123456789abcdef", "test", "False"))
-    assert advice.startswith(prefix + "mlflow artifacts download -r " + "a" * 32 + " -a checkpoint/best.pt"), advice
+    tracking.tracking_uri()  # what every hsnet step does first (moves an http URI's credentials out)
+    advice = _how_to_measure(fig, measured)
+    assert advice.startswith("mlflow artifacts download -r " + "a" * 32 + " -a checkpoint/best.pt"), advice
     assert "s3cr3t" not in advice
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "mlflow.db").touch()
+    assert _how_to_measure(fig, measured).startswith(
+        f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'} mlflow artifacts download")
