@@ -6,11 +6,13 @@ workers). Nothing here is mocked in-process: boto3, DVC's s3fs and MLflow talk H
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -86,3 +88,32 @@ def start_mlflow(workdir: Path, artifacts: str, extra_env: dict | None = None) -
     env.pop("MLFLOW_TRACKING_URI", None)
     return Server(["bash", str(ROOT / "mlflow" / "server.sh")], f"http://127.0.0.1:{port}", "/health", env,
                   workdir / "mlflow-server.log")
+
+
+def serve_http(handler_cls, ssl_context=None) -> http.server.ThreadingHTTPServer:
+    """``handler_cls`` on a free loopback port (TLS with ``ssl_context``), served by a daemon thread,
+    in this process; the caller calls ``shutdown()`` and ``server_close()``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def answering(status: int, headers: dict | None = None, body: bytes = b"", seen: list | None = None):
+    """A request handler that answers every GET with ``status``, ``headers`` and ``body``, quietly;
+    ``seen`` collects each request's Authorization header."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if seen is not None:
+                seen.append(self.headers.get("Authorization"))
+            self.send_response(status)
+            for name, value in {**(headers or {}), "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler

@@ -8,12 +8,11 @@ tensor can merely be created; ``get_device_properties``/``get_device_capability`
 
 from __future__ import annotations
 
-import http.server
-import threading
 from types import SimpleNamespace
 
 import pytest
 import torch
+from servers import answering, serve_http
 
 from hsnet.errors import HSNetError
 
@@ -217,12 +216,6 @@ def test_a_run_on_the_cpu_of_a_gpu_box_records_the_cpu_as_its_device(tiny_data, 
 
 # --- 5. the pre-flight health check and the tracking credentials ------------------------------------------
 
-def _http_server(handler_cls):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_the_health_check_does_not_send_the_tracking_credentials_to_another_host_on_a_redirect(monkeypatch):
     """The tracking server's /health redirects elsewhere (an SSO proxy's login page, a moved
     host). hsnet's health check puts MLFLOW_TRACKING_USERNAME/PASSWORD (or the token) in an
@@ -235,32 +228,9 @@ def test_the_health_check_does_not_send_the_tracking_credentials_to_another_host
     from hsnet import tracking
 
     seen = []
-
-    class Other(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def log_message(self, *args):
-            pass
-
-    other = _http_server(Other)
+    other = serve_http(answering(200, body=b"OK", seen=seen))
     other_url = f"http://localhost:{other.server_address[1]}/login"  # another host name than 127.0.0.1
-
-    class Tracking(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(302)
-            self.send_header("Location", other_url)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    tracking_server = _http_server(Tracking)
+    tracking_server = serve_http(answering(302, {"Location": other_url}))
     try:
         url = f"http://127.0.0.1:{tracking_server.server_address[1]}"
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")

@@ -150,37 +150,17 @@ def test_the_loader_reads_crops_checked_out_as_links_into_the_dvc_cache(tmp_path
 # --- the tracking health check (tracking.check_reachable) and its TLS settings -----------------------
 
 
-def _serve(handler_cls, ssl_context=None):
-    import http.server
-    import threading
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    if ssl_context is not None:
-        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_a_tracking_server_answering_500_is_not_taken_for_up():
     """Mutant t2 (hsnet/tracking.py check_reachable: ``resp.status_code >= 500`` -> ``> 500``).
     500 Internal Server Error is the first 5xx, "the server encountered an unexpected condition
     that prevented it from fulfilling the request" (RFC 9110 15.6.1); MLflow's /health of a server
     whose backend store is down answers it. check_reachable's own comment: only codes below 500
     mean up (401/404 behind a proxy). The tests only used unreachable ports, never a 500."""
-    import http.server
+    from servers import answering, serve_http
 
     from hsnet import tracking
 
-    class Broken(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(500)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = _serve(Broken)
+    server = serve_http(answering(500))
     try:
         with pytest.raises(tracking.TrackingUnavailable, match="answered HTTP 500"):
             tracking.check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
@@ -197,10 +177,10 @@ def test_a_tracking_server_that_requires_a_client_certificate_gets_mlflows_one(t
     of the requests.request function" (mlflow docs, Tracking > environment variables). A server
     that requires a client certificate (mutual TLS) refuses the handshake without one, and the
     health check then calls a reachable server unreachable, stopping every step."""
-    import http.server
     import ssl
 
     from conftest import _self_signed
+    from servers import answering, serve_http
 
     from hsnet import tracking
 
@@ -208,21 +188,11 @@ def test_a_tracking_server_that_requires_a_client_certificate_gets_mlflows_one(t
     both = tmp_path / "client.pem"  # requests' cert=: one file with the certificate and its key
     both.write_bytes(cert.read_bytes() + key.read_bytes())
 
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def log_message(self, *args):
-            pass
-
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the client's certificate, signed by this CA
     ctx.load_verify_locations(cert)
-    server = _serve(Health, ctx)
+    server = serve_http(answering(200, body=b"OK"), ctx)
     try:
         url = f"https://127.0.0.1:{server.server_address[1]}"
         monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
