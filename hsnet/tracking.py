@@ -203,7 +203,10 @@ def schema_message(exc: BaseException) -> str | None:
 
     versions = Path(db_migrations.__file__).parent / "versions"
     older = any(p.name.startswith(match["found"] + "_") for p in versions.glob("*.py"))
-    store = mask_uri(mlflow.get_tracking_uri())
+    try:  # the store the step opened: hsnet's (MLflow's own global may name another, set earlier in the process)
+        store = mask_uri(tracking_uri(create=False))
+    except HSNetError:
+        store = mask_uri(mlflow.get_tracking_uri())
     if older:
         return (f"the MLflow store {store} has an older database schema ({match['found']}) than MLflow "
                 f"{mlflow.__version__} here uses ({match['expected']}): back the store up, then run "

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import http.server
 import itertools
 import os
 import shutil
 import ssl
-import threading
 
 import pytest
 import torch
@@ -286,36 +284,13 @@ def register_killed():
 
 # --- an HTTPS tracking server stand-in (a private CA), for the health check's TLS -----------------
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "server.pem", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @pytest.fixture
 def https_tracking_server(tmp_path):
     """An HTTPS server on loopback with a self-signed certificate that answers MLflow's ``/health``
     with 200 OK (what ``mlflow server`` answers), as a tracking server behind a private CA does."""
-    cert, key = _self_signed(tmp_path)
+    from servers import serve_http, self_signed
+
+    cert, key = self_signed(tmp_path)
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -327,12 +302,9 @@ def https_tracking_server(tmp_path):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_http(Health, ctx)
     try:
         yield f"https://127.0.0.1:{server.server_address[1]}", cert
     finally:

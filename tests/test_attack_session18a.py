@@ -179,12 +179,11 @@ def test_a_tracking_server_that_requires_a_client_certificate_gets_mlflows_one(t
     health check then calls a reachable server unreachable, stopping every step."""
     import ssl
 
-    from conftest import _self_signed
-    from servers import answering, serve_http
+    from servers import answering, self_signed, serve_http
 
     from hsnet import tracking
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     both = tmp_path / "client.pem"  # requests' cert=: one file with the certificate and its key
     both.write_bytes(cert.read_bytes() + key.read_bytes())
 
