@@ -64,8 +64,9 @@ def visible_gpus(device: str | None = None) -> list[str]:
     run there, as asked), or with one GPU or none."""
     import torch
 
-    device = device or os.environ.get("HSNET_DEVICE") or None
-    if device not in (None, "cuda"):
+    from .device import asked
+
+    if asked(device) not in (None, "cuda"):
         return []
     count = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

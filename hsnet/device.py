@@ -33,9 +33,14 @@ class Setup:
     channels_last: bool
 
 
+def asked(name: str | None = None) -> str | None:
+    """The device asked for: ``name`` (a --device flag), else ``HSNET_DEVICE``, else None."""
+    return name or os.environ.get("HSNET_DEVICE") or None
+
+
 def pick_device(name: str | None = None) -> Setup:
     """``name`` (cpu, cuda, cuda:1), else ``HSNET_DEVICE``, else a GPU when one is visible."""
-    name = name or os.environ.get("HSNET_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = asked(name) or ("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HSNetError(f"device {name!r} asked for, but no CUDA GPU is visible; use --device cpu")
     try:

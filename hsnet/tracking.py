@@ -100,7 +100,7 @@ def _move_credentials(uri: str) -> str:
 def is_default_store(uri: str) -> bool:
     """Whether ``uri`` is hsnet's own local store (``mlflow/mlflow.db`` of the project: used when
     MLFLOW_TRACKING_URI is not set), which the ``mlflow`` CLI doesn't know by itself."""
-    return uri == f"sqlite:///{project_root() / DEFAULT_STORE}"
+    return uri == _sqlite(project_root() / DEFAULT_STORE)
 
 
 def tracking_uri(create: bool = True) -> str:
@@ -118,7 +118,12 @@ def tracking_uri(create: bool = True) -> str:
                                   "run in): run this from the project folder, or set MLFLOW_TRACKING_URI "
                                   "(e.g. sqlite:////path/to/project/mlflow/mlflow.db or http://host:5000)")
     store.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store}"
+    return _sqlite(store)
+
+
+def _sqlite(path: Path) -> str:
+    """The tracking URI of the sqlite store at ``path``."""
+    return f"sqlite:///{path}"
 
 
 def _experiment_copy_project(path: Path) -> Path | None:
