@@ -14,6 +14,17 @@ import os
 RUN_ID_ENV = "KFP_RUN_ID"
 
 
+def run_id() -> str:
+    """This pipeline run's id ("" outside a Kubeflow cluster)."""
+    return os.environ.get(RUN_ID_ENV, "")
+
+
+def checkpoint_interval(seconds: float) -> float | None:
+    """A step's ``checkpoint_every_s`` as hsnet takes it: a parameter can't be None, so a negative
+    one means hsnet's default (None, hsnet.durable.INTERVAL_S)."""
+    return None if seconds < 0 else seconds
+
+
 def restore_ints(value):
     """Kubeflow's parameter transport (protobuf Struct) turns every int into a float: 500 -> 500.0."""
     if isinstance(value, dict):

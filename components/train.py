@@ -18,30 +18,23 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     The Model artifact holds best.pt and the run's summary and history, not the resume state."""
     import base64
     import logging
-    import os
     import tempfile
     from pathlib import Path
 
-    from components.convert import RUN_ID_ENV, params_for, start_step, write_metrics_file
+    from components.convert import checkpoint_interval, params_for, run_id, start_step, write_metrics_file
     from hsnet import durable
     from hsnet.checkpoint import BEST
-    from hsnet.train import CURVES, export_model, train
+    from hsnet.train import CURVES, export_model
 
     start_step(mlflow_tracking_uri)
     overrides = {"model": model_overrides or {}, "train": {"seed": seed} if seed >= 0 else {}}
     settings = params_for(params, dataset, overrides)
-    run_id = os.environ.get(RUN_ID_ENV, "")
-    every = None if checkpoint_every_s < 0 else checkpoint_every_s
+    prefix = durable.prefix_for_run(checkpoint_uri, run_id(), settings)
+    if prefix:
+        logging.getLogger("hsnet").info("durable checkpoints at %s", prefix)
     with tempfile.TemporaryDirectory(prefix="train-") as work:
-        if checkpoint_uri and run_id:
-            prefix = durable.run_prefix(checkpoint_uri, run_id, settings)
-            logging.getLogger("hsnet").info("durable checkpoints at %s", prefix)
-            summary = durable.train(crops.path, settings, work, prefix, min_interval_s=every)
-        else:
-            if checkpoint_uri:
-                logging.getLogger("hsnet").warning("%s is not set (not on a Kubeflow cluster?): checkpoints stay "
-                                                   "local, a restarted step trains from the start", RUN_ID_ENV)
-            summary = train(crops.path, settings, work)
+        summary = durable.train(crops.path, settings, work, prefix,
+                                min_interval_s=checkpoint_interval(checkpoint_every_s))
         export_model(work, model.path)
         png = base64.b64encode((Path(work) / CURVES).read_bytes()).decode()
     metrics.log_metric("best_val_accuracy", summary["best_val_accuracy"])

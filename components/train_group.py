@@ -21,22 +21,21 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
     succeeded with a failed run would be reused as it is by every later submission and its run
     never trained again. A retry of the pipeline run (same run id) resumes the finished runs from
     their checkpoints as finished and trains only the failed ones."""
-    import os
     import tempfile
 
-    from components.convert import RUN_ID_ENV, group_settings, start_step
+    from components.convert import checkpoint_interval, group_settings, run_id, start_step
     from hsnet import durable
     from hsnet.concurrent import export, failed, train_and_evaluate
     from hsnet.errors import HSNetError
 
     start_step(mlflow_tracking_uri)
     settings = group_settings(params, dataset, runs)
-    run_id = os.environ.get(RUN_ID_ENV, "")
-    uris = {name: durable.run_prefix(checkpoint_uri, run_id, p) for name, p in settings.items()} \
-        if checkpoint_uri and run_id else None
+    key = run_id()
+    uris = {name: durable.prefix_for_run(checkpoint_uri, key, p) for name, p in settings.items()}
+    uris = uris if all(uris.values()) else None
     with tempfile.TemporaryDirectory(prefix="train-group-") as work:
         records = train_and_evaluate(crops.path, settings, work, checkpoint_uris=uris,
-                                     checkpoint_every_s=None if checkpoint_every_s < 0 else checkpoint_every_s)
+                                     checkpoint_every_s=checkpoint_interval(checkpoint_every_s))
         bad = failed(records)
         export(work, records, models.path, evaluations.path)
     models.metadata.update(dataset=dataset, runs=sorted(settings), failed=sorted(bad))

@@ -415,7 +415,7 @@ def _add_reproduce(verbs) -> None:
 
 def _add_registry(verbs) -> None:
     from .deploy import CANARY_PERCENT
-    from .paper import METRICS
+    from .registry import GATE_METRIC, METRICS, MIN_DELTA
 
     p = _verb(verbs, "register", "register an evaluated checkpoint in the MLflow model registry", _register)
     p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
@@ -430,8 +430,8 @@ def _add_registry(verbs) -> None:
     p = _verb(verbs, "promote", "move the 'production' alias to a better version, or roll back", _promote)
     p.add_argument("--name", required=True, help="registered model, e.g. hsnet-rafdb")
     p.add_argument("--version", default=None, help="version to promote (default: the 'candidate' alias)")
-    p.add_argument("--metric", choices=list(METRICS), default=METRICS[0], help="the test metric compared")
-    p.add_argument("--min-delta", type=float, default=0.0, help="required gain over production")
+    p.add_argument("--metric", choices=list(METRICS), default=GATE_METRIC, help="the test metric compared")
+    p.add_argument("--min-delta", type=float, default=MIN_DELTA, help="required gain over production")
     p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
     p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
     p.add_argument("--unlock", action="store_true",

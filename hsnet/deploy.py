@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import HSNetError
+from .registry import GATE_METRIC, MIN_DELTA
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ def deploy_production(name: str, result: dict, *, isvc: str | None = None, names
                    canary_percent=canary_percent)
 
 
-def promote_and_deploy(name: str, *, version=None, metric: str = "accuracy", min_delta: float = 0.0,
+def promote_and_deploy(name: str, *, version=None, metric: str = GATE_METRIC, min_delta: float = MIN_DELTA,
                        force: bool = False, isvc: str | None = None, namespace: str | None = None,
                        canary_percent: int = CANARY_PERCENT) -> tuple[dict, dict]:
     """``hsnet promote --deploy`` and the Kubeflow promote step with ``deploy``: the Kubernetes

@@ -11,7 +11,7 @@ then resumes with ``resume="auto"``: only from a checkpoint of the same data, se
 from scratch otherwise. ``best.pt`` is uploaded before ``last.pt``, so the prefix never holds a
 ``last.pt`` whose best epoch is missing from its ``best.pt``.
 
-The Kubeflow train step builds the prefix with :func:`run_prefix` from the pipeline's
+The Kubeflow train steps take the prefix :func:`prefix_for_run` makes of the pipeline's
 ``checkpoint_uri``, the run's id and the training settings.
 """
 
@@ -48,6 +48,19 @@ def run_prefix(base_uri: str, run_key: str, params: Params) -> str:
     if not run_key or "/" in run_key or run_key in (".", ".."):
         raise HSNetError(f"run key {run_key!r}: give the pipeline run's id (no '/')")
     return f"{base_uri.rstrip('/')}/{run_key}/{params.dataset}-{settings_key(params)}"
+
+
+def prefix_for_run(base_uri: str, run_key: str, params: Params) -> str | None:
+    """A pipeline step's durable prefix (:func:`run_prefix`), or None (checkpoints stay where the
+    training runs) when ``base_uri`` is "" or there is no run key: the step then can't find its
+    earlier attempt's checkpoints, which is said."""
+    if not base_uri:
+        return None
+    if not run_key:
+        log.warning("no pipeline run id (not on a Kubeflow cluster?): checkpoints for %s stay local, a restarted "
+                    "step trains from the start", base_uri)
+        return None
+    return run_prefix(base_uri, run_key, params)
 
 
 def _key(uri: str, name: str) -> tuple[str, str]:
@@ -128,12 +141,13 @@ class Uploader:
         self.uploaded_at, self.best_pending, self.uploads = now, False, self.uploads + 1
 
 
-def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interval_s: float | None = None,
+def train(data_dir, params: Params, out_dir, checkpoint_uri: str | None, *, min_interval_s: float | None = None,
           **kwargs) -> dict:
     """:func:`hsnet.train.train` with durable checkpoints at ``checkpoint_uri`` (an s3:// prefix):
     restored once the training holds ``out_dir`` (a second run refused there downloads nothing into
     it), uploaded after the first epoch and then every ``min_interval_s`` seconds at most (0: every
-    epoch; None: :data:`INTERVAL_S`); resumes only a checkpoint of the same data, settings and code."""
+    epoch; None: :data:`INTERVAL_S`); resumes only a checkpoint of the same data, settings and code.
+    ``checkpoint_uri`` None: none kept elsewhere (what ``out_dir`` holds is still resumed)."""
     from .train import train as train_local
 
     if min_interval_s is None:
@@ -142,6 +156,8 @@ def train(data_dir, params: Params, out_dir, checkpoint_uri: str, *, min_interva
         raise HSNetError(f"checkpoint interval {min_interval_s} s: give 0 (every epoch) or more seconds, a finite "
                          "number")
 
+    if checkpoint_uri is None:
+        return train_local(data_dir, params, out_dir, resume="auto", **kwargs)
     return train_local(data_dir, params, out_dir, resume="auto",
                        on_start=lambda folder: restore(checkpoint_uri, folder),
                        on_checkpoint=Uploader(checkpoint_uri, min_interval_s), **kwargs)

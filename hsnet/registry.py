@@ -47,6 +47,8 @@ CANDIDATE, PRODUCTION, PREVIOUS = "candidate", "production", "previous"
 RECORD = "registered.json"  # what the register stage writes beside a run's evaluation (dvc.yaml's --out)
 ROLLED_BACK_TAG = "rolled_back_at"  # on a version rollback took out of production; promote refuses it unforced
 METRICS = {m: f"test_{m}" for m in paper.METRICS}  # the evaluate run's MLflow metric names
+GATE_METRIC = paper.METRICS[0]  # what promotion compares unless told otherwise
+MIN_DELTA = 0.0  # the gain over production promotion asks for unless told otherwise
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")
 LOCK_SUFFIX = ".promotion-lock"
 _DATA_VERSION = re.compile(r"^sha256:[0-9a-f]{8,64}$")
@@ -617,7 +619,7 @@ def registered_version(model_uri: str) -> tuple[str, str]:
         raise HSNetError(f"{model_uri}: not in the registry at {where} ({exc.message[:300]})") from exc
 
 
-def promote(name: str, *, version: int | str | None = None, metric: str = "accuracy", min_delta: float = 0.0,
+def promote(name: str, *, version: int | str | None = None, metric: str = GATE_METRIC, min_delta: float = MIN_DELTA,
             force: bool = False) -> dict:
     """Point ``production`` at ``version`` (default: the ``candidate`` alias) if it is better.
 

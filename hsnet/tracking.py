@@ -447,17 +447,6 @@ def git_commit() -> str:
     return "unknown"
 
 
-def code_version(root: str | os.PathLike | None = None) -> str:
-    """A version of the hsnet code that runs (or of the package at ``root``): the sha256 of its Python
-    sources (paths and contents). The same in a checkout and in the image built from it, wherever it
-    lies; any change to the package changes it."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return "sha256:" + digest.hexdigest()[:16]
-
-
 def data_version(manifest: Path) -> str:
     """A version of the data a run used: the sha256 of its manifest (paths, labels, splits).
 

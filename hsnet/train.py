@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, guards, interrupt, tracking
+from . import checkpoint, guards, interrupt, sources, tracking
 from .data.datasets import get_spec
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
@@ -378,7 +378,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     cfg["crop"] = _crops_made_with(data_dir, cfg["crop"])  # what predict cuts faces with
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
-            "code_version": tracking.code_version()}
+            "code_version": sources.code_version(__name__)}
     out_dir.mkdir(parents=True, exist_ok=True)
     held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from hsnet import params as params_file
 from hsnet.deploy import CANARY_PERCENT
+from hsnet.registry import GATE_METRIC, MIN_DELTA
 from kfp import dsl, kubernetes
 
 from components import (crop_faces, evaluate_model, import_data, promote_model, register_model, train_model,
@@ -221,7 +222,8 @@ def hsnet_pipeline(
         registered.set_caching_options(False)  # registering is idempotent; let it report the version every run
         with dsl.If(promote == True, name="promote-if-asked"):  # noqa: E712 - a pipeline condition, not Python
             promoted = step(_secrets(promote_model(model_uri=registered.output, mlflow_tracking_uri=mlflow_tracking_uri,
-                                                   deploy=deploy, canary_percent=canary_percent), mlflow=True),
+                                                   metric=GATE_METRIC, min_delta=MIN_DELTA, deploy=deploy,
+                                                   canary_percent=canary_percent), mlflow=True),
                             "promote")
             promoted.set_caching_options(False)  # the registry's state decides, not the inputs
 

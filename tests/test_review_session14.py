@@ -66,8 +66,8 @@ def test_promote_deploy_of_a_version_already_in_production_is_the_same_from_cli_
     assert main(["promote", "--name", "hsnet-x", "--version", "3", "--deploy", "--canary-percent", "100",
                  "--namespace", "ns"]) == 0
     caller = "kfp"
-    promote_model.python_func(model_uri="models:/hsnet-x/3", mlflow_tracking_uri="", deploy=True,
-                              canary_percent=100, namespace="ns")
+    promote_model.python_func(model_uri="models:/hsnet-x/3", mlflow_tracking_uri="", metric="accuracy",
+                              min_delta=0.0, deploy=True, canary_percent=100, namespace="ns")
     assert calls["cli"] == [("models:/hsnet-x/3", "hsnet-x", 100)]
     assert calls["kfp"] == calls["cli"], "the Kubeflow promote step deploys differently from hsnet promote"
 

@@ -14,7 +14,8 @@ output manifest or, by name, in the report.
   crop and resize.
 * No face found: ``no_face="drop"`` reports the file and leaves it out;
   ``no_face="center"`` falls back to a centre crop and marks the row.
-* Incremental: a re-run only processes rows whose file content (sha256) or settings changed.
+* Incremental: a re-run into the same ``out`` only processes rows whose file content (sha256) changed,
+  unless the settings or the code that crops (``hsnet.sources.code_version``) changed: then all.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from .. import sources
 from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, dvc_cache_of,
                   only_writer, open_rgb, safe_join, sha256_file, sync_filesystem, write_json)
@@ -238,11 +240,18 @@ def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[di
     return items, refused
 
 
+def _made_with(settings: CropParams) -> dict:
+    """What a crop depends on besides its photo: the settings and the code that cuts it."""
+    return {"settings": settings.key(), "code_version": sources.code_version(__name__)}
+
+
 def _previous_entries(out: Path, settings: CropParams) -> dict:
-    """The last run's entries when it used the same settings; {} when there is none or it is unreadable."""
+    """The last run's entries when the same settings and code made them; {} when there is none or it
+    is unreadable."""
     try:
         state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
-        return dict(state.get("entries", {})) if state.get("settings") == settings.key() else {}
+        same = all(state.get(k) == v for k, v in _made_with(settings).items())
+        return dict(state.get("entries", {})) if same else {}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, AttributeError) as exc:
@@ -487,7 +496,7 @@ def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict,
                             "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
     write_json(out / REPORT, report)
     _remove_stale(out, {out / r["path"] for r in out_rows})  # crops of rows that now have no face
-    write_json(out / STATE_FILE, {"settings": settings.key(), "entries": entries})
+    write_json(out / STATE_FILE, {**_made_with(settings), "entries": entries})
 
 
 def _clear_the_way(out: Path, items: list[_Item]) -> None:

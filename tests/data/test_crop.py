@@ -124,6 +124,23 @@ def test_incremental_rerun(photos, tmp_path):
     assert Image.open(tmp_path / "out" / "images" / "grey.png").size == (90, 90)
 
 
+def test_crops_made_by_other_code_are_cut_again(photos, tmp_path):
+    """A re-crop into the same --out after an upgrade (crop_state.json written by other crop code,
+    or by an hsnet that didn't record its code) reuses nothing: the detector may have changed."""
+    manifest = _manifest(tmp_path / "m.csv", ["astronaut.jpg", "grey.png"])
+    settings = CropParams(size=100, no_face="center")
+    crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)
+    state = tmp_path / "out" / "crop_state.json"
+    recorded = json.loads(state.read_text())
+    assert recorded["code_version"].startswith("sha256:")
+    for older in ({**recorded, "code_version": "sha256:0123456789abcdef"},
+                  {k: v for k, v in recorded.items() if k != "code_version"}):
+        state.write_text(json.dumps(older))
+        again = crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)
+        assert again["processed"] == 2 and again["reused"] == 0
+    assert crop(manifest, photos, tmp_path / "out", settings=settings, progress=False)["reused"] == 2
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16", "P", "exif"])
 def test_image_modes(mode, tmp_path):
     rgb = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8))

@@ -204,33 +204,6 @@ def test_resume_auto_restarts_a_checkpoint_of_other_code(tmp_path, tiny_data, ca
         assert load(out / "last.pt")["meta"]["code_version"].startswith("sha256:")
 
 
-def test_the_code_version_is_the_same_on_a_second_machine_and_changes_with_the_code(tmp_path):
-    """A Kubeflow retry lands on another node, where the package lies elsewhere: the same sources give
-    the same version (it must, or the retry would train from the start); an edited, added or renamed
-    module gives another (or dvc repro after a code change would resume the old code's run);
-    bytecode caches don't count."""
-    import shutil
-
-    from hsnet import tracking
-
-    here = Path(tracking.__file__).resolve().parent
-    one, two = tmp_path / "node1" / "hsnet", tmp_path / "elsewhere" / "deeper" / "hsnet"
-    for copy in (one, two):
-        shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert tracking.code_version(one) == tracking.code_version(two) == tracking.code_version()
-    (two / "__pycache__").mkdir(exist_ok=True)
-    (two / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0" * 10)
-    assert tracking.code_version(two) == tracking.code_version(one)
-    versions = {tracking.code_version(one)}
-    (two / "train.py").write_text((two / "train.py").read_text() + "\n# an edit\n")
-    versions.add(tracking.code_version(two))
-    (two / "extra.py").write_text("")
-    versions.add(tracking.code_version(two))
-    (two / "extra.py").rename(two / "extra2.py")
-    versions.add(tracking.code_version(two))
-    assert len(versions) == 4
-
-
 def test_uploads_are_throttled_and_best_goes_with_its_last(tmp_path, s3_server, monkeypatch):
     """The first epoch's checkpoints go up at once, later ones at most every min_interval_s; a best.pt
     that improved in between goes up with the next last.pt, never alone."""
@@ -261,3 +234,23 @@ def test_uploads_are_throttled_and_best_goes_with_its_last(tmp_path, s3_server, 
     assert remote() == {"best.pt": "best.pt 1", "last.pt": "last.pt 1"}
     epoch(4), up(out, False)  # 400 s: due; epoch 2's improvement is still pending, so best.pt goes too
     assert remote() == {"best.pt": "best.pt 4", "last.pt": "last.pt 4"} and up.uploads == 2
+
+
+def test_a_step_keeps_its_checkpoints_at_the_run_s_prefix_only_when_it_has_both(caplog):
+    """The Kubeflow train steps: BASE/RUN/DATASET-SETTINGS with a base and a run id; no base: kept
+    in the pod, silently (asked for); a base but no run id (kfp.local, a pod without the label):
+    kept in the pod, and said, since a restart then trains from the start."""
+    from hsnet import durable
+    from hsnet.errors import HSNetError
+    from hsnet.params import Params
+
+    settings = Params.resolve(None, "sample")
+    assert durable.prefix_for_run("", "run-1", settings) is None
+    assert "stay local" not in caplog.text
+    assert durable.prefix_for_run(BASE, "", settings) is None
+    assert "no pipeline run id" in caplog.text and "trains from the start" in caplog.text
+    prefix = durable.prefix_for_run(BASE + "/", "run-1", settings)
+    assert prefix.startswith("s3://hsnet/checkpoints/run-1/sample-")
+    assert len(prefix.rsplit("-", 1)[1]) == 12  # the settings' hash
+    with pytest.raises(HSNetError, match="run key"):
+        durable.prefix_for_run(BASE, "a/b", settings)

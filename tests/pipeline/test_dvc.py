@@ -140,52 +140,21 @@ def test_push_and_pull_data_on_s3(repo, s3_server):
 
 # Modules whose changes never change a stage's result: the package markers, error classes, S3 transport.
 # modules that can stop a stage or name its errors but not change what it writes
-NOT_RESULTS = {"hsnet/__init__.py", "hsnet/data/__init__.py", "hsnet/errors.py", "hsnet/interrupt.py", "hsnet/s3.py"}
-ENTRY = {"import": "hsnet/data/datasets.py", "validate": "hsnet/data/validate.py", "crop": "hsnet/data/crop.py",
-         "train": "hsnet/train.py", "evaluate": "hsnet/evaluate.py", "register": "hsnet/registry.py"}
-
-
-def _hsnet_imports(path: Path) -> set[str]:
-    """The hsnet modules ``path`` imports (anywhere in it, relative or absolute), as file paths."""
-    import ast
-
-    def module_file(name: str) -> str | None:
-        p = ROOT / Path(*name.split("."))
-        for f in (p / "__init__.py", p.with_suffix(".py")):
-            if f.is_file():
-                return f.relative_to(ROOT).as_posix()
-        return None
-
-    package = ".".join(path.relative_to(ROOT).parent.parts)
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            names = [base] + [f"{base}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            if name.startswith("hsnet"):
-                parts = name.split(".")
-                found |= {f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i])))}
-    return found
+# hsnet/sources.py names the code a checkpoint or a crop record was made with, not what they hold.
+NOT_RESULTS = {"hsnet/__init__.py", "hsnet/data/__init__.py", "hsnet/errors.py", "hsnet/interrupt.py", "hsnet/s3.py",
+               "hsnet/sources.py"}
+ENTRY = {"import": "hsnet.data.datasets", "validate": "hsnet.data.validate", "crop": "hsnet.data.crop",
+         "train": "hsnet.train", "evaluate": "hsnet.evaluate", "register": "hsnet.registry"}
 
 
 def test_stage_deps_cover_the_code_they_run():
     """Every hsnet module a stage's code imports (transitively) is one of its deps, so editing it
     (hsnet/params.py's paper defaults, say) re-runs the stage."""
+    from hsnet import sources
+
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage, entry in ENTRY.items():
-        seen, todo = set(), [entry]
-        while todo:
-            f = todo.pop()
-            if f not in seen:
-                seen.add(f)
-                todo += sorted(_hsnet_imports(ROOT / f))
+        seen = set(sources.closure(entry, ROOT / "hsnet"))
         deps = [d for d in stages[stage]["do"]["deps"] if d.startswith("hsnet")]
         missing = sorted(f for f in seen - NOT_RESULTS if not any(f == d or f.startswith(d.rstrip("/") + "/")
                                                                    for d in deps))

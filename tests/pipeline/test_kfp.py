@@ -498,3 +498,24 @@ def test_promotion_is_an_optional_step_off_by_default(spec):
         uri = task["inputs"]["parameters"]["model_uri"]  # register's output, passed into the condition
         assert uri["componentInputParameter"] in ("pipelinechannel--register-model-Output",
                                                   "pipelinechannel--register-model-2-Output")
+
+
+def test_the_promote_step_gates_as_hsnet_promote_does_by_default(spec):
+    """The Kubeflow promote step compares what `hsnet promote` compares by default (test accuracy, no
+    required gain, a 10% canary): the pipeline passes them, the component has no defaults of its own
+    (a literal there was a second home that could drift)."""
+    from hsnet.cli import build_parser
+
+    cli = build_parser().parse_args(["promote", "--name", "hsnet-x"])
+    assert (cli.metric, cli.min_delta, cli.canary_percent) == ("accuracy", 0.0, 10)
+    pipeline = spec[1][0]
+    promotes = [task for comp in pipeline["components"].values() for task in comp.get("dag", {}).get("tasks", {}).values()
+                if task["componentRef"]["name"].startswith("comp-promote-model")]
+    for task in promotes:
+        given = task["inputs"]["parameters"]
+        assert given["metric"]["runtimeValue"]["constant"] == cli.metric
+        assert given["min_delta"]["runtimeValue"]["constant"] == cli.min_delta
+        assert given["canary_percent"]["componentInputParameter"] == "pipelinechannel--canary_percent"
+        inputs = pipeline["components"][task["componentRef"]["name"]]["inputDefinitions"]["parameters"]
+        assert not any("defaultValue" in inputs[k] for k in ("metric", "min_delta", "canary_percent", "deploy"))
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["canary_percent"]["defaultValue"] == cli.canary_percent

@@ -1,0 +1,75 @@
+"""The hsnet sources a step runs: a module and every hsnet module it imports, transitively.
+
+Read from the source text (``ast``), not from ``sys.modules``, so the answer is the same whatever
+else the process imported: it is what a step's result can depend on. Two things use it: a
+checkpoint's ``code_version`` (a killed run resumes after an edit to code it doesn't run, and
+trains from the start after an edit to code it does) and the crop record's reuse key; the test of
+dvc.yaml holds each stage's deps to it.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent  # the hsnet package folder that runs
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    """The file of the dotted hsnet module ``name`` under the package folder ``root``; None if none."""
+    path = root.parent.joinpath(*name.split("."))
+    for f in (path / "__init__.py", path.with_suffix(".py")):
+        if f.is_file():
+            return f
+    return None
+
+
+def imports(path: Path, root: Path = PACKAGE) -> set[Path]:
+    """The hsnet module files ``path`` imports, anywhere in it (a function's import counts),
+    relative or absolute; a package's ``__init__.py`` counts for each module imported from it."""
+    package = ".".join(path.relative_to(root.parent).parent.parts)
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == root.name:
+                found |= {f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i]), root))}
+    return found
+
+
+def closure(module: str, root: Path = PACKAGE) -> list[str]:
+    """``module`` (dotted, e.g. ``hsnet.train``) and the hsnet modules it imports, transitively: paths
+    relative to the folder holding the package (``hsnet/train.py``), sorted."""
+    first = _module_file(module, root)
+    if first is None:
+        raise ValueError(f"no module {module} under {root}")
+    seen: set[Path] = set()
+    todo = [first]
+    while todo:
+        f = todo.pop()
+        if f not in seen:
+            seen.add(f)
+            todo += sorted(imports(f, root) - seen)
+    return sorted(f.relative_to(root.parent).as_posix() for f in seen)
+
+
+def code_version(module: str, root: Path | None = None) -> str:
+    """A version of the code ``module`` runs (``hsnet.train``; in the package folder ``root``, else the
+    one that runs): the sha256 of the paths and contents of its ``closure``. The same in a checkout
+    and in the image built from it, wherever it lies; an edit to code the module doesn't run
+    (``serve.py`` for training) leaves it as it was; bytecode doesn't count."""
+    root = Path(root) if root is not None else PACKAGE
+    digest = hashlib.sha256()
+    for name in closure(module, root):
+        digest.update(name.encode() + b"\0" + (root.parent / name).read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()[:16]
