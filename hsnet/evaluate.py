@@ -16,6 +16,7 @@ import torch
 
 from . import paper as paper_mod
 from . import tracking
+from .data.datasets import check_classes
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .errors import HSNetError
 from .io import atomic_path, check_creatable, clean_stale_tmp, write_json, write_text
@@ -89,32 +90,6 @@ def predict_split(model, split, setup, batch_size: int, tta_hflip: bool = False)
     return torch.cat(probs).numpy()
 
 
-def check_classes(rows: list[dict], classes: list[str], manifest: Path, checkpoint) -> None:
-    """The data's classes (label -> label_name over the whole manifest) must be the checkpoint's,
-    index for index; otherwise the metrics would be silently wrong (same count, other names)
-    or fail half-way (more classes)."""
-    from .data.datasets import DATASETS
-
-    names: dict[int, set] = {}
-    for r in rows:
-        names.setdefault(int(r["label"]), set()).add(r.get("label_name", ""))
-    mixed = {label: sorted(n) for label, n in names.items() if len(n) > 1}
-    if mixed:
-        label, both = next(iter(mixed.items()))
-        raise HSNetError(f"{manifest}: label {label} is named {' and '.join(map(repr, both))} in different "
-                         "rows; re-create the manifest with hsnet data import and hsnet crop")
-    data = {label: next(iter(n)) for label, n in sorted(names.items())}
-    if data == dict(enumerate(classes)):
-        return
-    like = [s.name for s in DATASETS.values() if dict(enumerate(s.classes)) == data]
-    raise HSNetError(
-        f"{manifest} does not hold the classes checkpoint {checkpoint} was trained on: the data has "
-        f"{len(data)} classes ({', '.join(f'{i} {n}' for i, n in data.items())})"
-        + (f", as {'/'.join(like)} has," if like else "")
-        + f" the checkpoint {len(classes)} ({', '.join(f'{i} {n}' for i, n in enumerate(classes))}). "
-        "Evaluate a checkpoint trained on this dataset, or give the crops of the checkpoint's dataset")
-
-
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
              split: str = "test", settings: EvaluateParams | None = None, device: str | None = None,
              track: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
@@ -131,7 +106,8 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     data_dir = Path(data_dir)
     manifest = data_dir / MANIFEST
     all_rows = read_manifest(manifest)
-    check_classes(all_rows, classes, manifest, checkpoint)
+    check_classes(all_rows, classes, manifest, f"checkpoint {checkpoint} was trained on",
+                  "Evaluate a checkpoint trained on this dataset, or give the crops of the checkpoint's dataset")
     rows = [r for r in all_rows if r["split"] == split]
     check_nonempty(split, rows, manifest)
     setup = pick_device(device)
@@ -141,6 +117,10 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
         log.warning("the crops in %s were cut with %s, the model's training crops with %s (as predict and the "
                     "server cut faces): these figures are not the served model's; evaluate on crops cut as the "
                     "model's (hsnet crop with those settings)", data_dir, cut_with, trained_on)
+    if tta_hflip:
+        log.warning("evaluate.tta_hflip: each image is scored with its mirror image averaged in, which hsnet "
+                    "predict, the registered model and the server never do: these figures are not the served "
+                    "model's (the promotion gate compares them only with figures measured the same way)")
     data = load_split(rows, data_dir, int(meta["input_size"]), progress=progress)
     probs = predict_split(model, data, setup, batch_size, tta_hflip)
     actual = data.labels.numpy()

@@ -140,7 +140,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    tta_hflip: bool = False  # average with the flipped image (not in the paper)
+    tta_hflip: bool = False  # average with the flipped image (not in the paper; serving never flips)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from .errors import HSNetError
 from .limits import MIN_FACE_SIZE, MIN_PROB
 from .io import (IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
-                 output_file, safe_join)
+                 output_file, safe_join, to_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,20 @@ class Classifier:
         return int(self.crop.get("size") or self.input_size)
 
     def to_tensor(self, faces: list[np.ndarray | Image.Image]) -> torch.Tensor:
-        """Resize each face to the input size; (N, 3, S, S) uint8."""
-        s = self.input_size
+        """Each face as training fed it to the model: made RGB as training's reader makes it
+        (transparency on white), cut to a centre square at ``crop_size`` as ``hsnet crop`` stored it,
+        then resized to the input size as the tensor cache did; (N, 3, S, S) uint8."""
+        from .data.crop import center_crop
+
+        s, stored = self.input_size, self.crop_size
         out = np.empty((len(faces), s, s, 3), dtype=np.uint8)
         for i, face in enumerate(faces):
-            img = face if isinstance(face, Image.Image) else Image.fromarray(as_rgb_array(face))
+            img = to_rgb(face) if isinstance(face, Image.Image) else Image.fromarray(as_rgb_array(face))
+            if img.size != (stored, stored):
+                img = center_crop(img, stored)
             if img.size != (s, s):
                 img = img.resize((s, s), Image.BILINEAR)
-            out[i] = np.asarray(img.convert("RGB"))
+            out[i] = np.asarray(img)
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     @torch.no_grad()
@@ -99,17 +105,20 @@ class Classifier:
 
 
 def as_rgb_array(face) -> np.ndarray:
-    """An (H, W, 3) uint8 array from an array-like image (H, W), (H, W, 3) or (H, W, 4)."""
+    """An (H, W, 3) uint8 array from an array-like image (H, W), (H, W, 3) or (H, W, 4) (its
+    transparency on white, as training's reader does)."""
     arr = np.asarray(face)
     if arr.dtype != np.uint8:
-        if arr.dtype.kind == "f" and arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
+        if arr.dtype.kind == "f":
+            arr = np.rint(arr * 255.0 if arr.size and arr.max() <= 1.0 else arr)  # rounded, as an encoder would
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
         raise HSNetError(f"an image array must be (H, W, 3) RGB uint8, got shape {arr.shape}")
-    return np.ascontiguousarray(arr[..., :3])
+    if arr.shape[2] == 4:
+        return np.asarray(to_rgb(Image.fromarray(np.ascontiguousarray(arr), "RGBA")))
+    return np.ascontiguousarray(arr)
 
 
 def load_classifier(model: str | os.PathLike, device: str | None = None) -> Classifier:
@@ -256,7 +265,9 @@ def classify_faces(images: list[Image.Image | None], clf: Classifier, detector, 
 
     Each record: ``box`` (x1, y1, x2, y2), ``detection_probability``, ``expression``,
     ``confidence`` and every class's ``probabilities``. Faces at or above ``min_prob`` are
-    cropped as ``hsnet crop`` did for training and the faces of all photos are classified in
+    cropped as ``hsnet crop`` did for training (MTCNN's box, the model's crop size and margin; a
+    model trained on a dataset's own cut faces, ``detector: none``, never saw such a box) and the
+    faces of all photos are classified in
     one batch. ``hsnet predict`` and the model server (:mod:`hsnet.serve`) both use this.
     ``failed``: where photos the detector failed on (out of memory) get their error, by index, and
     no faces; without it such a photo's :class:`~hsnet.data.crop.DetectionFailed` is raised.

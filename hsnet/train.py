@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, guards, interrupt, sources, tracking
-from .data.datasets import get_spec
+from .data.datasets import check_classes, get_spec
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
@@ -248,7 +248,7 @@ def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
     return state, ckpt["meta"].get("mlflow_run_id")
 
 
-def _splits(data_dir: Path, dataset: str, num_classes: int) -> tuple[Path, dict[str, list[dict]]]:
+def _splits(data_dir: Path, dataset: str, classes) -> tuple[Path, dict[str, list[dict]]]:
     manifest = data_dir / MANIFEST
     if not manifest.is_file():
         raise HSNetError(f"{manifest} does not exist: --data must be the output folder of 'hsnet crop' "
@@ -257,9 +257,13 @@ def _splits(data_dir: Path, dataset: str, num_classes: int) -> tuple[Path, dict[
     splits = {s: [r for r in rows if r["split"] == s] for s in ("train", "val")}
     for name, split_rows in splits.items():
         check_nonempty(name, split_rows, manifest, minimum=MIN_BATCH if name == "train" else 1)
-    bad = sorted({r["label"] for r in rows if not 0 <= r["label"] < num_classes})
+    bad = sorted({r["label"] for r in rows if not 0 <= r["label"] < len(classes)})
     if bad:
-        raise HSNetError(f"{manifest} has labels {bad} outside {dataset}'s {num_classes} classes")
+        raise HSNetError(f"{manifest} has labels {bad} outside {dataset}'s {len(classes)} classes")
+    # the checkpoint names its outputs with the dataset's classes: crops of another dataset would be
+    # served under other names (FERG's label 0 'anger' as RAF-DB's 'surprise')
+    check_classes(rows, classes, manifest, f"{dataset} has", f"Train with the --dataset these crops are of, or "
+                  f"give crops of {dataset}", every_class=False)
     return manifest, splits
 
 
@@ -369,7 +373,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     if size < MIN_INPUT_SIZE:
         raise HSNetError(f"input_size {size} for {params.dataset} is smaller than HSNet's minimum "
                          f"{MIN_INPUT_SIZE}; raise input_size in params.yaml")
-    manifest, splits = _splits(data_dir, params.dataset, len(spec.classes))
+    manifest, splits = _splits(data_dir, params.dataset, spec.classes)
     setup = pick_device(device)
     if tp.num_threads:
         torch.set_num_threads(tp.num_threads)
@@ -442,10 +446,11 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
         loss, acc, ips = train_one_epoch(engine.step_model, train_data, tp, setup, engine.optimizer, epoch,
                                          progress=progress, desc=f"epoch {epoch}/{epochs}", step=engine.train_step)
         val_loss, val_acc = validate_epoch(engine.step_model, val_data, tp, setup, engine.val_step)
+        lr = engine.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with, before a cut
         engine.scheduler.step(val_loss)
         weights = engine.model.level_weights
         row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
-               "lr": engine.optimizer.param_groups[0]["lr"], "images_per_s": ips,
+               "lr": lr, "images_per_s": ips,
                **{f"lambda_{k}": v for k, v in weights.items()}}
         guards.check_epoch(row, state.history, num_classes, val_labels=val_labels,
                            chance_epochs=guards.chance_window(tp.scheduler.patience))

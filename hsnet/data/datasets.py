@@ -85,6 +85,33 @@ def get_spec(name: str) -> DatasetSpec:
         raise HSNetError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
 
 
+def check_classes(rows: list[dict], classes, manifest: Path, whose: str, what_to_do: str, *,
+                  every_class: bool = True) -> None:
+    """The data's classes (label -> label_name over the manifest's ``rows``) must be ``classes``,
+    index for index (``every_class``: all of them present); otherwise the names a model answers
+    with, or the metrics, would be silently wrong (same count, other names) or fail half-way (more
+    classes). ``whose`` ends "the classes ..." in the error ("checkpoint X was trained on")."""
+    names: dict[int, set] = {}
+    for r in rows:
+        names.setdefault(int(r["label"]), set()).add(r.get("label_name", ""))
+    mixed = {label: sorted(n) for label, n in names.items() if len(n) > 1}
+    if mixed:
+        label, both = next(iter(mixed.items()))
+        raise HSNetError(f"{manifest}: label {label} is named {' and '.join(map(repr, both))} in different "
+                         "rows; re-create the manifest with hsnet data import and hsnet crop")
+    data = {label: next(iter(n)) for label, n in sorted(names.items())}
+    expected = dict(enumerate(classes))
+    if data == expected or (not every_class and all(expected.get(k) == v for k, v in data.items())):
+        return
+    like = [s.name for s in DATASETS.values() if dict(enumerate(s.classes)) == data]
+    raise HSNetError(
+        f"{manifest} does not hold the classes {whose}: the data has "
+        f"{len(data)} classes ({', '.join(f'{i} {n}' for i, n in data.items())})"
+        + (f", as {'/'.join(like)} has," if like else "")
+        + f" where these {len(classes)} are expected: {', '.join(f'{i} {n}' for i, n in enumerate(classes))}. "
+        + what_to_do)
+
+
 def _walk(root: Path) -> Iterator[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

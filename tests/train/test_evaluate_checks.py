@@ -40,7 +40,7 @@ def test_a_checkpoint_on_another_datasets_crops_is_refused(trained, tmp_path, ca
     msg = str(err.value)
     assert f"{kdef / 'manifest.csv'} does not hold the classes checkpoint {trained['checkpoint']}" in msg
     assert "the data has 7 classes (0 afraid, 1 angry, 2 disgusted" in msg and "as kdef has" in msg
-    assert f"the checkpoint 7 ({ferg})" in msg
+    assert f"where these 7 are expected: {ferg}." in msg
     assert not (tmp_path / "eval-kdef").exists()  # nothing written
 
     # RaFD crops: 8 classes -> today an IndexError
@@ -49,7 +49,7 @@ def test_a_checkpoint_on_another_datasets_crops_is_refused(trained, tmp_path, ca
                  "--out", str(tmp_path / "eval-rafd"), "--no-mlflow"]) == 2
     err = capsys.readouterr().err
     assert "the data has 8 classes (0 angry, 1 contemptuous" in err and "7 surprised), as rafd has" in err
-    assert f"the checkpoint 7 ({ferg})" in err and "Traceback" not in err
+    assert f"where these 7 are expected: {ferg}." in err and "Traceback" not in err
 
 
 def test_one_label_with_two_names_is_refused(trained, tmp_path):
