@@ -18,7 +18,6 @@ from . import paper as paper_mod
 from . import tracking
 from .data.datasets import check_classes
 from .data.manifest import MANIFEST, crop_settings, read_manifest
-from .errors import HSNetError
 from .io import atomic_path, check_creatable, clean_stale_tmp, write_json, write_text
 from .plots import plot_confusion
 from . import checkpoint as checkpoint_mod
