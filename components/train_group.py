@@ -30,9 +30,7 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
 
     start_step(mlflow_tracking_uri)
     settings = group_settings(params, dataset, runs)
-    key = run_id()
-    uris = {name: durable.prefix_for_run(checkpoint_uri, key, p) for name, p in settings.items()}
-    uris = uris if all(uris.values()) else None
+    uris = durable.prefixes_for_run(checkpoint_uri, run_id(), settings)
     with tempfile.TemporaryDirectory(prefix="train-group-") as work:
         records = train_and_evaluate(crops.path, settings, work, checkpoint_uris=uris,
                                      checkpoint_every_s=checkpoint_interval(checkpoint_every_s))
@@ -43,6 +41,6 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
         raise HSNetError(f"{len(bad)} of {len(records)} runs of this group failed: "
                          + "; ".join(f"{name}: {why}" for name, why in sorted(bad.items()))
                          + " (each run's output is above). Fix the cause, then Retry the pipeline run: the finished "
-                         "runs resume from their checkpoints" + (" (checkpoint_uri)" if uris else
-                                                                " (none here: checkpoint_uri is empty, they train again)")
+                         "runs resume from their checkpoints"
+                         + (" (checkpoint_uri)" if uris else " (none here: no checkpoint_uri or no run id: they train again)")
                          + " and only the failed ones train")

@@ -63,6 +63,14 @@ def prefix_for_run(base_uri: str, run_key: str, params: Params) -> str | None:
     return run_prefix(base_uri, run_key, params)
 
 
+def prefixes_for_run(base_uri: str, run_key: str, runs: dict[str, Params]) -> dict[str, str] | None:
+    """:func:`prefix_for_run` for each of several trainings of one step (the ablation's group), said
+    once; None when they keep their checkpoints where they run."""
+    if prefix_for_run(base_uri, run_key, next(iter(runs.values()))) is None:
+        return None
+    return {name: run_prefix(base_uri, run_key, params) for name, params in runs.items()}
+
+
 def _key(uri: str, name: str) -> tuple[str, str]:
     from .s3 import split_uri
 

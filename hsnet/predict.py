@@ -111,6 +111,8 @@ def as_rgb_array(face) -> np.ndarray:
     if arr.dtype != np.uint8:
         if arr.dtype.kind == "f":
             arr = np.rint(arr * 255.0 if arr.size and arr.max() <= 1.0 else arr)  # rounded, as an encoder would
+        elif arr.dtype.kind in "iu" and arr.size and (arr.dtype == np.uint16 or arr.max() > 255):
+            arr = np.rint(arr / 65535.0 * 255.0)  # 16 bits per value: to 8, as training's reader does (io.to_rgb)
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

@@ -8,8 +8,10 @@ uint8 array (H, W, 3). Output: one row per image with ``expression``, ``confiden
 inside the model (the checkpoint's metadata), so ``mlflow.pyfunc.load_model(
 "models:/hsnet-rafdb@production")`` and ``mlflow models serve`` need nothing else.
 
-The images are classified as they are: give face crops (``hsnet predict`` and ``hsnet serve``
-find the faces in a photo first).
+Each image is taken as a face crop (``hsnet predict`` and ``hsnet serve`` find the faces in a
+photo first) and fed as training fed its faces: a centre square at the model's ``crop.size``,
+then resized to its input size (:meth:`hsnet.predict.Classifier.to_tensor`). For a model trained
+on MTCNN's boxes, give a square crop of the box plus the model's margin for the same input.
 
 Limits (:class:`Limits`, settable by environment variables in the serving container): images
 per request, pixels per image and pixels per request are checked from the image headers

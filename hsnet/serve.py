@@ -20,7 +20,8 @@ A photo's record is ``hsnet predict``'s (:func:`hsnet.predict.classify_faces`): 
 (``box``, ``detection_probability``, ``expression``, ``confidence``, ``probabilities``) and
 ``size``; a photo that can't be read or is over the pixel limit is ``{"faces": [], "error"}``
 and the other photos are answered. With ``crops`` (today's pyfunc contract) each image is a
-face crop, classified as it is: ``expression``, ``confidence``, ``probabilities``, ``size``.
+face crop, fed as the pyfunc feeds it (a centre square at the model's crop size, then its input
+size): ``expression``, ``confidence``, ``probabilities``, ``size``.
 The faces of all photos of a request are classified in one batch; requests run in parallel on
 ``threads`` worker threads, which share the cores (a lone request gets all of them).
 

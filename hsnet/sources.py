@@ -69,7 +69,14 @@ def code_version(module: str, root: Path | None = None) -> str:
     and in the image built from it, wherever it lies; an edit to code the module doesn't run
     (``serve.py`` for training) leaves it as it was; bytecode doesn't count."""
     root = Path(root) if root is not None else PACKAGE
+    if _module_file(module, root) is None and root.parent.joinpath(*module.split(".")).with_suffix(".pyc").is_file():
+        # an install of bytecode alone (compileall -b, sources dropped): no imports to read, so the
+        # version is of every file the package holds, which changes with any of them
+        files = sorted(f.relative_to(root.parent).as_posix() for f in root.rglob("*")
+                       if f.is_file() and "__pycache__" not in f.parts)
+    else:
+        files = closure(module, root)
     digest = hashlib.sha256()
-    for name in closure(module, root):
+    for name in files:
         digest.update(name.encode() + b"\0" + (root.parent / name).read_bytes() + b"\0")
     return "sha256:" + digest.hexdigest()[:16]

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import sources
 from .errors import HSNetError
 from .io import cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join
 from .params import MIN_BATCH
@@ -103,6 +104,7 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
 
     cache_dir = Path(cache_dir or default_cache_dir())
     key = hashlib.sha256(repr((size, [(r["path"], r["label"]) for r in rows])).encode())
+    key.update(sources.code_version(__name__).encode())  # decoded and resized by this code, not an older one
     linked = dvc_cache_of(root)  # crops DVC checked out as links into its cache (cache.type symlink)
     files = [safe_join(root, r["path"], what="manifest path", also=linked) for r in rows]  # nothing else is read
     for f in files:  # content changes under the same names invalidate the cache too

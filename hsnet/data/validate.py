@@ -1,9 +1,10 @@
 """Validation of a manifest and its image files with Great Expectations (GX 1.x).
 
 The image files are inspected first (exists, decodes fully, RGB-convertible, size, sha256),
-in parallel and cached by file (size, times, inode: hsnet.io.file_stamp), so a re-run over 30k
-images is fast. The results become columns of the manifest's table, and a GX suite checks the
-table. The report directory gets the GX results as JSON and GX's Data Docs as HTML.
+in parallel and cached by file (size, times, inode: hsnet.io.file_stamp) and by the code that
+inspects them (hsnet.sources.code_version), so a re-run over 30k images is fast. The results
+become columns of the manifest's table, and a GX suite checks the table. The report directory
+gets the GX results as JSON and GX's Data Docs as HTML.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import sources
 from ..errors import HSNetError
 from ..params import ValidateParams
 from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
@@ -51,7 +53,8 @@ class ImageInfo:
 
 
 class ImageInfoCache:
-    """sqlite: (absolute path, :func:`~hsnet.io.file_stamp`) -> ImageInfo. Thread-safe, one connection per thread."""
+    """sqlite: absolute path -> (:func:`~hsnet.io.file_stamp` and the code version that inspected it,
+    ImageInfo). Thread-safe, one connection per thread."""
 
     TABLE = "image_info_v3"  # v1 was keyed by size and mtime alone; v2's errors named the path as spelled
 
@@ -109,7 +112,8 @@ def _inspect(path: Path) -> ImageInfo:
 
 def inspect_images(paths: list[Path], *, workers: int | None = None,
                    cache: ImageInfoCache | None = None, progress: bool = True) -> list[ImageInfo]:
-    """ImageInfo for each path (same order): parallel, and cached by :func:`~hsnet.io.file_stamp`."""
+    """ImageInfo for each path (same order): parallel, and cached by :func:`~hsnet.io.file_stamp` and the
+    code that inspects (:func:`hsnet.sources.code_version`)."""
     from tqdm import tqdm
 
     cache = cache or ImageInfoCache(None)
@@ -126,9 +130,14 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
         keys.append(os.path.abspath(path))
         stats.append((i, path, st))
     known = cache.get_many(keys)
+    code = sources.code_version(__name__)  # an entry holds what this code found: other code inspects again
+
+    def stamp(st) -> str:
+        return f"{file_stamp(st)} {code}"
+
     for key, (i, path, st) in zip(keys, stats):
         hit = known.get(key)
-        if hit is not None and hit[0] == file_stamp(st):
+        if hit is not None and hit[0] == stamp(st):
             infos[i] = hit[1]
         else:
             todo.append((i, path, key, st))
@@ -140,7 +149,7 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
             for (i, _, key, st), info in tqdm(zip(todo, results), total=len(todo), disable=None if progress else True,
                                               desc="inspecting images", unit="img", leave=False):
                 infos[i] = info
-                fresh.append((key, file_stamp(st), info))  # the stamp from before the read
+                fresh.append((key, stamp(st), info))  # the stamp from before the read
     cache.put_many(fresh)
     return infos
 

@@ -165,7 +165,11 @@ def test_predict_crops_faces_as_training_did_when_the_crop_size_is_not_the_input
     detector = Detector("cpu", min_face_size=40)
     box = detector([np.asarray(photo)])[0][0]
     trained_on = square_crop(photo, box, 160, 40)  # what `hsnet crop` wrote; the cache resizes it
-    expected = clf.probabilities([trained_on.resize((80, 80), Image.BILINEAR)])[0]
+    from hsnet.device import forward
+
+    x = torch.from_numpy(np.asarray(trained_on.resize((80, 80), Image.BILINEAR))).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = forward(clf.model, x, clf.setup).softmax(1)[0].numpy()
     face = classify_faces([photo], clf, detector)[0][0]
     got = np.array([face["probabilities"][c] for c in clf.classes])
     np.testing.assert_allclose(got, expected, atol=1e-4)

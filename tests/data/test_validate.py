@@ -301,3 +301,46 @@ def test_data_docs_are_replaced_whole_never_half_written(good, tmp_path, monkeyp
     assert {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
     validate(manifest, root, "ferg", report, progress=False)
     assert (site / "index.html").is_file() and [p.name for p in report.iterdir() if p.name.startswith(".")] == []
+
+
+_INSPECT = """
+import sys
+from pathlib import Path
+import hsnet.data.validate as v
+assert Path(v.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), v.__file__
+cache = v.ImageInfoCache(Path(sys.argv[3]))
+(info,) = v.inspect_images([Path(sys.argv[2])], cache=cache, progress=False)
+print(info.width, info.height, info.error)
+"""
+
+
+def test_the_image_cache_holds_what_this_code_found_not_what_older_code_did(tmp_path):
+    """The image-info cache (~/.cache/hsnet/image-info.sqlite) is shared by every run on a machine:
+    after an edit to the code that inspects images (dvc repro then re-runs validate), a file seen
+    before is inspected again by the new code, not answered from the old code's entry."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import hsnet
+
+    photo = tmp_path / "face.png"
+    Image.new("RGB", (30, 20)).save(photo)
+    old, new = tmp_path / "old", tmp_path / "new"
+    for root in (old, new):
+        shutil.copytree(Path(hsnet.__file__).parent, root / "hsnet", ignore=shutil.ignore_patterns("__pycache__"))
+    source = (new / "hsnet" / "data" / "validate.py").read_text()
+    seen = 'return ImageInfo(True, True, img.width, img.height, digest, "")'
+    assert seen in source
+    (new / "hsnet" / "data" / "validate.py").write_text(source.replace(seen, seen[:-3] + '"checked by the new code")'))
+
+    def inspect(root: Path) -> str:
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        proc = subprocess.run([sys.executable, "-c", _INSPECT, str(root), str(photo), str(tmp_path / "cache.sqlite")],
+                              env=env, cwd=root, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.strip()
+
+    assert inspect(old) == "30 20"
+    assert inspect(new) == "30 20 checked by the new code"
+    assert inspect(old) == "30 20"  # and back

@@ -254,3 +254,13 @@ def test_a_step_keeps_its_checkpoints_at_the_run_s_prefix_only_when_it_has_both(
     assert len(prefix.rsplit("-", 1)[1]) == 12  # the settings' hash
     with pytest.raises(HSNetError, match="run key"):
         durable.prefix_for_run(BASE, "a/b", settings)
+    # the ablation's group step: one prefix per training, or none for all of them, said once
+    import dataclasses
+
+    other = dataclasses.replace(settings, train=dataclasses.replace(settings.train, seed=settings.train.seed + 1))
+    caplog.clear()
+    assert durable.prefixes_for_run(BASE, "", {"a": settings, "b": other}) is None
+    assert caplog.text.count("no pipeline run id") == 1
+    both = durable.prefixes_for_run(BASE, "run-1", {"a": settings, "b": other})
+    assert both["a"] == prefix and both["b"].startswith("s3://hsnet/checkpoints/run-1/sample-") and both["b"] != prefix
+    assert durable.prefixes_for_run("", "run-1", {"a": settings}) is None
