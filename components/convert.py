@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 # The pipeline run's id, from the train pod's label (pipelines/hsnet_pipeline.py sets it with the
-# Downward API): the key of its durable checkpoints. Not a component input: inputs are part of
-# Kubeflow's cache key, and a run id there would make every run retrain.
-RUN_ID_ENV = "KFP_RUN_ID"
+# Downward API): the key of its durable checkpoints, and tagged on the MLflow training run. Not a
+# component input: inputs are part of Kubeflow's cache key, and a run id there would make every run
+# retrain.
+from hsnet.tracking import PIPELINE_RUN_ENV as RUN_ID_ENV
 
 
 def run_id() -> str:

@@ -128,13 +128,22 @@ class Uploader:
         self.uri, self.s3, self.min_interval_s, self.clock = uri, client(), min_interval_s, clock or time.monotonic
         self.uploaded_at, self.best_pending, self.failed, self.uploads = None, False, 0, 0
 
-    def __call__(self, out_dir: Path, improved: bool) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def __call__(self, out_dir: Path, improved: bool) -> bool:
+        """True when this epoch's checkpoints went up (a retry starts after this epoch)."""
         self.best_pending |= improved
         now = self.clock()
         if self.uploaded_at is not None and now - self.uploaded_at < self.min_interval_s:
-            return
+            return False
+        return self._upload(out_dir, now)
+
+    def flush(self, out_dir: Path) -> bool:
+        """The training's last epoch up now, whatever the interval (its end: the step may still fail
+        after it, e.g. exporting the model, and a retry then starts from here)."""
+        return self._upload(out_dir, self.clock())
+
+    def _upload(self, out_dir: Path, now: float) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         for name in FILES:
             if name == checkpoint.BEST and not self.best_pending:
                 continue
@@ -145,8 +154,9 @@ class Uploader:
                 self.failed += 1
                 log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); the next epoch tries again",
                             bucket, key, type(exc).__name__, exc)
-                return
+                return False
         self.uploaded_at, self.best_pending, self.uploads = now, False, self.uploads + 1
+        return True
 
 
 def train(data_dir, params: Params, out_dir, checkpoint_uri: str | None, *, min_interval_s: float | None = None,

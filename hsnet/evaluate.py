@@ -139,7 +139,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
     # hsnet register and promote take the figures from here, not from an editable metrics.json
     tags = {"dataset": dataset, "step": "evaluate", "git_commit": tracking.git_commit(),
             "data_version": metrics["data_version"], "test_data_version": metrics["data_version"],
-            "checkpoint_sha256": sha, "train_run_id": str(meta.get("mlflow_run_id"))}
+            "checkpoint_sha256": sha, **tracking.trained_by(meta)}
     params = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "split": split,
               "test_data_version": metrics["data_version"], "tta_hflip": tta_hflip,
               **{f"model.{k}": v for k, v in meta["model"].items()}}

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 CANDIDATE, PRODUCTION, PREVIOUS = "candidate", "production", "previous"
 RECORD = "registered.json"  # what the register stage writes beside a run's evaluation (dvc.yaml's --out)
 ROLLED_BACK_TAG = "rolled_back_at"  # on a version rollback took out of production; promote refuses it unforced
+RESTORED_TAG = "restored_at"  # on the version a rollback put back in production
 METRICS = {m: f"test_{m}" for m in paper.METRICS}  # the evaluate run's MLflow metric names
 GATE_METRIC = paper.METRICS[0]  # what promotion compares unless told otherwise
 MIN_DELTA = 0.0  # the gain over production promotion asks for unless told otherwise
@@ -430,8 +431,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         "dataset": dataset, "test_accuracy": f"{test_acc:.6f}", "test_mean_accuracy": f"{test_macc:.6f}",
         "test_split": str(figures["test_split"]), "test_data_version": str(figures["test_data_version"]),
         "evaluation_run_id": figures["evaluation_run_id"],
-        "data_version": meta["data_version"], "git_commit": tracking.git_commit(),
-        "train_run_id": str(meta.get("mlflow_run_id")), "checkpoint_sha256": sha,
+        "data_version": meta["data_version"], "git_commit": tracking.git_commit(),  # the code registering it
+        "checkpoint_sha256": sha, **tracking.trained_by(meta), **tracking.origin_tags(),
         **{f"model.{k}": str(v) for k, v in meta["model"].items()},
     }
     run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}
@@ -779,9 +780,13 @@ def rollback(name: str, *, expect: int | str | None = None) -> dict:
                              "deployed (another promotion ran meanwhile); nothing changed in the registry: check "
                              "the aliases and run it again")
         _move(client, name, prev.version, prod)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        client.set_model_version_tag(name, prev.version, RESTORED_TAG, now)
+        if prev.tags.get(ROLLED_BACK_TAG):  # a second rollback brings it back: what serves is not "rolled back"
+            client.set_model_version_tag(name, prev.version, "was_" + ROLLED_BACK_TAG, prev.tags[ROLLED_BACK_TAG])
+            client.delete_model_version_tag(name, prev.version, ROLLED_BACK_TAG)
         if prod is not None:
-            client.set_model_version_tag(name, prod.version, ROLLED_BACK_TAG,
-                                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            client.set_model_version_tag(name, prod.version, ROLLED_BACK_TAG, now)
         else:  # production's version was deleted: no version is previous now
             client.delete_registered_model_alias(name, PREVIOUS)
     return {"name": name, "production": int(prev.version), "previous": int(prod.version) if prod else None,

@@ -431,7 +431,9 @@ def _remove_copy(path: Path) -> None:
 def git_commit() -> str:
     """The commit of the hsnet source that runs: ``HSNET_GIT_COMMIT`` (set by the image's build,
     which has no checkout), else the git checkout this package lives in (never the working
-    directory's repository), ``-dirty`` when it has uncommitted changes; else ``unknown``."""
+    directory's repository), ``-dirty`` when the package's own files have uncommitted changes (not
+    the checkout's other files: ``dvc repro`` rewrites dvc.lock and runs/ as it goes); else
+    ``unknown``."""
     if os.environ.get("HSNET_GIT_COMMIT"):
         return os.environ["HSNET_GIT_COMMIT"]
     here = str(Path(__file__).resolve().parent)
@@ -439,7 +441,7 @@ def git_commit() -> str:
         out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip() if out.returncode == 0 else ""
         if commit:
-            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", "."],
                                    capture_output=True, text=True, timeout=10).stdout.strip()
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -450,9 +452,9 @@ def git_commit() -> str:
 def data_version(manifest: Path) -> str:
     """A version of the data a run used: the sha256 of its manifest (paths, labels, splits).
 
-    Crop manifests embed the source paths, the sources' sha256 and the detection boxes, so the
-    same raw data cropped the same way gives the same version on any machine, and a photo
-    replaced under its name gives another.
+    Crop manifests embed the source paths, the sources' sha256, the detection boxes and the crops'
+    pixels' sha256, so the same raw data cropped the same way gives the same version on any
+    machine, and a photo replaced under its name, or cut at another size or margin, another.
     """
     return "sha256:" + hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
@@ -501,10 +503,11 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     mlflow.set_experiment(EXPERIMENT)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
-    system = system_tags(device)
-    if previous:  # a resumed run on another machine: keep where its first epochs ran ("2, then 1")
+    system = {**system_tags(device), **origin_tags()}
+    if previous:  # a resumed run on another machine or code: keep where its first epochs ran ("2, then 1")
         before = client.get_run(previous).data.tags
         system = {k: _then(before.get(k), v) for k, v in system.items()}
+        tags = {k: _then(before.get(k), v) if k in CODE_TAGS else v for k, v in tags.items()}
     with mlflow.start_run(run_id=previous, run_name=None if previous else run_name) as active:
         mlflow.set_tags({**system, **tags})
         if not previous:
@@ -534,6 +537,43 @@ def _check_artifact_location(experiment, uri: str) -> None:
         f"it (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
         f"{experiment.experiment_id} --new-name {experiment.name}-old); hsnet then makes a new {experiment.name!r} "
         "with its artifacts beside the store. The old runs keep the paths they recorded")
+
+
+PIPELINE_RUN_ENV = "KFP_RUN_ID"  # a Kubeflow step's pipeline run id (set from its pod's label: pipelines/)
+
+
+def origin_tags() -> dict:
+    """What started a run, where the environment says: the Kubeflow pipeline run (``kfp_run_id``) and
+    the DVC experiment (``dvc_experiment``, ``dvc_baseline_rev``: DVC sets them for ``dvc exp run``;
+    the experiment's params and dvc.lock are in its Git ref)."""
+    names = {"kfp_run_id": PIPELINE_RUN_ENV, "dvc_experiment": "DVC_EXP_NAME", "dvc_baseline_rev": "DVC_EXP_BASELINE_REV"}
+    return {tag: os.environ[env] for tag, env in names.items() if os.environ.get(env)}
+
+
+def trained_by(meta: dict) -> dict:
+    """The tags naming the code and runs that trained a checkpoint (its ``meta``): ``train_git_commit``
+    and ``train_code_version`` ("A, then B" for a training resumed at other code, from
+    ``meta["lineage"]``), ``train_run_id`` (the run of its last epochs; ``train_run_ids`` when they are
+    several), ``stem_weights_sha256`` (KTL's stem file). Absent what the checkpoint doesn't record
+    (trained with --no-mlflow: no run)."""
+    segments = meta.get("lineage") or [{k: meta.get(k) for k in ("git_commit", "code_version", "mlflow_run_id")}]
+
+    def joined(key: str) -> str | None:
+        values = []
+        for s in segments:
+            if s.get(key) and (not values or values[-1] != s[key]):
+                values.append(str(s[key]))
+        return ", then ".join(values) or None
+
+    tags = {"train_git_commit": joined("git_commit"), "train_code_version": joined("code_version"),
+            "train_run_id": meta.get("mlflow_run_id"), "train_run_ids": joined("mlflow_run_id"),
+            "stem_weights_sha256": meta.get("stem_weights_sha256")}
+    if tags["train_run_ids"] == tags["train_run_id"]:
+        del tags["train_run_ids"]
+    return {k: str(v) for k, v in tags.items() if v}
+
+
+CODE_TAGS = ("git_commit", "code_version")  # a continued run keeps its earlier values too, as system tags
 
 
 def _then(before: str | None, now: str) -> str:

@@ -204,10 +204,10 @@ def _changed_settings(recorded: dict, now: dict) -> list[str]:
 
 
 def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
-                auto: bool = False) -> tuple[TrainingState, str | None] | None:
+                auto: bool = False) -> tuple[TrainingState, dict] | None:
     """Load ``last.pt`` into the model, optimizer, scheduler, loss scaler and RNGs; the state to carry on from
-    and the MLflow run it was recorded in (continued). ``auto``: None (nothing loaded) when
-    ``last.pt`` is from other data, settings or code."""
+    and the checkpoint's metadata (its MLflow run, continued; the code its epochs ran). ``auto``: None
+    (nothing loaded) when ``last.pt`` is from other data, settings or code."""
     try:
         ckpt = checkpoint.load(path)
     except checkpoint.OtherFormat:
@@ -245,7 +245,23 @@ def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
     state = TrainingState(**ckpt["state"])
     log.info("resuming %s from epoch %d (best val acc %.4f)", path, state.epoch, state.best_acc)
-    return state, ckpt["meta"].get("mlflow_run_id")
+    return state, ckpt["meta"]
+
+
+def lineage(before: dict | None, epoch: int, now: dict) -> list[dict]:
+    """Which code trained which epochs of a checkpoint: ``before``'s record (the resumed checkpoint's
+    metadata; None for a fresh start) up to ``epoch``, then ``now``'s git commit, code version and
+    MLflow run from ``epoch + 1`` on (one entry while they stay the same). A checkpoint resumed at
+    another commit or code, or into another MLflow run, keeps the first epochs' (``meta["lineage"]``;
+    the registry tags it)."""
+    keys = ("git_commit", "code_version", "mlflow_run_id")
+    past = [] if before is None else [
+        dict(p) for p in before.get("lineage") or [{"from_epoch": 1, **{k: before.get(k, "unrecorded") for k in keys}}]
+        if p["from_epoch"] <= epoch]
+    entry = {"from_epoch": epoch + 1, **{k: now.get(k) for k in keys}}
+    if past and all(past[-1][k] == entry[k] for k in keys):
+        return past
+    return past + [entry]
 
 
 def _splits(data_dir: Path, dataset: str, classes) -> tuple[Path, dict[str, list[dict]]]:
@@ -382,16 +398,17 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     cfg["crop"] = _crops_made_with(data_dir, cfg["crop"])  # what predict cuts faces with
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
-            "code_version": sources.code_version(__name__)}
+            "code_version": sources.code_version(__name__), "git_commit": tracking.git_commit(),
+            "stem_weights_sha256": engine.model.stem_weights_sha256}
     out_dir.mkdir(parents=True, exist_ok=True)
     held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here
     if on_start:
         on_start(out_dir)
     last_path = out_dir / checkpoint.LAST
-    state, previous_run = TrainingState(), None
+    state, before = TrainingState(), None
     if resume and last_path.is_file():
-        state, previous_run = resume_from(last_path, meta, engine, setup, auto=resume == "auto") or (state, None)
+        state, before = resume_from(last_path, meta, engine, setup, auto=resume == "auto") or (state, None)
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
@@ -399,13 +416,25 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     train_data, val_data = train_split, val_split
     if data_on_device([train_split, val_split], setup.device, tp.data_on_device, tp.data_memory_share):
         train_data, val_data = to_device(train_split, setup.device), to_device(val_split, setup.device)
-    tags = {"dataset": params.dataset, "git_commit": tracking.git_commit(), "data_version": meta["data_version"],
-            "step": "train", **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
+    previous_run = before.get("mlflow_run_id") if before else None
+    if before and "stem_weights_sha256" in before:  # the frozen stem is the checkpoint's, loaded over the file's
+        meta["stem_weights_sha256"] = before["stem_weights_sha256"]
+    tags = {"dataset": params.dataset, "git_commit": meta["git_commit"], "code_version": meta["code_version"],
+            "data_version": meta["data_version"], "step": "train",
+            **({"stem_weights_sha256": meta["stem_weights_sha256"]} if meta["stem_weights_sha256"] else {}),
+            **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
     run_params = flatten({k: v for k, v in cfg.items() if k != "crop"})
     # _tracking_lost outside the run: a store that stopped answering fails its end too (end_run FAILED)
     with _tracking_lost(out_dir), tracking.run(f"train-{params.dataset}", params=run_params, tags=tags,
                                                enabled=track, continue_run=previous_run, device=setup.device) as active:
         meta["mlflow_run_id"] = active.info.run_id if active else None
+        meta["lineage"] = lineage(before, state.epoch, meta)
+        if active and previous_run and previous_run != active.info.run_id:  # a new run (other settings, or lost)
+            import mlflow
+
+            mlflow.set_tags({"resumed_from_run": previous_run, "resumed_at_epoch": str(state.epoch)})
+        elif active and previous_run:  # the same run continued
+            _log_missing(state.history, active)
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
@@ -435,8 +464,15 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
          meta: dict, active, *, num_classes: int, val_labels, progress: bool, stop_after_epochs: int | None,
          on_checkpoint) -> None:
     """The epoch loop from ``state`` on: train, validate, step the scheduler, check the run is
-    learning (:mod:`hsnet.guards`), record and checkpoint each epoch; early stopping."""
+    learning (:mod:`hsnet.guards`), record and checkpoint each epoch; early stopping.
+
+    An epoch's metrics go to the MLflow run once its checkpoint is where a resume starts from:
+    the local ``last.pt``, or, with ``on_checkpoint`` (:class:`hsnet.durable.Uploader`), when that
+    says it has the epoch's copy (True), and all of them when the training ends. A retried
+    Kubeflow pod, which starts after the last *uploaded* epoch, then trains the lost epochs again
+    without logging them twice; a resumed run logs what a kill between the two steps left out."""
     epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
+    pending: list[dict] = []
     while state.epoch < epochs:
         # checked before an epoch, not after: a run resumed from the epoch it stopped at stops there too
         if tp.early_stopping and state.stale >= tp.early_stopping:
@@ -455,22 +491,40 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
         guards.check_epoch(row, state.history, num_classes, val_labels=val_labels,
                            chance_epochs=guards.chance_window(tp.scheduler.patience))
         improved = state.record(row)
-        # logged before the checkpoints: every epoch a resume can start after is in the MLflow run
-        _log_epoch(row, epochs, weights, improved, active)
+        _say_epoch(row, epochs, weights, improved)
         save_epoch(out_dir, meta, engine, state, setup, improved)
-        if on_checkpoint:
-            on_checkpoint(out_dir, improved)
+        pending.append(row)
+        if on_checkpoint is None or on_checkpoint(out_dir, improved):
+            pending = _log_rows(pending, active)
         if stop_at and epoch >= stop_at:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
             break
+    if pending and on_checkpoint is not None and hasattr(on_checkpoint, "flush"):
+        on_checkpoint.flush(out_dir)  # the end's copy: a step that fails after it resumes here
+    _log_rows(pending, active)
 
 
-def _log_epoch(row: dict, epochs: int, weights: dict, improved: bool, active) -> None:
+def _say_epoch(row: dict, epochs: int, weights: dict, improved: bool) -> None:
     lam = "/".join(f"{weights[k]:.2f}" for k in "ABC") if weights else "-"
     log.info("epoch %d/%d loss %.4f acc %.4f val_loss %.4f val_acc %.4f lr %.2g λ(A/B/C) %s %.1f img/s%s",
              row["epoch"], epochs, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"], row["lr"],
              lam, row["images_per_s"], " *" if improved else "")
+
+
+def _log_rows(rows: list[dict], active) -> list:
+    """Log the epochs' figures to the MLflow run (when tracking); nothing is left pending."""
     if active:
         import mlflow
 
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        for row in rows:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    return []
+
+
+def _log_missing(history: list[dict], active) -> None:
+    """The resumed epochs the continued MLflow run lacks (a kill between a checkpoint and its log)."""
+    import mlflow
+
+    logged = mlflow.MlflowClient().get_metric_history(active.info.run_id, "val_accuracy")
+    last = max((m.step for m in logged), default=0)
+    _log_rows([row for row in history if row["epoch"] > last], active)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -151,6 +152,11 @@ def square_crop(img: Image.Image, box, size: int, margin: int) -> Image.Image:
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     region = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
     return img.crop(region).resize((size, size), Image.BILINEAR)
+
+
+def pixels_sha256(img: Image.Image) -> str:
+    """sha256 of an image's size, mode and pixels (not of a file's bytes, which the encoder decides)."""
+    return hashlib.sha256(f"{img.width}x{img.height} {img.mode}\n".encode() + img.tobytes()).hexdigest()
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -493,7 +499,7 @@ def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict,
         sync_filesystem(out)  # the crops (written unflushed, thousands of them) reach the disk before the records
     write_manifest(out / MANIFEST, out_rows,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "source_sha256",
-                            "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob"])
+                            "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob", "pixels_sha256"])
     write_json(out / REPORT, report)
     _remove_stale(out, {out / r["path"] for r in out_rows})  # crops of rows that now have no face
     write_json(out / STATE_FILE, {**_made_with(settings), "entries": entries})
@@ -569,6 +575,9 @@ def _crop_one(item: _Item, img, boxes, settings: CropParams, out: Path) -> tuple
             result["crop"] = "mtcnn"
             result.update(box_x1=f"{box[0]:.1f}", box_y1=f"{box[1]:.1f}", box_x2=f"{box[2]:.1f}",
                           box_y2=f"{box[3]:.1f}", det_prob=f"{box[4]:.4f}")
+    # the crop's pixels, so that the manifest (and its data_version) changes when they do: another
+    # crop.size or margin, another cutting code, moves no byte of the columns above
+    result["pixels_sha256"] = pixels_sha256(face)
     dest = out / item.dest
     try:
         with atomic_path(dest, durable=False) as tmp:  # thousands of files a re-run cuts again

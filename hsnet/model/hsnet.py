@@ -83,6 +83,8 @@ class HSNet(nn.Module):
         stem_weights: with ``ktl``, where theta_recog comes from: ``"vggface2"``
             (the default), a local file or an ``s3://`` URI; ``"skip"`` builds the
             frozen stem without loading it, for a checkpoint loaded afterwards.
+
+    ``stem_weights_sha256``: the sha256 of the stem weights file loaded (None when none was).
     """
 
     def __init__(self, num_classes: int, *, dib: bool = True, fgal: bool = True, ktl: bool = True,
@@ -111,9 +113,10 @@ class HSNet(nn.Module):
 
         for name in STAGES[1:] + ("head",):
             ktl_.he_init(getattr(self, name))
+        self.stem_weights_sha256 = None
         if ktl:
             if os.fspath(stem_weights or "vggface2") != SKIP_STEM_WEIGHTS:
-                ktl_.load_stem(self.stem, stem_weights or "vggface2")
+                self.stem_weights_sha256 = ktl_.load_stem(self.stem, stem_weights or "vggface2")
             ktl_.freeze(self.stem)
         else:
             ktl_.he_init(self.stem)

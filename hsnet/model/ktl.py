@@ -16,6 +16,7 @@ Where the weights come from (``stem_weights``):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import tempfile
@@ -112,8 +113,9 @@ def _stem_keys(reference: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in reference.state_dict().items()}
 
 
-def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) -> dict:
-    """The stem tensors from ``source``, keyed as in ``reference`` (a stem built by :func:`stem_of`).
+def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) -> tuple[dict, str]:
+    """The stem tensors from ``source``, keyed as in ``reference`` (a stem built by :func:`stem_of`),
+    and the sha256 of the file they were read from (which weights a run used, whatever its name).
 
     Raises :class:`StemWeightsError` with what to do when the file is missing,
     unreadable or not an InceptionResnetV1 state dict.
@@ -129,6 +131,7 @@ def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) ->
         if not path.is_file():
             raise StemWeightsError(f"stem weights file {path} does not exist. " + _how_to())
     try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise StemWeightsError(
@@ -163,12 +166,14 @@ def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) ->
         raise StemWeightsError(
             f"stem weights file {path}: {wrong[0]} has shape {tuple(found[wrong[0]].shape)}, "
             f"InceptionResnetV1's stem needs {tuple(expected[wrong[0]])}. " + _how_to())
-    return found
+    return found, digest
 
 
-def load_stem(stem: nn.Sequential, source: str | os.PathLike) -> None:
-    """Copy theta_recog into ``stem`` (eq. 18)."""
-    stem.load_state_dict(read_stem_state_dict(source, stem), strict=True)
+def load_stem(stem: nn.Sequential, source: str | os.PathLike) -> str:
+    """Copy theta_recog into ``stem`` (eq. 18); the sha256 of the weights file."""
+    state, digest = read_stem_state_dict(source, stem)
+    stem.load_state_dict(state, strict=True)
+    return digest
 
 
 def freeze(stem: nn.Module) -> None:

@@ -225,15 +225,20 @@ def test_uploads_are_throttled_and_best_goes_with_its_last(tmp_path, s3_server, 
         return {o["Key"].rsplit("/", 1)[1]: _get(f"s3://hsnet/{o['Key']}", tmp_path / "r").read_bytes().decode()
                 for o in list_objects(uri)}
 
-    clock = iter([0.0, 10.0, 20.0, 400.0])
+    clock = iter([0.0, 10.0, 20.0, 400.0, 410.0, 420.0])
     up = durable.Uploader(uri, min_interval_s=300, clock=lambda: next(clock))
-    epoch(1), up(out, True)
+    assert epoch(1) is None and up(out, True) is True  # up: the training may log epoch 1 (hsnet.train._fit)
     assert remote() == {"best.pt": "best.pt 1", "last.pt": "last.pt 1"}
-    epoch(2), up(out, True)  # 10 s later: not yet
+    epoch(2)
+    assert up(out, True) is False  # 10 s later: not yet, and not to be logged yet
     epoch(3), up(out, False)
     assert remote() == {"best.pt": "best.pt 1", "last.pt": "last.pt 1"}
     epoch(4), up(out, False)  # 400 s: due; epoch 2's improvement is still pending, so best.pt goes too
     assert remote() == {"best.pt": "best.pt 4", "last.pt": "last.pt 4"} and up.uploads == 2
+    epoch(5), up(out, False)  # 410 s: not due...
+    assert remote()["last.pt"] == "last.pt 4"
+    assert up.flush(out) is True  # ...but the training ended: its last epoch goes up whatever the interval
+    assert remote() == {"best.pt": "best.pt 4", "last.pt": "last.pt 5"} and up.uploads == 3
 
 
 def test_a_step_keeps_its_checkpoints_at_the_run_s_prefix_only_when_it_has_both(caplog):

@@ -50,7 +50,8 @@ def test_register_promote_refuse_force_rollback(use_mlflow_server, evaluated, ot
     assert mv.tags["test_data_version"] == bm["data_version"] and mv.tags["test_split"] == "test"
     assert mv.tags["evaluation_run_id"] == bm["mlflow_run_id"]
     assert mv.tags["dataset"] == "sample" and mv.tags["model.dib"] == "True" and mv.tags["model.ktl"] == "False"
-    assert mv.tags["git_commit"] and "train_run_id" in mv.tags
+    # the commit that registered it and the one that trained it; no training run (trained untracked), no "None"
+    assert mv.tags["git_commit"] and mv.tags["train_git_commit"] and "train_run_id" not in mv.tags
     assert _aliases(client, name) == {"candidate": 1}
     # the same checkpoint again: no second version
     again = register(broken, broken_metrics, "sample", name=name)
