@@ -14,7 +14,8 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     ``checkpoint_uri``: an s3:// prefix; last.pt (and best.pt) go to CHECKPOINT_URI/RUN_ID/DATASET-SETTINGS
     after the first epoch and then at most every ``checkpoint_every_s`` seconds (0: every epoch; -1,
     or any negative: hsnet.durable.INTERVAL_S), and a restarted pod (preemption, a retry) resumes
-    from there; "" keeps them local.
+    from there; "" keeps them local. With them, an epoch's figures reach the MLflow run when its
+    checkpoint is up (so they lag by up to that interval, and a retry logs no epoch twice).
     The Model artifact holds best.pt and the run's summary and history, not the resume state."""
     import base64
     import logging

@@ -134,14 +134,14 @@ class Uploader:
         now = self.clock()
         if self.uploaded_at is not None and now - self.uploaded_at < self.min_interval_s:
             return False
-        return self._upload(out_dir, now)
+        return self._upload(out_dir, now, "the next epoch tries again")
 
     def flush(self, out_dir: Path) -> bool:
         """The training's last epoch up now, whatever the interval (its end: the step may still fail
         after it, e.g. exporting the model, and a retry then starts from here)."""
-        return self._upload(out_dir, self.clock())
+        return self._upload(out_dir, self.clock(), "a retried step starts from the copy before it")
 
-    def _upload(self, out_dir: Path, now: float) -> bool:
+    def _upload(self, out_dir: Path, now: float, then: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
         for name in FILES:
@@ -152,8 +152,8 @@ class Uploader:
                 self.s3.upload_file(str(Path(out_dir) / name), bucket, key)
             except (BotoCoreError, ClientError) as exc:
                 self.failed += 1
-                log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); the next epoch tries again",
-                            bucket, key, type(exc).__name__, exc)
+                log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); %s", bucket, key,
+                            type(exc).__name__, exc, then)
                 return False
         self.uploaded_at, self.best_pending, self.uploads = now, False, self.uploads + 1
         return True

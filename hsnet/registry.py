@@ -720,6 +720,7 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
     _move(client, name, cand.version, prod)
     client.set_model_version_tag(name, cand.version, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                    time.gmtime()))
+    _clear_rolled_back(client, name, cand)
     if decision["forced"]:
         client.set_model_version_tag(name, cand.version, "promotion_forced", decision["reason"][:5000])
     decision.update(promoted=True, production=int(cand.version))
@@ -757,6 +758,14 @@ def _rollback_versions(client, name: str):
     return prev, prod
 
 
+def _clear_rolled_back(client, name: str, mv) -> None:
+    """``mv`` is production again (a second rollback, a forced promotion): what serves is not
+    "rolled back"; when it was is kept as ``was_rolled_back_at``."""
+    if mv.tags.get(ROLLED_BACK_TAG):
+        client.set_model_version_tag(name, mv.version, "was_" + ROLLED_BACK_TAG, mv.tags[ROLLED_BACK_TAG])
+        client.delete_model_version_tag(name, mv.version, ROLLED_BACK_TAG)
+
+
 def rollback_target(name: str) -> int:
     """The version :func:`rollback` would put back in production, checked as it checks it; no alias
     moves. For changing the serving first (``hsnet promote --rollback --deploy``): if that fails,
@@ -782,9 +791,7 @@ def rollback(name: str, *, expect: int | str | None = None) -> dict:
         _move(client, name, prev.version, prod)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         client.set_model_version_tag(name, prev.version, RESTORED_TAG, now)
-        if prev.tags.get(ROLLED_BACK_TAG):  # a second rollback brings it back: what serves is not "rolled back"
-            client.set_model_version_tag(name, prev.version, "was_" + ROLLED_BACK_TAG, prev.tags[ROLLED_BACK_TAG])
-            client.delete_model_version_tag(name, prev.version, ROLLED_BACK_TAG)
+        _clear_rolled_back(client, name, prev)  # a second rollback brings it back
         if prod is not None:
             client.set_model_version_tag(name, prod.version, ROLLED_BACK_TAG, now)
         else:  # production's version was deleted: no version is previous now

@@ -473,34 +473,54 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
     without logging them twice; a resumed run logs what a kill between the two steps left out."""
     epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
     pending: list[dict] = []
-    while state.epoch < epochs:
-        # checked before an epoch, not after: a run resumed from the epoch it stopped at stops there too
-        if tp.early_stopping and state.stale >= tp.early_stopping:
-            log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
-            break
-        epoch = state.epoch + 1
-        loss, acc, ips = train_one_epoch(engine.step_model, train_data, tp, setup, engine.optimizer, epoch,
-                                         progress=progress, desc=f"epoch {epoch}/{epochs}", step=engine.train_step)
-        val_loss, val_acc = validate_epoch(engine.step_model, val_data, tp, setup, engine.val_step)
-        lr = engine.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with, before a cut
-        engine.scheduler.step(val_loss)
-        weights = engine.model.level_weights
-        row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
-               "lr": lr, "images_per_s": ips,
-               **{f"lambda_{k}": v for k, v in weights.items()}}
-        guards.check_epoch(row, state.history, num_classes, val_labels=val_labels,
-                           chance_epochs=guards.chance_window(tp.scheduler.patience))
-        improved = state.record(row)
-        _say_epoch(row, epochs, weights, improved)
-        save_epoch(out_dir, meta, engine, state, setup, improved)
-        pending.append(row)
-        if on_checkpoint is None or on_checkpoint(out_dir, improved):
-            pending = _log_rows(pending, active)
-        if stop_at and epoch >= stop_at:
-            log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
-            break
-    if pending and on_checkpoint is not None and hasattr(on_checkpoint, "flush"):
-        on_checkpoint.flush(out_dir)  # the end's copy: a step that fails after it resumes here
+    try:
+        while state.epoch < epochs:
+            # checked before an epoch, not after: a run resumed from the epoch it stopped at stops there too
+            if tp.early_stopping and state.stale >= tp.early_stopping:
+                log.info("early stopping: no val accuracy gain for %d epochs", tp.early_stopping)
+                break
+            epoch = state.epoch + 1
+            loss, acc, ips = train_one_epoch(engine.step_model, train_data, tp, setup, engine.optimizer, epoch,
+                                             progress=progress, desc=f"epoch {epoch}/{epochs}", step=engine.train_step)
+            val_loss, val_acc = validate_epoch(engine.step_model, val_data, tp, setup, engine.val_step)
+            lr = engine.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with, before a cut
+            engine.scheduler.step(val_loss)
+            weights = engine.model.level_weights
+            row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
+                   "lr": lr, "images_per_s": ips,
+                   **{f"lambda_{k}": v for k, v in weights.items()}}
+            guards.check_epoch(row, state.history, num_classes, val_labels=val_labels,
+                               chance_epochs=guards.chance_window(tp.scheduler.patience))
+            improved = state.record(row)
+            _say_epoch(row, epochs, weights, improved)
+            save_epoch(out_dir, meta, engine, state, setup, improved)
+            pending.append(row)
+            if on_checkpoint is None or on_checkpoint(out_dir, improved):
+                pending = _log_rows(pending, active)
+            if stop_at and epoch >= stop_at:
+                log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
+                break
+    except Exception:  # a guard's verdict, out of memory, the store lost: what trained so far is still shown
+        try:
+            _settle(pending, on_checkpoint, out_dir, active)
+        except Exception as exc:  # noqa: BLE001 - the error that ended the training is the one to raise
+            log.warning("the last epochs' figures could not be logged (%s: %s)", type(exc).__name__, exc)
+        raise
+    _settle(pending, on_checkpoint, out_dir, active)
+
+
+def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active) -> None:
+    """The end of the epoch loop: the epochs not logged yet go up with the end's checkpoint
+    (``on_checkpoint.flush``: a step that fails after it is retried from there), then to MLflow;
+    if that upload failed they are not logged, since a retry trains them again and logs them then
+    (history.json has them)."""
+    if not pending:
+        return
+    flush = getattr(on_checkpoint, "flush", None)
+    if flush is not None and not flush(out_dir):
+        log.warning("epochs %d-%d are not in the MLflow run: their checkpoint did not go up (a retry trains them "
+                    "again); %s in the output has them", pending[0]["epoch"], pending[-1]["epoch"], HISTORY)
+        return
     _log_rows(pending, active)
 
 

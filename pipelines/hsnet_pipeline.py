@@ -168,7 +168,8 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
 
 def with_run_id(task):
     """The pipeline run's id in the task's environment (RUN_ID_ENV), from its pod's label: the key
-    of its durable checkpoints. Not an input, so not in Kubeflow's cache key."""
+    of train's durable checkpoints, and the ``kfp_run_id`` tag of every MLflow run and registered
+    version (hsnet.tracking.origin_tags). Not an input, so not in Kubeflow's cache key."""
     kubernetes.use_field_path_as_env(task, RUN_ID_ENV, "metadata.labels['pipeline/runid']")
     return task
 
@@ -189,6 +190,7 @@ def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_over
     evaluated = step(_secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                              model=trained.outputs["model"], dataset=dataset,
                                              params=settings["evaluate_settings"]), mlflow=True), "evaluate")
+    with_run_id(evaluated)
     return trained, evaluated
 
 
@@ -220,6 +222,7 @@ def hsnet_pipeline(
                                                   model=trained.outputs["model"],
                                                   report=evaluated.outputs["report"]), mlflow=True), "register")
         registered.set_caching_options(False)  # registering is idempotent; let it report the version every run
+        with_run_id(registered)
         with dsl.If(promote == True, name="promote-if-asked"):  # noqa: E712 - a pipeline condition, not Python
             promoted = step(_secrets(promote_model(model_uri=registered.output, mlflow_tracking_uri=mlflow_tracking_uri,
                                                    metric=GATE_METRIC, min_delta=MIN_DELTA, deploy=deploy,
