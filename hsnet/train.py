@@ -399,7 +399,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     meta = {"dataset": params.dataset, "classes": list(spec.classes), "input_size": size, "model": cfg["model"],
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
             "code_version": sources.code_version(__name__), "git_commit": tracking.git_commit(),
-            "stem_weights_sha256": engine.model.stem_weights_sha256}
+            "stem_weights_sha256": getattr(engine.model, "stem_weights_sha256", None)}  # KTL's stem file
     out_dir.mkdir(parents=True, exist_ok=True)
     held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here

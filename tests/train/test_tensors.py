@@ -86,7 +86,10 @@ def test_a_cache_larger_than_the_free_disk_is_refused_before_anything_is_written
     cache = tmp_path / "cache"
     cache.mkdir()
     free = shutil.disk_usage(cache).free
-    size = int((free / (2 * 3)) ** 0.5) + 1  # two images of 3 x size x size bytes: just over the free space
+    # two images of 3 x size x size bytes: twice the free space, so that another process freeing some
+    # meanwhile can't turn the refusal into a real allocation of that size (it once took 16 GB, and the
+    # kernel ended the test worker)
+    size = int((2 * free / (2 * 3)) ** 0.5) + 1
     need_gb = 2 * 3 * size * size / 1e9
     with pytest.raises(HSNetError, match=rf"2 images at {size}x{size} need {need_gb:.1f} GB.*{cache}.*"
                                          r"HSNET_CACHE_DIR.*input_size"):
