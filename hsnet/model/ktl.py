@@ -17,6 +17,7 @@ Where the weights come from (``stem_weights``):
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 import tempfile
@@ -131,8 +132,9 @@ def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) ->
         if not path.is_file():
             raise StemWeightsError(f"stem weights file {path} does not exist. " + _how_to())
     try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = Path(path).read_bytes()  # read once: the weights loaded and the hash recorded are of one file
+        digest = hashlib.sha256(data).hexdigest()
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise StemWeightsError(
             f"stem weights file {path} ({source}) is not a PyTorch state dict that can be loaded "
