@@ -49,13 +49,17 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SPLIT_PASSWORD = re.compile(r"^(?P<user>[^@/:?#\[\]]*):(?P<password>(?!\d{1,5}[/?#])[^@]*)@")
 # query values that are secrets: passwords, tokens, keys, and presigned URLs' signatures and
 # credentials (S3's X-Amz-Signature / X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig)
-_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd|secret|token|key|sig|credential)[^=&#]*=)[^&#]*")
+_SECRET_QUERY = re.compile(r"(?i)([?&#][^=&#]*(?:password|passwd|pwd|secret|token|key|sig|credential)[^=&#]*=)[^&#]*")
+# passwords that say "the user is the token" (GitHub's TOKEN:x-oauth-basic@, or none: TOKEN:@)
+_PLACEHOLDER_PASSWORDS = ("", "x-oauth-basic")
 
 
 def mask_uri(uri: str) -> str:
     """``uri`` as it may be printed or logged: a password in it (``scheme://user:PASSWORD@host``), a
     user part alone (``scheme://TOKEN@host``: a token sent as the user), or a secret query value
-    (``password=``, ``token=``, ``X-Amz-Signature=``...) replaced by ``***``. The one masking rule."""
+    (``password=``, ``token=``, ``X-Amz-Signature=``..., in the query or the fragment) replaced by
+    ``***``; a user with a placeholder password or none (``TOKEN:x-oauth-basic@``, ``TOKEN:@``) is the
+    token, and is masked whole. The one masking rule."""
     uri = str(uri)
     scheme = _SCHEME.match(uri)
     if scheme:
@@ -63,8 +67,9 @@ def mask_uri(uri: str) -> str:
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
         if "@" in authority:  # the user part runs to the authority's last '@' (RFC 3986 3.2.1), as urllib reads it
             userinfo = authority.rpartition("@")[0]
-            user, has_password, _ = userinfo.partition(":")
-            uri = head + (f"{user}:***" if has_password else "***") + rest[len(userinfo):]
+            user, has_password, password = userinfo.partition(":")
+            shown = f"{user}:***" if has_password and password.lower() not in _PLACEHOLDER_PASSWORDS else "***"
+            uri = head + shown + rest[len(userinfo):]
         else:
             uri = head + _SPLIT_PASSWORD.sub(lambda m: f"{m['user']}:***@", rest, count=1)
     return _SECRET_QUERY.sub(r"\1***", uri)

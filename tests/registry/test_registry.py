@@ -528,6 +528,16 @@ def test_server_script_without_mlflow_says_it_is_missing(tmp_path):
     ("http://tok@host:5000/p", "http://***@host:5000/p"),
     # a port, then an '@' in the path: nothing to mask (the host is kept)
     ("http://host:5000/runs/a@b", "http://host:5000/runs/a@b"),
+    # a token as the user with a placeholder or empty password (GitHub's TOKEN:x-oauth-basic@,
+    # TOKEN:@): the user is the secret
+    ("https://ghp_abc123:x-oauth-basic@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://ghp_abc123:@github.com/o/r.git", "https://***@github.com/o/r.git"),
+    ("https://ghp_abc123:X-OAuth-Basic@github.com/", "https://***@github.com/"),
+    # a secret in the fragment (OAuth's implicit flow: #access_token=...), not only in the query
+    ("https://app.example/cb#access_token=ya29.abc&state=1", "https://app.example/cb#access_token=***&state=1"),
+    ("https://app.example/cb#state=1&id_token=eyJ.x.y", "https://app.example/cb#state=1&id_token=***"),
+    # an MLflow UI link's fragment with no secret in it is kept
+    ("http://mlflow:5000/#/experiments/1/runs/ab12", "http://mlflow:5000/#/experiments/1/runs/ab12"),
 ])
 def test_mask_uri(uri, shown):
     from hsnet.tracking import mask_uri
