@@ -4,12 +4,14 @@ Read from the source text (``ast``), not from ``sys.modules``, so the answer is 
 else the process imported: it is what a step's result can depend on. Two things use it: a
 checkpoint's ``code_version`` (a killed run resumes after an edit to code it doesn't run, and
 trains from the start after an edit to code it does) and the crop record's reuse key; the test of
-dvc.yaml holds each stage's deps to it.
+dvc.yaml holds each stage's deps to it. The caches (crops, decoded tensors, image inspections) are
+keyed by the versions of the libraries that make their contents as well (``library_versions``).
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent  # the hsnet package folder that runs
@@ -80,3 +82,16 @@ def code_version(module: str, root: Path | None = None) -> str:
     for name in files:
         digest.update(name.encode() + b"\0" + (root.parent / name).read_bytes() + b"\0")
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The installed versions of the distributions ``names`` (``Pillow``, ``torch``): what a cached
+    result depends on besides hsnet's code (a Pillow upgrade can decode or resize differently).
+    A distribution that isn't installed is ``"none"``."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "none"
+    return found

@@ -97,6 +97,9 @@ def prune_cache(cache_dir: Path, keep: Path, limit: int | None = None) -> list[P
     return gone
 
 
+LIBRARIES = ("Pillow", "numpy")  # what decodes and resizes a cached split's images
+
+
 def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | None = None,
                progress: bool = True) -> Split:
     """The images of ``rows`` (paths relative to ``root``) as a cached uint8 tensor file."""
@@ -105,6 +108,7 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
     cache_dir = Path(cache_dir or default_cache_dir())
     key = hashlib.sha256(repr((size, [(r["path"], r["label"]) for r in rows])).encode())
     key.update(sources.code_version(__name__).encode())  # decoded and resized by this code, not an older one
+    key.update(repr(sources.library_versions(LIBRARIES)).encode())  # ... and these libraries
     linked = dvc_cache_of(root)  # crops DVC checked out as links into its cache (cache.type symlink)
     files = [safe_join(root, r["path"], what="manifest path", also=linked) for r in rows]  # nothing else is read
     for f in files:  # content changes under the same names invalidate the cache too

@@ -15,7 +15,8 @@ output manifest or, by name, in the report.
 * No face found: ``no_face="drop"`` reports the file and leaves it out;
   ``no_face="center"`` falls back to a centre crop and marks the row.
 * Incremental: a re-run into the same ``out`` only processes rows whose file content (sha256) changed,
-  unless the settings or the code that crops (``hsnet.sources.code_version``) changed: then all.
+  unless the settings, the code that crops (``hsnet.sources.code_version``) or the libraries it
+  crops with (``LIBRARIES``' versions) changed: then all.
 """
 
 from __future__ import annotations
@@ -246,9 +247,16 @@ def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[di
     return items, refused
 
 
+# the libraries a crop's pixels depend on: decoding and resizing (Pillow, numpy), the detector
+# (torch, torchvision, facenet-pytorch)
+LIBRARIES = ("Pillow", "numpy", "torch", "torchvision", "facenet-pytorch")
+
+
 def _made_with(settings: CropParams) -> dict:
-    """What a crop depends on besides its photo: the settings and the code that cuts it."""
-    return {"settings": settings.key(), "code_version": sources.code_version(__name__)}
+    """What a crop depends on besides its photo: the settings, the code that cuts it and the
+    versions of the libraries it cuts with."""
+    return {"settings": settings.key(), "code_version": sources.code_version(__name__),
+            "libraries": sources.library_versions(LIBRARIES)}
 
 
 def _previous_entries(out: Path, settings: CropParams) -> dict:

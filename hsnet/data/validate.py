@@ -110,10 +110,13 @@ def _inspect(path: Path) -> ImageInfo:
     return ImageInfo(True, True, img.width, img.height, digest, "")
 
 
+LIBRARIES = ("Pillow",)  # what decodes an image for inspection
+
+
 def inspect_images(paths: list[Path], *, workers: int | None = None,
                    cache: ImageInfoCache | None = None, progress: bool = True) -> list[ImageInfo]:
-    """ImageInfo for each path (same order): parallel, and cached by :func:`~hsnet.io.file_stamp` and the
-    code that inspects (:func:`hsnet.sources.code_version`)."""
+    """ImageInfo for each path (same order): parallel, and cached by :func:`~hsnet.io.file_stamp`, the
+    code that inspects (:func:`hsnet.sources.code_version`) and Pillow's version."""
     from tqdm import tqdm
 
     cache = cache or ImageInfoCache(None)
@@ -130,7 +133,8 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
         keys.append(os.path.abspath(path))
         stats.append((i, path, st))
     known = cache.get_many(keys)
-    code = sources.code_version(__name__)  # an entry holds what this code found: other code inspects again
+    # an entry holds what this code and Pillow found: other code, or another Pillow, inspects again
+    code = " ".join([sources.code_version(__name__), *sources.library_versions(LIBRARIES).values()])
 
     def stamp(st) -> str:
         return f"{file_stamp(st)} {code}"

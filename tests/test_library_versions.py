@@ -1,0 +1,98 @@
+"""Caches keyed by the libraries that make their contents: a Pillow (or torch, facenet-pytorch)
+upgrade can decode, resize or detect differently, so what an older version made is made again.
+
+The upgrade is simulated where Python reads an installed distribution's version
+(``importlib.metadata.version``), as after ``pip install -U Pillow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import metadata
+
+import numpy as np
+import PIL
+import pytest
+from PIL import Image
+
+import hsnet.tensors as tensors
+from hsnet import sources
+
+
+@pytest.fixture
+def upgrade(monkeypatch):
+    """``upgrade("Pillow")``: from now on the installed Pillow reads as another version."""
+    real = metadata.version
+
+    def apply(name):
+        monkeypatch.setattr(metadata, "version", lambda n: "99.0.0" if n == name else real(n))
+    return apply
+
+
+def test_library_versions_are_the_installed_distributions():
+    found = sources.library_versions(("Pillow", "numpy", "no-such-distribution-hsnet"))
+    assert found == {"Pillow": PIL.__version__, "numpy": np.__version__, "no-such-distribution-hsnet": "none"}
+
+
+@pytest.mark.parametrize("library", ["Pillow", "torch", "facenet-pytorch"])
+def test_crops_made_with_another_library_version_are_cut_again(library, upgrade, tmp_path):
+    from hsnet.data.crop import crop
+    from hsnet.params import CropParams
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "label_name", "split", "subject"])
+        w.writeheader()
+        for name in ("a.png", "b.png"):
+            w.writerow({"path": name, "label": 0, "label_name": "anger", "split": "train", "subject": ""})
+    settings = CropParams(size=32, no_face="center", detector="none")
+    first = crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)
+    assert first["processed"] == 2
+    assert crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)["reused"] == 2
+    recorded = json.loads((tmp_path / "out" / "crop_state.json").read_text())["libraries"]
+    assert recorded[library] == metadata.version(library)  # written down for whoever reads the record
+
+    upgrade(library)
+    again = crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)
+    assert again["processed"] == 2 and again["reused"] == 0
+
+
+def test_the_tensor_cache_decodes_again_after_a_pillow_upgrade(upgrade, tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": i})
+    decoded = []
+    real_open = tensors.open_rgb
+    monkeypatch.setattr(tensors, "open_rgb", lambda p: decoded.append(p.name) or real_open(p))
+    tensors.load_split(rows, tmp_path, 16, cache_dir=tmp_path / "cache", progress=False)
+    tensors.load_split(rows, tmp_path, 16, cache_dir=tmp_path / "cache", progress=False)
+    assert len(decoded) == 3  # the second read came from the cache
+    upgrade("Pillow")
+    tensors.load_split(rows, tmp_path, 16, cache_dir=tmp_path / "cache", progress=False)
+    assert len(decoded) == 6
+
+
+def test_validate_inspects_again_after_a_pillow_upgrade(upgrade, tmp_path, monkeypatch):
+    import hsnet.data.validate as validate
+
+    paths = []
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    seen = []
+    real = validate._inspect
+    monkeypatch.setattr(validate, "_inspect", lambda p: seen.append(p.name) or real(p))
+    cache = validate.ImageInfoCache(tmp_path / "info.sqlite")
+    validate.inspect_images(paths, workers=1, cache=cache, progress=False)
+    validate.inspect_images(paths, workers=1, cache=cache, progress=False)
+    assert len(seen) == 3
+    upgrade("Pillow")
+    validate.inspect_images(paths, workers=1, cache=cache, progress=False)
+    assert len(seen) == 6
