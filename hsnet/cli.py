@@ -154,6 +154,15 @@ def _promote(args: argparse.Namespace) -> None:
         print(dry_run(args.name, version=args.version, rollback=args.rollback, isvc=args.isvc,
                       namespace=args.namespace, canary_percent=args.canary_percent), end="")
         return
+    if args.history:
+        from .registry import promotion_history
+
+        print("time                  action    outcome    production  previous  by")
+        for r in promotion_history(args.name):
+            print(f"{r['time']:21} {r['action']:9} {r['outcome']:10} {r['production'] or '-'!s:11} "
+                  f"{r['previous'] or '-'!s:9} {r['kfp_run_id'] or r['user'] or '-'}"
+                  f"{'  FORCED' if r['forced'] else ''}  {r['reason'][:200]}")
+        return
     if args.unlock:
         print(f"{args.name}: promotion lock {args.name}{LOCK_SUFFIX} "
               + ("removed" if unlock(args.name) else "was not held"))
@@ -434,6 +443,8 @@ def _add_registry(verbs) -> None:
     p.add_argument("--min-delta", type=float, default=MIN_DELTA, help="required gain over production")
     p.add_argument("--force", action="store_true", help="promote even if not better / tested on other data")
     p.add_argument("--rollback", action="store_true", help="put the 'previous' version back in production")
+    p.add_argument("--history", action="store_true",
+                   help="list the promotions and rollbacks of --name, refused ones too (newest first)")
     p.add_argument("--unlock", action="store_true",
                    help="remove the promotion lock a killed promotion left (only when none is running)")
     p.add_argument("--deploy", action="store_true", help="then roll the KServe InferenceService to production "

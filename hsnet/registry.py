@@ -633,8 +633,69 @@ def promote(name: str, *, version: int | str | None = None, metric: str = GATE_M
         raise HSNetError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     client = _client()
     _require_model(client, name)
-    with _promotion_lock(client, name):
-        return _promote_locked(client, name, version, metric, min_delta, force)
+    with _promotion_lock(client, name), _recorded(client, name, "promote", version=version, metric=metric,
+                                                  min_delta=min_delta, force=force) as record:
+        return record(_promote_locked(client, name, version, metric, min_delta, force))
+
+
+HISTORY_STEP = "promote"  # the step tag of a promotion's or rollback's record (a run of experiment hsnet)
+
+
+@contextmanager
+def _recorded(client, name: str, action: str, **asked):
+    """A record of one promotion or rollback of ``name``, made or refused: a run of experiment hsnet
+    tagged ``step=promote``, ``model``, ``action``, with what was asked as params. It starts before
+    anything moves (a store that can't record refuses the change) and ends with ``outcome``
+    (moved, unchanged, refused, error), ``production``, ``previous``, ``forced`` and ``reason``
+    tags. MLflow keeps no history of alias moves: this is it (:func:`promotion_history`)."""
+    import mlflow
+
+    with tracking.run(f"{action}-{name}", params={"model": name, "action": action, **asked},
+                      tags={"step": HISTORY_STEP, "model": name, "action": action}):
+        def record(decision: dict) -> dict:
+            mlflow.set_tags({"outcome": "moved" if decision.get("promoted") else "unchanged",
+                             "production": str(decision.get("production") or decision.get("previous") or ""),
+                             "previous": str(decision.get("previous") or "") if decision.get("promoted") else "",
+                             "forced": str(bool(decision.get("forced"))).lower(),
+                             "reason": str(decision.get("reason", ""))[:5000]})
+            return decision
+        try:
+            yield record
+        except BaseException as exc:
+            outcome = "refused" if isinstance(exc, PromotionRefused) else "error"
+            try:
+                now = _alias_version(client, name, PRODUCTION)  # production as it stands after it
+                mlflow.set_tags({"outcome": outcome, "production": str(now.version) if now else "",
+                                 "reason": tracking.mask_text(str(exc))[:5000] or type(exc).__name__})
+            except Exception:  # noqa: BLE001 - the store failing too: the first error is the one to see
+                log.warning("could not record the %s of %s as %s", action, name, outcome)
+            raise
+
+
+def promotion_history(name: str, max_results: int = 100) -> list[dict]:
+    """The promotions and rollbacks of ``name`` (newest first), as :func:`_recorded` wrote them:
+    time (UTC), action, outcome, production and previous after it (versions, None where there was
+    none), forced, reason, the user and the Kubeflow run (``kfp_run_id``) that ran it, the record's run."""
+    client = _client()
+    _require_model(client, name)
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    if experiment is None:
+        return []
+    # MLflow's filter has no escapes: the name in the quote it doesn't hold (both: matched here)
+    quote = next((q for q in "'\"" if q not in name), None)
+    runs = client.search_runs([experiment.experiment_id], f"tags.step = '{HISTORY_STEP}'"
+                              + (f" and tags.model = {quote}{name}{quote}" if quote else ""),
+                              max_results=max_results if quote else 50_000, order_by=["attributes.start_time DESC"])
+
+    def version(value):
+        return int(value) if value and value.isdigit() else None
+
+    return [{"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.info.start_time / 1000)),
+             "action": r.data.tags.get("action"), "outcome": r.data.tags.get("outcome", "unfinished"),
+             "production": version(r.data.tags.get("production")), "previous": version(r.data.tags.get("previous")),
+             "forced": r.data.tags.get("forced") == "true", "reason": r.data.tags.get("reason", ""),
+             "user": r.data.tags.get("mlflow.user"), "kfp_run_id": r.data.tags.get("kfp_run_id"),
+             "run_id": r.info.run_id} for r in runs if r.data.tags.get("model") == name][:max_results]
 
 
 def _require_model(client, name: str) -> None:
@@ -782,7 +843,7 @@ def rollback(name: str, *, expect: int | str | None = None) -> dict:
     nothing changes and the error says so."""
     client = _client()
     _require_model(client, name)
-    with _promotion_lock(client, name):
+    with _promotion_lock(client, name), _recorded(client, name, "rollback", expect=expect) as record:
         prev, prod = _rollback_versions(client, name)
         if expect is not None and str(prev.version) != str(expect):
             raise HSNetError(f"{name}: '{PREVIOUS}' moved to version {prev.version} while version {expect} was being "
@@ -796,5 +857,6 @@ def rollback(name: str, *, expect: int | str | None = None) -> dict:
             client.set_model_version_tag(name, prod.version, ROLLED_BACK_TAG, now)
         else:  # production's version was deleted: no version is previous now
             client.delete_registered_model_alias(name, PREVIOUS)
-    return {"name": name, "production": int(prev.version), "previous": int(prod.version) if prod else None,
-            "promoted": True, "rollback": True}
+        return record({"name": name, "production": int(prev.version), "previous": int(prod.version) if prod else None,
+                       "promoted": True, "rollback": True,
+                       "reason": f"rolled back from version {prod.version if prod else '(deleted)'}"})

@@ -229,5 +229,6 @@ def hsnet_pipeline(
                                                    canary_percent=canary_percent), mlflow=True),
                             "promote")
             promoted.set_caching_options(False)  # the registry's state decides, not the inputs
+            with_run_id(promoted)  # its record in the promotion history names the pipeline run
 
     prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, then=train_evaluate_register)

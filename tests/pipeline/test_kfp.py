@@ -182,7 +182,7 @@ def test_resources_retries_and_run_id(spec):
                 assert policy["backoffMaxDuration"] == "346020s" and policy["backoffDuration"] == "60s", policy
         else:
             assert "retryPolicy" not in task, f"{key} is retried but its failures are not transient"
-        if name == "train":
+        if name in ("train", "evaluate", "register", "promote"):  # the steps that write MLflow runs
             assert {"fieldPath": "metadata.labels['pipeline/runid']", "name": "KFP_RUN_ID"} in \
                 k8s[executor]["fieldPathAsEnv"]
         # every pod has a deadline, so a hung step can't hold its node (or a GPU) for ever; train's

@@ -1,0 +1,75 @@
+"""Every change of production, and every refusal, leaves a record: MLflow keeps no history of alias
+moves, so "who put version 4 in production, when, and why" is answered by ``hsnet promote
+--history`` (runs of experiment hsnet tagged step=promote), not by the latest tags alone."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from hsnet.cli import main
+from hsnet.errors import HSNetError
+from hsnet.registry import PromotionRefused, promote, promotion_history, register, rollback
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_promotion_rollback_and_refusal_is_recorded_in_order(local_mlflow, evaluated, share, capsys,
+                                                                    monkeypatch):
+    name = "hsnet-history"
+    monkeypatch.setenv("KFP_RUN_ID", "run-abc")  # as a Kubeflow step: the pipeline run that did it
+    always1, m1, _ = evaluated(1)
+    register(always1, m1, "sample", name=name)
+    promote(name)                                     # 1: no production yet -> version 1
+    always0, m0, _ = evaluated(0)
+    assert share(0) > share(1)
+    register(always0, m0, "sample", name=name)
+    with pytest.raises(PromotionRefused):
+        promote(name, min_delta=1.0)                  # 2: refused, production stays 1
+    promote(name)                                     # 3: version 2 beats 1
+    rollback(name)                                    # 4: back to 1
+    promote(name, version=2, force=True)              # 5: forced (2 was rolled back)
+
+    rows = promotion_history(name)
+    assert [r["action"] for r in rows] == ["promote", "rollback", "promote", "promote", "promote"]  # newest first
+    assert [r["outcome"] for r in rows] == ["moved", "moved", "moved", "refused", "moved"]
+    assert [(r["production"], r["previous"]) for r in rows] == [(2, 1), (1, 2), (2, 1), (1, None), (1, None)]
+    assert [r["forced"] for r in rows] == [True, False, False, False, False]
+    assert "rolled back" in rows[0]["reason"] and "does not beat production" in rows[3]["reason"]
+    assert all(r["kfp_run_id"] == "run-abc" and r["time"].endswith("Z") for r in rows)
+    assert all(r["run_id"] for r in rows)
+
+    # the records are runs in the store, readable without hsnet
+    client = MlflowClient(local_mlflow)
+    runs = client.search_runs([client.get_experiment_by_name("hsnet").experiment_id],
+                              f"tags.step = 'promote' and tags.model = '{name}'")
+    assert len(runs) == 5
+
+    assert main(["promote", "--name", name, "--history"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 6 and "rollback" in out[2] and "refused" in out[4] and "FORCED" in out[1], out
+
+
+def test_the_history_of_another_model_or_none(local_mlflow, evaluated):
+    a, ma, _ = evaluated(1)
+    register(a, ma, "sample", name="hsnet-h1")
+    promote("hsnet-h1")
+    with pytest.raises(HSNetError, match="no registered model 'hsnet-h1x'.*hsnet-h1"):  # a misspelt name
+        promotion_history("hsnet-h1x")
+    assert len(promotion_history("hsnet-h1")) == 1
+
+
+@pytest.mark.parametrize("name", ["it's", 'say "x"', "both'\"", "back\\slash"])
+def test_a_name_with_quotes_finds_its_own_records(local_mlflow, name):
+    """MLflow's search filter has no escape for a quote: each name finds its own records, not
+    another's, and no filter error."""
+    from hsnet import tracking
+
+    client = MlflowClient(local_mlflow)
+    experiment = client.create_experiment(tracking.EXPERIMENT)
+    for model in (name, "other"):
+        client.create_registered_model(model)
+        client.create_run(experiment, tags={"step": "promote", "model": model, "action": "promote",
+                                            "outcome": "moved", "production": "3"})
+    rows = promotion_history(name)
+    assert [(r["action"], r["production"]) for r in rows] == [("promote", 3)]
