@@ -21,6 +21,7 @@ from .params import ModelParams, section
 
 FORMAT = 2  # 2: FGAL with BatchNorm after its laterals and standardised FC inputs (docs/paper-notes.md)
 BEST, LAST = "best.pt", "last.pt"  # in train's output folder: the best epoch's weights; resume state
+VERDICT = "verdict.json"  # beside them: why a guard stopped the training (hsnet.guards); a retry of the same ends with it
 INFERENCE_KEYS = ("format", "meta", "model", "state")
 
 

@@ -79,8 +79,8 @@ def _key(uri: str, name: str) -> tuple[str, str]:
 
 
 def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
-    """Bring ``best.pt``/``last.pt`` from the prefix ``uri`` into ``out_dir`` unless it already
-    holds a ``last.pt``; returns the names downloaded. Fails (clearly) when the prefix can't be
+    """Bring ``best.pt``/``last.pt`` (and a guard's ``verdict.json``) from the prefix ``uri`` into
+    ``out_dir`` unless it already holds a ``last.pt``; returns the names downloaded. Fails (clearly) when the prefix can't be
     listed: a wrong bucket or missing credentials show before any training, not after."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -93,12 +93,15 @@ def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
     if (out_dir / checkpoint.LAST).is_file():
         log.info("%s holds a %s: resuming from it, not from %s", out_dir, checkpoint.LAST, uri)
         return []
-    if checkpoint.LAST not in present:
+    # an earlier attempt's verdict (hsnet.guards) comes too, with or without a checkpoint (a run
+    # stopped after its first epoch has none): the training then ends with it at once
+    names = [n for n in (*FILES, checkpoint.VERDICT) if n in present and (checkpoint.LAST in present or n not in FILES)]
+    if not names:
         log.info("no checkpoint at %s yet: training from the start", uri)
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     fetched = []
-    for name in FILES:
+    for name in names:
         if name in present:
             bucket, key = _key(uri, name)
             try:
@@ -135,6 +138,11 @@ class Uploader:
         if self.uploaded_at is not None and now - self.uploaded_at < self.min_interval_s:
             return False
         return self._upload(out_dir, now, "the next epoch tries again")
+
+    def keep(self, out_dir: Path, name: str) -> None:
+        """``name`` in ``out_dir`` up now (the guard's verdict, :data:`hsnet.checkpoint.VERDICT`)."""
+        bucket, key = _key(self.uri, name)
+        self.s3.upload_file(str(Path(out_dir) / name), bucket, key)
 
     def flush(self, out_dir: Path) -> bool:
         """The training's last epoch up now, whatever the interval (its end: the step may still fail

@@ -22,6 +22,15 @@ from collections.abc import Sequence
 from .errors import HSNetError
 from .params import SchedulerParams
 
+
+class NotLearning(HSNetError):
+    """A guard's verdict on the training, after epoch ``epoch``: the same data, settings and code
+    reach it again (hsnet.train keeps it, and a retry of the same training ends with it)."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
+
 LOSS_FACTOR = 10.0  # a training loss above LOSS_FACTOR * ln C after an epoch stops the run
 CHANCE_EPOCHS = 10  # epochs at chance, after the scheduler's patience, that stop the run (chance_window)
 CHANCE_Z = 2.0  # "at chance": at most chance + CHANCE_Z standard errors of a guesser's accuracy
@@ -60,7 +69,7 @@ def chance_level(num_classes: int, val_labels: Sequence[int] | None = None) -> t
 
 def check_epoch(row: dict, history: list[dict], num_classes: int, *, val_labels: Sequence[int] | None = None,
                 loss_factor: float = LOSS_FACTOR, chance_epochs: int | None = None) -> None:
-    """Raise :class:`HSNetError` saying what to try when the epoch ``row`` (with ``history``, the
+    """Raise :class:`NotLearning` saying what to try when the epoch ``row`` (with ``history``, the
     epochs before it) shows a run that diverged, blew up or is not learning.
 
     ``row`` and ``history`` hold ``epoch``, ``loss`` (training), ``val_accuracy`` and ``lr``;
@@ -72,19 +81,19 @@ def check_epoch(row: dict, history: list[dict], num_classes: int, *, val_labels:
         chance_epochs = chance_window(SchedulerParams().patience)
     epoch, loss, lr = row["epoch"], float(row["loss"]), float(row.get("lr", float("nan")))
     if not math.isfinite(loss):
-        raise HSNetError(f"training diverged at epoch {epoch} (loss {loss}); " + TRY.format(lr=lr))
+        raise NotLearning(f"training diverged at epoch {epoch} (loss {loss}); " + TRY.format(lr=lr), epoch)
     ceiling = loss_factor * math.log(num_classes)
     if loss > ceiling:
-        raise HSNetError(
+        raise NotLearning(
             f"training is not learning: the training loss after epoch {epoch} is {loss:.4g}, far above "
             f"ln {num_classes} = {math.log(num_classes):.2f} (what guessing scores; the limit is {ceiling:.3g}). "
-            + TRY.format(lr=lr))
+            + TRY.format(lr=lr), epoch)
     if chance_epochs <= 0:
         return
     recent = (list(history) + [row])[-chance_epochs:]
     chance, at_most = chance_level(num_classes, val_labels)
     if len(recent) == chance_epochs and all(float(r["val_accuracy"]) <= at_most for r in recent):
-        raise HSNetError(
+        raise NotLearning(
             f"training is not learning: the validation accuracy stayed at chance ({chance:.3f}; every epoch "
             f"scored at most {at_most:.3f}) for {chance_epochs} epochs (epochs {recent[0]['epoch']}-{epoch}). "
-            + TRY.format(lr=lr))
+            + TRY.format(lr=lr), epoch)
