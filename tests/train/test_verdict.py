@@ -12,22 +12,11 @@ import time
 
 import pytest
 
+from test_learning import _params  # the tiny sample's params.yaml with these train settings
+
 from hsnet.errors import HSNetError
-from hsnet.params import Params
 
 BLOWS_UP = "lr: 30, epochs: 3"  # tests/train/test_learning.py: stops after epoch 1, loss far above ln 7
-
-
-def _params(tmp_path, train: str) -> Params:
-    path = tmp_path / "params.yaml"
-    path.write_text(f"""
-datasets:
-  sample:
-    input_size: 80
-    model: {{ktl: false}}
-    train: {{{train}, batch_size: 16, seed: 3, num_threads: 1}}
-""")
-    return Params.resolve(path, "sample")
 
 
 @pytest.fixture
