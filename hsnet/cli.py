@@ -161,7 +161,7 @@ def _promote(args: argparse.Namespace) -> None:
         for r in promotion_history(args.name):
             print(f"{r['time']:21} {r['action']:9} {r['outcome']:10} {r['production'] or '-'!s:11} "
                   f"{r['previous'] or '-'!s:9} {r['kfp_run_id'] or r['user'] or '-'}"
-                  f"{'  FORCED' if r['forced'] else ''}  {r['reason'][:200]}")
+                  f"{'  FORCED' if r['forced'] else ''}  {' '.join(r['reason'].split())[:200]}")
         return
     if args.unlock:
         print(f"{args.name}: promotion lock {args.name}{LOCK_SUFFIX} "

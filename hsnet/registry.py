@@ -633,8 +633,8 @@ def promote(name: str, *, version: int | str | None = None, metric: str = GATE_M
         raise HSNetError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     client = _client()
     _require_model(client, name)
-    with _promotion_lock(client, name), _recorded(client, name, "promote", version=version, metric=metric,
-                                                  min_delta=min_delta, force=force) as record:
+    with _recorded(client, name, "promote", version=version, metric=metric, min_delta=min_delta,
+                   force=force) as record, _promotion_lock(client, name):
         return record(_promote_locked(client, name, version, metric, min_delta, force))
 
 
@@ -645,31 +645,37 @@ HISTORY_STEP = "promote"  # the step tag of a promotion's or rollback's record (
 def _recorded(client, name: str, action: str, **asked):
     """A record of one promotion or rollback of ``name``, made or refused: a run of experiment hsnet
     tagged ``step=promote``, ``model``, ``action``, with what was asked as params. It starts before
-    anything moves (a store that can't record refuses the change) and ends with ``outcome``
-    (moved, unchanged, refused, error), ``production``, ``previous``, ``forced`` and ``reason``
-    tags. MLflow keeps no history of alias moves: this is it (:func:`promotion_history`)."""
-    import mlflow
-
+    anything is checked or moved (a store that can't record refuses the change; a promotion that
+    finds the lock held is recorded as refused) and ends with ``outcome`` (moved, unchanged,
+    refused, error), ``production`` and ``previous`` as they stand after it, ``forced`` and
+    ``reason``. MLflow keeps no history of alias moves: this is it (:func:`promotion_history`)."""
     with tracking.run(f"{action}-{name}", params={"model": name, "action": action, **asked},
                       tags={"step": HISTORY_STEP, "model": name, "action": action}):
         def record(decision: dict) -> dict:
-            mlflow.set_tags({"outcome": "moved" if decision.get("promoted") else "unchanged",
-                             "production": str(decision.get("production") or decision.get("previous") or ""),
-                             "previous": str(decision.get("previous") or "") if decision.get("promoted") else "",
-                             "forced": str(bool(decision.get("forced"))).lower(),
-                             "reason": str(decision.get("reason", ""))[:5000]})
+            _close_record(client, name, "moved" if decision.get("promoted") else "unchanged",
+                          str(decision.get("reason", "")), bool(decision.get("forced")))
             return decision
         try:
             yield record
         except BaseException as exc:
-            outcome = "refused" if isinstance(exc, PromotionRefused) else "error"
-            try:
-                now = _alias_version(client, name, PRODUCTION)  # production as it stands after it
-                mlflow.set_tags({"outcome": outcome, "production": str(now.version) if now else "",
-                                 "reason": tracking.mask_text(str(exc))[:5000] or type(exc).__name__})
-            except Exception:  # noqa: BLE001 - the store failing too: the first error is the one to see
-                log.warning("could not record the %s of %s as %s", action, name, outcome)
+            _close_record(client, name, "refused" if isinstance(exc, HSNetError) else "error",
+                          tracking.mask_text(str(exc)) or type(exc).__name__, False)
             raise
+
+
+def _close_record(client, name: str, outcome: str, reason: str, forced: bool) -> None:
+    """The record's outcome, with the aliases as they stand now. A store failing here is logged, not
+    raised: what was done is done (production may have moved), and the record shows no outcome."""
+    import mlflow
+
+    try:
+        now = {alias: _alias_version(client, name, alias) for alias in (PRODUCTION, PREVIOUS)}
+        mlflow.set_tags({"outcome": outcome, "forced": str(forced).lower(), "reason": reason[:5000],
+                         **{alias: str(mv.version) if mv else "" for alias, mv in now.items()}})
+    except Exception as exc:  # noqa: BLE001 - the change's own result or error is what the caller needs
+        log.warning("the record of this change of %s could not be completed (%s: %s): it is %s; hsnet promote "
+                    "--history shows it without an outcome", name, type(exc).__name__,
+                    tracking.mask_text(str(exc))[:300], outcome)
 
 
 def promotion_history(name: str, max_results: int = 100) -> list[dict]:
@@ -833,7 +839,11 @@ def rollback_target(name: str) -> int:
     the registry is as it was, and running it again does the same again, not a second swap."""
     client = _client()
     _require_model(client, name)
-    return int(_rollback_versions(client, name)[0].version)
+    try:
+        return int(_rollback_versions(client, name)[0].version)
+    except HSNetError:
+        with _recorded(client, name, "rollback", deploy=True):  # refused: recorded as rollback() records it
+            raise
 
 
 def rollback(name: str, *, expect: int | str | None = None) -> dict:
@@ -843,7 +853,7 @@ def rollback(name: str, *, expect: int | str | None = None) -> dict:
     nothing changes and the error says so."""
     client = _client()
     _require_model(client, name)
-    with _promotion_lock(client, name), _recorded(client, name, "rollback", expect=expect) as record:
+    with _recorded(client, name, "rollback", expect=expect) as record, _promotion_lock(client, name):
         prev, prod = _rollback_versions(client, name)
         if expect is not None and str(prev.version) != str(expect):
             raise HSNetError(f"{name}: '{PREVIOUS}' moved to version {prev.version} while version {expect} was being "

@@ -75,8 +75,10 @@ def mask_uri(uri: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", uri)
 
 
-# a URI in a text: its scheme, then up to a blank, a quote, or where the next URI's scheme begins
-_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:(?![A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>`])+")
+# a URI in a text: its scheme, a user part up to its '@' (which may hold a quote: "'" is one of
+# RFC 3986's sub-delims), then up to a blank, a quote, or where the next URI's scheme begins
+_NEXT_SCHEME = r"(?![A-Za-z][A-Za-z0-9+.-]*://)"
+_URI_IN_TEXT = re.compile(rf"[A-Za-z][A-Za-z0-9+.-]*://(?:(?:{_NEXT_SCHEME}[^\s@])*@)?(?:{_NEXT_SCHEME}[^\s'\"<>`])+")
 
 
 def mask_text(text: str) -> str:

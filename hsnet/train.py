@@ -407,7 +407,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here
     if on_start:
         on_start(out_dir)
-    _earlier_verdict(out_dir, meta, resume)  # before the data is loaded: a retry to the same end ends now
+    _earlier_verdict(out_dir, meta, setup, resume)  # before the data is loaded: a retry to the same end ends now
     last_path = out_dir / checkpoint.LAST
     state, before = TrainingState(), None
     if resume and last_path.is_file():
@@ -505,7 +505,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
                 break
     except Exception as exc:  # a guard's verdict, out of memory, the store lost: what trained so far is still shown
         if isinstance(exc, guards.NotLearning):
-            _keep_verdict(out_dir, meta, exc, on_checkpoint)
+            _keep_verdict(out_dir, meta, setup, exc, on_checkpoint)
         try:
             _settle(pending, on_checkpoint, out_dir, active)
         except Exception as exc:  # noqa: BLE001 - the error that ended the training is the one to raise
@@ -514,22 +514,26 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
     _settle(pending, on_checkpoint, out_dir, active)
 
 
-def _verdict_key(meta: dict) -> str:
-    """What makes a training reach the same verdict again: its data, settings, code and KTL's stem
-    weights (the advice is to check that file)."""
+def _verdict_key(meta: dict, setup: Setup) -> str:
+    """What makes a training reach the same verdict again: its data, settings, code, KTL's stem
+    weights (the advice is to check that file), and the arithmetic it ran with (the device's kind,
+    its autocast precision, torch's version: a float16 divergence may not recur in float32)."""
     same = {k: meta.get(k) for k in ("data_version", "params", "code_version", "stem_weights_sha256")}
+    same["arithmetic"] = [setup.device.type, str(setup.amp_dtype), torch.__version__]
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _keep_verdict(out_dir: Path, meta: dict, exc: guards.NotLearning, on_checkpoint) -> None:
+def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearning, on_checkpoint) -> None:
     """``checkpoint.VERDICT`` in ``out_dir``, and where the checkpoints go (``on_checkpoint.keep``,
     the durable prefix): a Kubeflow retry of the step, or the next ``dvc repro``, ends with it at once
     (:func:`_earlier_verdict`) instead of training again to the same verdict. KFP retries a failed
     step whatever failed it."""
+    uri = getattr(on_checkpoint, "uri", None)
     try:
-        write_json(out_dir / checkpoint.VERDICT, {"epoch": exc.epoch, "message": str(exc), "key": _verdict_key(meta),
-                                                  "data_version": meta["data_version"],
-                                                  "code_version": meta["code_version"]})
+        write_json(out_dir / checkpoint.VERDICT, {
+            "epoch": exc.epoch, "message": str(exc), "key": _verdict_key(meta, setup),
+            "data_version": meta["data_version"], "code_version": meta["code_version"],
+            "copy": f"{uri.rstrip('/')}/{checkpoint.VERDICT}" if uri else None})
         keep = getattr(on_checkpoint, "keep", None)
         if keep is not None:
             keep(out_dir, checkpoint.VERDICT)
@@ -538,25 +542,28 @@ def _keep_verdict(out_dir: Path, meta: dict, exc: guards.NotLearning, on_checkpo
                     type(err).__name__, err)
 
 
-def _earlier_verdict(out_dir: Path, meta: dict, resume) -> None:
+def _earlier_verdict(out_dir: Path, meta: dict, setup: Setup, resume) -> None:
     """Raise the verdict an earlier attempt of this training reached (``checkpoint.VERDICT``, of the
-    same data, settings and code) when resuming; another training's is removed, and a fresh start
-    (no ``resume``) is judged afresh."""
+    same data, settings, code and arithmetic) when resuming; another training's is removed, and a
+    fresh start (no ``resume``) is judged afresh."""
     path = out_dir / checkpoint.VERDICT
+    if path.is_dir() and not path.is_symlink():
+        raise HSNetError(f"{path} is a folder, where training keeps a guard's verdict (a file): remove it")
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return
     except (OSError, ValueError):
         recorded = None  # half-written or not ours: judged afresh
-    if not (resume and isinstance(recorded, dict) and recorded.get("key") == _verdict_key(meta)):
+    if not (resume and isinstance(recorded, dict) and recorded.get("key") == _verdict_key(meta, setup)):
         path.unlink(missing_ok=True)
         return
+    copy = recorded.get("copy")
+    where = f"{path} and {copy}" if isinstance(copy, str) and copy.startswith("s3://") else str(path)
     raise guards.NotLearning(
         f"an earlier attempt of this training (a retried step, or the last run of this stage) stopped at epoch "
-        f"{recorded.get('epoch')}: {recorded.get('message')} With the same data, settings and code it stops there "
-        f"again: change the settings, or delete {path} to train it anyway (a Kubeflow run's retries all end so: "
-        f"start a new run)", recorded.get("epoch"))
+        f"{recorded.get('epoch')}: {recorded.get('message')} With the same data, settings, code and device it stops "
+        f"there again: change the settings, or delete {where} to train it anyway", recorded.get("epoch"))
 
 
 def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active) -> None:

@@ -35,8 +35,9 @@ def test_library_versions_are_the_installed_distributions():
     assert found == {"Pillow": PIL.__version__, "numpy": np.__version__, "no-such-distribution-hsnet": "none"}
 
 
-@pytest.mark.parametrize("library", ["Pillow", "torch", "facenet-pytorch"])
-def test_crops_made_with_another_library_version_are_cut_again(library, upgrade, tmp_path):
+@pytest.mark.parametrize("library, detector", [("Pillow", "none"), ("numpy", "none"), ("Pillow", "mtcnn"),
+                                               ("torch", "mtcnn"), ("facenet-pytorch", "mtcnn")])
+def test_crops_made_with_another_library_version_are_cut_again(library, detector, upgrade, tmp_path):
     from hsnet.data.crop import crop
     from hsnet.params import CropParams
 
@@ -50,7 +51,7 @@ def test_crops_made_with_another_library_version_are_cut_again(library, upgrade,
         w.writeheader()
         for name in ("a.png", "b.png"):
             w.writerow({"path": name, "label": 0, "label_name": "anger", "split": "train", "subject": ""})
-    settings = CropParams(size=32, no_face="center", detector="none")
+    settings = CropParams(size=32, no_face="center", detector=detector)  # mtcnn: finds no face in noise
     first = crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)
     assert first["processed"] == 2
     assert crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)["reused"] == 2

@@ -247,16 +247,18 @@ def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[di
     return items, refused
 
 
-# the libraries a crop's pixels depend on: decoding and resizing (Pillow, numpy), the detector
-# (torch, torchvision, facenet-pytorch)
-LIBRARIES = ("Pillow", "numpy", "torch", "torchvision", "facenet-pytorch")
+# the libraries a crop's pixels depend on: decoding and resizing (Pillow, numpy), and with a
+# detector, the detector (torch, torchvision, facenet-pytorch)
+LIBRARIES = ("Pillow", "numpy")
+DETECTOR_LIBRARIES = ("torch", "torchvision", "facenet-pytorch")
 
 
 def _made_with(settings: CropParams) -> dict:
     """What a crop depends on besides its photo: the settings, the code that cuts it and the
-    versions of the libraries it cuts with."""
+    versions of the libraries it cuts with (``detector: none`` builds no detector)."""
+    libraries = LIBRARIES + (DETECTOR_LIBRARIES if settings.detector != "none" else ())
     return {"settings": settings.key(), "code_version": sources.code_version(__name__),
-            "libraries": sources.library_versions(LIBRARIES)}
+            "libraries": sources.library_versions(libraries)}
 
 
 def _previous_entries(out: Path, settings: CropParams) -> dict:
