@@ -575,7 +575,7 @@ def _promotion_lock(client, name: str):
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise HSNetError(f"{name}: can't take the promotion lock {lock} in "
-                             f"{tracking.mask_uri(tracking.tracking_uri())} ({exc.message})") from exc
+                             f"{tracking.mask_uri(tracking.tracking_uri())} ({tracking.mask_text(exc.message)})") from exc
         try:
             other = client.get_registered_model(lock).tags.get("holder", "unknown")
         except MlflowException:
@@ -715,7 +715,7 @@ def _require_model(client, name: str) -> None:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # refused (credentials) or failing: said as it is
             raise HSNetError(f"the registry at {tracking.mask_uri(tracking.connect())} did not answer for {name!r}: "
-                             f"{tracking.mask_uri(str(exc.message))[:300]}; check MLFLOW_TRACKING_URI and "
+                             f"{tracking.mask_text(exc.message)[:300]}; check MLFLOW_TRACKING_URI and "
                              "its credentials") from exc
     names = sorted(m.name for m in client.search_registered_models(max_results=1000)
                    if not m.name.endswith(LOCK_SUFFIX))
@@ -736,7 +736,7 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
             cand = client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise HSNetError(f"{name} version {version}: not found in the registry at "
-                         f"{tracking.mask_uri(tracking.tracking_uri())} ({exc.message})") from exc
+                         f"{tracking.mask_uri(tracking.tracking_uri())} ({tracking.mask_text(exc.message)})") from exc
     prod = _alias_version(client, name, PRODUCTION)
     key = METRICS[metric]
     decision = {"name": name, "candidate": int(cand.version), "metric": metric, "forced": False,

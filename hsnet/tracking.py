@@ -254,7 +254,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except (requests.RequestException, OSError, ValueError) as exc:
         raise TrackingUnavailable(
             f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) is unreachable "
-            f"({mask_uri(str(exc))}). Start it (mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it "
+            f"({mask_text(str(exc))}). Start it (mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it "
             f"to track in the local store {DEFAULT_STORE}") from exc
     if resp.status_code >= 500:  # below: up (e.g. 401/404 behind a proxy): MLflow reports auth errors itself
         raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status_code}")
@@ -504,7 +504,7 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
             client.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a dead store
         raise TrackingUnavailable(f"MLflow tracking store {mask_uri(uri)} is not usable: "
-                                  f"{mask_uri(str(exc))}") from exc
+                                  f"{mask_text(str(exc))}") from exc
     if experiment is not None:
         _check_artifact_location(experiment, uri)
     mlflow.set_experiment(EXPERIMENT)

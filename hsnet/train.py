@@ -458,7 +458,7 @@ def _tracking_lost(out_dir: Path):
         if not tracking.is_tracking_error(exc) or tracking.schema_message(exc):
             raise  # a store of another schema is refused as such (hsnet.cli), not as "stopped answering"
         raise tracking.TrackingUnavailable(
-            f"the MLflow tracking store stopped answering during training ({tracking.mask_uri(str(exc))[:300]}); "
+            f"the MLflow tracking store stopped answering during training ({tracking.mask_text(str(exc))[:300]}); "
             f"{out_dir / checkpoint.LAST} holds every epoch it recorded: once it answers, run the same command "
             "with --resume (dvc repro and make pipeline resume by themselves)") from exc
 

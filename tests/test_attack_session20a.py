@@ -34,6 +34,22 @@ def test_mask_text_hides_a_password_holding_an_apostrophe(text):
     assert "***" in shown and not any(part in shown for part in ("pa'", "ss0rd", "it's", "s3cret")), shown
 
 
+def test_a_store_error_quoting_a_uri_mid_text_is_masked(local_mlflow, monkeypatch):
+    """Follow-up (minor finding): errors were passed whole to mask_uri, which masks a user part only
+    at the start of its input; an error text quoting a URI with a password mid-sentence showed it."""
+    import mlflow
+
+    from hsnet import tracking
+
+    def refuse(self, name):
+        raise RuntimeError("could not connect: postgresql://mlflow:hunter2@db.example:5432/mlflow refused")
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", refuse)
+    with pytest.raises(tracking.TrackingUnavailable) as caught:
+        with tracking.run("x", params={}, tags={}):
+            pass
+    assert "hunter2" not in str(caught.value) and "db.example" in str(caught.value), caught.value
+
+
 # --- 3. the promotion history ---------------------------------------------------------------------
 
 def test_history_a_promotion_that_lost_the_race_is_recorded(local_mlflow, evaluated):
