@@ -650,7 +650,7 @@ def _recorded(client, name: str, action: str, **asked):
     refused, error), ``production`` and ``previous`` as they stand after it, ``forced`` and
     ``reason``. MLflow keeps no history of alias moves: this is it (:func:`promotion_history`)."""
     with tracking.run(f"{action}-{name}", params={"model": name, "action": action, **asked},
-                      tags={"step": HISTORY_STEP, "model": name, "action": action}):
+                      tags={"step": HISTORY_STEP, "model": name, "action": action}, computes=False):
         def record(decision: dict) -> dict:
             _close_record(client, name, "moved" if decision.get("promoted") else "unchanged",
                           str(decision.get("reason", "")), bool(decision.get("forced")))

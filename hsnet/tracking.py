@@ -485,12 +485,13 @@ def system_tags(device=None) -> dict:
 
 @contextmanager
 def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, continue_run: str | None = None,
-        device=None):
+        device=None, computes: bool = True):
     """An MLflow run in experiment ``hsnet`` (created with its artifacts at :func:`artifact_location`),
     tagged with :func:`system_tags` of ``device`` (where its numbers are computed).
     ``continue_run``: the run of a training being resumed, continued when it is there with the same
     params (a retried pod's epochs then join its history, and it ends finished, not RUNNING for
-    ever); a new run otherwise."""
+    ever); a new run otherwise. ``computes`` False: a run that computes no numbers (a promotion's
+    record) gets no :func:`system_tags` (which import torch: 600 MB more in a small pod)."""
     if not enabled:
         yield None
         return
@@ -510,7 +511,7 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     mlflow.set_experiment(EXPERIMENT)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
-    system = {**system_tags(device), **origin_tags()}
+    system = {**(system_tags(device) if computes else {}), **origin_tags()}
     if previous:  # a resumed run on another machine or code: keep where its first epochs ran ("2, then 1")
         before = client.get_run(previous).data.tags
         system = {k: _then(before.get(k), v) for k, v in system.items()}

@@ -73,3 +73,21 @@ def test_a_name_with_quotes_finds_its_own_records(local_mlflow, name):
                                             "outcome": "moved", "production": "3"})
     rows = promotion_history(name)
     assert [(r["action"], r["production"]) for r in rows] == [("promote", 3)]
+
+
+def test_a_record_does_not_load_torch(local_mlflow, tmp_path):
+    """The Kubeflow promote pod is small (pipelines/hsnet_pipeline.py: 1-2 GiB): its record computes
+    nothing, so it doesn't import torch (for a run's system tags: 230 MB -> 840 MB measured)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from mlflow import MlflowClient\n"
+            "from hsnet.registry import rollback, promotion_history\n"
+            "MlflowClient().create_registered_model('hsnet-small')\n"
+            "try:\n    rollback('hsnet-small')\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+            "assert [r['outcome'] for r in promotion_history('hsnet-small')] == ['refused']\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["HSNetError", "False"], out.stdout
