@@ -42,7 +42,7 @@ test: setup serve-env
 # A second run with nothing changed trains nothing: only register runs (the registry is outside DVC).
 pipeline: setup
 	@test -d data/raw/sample || $(BIN)/hsnet data sample --out data/raw/sample
-	@$(BIN)/dvc status data.dvc | grep -q "modified" && { echo "data/raw differs from data.dvc: dvc pull, or dvc commit data.dvc if you changed it on purpose"; exit 1; } || true
+	@$(BIN)/dvc status data.dvc | grep -q "modified" && { echo "data/raw differs from data.dvc: after an interrupted first run, draw the sample again ($(BIN)/hsnet data sample --out data/raw/sample); otherwise dvc pull, or dvc commit data.dvc if you changed it on purpose"; exit 1; } || true
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/python -m hsnet.summary runs
 

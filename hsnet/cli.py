@@ -157,6 +157,12 @@ def _promote(args: argparse.Namespace) -> None:
     if args.history:
         from .registry import promotion_history
 
+        others = [flag for flag, on in (("--version", args.version is not None), ("--force", args.force),
+                                        ("--rollback", args.rollback), ("--unlock", args.unlock),
+                                        ("--deploy", args.deploy), ("--dry-run", args.dry_run)) if on]
+        if others:
+            raise HSNetError(f"--history only lists; it doesn't go with {', '.join(others)} (run those without it)")
+
         print("time                  action    outcome    production  previous  by")
         for r in promotion_history(args.name):
             print(f"{r['time']:21} {r['action']:9} {r['outcome']:10} {r['production'] or '-'!s:11} "
@@ -517,9 +523,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupt.interruptible():  # a Ctrl-C is remembered even where Python swallows it
             result = args.func(args)
+            sys.stdout.flush()  # a reader that has gone shows here, not as Python's "Exception ignored" at exit
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hsnet ... | head`: the reader stopped reading
+        return logs.reader_gone()
     except Exception as exc:
         from .tracking import schema_message
 

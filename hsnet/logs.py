@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET = ("great_expectations", "botocore", "urllib3", "matplotlib", "PIL")  # their INFO lines drown hsnet's
@@ -12,3 +15,12 @@ def setup(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def reader_gone() -> int:
+    """After a BrokenPipeError on stdout (``hsnet promote --history | head``: the reader stopped
+    reading): stdout to /dev/null, so Python's flush at exit raises nothing more, and the exit
+    code a command killed by SIGPIPE has (Python's docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE

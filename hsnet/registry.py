@@ -678,8 +678,9 @@ def _close_record(client, name: str, outcome: str, reason: str, forced: bool) ->
                     tracking.mask_text(str(exc))[:300], outcome)
 
 
-def promotion_history(name: str, max_results: int = 100) -> list[dict]:
-    """The promotions and rollbacks of ``name`` (newest first), as :func:`_recorded` wrote them:
+def promotion_history(name: str, max_results: int | None = None) -> list[dict]:
+    """The promotions and rollbacks of ``name`` (newest first; all, or the newest ``max_results``), as
+    :func:`_recorded` wrote them:
     time (UTC), action, outcome, production and previous after it (versions, None where there was
     none), forced, reason, the user and the Kubeflow run (``kfp_run_id``) that ran it, the record's run."""
     client = _client()
@@ -689,9 +690,15 @@ def promotion_history(name: str, max_results: int = 100) -> list[dict]:
         return []
     # MLflow's filter has no escapes: the name in the quote it doesn't hold (both: matched here)
     quote = next((q for q in "'\"" if q not in name), None)
-    runs = client.search_runs([experiment.experiment_id], f"tags.step = '{HISTORY_STEP}'"
-                              + (f" and tags.model = {quote}{name}{quote}" if quote else ""),
-                              max_results=max_results if quote else 50_000, order_by=["attributes.start_time DESC"])
+    query = f"tags.step = '{HISTORY_STEP}'" + (f" and tags.model = {quote}{name}{quote}" if quote else "")
+    runs, token = [], None
+    while max_results is None or len(runs) < max_results:  # page by page: the history has no end
+        page = client.search_runs([experiment.experiment_id], query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs += [r for r in page if r.data.tags.get("model") == name]
+        token = page.token
+        if not token:
+            break
 
     def version(value):
         return int(value) if value and value.isdigit() else None
@@ -701,7 +708,7 @@ def promotion_history(name: str, max_results: int = 100) -> list[dict]:
              "production": version(r.data.tags.get("production")), "previous": version(r.data.tags.get("previous")),
              "forced": r.data.tags.get("forced") == "true", "reason": r.data.tags.get("reason", ""),
              "user": r.data.tags.get("mlflow.user"), "kfp_run_id": r.data.tags.get("kfp_run_id"),
-             "run_id": r.info.run_id} for r in runs if r.data.tags.get("model") == name][:max_results]
+             "run_id": r.info.run_id} for r in runs][:max_results]
 
 
 def _require_model(client, name: str) -> None:

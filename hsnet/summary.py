@@ -52,4 +52,9 @@ def summarize(runs: str | Path = "runs") -> str:
 
 
 if __name__ == "__main__":
-    print(summarize(sys.argv[1] if len(sys.argv) > 1 else "runs"))
+    try:
+        print(summarize(sys.argv[1] if len(sys.argv) > 1 else "runs"), flush=True)
+    except BrokenPipeError:  # `python -m hsnet.summary runs | head`
+        from .logs import reader_gone
+
+        sys.exit(reader_gone())

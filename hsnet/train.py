@@ -505,7 +505,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
                 break
     except Exception as exc:  # a guard's verdict, out of memory, the store lost: what trained so far is still shown
         if isinstance(exc, guards.NotLearning):
-            _keep_verdict(out_dir, meta, setup, exc, on_checkpoint)
+            _keep_verdict(out_dir, meta, setup, exc, on_checkpoint, active)
         try:
             _settle(pending, on_checkpoint, out_dir, active)
         except Exception as exc:  # noqa: BLE001 - the error that ended the training is the one to raise
@@ -523,9 +523,10 @@ def _verdict_key(meta: dict, setup: Setup) -> str:
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearning, on_checkpoint) -> None:
-    """``checkpoint.VERDICT`` in ``out_dir``, and where the checkpoints go (``on_checkpoint.keep``,
-    the durable prefix): a Kubeflow retry of the step, or the next ``dvc repro``, ends with it at once
+def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearning, on_checkpoint,
+                  active) -> None:
+    """``checkpoint.VERDICT`` in ``out_dir``, where the checkpoints go (``on_checkpoint.keep``, the
+    durable prefix) and as the MLflow run's tag ``verdict`` (why it FAILED): a Kubeflow retry of the step, or the next ``dvc repro``, ends with it at once
     (:func:`_earlier_verdict`) instead of training again to the same verdict. KFP retries a failed
     step whatever failed it."""
     uri = getattr(on_checkpoint, "uri", None)
@@ -537,6 +538,10 @@ def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearni
         keep = getattr(on_checkpoint, "keep", None)
         if keep is not None:
             keep(out_dir, checkpoint.VERDICT)
+        if active:
+            import mlflow
+
+            mlflow.set_tag("verdict", str(exc)[:5000])
     except Exception as err:  # noqa: BLE001 - the verdict is the error to raise; a retry then trains again
         log.warning("the guard's verdict could not be kept (%s: %s): a retry trains to it again",
                     type(err).__name__, err)

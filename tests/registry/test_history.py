@@ -91,3 +91,13 @@ def test_a_record_does_not_load_torch(local_mlflow, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["HSNetError", "False"], out.stdout
+
+
+def test_history_with_an_action_flag_is_refused_by_name(local_mlflow, capsys):
+    """`--history --rollback` listed the history and exited 0, leaving the rollback undone unsaid."""
+    from mlflow import MlflowClient
+
+    MlflowClient(local_mlflow).create_registered_model("hsnet-flags")
+    assert main(["promote", "--name", "hsnet-flags", "--history", "--rollback"]) == 2
+    assert "--history only lists; it doesn't go with --rollback" in capsys.readouterr().err
+    assert promotion_history("hsnet-flags") == []  # nothing was done, so nothing recorded

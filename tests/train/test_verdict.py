@@ -78,3 +78,17 @@ def test_a_retried_kubeflow_step_on_another_node_reads_the_verdict_from_the_pref
     no_data()
     with pytest.raises(HSNetError, match="earlier attempt .* stopped at epoch 1"):
         durable.train(tiny_data, _params(tmp_path, BLOWS_UP), tmp_path / "pod2", prefix, track=False, progress=False)
+
+
+def test_the_failed_mlflow_run_says_why(tiny_data, tmp_path, monkeypatch, local_mlflow):
+    """The run the guard stopped ends FAILED in MLflow; its tag ``verdict`` holds the guard's words."""
+    import mlflow
+
+    from hsnet.train import train
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(HSNetError, match="after epoch 1") as stopped:
+        train(tiny_data, _params(tmp_path, BLOWS_UP), tmp_path / "run", progress=False, resume="auto")
+    client = mlflow.MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name("hsnet").experiment_id], "tags.step = 'train'")
+    assert run.info.status == "FAILED" and run.data.tags["verdict"] == str(stopped.value)
