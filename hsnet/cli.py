@@ -527,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     except HSNetError as exc:
         print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `hsnet ... | head`: the reader stopped reading
+    except BrokenPipeError:  # `hsnet ... | head`: the reader stopped reading; any other broken pipe is an error
+        if not logs.stdout_gone():
+            raise
         return logs.reader_gone()
     except Exception as exc:
         from .tracking import schema_message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 
@@ -15,6 +16,17 @@ def setup(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says POLLERR on its write end): a
+    BrokenPipeError from elsewhere (a socket, a child's pipe) is an error of its own."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (replaced, closed)
+        return False
 
 
 def reader_gone() -> int:

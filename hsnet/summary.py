@@ -55,6 +55,8 @@ if __name__ == "__main__":
     try:
         print(summarize(sys.argv[1] if len(sys.argv) > 1 else "runs"), flush=True)
     except BrokenPipeError:  # `python -m hsnet.summary runs | head`
-        from .logs import reader_gone
+        from .logs import reader_gone, stdout_gone
 
+        if not stdout_gone():
+            raise
         sys.exit(reader_gone())

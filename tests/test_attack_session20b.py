@@ -96,3 +96,18 @@ def test_history_piped_into_head_ends_without_a_traceback(local_mlflow, tmp_path
     finally:
         os.close(w)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr[-1500:]
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_still_an_error(monkeypatch, capsys):
+    """Follow-up: only a reader of stdout that has gone ends a command quietly; a BrokenPipeError from
+    a socket or a child's pipe (stdout still open) is raised, not turned into a silent exit 141."""
+    from hsnet import cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe (a socket)")
+    parser = cli.build_parser()
+    args = parser.parse_args(["promote", "--name", "x"])
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    monkeypatch.setattr(args, "func", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["promote", "--name", "x"])
