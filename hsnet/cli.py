@@ -146,20 +146,14 @@ def _register(args: argparse.Namespace) -> None:
 def _promote(args: argparse.Namespace) -> None:
     from .registry import LOCK_SUFFIX, promote, rollback, unlock
 
-    if args.dry_run:
-        if not args.deploy:
-            raise HSNetError("--dry-run goes with --deploy")
-        from .deploy import dry_run
-
-        print(dry_run(args.name, version=args.version, rollback=args.rollback, isvc=args.isvc,
-                      namespace=args.namespace, canary_percent=args.canary_percent), end="")
-        return
     if args.history:
         from .registry import promotion_history
 
         others = [flag for flag, on in (("--version", args.version is not None), ("--force", args.force),
                                         ("--rollback", args.rollback), ("--unlock", args.unlock),
-                                        ("--deploy", args.deploy), ("--dry-run", args.dry_run)) if on]
+                                        ("--deploy", args.deploy), ("--dry-run", args.dry_run),
+                                        ("--isvc", args.isvc is not None), ("--namespace", args.namespace is not None))
+                  if on]
         if others:
             raise HSNetError(f"--history only lists; it doesn't go with {', '.join(others)} (run those without it)")
 
@@ -168,6 +162,14 @@ def _promote(args: argparse.Namespace) -> None:
             print(f"{r['time']:21} {r['action']:9} {r['outcome']:10} {r['production'] or '-'!s:11} "
                   f"{r['previous'] or '-'!s:9} {r['kfp_run_id'] or r['user'] or '-'}"
                   f"{'  FORCED' if r['forced'] else ''}  {' '.join(r['reason'].split())[:200]}")
+        return
+    if args.dry_run:
+        if not args.deploy:
+            raise HSNetError("--dry-run goes with --deploy")
+        from .deploy import dry_run
+
+        print(dry_run(args.name, version=args.version, rollback=args.rollback, isvc=args.isvc,
+                      namespace=args.namespace, canary_percent=args.canary_percent), end="")
         return
     if args.unlock:
         print(f"{args.name}: promotion lock {args.name}{LOCK_SUFFIX} "

@@ -404,9 +404,10 @@ def promote_and_deploy(name: str, *, version=None, metric: str = GATE_METRIC, mi
     :func:`hsnet.registry.promote` (its refusals raise), then :func:`deploy_production`; a rollout
     that fails after production moved says so, and that running the same again rolls it out.
     Returns (the promotion's decision, the rollout's record)."""
-    from .registry import promote
+    from .registry import failures_recorded, promote
 
-    require_cluster()
+    with failures_recorded(name, "promote", version=version, deploy=True):  # refused before the registry is asked
+        require_cluster()
     decision = promote(name, version=version, metric=metric, min_delta=min_delta, force=force)
     try:
         return decision, deploy_production(name, decision, isvc=isvc, namespace=namespace,
@@ -430,7 +431,8 @@ def rollback_production(name: str, *, isvc: str | None = None, namespace: str | 
 
     target = registry.rollback_target(name)
     model_uri = tracking.version_uri(name, target)
-    record = rollback(model_uri, name=isvc or name, namespace=namespace)
+    with registry.failures_recorded(name, "rollback", expect=target, deploy=True):  # the traffic refused: as is
+        record = rollback(model_uri, name=isvc or name, namespace=namespace)
     try:
         return registry.rollback(name, expect=target), record
     except Exception as exc:  # noqa: BLE001 - the registry refused or failed (an MlflowException too)

@@ -32,7 +32,8 @@ def stdout_gone() -> bool:
 def reader_gone() -> int:
     """After a BrokenPipeError on stdout (``hsnet promote --history | head``: the reader stopped
     reading): stdout to /dev/null, so Python's flush at exit raises nothing more, and the exit
-    code a command killed by SIGPIPE has (Python's docs, "Note on SIGPIPE")."""
+    code a command killed by SIGPIPE has (141 in the shell; Python's docs, "Note on SIGPIPE", show
+    how to keep the flush at exit quiet)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 128 + signal.SIGPIPE

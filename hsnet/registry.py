@@ -651,15 +651,31 @@ def _recorded(client, name: str, action: str, **asked):
     ``reason``. MLflow keeps no history of alias moves: this is it (:func:`promotion_history`)."""
     with tracking.run(f"{action}-{name}", params={"model": name, "action": action, **asked},
                       tags={"step": HISTORY_STEP, "model": name, "action": action}, computes=False):
+        closed = []
+
         def record(decision: dict) -> dict:
             _close_record(client, name, "moved" if decision.get("promoted") else "unchanged",
                           str(decision.get("reason", "")), bool(decision.get("forced")))
+            closed.append(decision)
             return decision
         try:
             yield record
         except BaseException as exc:
-            _close_record(client, name, "refused" if isinstance(exc, HSNetError) else "error",
-                          tracking.mask_text(str(exc)) or type(exc).__name__, False)
+            if not closed:  # an error after the change was recorded (a SIGTERM releasing the lock) doesn't undo it
+                _close_record(client, name, "refused" if isinstance(exc, HSNetError) else "error",
+                              tracking.mask_text(str(exc)) or type(exc).__name__, False)
+            raise
+
+
+@contextmanager
+def failures_recorded(name: str, action: str, **asked):
+    """Record a change of ``name`` that fails in here, before :func:`promote` or :func:`rollback`
+    (which record their own) could: the checks before a rollback, the traffic change of
+    ``--rollback --deploy``, the cluster check of ``--deploy``. Nothing is recorded when it succeeds."""
+    try:
+        yield
+    except BaseException:
+        with _recorded(_client(), name, action, **asked):
             raise
 
 
@@ -846,11 +862,8 @@ def rollback_target(name: str) -> int:
     the registry is as it was, and running it again does the same again, not a second swap."""
     client = _client()
     _require_model(client, name)
-    try:
+    with failures_recorded(name, "rollback", deploy=True):  # refused: recorded as rollback() records it
         return int(_rollback_versions(client, name)[0].version)
-    except HSNetError:
-        with _recorded(client, name, "rollback", deploy=True):  # refused: recorded as rollback() records it
-            raise
 
 
 def rollback(name: str, *, expect: int | str | None = None) -> dict:

@@ -75,10 +75,13 @@ def mask_uri(uri: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", uri)
 
 
-# a URI in a text: its scheme, a user part up to its '@' (which may hold a quote: "'" is one of
-# RFC 3986's sub-delims), then up to a blank, a quote, or where the next URI's scheme begins
-_NEXT_SCHEME = r"(?![A-Za-z][A-Za-z0-9+.-]*://)"
-_URI_IN_TEXT = re.compile(rf"[A-Za-z][A-Za-z0-9+.-]*://(?:(?:{_NEXT_SCHEME}[^\s@])*@)?(?:{_NEXT_SCHEME}[^\s'\"<>`])+")
+# a URI in a text: its scheme, a user part up to its last '@' (it may hold a quote: "'" is one of
+# RFC 3986's sub-delims; never a blank, '"', '<', '>' or '`'), then up to a blank, a quote, or
+# where the next URI's scheme begins. A scheme starts where no scheme character precedes (so a
+# long run of letters is scanned once, not from each of its positions)
+_SCHEME_IN_TEXT = r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://"
+_NEXT_SCHEME = rf"(?!{_SCHEME_IN_TEXT})"
+_URI_IN_TEXT = re.compile(rf"{_SCHEME_IN_TEXT}(?:(?:{_NEXT_SCHEME}[^\s@\"<>`])*@)*(?:{_NEXT_SCHEME}[^\s'\"<>`])+")
 
 
 def mask_text(text: str) -> str:

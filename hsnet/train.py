@@ -538,13 +538,17 @@ def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearni
         keep = getattr(on_checkpoint, "keep", None)
         if keep is not None:
             keep(out_dir, checkpoint.VERDICT)
-        if active:
-            import mlflow
-
-            mlflow.set_tag("verdict", str(exc)[:5000])
     except Exception as err:  # noqa: BLE001 - the verdict is the error to raise; a retry then trains again
         log.warning("the guard's verdict could not be kept (%s: %s): a retry trains to it again",
                     type(err).__name__, err)
+    if active:
+        try:
+            import mlflow
+
+            mlflow.set_tag("verdict", str(exc)[:5000])
+        except Exception as err:  # noqa: BLE001 - as above: the store's failure is not the error to show
+            log.warning("the MLflow run could not be tagged with the verdict (%s: %s)", type(err).__name__,
+                        tracking.mask_text(str(err))[:300])
 
 
 def _earlier_verdict(out_dir: Path, meta: dict, setup: Setup, resume) -> None:
