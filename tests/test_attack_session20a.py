@@ -121,25 +121,14 @@ def test_crops_without_a_detector_are_not_cut_again_after_a_detector_library_upg
     numpy), the detector (torch, torchvision, facenet-pytorch)". With ``detector: none`` (params.yaml's
     rafdb, ferg and sample: 15k and 55k photos) there is no detector: the pixels can't depend on torch,
     yet a torch (or CUDA build) upgrade throws the whole crop record away and cuts everything again."""
-    import csv
     from importlib import metadata
-
-    import numpy as np
-    from PIL import Image
 
     import hsnet.data.crop as crop_mod
     from hsnet.params import CropParams
 
-    rng = np.random.default_rng(0)
-    (tmp_path / "photos").mkdir()
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
-    manifest = tmp_path / "m.csv"
-    with manifest.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "label_name", "split", "subject"])
-        w.writeheader()
-        for name in ("a.png", "b.png"):
-            w.writerow({"path": name, "label": 0, "label_name": "anger", "split": "train", "subject": ""})
+    from tests.test_library_versions import two_photos
+
+    manifest = two_photos(tmp_path)
     # independent of the record: no detector is ever built for these crops
     monkeypatch.setattr(crop_mod, "Detector", lambda *a, **k: pytest.fail("detector: none built a detector"))
     settings = CropParams(size=32, no_face="center", detector="none")

@@ -20,6 +20,21 @@ import hsnet.tensors as tensors
 from hsnet import sources
 
 
+def two_photos(tmp_path):
+    """Two 40 px noise photos in tmp_path/photos and their manifest (tmp_path/m.csv)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "label_name", "split", "subject"])
+        w.writeheader()
+        for name in ("a.png", "b.png"):
+            w.writerow({"path": name, "label": 0, "label_name": "anger", "split": "train", "subject": ""})
+    return manifest
+
+
 @pytest.fixture
 def upgrade(monkeypatch):
     """``upgrade("Pillow")``: from now on the installed Pillow reads as another version."""
@@ -41,16 +56,7 @@ def test_crops_made_with_another_library_version_are_cut_again(library, detector
     from hsnet.data.crop import crop
     from hsnet.params import CropParams
 
-    rng = np.random.default_rng(0)
-    (tmp_path / "photos").mkdir()
-    for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
-    manifest = tmp_path / "m.csv"
-    with manifest.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "label_name", "split", "subject"])
-        w.writeheader()
-        for name in ("a.png", "b.png"):
-            w.writerow({"path": name, "label": 0, "label_name": "anger", "split": "train", "subject": ""})
+    manifest = two_photos(tmp_path)
     settings = CropParams(size=32, no_face="center", detector=detector)  # mtcnn: finds no face in noise
     first = crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)
     assert first["processed"] == 2
