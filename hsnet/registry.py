@@ -671,12 +671,19 @@ def _recorded(client, name: str, action: str, **asked):
 def failures_recorded(name: str, action: str, **asked):
     """Record a change of ``name`` that fails in here, before :func:`promote` or :func:`rollback`
     (which record their own) could: the checks before a rollback, the traffic change of
-    ``--rollback --deploy``, the cluster check of ``--deploy``. Nothing is recorded when it succeeds."""
+    ``--rollback --deploy``, the cluster check of ``--deploy``. Nothing is recorded when it succeeds;
+    a record that can't be made is logged, and the failure raised is the change's own."""
     try:
         yield
-    except BaseException:
-        with _recorded(_client(), name, action, **asked):
-            raise
+    except BaseException as exc:
+        try:
+            with _recorded(_client(), name, action, **asked):
+                raise exc
+        except BaseException as after:  # noqa: BLE001 - exc is raised below whatever happened here
+            if after is not exc:
+                log.warning("the failed %s of %s could not be recorded (%s: %s)", action, name,
+                            type(after).__name__, tracking.mask_text(str(after))[:300])
+        raise
 
 
 def _close_record(client, name: str, outcome: str, reason: str, forced: bool) -> None:

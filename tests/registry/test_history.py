@@ -101,3 +101,23 @@ def test_history_with_an_action_flag_is_refused_by_name(local_mlflow, capsys):
     assert main(["promote", "--name", "hsnet-flags", "--history", "--rollback"]) == 2
     assert "--history only lists; it doesn't go with --rollback" in capsys.readouterr().err
     assert promotion_history("hsnet-flags") == []  # nothing was done, so nothing recorded
+
+
+def test_a_failure_that_cannot_be_recorded_is_still_the_error_shown(local_mlflow, monkeypatch):
+    """registry.failures_recorded: when the record itself can't be made (the store refuses a new
+    run), the change's own failure is what the user sees, not the store's."""
+    from contextlib import contextmanager
+
+    from mlflow import MlflowClient
+
+    from hsnet import deploy, tracking
+
+    MlflowClient(local_mlflow).create_registered_model("hsnet-norecord")
+
+    @contextmanager
+    def no_store(*args, **kwargs):
+        raise tracking.TrackingUnavailable("the store refuses new runs")
+        yield
+    monkeypatch.setattr(tracking, "run", no_store)
+    with pytest.raises(HSNetError, match="no 'previous'"):
+        deploy.rollback_production("hsnet-norecord")  # refused by rollback_target's checks
