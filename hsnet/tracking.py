@@ -42,7 +42,8 @@ class TrackingUnavailable(HSNetError):
     pass
 
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME_CHARS = "[A-Za-z][A-Za-z0-9+.-]*://"  # a URI's scheme and its "://" (RFC 3986 3.1)
+_SCHEME = re.compile("^" + _SCHEME_CHARS)
 # a password with a '/', '?' or '#' left unencoded ends the authority early (urllib reads it no
 # better): its user:password@ runs to the next '@', unless a port precedes it (host:5000/a@b); an
 # IPv6 host ([::1]:5000) is no user
@@ -79,7 +80,7 @@ def mask_uri(uri: str) -> str:
 # RFC 3986's sub-delims; never a blank, '"', '<', '>' or '`'), then up to a blank, a quote, or
 # where the next URI's scheme begins. A scheme starts where no scheme character precedes (so a
 # long run of letters is scanned once, not from each of its positions)
-_SCHEME_IN_TEXT = r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://"
+_SCHEME_IN_TEXT = r"(?<![A-Za-z0-9+.-])" + _SCHEME_CHARS
 _NEXT_SCHEME = rf"(?!{_SCHEME_IN_TEXT})"
 _URI_IN_TEXT = re.compile(rf"{_SCHEME_IN_TEXT}(?:(?:{_NEXT_SCHEME}[^\s@\"<>`])*@)*(?:{_NEXT_SCHEME}[^\s'\"<>`])+")
 
