@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .device import Setup, forward
 from .errors import HSNetError
+from .model.fgal import FGAL
 from .tensors import apply_augment
 
 WARMUP_STEPS = 3  # steps per batch size run as written before that size's graph is captured
@@ -88,6 +89,9 @@ class Step:
         self.loss_sum = torch.zeros((), device=setup.device)
         self.correct = torch.zeros((), device=setup.device, dtype=torch.long)
         self.seen = 0
+        # validation: FGAL's lambda~ summed over the epoch's images (weighted by batch size), in the graph too
+        self.fgal = None if self.training else next((m for m in model.modules() if isinstance(m, FGAL)), None)
+        self.level_sum = torch.zeros(len(FGAL.LEVELS), device=setup.device) if self.fgal is not None else None
         self.graphs: dict[int, _Captured] = {}
         self.steps_as_written: Counter = Counter()  # per batch size, before its capture
         self.grads: list[torch.Tensor] | None = None  # the fixed gradient tensors the graphs write
@@ -103,6 +107,8 @@ class Step:
         self.model.train(self.training)
         self.loss_sum.zero_()
         self.correct.zero_()
+        if self.level_sum is not None:
+            self.level_sum.zero_()
         self.seen = 0
         if self.grads is not None and any(p.grad is not g for p, g in zip(self.grad_params, self.grads)):
             raise HSNetError("whole-step graph: a parameter's gradient tensor was replaced outside the step "
@@ -113,6 +119,14 @@ class Step:
         """(mean loss, accuracy, images) since :meth:`begin` (one host sync)."""
         n = max(self.seen, 1)
         return (self.loss_sum / n).item(), self.correct.item() / n, self.seen  # the mean in float32, as ever
+
+    def level_means(self) -> dict[str, float]:
+        """A validation step's FGAL weights lambda~_A, lambda~_B, lambda~_C averaged over every image
+        since :meth:`begin` (what an epoch logs: the whole split, not its last batch); {} without
+        FGAL, for training steps, or before a step."""
+        if self.level_sum is None or not self.seen:
+            return {}
+        return dict(zip(FGAL.LEVELS, (self.level_sum / self.seen).tolist()))
 
     def _body(self, x, y, flip, theta) -> None:
         """The step up to Adam; in a graph, what the graph holds."""
@@ -128,6 +142,8 @@ class Step:
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self.loss_sum += loss.detach() * len(y)
         self.correct += (logits.argmax(1) == y).sum()
+        if self.level_sum is not None:  # the buffer the forward just wrote (hsnet.model.fgal)
+            self.level_sum += self.fgal.lambdas * len(y)
 
     def _fix_grads(self) -> None:
         """After the first step as written: the gradient tensors every later step writes into."""

@@ -488,7 +488,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
             val_loss, val_acc = validate_epoch(engine.step_model, val_data, tp, setup, engine.val_step)
             lr = engine.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with, before a cut
             engine.scheduler.step(val_loss)
-            weights = engine.model.level_weights
+            weights = engine.val_step.level_means()  # lambda~ over the validation split
             row = {"epoch": epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc,
                    "lr": lr, "images_per_s": ips,
                    **{f"lambda_{k}": v for k, v in weights.items()}}

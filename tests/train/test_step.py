@@ -241,7 +241,8 @@ def test_on_a_gpu_the_captured_steps_train_like_eager_ones(device):
     """On a GPU: after WARMUP_STEPS steps per batch size the step is captured and replayed; the replayed
     steps train as eager steps do (bf16: within a few per cent per epoch), also from the host
     pipeline (its thread pins memory while a graph is captured), BatchNorm's statistics follow, the
-    eval graphs evaluate the same, FGAL's logged level weights are the last validation batch's, and a
+    eval graphs evaluate the same, FGAL's level weights (the last batch's in the buffer, the epoch's
+    mean in the validation step's sums) are a plain forward's, and a
     learning rate set between epochs reaches Adam."""
     setup = pick_device(device)
     split = _split(70)  # batches of 16, 16, 16, 16, 6: 16 captured in epoch 1, 6 in epoch 4
@@ -270,11 +271,16 @@ def test_on_a_gpu_the_captured_steps_train_like_eager_ones(device):
             rows.append((loss, acc, vloss, vacc))
         for k, v in before.items():
             assert torch.equal(dict(model.named_parameters())[k], v), k
-        logged = model.level_weights
+        logged, epoch_means = model.level_weights, val.level_means()
         with torch.no_grad():
             model.eval()
+            halves = []
+            for idx in (torch.arange(0, 35), torch.arange(35, 70)):  # the split again, in other batches
+                forward(model, held.images[idx], setup)
+                halves.append(np.array([model.level_weights[k] for k in "ABC"]))
             forward(model, held.images[last_val], setup)  # the last validation batch, eager
         assert logged == pytest.approx(model.level_weights, abs=2e-3)
+        assert epoch_means == pytest.approx(dict(zip("ABC", (halves[0] + halves[1]) / 2)), abs=2e-3)
         stats = {k: v.float().clone() for k, v in model.state_dict().items() if "running" in k}
         results[whole] = (rows, step, val, stats)
     eager, graphed = results[False][0], results[True][0]
@@ -303,3 +309,36 @@ def test_whole_step_compiles_without_torch_compiles_own_graphs(monkeypatch):
     assert calls == [{"mode": None, "dynamic": False}]
     assert whole_step("whole-step") and not whole_step("reduce-overhead") and not whole_step(True)
     assert Params.from_mapping(None, "sample", {"train": {"compile": "whole-step"}}).train.compile == "whole-step"
+
+
+def _per_image_levels(model, images: np.ndarray) -> np.ndarray:
+    """FGAL's lambda~ (A, B, C) of each image alone, in evaluation mode: (N, 3)."""
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for img in images:
+            model(normalize(torch.from_numpy(img[None])))
+            rows.append([model.level_weights[k] for k in "ABC"])
+    return np.array(rows)
+
+
+def test_the_epoch_level_weights_are_the_mean_over_every_validation_image():
+    """The lambda~ an epoch logs describe the validation split, each image once: not the last
+    batch's (here a batch of 1 after one of 8), which depends on where the split happens to end."""
+    split = _split(9)
+    model, _ = _model_and_adam()
+    val = Step(model, CPU)
+    run_epoch(model, Batches(split, torch.arange(9), 8, CPU.device, drop_singleton=False), CPU, step=val)
+    means = val.level_means()
+    per_image = _per_image_levels(model, split.images)
+    assert means == pytest.approx(dict(zip("ABC", per_image.mean(0))), abs=1e-5)
+    assert means != pytest.approx(dict(zip("ABC", per_image[-1])), abs=1e-5)  # the last batch alone differs
+    val.begin()
+    assert val.level_means() == {}  # nothing seen since: nothing to log
+
+
+def test_a_model_without_fgal_has_no_level_weights_to_average():
+    model = build_model(7, ModelParams(fgal=False), for_checkpoint=True)
+    val = Step(model, CPU)
+    run_epoch(model, Batches(_split(3), torch.arange(3), 8, CPU.device, drop_singleton=False), CPU, step=val)
+    assert val.level_means() == {}

@@ -439,3 +439,27 @@ def test_fp16_loss_scale_lives_through_the_run_and_a_resume(tiny_params, tmp_pat
     _train(tmp_path / "crops", tiny_params, "sample", tmp_path / "run", resume=True, **opts)
     resumed = load_checkpoint(tmp_path / "run" / "last.pt")["scaler"]
     assert resumed["scale"] == 2.0 ** 16 and resumed["_growth_tracker"] == 2  # 1 again: the scale started over
+
+
+def test_an_epochs_level_weights_describe_the_whole_validation_split(tiny_data, tiny_params, tmp_path, monkeypatch):
+    """history's lambda_A/B/C: the model after the epoch, each validation image once, averaged
+    (computed here image by image from last.pt), not the validation's last batch."""
+    from hsnet.checkpoint import model_from
+    from hsnet.data.manifest import MANIFEST, read_manifest
+    from hsnet.tensors import load_split
+
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    _train(tiny_data, tiny_params, "sample", tmp_path / "run", track=False, progress=False,
+           overrides={"train": {"epochs": 1, "batch_size": 2}})  # validation in batches of 4
+    logged = json.loads((tmp_path / "run" / "history.json").read_text())[-1]
+    model = model_from(load_checkpoint(tmp_path / "run" / "last.pt")).eval()
+    rows = [r for r in read_manifest(tiny_data / MANIFEST) if r["split"] == "val"]
+    assert len(rows) % 4 and len(rows) > 4  # a last batch smaller than the rest
+    split = load_split(rows, tiny_data, 80)
+    per_image = []
+    with torch.no_grad():
+        for img in split.images:
+            model(normalize(torch.from_numpy(img[None])))
+            per_image.append([model.level_weights[k] for k in "ABC"])
+    expected = np.mean(per_image, axis=0)
+    assert [logged[f"lambda_{k}"] for k in "ABC"] == pytest.approx(expected, abs=1e-5)
