@@ -84,14 +84,21 @@ def code_version(module: str, root: Path | None = None) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def library_versions(names: tuple[str, ...]) -> dict[str, str]:
-    """The installed versions of the distributions ``names`` (``Pillow``, ``torch``): what a cached
-    result depends on besides hsnet's code (a Pillow upgrade can decode or resize differently).
-    A distribution that isn't installed is ``"none"``."""
+def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
+    """The installed versions of what provides the top-level imports ``modules`` (``PIL``,
+    ``torch``), by distribution: what a cached result depends on besides hsnet's code (a Pillow
+    upgrade can decode or resize differently). Asked by import name, not distribution name, so
+    that a drop-in build (Pillow-SIMD for Pillow) is seen, and its upgrades too. A module that
+    nothing installed provides is ``{module: "none"}``."""
+    providers = metadata.packages_distributions()  # {"PIL": ["pillow"], ...}: every installed distribution's
     found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "none"
+    for module in modules:
+        names = sorted(set(providers.get(module, ())))
+        if not names:
+            found[module] = "none"
+        for name in names:
+            try:
+                found[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:  # removed since the scan
+                found[name] = "none"
     return found

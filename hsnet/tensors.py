@@ -97,7 +97,7 @@ def prune_cache(cache_dir: Path, keep: Path, limit: int | None = None) -> list[P
     return gone
 
 
-LIBRARIES = ("Pillow", "numpy")  # what decodes and resizes a cached split's images
+LIBRARIES = ("PIL", "numpy")  # (import names) what decodes and resizes a cached split's images
 
 
 def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from importlib import metadata
 
 import numpy as np
@@ -35,19 +36,52 @@ def two_photos(tmp_path):
     return manifest
 
 
+def canonical(name: str) -> str:
+    """A distribution's name as PEP 503 compares them (Pillow, pillow; facenet-pytorch, facenet_pytorch)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 @pytest.fixture
 def upgrade(monkeypatch):
     """``upgrade("Pillow")``: from now on the installed Pillow reads as another version."""
     real = metadata.version
 
     def apply(name):
-        monkeypatch.setattr(metadata, "version", lambda n: "99.0.0" if n == name else real(n))
+        monkeypatch.setattr(metadata, "version", lambda n: "99.0.0" if canonical(n) == canonical(name) else real(n))
     return apply
 
 
 def test_library_versions_are_the_installed_distributions():
-    found = sources.library_versions(("Pillow", "numpy", "no-such-distribution-hsnet"))
-    assert found == {"Pillow": PIL.__version__, "numpy": np.__version__, "no-such-distribution-hsnet": "none"}
+    found = sources.library_versions(("PIL", "numpy", "no_such_module_hsnet"))
+    assert {canonical(k): v for k, v in found.items()} == {
+        "pillow": PIL.__version__, "numpy": np.__version__, canonical("no_such_module_hsnet"): "none"}
+
+
+def _dropin(site, version: str) -> None:
+    """A drop-in build of Pillow installed in ``site`` (as pip installs Pillow-SIMD: its own
+    distribution, the same top-level import ``PIL``)."""
+    info = site / "Pillow_SIMD-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: Pillow-SIMD\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("PIL\n")
+
+
+def test_a_drop_in_build_and_its_upgrades_are_seen(tmp_path, monkeypatch):
+    """Pillow-SIMD is a distribution of its own that provides ``PIL``: a cache keyed by the
+    distribution "Pillow" read it as "none" and served crops made by an older Pillow-SIMD."""
+    from hsnet.data.crop import crop
+    from hsnet.params import CropParams
+
+    _dropin(tmp_path / "site", "9.0.0.post1")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert sources.library_versions(("PIL",))["Pillow-SIMD"] == "9.0.0.post1"
+    manifest = two_photos(tmp_path)
+    settings = CropParams(size=32, no_face="center", detector="none")
+    assert crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)["processed"] == 2
+    assert crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)["reused"] == 2
+    _dropin(tmp_path / "site", "9.5.0")  # pip install -U Pillow-SIMD
+    again = crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)
+    assert again["processed"] == 2 and again["reused"] == 0
 
 
 @pytest.mark.parametrize("library, detector", [("Pillow", "none"), ("numpy", "none"), ("Pillow", "mtcnn"),
@@ -62,7 +96,7 @@ def test_crops_made_with_another_library_version_are_cut_again(library, detector
     assert first["processed"] == 2
     assert crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)["reused"] == 2
     recorded = json.loads((tmp_path / "out" / "crop_state.json").read_text())["libraries"]
-    assert recorded[library] == metadata.version(library)  # written down for whoever reads the record
+    assert {canonical(k): v for k, v in recorded.items()}[canonical(library)] == metadata.version(library)  # written down for whoever reads the record
 
     upgrade(library)
     again = crop(manifest, tmp_path / "photos", tmp_path / "out", settings=settings, progress=False)

@@ -249,8 +249,8 @@ def _plan(rows: list[dict], root: Path, out: Path) -> tuple[list[_Item], list[di
 
 # the libraries a crop's pixels depend on: decoding and resizing (Pillow, numpy), and with a
 # detector, the detector (torch, torchvision, facenet-pytorch)
-LIBRARIES = ("Pillow", "numpy")
-DETECTOR_LIBRARIES = ("torch", "torchvision", "facenet-pytorch")
+LIBRARIES = ("PIL", "numpy")  # import names (hsnet.sources.library_versions)
+DETECTOR_LIBRARIES = ("torch", "torchvision", "facenet_pytorch")
 
 
 def _made_with(settings: CropParams) -> dict:

@@ -110,7 +110,7 @@ def _inspect(path: Path) -> ImageInfo:
     return ImageInfo(True, True, img.width, img.height, digest, "")
 
 
-LIBRARIES = ("Pillow",)  # what decodes an image for inspection
+LIBRARIES = ("PIL",)  # (import name) what decodes an image for inspection
 
 
 def inspect_images(paths: list[Path], *, workers: int | None = None,
@@ -134,7 +134,8 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
         stats.append((i, path, st))
     known = cache.get_many(keys)
     # an entry holds what this code and Pillow found: other code, or another Pillow, inspects again
-    code = " ".join([sources.code_version(__name__), *sources.library_versions(LIBRARIES).values()])
+    libraries = sources.library_versions(LIBRARIES)
+    code = " ".join([sources.code_version(__name__), *(f"{d}={v}" for d, v in libraries.items())])
 
     def stamp(st) -> str:
         return f"{file_stamp(st)} {code}"
