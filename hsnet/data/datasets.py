@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HSNetError
-from ..io import output_file, sha256_file
+from ..io import UnsafePath, dvc_cache_of, output_file, safe_join, sha256_file
 from ..params import ImportParams, allowed
 from . import splits
-from .manifest import SPLITS, write_manifest
+from .manifest import MANIFEST, SPLITS, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,14 @@ def check_classes(rows: list[dict], classes, manifest: Path, whose: str, what_to
 
 
 def _walk(root: Path) -> Iterator[str]:
+    """The files under ``root`` (relative, '/'-separated), and each folder that is a symbolic link
+    as ``"name/"``: not followed (links out of the root are refused, docs/security.md), but named
+    among the stray entries, so that an error about a root that seems empty can say why."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath, name).relative_to(root).as_posix()
+        links = [d + "/" for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in sorted(filenames + links):
+            yield Path(dirpath, name).relative_to(root).as_posix() + ("/" if name.endswith("/") else "")
 
 
 def _is_junk(rel: str) -> bool:
@@ -152,9 +156,15 @@ def scan_rafdb(root: Path, options: dict) -> Scan:
     variant, variants = options.get("rafdb_images", ImportParams.rafdb_images), allowed(ImportParams, "rafdb_images")
     if variant not in variants:
         raise HSNetError(f"rafdb_images must be one of {', '.join(map(repr, variants))}, got {variant!r}")
+    try:
+        text = label_file.read_text(encoding="utf-8-sig")  # a BOM too
+    except UnicodeDecodeError as exc:
+        raise DatasetLayoutError(f"{label_file} is not UTF-8 text ({exc.reason} at byte {exc.start}; saved as "
+                                 "UTF-16, 'Unicode' in Windows Notepad?): save it as UTF-8, or unpack it again "
+                                 "from RAF-DB's archive") from exc
     scan = Scan()
-    listed = set()
-    for n, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):  # a BOM too
+    listed: dict[str, tuple[int, int]] = {}  # image name -> (line, label)
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -166,17 +176,40 @@ def scan_rafdb(root: Path, options: dict) -> Scan:
         split = "test" if name.startswith("test_") else "train" if name.startswith("train_") else None
         if split is None:
             raise DatasetLayoutError(f"{label_file} line {n}: {name!r} starts with neither train_ nor test_")
-        stem, ext = os.path.splitext(name)
-        rel = f"Image/aligned/{stem}_aligned{ext}" if variant == "aligned" else f"Image/original/{name}"
-        listed.add(rel)
+        if name in listed:  # one image, listed twice: one record (two would each be "identical" to the other)
+            first, first_label = listed[name]
+            if first_label != label:
+                raise DatasetLayoutError(f"{label_file} lines {first} and {n} give {name!r} two labels ({first_label} "
+                                         f"and {label}): keep the right line, delete the other")
+            log.warning("%s line %d lists %s again (as line %d did): read once", label_file, n, name, first)
+            continue
+        listed[name] = (n, label)
+        rel = _rafdb_image(name, variant)
         if (root / rel).is_file():
             scan.records.append(Record(rel, RAFDB_CLASSES[label - 1], "", split))
         else:
             scan.missing.append(rel)
+    if not scan.records and scan.missing:
+        other = next(v for v in variants if v != variant)
+        there = sum((root / _rafdb_image(name, other)).is_file() for name in listed)
+        advice = (f"Image/{other}/ holds {there} of them: give --rafdb-images {other} (params.yaml: "
+                  f"import.rafdb_images)" if there else
+                  f"unpack RAF-DB's Image/{variant}.zip into {root / 'Image'} (or give --rafdb-images {other} "
+                  f"for the images of Image/{other}.zip)")
+        raise DatasetLayoutError(f"{root}: none of the {len(listed)} images {RAFDB_LABEL_FILE} lists is in "
+                                 f"Image/{variant}/ (e.g. {scan.missing[0]} is missing); {advice}")
+    files = {_rafdb_image(name, variant) for name in listed}
     image_dir = f"Image/{variant}/"
-    scan.skipped = [rel for rel in _walk(root) if rel not in listed and rel != RAFDB_LABEL_FILE
+    scan.skipped = [rel for rel in _walk(root) if rel not in files and rel != RAFDB_LABEL_FILE
                     and (rel.startswith(image_dir) or not rel.startswith("Image/"))]
     return scan
+
+
+def _rafdb_image(name: str, variant: str) -> str:
+    """Where RAF-DB keeps the image its label file calls ``name`` (train_00001.jpg): in
+    Image/aligned/ as train_00001_aligned.jpg, in Image/original/ as it is."""
+    stem, ext = os.path.splitext(name)
+    return f"Image/aligned/{stem}_aligned{ext}" if variant == "aligned" else f"Image/original/{name}"
 
 
 # --- RaFD --------------------------------------------------------------------------------
@@ -311,7 +344,7 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
     for same in by_size.values():
         if len(same) < 2:
             continue
-        for r in same:
+        for r in {r.path: r for r in same}.values():  # a path once: a file is no copy of itself
             try:  # regular files only: a FIFO or a device is refused, never read (validate names it)
                 groups[sha256_file(root / r.path)].append(r)
             except HSNetError:
@@ -332,6 +365,45 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
     return [r for r in records if r.path not in dropped], reasons
 
 
+def _check_apart(root: Path, out: Path) -> None:
+    """Refuse an ``--out`` inside ``--root``: the raw data is read, never written (a manifest there
+    would replace a file of the dataset, or change what data.dvc records)."""
+    data, manifest = os.path.realpath(root), os.path.realpath(out)
+    if manifest == data or manifest.startswith(data.rstrip(os.sep) + os.sep):
+        replaced = f", replacing the dataset's {out}" if os.path.lexists(out) else ""
+        raise HSNetError(f"--out {out} is inside the dataset folder --root {root}: import writes nothing there "
+                         f"(the manifest would change the raw data{replaced}); give a file outside it, e.g. "
+                         f"data/interim/<dataset>/{MANIFEST}")
+
+
+def _inside(root: Path, records: list[Record]) -> tuple[list[Record], list[str]]:
+    """``records`` less the images that lead out of ``root`` through a symbolic link (validate
+    refuses a manifest holding one: docs/security.md), and those left out. DVC's cache, which a
+    ``cache.type symlink`` checkout links into, is inside."""
+    linked, kept, outside = dvc_cache_of(root), [], []
+    for r in records:
+        try:
+            safe_join(root, r.path, what="image", also=linked)
+            kept.append(r)
+        except UnsafePath:
+            outside.append(r.path)
+    return kept, outside
+
+
+def _links_hint(root: Path, links: list[str]) -> str:
+    if not links:
+        return ""
+    first = root / links[0].rstrip("/")
+    return (f"; {', '.join(links[:3])} {'is a symbolic link' if len(links) == 1 else 'are symbolic links'} to "
+            f"a folder, which import doesn't follow (a link out of --root, docs/security.md): give its target "
+            f"({os.path.realpath(first)}) or a folder holding it as --root, or copy the files in")
+
+
+def _outside_hint(outside: list[str]) -> str:
+    return ("; files that lead out of --root through a symbolic link are not imported (docs/security.md): "
+            "copy them in, or give the folder they are in as --root") if outside else ""
+
+
 def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
                    settings: ImportParams = ImportParams()) -> dict:
     """Read dataset ``name`` at ``root`` and write its manifest to ``out``. Returns a summary."""
@@ -340,6 +412,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset root {root} is not a directory; expected {spec.layout}")
+    _check_apart(root, Path(out))
     output_file(out, "--out")
     if split_by not in allowed(ImportParams, "split_by"):
         raise HSNetError(f"--split-by must be one of {', '.join(map(repr, allowed(ImportParams, 'split_by')))}, "
@@ -347,10 +420,19 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     if split_by == "subject" and not spec.subjects_known:
         raise HSNetError(f"--split-by subject: {name} does not identify subjects; use --split-by class")
     scan = spec.scan(root, options)
+    links = [rel for rel in scan.skipped if rel.endswith("/")]  # linked folders, not followed (_walk)
+    scan.records, outside = _inside(root, scan.records)
+    scan.skipped += outside
     if not scan.records:
         examples = ", ".join(scan.skipped[:3]) or "no files at all"
         raise DatasetLayoutError(f"{root} does not look like {name}: no image matched. Expected {spec.layout}. "
-                                 f"Found {len(scan.skipped)} other file(s) ({examples}){_top_hint(name, root)}")
+                                 f"Found {len(scan.skipped)} other file(s) ({examples}){_top_hint(name, root)}"
+                                 + _links_hint(root, links) + _outside_hint(outside))
+    if links:
+        log.warning("not read: %s%s", ", ".join(str(root / rel) for rel in links[:3]), _links_hint(root, links))
+    if outside:
+        log.warning("skipped %d image(s) that lead out of %s through a symbolic link, e.g. %s%s", len(outside),
+                    root, ", ".join(outside[:3]), _outside_hint(outside))
     unnamed = [r.path for r in scan.records if not _utf8(r.path)]
     if unnamed:  # a manifest is UTF-8: a name that isn't can't be written there (a zip's code page)
         log.warning("skipped %d image(s) whose names are not UTF-8, e.g. %s: rename them (e.g. with convmv) to "
@@ -376,6 +458,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         "splits": {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS},
         "classes": dict(Counter(r["label_name"] for r in rows)),
         "skipped": len(scan.skipped), "skipped_examples": scan.skipped[:5],
+        "outside_root": len(outside), "outside_root_examples": outside[:5],
         "missing": len(scan.missing), "missing_examples": scan.missing[:5],
         "duplicates": matched - len(rows), "duplicate_examples": duplicates[:5],
         "inferred": scan.inferred,
