@@ -14,7 +14,8 @@ version ``models:/hsnet-rafdb/7``) or a local checkpoint file once at start, and
 plus KServe's health endpoints (``/v2/health/live``, ``/v2/health/ready``,
 ``/v1/models/<name>`` and ``/v2/models/<name>/ready``, 503 until the model is loaded), and
 KServe's repository API: ``POST /v2/repository/models/<name>/load`` reloads the model, ``unload``
-is refused (501).
+is refused (501). The Open Inference Protocol's versioned paths (``/v2/models/<name>/versions/<v>/...``)
+answer for the version being served (:class:`Protocol`).
 
 A photo's record is ``hsnet predict``'s (:func:`hsnet.predict.classify_faces`): ``faces``
 (``box``, ``detection_probability``, ``expression``, ``confidence``, ``probabilities``) and
@@ -42,7 +43,9 @@ import contextvars
 import json
 import logging
 import os
+import re
 import threading
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +56,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from kserve import InferOutput, InferRequest, InferResponse
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 
 from .errors import HSNetError
 from .limits import MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
@@ -65,6 +68,8 @@ INPUT, OUTPUT = "images", "records"  # V2: the tensors the model metadata names 
 # set by BodyLimit for each HTTP request once its client has closed the connection
 _CLIENT_GONE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("hsnet_client_gone",
                                                                                       default=None)
+# set by Protocol for a request to /v2/models/<name>/versions/<version>/...: the version it asked for
+_ASKED_VERSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("hsnet_asked_version", default=None)
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,14 @@ class HSNetModel(kserve.Model):
         loaded = self.state
         if loaded is None:
             raise InvalidInput("the model is not loaded yet")
+        asked = _ASKED_VERSION.get()
+        if asked is not None and asked != loaded.model_version:  # reloaded since Protocol let the path through
+            raise InputRefused(f"version {asked!r} of {self.name!r} is no longer served: version "
+                               f"{loaded.model_version!r} is (reloaded meanwhile)", status=404)
         if isinstance(payload, InferRequest):
+            if payload.id is not None and not _utf8(payload.id):  # the response echoes it: refused before the work
+                raise InvalidInput(f"the request's \"id\" {payload.id!r} is not valid Unicode text (a lone "
+                                   "surrogate escape such as \\ud800): send an id the response can carry")
             values, crops = self._v2_inputs(payload)
         elif isinstance(payload, dict):
             values, crops = self._v1_inputs(payload)
@@ -281,7 +293,9 @@ class HSNetModel(kserve.Model):
 
     @staticmethod
     def _v1_inputs(payload: dict) -> tuple[list, bool]:
-        instances = payload.get("instances")
+        if "instances" in payload and "inputs" in payload:
+            raise InvalidInput('give the images as "instances" or as "inputs", not both')
+        instances = payload.get("instances", payload.get("inputs"))  # KServe's V1 takes either (TF Serving's forms)
         if not isinstance(instances, list):
             raise InvalidInput('expected {"instances": [{"b64": "<base64 JPEG/PNG>"}, ...]}')
         params = payload.get("parameters") or {}
@@ -303,7 +317,60 @@ class HSNetModel(kserve.Model):
         return data, _flag(params.get("crops", False))
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 BINARY_HEADER = b"inference-header-content-length"  # the V2 binary data extension's (lower case: ASGI's)
+JSON_TYPES = (b"application/json", b"application/cloudevents+json", b"application/ld+json")  # what KServe decodes
+_INFERENCE = re.compile(r"^/v1/models/[^/]+:predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+_VERSIONED = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/ready|/infer)?$")
+
+
+class Protocol:
+    """ASGI middleware: requests the protocols allow and KServe's routes refuse, made what they mean.
+
+    * An inference body is JSON whatever its Content-Type says: KServe decodes only the literal
+      ``application/json`` (``application/json; charset=utf-8``, what OkHttp and .NET send, reached
+      the model as bytes: "unexpected request of type bytes"; a V2 body sent as curl -d's form type
+      was taken for the binary extension, which the server refuses). The binary extension itself is
+      still refused by :class:`BodyLimit` (its header).
+    * The Open Inference Protocol's versioned paths (``/v2/models/<name>/versions/<v>``, ``/ready``,
+      ``/infer``) of the version being served answer as the unversioned ones (every response names
+      ``model_version``, so a client can pin it; KServe answers them 501); another version, or
+      another model, is 404. A pinned request that a reload overtakes is refused (404) by
+      :meth:`HSNetModel.predict`, never answered by another version."""
+
+    def __init__(self, app, model: HSNetModel):
+        self.app, self.model = app, model
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if _INFERENCE.match(path):
+            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            given = dict(scope.get("headers") or []).get(b"content-type", b"").split(b";")[0].strip().lower()
+            scope = dict(scope, headers=headers + [(b"content-type", given if given in JSON_TYPES else JSON_TYPES[0])])
+        versioned = _VERSIONED.match(path)
+        if versioned is None:
+            return await self.app(scope, receive, send)
+        name, version = versioned["name"], versioned["version"]
+        served = self.model.state.model_version if self.model.state is not None else None
+        if name != self.model.name or version != served:
+            what = (f"no model {name!r} here" if name != self.model.name else
+                    f"version {version!r} of {name!r} is not served here" + (f": version {served!r} is" if served else ""))
+            return await JSONResponse({"error": what}, status_code=404)(scope, receive, send)
+        plain = f"/v2/models/{name}{versioned['rest'] or ''}"
+        token = _ASKED_VERSION.set(version)
+        try:
+            return await self.app(dict(scope, path=plain, raw_path=urllib.parse.quote(plain).encode()), receive, send)
+        finally:
+            _ASKED_VERSION.reset(token)
 
 
 class BodyLimit:
@@ -409,6 +476,23 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
     Kubernetes never restarts the pod; ``load`` had no model left to reload). The server's own
     shutdown (SIGTERM) unloads through the repository, not through this."""
 
+    async def load(self, model_name: str) -> None:
+        """A model this server doesn't hold is 404, as on every other endpoint (KServe answered 503
+        "not ready", which clients retry); a failed reload says what keeps serving (KServe: "not
+        ready", while the old version answers and /ready says true)."""
+        model = self._model_registry.get_model(model_name)
+        if not isinstance(model, HSNetModel):
+            raise ModelNotFound(model_name)
+        try:
+            await self._model_registry.load(model_name)
+        except Exception as exc:  # noqa: BLE001 - answered, with what was kept
+            from . import tracking
+
+            kept = model.state.model_version if model.state is not None else None
+            raise HTTPException(status_code=500, detail=f"reloading {model_name!r} failed ({type(exc).__name__}: "
+                                f"{tracking.mask_text(str(exc))[:500]})" + (f"; version {kept!r} keeps serving"
+                                                                             if kept else "")) from exc
+
     async def unload(self, model_name: str) -> None:
         if isinstance(self._model_registry.get_model(model_name), HSNetModel):
             raise NotImplementedError(f"unloading {model_name!r} is not supported: hsnet serve serves one model; "
@@ -431,6 +515,7 @@ def serve(model: str, *, port: int = PORT, host: str = "127.0.0.1", name: str = 
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, registered_models=repository)
     server.model_repository_extension = _Extension(model_registry=repository)
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(Protocol, model=hsnet_model)  # outside BodyLimit: it sees the paths as clients send them
     app.add_exception_handler(InputRefused, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
