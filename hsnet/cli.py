@@ -41,6 +41,7 @@ def _data_import(args: argparse.Namespace) -> None:
           f"test {summary['splits']['test']}; skipped {summary['skipped']} stray file(s), "
           f"{summary['missing']} listed but missing"
           + (f", {summary['duplicates']} left out as duplicates" if summary["duplicates"] else "")
+          + (f", {summary['outside_root']} linked from outside the root left out" if summary["outside_root"] else "")
           + (f", {len(summary['inferred'])} misnamed taken by their folders" if summary["inferred"] else "") + ")")
 
 

@@ -88,14 +88,18 @@ def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
     """The installed versions of what provides the top-level imports ``modules`` (``PIL``,
     ``torch``), by distribution: what a cached result depends on besides hsnet's code (a Pillow
     upgrade can decode or resize differently). Asked by import name, not distribution name, so
-    that a drop-in build (Pillow-SIMD for Pillow) is seen, and its upgrades too. A module that
-    nothing installed provides is ``{module: "none"}``."""
+    that a drop-in build (Pillow-SIMD for Pillow) is seen, and its upgrades too. A module no
+    installed distribution lists (an editable install: its record holds a .pth) is looked up as a
+    distribution of its own name; one that nothing installed provides is ``{module: "none"}``."""
     providers = metadata.packages_distributions()  # {"PIL": ["pillow"], ...}: every installed distribution's
     found = {}
     for module in modules:
         names = sorted(set(providers.get(module, ())))
-        if not names:
-            found[module] = "none"
+        if not names:  # an editable install records a .pth, not the module: its name taken as the distribution's
+            try:
+                found[module] = metadata.version(module)
+            except metadata.PackageNotFoundError:
+                found[module] = "none"
         for name in names:
             try:
                 found[name] = metadata.version(name)

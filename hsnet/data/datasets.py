@@ -400,8 +400,8 @@ def _links_hint(root: Path, links: list[str]) -> str:
 
 
 def _outside_hint(outside: list[str]) -> str:
-    return ("; files that lead out of --root through a symbolic link are not imported (docs/security.md): "
-            "copy them in, or give the folder they are in as --root") if outside else ""
+    return (f"; {len(outside)} image(s) lead out of --root through a symbolic link (e.g. {outside[0]}) and are "
+            "not imported (docs/security.md): copy them in, or give the folder they are in as --root") if outside else ""
 
 
 def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
@@ -421,8 +421,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         raise HSNetError(f"--split-by subject: {name} does not identify subjects; use --split-by class")
     scan = spec.scan(root, options)
     links = [rel for rel in scan.skipped if rel.endswith("/")]  # linked folders, not followed (_walk)
-    scan.records, outside = _inside(root, scan.records)
-    scan.skipped += outside
+    scan.records, outside = _inside(root, scan.records)  # counted apart from the stray files
     if not scan.records:
         examples = ", ".join(scan.skipped[:3]) or "no files at all"
         raise DatasetLayoutError(f"{root} does not look like {name}: no image matched. Expected {spec.layout}. "
@@ -431,8 +430,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
     if links:
         log.warning("not read: %s%s", ", ".join(str(root / rel) for rel in links[:3]), _links_hint(root, links))
     if outside:
-        log.warning("skipped %d image(s) that lead out of %s through a symbolic link, e.g. %s%s", len(outside),
-                    root, ", ".join(outside[:3]), _outside_hint(outside))
+        log.warning("%s: left out%s", root, _outside_hint(outside))
     unnamed = [r.path for r in scan.records if not _utf8(r.path)]
     if unnamed:  # a manifest is UTF-8: a name that isn't can't be written there (a zip's code page)
         log.warning("skipped %d image(s) whose names are not UTF-8, e.g. %s: rename them (e.g. with convmv) to "
