@@ -42,6 +42,7 @@ def _data_import(args: argparse.Namespace) -> None:
           f"{summary['missing']} listed but missing"
           + (f", {summary['duplicates']} left out as duplicates" if summary["duplicates"] else "")
           + (f", {summary['outside_root']} linked from outside the root left out" if summary["outside_root"] else "")
+          + (f", {summary['formula_like']} named like a spreadsheet formula left out" if summary["formula_like"] else "")
           + (f", {len(summary['inferred'])} misnamed taken by their folders" if summary["inferred"] else "") + ")")
 
 

@@ -64,7 +64,12 @@ def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
 def comparison_markdown(dataset: str, metrics: dict) -> str:
     acc, macc = metrics["accuracy"] * 100, metrics["mean_accuracy"] * 100
     paper = paper_mod.RESULTS.get(dataset)
-    lines = [f"## HSNet on {dataset}", "", "| | Acc. (%) | mAcc. (%) |", "|---|---|---|",
+    split, flips = metrics.get("split", "test"), bool(metrics.get("tta_hflip"))
+    how = (f"Measured on the {split} split" + (" (the paper's figures are of the test split)" if split != "test" else "")
+           + ("; each image scored with its mirror image averaged in (evaluate.tta_hflip; the paper scores each "
+              "image once)" if flips else "") + ".")
+    lines = [f"## HSNet on {dataset}", "", how, "",
+             "| | Acc. (%) | mAcc. (%) |", "|---|---|---|",
              f"| this run | {acc:.2f} | {macc:.2f} |"]
     if paper:
         table, p_acc, p_macc = paper

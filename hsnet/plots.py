@@ -44,20 +44,22 @@ def plot_training_curves(history: list[dict], path: Path, title: str, best_epoch
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
+    dot = {"marker": "o", "markersize": 4} if len(epochs) == 1 else {}  # a line through one point draws nothing
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [h["loss"] for h in history], label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], label="val")
+    axes[0].plot(epochs, [h["loss"] for h in history], label="train", **dot)
+    axes[0].plot(epochs, [h["val_loss"] for h in history], label="val", **dot)
     axes[0].set_title("loss")
     axes[0].set_ylabel("cross-entropy loss")
-    axes[1].plot(epochs, [h["accuracy"] for h in history], label="train")
-    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val")
+    axes[1].plot(epochs, [h["accuracy"] for h in history], label="train", **dot)
+    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val", **dot)
     axes[1].set_title("accuracy")
     axes[1].set_ylabel("accuracy")
     for level in "ABC":
         if f"lambda_{level}" in (history[0] if history else {}):
-            axes[2].plot(epochs, [h[f"lambda_{level}"] for h in history], label=rf"$\tilde{{\lambda}}_{level}$")
+            axes[2].plot(epochs, [h[f"lambda_{level}"] for h in history], label=rf"$\tilde{{\lambda}}_{level}$",
+                         **dot)
     ax_lr = axes[2].twinx()
-    ax_lr.plot(epochs, [h["lr"] for h in history], "k:", label="lr")
+    ax_lr.plot(epochs, [h["lr"] for h in history], "k:", label="lr", **dot)
     ax_lr.set_yscale("log")
     ax_lr.set_ylabel("learning rate (dotted)")
     axes[2].set_ylabel("FGAL level weight")

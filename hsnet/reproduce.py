@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 from . import params as params_mod
@@ -614,7 +615,7 @@ def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) 
         lines.append("")
     if chart is not None and by_cfg:
         _bar_chart(by_cfg, dataset, chart)
-        lines += [f"![ablation accuracy on {dataset}]({chart.name})", ""]
+        lines += [f"![ablation accuracy on {dataset}]({urllib.parse.quote(chart.name)})", ""]  # spaces, ( ): encoded
     for c in CONFIGS:
         cm, n_runs, predictions = _confusion_md(by_cfg[c]) if c in by_cfg else ([], 0, 0)
         if cm:

@@ -34,6 +34,9 @@ JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 JUNK_FOLDERS = {"__macosx", ".appledouble"}  # macOS's resource forks beside the files, under the same names
 # where an archive's top folder is, if --root is the folder it was unpacked into
 ARCHIVE_TOPS = {"rafdb": "basic", "ferg": "FERG_DB_256"}  # (RaFD and KDEF are found at any depth)
+# a manifest cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets
+# (OWASP "CSV Injection"): a path that would start so is left out and named
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class DatasetLayoutError(HSNetError):
@@ -368,8 +371,11 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
 def _check_apart(root: Path, out: Path) -> None:
     """Refuse an ``--out`` inside ``--root``: the raw data is read, never written (a manifest there
     would replace a file of the dataset, or change what data.dvc records)."""
-    data, manifest = os.path.realpath(root), os.path.realpath(out)
-    if manifest == data or manifest.startswith(data.rstrip(os.sep) + os.sep):
+    data = os.stat(root)
+    # the folders that would hold it, compared by identity (device, inode): a case-insensitive disk
+    # (macOS: --out Data/raw/... for --root data/raw) or another link to the root is the root too
+    holders = [p for p in Path(os.path.realpath(out)).parents if p.exists()]
+    if any(os.path.samestat(os.stat(p), data) for p in holders) or (os.path.exists(out) and os.path.samefile(out, root)):
         replaced = f", replacing the dataset's {out}" if os.path.lexists(out) else ""
         raise HSNetError(f"--out {out} is inside the dataset folder --root {root}: import writes nothing there "
                          f"(the manifest would change the raw data{replaced}); give a file outside it, e.g. "
@@ -437,11 +443,18 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
                     "import them", len(unnamed), ", ".join(map(_shown, unnamed[:3])))
         scan.records = [r for r in scan.records if _utf8(r.path)]
         scan.skipped += unnamed
+    formulas = [r.path for r in scan.records if r.path.startswith(FORMULA_STARTS)]
+    if formulas:  # a spreadsheet runs such a manifest cell (OWASP "CSV Injection"): the path can't be written as it is
+        log.warning("left out %d image(s) whose path starts with one of %s, e.g. %s: a spreadsheet opening the "
+                    "manifest would run it as a formula; rename the folder (or file) to import them",
+                    len(formulas), " ".join(repr(c) for c in FORMULA_STARTS), ", ".join(map(_shown, formulas[:3])))
+        scan.records = [r for r in scan.records if not r.path.startswith(FORMULA_STARTS)]
     scan.skipped = [_shown(rel) for rel in scan.skipped]
     scan.records.sort(key=lambda r: r.path)
     if not scan.records:
-        raise DatasetLayoutError(f"{root}: every image matched has a name that is not UTF-8 "
-                                 f"(e.g. {', '.join(scan.skipped[:3])}); rename them to import them")
+        raise DatasetLayoutError(f"{root}: every image matched has a name that is not UTF-8 or starts like a "
+                                 f"spreadsheet formula (e.g. {', '.join(map(_shown, (unnamed + formulas)[:3]))}); "
+                                 "rename them to import them")
     matched = len(scan.records)
     scan.records, duplicates = _without_duplicates(root, scan.records)
     if not scan.records:
@@ -457,6 +470,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         "classes": dict(Counter(r["label_name"] for r in rows)),
         "skipped": len(scan.skipped), "skipped_examples": scan.skipped[:5],
         "outside_root": len(outside), "outside_root_examples": outside[:5],
+        "formula_like": len(formulas), "formula_like_examples": [_shown(p) for p in formulas[:5]],
         "missing": len(scan.missing), "missing_examples": scan.missing[:5],
         "duplicates": matched - len(rows), "duplicate_examples": duplicates[:5],
         "inferred": scan.inferred,

@@ -9,6 +9,7 @@ gets the GX results as JSON and GX's Data Docs as HTML.
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import sqlite3
@@ -272,12 +273,26 @@ def _explain(result: dict, df, every: bool = False) -> dict:
         examples = [f"{df['path'].iloc[i]}" + (f" ({df['error'].iloc[i]})" if df["error"].iloc[i] else "")
                     for i in (idx if every else idx[:5])]
     elif res.get("partial_unexpected_list"):
-        examples = [str(v) for v in res["partial_unexpected_list"][:5]]
+        examples = [html.unescape(str(v)) for v in res["partial_unexpected_list"][:5]]  # GX saw them escaped
     elif "observed_value" in res:
         examples = [f"observed {res['observed_value']}"]
     return {"expectation": cfg["type"], "column": col, "what": what,
             "severity": cfg.get("severity", "critical"), "unexpected_count": res.get("unexpected_count"),
             "examples": examples}
+
+
+def _as_text(frame):
+    """``frame`` with its text cells HTML-escaped, for Great Expectations, which writes the values
+    a check found into its Data Docs as markup: a manifest path such as ``<img src=x onerror=...>``
+    ran as script in the report (the Kubeflow UI shows it). ``html.escape`` keeps distinct texts
+    distinct, so every check gives the same answer."""
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(lambda v: html.escape(v) if isinstance(v, str) else v)
+    return out
 
 
 def _run_suites(dataset: str, spec, settings: ValidateParams, df, counts, docs_dir: Path) -> tuple[dict, list[dict]]:
@@ -299,6 +314,7 @@ def _run_suites(dataset: str, spec, settings: ValidateParams, df, counts, docs_d
                                     settings.max_bad_fraction)
     results, problems = {}, []
     for name, suite, frame in (("manifest", row_suite, df), ("split_sizes", size_suite, counts)):
+        shown = _as_text(frame)  # what GX checks is what its pages show: HTML-escaped
         if not len(suite.expectations):
             continue
         batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
@@ -308,7 +324,7 @@ def _run_suites(dataset: str, spec, settings: ValidateParams, df, counts, docs_d
             name=f"{name}_checkpoint", validation_definitions=[vd],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["hsnet"])],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": []}))
-        run = checkpoint.run(batch_parameters={"dataframe": frame})
+        run = checkpoint.run(batch_parameters={"dataframe": shown})
         for vr in run.run_results.values():
             vr = vr.to_json_dict()
             results[name] = vr
