@@ -220,7 +220,7 @@ def _train_and_evaluate(data_dir, runs: dict, out_root: Path, folders: dict[str,
         for name, params in runs.items():
             folders[name].mkdir(parents=True, exist_ok=True)
             params_file = Path(handed) / f"{name}.yaml"
-            params_file.write_text(settings[name])
+            params_file.write_text(settings[name], encoding="utf-8")
             extra = []
             if checkpoint_uris and checkpoint_uris.get(name):
                 extra += ["--checkpoint-uri", checkpoint_uris[name]]

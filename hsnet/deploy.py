@@ -80,7 +80,7 @@ def serve_command(args) -> int:
 def load_template(path: str | os.PathLike = TEMPLATE) -> dict:
     import yaml
 
-    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d]
     isvcs = [d for d in docs if d.get("kind") == "InferenceService"]
     if len(isvcs) != 1:
         raise HSNetError(f"{path}: expected one InferenceService, found {len(isvcs)}")
@@ -156,7 +156,7 @@ def _api():
         try:
             config.load_incluster_config()
             ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            namespace = ns_file.read_text().strip() if ns_file.is_file() else None
+            namespace = ns_file.read_text(encoding="utf-8").strip() if ns_file.is_file() else None
         except Exception as exc:  # noqa: BLE001
             raise HSNetError("--deploy: no Kubernetes configuration (KUBECONFIG, ~/.kube/config or a service "
                              f"account): {str(exc).rstrip('.')}. Use --dry-run to see the manifest without a "

@@ -166,7 +166,7 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
 
 def _write_outputs(out_dir: Path, metrics: dict, data, actual, predicted, probs, classes, dataset, split) -> None:
     write_json(out_dir / METRICS_FILE, metrics)
-    with atomic_path(out_dir / PREDICTIONS) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(out_dir / PREDICTIONS) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "actual", "predicted", "confidence"])
         for path, a, p, pr in zip(data.paths, actual, predicted, probs):

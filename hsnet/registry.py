@@ -378,7 +378,7 @@ def _checked_metrics(checkpoint: Path, sha: str, metrics_path: Path, meta: dict,
     if not metrics_path.is_file():
         raise HSNetError(f"--metrics {metrics_path} does not exist; run hsnet evaluate first")
     try:
-        m = json.loads(metrics_path.read_text())
+        m = json.loads(metrics_path.read_text(encoding="utf-8"))
         float(m["accuracy"]), float(m["mean_accuracy"])
     except (ValueError, KeyError, TypeError) as exc:
         raise HSNetError(f"--metrics {metrics_path} is not an hsnet evaluate metrics.json ({exc})") from exc

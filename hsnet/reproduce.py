@@ -419,7 +419,7 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
             return m
         try:
             if rev == "workspace":
-                text = (repo / path).read_text()
+                text = (repo / path).read_text(encoding="utf-8")
             else:
                 text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True,
                                       check=True).stdout
@@ -561,9 +561,10 @@ def evaluation_rows(folders: list[str | os.PathLike]) -> tuple[list[dict], list[
     for folder in map(Path, folders):
         for path in sorted(folder.rglob(METRICS_FILE)):
             name = path.parent.name if path.parent != folder else f"run {len(rows)}"
-            rows.append(run_row(json.loads(path.read_text()), experiment=name))
+            rows.append(run_row(json.loads(path.read_text(encoding="utf-8")), experiment=name))
         if (folder / RUNS_FILE).is_file():
-            failures += [f"{n}: {why}" for n, why in failed(json.loads((folder / RUNS_FILE).read_text())).items()]
+            runs = json.loads((folder / RUNS_FILE).read_text(encoding="utf-8"))
+            failures += [f"{n}: {why}" for n, why in failed(runs).items()]
     return rows, failures
 
 

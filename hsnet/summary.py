@@ -22,13 +22,13 @@ def summarize(runs: str | Path = "runs") -> str:
         metrics_path = eval_dir / METRICS_FILE
         if not metrics_path.is_file():
             continue
-        m = json.loads(metrics_path.read_text())
+        m = json.loads(metrics_path.read_text(encoding="utf-8"))
         lines.append(f"{dataset}: test accuracy {m['accuracy']:.2%}, mean accuracy {m['mean_accuracy']:.2%} "
                      f"({m['images']} test images)")
         lines.append(f"  confusion matrix: {eval_dir / CONFUSION}; curves: "
                      f"{eval_dir.parent / 'train' / CURVES}; vs the paper: {eval_dir / COMPARISON}")
         reg = eval_dir.parent / RECORD
-        r = json.loads(reg.read_text()) if reg.is_file() else {}
+        r = json.loads(reg.read_text(encoding="utf-8")) if reg.is_file() else {}
         if r.get("registered") is False:  # the marker a DVC experiment's register stage leaves
             lines.append(f"  not registered: DVC experiment {r.get('experiment')} (dvc repro in the workspace "
                          "registers what it holds)")
