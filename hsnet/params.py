@@ -246,7 +246,9 @@ def check_file(data, source: str) -> None:
 
 # --- the schema's machinery -------------------------------------------------------------------
 
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# a number written as text (YAML 1.1 reads 1e-3, without a dot, as a string; code and forms give text)
+_INTEGER = re.compile(r"[-+]?\d+")
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _SHORT = reprlib.Repr()  # Python 3.11's takes no arguments
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 6, 80, 80
 
@@ -276,6 +278,8 @@ def _describe(tp) -> str:
 def _value(tp, value, where: str, meta: dict):
     """``value`` checked (and, for numbers, converted) against the type ``tp``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a numpy scalar (np.arange, np.linspace in a sweep): its Python value
     if dataclasses.is_dataclass(tp):
         return _convert(tp, value, where)
     if origin in (Union, types.UnionType):
@@ -304,12 +308,14 @@ def _value(tp, value, where: str, meta: dict):
             return value
         raise ParamsError(f"{where}: {_show(value)} is not true or false (write it without quotes)")
     if tp is int:
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return _in_range(value, where, meta)
         raise ParamsError(f"{where}: {_show(value)} is not an integer")
     if tp is float:
-        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if math.isnan(value):  # it compares false with every bound: no range would stop it
                 raise ParamsError(f"{where}: nan is not a number")

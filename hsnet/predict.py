@@ -107,7 +107,12 @@ class Classifier:
 def as_rgb_array(face) -> np.ndarray:
     """An (H, W, 3) uint8 array from an array-like image (H, W), (H, W, 3) or (H, W, 4) (its
     transparency on white, as training's reader does)."""
+    if isinstance(face, (str, bytes, os.PathLike)):
+        raise HSNetError(f"an image array was expected, got {type(face).__name__} {str(face)[:80]!r}: open a "
+                         "photo first (PIL.Image.open), or give files to hsnet predict")
     arr = np.asarray(face)
+    if arr.dtype.kind not in "biuf":  # text, objects, complex numbers: not pixels
+        raise HSNetError(f"an image array must hold numbers (uint8 RGB), got dtype {arr.dtype} of shape {arr.shape}")
     if arr.dtype != np.uint8:
         if arr.dtype.kind == "f":
             arr = np.rint(arr * 255.0 if arr.size and arr.max() <= 1.0 else arr)  # rounded, as an encoder would

@@ -301,7 +301,14 @@ def connect(create: bool = True) -> str:
     uri = tracking_uri(create)
     check_reachable(uri)
     ensure_store(uri)
+    given = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow 3 also writes it into the environment: the next step in this process (a notebook after
+    # os.chdir to another project) would take it for the user's setting and miss its own folder's store
+    if given is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = given
     # MLflow draws a bar per artifact download (~40 for one model): noise in every log
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
@@ -512,15 +519,19 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
                                   f"{mask_text(str(exc))}") from exc
     if experiment is not None:
         _check_artifact_location(experiment, uri)
-    mlflow.set_experiment(EXPERIMENT)
+    experiment = experiment or client.get_experiment_by_name(EXPERIMENT)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
-    previous = _continuable(client, continue_run, experiment or client.get_experiment_by_name(EXPERIMENT), flat)
+    previous = _continuable(client, continue_run, experiment, flat)
     system = {**(system_tags(device) if computes else {}), **origin_tags()}
     if previous:  # a resumed run on another machine or code: keep where its first epochs ran ("2, then 1")
         before = client.get_run(previous).data.tags
         system = {k: _then(before.get(k), v) for k, v in system.items()}
         tags = {k: _then(before.get(k), v) if k in CODE_TAGS else v for k, v in tags.items()}
-    with mlflow.start_run(run_id=previous, run_name=None if previous else run_name) as active:
+    # the experiment named for this run only (set_experiment changed a notebook's own for good); inside a
+    # notebook's own run, as a child of it (MLflow allows one active run per thread)
+    where = {} if previous else {"experiment_id": experiment.experiment_id}
+    with mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
+                          nested=mlflow.active_run() is not None, **where) as active:
         mlflow.set_tags({**system, **tags})
         if not previous:
             mlflow.log_params(flat)

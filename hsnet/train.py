@@ -394,6 +394,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
     manifest, splits = _splits(data_dir, params.dataset, spec.classes)
     setup = pick_device(device)
     if tp.num_threads:
+        held.callback(torch.set_num_threads, torch.get_num_threads())  # the caller's (a notebook's) count, back
         torch.set_num_threads(tp.num_threads)
     engine = build_engine(len(spec.classes), params, setup)
     cfg = params.to_dict()

@@ -204,6 +204,7 @@ def scan_rafdb(root: Path, options: dict) -> Scan:
     files = {_rafdb_image(name, variant) for name in listed}
     image_dir = f"Image/{variant}/"
     scan.skipped = [rel for rel in _walk(root) if rel not in files and rel != RAFDB_LABEL_FILE
+                    and rel != image_dir  # a linked image folder: its images are opened by name, through it
                     and (rel.startswith(image_dir) or not rel.startswith("Image/"))]
     return scan
 
@@ -372,10 +373,13 @@ def _check_apart(root: Path, out: Path) -> None:
     """Refuse an ``--out`` inside ``--root``: the raw data is read, never written (a manifest there
     would replace a file of the dataset, or change what data.dvc records)."""
     data = os.stat(root)
-    # the folders that would hold it, compared by identity (device, inode): a case-insensitive disk
-    # (macOS: --out Data/raw/... for --root data/raw) or another link to the root is the root too
-    holders = [p for p in Path(os.path.realpath(out)).parents if p.exists()]
-    if any(os.path.samestat(os.stat(p), data) for p in holders) or (os.path.exists(out) and os.path.samefile(out, root)):
+    # the folder the manifest is written into (its temporary file renamed there: a link named --out is
+    # replaced, not followed, as in a DVC checkout with cache.type symlink) and those above it, compared
+    # by identity (device, inode): a case-insensitive disk (macOS: --out Data/raw/... for --root
+    # data/raw) or another link to the root is the root too
+    folder = Path(os.path.realpath(os.path.dirname(os.path.abspath(out))))
+    holders = [p for p in (folder, *folder.parents) if p.exists()]
+    if any(os.path.samestat(os.stat(p), data) for p in holders):
         replaced = f", replacing the dataset's {out}" if os.path.lexists(out) else ""
         raise HSNetError(f"--out {out} is inside the dataset folder --root {root}: import writes nothing there "
                          f"(the manifest would change the raw data{replaced}); give a file outside it, e.g. "

@@ -218,7 +218,7 @@ def _suites(gx, gxe, classes, min_size, paper_sizes, max_bad_fraction=0.0):
         rows.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col))
     rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(n))))
     rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(
-        column="label_pair", value_set=[f"{i}:{c}" for i, c in enumerate(classes)]))
+        column="label_pair", value_set=[html.escape(f"{i}:{c}") for i, c in enumerate(classes)]))  # as _as_text
     rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
     rows.add_expectation(gxe.ExpectColumnDistinctValuesToContainSet(column="usable_split", value_set=list(SPLITS)))
     rows.add_expectation(gxe.ExpectColumnDistinctValuesToContainSet(column="train_label",
@@ -285,7 +285,8 @@ def _as_text(frame):
     """``frame`` with its text cells HTML-escaped, for Great Expectations, which writes the values
     a check found into its Data Docs as markup: a manifest path such as ``<img src=x onerror=...>``
     ran as script in the report (the Kubeflow UI shows it). ``html.escape`` keeps distinct texts
-    distinct, so every check gives the same answer."""
+    distinct, and the suites' text value sets are escaped alike (:func:`_suites`), so every check
+    gives the same answer."""
     import pandas as pd
 
     out = frame.copy()
