@@ -113,6 +113,8 @@ def as_rgb_array(face) -> np.ndarray:
     arr = np.asarray(face)
     if arr.dtype.kind not in "biuf":  # text, objects, complex numbers: not pixels
         raise HSNetError(f"an image array must hold numbers (uint8 RGB), got dtype {arr.dtype} of shape {arr.shape}")
+    if arr.dtype == np.bool_:  # a 1-bit image (PIL mode "1"): black and white, as training's reader reads it
+        arr = arr.astype(np.uint8) * 255
     if arr.dtype != np.uint8:
         if arr.dtype.kind == "f":
             arr = np.rint(arr * 255.0 if arr.size and arr.max() <= 1.0 else arr)  # rounded, as an encoder would

@@ -508,7 +508,31 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
         return
     import mlflow
 
+    caller = mlflow.active_run()  # a notebook's own run: hsnet's is nested under it
+    caller_uri = mlflow.get_tracking_uri() if caller is not None else None
     uri = connect()
+    try:
+        with _run_in(uri, caller, run_name, params=params, tags=tags, continue_run=continue_run, device=device,
+                     computes=computes) as active:
+            yield active
+    finally:
+        if caller is not None and caller_uri != uri:  # the caller's run is in its own store: point back there
+            given = os.environ.get("MLFLOW_TRACKING_URI")
+            mlflow.set_tracking_uri(caller_uri)
+            if given is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = given
+
+
+@contextmanager
+def _run_in(uri: str, caller, run_name: str, *, params: dict, tags: dict, continue_run, device, computes):
+    """:func:`run`'s run, in the store ``uri`` (MLflow pointed at it): in experiment hsnet, whatever
+    experiment the process has active; nested under ``caller`` (a run already active in this thread),
+    its parent tag dropped when the caller's run is in another store."""
+    import mlflow
+    from mlflow.tracking import fluent
+
     client = mlflow.MlflowClient()
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -530,12 +554,31 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     # the experiment named for this run only (set_experiment changed a notebook's own for good); inside a
     # notebook's own run, as a child of it (MLflow allows one active run per thread)
     where = {} if previous else {"experiment_id": experiment.experiment_id}
-    with mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
-                          nested=mlflow.active_run() is not None, **where) as active:
+    held = fluent._active_experiment_id  # MLflow refuses to continue a run outside the active experiment:
+    if previous:  # none for that call, the caller's put back after it
+        fluent._active_experiment_id = None
+    try:
+        started = mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
+                                   nested=caller is not None, **where)
+    finally:
+        fluent._active_experiment_id = held
+    with started as active:
+        if caller is not None and not _holds_run(client, caller.info.run_id):
+            client.delete_tag(active.info.run_id, "mlflow.parentRunId")  # a parent this store doesn't have
         mlflow.set_tags({**system, **tags})
         if not previous:
             mlflow.log_params(flat)
         yield active
+
+
+def _holds_run(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 def _check_artifact_location(experiment, uri: str) -> None:

@@ -377,7 +377,7 @@ def _check_apart(root: Path, out: Path) -> None:
     # replaced, not followed, as in a DVC checkout with cache.type symlink) and those above it, compared
     # by identity (device, inode): a case-insensitive disk (macOS: --out Data/raw/... for --root
     # data/raw) or another link to the root is the root too
-    folder = Path(os.path.realpath(os.path.dirname(os.path.abspath(out))))
+    folder = Path(os.path.realpath(os.path.dirname(out) or "."))  # links first, then "..", as the kernel does
     holders = [p for p in (folder, *folder.parents) if p.exists()]
     if any(os.path.samestat(os.stat(p), data) for p in holders):
         replaced = f", replacing the dataset's {out}" if os.path.lexists(out) else ""
