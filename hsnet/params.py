@@ -308,8 +308,8 @@ def _value(tp, value, where: str, meta: dict):
             return value
         raise ParamsError(f"{where}: {_show(value)} is not true or false (write it without quotes)")
     if tp is int:
-        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-            value = int(value)
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()) and len(value.strip()) <= 100:
+            value = int(value)  # (Python refuses to read over 4,300 digits: no setting needs 100)
         if isinstance(value, int) and not isinstance(value, bool):
             return _in_range(value, where, meta)
         raise ParamsError(f"{where}: {_show(value)} is not an integer")
