@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, tracking
 from .errors import HSNetError
 from .registry import GATE_METRIC, MIN_DELTA
 
@@ -377,6 +377,7 @@ def rollback(model_uri: str, *, name: str, namespace: str | None = None) -> dict
     return plan
 
 
+@tracking.as_found
 def deploy_production(name: str, result: dict, *, isvc: str | None = None, namespace: str | None = None,
                       canary_percent: int = CANARY_PERCENT) -> dict:
     """``hsnet promote --deploy`` (and the Kubeflow promote step with ``deploy``): after
@@ -396,6 +397,7 @@ def deploy_production(name: str, result: dict, *, isvc: str | None = None, names
                    canary_percent=canary_percent)
 
 
+@tracking.as_found
 def promote_and_deploy(name: str, *, version=None, metric: str = GATE_METRIC, min_delta: float = MIN_DELTA,
                        force: bool = False, isvc: str | None = None, namespace: str | None = None,
                        canary_percent: int = CANARY_PERCENT) -> tuple[dict, dict]:
@@ -420,6 +422,7 @@ def promote_and_deploy(name: str, *, version=None, metric: str = GATE_METRIC, mi
                          "again once the cluster answers (it rolls production out)") from exc
 
 
+@tracking.as_found
 def rollback_production(name: str, *, isvc: str | None = None, namespace: str | None = None) -> tuple[dict, dict]:
     """``hsnet promote --rollback --deploy``: the traffic goes back first (:func:`rollback` to the
     version :func:`hsnet.registry.rollback_target` names), then the registry's aliases swap. A
@@ -457,6 +460,7 @@ def describe(r: dict) -> str:
             + (f"; {r['note']}" if r.get("note") else ""))
 
 
+@tracking.as_found
 def dry_run(name: str, *, version: int | str | None = None, rollback: bool = False, isvc: str | None = None,
             namespace: str | None = None, canary_percent: int = CANARY_PERCENT) -> str:
     """``hsnet promote --deploy --dry-run``: what the promotion of ``version`` (default: the

@@ -94,6 +94,7 @@ def predict_split(model, split, setup, batch_size: int, tta_hflip: bool = False)
     return torch.cat(probs).numpy()
 
 
+@tracking.as_found
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
              split: str = "test", settings: EvaluateParams | None = None, device: str | None = None,
              track: bool = True, batch_size: int = 64, progress: bool = True) -> dict:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from . import tracking
 from .errors import HSNetError
 from .limits import MIN_FACE_SIZE, MIN_PROB
 from .io import (IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
@@ -130,6 +131,7 @@ def as_rgb_array(face) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+@tracking.as_found
 def load_classifier(model: str | os.PathLike, device: str | None = None) -> Classifier:
     """A checkpoint file, or an MLflow model URI (``models:/hsnet-rafdb@production``, ``runs:/...``).
     A registered version's files are checked against those it was registered with before MLflow

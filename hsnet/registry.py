@@ -397,6 +397,7 @@ def _checked_metrics(checkpoint: Path, sha: str, metrics_path: Path, meta: dict,
     return m, sha
 
 
+@tracking.as_found
 def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset: str, *,
              name: str | None = None) -> dict:
     """Log ``checkpoint`` as a pyfunc and register it as a new version of ``name``, alias ``candidate``.
@@ -531,6 +532,7 @@ def _existing_result(client, name: str, mv) -> dict:
     return _result(client, name, mv, mv.run_id, True, figures)
 
 
+@tracking.as_found
 def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: dict | None = None) -> dict:
     """Log a loaded checkpoint as an MLflow pyfunc model in a new run (weights without resume state,
     hsnet's source, signature, input example); not registered. Returns ``model_uri`` and ``run_id``."""
@@ -593,6 +595,7 @@ def _promotion_lock(client, name: str):
                         "hsnet promote --name %s --unlock", name, lock, exc.message, name)
 
 
+@tracking.as_found
 def unlock(name: str) -> bool:
     """Remove a stale promotion lock (left by a killed promotion); True if there was one."""
     from mlflow.exceptions import MlflowException
@@ -605,6 +608,7 @@ def unlock(name: str) -> bool:
     return True
 
 
+@tracking.as_found
 def registered_version(model_uri: str) -> tuple[str, str]:
     """(name, version) of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` (the alias resolved
     now), checked against the registry; an HSNetError naming the URI when there is no such version."""
@@ -620,6 +624,7 @@ def registered_version(model_uri: str) -> tuple[str, str]:
         raise HSNetError(f"{model_uri}: not in the registry at {where} ({exc.message[:300]})") from exc
 
 
+@tracking.as_found
 def promote(name: str, *, version: int | str | None = None, metric: str = GATE_METRIC, min_delta: float = MIN_DELTA,
             force: bool = False) -> dict:
     """Point ``production`` at ``version`` (default: the ``candidate`` alias) if it is better.
@@ -701,6 +706,7 @@ def _close_record(client, name: str, outcome: str, reason: str, forced: bool) ->
                     tracking.mask_text(str(exc))[:300], outcome)
 
 
+@tracking.as_found
 def promotion_history(name: str, max_results: int | None = None) -> list[dict]:
     """The promotions and rollbacks of ``name`` (newest first; all, or the newest ``max_results``), as
     :func:`_recorded` wrote them:
@@ -863,6 +869,7 @@ def _clear_rolled_back(client, name: str, mv) -> None:
         client.delete_model_version_tag(name, mv.version, ROLLED_BACK_TAG)
 
 
+@tracking.as_found
 def rollback_target(name: str) -> int:
     """The version :func:`rollback` would put back in production, checked as it checks it; no alias
     moves. For changing the serving first (``hsnet promote --rollback --deploy``): if that fails,
@@ -873,6 +880,7 @@ def rollback_target(name: str) -> int:
         return int(_rollback_versions(client, name)[0].version)
 
 
+@tracking.as_found
 def rollback(name: str, *, expect: int | str | None = None) -> dict:
     """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``),
     if its model files are those it was registered with (:func:`check_model_files`), as for a

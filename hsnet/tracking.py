@@ -10,6 +10,7 @@ URI is used without them. Every URI hsnet prints goes through :func:`mask_uri`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -17,7 +18,9 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -509,20 +512,11 @@ def run(run_name: str, *, params: dict, tags: dict, enabled: bool = True, contin
     import mlflow
 
     caller = mlflow.active_run()  # a notebook's own run: hsnet's is nested under it
-    caller_uri = mlflow.get_tracking_uri() if caller is not None else None
-    uri = connect()
-    try:
+    with _scope():  # MLflow as the caller had it afterwards (inside a step: at the step's end, as_found)
+        uri = connect()
         with _run_in(uri, caller, run_name, params=params, tags=tags, continue_run=continue_run, device=device,
                      computes=computes) as active:
             yield active
-    finally:
-        if caller is not None and caller_uri != uri:  # the caller's run is in its own store: point back there
-            given = os.environ.get("MLFLOW_TRACKING_URI")
-            mlflow.set_tracking_uri(caller_uri)
-            if given is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = given
 
 
 @contextmanager
@@ -557,18 +551,78 @@ def _run_in(uri: str, caller, run_name: str, *, params: dict, tags: dict, contin
     held = fluent._active_experiment_id  # MLflow refuses to continue a run outside the active experiment:
     if previous:  # none for that call, the caller's put back after it
         fluent._active_experiment_id = None
+    job_run = os.environ.pop("MLFLOW_RUN_ID", None)  # a job's run (Databricks, AzureML): start_run would log into it
     try:
         started = mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
                                    nested=caller is not None, **where)
     finally:
         fluent._active_experiment_id = held
+        if job_run is not None:
+            os.environ["MLFLOW_RUN_ID"] = job_run
     with started as active:
-        if caller is not None and not _holds_run(client, caller.info.run_id):
+        if caller is not None and "mlflow.parentRunId" in client.get_run(active.info.run_id).data.tags \
+                and not _holds_run(client, caller.info.run_id):
             client.delete_tag(active.info.run_id, "mlflow.parentRunId")  # a parent this store doesn't have
         mlflow.set_tags({**system, **tags})
         if not previous:
             mlflow.log_params(flat)
         yield active
+
+
+# MLflow's process-wide settings a step may change, put back by as_found
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")
+_as_found = threading.local()
+
+
+def as_found(step):
+    """Decorate a step that uses MLflow: when it returns or raises, MLflow's process-wide state is as
+    the caller had it: the tracking URI (:func:`connect` points MLflow at hsnet's store; a notebook's
+    own runs and store stay its own), the active experiment, ``MLFLOW_TRACKING_URI`` and
+    ``MLFLOW_RUN_ID``. Only the outermost step puts it back (a step that calls another keeps hsnet's
+    store to its end). MLflow not imported before the step: put back to MLflow's defaults."""
+
+    @functools.wraps(step)
+    def wrapper(*args, **kwargs):
+        with _scope():
+            return step(*args, **kwargs)
+    return wrapper
+
+
+@contextmanager
+def _scope():
+    """The body of :func:`as_found` (also :func:`run`'s, for a caller that isn't a step)."""
+    if getattr(_as_found, "inside", False):
+        yield
+        return
+    saved = _mlflow_settings()
+    _as_found.inside = True
+    try:
+        yield
+    finally:
+        _as_found.inside = False
+        _put_back(saved)
+
+
+def _mlflow_settings() -> tuple:
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    return (getattr(utils, "_tracking_uri", None), getattr(fluent, "_active_experiment_id", None),
+            {name: os.environ.get(name) for name in _MLFLOW_ENV})
+
+
+def _put_back(saved: tuple) -> None:
+    uri, experiment, env = saved
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and utils._tracking_uri != uri:
+        utils.set_tracking_uri(uri)  # None: MLflow's default again
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = experiment
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _holds_run(client, run_id: str) -> bool:

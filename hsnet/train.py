@@ -333,6 +333,7 @@ def export_model(out_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
+@tracking.as_found
 def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLike, *, resume: bool | str = False,
           device: str | None = None, track: bool = True, progress: bool = True,
           stop_after_epochs: int | None = None, on_checkpoint=None, on_start=None) -> dict:
