@@ -93,19 +93,26 @@ def mask_text(text: str) -> str:
     return _URI_IN_TEXT.sub(lambda m: mask_uri(m.group(0)), str(text))
 
 
+def _without_userinfo(uri: str) -> str:
+    """An http(s) URI without its ``user:password@`` part (the same URI otherwise)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def _move_credentials(uri: str) -> str:
     """``http(s)://user:password@host/...`` -> ``http(s)://host/...`` with the user and password in
     ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` (where MLflow reads them), and the variable
     ``MLFLOW_TRACKING_URI`` rewritten without them, so no later message or child process sees them."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+    clean = _without_userinfo(uri)
+    if clean == uri:
         return uri
-    userinfo, _, hostport = parts.netloc.rpartition("@")
+    userinfo = urllib.parse.urlsplit(uri).netloc.rpartition("@")[0]
     user, has_password, password = userinfo.partition(":")
     os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
     if has_password:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
-    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
     os.environ["MLFLOW_TRACKING_URI"] = clean
     log.debug("MLFLOW_TRACKING_URI carried credentials: moved to MLFLOW_TRACKING_USERNAME/PASSWORD")
     return clean
@@ -619,6 +626,8 @@ def _put_back(saved: tuple) -> None:
     if fluent is not None:
         fluent._active_experiment_id = experiment
     for name, value in env.items():
+        if name == "MLFLOW_TRACKING_URI" and value is not None:
+            value = _without_userinfo(value)  # its credentials stay where _move_credentials put them
         if value is None:
             os.environ.pop(name, None)
         else:

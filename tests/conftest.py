@@ -42,6 +42,27 @@ def _private_dirs(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_as_new():
+    """Each test starts with MLflow's process-wide state as a new process has it (no tracking URI
+    set in-process, no active experiment or run): hsnet's steps put back what they found
+    (hsnet.tracking.as_found), and what an earlier test in this worker left is not what a user has."""
+    import sys
+
+    yield
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if fluent is not None:
+        while fluent.active_run() is not None:
+            try:
+                fluent.end_run()
+            except Exception:  # noqa: BLE001 - a run its store no longer has: off the stack anyway
+                fluent._active_run_stack.get().pop()
+        fluent._active_experiment_id = None
+    if utils is not None:
+        utils._tracking_uri = None
+
+
 @pytest.fixture(scope="session")
 def irv1_state_dict():
     """A whole InceptionResnetV1 state dict (with logits.*), as facenet-pytorch's VGGFace2 file has.
