@@ -456,6 +456,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: not if it holds lone surrogates (the undecodable
+    bytes of a file name, as os.walk hands them over; ``\\ud800`` escapes in JSON)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -59,6 +59,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput, ModelNotFound
 
 from .errors import HSNetError
+from .io import is_utf8
 from .limits import MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
 from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
 
@@ -245,7 +246,7 @@ class HSNetModel(kserve.Model):
             raise InputRefused(f"version {asked!r} of {self.name!r} is no longer served: version "
                                f"{loaded.model_version!r} is (reloaded meanwhile)", status=404)
         if isinstance(payload, InferRequest):
-            if payload.id is not None and not _utf8(payload.id):  # the response echoes it: refused before the work
+            if payload.id is not None and not is_utf8(payload.id):  # the response echoes it: refused before the work
                 raise InvalidInput(f"the request's \"id\" {payload.id!r} is not valid Unicode text (a lone "
                                    "surrogate escape such as \\ud800): send an id the response can carry")
             values, crops = self._v2_inputs(payload)
@@ -315,14 +316,6 @@ class HSNetModel(kserve.Model):
             raise InvalidInput(f"input {request.inputs[0].name!r}: shape {shape} does not match its data of "
                                f"{len(data)} images: expected shape [{len(data)}]")
         return data, _flag(params.get("crops", False))
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 BINARY_HEADER = b"inference-header-content-length"  # the V2 binary data extension's (lower case: ASGI's)

@@ -315,10 +315,7 @@ def connect(create: bool = True) -> str:
     mlflow.set_tracking_uri(uri)
     # MLflow 3 also writes it into the environment: the next step in this process (a notebook after
     # os.chdir to another project) would take it for the user's setting and miss its own folder's store
-    if given is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = given
+    _set_env("MLFLOW_TRACKING_URI", given)
     # MLflow draws a bar per artifact download (~40 for one model): noise in every log
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
@@ -565,7 +562,7 @@ def _run_in(uri: str, caller, run_name: str, *, params: dict, tags: dict, contin
     finally:
         fluent._active_experiment_id = held
         if job_run is not None:
-            os.environ["MLFLOW_RUN_ID"] = job_run
+            _set_env("MLFLOW_RUN_ID", job_run)
     with started as active:
         if caller is not None and "mlflow.parentRunId" in client.get_run(active.info.run_id).data.tags \
                 and not _holds_run(client, caller.info.run_id):
@@ -628,10 +625,15 @@ def _put_back(saved: tuple) -> None:
     for name, value in env.items():
         if name == "MLFLOW_TRACKING_URI" and value is not None:
             value = _without_userinfo(value)  # its credentials stay where _move_credentials put them
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+        _set_env(name, value)
+
+
+def _set_env(name: str, value: str | None) -> None:
+    """``os.environ[name]`` set to ``value``, or removed for None."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _holds_run(client, run_id: str) -> bool:

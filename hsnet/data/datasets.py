@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HSNetError
-from ..io import UnsafePath, dvc_cache_of, output_file, safe_join, sha256_file
+from ..io import UnsafePath, dvc_cache_of, is_utf8, output_file, safe_join, sha256_file
 from ..params import ImportParams, allowed
 from . import splits
 from .manifest import MANIFEST, SPLITS, write_manifest
@@ -319,14 +319,6 @@ def _top_hint(name: str, root: Path) -> str:
     return f"; it holds {top}/: give --root {root / top}" if top and (root / top).is_dir() else ""
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # undecodable bytes, which os.walk hands over as surrogates
-        return False
-
-
 def _shown(name: str) -> str:
     """``name`` as text that can be written anywhere: a byte that isn't UTF-8 as ``\\udcXX``."""
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -441,11 +433,11 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         log.warning("not read: %s%s", ", ".join(str(root / rel) for rel in links[:3]), _links_hint(root, links))
     if outside:
         log.warning("%s: left out%s", root, _outside_hint(outside))
-    unnamed = [r.path for r in scan.records if not _utf8(r.path)]
+    unnamed = [r.path for r in scan.records if not is_utf8(r.path)]
     if unnamed:  # a manifest is UTF-8: a name that isn't can't be written there (a zip's code page)
         log.warning("skipped %d image(s) whose names are not UTF-8, e.g. %s: rename them (e.g. with convmv) to "
                     "import them", len(unnamed), ", ".join(map(_shown, unnamed[:3])))
-        scan.records = [r for r in scan.records if _utf8(r.path)]
+        scan.records = [r for r in scan.records if is_utf8(r.path)]
         scan.skipped += unnamed
     formulas = [r.path for r in scan.records if r.path.startswith(FORMULA_STARTS)]
     if formulas:  # a spreadsheet runs such a manifest cell (OWASP "CSV Injection"): the path can't be written as it is
