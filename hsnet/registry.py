@@ -638,8 +638,8 @@ def promote(name: str, *, version: int | str | None = None, metric: str = GATE_M
         raise HSNetError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     client = _client()
     _require_model(client, name)
-    with _recorded(client, name, "promote", version=version, metric=metric, min_delta=min_delta,
-                   force=force) as record, _promotion_lock(client, name):
+    with _change_recorded(client, name, "promote", version=version, metric=metric, min_delta=min_delta,
+                          force=force) as record:
         return record(_promote_locked(client, name, version, metric, min_delta, force))
 
 
@@ -663,12 +663,31 @@ def _recorded(client, name: str, action: str, **asked):
                           str(decision.get("reason", "")), bool(decision.get("forced")))
             closed.append(decision)
             return decision
-        try:
-            yield record
-        except BaseException as exc:
+
+        def failed(exc: BaseException) -> None:
             if not closed:  # an error after the change was recorded (a SIGTERM releasing the lock) doesn't undo it
                 _close_record(client, name, "refused" if isinstance(exc, HSNetError) else "error",
                               tracking.mask_text(str(exc)) or type(exc).__name__, False)
+                closed.append(exc)
+
+        record.failed = failed
+        try:
+            yield record
+        except BaseException as exc:
+            failed(exc)
+            raise
+
+
+@contextmanager
+def _change_recorded(client, name: str, action: str, **asked):
+    """:func:`_recorded` around :func:`_promotion_lock`: a change that fails inside the lock is
+    recorded before the lock is released, so the aliases its record shows are those it left, not
+    those of a promotion that starts the moment it ends."""
+    with _recorded(client, name, action, **asked) as record, _promotion_lock(client, name):
+        try:
+            yield record
+        except BaseException as exc:
+            record.failed(exc)
             raise
 
 
@@ -888,7 +907,7 @@ def rollback(name: str, *, expect: int | str | None = None) -> dict:
     nothing changes and the error says so."""
     client = _client()
     _require_model(client, name)
-    with _recorded(client, name, "rollback", expect=expect) as record, _promotion_lock(client, name):
+    with _change_recorded(client, name, "rollback", expect=expect) as record:
         prev, prod = _rollback_versions(client, name)
         if expect is not None and str(prev.version) != str(expect):
             raise HSNetError(f"{name}: '{PREVIOUS}' moved to version {prev.version} while version {expect} was being "

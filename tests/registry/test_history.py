@@ -121,3 +121,37 @@ def test_a_failure_that_cannot_be_recorded_is_still_the_error_shown(local_mlflow
     monkeypatch.setattr(tracking, "run", no_store)
     with pytest.raises(HSNetError, match="no 'previous'"):
         deploy.rollback_production("hsnet-norecord")  # refused by rollback_target's checks
+
+
+def test_a_failed_change_is_recorded_while_the_lock_is_held(local_mlflow, evaluated, share, monkeypatch):
+    """The record's production/previous are "as they stand after it" (registry._recorded): for a
+    refusal or an error inside the lock too, they are read before the lock is released, so a
+    promotion that starts the moment this one ends can't put its own versions in this record."""
+    from hsnet import registry
+
+    name = "hsnet-history-lock"
+    always1, m1, _ = evaluated(1)
+    register(always1, m1, "sample", name=name)
+    promote(name)
+    always0, m0, _ = evaluated(0)
+    assert share(0) > share(1)
+    register(always0, m0, "sample", name=name)
+
+    held = []
+    close = registry._close_record
+
+    def closing(client, model, outcome, *args):
+        try:
+            client.get_registered_model(model + registry.LOCK_SUFFIX)
+            held.append((outcome, True))
+        except Exception:  # noqa: BLE001 - no lock model: released
+            held.append((outcome, False))
+        return close(client, model, outcome, *args)
+
+    monkeypatch.setattr(registry, "_close_record", closing)
+    with pytest.raises(PromotionRefused):
+        promote(name, min_delta=1.0)      # refused inside the lock
+    promote(name)                         # moved inside the lock
+    with pytest.raises(HSNetError, match="while version 9 was being"):
+        rollback(name, expect=9)          # refused inside the lock
+    assert held == [("refused", True), ("moved", True), ("refused", True)], held
