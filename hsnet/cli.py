@@ -161,9 +161,9 @@ def _promote(args: argparse.Namespace) -> None:
 
         print("time                  action    outcome    production  previous  by")
         for r in promotion_history(args.name):
-            print(f"{r['time']:21} {r['action']:9} {r['outcome']:10} {r['production'] or '-'!s:11} "
-                  f"{r['previous'] or '-'!s:9} {r['kfp_run_id'] or r['user'] or '-'}"
-                  f"{'  FORCED' if r['forced'] else ''}  {' '.join(r['reason'].split())[:200]}")
+            print(logs.printable(f"{r['time']:21} {r['action']:9} {r['outcome']:10} {r['production'] or '-'!s:11} "
+                                 f"{r['previous'] or '-'!s:9} {r['kfp_run_id'] or r['user'] or '-'}"
+                                 f"{'  FORCED' if r['forced'] else ''}  {' '.join(r['reason'].split())[:200]}"))
         return
     if args.dry_run:
         if not args.deploy:
@@ -232,7 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps(record))
     for record in s["results"]:
         faces = ", ".join(f"{f['expression']} ({f['confidence']:.0%})" for f in record["faces"])
-        print(f"{record['path']}: {faces or record.get('error') or 'no face found'}", file=sys.stderr)
+        print(logs.printable(f"{record['path']}: {faces or record.get('error') or 'no face found'}"), file=sys.stderr)
     print(f"{s['photos']} photo(s), {s['faces']} face(s); {len(s['no_face'])} without a face, "
           f"{len(s['unreadable'])} unreadable"
           + (f"; {len(s['not_annotated'])} annotation(s) not written" if s["not_annotated"] else "")
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             result = args.func(args)
             sys.stdout.flush()  # a reader that has gone shows here, not as Python's "Exception ignored" at exit
     except HSNetError as exc:
-        print(f"hsnet {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"hsnet {args.verb}: error: {logs.printable(str(exc), lines=True)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `hsnet ... | head`: the reader stopped reading; any other broken pipe is an error
         if not logs.stdout_gone():

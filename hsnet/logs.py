@@ -7,13 +7,42 @@ import os
 import select
 import signal
 import sys
+import unicodedata
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET = ("great_expectations", "botocore", "urllib3", "matplotlib", "PIL")  # their INFO lines drown hsnet's
 
 
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` as a terminal can show it without being steered by it: control characters (ESC
+    sequences that clear the screen, retitle the window or make links; a carriage return that
+    overwrites a line), format characters (U+202E turns what follows around) and line separators
+    become Python escapes (``\\x1b``, ``\\u202e``), as git and ``ls`` show such file names. A
+    newline stays one only with ``lines`` (an error of several lines); a name's newline would forge a
+    line of its own. Tabs stay."""
+    keep = "\t\n" if lines else "\t"
+    return "".join(c if c in keep or unicodedata.category(c) not in _UNSHOWN else c.encode("unicode_escape").decode()
+                   for c in text)
+
+
+_UNSHOWN = {"Cc", "Cf", "Zl", "Zp", "Cs"}  # controls, format characters, line/paragraph separators, surrogates
+
+
+class _Printable(logging.Formatter):
+    """Log messages as :func:`printable`, a message's further lines indented (a child's output, a
+    file name's newline): a file name can't steer the terminal, and every line that starts at the
+    margin is a log line hsnet wrote, with its time and level."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message, lines=True).replace("\n", "\n    ")
+        return super().formatMessage(record)
+
+
 def setup(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
+    for handler in logging.getLogger().handlers:
+        if type(handler.formatter) is logging.Formatter and handler.formatter._fmt == FORMAT:
+            handler.setFormatter(_Printable(FORMAT))
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
 
