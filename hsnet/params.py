@@ -279,7 +279,9 @@ def _value(tp, value, where: str, meta: dict):
     """``value`` checked (and, for numbers, converted) against the type ``tp``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-        value = value.item()  # a numpy scalar (np.arange, np.linspace in a sweep): its Python value
+        # a numpy scalar (np.arange, np.linspace in a sweep): its Python value; a narrow float the
+        # number it prints (np.float32(1e-4) is 1e-4, not its widening 9.999999747378752e-05)
+        value = float(str(value)) if getattr(value.dtype, "kind", "") == "f" and value.dtype.itemsize < 8 else value.item()
     if dataclasses.is_dataclass(tp):
         return _convert(tp, value, where)
     if origin in (Union, types.UnionType):

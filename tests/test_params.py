@@ -158,3 +158,16 @@ def test_a_data_step_gets_only_the_keys_it_reads():
                            "b": {"input_size": 32}}}
     for step in ("import", "validate", "crop"):
         assert for_step(edited, "a", step) == for_step(data, "a", step)
+
+
+def test_a_float32_setting_is_the_number_it_prints():
+    """A notebook sweep's ``np.float32(1e-4)`` (np.logspace(..., dtype=np.float32)) is the learning
+    rate 1e-4, as numpy prints it; its float64 widening, 9.999999747378752e-05, would be recorded in
+    params, MLflow and the DVC experiment and read as a different setting from 0.0001."""
+    import numpy as np
+
+    from hsnet.params import Params
+
+    p = Params.resolve(None, "sample", {"train": {"lr": np.float32(1e-4), "betas": [np.float16(0.9), np.float32(0.999)]}})
+    assert p.train.lr == 0.0001 and p.train.betas == (0.9, 0.999)
+    assert Params.resolve(None, "sample", {"train": {"lr": np.float64(1e-4 + 1e-19)}}).train.lr == 1e-4 + 1e-19
