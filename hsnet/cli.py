@@ -369,6 +369,8 @@ def _add_data_steps(verbs) -> None:
 
 
 def _add_train_evaluate(verbs) -> None:
+    from .data.manifest import SPLITS, TEST
+
     p = _verb(verbs, "train", "train HSNet on a cropped dataset with the paper's recipe", _train)
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop' (with manifest.csv)")
     p.add_argument("--params", default="params.yaml", help="the settings file (its datasets.NAME entry)")
@@ -394,7 +396,7 @@ def _add_train_evaluate(verbs) -> None:
     p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, the plots")
-    p.add_argument("--split", default="test", help="the manifest's split to evaluate on")
+    p.add_argument("--split", default=TEST, choices=SPLITS, help="the manifest's split to evaluate on")
     p.add_argument("--params", default=None,
                    help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
     p.add_argument("--dataset", default=None, help="with --params: whose settings")

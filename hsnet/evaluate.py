@@ -17,7 +17,7 @@ import torch
 from . import paper as paper_mod
 from . import tracking
 from .data.datasets import check_classes
-from .data.manifest import MANIFEST, crop_settings, read_manifest
+from .data.manifest import MANIFEST, TEST, crop_settings, read_manifest
 from .io import atomic_path, check_creatable, clean_stale_tmp, write_json, write_text
 from .plots import plot_confusion
 from . import checkpoint as checkpoint_mod
@@ -64,8 +64,8 @@ def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
 def comparison_markdown(dataset: str, metrics: dict) -> str:
     acc, macc = metrics["accuracy"] * 100, metrics["mean_accuracy"] * 100
     paper = paper_mod.RESULTS.get(dataset)
-    split, flips = metrics.get("split", "test"), bool(metrics.get("tta_hflip"))
-    how = (f"Measured on the {split} split" + (" (the paper's figures are of the test split)" if split != "test" else "")
+    split, flips = metrics.get("split", TEST), bool(metrics.get("tta_hflip"))
+    how = (f"Measured on the {split} split" + (" (the paper's figures are of the test split)" if split != TEST else "")
            + ("; each image scored with its mirror image averaged in (evaluate.tta_hflip; the paper scores each "
               "image once)" if flips else "") + ".")
     lines = [f"## HSNet on {dataset}", "", how, "",
@@ -96,7 +96,7 @@ def predict_split(model, split, setup, batch_size: int, tta_hflip: bool = False)
 
 @tracking.as_found
 def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-             split: str = "test", settings: EvaluateParams | None = None, device: str | None = None,
+             split: str = TEST, settings: EvaluateParams | None = None, device: str | None = None,
              track: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
     """Evaluate ``checkpoint`` on ``split`` of the cropped dataset at ``data_dir``; write the outputs."""
     out_dir = check_creatable(out_dir, "--out")  # before any work, creating nothing

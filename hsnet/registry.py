@@ -38,6 +38,7 @@ from importlib import metadata
 from pathlib import Path, PurePath
 
 from . import paper, tracking
+from .data.manifest import SPLITS, TEST
 from .errors import HSNetError
 from .io import sha256_file
 
@@ -229,7 +230,7 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
                                f"store {where}; {again}") from exc
     else:
         version, split = str(m.get("data_version")), str(m.get("split"))
-        if not _DATA_VERSION.match(version) or split not in ("train", "val", "test"):
+        if not _DATA_VERSION.match(version) or split not in SPLITS:
             raise NoEvaluation(f"{metrics_path}: data_version {version!r} / split {split!r} are not an hsnet "
                                f"evaluate's; {again}")
         run = next(iter(_evaluations(client, sha, version, split)), None)
@@ -258,7 +259,7 @@ def _evaluations(client, sha: str, data_version: str, split: str, tta_hflip: str
                  max_results: int = 1) -> list:
     """The finished ``hsnet evaluate`` runs of the checkpoint ``sha`` on ``data_version``
     (``split``; with ``tta_hflip`` "True"/"False": that setting only), newest first."""
-    if not _DATA_VERSION.match(str(data_version)) or split not in ("train", "val", "test") or \
+    if not _DATA_VERSION.match(str(data_version)) or split not in SPLITS or \
             not re.fullmatch(r"[0-9a-f]{64}", str(sha)) or tta_hflip not in (None, "True", "False"):
         return []  # never put into a search filter what isn't an hsnet hash, split or setting
     experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
@@ -424,6 +425,11 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         return _existing_result(client, name, mv)
 
     figures = _evaluation_of(client, sha, m, metrics_path, checkpoint)
+    if figures["test_split"] != TEST:
+        raise HSNetError(f"{metrics_path}: evaluated on the {figures['test_split']} split, which the model was "
+                         f"trained or selected on; a version is registered with its figures on the {TEST} split "
+                         f"(its test accuracy, what promotion compares): run hsnet evaluate --checkpoint "
+                         f"{checkpoint} --split {TEST} and register with the metrics.json it writes")
     if figures["dataset"] != dataset:
         raise HSNetError(f"--dataset {dataset}: the evaluation run {figures['evaluation_run_id']} is of "
                          f"{figures['dataset']!r}")

@@ -11,7 +11,7 @@ from ..errors import HSNetError
 from ..io import FileReadError, atomic_path, open_regular
 
 COLUMNS = ["path", "label", "label_name", "split", "subject"]
-SPLITS = ("train", "val", "test")
+SPLITS = TRAIN, VAL, TEST = ("train", "val", "test")
 MANIFEST = "manifest.csv"  # the manifest's name in a crop folder (train and evaluate read it there)
 CROP_REPORT = "crop_report.json"  # hsnet crop's record beside its manifest: counts and the settings it cut with
 

@@ -155,3 +155,20 @@ def test_a_failed_change_is_recorded_while_the_lock_is_held(local_mlflow, evalua
     with pytest.raises(HSNetError, match="while version 9 was being"):
         rollback(name, expect=9)          # refused inside the lock
     assert held == [("refused", True), ("moved", True), ("refused", True)], held
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_version_is_registered_with_test_figures_only(local_mlflow, trained, gate_data, tmp_path, split, capsys):
+    """A registered version's figures are its "test accuracy" (the version's description and tags,
+    ``hsnet register``'s line, the promotion gate). An evaluation on the training or validation
+    split measures images the model was trained or selected on: registered, its training accuracy
+    would be shown as test accuracy, and a first promotion (no production to compare with) would
+    put it in production on that figure. Register refuses it, naming the split and what to run."""
+    from hsnet.evaluate import evaluate
+
+    evaluate(trained["checkpoint"], gate_data, tmp_path / "ev", split=split, progress=False)
+    with pytest.raises(HSNetError, match=f"{split} split.*--split test"):
+        register(trained["checkpoint"], tmp_path / "ev" / "metrics.json", "sample", name="hsnet-split")
+    assert main(["register", "--checkpoint", str(trained["checkpoint"]), "--metrics", str(tmp_path / "ev" / "metrics.json"),
+                 "--dataset", "sample", "--name", "hsnet-split"]) == 2
+    assert MlflowClient(local_mlflow).search_model_versions("name = 'hsnet-split'") == []
