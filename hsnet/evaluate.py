@@ -74,8 +74,8 @@ def comparison_markdown(dataset: str, metrics: dict) -> str:
     if paper:
         table, p_acc, p_macc = paper
         lines.append(f"| paper ({paper_mod.REFERENCE}, {table}) | {p_acc:.2f} | {p_macc if p_macc is not None else '–'} |")
-        lines.append(f"| difference | {acc - p_acc:+.2f} | "
-                     f"{f'{macc - p_macc:+.2f}' if p_macc is not None else '–'} |")
+        lines.append(f"| difference | {paper_mod.difference(acc, p_acc)} | "
+                     f"{paper_mod.difference(macc, p_macc) if p_macc is not None else '–'} |")
     else:
         lines.append(f"| paper | – (the paper does not report {dataset}) | – |")
     return "\n".join(lines) + "\n"

@@ -31,6 +31,19 @@ CONFIGS = tuple(TABLE6)  # the eight configurations of the ablation
 SWITCHES = ("dib", "fgal", "ktl")  # the order of a configuration's three switches
 
 
+def difference(ours: float, paper: float) -> str:
+    """ours − paper (both in %) as a comparison shows it: the difference of the two figures shown
+    (2 decimals), signed; figures shown equal differ by +0.00, never -0.00 (86.6688 is shown as the
+    paper's 86.67)."""
+    return signed(float(f"{ours:.2f}") - paper)
+
+
+def signed(x: float) -> str:
+    """``x`` to 2 decimals with its sign; one that rounds to zero is +0.00 (not -0.00, read as below)."""
+    s = f"{x:+.2f}"
+    return "+0.00" if s == "-0.00" else s
+
+
 def switches(config: tuple[bool, bool, bool]) -> dict[str, bool]:
     """(True, False, True) -> {"dib": True, "fgal": False, "ktl": True}: the model params of a row."""
     return dict(zip(SWITCHES, config))

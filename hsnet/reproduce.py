@@ -35,7 +35,7 @@ from . import tracking
 from .concurrent import TAIL
 from .errors import HSNetError
 from .io import atomic_path, write_text
-from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, TABLE6_DATASET, switches
+from .paper import CONFIGS, DATASETS, RESULTS, SWITCHES, TABLE6, TABLE6_DATASET, difference, signed, switches
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ def runs_by_config(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def _f(x: float | None, sign: bool = False) -> str:
-    return "–" if x is None else (f"{x:+.2f}" if sign else f"{x:.2f}")
+    return "–" if x is None else (signed(x) if sign else f"{x:.2f}")
 
 
 def _interval(lo: float | None, hi: float | None, sign: bool = False) -> str:
@@ -592,7 +592,7 @@ def ablation_section(rows: list[dict], dataset: str, chart: Path | None = None) 
             continue
         st = summarize(values[c])
         lines.append(f"| {marks} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | {_accuracy_interval(st)} | "
-                     f"{TABLE6[c]:.2f} | {_f(st['mean'] - TABLE6[c], True)} | {_seed_list(by_cfg[c])} |")
+                     f"{TABLE6[c]:.2f} | {difference(st['mean'], TABLE6[c])} | {_seed_list(by_cfg[c])} |")
         if st["n"] < 2:
             missing.append(f"ablation {dataset} {config_name(c)}: one run, no measure of its noise. Run "
                            f"`hsnet reproduce ablation --dataset {dataset} --seeds {DEFAULT_SEEDS}`")
@@ -656,17 +656,29 @@ def report(out: str | os.PathLike, *, repo: str | os.PathLike = ".", rows: list[
         table, p_acc, p_macc = RESULTS[dataset]
         found = [r for r in paper_rows if r["dataset"] == dataset]
         p_macc_s = f"{p_macc:.2f}" if p_macc is not None else "–"
+        again = f"`hsnet reproduce datasets --datasets {dataset} --seeds {DEFAULT_SEEDS}`"
         if not found:
             lines.append(f"| {table} | {dataset} | 0 | – | – | – | {p_acc:.2f} | – | – | {p_macc_s} | missing |")
-            missing.append(f"{dataset} (Tables 2-5): no finished run. Put the data in data/raw/{dataset}, "
-                           f"then `hsnet reproduce datasets --datasets {dataset} --seeds {DEFAULT_SEEDS}`")
+            other = [r for r in rows if r["dataset"] == dataset and str(r["experiment"]).startswith(PAPER_PREFIX)]
+            off = sorted({name for r in other for name, on in switches(r["config"]).items() if not on})
+            if other:  # `reproduce datasets` ran params.yaml's setting, which isn't the paper's HSNet
+                missing.append(f"{dataset} (Tables 2-5): {len(other)} finished run(s) with model "
+                               f"{', '.join(off)} off, not the paper's HSNet (DIB + FGAL + KTL), so left out. "
+                               f"Set {', '.join(f'model.{n}: true' for n in off)} for {dataset} in params.yaml"
+                               + (" (KTL needs the VGGFace2 stem weights; see the README)" if "ktl" in off else "")
+                               + f", then {again}")
+            else:
+                missing.append(f"{dataset} (Tables 2-5): no finished run. Put the data in data/raw/{dataset} and "
+                               f"the VGGFace2 stem weights (KTL; see the README), then {again}")
             continue
         runs = runs_by_config(found)[(True, True, True)]
         st = summarize([r["accuracy"] * 100 for r in runs])
         macc = summarize([(r["mean_accuracy"] or 0) * 100 for r in runs])["mean"]
         lines.append(f"| {table} | {dataset} | {st['n']} | {_f(st['mean'])} | {_f(st['sd'])} | "
-                     f"{_accuracy_interval(st)} | {p_acc:.2f} | {_f(st['mean'] - p_acc, True)} | "
+                     f"{_accuracy_interval(st)} | {p_acc:.2f} | {difference(st['mean'], p_acc)} | "
                      f"{_f(macc)} | {p_macc_s} | {_seed_list(runs)} |")
+        if st["n"] < 2:
+            missing.append(f"{dataset} (Tables 2-5): one run, no measure of its noise. Run {again}")
     lines.append("")
 
     charts = {}

@@ -24,7 +24,9 @@ def summarize(runs: str | Path = "runs") -> str:
             continue
         m = json.loads(metrics_path.read_text(encoding="utf-8"))
         lines.append(f"{dataset}: test accuracy {m['accuracy']:.2%}, mean accuracy {m['mean_accuracy']:.2%} "
-                     f"({m['images']} test images)")
+                     f"({m['images']} test images)" + ("; each scored with its mirror image averaged in "
+                                                       "(evaluate.tta_hflip): not the served model's figures"
+                                                       if m.get("tta_hflip") else ""))
         lines.append(f"  confusion matrix: {eval_dir / CONFUSION}; curves: "
                      f"{eval_dir.parent / 'train' / CURVES}; vs the paper: {eval_dir / COMPARISON}")
         reg = eval_dir.parent / RECORD
