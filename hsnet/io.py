@@ -26,7 +26,10 @@ MAX_IMAGE_PIXELS = 64_000_000  # larger files are refused (decompression bombs, 
 def cache_root() -> Path:
     """Where hsnet keeps its caches (tensor files, image checks, downloaded models):
     ``HSNET_CACHE_DIR``, default ``~/.cache/hsnet``."""
-    return Path(os.environ.get("HSNET_CACHE_DIR") or Path.home() / ".cache" / "hsnet")
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hsnet")
+
+
+CACHE_ENV = "HSNET_CACHE_DIR"  # where hsnet keeps what it can make again: decoded crops, model copies
 
 
 class FileReadError(HSNetError):

@@ -142,7 +142,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
     if "://" in text or text.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from . import registry, tracking
+        from . import tracking
 
         # a registry or run lookup needs the tracking server (and makes no empty store wherever this
         # runs); an MLflow model folder or s3:// URI needs none
@@ -150,8 +150,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
         try:
             if text.startswith("models:/"):  # the alias resolved once: the version checked is the one loaded
                 name, version = tracking.model_version(text)
-                local = tracking.fetch_model(tracking.version_uri(name, version))
-                registry.check_model_files(mlflow.MlflowClient(), name, version, local)
+                local = _checked_copy(name, version)
             else:
                 local = tracking.fetch_model(text)
             loaded = mlflow.pyfunc.load_model(str(local or text))
@@ -171,6 +170,28 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
         return inner.classifier
     raise HSNetError(f"--model {text}: no such checkpoint file, and not an MLflow model URI "
                      "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model)")
+
+
+def _checked_copy(name: str, version: str) -> Path:
+    """The cached copy of a registered version, its files checked against the registry's record
+    (:class:`~hsnet.registry.ModelChanged` when the registry's own files changed). A copy damaged
+    on this disk (the registry's files intact) is downloaded again, not refused for ever."""
+    import mlflow
+
+    from . import registry, tracking
+
+    client, uri = mlflow.MlflowClient(), tracking.version_uri(name, version)
+    local = tracking.fetch_model(uri)
+    try:
+        registry.check_model_files(client, name, version, local)
+    except registry.ModelChanged:
+        registry.check_model_files(client, name, version)  # the registry's files: ModelChanged if they changed
+        log.warning("the local copy %s of %s differs from the registry's files, which are those registered: "
+                    "downloading it again", local, uri)
+        tracking.discard_copy(local)
+        local = tracking.fetch_model(uri)
+        registry.check_model_files(client, name, version, local)
+    return local
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 
 import mlflow.pyfunc
 import numpy as np
@@ -55,7 +56,13 @@ class InputRefused(HSNetError, MlflowException):
 
 
 def as_bytes(value, row: int) -> bytes:
-    """An encoded image from a cell: bytes as they are, text as base64."""
+    """An encoded image from a cell: bytes as they are, text as base64. Bytes that are base64 text
+    (``mlflow models serve`` hands the ``instances`` and ``inputs`` forms' base64 to the model as
+    the bytes of the text) are decoded too. An encoded image is never all base64 characters: JPEG
+    starts with 0xFF, PNG with 0x89, TIFF with 'II*' or 'MM' and a zero byte, BMP's header has zero
+    bytes, and a WebP's compressed data is binary (its 'VP8 ' chunk name has a space)."""
+    if isinstance(value, (bytes, bytearray, memoryview)) and _BASE64.fullmatch(bytes(value)):
+        value = bytes(value).decode("ascii")
     if isinstance(value, str):
         try:
             return base64.b64decode(value, validate=True)
@@ -64,6 +71,9 @@ def as_bytes(value, row: int) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     raise InputRefused(f"image {row}: expected an encoded image (bytes or base64 text), got {type(value).__name__}")
+
+
+_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=")
 
 
 def open_encoded(data: bytes, row: int, limits: Limits):
@@ -182,7 +192,7 @@ class HSNetModel(mlflow.pyfunc.PythonModel):
         probs = self.classifier.probabilities(images)
         classes = self.classifier.classes
         top = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
-        out = pd.DataFrame({"expression": [classes[k] for k in top],
+        out = pd.DataFrame({"expression": pd.Series([classes[k] for k in top], dtype=object),  # str, even empty
                             "confidence": probs[np.arange(len(top)), top].astype(np.float64)})
         for j, c in enumerate(classes):
             out[f"prob_{c}"] = probs[:, j].astype(np.float64)

@@ -117,6 +117,9 @@ def _alias_version(client, name: str, alias: str):
 
 
 MODEL_FILES_PARAM = "model_files_sha256"  # registration run param: the digest of the logged model's files
+# registration run param and version tag: the sha256 of the registered weights (artifacts/model.pt, what
+# predict reports as the model's sha256): the checkpoint saved again without resume state, so not checkpoint_sha256
+WEIGHTS_SHA256 = "weights_sha256"
 _NOT_MODEL_FILES = ("registered_model_meta",)  # written by MLflow into a models:/NAME/VERSION download
 
 
@@ -417,7 +420,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     m, sha = _checked_metrics(checkpoint, sha, metrics_path, meta, dataset)
     name = name or default_name(dataset)
     client = _client()
-    for mv in _versions_of(client, name, sha)[:1]:
+    for mv in _unchanged(client, name, _versions_of(client, name, sha))[:1]:
         log.debug("%s is already registered as %s version %s", checkpoint, name, mv.version)
         if _unfinished(mv):  # a registration stopped half-way (killed, retried): finish it
             log.info("%s version %s: finishing its registration (stopped before its alias was set)", name, mv.version)
@@ -437,7 +440,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     tags = {  # for people and the UI; promote reads the evaluation run, not these
         "dataset": dataset, "test_accuracy": f"{test_acc:.6f}", "test_mean_accuracy": f"{test_macc:.6f}",
         "test_split": str(figures["test_split"]), "test_data_version": str(figures["test_data_version"]),
-        "evaluation_run_id": figures["evaluation_run_id"],
+        "test_tta_hflip": str(figures["tta_hflip"] == "True").lower(), "evaluation_run_id": figures["evaluation_run_id"],
         "data_version": meta["data_version"], "git_commit": tracking.git_commit(),  # the code registering it
         "checkpoint_sha256": sha, **tracking.trained_by(meta), **tracking.origin_tags(),
         **{f"model.{k}": str(v) for k, v in meta["model"].items()},
@@ -449,8 +452,10 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     logged = log_model(ckpt, run_name=f"register-{dataset}", params=params, tags=run_tags,
                        metrics={"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
     run_id = logged["run_id"]
+    tags[WEIGHTS_SHA256] = logged[WEIGHTS_SHA256]
     mv = mlflow.register_model(logged["model_uri"], name, tags=tags)
-    first = next(iter(_versions_of(client, name, sha)), mv)
+    earlier = [v for v in _versions_of(client, name, sha) if int(v.version) < int(mv.version)]
+    first = next(iter(_unchanged(client, name, earlier)), mv)
     if int(first.version) < int(mv.version):  # registered at the same time by another process: one version
         log.info("%s was registered as %s version %s meanwhile: version %s removed", checkpoint, name,
                  first.version, mv.version)
@@ -476,8 +481,10 @@ def _description(tags: dict) -> str:
 
     where = ", ".join(f"{what} {tags[key]}" for what, key in (("test data", "test_data_version"),
                                                              ("evaluation run", "evaluation_run_id")) if tags.get(key))
+    flips = (" measured with each test image's mirror image averaged in (evaluate.tta_hflip: not the served "
+             "model's figures)" if tags.get("test_tta_hflip") == "true" else "")
     return (f"HSNet on {tags.get('dataset', '?')}: test accuracy {figure('test_accuracy')}, mean accuracy "
-            f"{figure('test_mean_accuracy')}" + (f" ({where})" if where else "")
+            f"{figure('test_mean_accuracy')}{flips}" + (f" ({where})" if where else "")
             + (f"; trained in run {tags['train_run_id']}" if tags.get("train_run_id") else ""))
 
 
@@ -506,6 +513,21 @@ def _finish(client, name: str, version, tags: dict) -> None:
     elif holder > int(version):
         log.info("%s version %s: %s stays on version %s, registered later", name, version, CANDIDATE, holder)
     client.set_model_version_tag(name, str(version), STATE_TAG, COMPLETE)
+
+
+def _unchanged(client, name: str, versions: list) -> list:
+    """``versions`` but those whose files were changed after registration (:class:`ModelChanged`):
+    registering their checkpoint again makes a new version, as the refusal advises. Downloads each
+    version it checks (one, in general)."""
+    kept = []
+    for mv in versions:
+        try:
+            check_model_files(client, name, mv.version)
+        except ModelChanged as exc:
+            log.warning("%s: not reused, this registration makes a new version", exc)
+            continue
+        kept.append(mv)
+    return kept
 
 
 def _versions_of(client, name: str, sha: str) -> list:
@@ -552,6 +574,7 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
     with tempfile.TemporaryDirectory(prefix="hsnet-register-") as tmp:
         slim = Path(tmp) / "model.pt"  # last.pt may be registered too: drop its optimizer state
         torch.save(checkpoint_mod.for_inference(ckpt), slim)
+        weights = sha256_file(slim)
         code = Path(tmp) / "hsnet"  # the package's source travels with the model (no caches)
         shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         with tracking.run(run_name, params=params, tags=tags) as active:
@@ -565,8 +588,8 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
                     signature=signature(meta["classes"]), input_example=_input_example(int(meta["input_size"])),
                     pip_requirements=_requirements())
             # the files as the store holds them, bound to this run (params are immutable)
-            mlflow.log_param(MODEL_FILES_PARAM, _download_digest(info.model_uri))
-            return {"model_uri": info.model_uri, "run_id": active.info.run_id}
+            mlflow.log_params({MODEL_FILES_PARAM: _download_digest(info.model_uri), WEIGHTS_SHA256: weights})
+            return {"model_uri": info.model_uri, "run_id": active.info.run_id, WEIGHTS_SHA256: weights}
 
 
 @contextmanager

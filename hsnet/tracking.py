@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HSNetError
-from .io import cache_root, remove_stale_temporaries, safe_join
+from .io import CACHE_ENV, cache_root, remove_stale_temporaries, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +388,12 @@ def fetch_model(uri: str) -> Path | None:
         folder += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     local = safe_join(root, folder, what=f"model cache folder for {uri}")
     if not _complete(local):
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+        except OSError as exc:
+            raise HSNetError(f"can't download {uri} into the model cache {root} ({exc.strerror}): set "
+                             f"{CACHE_ENV} to a writable folder") from exc
         try:
             got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
@@ -403,6 +407,9 @@ def fetch_model(uri: str) -> Path | None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s (%s) to %s", uri, source, local)
+    if not os.access(root, os.W_OK):  # a read-only cache holding the whole copy (a volume filled before)
+        log.debug("%s: the model cache %s is read-only: its copy used as it is", uri, root)
+        return local
     with _cache_lock(root):
         os.utime(local)
         for leftover in (".download-*", REMOVING + "*"):
@@ -438,6 +445,12 @@ def _marker(copy: Path) -> Path:
 
 def _complete(copy: Path) -> bool:
     return _marker(copy).is_file() and (copy / "MLmodel").is_file()
+
+
+def discard_copy(local: Path) -> None:
+    """Remove a cached model copy (:func:`fetch_model`'s), so that the next fetch downloads it again."""
+    with _cache_lock(local.parent):
+        _remove_copy(local)
 
 
 def _remove_copy(path: Path) -> None:

@@ -279,7 +279,9 @@ def quick_log_model(monkeypatch):
             uri = f"runs:/{active.info.run_id}/model"
             # the record of its files, as the real one keeps it (read at call time: a test may rename it)
             mlflow.log_param(registry_mod.MODEL_FILES_PARAM, registry_mod._download_digest(uri))
-            return {"model_uri": uri, "run_id": active.info.run_id}
+            weights = "0" * 64  # no weights file in the stand-in
+            mlflow.log_param(registry_mod.WEIGHTS_SHA256, weights)
+            return {"model_uri": uri, "run_id": active.info.run_id, registry_mod.WEIGHTS_SHA256: weights}
 
     monkeypatch.setattr(registry_mod, "log_model", log_model)
 
