@@ -8,8 +8,10 @@ killed training (a Kubernetes pod, a spot instance) continues from its last uplo
 The local ``--out`` stays the working copy: when it already holds a ``last.pt`` (the same
 machine, restarted) that copy is used; otherwise the prefix's copies are downloaded. Training
 then resumes with ``resume="auto"``: only from a checkpoint of the same data, settings and code,
-from scratch otherwise. ``best.pt`` is uploaded before ``last.pt``, so the prefix never holds a
-``last.pt`` whose best epoch is missing from its ``best.pt``.
+from scratch otherwise. ``last.pt`` is uploaded before ``best.pt``, as training writes them: a
+``best.pt`` upload cut off leaves a ``last.pt`` whose best epoch the prefix's ``best.pt`` doesn't
+hold, which the resumed training repairs (:func:`hsnet.train._best_as_recorded`); the other order
+would leave a ``best.pt`` of an epoch no record of the run has.
 
 The Kubeflow train steps take the prefix :func:`prefix_for_run` makes of the pipeline's
 ``checkpoint_uri``, the run's id and the training settings.
@@ -30,7 +32,7 @@ from .errors import HSNetError
 from .params import Params
 
 log = logging.getLogger(__name__)
-FILES = (checkpoint.BEST, checkpoint.LAST)  # upload order: best first (see the module docstring)
+FILES = (checkpoint.LAST, checkpoint.BEST)  # upload order, as train writes them (see the module docstring)
 INTERVAL_S = 300.0  # at most one upload per 5 minutes after the first epoch's: what a kill can cost
 
 

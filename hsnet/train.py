@@ -30,7 +30,7 @@ from .data.datasets import check_classes, get_spec
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
-from .io import clean_stale_tmp, only_writer, write_json
+from .io import check_writable, clean_stale_tmp, only_writer, write_json
 from .model import MIN_INPUT_SIZE
 from .params import COMPILE_MODES, MIN_BATCH, STEP_KEYS, WHOLE_STEP, Params, TrainParams, flatten
 from .plots import plot_training_curves
@@ -173,9 +173,10 @@ def validate_epoch(model, split: Split, tp: TrainParams, setup: Setup, step: Ste
 
 def save_epoch(out_dir: Path, meta: dict, engine: Engine, state: TrainingState, setup: Setup,
                improved: bool) -> None:
-    """``last.pt`` (resume state) every epoch; ``best.pt`` (weights for inference) when improved,
-    written first: ``last.pt`` never records a best epoch that ``best.pt`` does not hold (stopped
-    between the two writes, the resumed run trains that epoch again and writes both)."""
+    """``last.pt`` (resume state) every epoch; then ``best.pt`` (weights for inference) when improved.
+    Stopped between the two, ``last.pt`` names as best its own epoch, whose weights it holds:
+    :func:`resume_from` writes ``best.pt`` from it (:func:`_best_as_recorded`). The other order would
+    leave a ``best.pt`` of an epoch no record of the run has, the earlier best already overwritten."""
     scaler = engine.train_step.scaler  # fp16's loss scale (GPUs without bf16), else None
     ckpt = {"format": checkpoint.FORMAT, "meta": meta, "model": engine.model.state_dict(),
             "optimizer": engine.optimizer.state_dict(), "scheduler": engine.scheduler.state_dict(),
@@ -183,9 +184,44 @@ def save_epoch(out_dir: Path, meta: dict, engine: Engine, state: TrainingState, 
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if setup.device.type == "cuda" else None},
             "state": dataclasses.asdict(state)}
+    checkpoint.save(out_dir / checkpoint.LAST, ckpt)
     if improved:
         checkpoint.save(out_dir / checkpoint.BEST, checkpoint.for_inference(ckpt))
-    checkpoint.save(out_dir / checkpoint.LAST, ckpt)
+
+
+def _best_as_recorded(path: Path, ckpt: dict) -> None:
+    """``best.pt`` beside ``last.pt`` (``ckpt``, at ``path``) made to hold the epoch ``last.pt`` names
+    as the best, before a resumed training goes on. Stopped between :func:`save_epoch`'s two writes,
+    ``last.pt`` names its own epoch, whose weights it holds: ``best.pt`` is written from it. Otherwise
+    (checkpoints restored from S3 whose best.pt upload was cut off, an older hsnet's order) the best
+    epoch's weights are gone: the best becomes ``best.pt``'s epoch when the history has it, else
+    ``last.pt``'s own, written to ``best.pt``; either way what the run reports is what it holds."""
+    state, best_path = ckpt["state"], path.with_name(checkpoint.BEST)
+    if state["epoch"] == 0:
+        return
+    try:
+        held = checkpoint.load(best_path)["state"]["epoch"]
+    except (HSNetError, KeyError, TypeError):  # missing, unreadable, not a checkpoint: made again
+        held = None
+    if held == state["best_epoch"]:
+        return
+    rows = {row["epoch"]: row for row in state["history"]}
+    if state["best_epoch"] != state["epoch"] and held in rows and held <= state["epoch"]:
+        log.warning("%s holds epoch %s, not the best epoch %d %s names, whose weights are gone (stopped between "
+                    "two uploads): epoch %s is the best from here on", best_path, held, state["best_epoch"],
+                    path.name, held)
+    else:
+        if state["best_epoch"] != state["epoch"]:
+            log.warning("%s holds epoch %s, not the best epoch %d %s names, whose weights are gone: the last epoch "
+                        "%d is the best from here on", best_path, held, state["best_epoch"], path.name, state["epoch"])
+        else:  # stopped between the two writes: exact
+            log.info("%s holds epoch %s; writing the best epoch %d from %s", best_path, held, state["epoch"], path.name)
+        held = state["epoch"]
+        checkpoint.save(best_path, checkpoint.for_inference(ckpt))
+    if held != state["best_epoch"]:  # last.pt made to say so too: what a later resume reads
+        state.update(best_epoch=held, best_acc=rows.get(held, {}).get("val_accuracy", state["best_acc"]),
+                     stale=state["epoch"] - held)
+        checkpoint.save(path, ckpt)
 
 
 # Of the settings training reads (STEP_KEYS["train"]), those an explicit --resume may change: how
@@ -199,10 +235,15 @@ RESUMABLE_CHANGES = ("train.epochs", "train.max_epochs", "train.early_stopping",
 def _changed_settings(recorded: dict, now: dict) -> list[str]:
     """The dotted settings training reads that differ between a checkpoint's params and these,
     other than :data:`RESUMABLE_CHANGES`, each as 'key old -> new'."""
-    read = STEP_KEYS["train"]
-    old, new = (flatten({k: v for k, v in (p or {}).items() if k in read}) for p in (recorded, now))
+    old, new = _read_by_train(recorded), _read_by_train(now)
     return [f"{k} {old.get(k, 'unset')} -> {new.get(k, 'unset')}" for k in sorted(set(old) | set(new))
             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+
+
+def _read_by_train(params: dict | None) -> dict:
+    """The settings training reads (:data:`STEP_KEYS` ``["train"]``) of a params mapping, flattened:
+    what a resumed training compares (an edit to evaluate's or import's settings is not one to it)."""
+    return flatten({k: v for k, v in (params or {}).items() if k in STEP_KEYS["train"]})
 
 
 def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
@@ -218,8 +259,9 @@ def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
         # an older hsnet's last.pt after an upgrade (dvc repro keeps it): other code, not resumable
         log.warning("%s is of another checkpoint format (written by another hsnet): training from the start", path)
         return None
-    same = ("data_version", "params", "code_version")
-    if auto and any(ckpt["meta"].get(k) != meta[k] for k in same):
+    same = ("data_version", "code_version")
+    if auto and (any(ckpt["meta"].get(k) != meta[k] for k in same)
+                 or _read_by_train(ckpt["meta"].get("params")) != _read_by_train(meta["params"])):
         # dvc repro re-runs the stage after a change to its data, settings or code: what an older run
         # left (even finished) is not this stage's result; a killed run of the same is resumed
         log.info("%s is from other data, settings or code: training from the start", path)
@@ -236,9 +278,15 @@ def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
     if ckpt["meta"].get("code_version") != meta["code_version"]:
         log.warning("--resume: %s was written by other hsnet code (%s, now %s); continuing as asked", path,
                     ckpt["meta"].get("code_version", "unrecorded"), meta["code_version"])
-    engine.model.load_state_dict(ckpt["model"])
-    engine.optimizer.load_state_dict(ckpt["optimizer"])
-    engine.scheduler.load_state_dict(ckpt["scheduler"])
+    try:
+        engine.model.load_state_dict(ckpt["model"])
+        engine.optimizer.load_state_dict(ckpt["optimizer"])
+        engine.scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # a hand-edited or damaged file
+        raise HSNetError(f"{path}: its weights or optimizer state don't fit the model its settings describe "
+                         f"({str(exc).splitlines()[0][:300]}); it was changed after training wrote it. Remove it "
+                         "to train from the start, or train into another --out") from exc
+    _best_as_recorded(path, ckpt)
     scaler = engine.train_step.scaler
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])  # resumed on another GPU without bf16: its scale carries on
@@ -404,13 +452,16 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
             "normalization": NORMALIZATION, "data_version": tracking.data_version(manifest), "params": cfg,
             "code_version": sources.code_version(__name__), "git_commit": tracking.git_commit(),
             "stem_weights_sha256": getattr(engine.model, "stem_weights_sha256", None)}  # KTL's stem file
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir, "--out")  # before any work: not an epoch trained, then "is the disk full?"
     held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
     clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here
     if on_start:
         on_start(out_dir)
     _earlier_verdict(out_dir, meta, setup, resume)  # before the data is loaded: a retry to the same end ends now
     last_path = out_dir / checkpoint.LAST
+    if resume and (last_path.exists() or last_path.is_symlink()) and not last_path.is_file():
+        raise HSNetError(f"{last_path} is not a file (a folder, or a link to nothing), where training keeps its "
+                         "resume state: remove it, or train into another --out")
     state, before = TrainingState(), None
     if resume and last_path.is_file():
         state, before = resume_from(last_path, meta, engine, setup, auto=resume == "auto") or (state, None)
