@@ -97,6 +97,79 @@ def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> 
                          f"{dataset}.model.stem_weights to their s3:// URI in params")
 
 
+CROP_DEVICES = ("cpu", "cuda")  # the hsnet pipeline's crop_device: cuda gives crop a GPU, cpu none
+
+
+def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_uri: str | None = None,
+              checkpoint_uri: str | None = None, promote: bool = False, deploy: bool = False,
+              canary_percent: int | None = None) -> None:
+    """The pipeline parameters typed in the Kubeflow UI that no later step could work with, refused
+    by the first step, before any data is fetched (a run started from the UI gets no check of
+    pipelines.submit's): an empty dataset, a crop device other than :data:`CROP_DEVICES`, no MLflow
+    server (each pod would record into a store deleted with it), a checkpoint prefix that isn't
+    s3://, ``deploy`` without ``promote``, a canary share outside 0..100. None: not a parameter of
+    this pipeline."""
+    from hsnet.deploy import check_canary
+    from hsnet.errors import HSNetError
+    from hsnet.s3 import S3Error, split_uri
+
+    problems = []
+    if not dataset.strip():
+        problems.append("dataset is empty: name the params entry to run (datasets.<name>)")
+    if crop_device is not None and crop_device not in CROP_DEVICES:
+        problems.append(f"crop_device {crop_device!r}: give {' or '.join(CROP_DEVICES)}")
+    if mlflow_tracking_uri is not None and not mlflow_tracking_uri.strip() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        problems.append("mlflow_tracking_uri is empty: each step would record into a store inside its own pod, "
+                        "deleted with it (train's and evaluate's runs lost, register finding no evaluation); give "
+                        "the tracking server's URL")
+    if checkpoint_uri:
+        try:
+            split_uri(checkpoint_uri)
+        except S3Error as exc:
+            problems.append(f"checkpoint_uri: {exc} (an s3:// prefix, or empty to keep checkpoints in the pod)")
+    if deploy and not promote:
+        problems.append("deploy is on and promote off: deploy rolls out what promote moves to production; turn "
+                        "promote on too, or deploy off")
+    if deploy:
+        try:
+            check_canary(canary_percent)
+        except HSNetError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise HSNetError("this run's parameters can't work; nothing was fetched: " + "; ".join(problems))
+
+
+def stem_version(params: dict, dataset: str, runs: list | None = None) -> str:
+    """The content version of the VGGFace2 stem weights the KTL trainings of ``runs`` (or params')
+    read: the object's ETag and size (s3://) or the file's sha256, per source; "" without KTL. A
+    train step's input, so new weights uploaded to the same URI train again instead of the cache
+    serving a training made with the old ones (Kubeflow keys a task on its parameter values)."""
+    from hsnet.io import sha256_file
+    from hsnet.s3 import _hint, client, split_uri
+
+    sources = set()
+    for run in runs or [{}]:
+        settings = params_for(params, dataset, {"model": (run or {}).get("model") or {}})
+        if settings.model.ktl:
+            sources.add(str(settings.model.stem_weights))
+    versions = []
+    for source in sorted(sources):
+        if source.startswith("s3://"):
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            bucket, key = split_uri(source)
+            try:
+                head = client().head_object(Bucket=bucket, Key=key)
+            except (BotoCoreError, ClientError) as exc:
+                raise _hint(source, exc) from exc
+            versions.append(f"{source} {head['ETag']} {head['ContentLength']}")
+        elif os.path.isfile(source):
+            versions.append(f"{source} sha256:{sha256_file(source)}")
+        else:  # facenet-pytorch's published file ("vggface2"), or a path train will refuse by name
+            versions.append(source)
+    return "; ".join(versions)
+
+
 def write_metrics_file(*artifacts) -> None:
     """Metrics/ClassificationMetrics artifacts keep their figures in metadata and write no file;
     put them in the artifact's file too (JSON), so every output exists as a file: kfp.local's

@@ -8,9 +8,11 @@ from . import SLIM_IMAGE
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
-                   runs: list = [], require_stem_uri: bool = False) -> NamedTuple(
+                   runs: list = [], require_stem_uri: bool = False, check_run: bool = False,
+                   crop_device: str = "cpu", mlflow_tracking_uri: str = "", checkpoint_uri: str = "",
+                   promote: bool = False, deploy: bool = False, canary_percent: int = 100) -> NamedTuple(
         "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict,
-        train_settings=dict, evaluate_settings=dict):
+        train_settings=dict, evaluate_settings=dict, train_evaluate_settings=dict, stem_version=str):
     """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
     DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
     an input, so new data at the same source is fetched (and everything after it re-run) and
@@ -23,14 +25,24 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     no dataset is named): the ablation's group step, which trains and evaluates, takes it.
     ``<step>_settings``: cut further to the keys that step reads (hsnet.params.STEP_KEYS), so an
     edit to this dataset's training re-runs train and what follows it, not the data steps, and
-    one to its evaluate settings re-runs evaluate, not train."""
+    one to its evaluate settings re-runs evaluate, not train; ``train_evaluate_settings`` for the
+    ablation's GPU groups, which do both. ``stem_version``: the content of the KTL stem weights
+    the trainings read (components.convert.stem_version), a train input: new weights at the same
+    URI train again. ``check_run``: the pipeline's other parameters (``crop_device`` ...
+    ``canary_percent``) are checked too (components.convert.check_run), before any data is
+    fetched. Not retried (hsnet_pipeline.RETRIES): its checks are deterministic."""
     from typing import NamedTuple
 
     from components.convert import check_stem_weights, group_settings, params_for, start_step
+    from components.convert import check_run as check_parameters
+    from components.convert import stem_version as stem_version_of
     from hsnet.data.fetch import source_version as version_of
     from hsnet.params import for_step
 
     start_step()
+    if check_run:
+        check_parameters(dataset, crop_device=crop_device, mlflow_tracking_uri=mlflow_tracking_uri,
+                         checkpoint_uri=checkpoint_uri, promote=promote, deploy=deploy, canary_percent=canary_percent)
     settings = params
     if dataset:
         params_for(params, dataset)  # checked: a wrong key or value stops the run here
@@ -42,10 +54,13 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
             check_stem_weights(params, dataset, runs)
     steps = {step: for_step(params, dataset, step) if dataset else params
              for step in ("import", "validate", "crop", "train", "evaluate")}
+    both = for_step(params, dataset, "train", "evaluate") if dataset else params
     outputs = NamedTuple("Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict,
-                         crop_settings=dict, train_settings=dict, evaluate_settings=dict)
+                         crop_settings=dict, train_settings=dict, evaluate_settings=dict,
+                         train_evaluate_settings=dict, stem_version=str)
     return outputs(version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None), settings,
-                   steps["import"], steps["validate"], steps["crop"], steps["train"], steps["evaluate"])
+                   steps["import"], steps["validate"], steps["crop"], steps["train"], steps["evaluate"], both,
+                   stem_version_of(params, dataset, runs or None) if dataset else "")
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)

@@ -7,7 +7,7 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset],
                 model: Output[Model], metrics: Output[Metrics], curves: Output[HTML], model_overrides: dict = {},
-                seed: int = -1, checkpoint_uri: str = "", checkpoint_every_s: float = -1.0):
+                seed: int = -1, checkpoint_uri: str = "", checkpoint_every_s: float = -1.0, stem_version: str = ""):
     """hsnet train: the paper's recipe on the crops; MLflow run at MLFLOW_TRACKING_URI.
     ``model_overrides``: model switches to change, e.g. {"dib": false} (the ablation).
     ``seed``: train.seed for this run (the ablation's repeats); -1 keeps params'.
@@ -16,7 +16,9 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     or any negative: hsnet.durable.INTERVAL_S), and a restarted pod (preemption, a retry) resumes
     from there; "" keeps them local. With them, an epoch's figures reach the MLflow run when its
     checkpoint is up (so they lag by up to that interval, and a retry logs no epoch twice).
-    The Model artifact holds best.pt and the run's summary and history, not the resume state."""
+    The Model artifact holds best.pt and the run's summary and history, not the resume state.
+    ``stem_version``: source-version's version of the KTL stem weights; only part of this step's
+    cache key (new weights at the same URI train again), logged."""
     import base64
     import logging
     import tempfile
@@ -33,6 +35,8 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     prefix = durable.prefix_for_run(checkpoint_uri, run_id(), settings)
     if prefix:
         logging.getLogger("hsnet").info("durable checkpoints at %s", prefix)
+    if stem_version:
+        logging.getLogger("hsnet").info("stem weights: %s", stem_version)
     with tempfile.TemporaryDirectory(prefix="train-") as work:
         summary = durable.train(crops.path, settings, work, prefix,
                                 min_interval_s=checkpoint_interval(checkpoint_every_s))

@@ -101,6 +101,12 @@ def model_of(isvc: dict) -> str | None:
     return args[args.index("--model") + 1] if "--model" in args[:-1] else None
 
 
+def check_canary(canary_percent: int | None) -> None:
+    """A canary share is a percentage of the traffic: 0 to 100 (100 or None: all of it)."""
+    if canary_percent is not None and not 0 <= int(canary_percent) <= 100:
+        raise HSNetError(f"--canary-percent (canary_percent) must be between 0 and 100, got {canary_percent}")
+
+
 def set_model(isvc: dict, model_uri: str, canary_percent: int | None) -> dict:
     """A copy of ``isvc`` serving ``model_uri``, with ``canary_percent`` of the traffic (None or
     100: all of it once ready)."""
@@ -113,11 +119,10 @@ def set_model(isvc: dict, model_uri: str, canary_percent: int | None) -> dict:
         args += ["--model", model_uri]
     container["args"] = args
     predictor = out["spec"]["predictor"]
-    if canary_percent is None or int(canary_percent) >= 100:
+    check_canary(canary_percent)
+    if canary_percent is None or int(canary_percent) == 100:
         predictor.pop("canaryTrafficPercent", None)
     else:
-        if not 0 <= int(canary_percent) <= 100:
-            raise HSNetError(f"--canary-percent must be between 0 and 100, got {canary_percent}")
         predictor["canaryTrafficPercent"] = int(canary_percent)
     out.setdefault("metadata", {}).setdefault("annotations", {})[VERSION_ANNOTATION] = model_uri
     return out
@@ -409,6 +414,7 @@ def promote_and_deploy(name: str, *, version=None, metric: str = GATE_METRIC, mi
     from .registry import failures_recorded, promote
 
     with failures_recorded(name, "promote", version=version, deploy=True):  # refused before the registry is asked
+        check_canary(canary_percent)
         require_cluster()
     decision = promote(name, version=version, metric=metric, min_delta=min_delta, force=force)
     try:

@@ -212,11 +212,11 @@ STEP_KEYS = {"import": ("import",), "validate": ("validate",), "crop": ("input_s
              "train": ("input_size", "crop", "model", "train"), "evaluate": ("evaluate",)}
 
 
-def for_step(data: dict, dataset: str, step: str) -> dict:
-    """A params mapping cut to the keys ``step`` (one of :data:`STEP_KEYS`) reads of ``dataset``'s
-    entry and of ``defaults``: the same settings for that step (:meth:`Params.from_mapping`), and
-    nothing the step doesn't read."""
-    keys = STEP_KEYS[step]
+def for_step(data: dict, dataset: str, *steps: str) -> dict:
+    """A params mapping cut to the keys ``steps`` (of :data:`STEP_KEYS`) read of ``dataset``'s
+    entry and of ``defaults``: the same settings for those steps (:meth:`Params.from_mapping`), and
+    nothing they don't read."""
+    keys = tuple(key for step in steps for key in STEP_KEYS[step])
     entry = (data.get("datasets") or {}).get(dataset) or {}
     defaults = {k: v for k, v in (data.get("defaults") or {}).items() if k in keys}
     out = {"datasets_to_run": [dataset], "datasets": {dataset: {k: v for k, v in entry.items() if k in keys}}}

@@ -84,11 +84,13 @@ def ablation_pipeline(
     ``runs_per_gpu``: 1, one pod (one GPU) per run, train then evaluate; more, the runs in groups of
     that many, each group one pod that trains its runs side by side on its GPU and evaluates them
     (one run takes 0.27 GiB of GPU memory and leaves most of a large GPU idle)."""
-    crops, settings = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs)
+    crops, settings = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs,
+                                    run={"mlflow_tracking_uri": mlflow_tracking_uri, "checkpoint_uri": checkpoint_uri})
     with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):
         groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu, checkpoint_uri=checkpoint_uri), "group")
         with dsl.ParallelFor(items=groups.output, parallelism=PARALLEL_GPUS) as group:
-            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings["settings"],
+            shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings["train_evaluate_settings"],
+                                                        stem_version=settings["stem_version"],
                                                         mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                                         runs=group, checkpoint_uri=checkpoint_uri), mlflow=True),
                           "train-group", gpu=True)

@@ -78,8 +78,10 @@ TIMEOUT_HOURS = {"train": 24, "train-group": 48, "crop": 6, "validate": 4, "fetc
                  "register": 1, "promote": 1, "report": 1, "group": 1, "source-version": 1}
 # Steps that can fail for passing reasons (S3 or MLflow unreachable for a moment, a preempted GPU
 # node): (retries, first backoff in seconds; each next wait doubles). Deterministic failures
-# (validation) are not retried.
-RETRIES = {"source-version": (3, 30), "fetch": (3, 30), "train": (3, 60), "train-group": (3, 60), "evaluate": (2, 30),
+# (validation) are not retried, nor is source-version: it checks the run's parameters (a refusal
+# no retry changes, which would reach the user after 3.5 minutes of backoff), and a listing that
+# failed in the first seconds costs a Retry of the run, nothing trained.
+RETRIES = {"fetch": (3, 30), "train": (3, 60), "train-group": (3, 60), "evaluate": (2, 30),
            "register": (3, 30)}
 BACKOFF_FACTOR = 2
 
@@ -123,7 +125,7 @@ def step(task: dsl.PipelineTask, name: str, *, gpu: bool = False) -> dsl.Pipelin
     return task
 
 
-def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, runs=None, then=None):
+def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, runs=None, then=None, run=None):
     """source-version -> fetch -> import -> validate -> crop (only after validation passed), then
     ``then(crops, settings)`` (the steps that use the crops). ``crop_device``: a fixed string (one
     crop task; returns (crops, settings)) or a pipeline parameter: a GPU branch for ``cuda`` and a
@@ -134,8 +136,11 @@ def prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, r
     ``settings``: source-version's outputs: ``settings``, ``dataset``'s part of params, and
     ``<step>_settings``, the keys of it each step reads (hsnet.params.STEP_KEYS). Every step after
     source-version takes one of them instead of the whole ``params``, so that its cache key changes
-    with its own settings only (as dvc.yaml's params lists)."""
+    with its own settings only (as dvc.yaml's params lists). ``run``: the pipeline's other parameters
+    (mlflow_tracking_uri, checkpoint_uri; promote, deploy, canary_percent), checked with
+    ``crop_device`` by source-version before anything is fetched (components.convert.check_run)."""
     checks = {"runs": runs, "require_stem_uri": True} if runs is not None else {}
+    checks.update(check_run=True, crop_device=crop_device, **(run or {}))
     version = step(_secrets(source_version(source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev, params=params,
                                            dataset=dataset, **checks)), "source-version")
     version.set_caching_options(False)  # listing the source is the point: never reuse an old answer
@@ -184,7 +189,7 @@ def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_over
     if checkpoint_uri is not None:
         extra["checkpoint_uri"] = checkpoint_uri
     trained = step(_secrets(train_model(dataset=dataset, params=settings["train_settings"],
-                                        mlflow_tracking_uri=mlflow_tracking_uri,
+                                        mlflow_tracking_uri=mlflow_tracking_uri, stem_version=settings["stem_version"],
                                         crops=crops, **extra), mlflow=True), "train", gpu=True)
     with_run_id(trained)
     evaluated = step(_secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
@@ -231,4 +236,6 @@ def hsnet_pipeline(
             promoted.set_caching_options(False)  # the registry's state decides, not the inputs
             with_run_id(promoted)  # its record in the promotion history names the pipeline run
 
-    prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, then=train_evaluate_register)
+    prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, crop_device, then=train_evaluate_register,
+                  run={"mlflow_tracking_uri": mlflow_tracking_uri, "checkpoint_uri": checkpoint_uri,
+                       "promote": promote, "deploy": deploy, "canary_percent": canary_percent})

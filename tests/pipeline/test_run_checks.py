@@ -1,0 +1,55 @@
+"""The first step's checks of the parameters typed in the Kubeflow UI (components.convert.check_run),
+each against what the step that would use the value accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from hsnet.errors import HSNetError
+
+GOOD = dict(crop_device="cpu", mlflow_tracking_uri="http://mlflow:5000", checkpoint_uri="s3://b/ck",
+            promote=True, deploy=True, canary_percent=10)
+
+
+def test_the_defaults_and_good_values_pass():
+    from components.convert import check_run
+
+    check_run("rafdb", **GOOD)
+    check_run("rafdb", **{**GOOD, "checkpoint_uri": "", "crop_device": "cuda", "canary_percent": 100})
+    check_run("rafdb", **{**GOOD, "deploy": False, "canary_percent": 500})  # no rollout: the share is unused
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"canary_percent": 150}, "between 0 and 100, got 150"),  # KServe's canaryTrafficPercent is a percentage
+    ({"canary_percent": -1}, "between 0 and 100, got -1"),
+    ({"promote": False}, "deploy is on and promote off"),
+    ({"crop_device": "cuda:0"}, "crop_device 'cuda:0'"),  # the GPU branch is taken for 'cuda' only
+    ({"checkpoint_uri": "s3://"}, "has no bucket"),
+])
+def test_a_value_no_step_can_use_is_named(change, named):
+    from components.convert import check_run
+
+    with pytest.raises(HSNetError, match=named):
+        check_run("rafdb", **{**GOOD, **change})
+
+
+def test_several_problems_are_named_together(monkeypatch):
+    from components.convert import check_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(HSNetError) as refused:
+        check_run(" ", **{**GOOD, "mlflow_tracking_uri": "", "crop_device": "gpu"})
+    assert all(s in str(refused.value) for s in ("dataset is empty", "crop_device 'gpu'", "mlflow_tracking_uri is empty"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-the-pod-env:5000")  # a URI the pod has: fine
+    check_run("rafdb", **{**GOOD, "mlflow_tracking_uri": ""})
+
+
+def test_set_model_refuses_a_share_over_100():
+    """hsnet promote --deploy --canary-percent 150 was taken as all the traffic, while the message
+    for -5 said 0..100."""
+    from hsnet.deploy import load_template, set_model
+
+    with pytest.raises(HSNetError, match="between 0 and 100"):
+        set_model(load_template(), "models:/m/2", 150)
+    assert "canaryTrafficPercent" not in set_model(load_template(), "models:/m/2", 100)["spec"]["predictor"]
+    assert set_model(load_template(), "models:/m/2", 0)["spec"]["predictor"]["canaryTrafficPercent"] == 0
