@@ -49,8 +49,8 @@ def start_step(mlflow_tracking_uri: str = "") -> None:
     from hsnet import logs
 
     logs.setup()
-    if mlflow_tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    if mlflow_tracking_uri.strip():  # blank: the pod's own MLFLOW_TRACKING_URI (source-version checked one is set)
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri.strip()
 
 
 def group_settings(params: dict, dataset: str, runs: list) -> dict:
@@ -62,7 +62,7 @@ def group_settings(params: dict, dataset: str, runs: list) -> dict:
 
     settings = {}
     for run in runs:
-        if not isinstance(run, dict) or set(run) - {"model", "seed"}:
+        if not isinstance(run, dict) or set(run) - {"model", "seed", "stem_version"}:  # (run_items' version)
             raise HSNetError(f"runs item {run!r}: expected {{'model': {{'dib': ..., 'fgal': ..., 'ktl': ...}}, "
                              "'seed': N}")
         overrides = {"model": run.get("model") or {}}
@@ -139,21 +139,18 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
         raise HSNetError("this run's parameters can't work; nothing was fetched: " + "; ".join(problems))
 
 
-def stem_version(params: dict, dataset: str, runs: list | None = None) -> str:
-    """The content version of the VGGFace2 stem weights the KTL trainings of ``runs`` (or params')
-    read: the object's ETag and size (s3://) or the file's sha256, per source; "" without KTL. A
-    train step's input, so new weights uploaded to the same URI train again instead of the cache
-    serving a training made with the old ones (Kubeflow keys a task on its parameter values)."""
+def stem_versions(params: dict, dataset: str, runs: list | None = None) -> list[str]:
+    """Per training of ``runs`` (or params' one), the content version of the VGGFace2 stem weights
+    it reads: the object's ETag and size (s3://) or the file's sha256; "" with KTL off (no stem
+    weights read). A train step's input, so new weights uploaded to the same URI train the KTL runs
+    again instead of the cache serving trainings made with the old ones (Kubeflow keys a task on
+    its parameter values), and the others not."""
     from hsnet.io import sha256_file
     from hsnet.s3 import _hint, client, split_uri
 
-    sources = set()
-    for run in runs or [{}]:
-        settings = params_for(params, dataset, {"model": (run or {}).get("model") or {}})
-        if settings.model.ktl:
-            sources.add(str(settings.model.stem_weights))
-    versions = []
-    for source in sorted(sources):
+    known: dict[str, str] = {}
+
+    def version(source: str) -> str:
         if source.startswith("s3://"):
             from botocore.exceptions import BotoCoreError, ClientError
 
@@ -162,12 +159,31 @@ def stem_version(params: dict, dataset: str, runs: list | None = None) -> str:
                 head = client().head_object(Bucket=bucket, Key=key)
             except (BotoCoreError, ClientError) as exc:
                 raise _hint(source, exc) from exc
-            versions.append(f"{source} {head['ETag']} {head['ContentLength']}")
-        elif os.path.isfile(source):
-            versions.append(f"{source} sha256:{sha256_file(source)}")
-        else:  # facenet-pytorch's published file ("vggface2"), or a path train will refuse by name
-            versions.append(source)
-    return "; ".join(versions)
+            return f"{source} {head['ETag']} {head['ContentLength']}"
+        if os.path.isfile(source):
+            return f"{source} sha256:{sha256_file(source)}"
+        return source  # facenet-pytorch's published file ("vggface2"), or a path train will refuse by name
+
+    out = []
+    for run in runs or [{}]:
+        settings = params_for(params, dataset, {"model": (run or {}).get("model") or {}})
+        source = str(settings.model.stem_weights)
+        if settings.model.ktl and source not in known:
+            known[source] = version(source)
+        out.append(known[source] if settings.model.ktl else "")
+    return out
+
+
+def stem_version(params: dict, dataset: str, runs: list | None = None) -> str:
+    """:func:`stem_versions` of every training of ``runs`` (or params'), together."""
+    return "; ".join(sorted({v for v in stem_versions(params, dataset, runs) if v}))
+
+
+def run_items(params: dict, dataset: str, runs: list) -> list[dict]:
+    """The ablation's ``runs`` as its loops take them: each item with its ``seed`` (-1: params') and
+    ``stem_version`` (:func:`stem_versions`: its own, "" with KTL off)."""
+    return [{"model": (run or {}).get("model") or {}, "seed": (run or {}).get("seed", -1), "stem_version": v}
+            for run, v in zip(runs, stem_versions(params, dataset, runs))]
 
 
 def write_metrics_file(*artifacts) -> None:

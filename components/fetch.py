@@ -12,7 +12,8 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
                    crop_device: str = "cpu", mlflow_tracking_uri: str = "", checkpoint_uri: str = "",
                    promote: bool = False, deploy: bool = False, canary_percent: int = 100) -> NamedTuple(
         "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict,
-        train_settings=dict, evaluate_settings=dict, train_evaluate_settings=dict, stem_version=str):
+        train_settings=dict, evaluate_settings=dict, train_evaluate_settings=dict, stem_version=str,
+        run_items=list):
     """The content version of the raw data at SOURCE now (S3: keys and ETags; DVC: the files' md5s at
     DVC_REV; a folder: its files' hashes), read without downloading. Never cached: fetch takes it as
     an input, so new data at the same source is fetched (and everything after it re-run) and
@@ -27,14 +28,16 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     edit to this dataset's training re-runs train and what follows it, not the data steps, and
     one to its evaluate settings re-runs evaluate, not train; ``train_evaluate_settings`` for the
     ablation's GPU groups, which do both. ``stem_version``: the content of the KTL stem weights
-    the trainings read (components.convert.stem_version), a train input: new weights at the same
-    URI train again. ``check_run``: the pipeline's other parameters (``crop_device`` ...
+    params' training reads (components.convert.stem_version), a train input: new weights at the
+    same URI train again; ``run_items``: ``runs`` with each run's own (components.convert.run_items),
+    what the ablation's loops iterate over. ``check_run``: the pipeline's other parameters (``crop_device`` ...
     ``canary_percent``) are checked too (components.convert.check_run), before any data is
     fetched. Not retried (hsnet_pipeline.RETRIES): its checks are deterministic."""
     from typing import NamedTuple
 
     from components.convert import check_stem_weights, group_settings, params_for, start_step
     from components.convert import check_run as check_parameters
+    from components.convert import run_items as run_items_of
     from components.convert import stem_version as stem_version_of
     from hsnet.data.fetch import source_version as version_of
     from hsnet.params import for_step
@@ -57,10 +60,11 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     both = for_step(params, dataset, "train", "evaluate") if dataset else params
     outputs = NamedTuple("Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict,
                          crop_settings=dict, train_settings=dict, evaluate_settings=dict,
-                         train_evaluate_settings=dict, stem_version=str)
+                         train_evaluate_settings=dict, stem_version=str, run_items=list)
     return outputs(version_of(source, dvc_path=dvc_path or None, rev=dvc_rev or None), settings,
                    steps["import"], steps["validate"], steps["crop"], steps["train"], steps["evaluate"], both,
-                   stem_version_of(params, dataset, runs or None) if dataset else "")
+                   stem_version_of(params, dataset) if dataset else "",
+                   run_items_of(params, dataset, runs) if dataset and runs else [])
 
 
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)

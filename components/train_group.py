@@ -7,7 +7,7 @@ from . import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Input[Dataset], runs: list,
                          models: Output[Model], evaluations: Output[Artifact], checkpoint_uri: str = "",
-                         checkpoint_every_s: float = -1.0, stem_version: str = ""):
+                         checkpoint_every_s: float = -1.0):
     """Several ablation runs on one GPU: trained side by side (one process each), then each evaluated
     on the test split (hsnet.concurrent.train_and_evaluate). ``runs``: items as the ablation's
     ({"model": {"dib": ..., ...}, "seed": N}). ``models``: RUN/ per run (best.pt, history.json,
@@ -20,8 +20,8 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
     the step fails if any run failed: Kubeflow caches a task that succeeded, so a group that
     succeeded with a failed run would be reused as it is by every later submission and its run
     never trained again. A retry of the pipeline run (same run id) resumes the finished runs from
-    their checkpoints as finished and trains only the failed ones.
-    ``stem_version``: as train_model's, part of the cache key only."""
+    their checkpoints as finished and trains only the failed ones. Each ``runs`` item may carry its
+    ``stem_version`` (source-version's run_items): part of the cache key only."""
     import tempfile
 
     from components.convert import checkpoint_interval, group_settings, run_id, start_step

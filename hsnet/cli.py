@@ -202,12 +202,13 @@ def _promote(args: argparse.Namespace) -> None:
                                          namespace=args.namespace, canary_percent=args.canary_percent)
     else:
         r = promote(args.name, version=args.version, metric=args.metric, min_delta=args.min_delta, force=args.force)
+    reason = logs.printable(str(r["reason"]))  # it may name files and versions' tags
     if r["promoted"]:
         print(f"{args.name}: production -> version {r['production']}"
-              f"{' (FORCED)' if r['forced'] else ''}; {r['reason']}"
+              f"{' (FORCED)' if r['forced'] else ''}; {reason}"
               + (f"; previous -> version {r['previous']}" if r["previous"] else ""))
     else:
-        print(f"{args.name}: nothing to do, {r['reason']}")
+        print(f"{args.name}: nothing to do, {reason}")
     if deployed is not None:
         from .deploy import describe
 
@@ -244,7 +245,7 @@ def _print_failures(failed: dict[str, str]) -> None:
     from .reproduce import why_failed
 
     for name, output in failed.items():
-        lines = why_failed(output) or ["(no output)"]
+        lines = [logs.printable(line) for line in why_failed(output) or ["(no output)"]]  # a child's output, raw
         print(f"  {name}: {lines[-1]}" + "".join(f"\n    because: {line}" for line in lines[:-1]))
 
 
@@ -257,7 +258,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"ablation on {args.dataset}: {len(r['ran'])} ran, {len(r['queued'])} queued "
               f"(start them: dvc queue start -j N), {len(r['skipped'])} skipped, {len(r['failed'])} failed")
         for name, why in r["skipped"].items():
-            print(f"  {name}: {why}")
+            print(f"  {name}: {logs.printable(why)}")
         _print_failures(r["failed"])
         print("then: hsnet reproduce report --out docs/results.md")
         return 1 if r["failed"] else 0
@@ -267,7 +268,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"{len(r['ran'])} ran, {len(r['queued'])} queued, {len(r['missing'])} missing, "
               f"{len(r['failed'])} failed")
         for name, why in r["missing"].items():
-            print(f"  {name}: {why}")
+            print(f"  {name}: {logs.printable(why)}")
         _print_failures(r["failed"])
         return 1 if r["failed"] or r["missing"] else 0  # a dataset asked for and not run is not a success
     r = reproduce.report(args.out)

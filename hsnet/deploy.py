@@ -102,9 +102,15 @@ def model_of(isvc: dict) -> str | None:
 
 
 def check_canary(canary_percent: int | None) -> None:
-    """A canary share is a percentage of the traffic: 0 to 100 (100 or None: all of it)."""
-    if canary_percent is not None and not 0 <= int(canary_percent) <= 100:
-        raise HSNetError(f"--canary-percent (canary_percent) must be between 0 and 100, got {canary_percent}")
+    """A canary share is a whole percentage of the traffic: 0 to 100 (100 or None: all of it); a
+    whole float (Kubeflow's parameter transport makes 10 into 10.0) is that number."""
+    if canary_percent is None:
+        return
+    whole = (not isinstance(canary_percent, bool) and isinstance(canary_percent, (int, float))
+             and float(canary_percent).is_integer())
+    if not whole or not 0 <= canary_percent <= 100:
+        raise HSNetError(f"--canary-percent (canary_percent) must be a whole number between 0 and 100, got "
+                         f"{canary_percent!r}")
 
 
 def set_model(isvc: dict, model_uri: str, canary_percent: int | None) -> dict:

@@ -20,12 +20,13 @@ def printable(text: str, *, lines: bool = False) -> str:
     become Python escapes (``\\x1b``, ``\\u202e``), as git and ``ls`` show such file names. A
     newline stays one only with ``lines`` (an error of several lines); a name's newline would forge a
     line of its own. Tabs stay."""
-    keep = "\t\n" if lines else "\t"
+    keep = _JOINERS + ("\t\n" if lines else "\t")
     return "".join(c if c in keep or unicodedata.category(c) not in _UNSHOWN else c.encode("unicode_escape").decode()
                    for c in text)
 
 
 _UNSHOWN = {"Cc", "Cf", "Zl", "Zp", "Cs"}  # controls, format characters, line/paragraph separators, surrogates
+_JOINERS = "\u200c\u200d"  # format characters that are part of names (Persian spelling, emoji sequences): shown
 
 
 class _Printable(logging.Formatter):
@@ -34,15 +35,30 @@ class _Printable(logging.Formatter):
     margin is a log line hsnet wrote, with its time and level."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        record.message = printable(record.message, lines=True).replace("\n", "\n    ")
+        record.message = _indented(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # noqa: N802 - a traceback's text: an exception's message too
+        return "    " + _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return "    " + _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return printable(text, lines=True).replace("\n", "\n    ")
 
 
 def setup(verbose: bool = False) -> None:
+    """Logging at INFO (DEBUG with ``verbose``) as :data:`FORMAT`, through :class:`_Printable`; where
+    the root logger already writes to the terminal (kfp's executor set it up first in a component),
+    its handlers keep their format and get the escaping."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
     for handler in logging.getLogger().handlers:
-        if type(handler.formatter) is logging.Formatter and handler.formatter._fmt == FORMAT:
-            handler.setFormatter(_Printable(FORMAT))
+        fmt = handler.formatter
+        if (isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.stdout)
+                and not isinstance(fmt, _Printable)):
+            handler.setFormatter(_Printable(fmt._fmt if fmt else FORMAT, fmt.datefmt if fmt else None))
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
 

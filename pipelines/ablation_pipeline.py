@@ -87,10 +87,10 @@ def ablation_pipeline(
     crops, settings = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs,
                                     run={"mlflow_tracking_uri": mlflow_tracking_uri, "checkpoint_uri": checkpoint_uri})
     with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):
-        groups = step(group_runs(runs=runs, runs_per_gpu=runs_per_gpu, checkpoint_uri=checkpoint_uri), "group")
+        groups = step(group_runs(runs=settings["run_items"], runs_per_gpu=runs_per_gpu, checkpoint_uri=checkpoint_uri),
+                      "group")
         with dsl.ParallelFor(items=groups.output, parallelism=PARALLEL_GPUS) as group:
             shared = step(_secrets(train_evaluate_group(dataset=dataset, params=settings["train_evaluate_settings"],
-                                                        stem_version=settings["stem_version"],
                                                         mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,
                                                         runs=group, checkpoint_uri=checkpoint_uri), mlflow=True),
                           "train-group", gpu=True)
@@ -98,9 +98,11 @@ def ablation_pipeline(
         step(ablation_report(dataset=dataset, evaluations=dsl.Collected(shared.outputs["evaluations"])), "report") \
             .set_caching_options(False)
     with dsl.Else(name="one-run-per-gpu"):
-        with dsl.ParallelFor(items=runs, parallelism=PARALLEL_GPUS) as run:
+        # run_items: runs with each run's seed and stem weights' version (a KTL-off run's cache key
+        # doesn't change with the stem weights)
+        with dsl.ParallelFor(items=settings["run_items"], parallelism=PARALLEL_GPUS) as run:
             _, evaluated = train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops,
                                               model_overrides=run.model, seed=run.seed,
-                                              checkpoint_uri=checkpoint_uri)
+                                              checkpoint_uri=checkpoint_uri, stem_version=run.stem_version)
         step(ablation_report(dataset=dataset, evaluations=dsl.Collected(evaluated.outputs["report"])), "report") \
             .set_caching_options(False)

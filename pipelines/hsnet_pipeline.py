@@ -180,16 +180,18 @@ def with_run_id(task):
 
 
 def train_and_evaluate(dataset, settings, mlflow_tracking_uri, crops, model_overrides=None, seed=None,
-                       checkpoint_uri=None):
+                       checkpoint_uri=None, stem_version=None):
     """train on one GPU (tolerating its taint; durable checkpoints to ``checkpoint_uri``) ->
-    evaluate, each with its own part of ``settings`` (prepare_crops'); returns both tasks."""
+    evaluate, each with its own part of ``settings`` (prepare_crops'); ``stem_version``: the run's
+    own (the ablation's run_items), else params' (settings["stem_version"]); returns both tasks."""
     extra = {} if model_overrides is None else {"model_overrides": model_overrides}
     if seed is not None:
         extra["seed"] = seed
     if checkpoint_uri is not None:
         extra["checkpoint_uri"] = checkpoint_uri
     trained = step(_secrets(train_model(dataset=dataset, params=settings["train_settings"],
-                                        mlflow_tracking_uri=mlflow_tracking_uri, stem_version=settings["stem_version"],
+                                        mlflow_tracking_uri=mlflow_tracking_uri,
+                                        stem_version=settings["stem_version"] if stem_version is None else stem_version,
                                         crops=crops, **extra), mlflow=True), "train", gpu=True)
     with_run_id(trained)
     evaluated = step(_secrets(evaluate_model(mlflow_tracking_uri=mlflow_tracking_uri, crops=crops,

@@ -305,7 +305,9 @@ def test_kfp_ablation_pipeline_fans_out_over_configurations_and_seeds(tmp_path):
     assert len(runs) == 24 and {(r["model"]["dib"], r["model"]["fgal"], r["model"]["ktl"], r["seed"])
                                 for r in runs} == expected
     assert pipeline["root"]["inputDefinitions"]["parameters"]["runs_per_gpu"]["defaultValue"] == 1
-    (per_run,) = [t for t in loops.values() if t["parameterIterator"]["items"]["inputParameter"].endswith("--runs")]
+    # the per-run loop goes over source-version's run_items: runs with each one's seed and stem weights' version
+    (per_run,) = [t for t in loops.values()
+                  if t["parameterIterator"]["items"]["inputParameter"].endswith("source-version-run_items")]
     (grouped,) = [t for t in loops.values() if t["parameterIterator"]["items"]["inputParameter"].endswith("group-runs-Output")]
 
     def gpu(body, key):
