@@ -97,7 +97,9 @@ def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
         return []
     # an earlier attempt's verdict (hsnet.guards) comes too, with or without a checkpoint (a run
     # stopped after its first epoch has none): the training then ends with it at once
-    names = [n for n in (*FILES, checkpoint.VERDICT) if n in present and (checkpoint.LAST in present or n not in FILES)]
+    # last.pt last: a folder holding it is a whole copy (a restore cut off before it is done again)
+    order = (checkpoint.BEST, checkpoint.VERDICT, checkpoint.LAST)
+    names = [n for n in order if n in present and (checkpoint.LAST in present or n not in FILES)]
     if not names:
         log.info("no checkpoint at %s yet: training from the start", uri)
         return []
@@ -131,7 +133,9 @@ class Uploader:
         from .s3 import client
 
         self.uri, self.s3, self.min_interval_s, self.clock = uri, client(), min_interval_s, clock or time.monotonic
-        self.uploaded_at, self.best_pending, self.failed, self.uploads = None, False, 0, 0
+        # best.pt goes with the first upload whatever the epoch: a resume may have rewritten it
+        # (hsnet.train._best_as_recorded), and the prefix's would then not hold the best epoch
+        self.uploaded_at, self.best_pending, self.failed, self.uploads = None, True, 0, 0
 
     def __call__(self, out_dir: Path, improved: bool) -> bool:
         """True when this epoch's checkpoints went up (a retry starts after this epoch)."""
@@ -155,7 +159,7 @@ class Uploader:
         from botocore.exceptions import BotoCoreError, ClientError
 
         for name in FILES:
-            if name == checkpoint.BEST and not self.best_pending:
+            if name == checkpoint.BEST and not (self.best_pending and (Path(out_dir) / name).is_file()):
                 continue
             bucket, key = _key(self.uri, name)
             try:

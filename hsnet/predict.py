@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from . import tracking
 from .errors import HSNetError
 from .limits import MIN_FACE_SIZE, MIN_PROB
-from .io import (IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
+from .io import (CACHE_ENV, IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
                  output_file, safe_join, to_rgb)
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,12 @@ def _checked_copy(name: str, version: str) -> Path:
         registry.check_model_files(client, name, version)  # the registry's files: ModelChanged if they changed
         log.warning("the local copy %s of %s differs from the registry's files, which are those registered: "
                     "downloading it again", local, uri)
-        tracking.discard_copy(local)
+        try:
+            tracking.discard_copy(local)
+        except OSError as exc:
+            raise HSNetError(f"the local copy {local} of {uri} differs from the registry's files, which are intact, "
+                             f"and the model cache can't be written ({exc.strerror}): remove the copy, or set "
+                             f"{CACHE_ENV} to a writable folder") from exc
         local = tracking.fetch_model(uri)
         registry.check_model_files(client, name, version, local)
     return local

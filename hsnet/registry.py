@@ -834,6 +834,10 @@ def _promote_locked(client, name, version, metric, min_delta, force) -> dict:
         c_fig = _version_figures(client, cand)
     except NoEvaluation as exc:
         c_fig, reasons = None, [str(exc)]
+    if c_fig is not None and c_fig["test_split"] != TEST:  # registered by an hsnet that took any split
+        reasons.append(f"version {cand.version} was registered with figures on the {c_fig['test_split']} split, which "
+                       f"the model was trained or selected on, not {TEST}: evaluate its checkpoint with --split "
+                       f"{TEST} and register it again")
     # production's own checkpoint, registered again with its files recorded (an old version that
     # couldn't be checked, replaced by one that can): nothing to compare
     cand_sha = _registered_sha(client, cand) if prod is not None and files_checked else None

@@ -200,14 +200,17 @@ def _best_as_recorded(path: Path, ckpt: dict) -> None:
     if state["epoch"] == 0:
         return
     try:
-        held = checkpoint.load(best_path)["state"]["epoch"]
+        best = checkpoint.load(best_path)["state"]
+        held = best["epoch"]
+        if best["history"] != state["history"][:held]:  # another training's (other settings, same --out)
+            held = None
     except (HSNetError, KeyError, TypeError):  # missing, unreadable, not a checkpoint: made again
         held = None
     if held == state["best_epoch"]:
         return
     rows = {row["epoch"]: row for row in state["history"]}
     if state["best_epoch"] != state["epoch"] and held in rows and held <= state["epoch"]:
-        log.warning("%s holds epoch %s, not the best epoch %d %s names, whose weights are gone (stopped between "
+        log.warning("%s holds epoch %s of this training, not the best epoch %d %s names, whose weights are gone (stopped between "
                     "two uploads): epoch %s is the best from here on", best_path, held, state["best_epoch"],
                     path.name, held)
     else:
@@ -479,7 +482,9 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
             "data_version": meta["data_version"], "step": "train",
             **({"stem_weights_sha256": meta["stem_weights_sha256"]} if meta["stem_weights_sha256"] else {}),
             **{f"model.{k}": str(v) for k, v in cfg["model"].items()}}
-    run_params = flatten({k: v for k, v in cfg.items() if k != "crop"})
+    # the settings training reads (and the dataset's name): a resumed run continues its MLflow run after
+    # an edit to evaluate's settings, as it continues its checkpoints (tracking._continuable compares them)
+    run_params = flatten({k: v for k, v in cfg.items() if k != "crop" and (k in STEP_KEYS["train"] or k == "dataset")})
     # _tracking_lost outside the run: a store that stopped answering fails its end too (end_run FAILED)
     with _tracking_lost(out_dir), tracking.run(f"train-{params.dataset}", params=run_params, tags=tags,
                                                enabled=track, continue_run=previous_run, device=setup.device) as active:
@@ -571,7 +576,8 @@ def _verdict_key(meta: dict, setup: Setup) -> str:
     """What makes a training reach the same verdict again: its data, settings, code, KTL's stem
     weights (the advice is to check that file), and the arithmetic it ran with (the device's kind,
     its autocast precision, torch's version: a float16 divergence may not recur in float32)."""
-    same = {k: meta.get(k) for k in ("data_version", "params", "code_version", "stem_weights_sha256")}
+    same = {k: meta.get(k) for k in ("data_version", "code_version", "stem_weights_sha256")}
+    same["params"] = _read_by_train(meta.get("params"))  # as a resume compares them: an evaluate edit is none
     same["arithmetic"] = [setup.device.type, str(setup.amp_dtype), torch.__version__]
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()
 
