@@ -532,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             result = args.func(args)
             sys.stdout.flush()  # a reader that has gone shows here, not as Python's "Exception ignored" at exit
     except HSNetError as exc:
-        print(f"hsnet {args.verb}: error: {logs.printable(str(exc), lines=True)}", file=sys.stderr)
+        # its further lines indented: a file name's newline can't put a line of its own at the margin
+        print(f"hsnet {args.verb}: error: {logs.indented(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `hsnet ... | head`: the reader stopped reading; any other broken pipe is an error
         if not logs.stdout_gone():

@@ -35,17 +35,18 @@ class _Printable(logging.Formatter):
     margin is a log line hsnet wrote, with its time and level."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        record.message = _indented(record.message)
+        record.message = indented(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:  # noqa: N802 - a traceback's text: an exception's message too
-        return "    " + _indented(super().formatException(ei))
+        return "    " + indented(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
-        return "    " + _indented(super().formatStack(stack_info))
+        return "    " + indented(super().formatStack(stack_info))
 
 
-def _indented(text: str) -> str:
+def indented(text: str) -> str:
+    """:func:`printable` with its lines kept, the further ones indented (an error or log message)."""
     return printable(text, lines=True).replace("\n", "\n    ")
 
 

@@ -210,9 +210,9 @@ def _best_as_recorded(path: Path, ckpt: dict) -> None:
         return
     rows = {row["epoch"]: row for row in state["history"]}
     if state["best_epoch"] != state["epoch"] and held in rows and held <= state["epoch"]:
-        log.warning("%s holds epoch %s of this training, not the best epoch %d %s names, whose weights are gone (stopped between "
-                    "two uploads): epoch %s is the best from here on", best_path, held, state["best_epoch"],
-                    path.name, held)
+        log.warning("%s holds epoch %s of this training, not the best epoch %d %s names, whose weights are gone "
+                    "(stopped between two uploads): epoch %s is the best from here on", best_path, held,
+                    state["best_epoch"], path.name, held)
     else:
         if state["best_epoch"] != state["epoch"]:
             log.warning("%s holds epoch %s, not the best epoch %d %s names, whose weights are gone: the last epoch "
@@ -220,11 +220,14 @@ def _best_as_recorded(path: Path, ckpt: dict) -> None:
         else:  # stopped between the two writes: exact
             log.info("%s holds epoch %s; writing the best epoch %d from %s", best_path, held, state["epoch"], path.name)
         held = state["epoch"]
-        checkpoint.save(best_path, checkpoint.for_inference(ckpt))
-    if held != state["best_epoch"]:  # last.pt made to say so too: what a later resume reads
+    moved = held != state["best_epoch"]
+    if moved:  # the state first: best.pt written from last.pt carries it (evaluate records its best epoch)
         state.update(best_epoch=held, best_acc=rows.get(held, {}).get("val_accuracy", state["best_acc"]),
                      stale=state["epoch"] - held)
-        checkpoint.save(path, ckpt)
+    if held == state["epoch"]:
+        checkpoint.save(best_path, checkpoint.for_inference(ckpt))
+    if moved:
+        checkpoint.save(path, ckpt)  # last.pt made to say so too: what a later resume reads
 
 
 # Of the settings training reads (STEP_KEYS["train"]), those an explicit --resume may change: how

@@ -38,7 +38,7 @@ PARALLEL_GPUS = 8
 @dsl.component(base_image=SLIM_IMAGE, install_kfp_package=False)
 def group_runs(runs: list, runs_per_gpu: int, checkpoint_uri: str) -> list:
     """``runs`` in groups of ``runs_per_gpu``: one GPU pod each. Refuses an empty ``checkpoint_uri``
-    (it runs at the start, beside source-version): a group with a failed run fails and is retried,
+    (it runs right after source-version, whose run_items it groups, beside fetch): a group with a failed run fails and is retried,
     and without checkpoints every retry would train the group's finished runs again."""
     from components.convert import restore_ints
     from hsnet.concurrent import groups_of
