@@ -424,6 +424,7 @@ def test_interval_zero_uploads_every_epoch_and_an_upload_exactly_one_interval_la
         up(tmp_path, False)
     assert up.uploads == 3 and up.s3.puts == [("bucket", "ck/run/last.pt")] * 3
     # "at most one upload per 5 minutes": one exactly 300 s after the last one is allowed
+    (tmp_path / "best.pt").write_bytes(b"x")  # (above: no best.pt yet, none uploaded)
     up = _uploader(monkeypatch, 300.0, [0.0, 299.0, 300.0])
     up(tmp_path, True)
     up(tmp_path, False)
