@@ -130,27 +130,7 @@ datasets:
         train(tiny_data, edited, out, resume="auto", **quiet)
 
 
-NAME = "hsnet-sample-22e"
-
-
-@pytest.fixture(scope="module")
-def store(trained, tmp_path_factory):
-    """A local sqlite store (hsnet's default kind) with the trained checkpoint evaluated (tracked)
-    and registered as version 1, as ``hsnet evaluate`` + ``hsnet register`` do."""
-    from hsnet.evaluate import evaluate
-    from hsnet.registry import register
-
-    base = tmp_path_factory.mktemp("att22e-store")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
-    mp.chdir(base)  # the artifacts go beside the store
-    try:
-        evaluate(trained["checkpoint"], trained["data"], base / "eval", progress=False)
-        registration = register(trained["checkpoint"], base / "eval" / "metrics.json", "sample", name=NAME)
-        assert registration["version"] == 1
-        yield {"base": base, "checkpoint": trained["checkpoint"], "metrics": base / "eval" / "metrics.json"}
-    finally:
-        mp.undo()
+from tests.test_attack_session22c import NAME, store  # noqa: E402,F401 - the same registered store (a fixture)
 
 
 def test_a_damaged_copy_in_a_read_only_model_cache_is_named_as_such(store, tmp_path, monkeypatch):
