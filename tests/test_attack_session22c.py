@@ -8,6 +8,7 @@ under another name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -243,25 +244,32 @@ def test_a_complete_model_copy_in_a_read_only_cache_is_used(store, cache):
     even to read) fails with EROFS, reported as "can't load it from MLflow ... Check the name and
     alias (hsnet promote) and MLFLOW_TRACKING_URI". Needs a read-only bind mount (root); skipped
     where the machine can't make one."""
-    import subprocess
-
     from hsnet.predict import load_classifier
 
     load_classifier(f"models:/{NAME}/1", device="cpu")  # the copy, whole, in the cache
-    mounted = subprocess.run(["mount", "--bind", str(cache), str(cache)], capture_output=True).returncode == 0
-    if not mounted:
-        pytest.skip("can't bind-mount here (not root): no read-only filesystem to test with")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(cache)], capture_output=True).returncode != 0:
-            pytest.skip("can't remount read-only here")
+    with read_only(cache):
         try:
             clf = load_classifier(f"models:/{NAME}/1", device="cpu")
         except HSNetError as exc:
             assert "HSNET_CACHE_DIR" in str(exc), f"a read-only cache with the whole copy in it: {exc}"
         else:
             assert clf.classes
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` read-only for the body (a bind mount of itself, remounted ro); the test is skipped
+    where the machine can't make one (not root)."""
+    import subprocess
+
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("can't bind-mount here (not root): no read-only filesystem to test with")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("can't remount read-only here")
+        yield folder
     finally:
-        subprocess.run(["umount", str(cache)], capture_output=True)
+        subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 def test_a_version_measured_with_test_time_flips_says_so(store, cache, tmp_path):

@@ -130,7 +130,7 @@ datasets:
         train(tiny_data, edited, out, resume="auto", **quiet)
 
 
-from tests.test_attack_session22c import NAME, store  # noqa: E402,F401 - the same registered store (a fixture)
+from tests.test_attack_session22c import NAME, read_only, store  # noqa: E402,F401 - the same registered store (a fixture)
 
 
 def test_a_damaged_copy_in_a_read_only_model_cache_is_named_as_such(store, tmp_path, monkeypatch):
@@ -147,8 +147,6 @@ def test_a_damaged_copy_in_a_read_only_model_cache_is_named_as_such(store, tmp_p
     server are fine; the cache is what to fix. Expected: the model is loaded from the registry's
     files (a download elsewhere), or an error naming the cache (HSNET_CACHE_DIR), as fetch_model's
     own refusal of a read-only cache does. Needs a read-only bind mount (root); skipped otherwise."""
-    import subprocess
-
     from hsnet.predict import load_classifier
 
     cache = tmp_path / "cache"
@@ -157,11 +155,7 @@ def test_a_damaged_copy_in_a_read_only_model_cache_is_named_as_such(store, tmp_p
     (copy,) = [p for p in (cache / "models").glob("*/*") if p.is_dir() and not p.name.startswith(".")]
     with open(copy / "requirements.txt", "a", encoding="utf-8") as f:  # the copy on this disk changed
         f.write("# changed on this disk\n")
-    if subprocess.run(["mount", "--bind", str(cache), str(cache)], capture_output=True).returncode != 0:
-        pytest.skip("can't bind-mount here (not root): no read-only filesystem to test with")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(cache)], capture_output=True).returncode != 0:
-            pytest.skip("can't remount read-only here")
+    with read_only(cache):
         try:
             clf = load_classifier(f"models:/{NAME}/1", device="cpu")
         except HSNetError as exc:
@@ -169,8 +163,6 @@ def test_a_damaged_copy_in_a_read_only_model_cache_is_named_as_such(store, tmp_p
                 f"a read-only cache holding a changed copy, reported as: {exc}")
         else:
             assert clf.classes
-    finally:
-        subprocess.run(["umount", str(cache)], capture_output=True)
 
 
 def _store_folder(client, name: str, version):
