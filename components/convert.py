@@ -179,6 +179,22 @@ def stem_version(params: dict, dataset: str, runs: list | None = None) -> str:
     return "; ".join(sorted({v for v in stem_versions(params, dataset, runs) if v}))
 
 
+def check_stem_version(params: dict, dataset: str, model_overrides: dict, expected: str) -> None:
+    """Refuse a training whose stem weights are no longer the ones source-version read
+    (``expected``, this task's ``stem_version``: its cache key): a training with weights uploaded
+    meanwhile would be cached under the old weights' key and served to a later run that has them.
+    "" (no version given: KTL off, or a caller outside the pipelines) checks nothing."""
+    from hsnet.errors import HSNetError
+
+    if not expected:
+        return
+    now = stem_version(params, dataset, [{"model": model_overrides or {}}])
+    if now != expected:
+        raise HSNetError(f"the KTL stem weights changed since this run started: source-version read "
+                         f"{expected!r}, they are now {now or 'not read (KTL off)'!r}. Start a new run, "
+                         "so that its trainings are keyed on the weights they read")
+
+
 def run_items(params: dict, dataset: str, runs: list) -> list[dict]:
     """The ablation's ``runs`` as its loops take them: each item with its ``seed`` (-1: params') and
     ``stem_version`` (:func:`stem_versions`: its own, "" with KTL off)."""

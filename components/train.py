@@ -17,19 +17,22 @@ def train_model(dataset: str, params: dict, mlflow_tracking_uri: str, crops: Inp
     from there; "" keeps them local. With them, an epoch's figures reach the MLflow run when its
     checkpoint is up (so they lag by up to that interval, and a retry logs no epoch twice).
     The Model artifact holds best.pt and the run's summary and history, not the resume state.
-    ``stem_version``: source-version's version of the KTL stem weights; only part of this step's
-    cache key (new weights at the same URI train again), logged."""
+    ``stem_version``: source-version's version of the KTL stem weights, part of this step's cache
+    key (new weights at the same URI train again); refused when the weights are no longer that
+    version (components.convert.check_stem_version)."""
     import base64
     import logging
     import tempfile
     from pathlib import Path
 
-    from components.convert import checkpoint_interval, params_for, run_id, start_step, write_metrics_file
+    from components.convert import (check_stem_version, checkpoint_interval, params_for, run_id, start_step,
+                                    write_metrics_file)
     from hsnet import durable
     from hsnet.checkpoint import BEST
     from hsnet.train import CURVES, export_model
 
     start_step(mlflow_tracking_uri)
+    check_stem_version(params, dataset, model_overrides, stem_version)
     overrides = {"model": model_overrides or {}, "train": {"seed": seed} if seed >= 0 else {}}
     settings = params_for(params, dataset, overrides)
     prefix = durable.prefix_for_run(checkpoint_uri, run_id(), settings)

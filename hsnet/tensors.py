@@ -35,7 +35,7 @@ from PIL import Image
 
 from . import sources
 from .errors import HSNetError
-from .io import cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join
+from .io import CACHE_ENV, cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join
 from .params import MIN_BATCH
 
 
@@ -49,6 +49,7 @@ class Split:
         return len(self.labels)
 
 
+CACHE_MAX_ENV = "HSNET_CACHE_MAX_GB"
 DEFAULT_CACHE_MAX_GB = 20.0
 STALE_DECODE_SECONDS = 86_400  # a decode writes through a memory map, whose file time may lag: a day
 
@@ -58,12 +59,12 @@ def default_cache_dir() -> Path:
 
 
 def cache_limit_bytes() -> int:
-    """``HSNET_CACHE_MAX_GB`` (default 20): the tensor cache's size cap."""
-    raw = os.environ.get("HSNET_CACHE_MAX_GB") or DEFAULT_CACHE_MAX_GB
+    """:data:`CACHE_MAX_ENV` (default :data:`DEFAULT_CACHE_MAX_GB`): the tensor cache's size cap."""
+    raw = os.environ.get(CACHE_MAX_ENV) or DEFAULT_CACHE_MAX_GB
     try:
         gb = float(raw)
     except ValueError:
-        raise HSNetError(f"HSNET_CACHE_MAX_GB={raw!r} is not a number of gigabytes (e.g. 20)") from None
+        raise HSNetError(f"{CACHE_MAX_ENV}={raw!r} is not a number of gigabytes (e.g. 20)") from None
     return int(gb * 1e9)
 
 
@@ -130,7 +131,7 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
         need, free = len(rows) * 3 * size * size, shutil.disk_usage(cache_dir).free
         if need > free:  # refused before anything is written, instead of a full disk half-way
             raise HSNetError(f"the tensor cache of {len(rows)} images at {size}x{size} need {need / 1e9:.1f} GB, "
-                             f"but {cache_dir} has {free / 1e9:.1f} GB free: free space there, set HSNET_CACHE_DIR "
+                             f"but {cache_dir} has {free / 1e9:.1f} GB free: free space there, set {CACHE_ENV} "
                              "to a folder on a larger disk, or lower input_size (params.yaml) to the crops' size")
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, size, size))

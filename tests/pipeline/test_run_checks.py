@@ -3,9 +3,13 @@ each against what the step that would use the value accepts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hsnet.errors import HSNetError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = dict(crop_device="cpu", mlflow_tracking_uri="http://mlflow:5000", checkpoint_uri="s3://b/ck",
             promote=True, deploy=True, canary_percent=10)
@@ -53,3 +57,30 @@ def test_set_model_refuses_a_share_over_100():
         set_model(load_template(), "models:/m/2", 150)
     assert "canaryTrafficPercent" not in set_model(load_template(), "models:/m/2", 100)["spec"]["predictor"]
     assert set_model(load_template(), "models:/m/2", 0)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+def test_a_training_refuses_stem_weights_changed_since_source_version(tmp_path):
+    """components.convert.check_stem_version: a train task whose KTL stem weights are no longer the
+    version source-version read (its cache key) is refused, naming both versions; unchanged weights
+    and KTL-off trainings ("" version) pass. Expectation by hand: the version names the file's
+    sha256, so rewriting the file with other bytes changes it."""
+    import hashlib
+
+    import yaml
+
+    from components.convert import check_stem_version, stem_version
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dataset = next(iter(params["datasets"]))
+    weights = tmp_path / "stem.pt"
+    params["datasets"][dataset].setdefault("model", {}).update(ktl=True, stem_weights=str(weights))
+    weights.write_bytes(b"old weights")
+    read = stem_version(params, dataset)
+    assert read == f"{weights} sha256:{hashlib.sha256(b'old weights').hexdigest()}"
+    check_stem_version(params, dataset, {}, read)  # unchanged: trains
+    check_stem_version(params, dataset, {"ktl": False}, "")  # KTL off: no weights read, nothing checked
+    weights.write_bytes(b"new weights")
+    with pytest.raises(HSNetError, match="changed since this run started") as caught:
+        check_stem_version(params, dataset, {}, read)
+    assert hashlib.sha256(b"new weights").hexdigest() in str(caught.value)
+    assert "Start a new run" in str(caught.value)
