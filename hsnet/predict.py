@@ -175,27 +175,27 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 def _checked_copy(name: str, version: str) -> Path:
     """The cached copy of a registered version, its files checked against the registry's record
     (:class:`~hsnet.registry.ModelChanged` when the registry's own files changed). A copy damaged
-    on this disk (the registry's files intact) is downloaded again, not refused for ever."""
+    on this disk is downloaded again (once) and that download checked, not refused for ever."""
     import mlflow
 
     from . import registry, tracking
 
     client, uri = mlflow.MlflowClient(), tracking.version_uri(name, version)
     local = tracking.fetch_model(uri)
+    seen = tracking.copy_identity(local)
     try:
         registry.check_model_files(client, name, version, local)
     except registry.ModelChanged:
-        registry.check_model_files(client, name, version)  # the registry's files: ModelChanged if they changed
-        log.warning("the local copy %s of %s differs from the registry's files, which are those registered: "
-                    "downloading it again", local, uri)
         try:
-            tracking.discard_copy(local)
-        except OSError as exc:
+            tracking.discard_copy(local, seen)
+        except OSError as exc:  # can't repair it: say which files differ, the copy's or the registry's
+            registry.check_model_files(client, name, version)  # the registry's: ModelChanged if they changed
             raise HSNetError(f"the local copy {local} of {uri} differs from the registry's files, which are intact, "
                              f"and the model cache can't be written ({exc.strerror}): remove the copy, or set "
                              f"{CACHE_ENV} to a writable folder") from exc
+        log.warning("the local copy %s of %s differs from the files registered: downloading it again", local, uri)
         local = tracking.fetch_model(uri)
-        registry.check_model_files(client, name, version, local)
+        registry.check_model_files(client, name, version, local)  # a fresh copy: ModelChanged if the registry's changed
     return local
 
 

@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -403,7 +404,7 @@ def fetch_model(uri: str) -> Path | None:
                     if local.exists():
                         _remove_copy(local)  # a copy cut short: killed before its marker, or left by older code
                     os.rename(got, local)
-                    _marker(local).touch()  # last: a copy without it is never used
+                    _marker(local).write_text(uuid.uuid4().hex, encoding="ascii")  # last: a copy without it is never used
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("downloaded %s (%s) to %s", uri, source, local)
@@ -447,10 +448,22 @@ def _complete(copy: Path) -> bool:
     return _marker(copy).is_file() and (copy / "MLmodel").is_file()
 
 
-def discard_copy(local: Path) -> None:
-    """Remove a cached model copy (:func:`fetch_model`'s), so that the next fetch downloads it again."""
+def copy_identity(local: Path) -> str:
+    """What :func:`discard_copy` compares: the token in the copy's marker, new with each copy put in
+    place (an inode can be reused at once by the next folder), and the folder's inode."""
+    try:
+        return f"{_marker(local).read_text(encoding='ascii', errors='replace')} {local.stat().st_ino}"
+    except FileNotFoundError:  # not (or no longer) a whole copy
+        return ""
+
+
+def discard_copy(local: Path, seen: str) -> None:
+    """Remove a cached model copy (:func:`fetch_model`'s), so that the next fetch downloads it again;
+    only the copy that was checked (``seen``: its :func:`copy_identity`): when another process has
+    already put a new copy in its place, that one is kept."""
     with _cache_lock(local.parent):
-        _remove_copy(local)
+        if seen and copy_identity(local) == seen:
+            _remove_copy(local)
 
 
 def _remove_copy(path: Path) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +294,32 @@ def test_a_fifo_named_like_a_photo_in_a_folder_is_a_record_not_silence(photos, t
     s = predict([folder], str(trained_ckpt), device="cpu", progress=False)
     errors = {Path(r["path"]).name: r.get("error", "") for r in s["results"]}
     assert s["faces"] == 1 and "FIFO" in errors["b.jpg"] and errors["c.jpg"], errors
+
+
+def test_discarding_a_damaged_copy_keeps_a_copy_another_process_has_put_in_its_place(tmp_path):
+    """hsnet.tracking.discard_copy: two processes that both found the same cached copy damaged
+    each discard it; the second, taking the cache lock after the first has put a new copy in
+    place, must keep that new copy (the first may be loading it), and remove only the copy it
+    checked. By hand: the copy it checked is identified before the check; the new one is another
+    folder (renamed into place, a new inode)."""
+    from hsnet import tracking
+
+    root = tmp_path / "models" / "store"
+    local = root / "hsnet-v1-abc"
+
+    def put_in_place():  # as fetch_model does: a downloaded folder renamed into place, then its marker
+        got = Path(tempfile.mkdtemp(dir=root))
+        (got / "MLmodel").write_text("flavors: {}\n")
+        os.rename(got, local)
+        tracking._marker(local).write_text(uuid.uuid4().hex)
+
+    root.mkdir(parents=True)
+    put_in_place()
+    checked = tracking.copy_identity(local)  # both processes checked this copy
+    tracking.discard_copy(local, checked)  # the first process: removed
+    assert not local.exists() and not tracking._complete(local)
+    put_in_place()  # the first process's new download
+    tracking.discard_copy(local, checked)  # the second process, late
+    assert tracking._complete(local), "the second discard removed the copy the first had just put in place"
+    tracking.discard_copy(local, tracking.copy_identity(local))
+    assert not local.exists()
