@@ -25,7 +25,7 @@ import torch
 
 from .common import parser, save
 from .gpu import RAFDB_IMAGES_PER_EPOCH
-from .model import BENCH_TRAIN, synthetic_split
+from .model import AUG, BENCH_TRAIN, synthetic_split
 
 
 class GpuBusy:
@@ -78,7 +78,7 @@ def trainer(device: str, size: int, batch: int, n: int, *, on_device: bool, comp
     split = synthetic_split(n, size)
     data = to_device(split, setup.device) if on_device else split
     gen = torch.Generator().manual_seed(seed)
-    aug = {"hflip": True, "rotate_degrees": 5.0}
+    aug = AUG
     step = Step(step_model, setup, opt, whole_graph=True) if whole_step(compile_mode) else None  # kept: its graphs
 
     def epoch() -> int:

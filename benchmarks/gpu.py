@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hsnet.data.datasets import get_spec
 
 from .common import parser, save
-from .model import BENCH_TRAIN, synthetic_split
+from .model import AUG, BENCH_TRAIN, synthetic_split
 
 # images per RAF-DB epoch: its train split, our validation share included (an upper bound), one pass each
 RAFDB_IMAGES_PER_EPOCH = get_spec("rafdb").paper_split_sizes["train+val"]
@@ -76,7 +76,7 @@ def _train_step(model, opt, x8, y, gen):
     from hsnet.tensors import augment
 
     def step():
-        x = augment(normalize(x8), gen, hflip=True, rotate_degrees=5.0)
+        x = augment(normalize(x8), gen, **AUG)
         loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -187,7 +187,7 @@ def measure_gpu(args) -> dict:
     def epoch():
         batches = Batches(split, torch.randperm(n, generator=gen), batch, setup.device)
         return run_epoch(step_model, batches, setup, optimizer=opt, generator=gen,
-                         aug={"hflip": True, "rotate_degrees": 5.0})
+                         aug=AUG)
 
     t_warm = time.perf_counter()
     epoch()  # warm-up (cuDNN autotuning, compilation, graph capture)

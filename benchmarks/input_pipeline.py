@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .common import parser, rate, save
-from .model import train_path
+from .model import AUG, train_path
 
 
 def pipeline_rate(split, batch: int, device: torch.device, repeat: int) -> float:
@@ -27,7 +27,7 @@ def pipeline_rate(split, batch: int, device: torch.device, repeat: int) -> float
 
     def epoch():
         for x, _ in Batches(split, torch.randperm(len(split), generator=gen), batch, device):
-            augment(normalize(x), gen, hflip=True, rotate_degrees=5.0)
+            augment(normalize(x), gen, **AUG)
     return rate(epoch, len(split), warmup=1, repeat=repeat, sync=_sync(device))
 
 

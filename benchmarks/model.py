@@ -15,6 +15,7 @@ Compared in one run:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -76,6 +77,7 @@ def synthetic_split(n: int, size: int):
 
 
 BENCH_TRAIN = TrainParams(lr=1e-3)  # train settings of the speed runs: the paper's Adam at 1e-3
+AUG = dataclasses.asdict(BENCH_TRAIN.augment)  # the paper's flip and rotation (hsnet.params.AugmentParams)
 
 
 def train_path(size, batch, steps, device: str = "cpu"):
@@ -97,7 +99,7 @@ def train_path(size, batch, steps, device: str = "cpu"):
 
     def step():
         batches = Batches(split, torch.randperm(len(split), generator=gen), batch, setup.device)
-        run_epoch(model, batches, setup, optimizer=opt, generator=gen, aug={"hflip": True, "rotate_degrees": 5.0})
+        run_epoch(model, batches, setup, optimizer=opt, generator=gen, aug=AUG)
     return step, model
 
 

@@ -84,14 +84,15 @@ def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> 
     can't download them, and a run that finds out in its train step has already spent the data
     steps (the ablation: 24 trainings). Raises HSNetError naming the runs; nothing to do without KTL."""
     from hsnet.errors import HSNetError
+    from hsnet.params import VGGFACE2
 
     bad = []
     for i, run in enumerate(runs or [{}]):
         settings = params_for(params, dataset, {"model": (run or {}).get("model") or {}})
-        if settings.model.ktl and settings.model.stem_weights == "vggface2":
+        if settings.model.ktl and settings.model.stem_weights == VGGFACE2:
             bad.append(f"run {i} ({', '.join(f'{k}={v}' for k, v in ((run or {}).get('model') or {}).items()) or 'params'})")
     if bad:
-        raise HSNetError(f"{dataset}: KTL is on but model.stem_weights is 'vggface2' (a download) in "
+        raise HSNetError(f"{dataset}: KTL is on but model.stem_weights is {VGGFACE2!r} (a download) in "
                          f"{len(bad)} run(s): {'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. Upload the "
                          "VGGFace2 InceptionResnetV1 weights and set datasets."
                          f"{dataset}.model.stem_weights to their s3:// URI in params")
@@ -162,7 +163,7 @@ def stem_versions(params: dict, dataset: str, runs: list | None = None) -> list[
             return f"{source} {head['ETag']} {head['ContentLength']}"
         if os.path.isfile(source):
             return f"{source} sha256:{sha256_file(source)}"
-        return source  # facenet-pytorch's published file ("vggface2"), or a path train will refuse by name
+        return source  # facenet-pytorch's published file (VGGFACE2), or a path train will refuse by name
 
     out = []
     for run in runs or [{}]:

@@ -13,24 +13,23 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, files
 from .device import NORMALIZATION
 from .errors import HSNetError
 from .io import atomic_path
 from .params import ModelParams, section
 
+BEST, LAST, VERDICT = files.BEST, files.LAST, files.VERDICT  # in train's output folder
 FORMAT = 2  # 2: FGAL with BatchNorm after its laterals and standardised FC inputs (docs/paper-notes.md)
-BEST, LAST = "best.pt", "last.pt"  # in train's output folder: the best epoch's weights; resume state
-VERDICT = "verdict.json"  # beside them: why a guard stopped the training (hsnet.guards); a retry of the same ends with it
 INFERENCE_KEYS = ("format", "meta", "model", "state")
 
 
 def build_model(num_classes: int, model: ModelParams, *, for_checkpoint: bool = False):
     """HSNet with ``model``'s switches. ``for_checkpoint``: the stem's weights come from a
     checkpoint about to be loaded, so KTL's VGGFace2 file is not read."""
-    from .model import HSNet
+    from .model.hsnet import SKIP_STEM_WEIGHTS, HSNet
 
-    stem = ("skip" if for_checkpoint else model.stem_weights) if model.ktl else None
+    stem = (SKIP_STEM_WEIGHTS if for_checkpoint else model.stem_weights) if model.ktl else None
     return HSNet(num_classes, dib=model.dib, fgal=model.fgal, ktl=model.ktl, stem_weights=stem)
 
 

@@ -14,6 +14,7 @@ import sys
 
 from . import interrupt, logs
 from .errors import HSNetError
+from .files import BEST, CONFUSION, CROP_REPORT, HISTORY, LAST, MANIFEST, METRICS_FILE, PREDICTIONS
 
 
 def _model_info(args: argparse.Namespace) -> None:
@@ -87,7 +88,7 @@ def _crop(args: argparse.Namespace) -> None:
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "
           f"{len(report['multi_face'])} with several, {len(report['unreadable'])} unreadable, "
           f"{len(report['refused'])} refused; "
-          f"see {args.out}/crop_report.json)")
+          f"see {args.out}/{CROP_REPORT})")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -96,7 +97,7 @@ def _train(args: argparse.Namespace) -> None:
 
     overrides = deep_merge(parse_set(args.set or []), flags("train", {"max_epochs": args.max_epochs}))
     params = Params.resolve(args.params, args.dataset, overrides)
-    if args.checkpoint_uri:  # copies last.pt/best.pt to S3 (at most every --checkpoint-every s), resumes from there
+    if args.checkpoint_uri:  # copies the checkpoints to S3 (at most every --checkpoint-every s), resumes from there
         from . import durable
 
         if args.checkpoint_every is not None and not 0 <= args.checkpoint_every < float("inf"):
@@ -121,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     m = evaluate(args.checkpoint, args.data, args.out, split=args.split, device=args.device, settings=settings,
                  track=not args.no_mlflow)
     print(f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.4f}, mean accuracy {m['mean_accuracy']:.4f} "
-          f"({m['images']} images) -> {args.out}/metrics.json, confusion_matrix.png")
+          f"({m['images']} images) -> {args.out}/{METRICS_FILE}, {CONFUSION}")
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -371,17 +372,18 @@ def _add_data_steps(verbs) -> None:
 
 def _add_train_evaluate(verbs) -> None:
     from .data.manifest import SPLITS, TEST
+    from .params import PARAMS_FILE
 
     p = _verb(verbs, "train", "train HSNet on a cropped dataset with the paper's recipe", _train)
-    p.add_argument("--data", required=True, help="output folder of 'hsnet crop' (with manifest.csv)")
-    p.add_argument("--params", default="params.yaml", help="the settings file (its datasets.NAME entry)")
+    p.add_argument("--data", required=True, help=f"output folder of 'hsnet crop' (with {MANIFEST})")
+    p.add_argument("--params", default=PARAMS_FILE, help="the settings file (its datasets.NAME entry)")
     p.add_argument("--dataset", required=True, help=_dataset_help())
-    p.add_argument("--out", required=True, help="folder for last.pt, best.pt, history.json")
+    p.add_argument("--out", required=True, help=f"folder for {LAST}, {BEST}, {HISTORY}")
     p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
-                   help="continue from OUT/last.pt if it exists; 'auto': only if it is of the same data and "
+                   help=f"continue from OUT/{LAST} if it exists; 'auto': only if it is of the same data and "
                    "settings, from the start otherwise (what dvc.yaml uses)")
     p.add_argument("--checkpoint-uri", default=None, metavar="S3_PREFIX",
-                   help="also keep last.pt/best.pt at this s3:// prefix, uploaded after the first epoch and then "
+                   help=f"also keep {LAST}/{BEST} at this s3:// prefix, uploaded after the first epoch and then "
                    "every --checkpoint-every seconds at most, and resume from there when OUT has none (a preempted "
                    "machine); implies --resume auto")
     p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
@@ -394,9 +396,9 @@ def _add_train_evaluate(verbs) -> None:
 
     p = _verb(verbs, "evaluate", "test accuracy, mean accuracy, confusion matrix, comparison with the paper",
               _evaluate)
-    p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
+    p.add_argument("--checkpoint", required=True, help=f"{BEST} of 'hsnet train'")
     p.add_argument("--data", required=True, help="output folder of 'hsnet crop'")
-    p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, the plots")
+    p.add_argument("--out", required=True, help=f"folder for {METRICS_FILE}, {PREDICTIONS}, the plots")
     p.add_argument("--split", default=TEST, choices=SPLITS, help="the manifest's split to evaluate on")
     p.add_argument("--params", default=None,
                    help="params.yaml: its datasets.NAME.evaluate settings (default: those the model was trained with)")
@@ -410,13 +412,14 @@ def _add_train_evaluate(verbs) -> None:
 
 def _add_reproduce(verbs) -> None:
     from .paper import DATASETS
+    from .params import PARAMS_FILE
     from .reproduce import DEFAULT_SEEDS
 
     p = _verb(verbs, "reproduce", "the paper's tables as DVC experiments, and a report of them")
     rverbs = p.add_subparsers(dest="table", required=True, metavar="WHAT")
     r = _verb(rverbs, "ablation", "Table 6: the 8 DIB/FGAL/KTL configurations on one dataset", _reproduce)
     r.add_argument("--dataset", required=True, help=_dataset_help())
-    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--params", default=PARAMS_FILE)
     r.add_argument("--stem-weights", default=None, help="KTL weights file or s3:// URI (default: params')")
     r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
     r.add_argument("--jobs", type=int, default=None, help="with --queue: run the queue now with N workers")
@@ -427,7 +430,7 @@ def _add_reproduce(verbs) -> None:
                         "(default 1: one after another)")
     r = _verb(rverbs, "datasets", "Tables 2-5: the paper's setting on each dataset", _reproduce)
     r.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
-    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--params", default=PARAMS_FILE)
     r.add_argument("--queue", action="store_true", help="queue the experiments (dvc queue) instead of running")
     r.add_argument("--seeds", type=int, default=None, metavar="K",
                    help=f"runs per dataset, train.seed = 0..K-1 (default {DEFAULT_SEEDS})")
@@ -440,8 +443,8 @@ def _add_registry(verbs) -> None:
     from .registry import GATE_METRIC, METRICS, MIN_DELTA
 
     p = _verb(verbs, "register", "register an evaluated checkpoint in the MLflow model registry", _register)
-    p.add_argument("--checkpoint", required=True, help="best.pt of 'hsnet train'")
-    p.add_argument("--metrics", required=True, help="metrics.json of 'hsnet evaluate' for this checkpoint")
+    p.add_argument("--checkpoint", required=True, help=f"{BEST} of 'hsnet train'")
+    p.add_argument("--metrics", required=True, help=f"{METRICS_FILE} of 'hsnet evaluate' for this checkpoint")
     p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--name", default=None, help="registered model name (default hsnet-DATASET)")
     p.add_argument("--out", default=None, help="write the registered name, version and URI here (JSON)")
@@ -470,7 +473,7 @@ def _add_registry(verbs) -> None:
 
 
 def _add_inference(verbs) -> None:
-    from .limits import ENV_PREFIX, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT, Limits
+    from .limits import ENV_PREFIX, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT, Limits
     from .params import MTCNN_MIN_FACE_SIZE
 
     p = _verb(verbs, "predict", "find the faces in photos and classify their expressions", _predict)
@@ -487,7 +490,7 @@ def _add_inference(verbs) -> None:
     p.add_argument("--model", required=True, help="models:/hsnet-NAME@production, models:/hsnet-NAME/VERSION "
                    "or a checkpoint file")
     p.add_argument("--port", type=int, default=PORT, help="port to listen on")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--host", default=HOST, help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--name", default=MODEL_NAME, help="the model's name in the URLs (/v1/models/NAME:predict)")
     p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
     p.add_argument("--min-prob", type=float, default=MIN_PROB, help="face detection probability threshold")
@@ -504,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = _verb(verbs, "model-info", "parameters and forward GFLOPs of HSNet and its Table 6 ablations", _model_info)
-    p.add_argument("--num-classes", type=int, default=7, help="expressions the classifier tells apart")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="expressions the classifier tells apart (default: those of Table 6's dataset)")
     p.add_argument("--input-sizes", type=int, nargs="+", default=[100, 224], help="input sizes to count GFLOPs at")
     _add_data_verbs(verbs)
     _add_data_steps(verbs)
@@ -518,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 # what to lower when a GPU runs out of memory (another job may hold it: nvidia-smi shows which)
 OUT_OF_MEMORY = {
     "train": "lower train.batch_size, set train.data_on_device false or train.compile false, or free the GPU; "
-             "last.pt holds the last finished epoch: add --resume (dvc repro resumes by itself)",
+             f"{LAST} holds the last finished epoch: add --resume (dvc repro resumes by itself)",
     "crop": "lower --batch-size, or crop on the CPU with --device cpu",
     None: "free the GPU (nvidia-smi shows what holds it), or run on the CPU with --device cpu",
 }

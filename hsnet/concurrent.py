@@ -1,11 +1,12 @@
 """Several trainings at once on one machine: processes sharing its GPU, or spread over its GPUs.
 
-One HSNet run at the paper's batch of 32 leaves most of a large GPU idle and takes 0.27 GiB,
-so Table 6's configurations go faster side by side than one after another. Each run is its
-own process (its own CUDA context, allocator and Python interpreter: a crash or an
-out-of-memory in one ends only that one, and its result is a per-run record); the GPU
-time-slices between them. On a machine with several GPUs (:func:`visible_gpus`), each run starts
-on the one with the fewest runs (``CUDA_VISIBLE_DEVICES``), unless a device index was given.
+One HSNet run at the paper's batch of 32 leaves most of a large GPU idle and takes under half a
+GiB (docs/performance.md, section 8), so Table 6's configurations go faster side by side than
+one after another. Each run is its own process (its own CUDA context, allocator and Python
+interpreter: a crash or an out-of-memory in one ends only that one, and its result is a per-run
+record); the GPU time-slices between them. On a machine with several GPUs (:func:`visible_gpus`),
+each run starts on the one with the fewest runs (``CUDA_VISIBLE_DEVICES``), unless a device index
+was given.
 The CPU threads are divided between the runs (``OMP_NUM_THREADS``).
 
 * :func:`run_jobs` runs commands, at most ``concurrent`` at a time: what ``hsnet reproduce
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HSNetError
+from .params import PARAMS_FILE
 from .tracking import ensure_store
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 TAIL = 3000  # characters of a job's output kept in its record
 RUNS_FILE = "runs.json"  # train_and_evaluate's record of every run
 SETTINGS_PREFIX = ".settings-"  # train_and_evaluate's folder of the settings it hands to its runs
-PARAMS_FILE = "params.yaml"  # NAME/params.yaml: the settings NAME/train was trained with
+# NAME/PARAMS_FILE (hsnet.params): the settings NAME/train was trained with
 
 
 @dataclass

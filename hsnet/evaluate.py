@@ -18,6 +18,7 @@ from . import paper as paper_mod
 from . import tracking
 from .data.datasets import check_classes
 from .data.manifest import MANIFEST, TEST, crop_settings, read_manifest
+from .files import COMPARISON, CONFUSION, METRICS_FILE, PREDICTIONS
 from .io import atomic_path, check_creatable, clean_stale_tmp, write_json, write_text
 from .plots import plot_confusion
 from . import checkpoint as checkpoint_mod
@@ -28,10 +29,6 @@ from .tensors import Batches, check_nonempty, load_split
 log = logging.getLogger(__name__)
 
 # evaluate's output folder
-METRICS_FILE = "metrics.json"  # the figures; hsnet register takes this file with the checkpoint it scored
-PREDICTIONS = "predictions.csv"  # one row per test image: path, actual, predicted, confidence
-CONFUSION = "confusion_matrix.png"
-COMPARISON = "comparison.md"  # the figures beside the paper's
 OUTPUTS = (METRICS_FILE, PREDICTIONS, CONFUSION, COMPARISON)
 
 

@@ -12,6 +12,7 @@ from .errors import HSNetError
 ENV_PREFIX = "HSNET_SERVE_"
 MIN_PROB = 0.9  # face detection probability threshold: below it a candidate is not a face
 MIN_FACE_SIZE = 40  # pixels; MTCNN's default of 20 finds faces too small to read an expression from
+HOST = "127.0.0.1"  # hsnet serve answers this machine only, unless told (0.0.0.0 in a container)
 PORT = 8080  # KServe's HTTP port (serving/Dockerfile and hsnet/k8s/inferenceservice.yaml expose it)
 MODEL_NAME = "hsnet"  # the model's name in the server's URLs: /v1/models/hsnet:predict, /v2/models/hsnet/infer
 

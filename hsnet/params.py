@@ -85,12 +85,16 @@ class CropParams:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
+PARAMS_FILE = "params.yaml"  # the settings file: dvc.yaml's stages and hsnet's commands read it
+VGGFACE2 = "vggface2"  # stem_weights: facenet-pytorch's own download of its VGGFace2 weights
+
+
 @dataclass(frozen=True)
 class ModelParams:
     dib: bool = True  # kernel scale: SDIB/RDIB
     fgal: bool = True  # network scale
     ktl: bool = True  # knowledge scale: the frozen VGGFace2 stem
-    stem_weights: str = "vggface2"  # facenet-pytorch's download, a file or s3:// URI
+    stem_weights: str = VGGFACE2  # facenet-pytorch's download, a file or s3:// URI
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import BEST
 from .io import atomic_path
 
 
@@ -67,7 +68,7 @@ def plot_training_curves(history: list[dict], path: Path, title: str, best_epoch
     if best_epoch:
         for ax in axes:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=0.8,
-                       label=f"best.pt (epoch {best_epoch})" if ax is axes[1] else None)
+                       label=f"{BEST} (epoch {best_epoch})" if ax is axes[1] else None)
     for ax in axes:
         ax.set_xlabel("epoch")
         if ax.get_legend_handles_labels()[0]:  # without FGAL there are no level weights to name

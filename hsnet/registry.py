@@ -40,6 +40,7 @@ from pathlib import Path, PurePath
 from . import paper, tracking
 from .data.manifest import SPLITS, TEST
 from .errors import HSNetError
+from .files import METRICS_FILE
 from .io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Pa
 
     where = tracking.mask_uri(tracking.tracking_uri())
     again = (f"run hsnet evaluate --checkpoint {checkpoint} with MLflow tracking to {where} (not --no-mlflow) "
-             "and register with the metrics.json it writes")
+             f"and register with the {METRICS_FILE} it writes")
     run_id = m.get("mlflow_run_id")
     if run_id:
         try:
@@ -385,7 +386,7 @@ def _checked_metrics(checkpoint: Path, sha: str, metrics_path: Path, meta: dict,
         m = json.loads(metrics_path.read_text(encoding="utf-8"))
         float(m["accuracy"]), float(m["mean_accuracy"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise HSNetError(f"--metrics {metrics_path} is not an hsnet evaluate metrics.json ({exc})") from exc
+        raise HSNetError(f"--metrics {metrics_path} is not an hsnet evaluate {METRICS_FILE} ({exc})") from exc
     if meta["dataset"] != dataset or m.get("dataset") != dataset:
         raise HSNetError(f"--dataset {dataset}: the checkpoint is for {meta['dataset']!r} and the metrics "
                          f"for {m.get('dataset')!r}")
@@ -393,11 +394,11 @@ def _checked_metrics(checkpoint: Path, sha: str, metrics_path: Path, meta: dict,
     if not claimed:
         raise HSNetError(f"--metrics {metrics_path} does not say which checkpoint it measured (no "
                          f"checkpoint_sha256): it was not written by hsnet evaluate. Evaluate {checkpoint} "
-                         "and register with the metrics.json it writes")
+                         f"and register with the {METRICS_FILE} it writes")
     if claimed != sha:
         raise HSNetError(f"--metrics {metrics_path} measured the checkpoint with sha256 {str(claimed)[:16]}…, "
                          f"not --checkpoint {checkpoint} (sha256 {sha[:16]}…): these figures are not this "
-                         f"model's. Evaluate {checkpoint} and register with the metrics.json it writes")
+                         f"model's. Evaluate {checkpoint} and register with the {METRICS_FILE} it writes")
     return m, sha
 
 
@@ -432,7 +433,7 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
         raise HSNetError(f"{metrics_path}: evaluated on the {figures['test_split']} split, which the model was "
                          f"trained or selected on; a version is registered with its figures on the {TEST} split "
                          f"(its test accuracy, what promotion compares): run hsnet evaluate --checkpoint "
-                         f"{checkpoint} --split {TEST} and register with the metrics.json it writes")
+                         f"{checkpoint} --split {TEST} and register with the {METRICS_FILE} it writes")
     if figures["dataset"] != dataset:
         raise HSNetError(f"--dataset {dataset}: the evaluation run {figures['evaluation_run_id']} is of "
                          f"{figures['dataset']!r}")

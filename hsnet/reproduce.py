@@ -242,8 +242,8 @@ def ktl_weights_problem(stem_weights: str | None) -> str | None:
     """Why the KTL stem weights can't be used, or None when they can be found."""
     from .model.ktl import vggface2_cache_path
 
-    source = stem_weights or "vggface2"
-    if source == "vggface2":
+    source = stem_weights or params_mod.VGGFACE2
+    if source == params_mod.VGGFACE2:
         path = vggface2_cache_path()
         return None if path.is_file() else (
             f"the VGGFace2 stem weights are not in {path} (facenet-pytorch's cache); copy them there or "
@@ -267,7 +267,7 @@ def _existing_experiments(repo: Path) -> set[str]:
     return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
 
 
-def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = "params.yaml",
+def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = params_mod.PARAMS_FILE,
              stem_weights: str | None = None, queue: bool = False, jobs: int | None = None,
              seeds: int | None = None, concurrent: int | None = None) -> dict:
     """Run (or queue) Table 6's eight configurations on ``dataset`` as DVC experiments, ``seeds`` runs
@@ -342,7 +342,7 @@ def why_failed(output: str) -> list[str]:
     return list(dict.fromkeys(causes[-1:] + lines[-1:]))
 
 
-def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: str = "params.yaml",
+def datasets(names: list[str], *, repo: str | os.PathLike = ".", params_path: str = params_mod.PARAMS_FILE,
              queue: bool = False, seeds: int | None = None) -> dict:
     """The paper's setting (DIB+FGAL+KTL, its input sizes and recipe) on each dataset: ``seeds``
     experiments each (train.seed = 0..seeds-1)."""
@@ -429,7 +429,7 @@ def collect(repo: str | os.PathLike = ".") -> list[dict]:
 
     def add(entry: dict, name: str | None):
         data = entry.get("data") or {}
-        p = (((data.get("params") or {}).get("params.yaml") or {}).get("data")) or {}
+        p = (((data.get("params") or {}).get(params_mod.PARAMS_FILE) or {}).get("data")) or {}
         for path, metrics in (data.get("metrics") or {}).items():
             m = (metrics or {}).get("data")
             if not m or not path.endswith(f"eval/{METRICS_FILE}") or "accuracy" not in m:

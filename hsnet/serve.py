@@ -60,7 +60,7 @@ from kserve.errors import InvalidInput, ModelNotFound
 
 from .errors import HSNetError
 from .io import is_utf8
-from .limits import MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
+from .limits import HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
 from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
 
 log = logging.getLogger(__name__)
@@ -493,7 +493,7 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
         await super().unload(model_name)
 
 
-def serve(model: str, *, port: int = PORT, host: str = "127.0.0.1", name: str = MODEL_NAME,
+def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_NAME,
           limits: Limits | None = None, device: str | None = None, min_prob: float = MIN_PROB,
           min_face_size: int | None = None, threads: int | None = None) -> None:
     """Load ``model``, then answer on ``host:port`` until SIGTERM/SIGINT."""

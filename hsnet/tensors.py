@@ -165,7 +165,7 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def draw_augment(n: int, generator: torch.Generator, *, hflip: bool = True, rotate_degrees: float = 5.0):
+def draw_augment(n: int, generator: torch.Generator, *, hflip: bool, rotate_degrees: float):
     """The random numbers of one batch's augmentation, on the CPU: (flip mask (n,) or None,
     rotation matrices (n, 2, 3) or None), drawn from ``generator`` flips first."""
     flip = theta = None
@@ -189,8 +189,8 @@ def apply_augment(x: torch.Tensor, flip: torch.Tensor | None, theta: torch.Tenso
     return x
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool = True,
-            rotate_degrees: float = 5.0) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, *, hflip: bool,
+            rotate_degrees: float) -> torch.Tensor:
     """Random horizontal flip (p = 0.5) and rotation in [-deg, deg] of a normalised batch.
 
     The random numbers come from a CPU ``generator`` so that CPU and GPU runs draw the same
@@ -206,7 +206,7 @@ class EpochAugment:
     would, without a host-to-device copy per batch."""
 
     def __init__(self, batch_sizes: list[int], generator: torch.Generator, device: torch.device, *,
-                 hflip: bool = True, rotate_degrees: float = 5.0):
+                 hflip: bool, rotate_degrees: float):
         draws = [draw_augment(n, generator, hflip=hflip, rotate_degrees=rotate_degrees) for n in batch_sizes]
         self.flip = torch.cat([f for f, _ in draws]).to(device) if hflip and draws else None
         self.theta = torch.cat([t for _, t in draws]).to(device) if rotate_degrees and draws else None
@@ -226,8 +226,8 @@ class BatchAugment:
     """:func:`augment`'s draws batch by batch, as (flip mask, rotation matrices) moved to ``device``:
     the same interface as :class:`EpochAugment` for the host pipeline."""
 
-    def __init__(self, generator: torch.Generator, device: torch.device, *, hflip: bool = True,
-                 rotate_degrees: float = 5.0):
+    def __init__(self, generator: torch.Generator, device: torch.device, *, hflip: bool,
+                 rotate_degrees: float):
         self.generator, self.device = generator, device
         self.hflip, self.rotate_degrees = hflip, rotate_degrees
 
@@ -316,8 +316,8 @@ def split_bytes(split: Split) -> int:
 
 
 # What training allocates on the GPU after the data is placed (Adam's state, gradients,
-# activations, cuDNN's workspace, CUDA graph pools): 0.27 GiB measured at batch 32 and 224 px
-# (docs/performance.md), with room for larger batches. ``auto`` leaves this much free.
+# activations, cuDNN's workspace, CUDA graph pools): under half a GiB at batch 32 and 224 px
+# (docs/performance.md, section 8), with room for larger batches. ``auto`` leaves this much free.
 TRAINING_HEADROOM = 2 << 30
 
 

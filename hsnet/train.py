@@ -30,6 +30,8 @@ from .data.datasets import check_classes, get_spec
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
+from .files import CURVES, HISTORY
+from .files import TRAIN_SUMMARY as SUMMARY
 from .io import check_writable, clean_stale_tmp, only_writer, write_json
 from .model import MIN_INPUT_SIZE
 from .params import COMPILE_MODES, MIN_BATCH, STEP_KEYS, WHOLE_STEP, Params, TrainParams, flatten
@@ -41,9 +43,6 @@ from .tensors import (BatchAugment, Batches, DeviceBatches, DeviceSplit, EpochAu
 log = logging.getLogger(__name__)
 
 # train's output folder, beside checkpoint.BEST and checkpoint.LAST
-HISTORY = "history.json"  # one row per epoch
-SUMMARY = "train_summary.json"  # what train() returns; "checkpoint": the best epoch's file name in this folder
-CURVES = "training_curves.png"
 MODEL_FILES = (checkpoint.BEST, HISTORY, SUMMARY)  # the trained model without its resume state (last.pt)
 
 
@@ -149,7 +148,7 @@ def train_one_epoch(model, split: Split | DeviceSplit, tp: TrainParams, setup: S
     from tqdm import tqdm
 
     order = torch.randperm(len(split), generator=_epoch_generator(tp.seed, epoch, 0))
-    aug = {"hflip": tp.augment.hflip, "rotate_degrees": tp.augment.rotate_degrees}
+    aug = dataclasses.asdict(tp.augment)
     generator = _epoch_generator(tp.seed, epoch, 1)
     transform = None
     if isinstance(split, DeviceSplit):

@@ -83,7 +83,8 @@ def ablation_pipeline(
     The first step fails when a run has KTL on and params give no stem_weights file or s3:// URI.
     ``runs_per_gpu``: 1, one pod (one GPU) per run, train then evaluate; more, the runs in groups of
     that many, each group one pod that trains its runs side by side on its GPU and evaluates them
-    (one run takes 0.27 GiB of GPU memory and leaves most of a large GPU idle)."""
+    (one run takes under half a GiB of GPU memory and leaves most of a large GPU idle: docs/performance.md,
+    section 8)."""
     crops, settings = prepare_crops(dataset, raw_source, dvc_path, dvc_rev, params, "cpu", runs=runs,
                                     run={"mlflow_tracking_uri": mlflow_tracking_uri, "checkpoint_uri": checkpoint_uri})
     with dsl.If(runs_per_gpu > 1, name="runs-share-gpus"):

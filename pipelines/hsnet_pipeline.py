@@ -41,7 +41,7 @@ from components.convert import RUN_ID_ENV
 from pipelines import DEFAULT_CHECKPOINT_URI, DEFAULT_MLFLOW_URI, RAW_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PARAMS = params_file.load(ROOT / "params.yaml")
+DEFAULT_PARAMS = params_file.load(ROOT / params_file.PARAMS_FILE)
 S3_SECRET, MLFLOW_SECRET = "hsnet-s3", "hsnet-mlflow"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")

@@ -19,8 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from hsnet.params import PARAMS_FILE
 
 HERE = Path(__file__).resolve().parent
+EXPERIMENT = "hsnet"  # the Kubeflow experiment the runs are filed under
 
 
 def load_params(params_path: str, datasets: list[str]) -> dict:
@@ -37,7 +39,7 @@ def load_params(params_path: str, datasets: list[str]) -> dict:
     return params
 
 
-def submit(host: str, dataset: str, raw_source: str, *, experiment: str = "hsnet", params_path: str = "params.yaml",
+def submit(host: str, dataset: str, raw_source: str, *, experiment: str = EXPERIMENT, params_path: str = PARAMS_FILE,
            mlflow_tracking_uri: str | None = None, dvc_path: str = "", dvc_rev: str = "",
            package: Path = HERE / "hsnet_pipeline.yaml", existing_token: str | None = None,
            enable_caching: bool = True, checkpoint_uri: str | None = None, params: dict | None = None,
@@ -78,9 +80,9 @@ def main(argv=None) -> int:
                    f"(default {RAW_PREFIX}DATASET)")
     p.add_argument("--dvc-path", default="", help="with a DVC repo URL: the path, e.g. data/raw/rafdb")
     p.add_argument("--dvc-rev", default="")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default=PARAMS_FILE)
     p.add_argument("--mlflow-tracking-uri", default=None)
-    p.add_argument("--experiment", default="hsnet")
+    p.add_argument("--experiment", default=EXPERIMENT)
     p.add_argument("--namespace", default=None,
                    help="multi-user Kubeflow: your profile namespace (e.g. kubeflow-user-example-com), where the "
                    "experiment and the run are made and the hsnet-s3 secret must be")

@@ -96,7 +96,7 @@ def test_components_use_what_the_step_returns_not_files_it_wrote():
 
 # --- rule 2: one home per fact ---------------------------------------------------------------
 
-# a step's output file names: each should be a constant in the module of the step that writes it
+# a step's output file names: each a constant in one module (hsnet.files)
 FILE_NAMES = ("best.pt", "manifest.csv", "metrics.json", "history.json", "train_summary.json",
               "training_curves.png", "comparison.md", "confusion_matrix.png", "summary.json")
 

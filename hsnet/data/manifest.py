@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 from ..errors import HSNetError
+from .. import files
 from ..io import FileReadError, atomic_path, open_regular
 
 COLUMNS = ["path", "label", "label_name", "split", "subject"]
 SPLITS = TRAIN, VAL, TEST = ("train", "val", "test")
-MANIFEST = "manifest.csv"  # the manifest's name in a crop folder (train and evaluate read it there)
-CROP_REPORT = "crop_report.json"  # hsnet crop's record beside its manifest: counts and the settings it cut with
+MANIFEST, CROP_REPORT = files.MANIFEST, files.CROP_REPORT  # in a crop folder
 
 
 class ManifestError(HSNetError):

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from .. import sources
 from ..errors import HSNetError
+from ..files import DATA_DOCS
+from ..files import GX_RESULTS as RESULTS
+from ..files import VALIDATION_SUMMARY as SUMMARY
 from ..params import ValidateParams
 from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
     open_rgb, remove_stale_temporaries, safe_join, sha256_file, write_json
@@ -30,10 +33,7 @@ from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
 
 log = logging.getLogger(__name__)
 
-# validate's report folder
-SUMMARY = "summary.json"  # what validate() returns: counts, failed and warned expectations
-RESULTS = "gx_results.json"  # Great Expectations' own results
-DATA_DOCS = "data_docs"  # Great Expectations' Data Docs site (index.html)
+# validate's suites
 ROW_SUITE = "manifest_and_images"  # the suite of the critical checks, row by row
 SIZE_SUITE = "paper_split_sizes"  # split sizes against the paper's: warnings only
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import dib as dibs
 from . import ktl as ktl_
+from ..params import VGGFACE2
 from .fgal import FGAL, PooledFeatures
 
 STAGES = ("stem", "rdib_a", "sdib_a", "rdib_b", "sdib_b", "rdib_c")
@@ -115,8 +116,8 @@ class HSNet(nn.Module):
             ktl_.he_init(getattr(self, name))
         self.stem_weights_sha256 = None
         if ktl:
-            if os.fspath(stem_weights or "vggface2") != SKIP_STEM_WEIGHTS:
-                self.stem_weights_sha256 = ktl_.load_stem(self.stem, stem_weights or "vggface2")
+            if os.fspath(stem_weights or VGGFACE2) != SKIP_STEM_WEIGHTS:
+                self.stem_weights_sha256 = ktl_.load_stem(self.stem, stem_weights or VGGFACE2)
             ktl_.freeze(self.stem)
         else:
             ktl_.he_init(self.stem)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..paper import CONFIGS, switches
-from .hsnet import HSNet
+from ..paper import CONFIGS, TABLE6_DATASET, switches
+from .hsnet import SKIP_STEM_WEIGHTS, HSNet
 
 
 def count(model: torch.nn.Module, size: int) -> tuple[int, float]:
@@ -17,8 +17,12 @@ def count(model: torch.nn.Module, size: int) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
 
 
-def describe(num_classes: int = 7, sizes=(100, 224), progress: bool = True) -> str:
-    """A Markdown table of the eight Table 6 configurations (about a minute on 2 CPU cores)."""
+def describe(num_classes: int | None = None, sizes=(100, 224), progress: bool = True) -> str:
+    """A Markdown table of the eight Table 6 configurations (about a minute on 2 CPU cores), for
+    ``num_classes`` expressions (default: those of Table 6's dataset)."""
+    from ..data.datasets import get_spec
+
+    num_classes = num_classes or len(get_spec(TABLE6_DATASET).classes)
     from tqdm import tqdm
 
     header = "| DIB | FGAL | KTL | parameters | trainable | " + " | ".join(
@@ -26,7 +30,7 @@ def describe(num_classes: int = 7, sizes=(100, 224), progress: bool = True) -> s
     rows = [header, "|" + "---|" * (5 + len(sizes))]
     for config in tqdm(CONFIGS, desc="counting FLOPs", unit="model", disable=None if progress else True):
         dib, fgal, ktl = config
-        model = HSNet(num_classes, **switches(config), stem_weights="skip" if ktl else None)
+        model = HSNet(num_classes, **switches(config), stem_weights=SKIP_STEM_WEIGHTS if ktl else None)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         flops = [count(model, s)[1] for s in sizes]
         params = sum(p.numel() for p in model.parameters())

@@ -29,6 +29,7 @@ from facenet_pytorch.models import inception_resnet_v1 as irv1
 from torch import nn
 
 from ..errors import HSNetError
+from ..params import VGGFACE2
 
 STEM_LAYERS = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a",
                "conv2d_4b")
@@ -123,7 +124,7 @@ def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) ->
     """
     source = os.fspath(source)
     cleanup = None
-    if source == "vggface2":
+    if source == VGGFACE2:
         path = _fetch_vggface2()
     elif source.startswith("s3://"):
         path = cleanup = _fetch_s3(source)
