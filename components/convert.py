@@ -45,10 +45,13 @@ def params_for(params: dict, dataset: str, overrides: dict | None = None):
 
 
 def start_step(mlflow_tracking_uri: str = "") -> None:
-    """Logging as the hsnet CLI has it, and the MLflow server the step records to."""
-    from hsnet import logs
+    """Logging as the hsnet CLI has it, SIGTERM (a preempted or deleted pod) as the CLI takes it
+    (hsnet.interrupt: the step ends through its ``finally`` blocks, no temporary file left, its
+    MLflow run ended as killed, not left running), and the MLflow server the step records to."""
+    from hsnet import interrupt, logs
 
     logs.setup()
+    interrupt.install()
     if mlflow_tracking_uri.strip():  # blank: the pod's own MLFLOW_TRACKING_URI (source-version checked one is set)
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri.strip()
 

@@ -39,6 +39,23 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
+def _handlers() -> dict:
+    """The signals whose default handler is in place, with hsnet's for each."""
+    return {sig: handler for sig, default, handler in [(signal.SIGINT, signal.default_int_handler, _on_sigint),
+                                                       (signal.SIGTERM, signal.SIG_DFL, _on_sigterm)]
+            if signal.getsignal(sig) is default}
+
+
+def install() -> None:
+    """:func:`interruptible` for the rest of the process: a Kubeflow step's pod, whose one job is
+    the step (a preempted pod's SIGTERM then ends the step through its ``finally`` blocks: temporary
+    files removed, its MLflow run ended as killed). Main thread only; elsewhere nothing."""
+    if threading.current_thread() is threading.main_thread():
+        _requested.clear()
+        for sig, handler in _handlers().items():
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def interruptible() -> Iterator[None]:
     """Inside: SIGINT raises KeyboardInterrupt as usual, SIGTERM raises :class:`Terminated`, and
@@ -48,9 +65,7 @@ def interruptible() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {sig: handler for sig, default, handler in [(signal.SIGINT, signal.default_int_handler, _on_sigint),
-                                                           (signal.SIGTERM, signal.SIG_DFL, _on_sigterm)]
-                if signal.getsignal(sig) is default}
+    handlers = _handlers()
     _requested.clear()
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:

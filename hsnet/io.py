@@ -26,7 +26,27 @@ MAX_IMAGE_PIXELS = 64_000_000  # larger files are refused (decompression bombs, 
 def cache_root() -> Path:
     """Where hsnet keeps its caches (tensor files, image checks, downloaded models):
     ``HSNET_CACHE_DIR``, default ``~/.cache/hsnet``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hsnet")
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    try:
+        return Path.home() / ".cache" / "hsnet"
+    except RuntimeError:  # no HOME and no passwd entry (a cluster's arbitrary uid)
+        raise HSNetError(f"there is no home folder to keep hsnet's caches in: set {CACHE_ENV} to a "
+                         "writable folder") from None
+
+
+def cache_folder(path: Path) -> Path:
+    """``path`` (a folder under :func:`cache_root`), made if missing; an :class:`HSNetError` naming
+    the folder and ``HSNET_CACHE_DIR`` when it can't be made or written (a pod's HOME of "/", a
+    read-only home)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HSNetError(f"can't make hsnet's cache folder {path} ({exc.strerror or exc}): set {CACHE_ENV} to "
+                         "a writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise HSNetError(f"hsnet's cache folder {path} can't be written: set {CACHE_ENV} to a writable folder")
+    return path
 
 
 CACHE_ENV = "HSNET_CACHE_DIR"  # where hsnet keeps what it can make again: decoded crops, model copies

@@ -35,7 +35,7 @@ from PIL import Image
 
 from . import sources
 from .errors import HSNetError
-from .io import CACHE_ENV, cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join
+from .io import CACHE_ENV, cache_folder, cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join
 from .params import MIN_BATCH
 
 
@@ -124,10 +124,12 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
     try:
         os.utime(path)  # a hit: now the most recently used, the last to be pruned
         hit = True
-    except FileNotFoundError:
+    except PermissionError:  # a cache this user can read, not write: a hit is used as it is
+        hit = path.is_file()
+    except OSError:  # not there (or its folder can't be: cache_folder names why)
         hit = False
     if not hit:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_folder(cache_dir)
         need, free = len(rows) * 3 * size * size, shutil.disk_usage(cache_dir).free
         if need > free:  # refused before anything is written, instead of a full disk half-way
             raise HSNetError(f"the tensor cache of {len(rows)} images at {size}x{size} need {need / 1e9:.1f} GB, "

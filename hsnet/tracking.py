@@ -290,7 +290,9 @@ def ensure_store(uri: str | None) -> None:
     Processes that find the store missing or old all run MLflow's table migrations, and all but
     one fail ("duplicate column name", "table _alembic_tmp_experiments already exists"): trainings
     side by side (``--concurrent``, a GPU group), parallel kfp.local steps, ``dvc queue`` workers.
-    Other URIs (a tracking server) need nothing."""
+    A new store is built beside its name and renamed into place: MLflow's ~70 migrations are not
+    one transaction, so a step killed while creating it leaves no half-made store, only a
+    temporary file the next one replaces. Other URIs (a tracking server) need nothing."""
     path = _sqlite_file(uri)
     if not path:
         return
@@ -301,7 +303,19 @@ def ensure_store(uri: str | None) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            building = f"{path}.creating"  # under the lock: a leftover is a killed creation's
+            Path(building).unlink(missing_ok=True)
+            mlflow.MlflowClient(f"sqlite:///{building}").search_experiments(max_results=1)
+            os.replace(building, path)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - an older hsnet's creation cut short, a damaged file
+            raise HSNetError(f"the MLflow store {path} can't be opened ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300]}). An out-of-date schema: do what MLflow says "
+                             "(mlflow db upgrade); otherwise it may be half-made by a step killed while creating it "
+                             "(before hsnet built stores beside their name): move it aside to start a new store, "
+                             "or point MLFLOW_TRACKING_URI at another") from exc
 
 
 def connect(create: bool = True) -> str:

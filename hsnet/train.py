@@ -233,8 +233,11 @@ def _best_as_recorded(path: Path, ckpt: dict) -> None:
 # long, and how fast, not what is trained. Any other difference is refused: the optimizer and
 # scheduler state loaded from last.pt would bring back the old lr, betas, patience..., while the
 # checkpoints and MLflow record the new ones; another model or input size can't load the weights.
-RESUMABLE_CHANGES = ("train.epochs", "train.max_epochs", "train.early_stopping", "train.num_threads",
-                     "train.compile", "train.data_on_device", "train.data_memory_share")
+# --resume auto (dvc repro) carries on through a change of how fast only (the out-of-memory advice:
+# train.data_on_device or train.compile off, then dvc repro); a change of how long trains again from
+# the start, as a fresh run of those settings would (its early stopping and guards from epoch 1).
+SPEED_SETTINGS = ("train.num_threads", "train.compile", "train.data_on_device", "train.data_memory_share")
+RESUMABLE_CHANGES = ("train.epochs", "train.max_epochs", "train.early_stopping") + SPEED_SETTINGS
 
 
 def _changed_settings(recorded: dict, now: dict) -> list[str]:
@@ -251,11 +254,16 @@ def _read_by_train(params: dict | None) -> dict:
     return flatten({k: v for k, v in (params or {}).items() if k in STEP_KEYS["train"]})
 
 
+def _what_is_trained(params: dict | None) -> dict:
+    """:func:`_read_by_train` but for :data:`SPEED_SETTINGS`: what --resume auto compares."""
+    return {k: v for k, v in _read_by_train(params).items() if k not in SPEED_SETTINGS}
+
+
 def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
                 auto: bool = False) -> tuple[TrainingState, dict] | None:
     """Load ``last.pt`` into the model, optimizer, scheduler, loss scaler and RNGs; the state to carry on from
     and the checkpoint's metadata (its MLflow run, continued; the code its epochs ran). ``auto``: None
-    (nothing loaded) when ``last.pt`` is from other data, settings or code."""
+    (nothing loaded) when ``last.pt`` is from other data, settings (but :data:`SPEED_SETTINGS`) or code."""
     try:
         ckpt = checkpoint.load(path)
     except checkpoint.OtherFormat:
@@ -266,7 +274,7 @@ def resume_from(path: Path, meta: dict, engine: Engine, setup: Setup, *,
         return None
     same = ("data_version", "code_version")
     if auto and (any(ckpt["meta"].get(k) != meta[k] for k in same)
-                 or _read_by_train(ckpt["meta"].get("params")) != _read_by_train(meta["params"])):
+                 or _what_is_trained(ckpt["meta"].get("params")) != _what_is_trained(meta["params"])):
         # dvc repro re-runs the stage after a change to its data, settings or code: what an older run
         # left (even finished) is not this stage's result; a killed run of the same is resumed
         log.info("%s is from other data, settings or code: training from the start", path)
@@ -394,8 +402,9 @@ def train(data_dir: str | os.PathLike, params: Params, out_dir: str | os.PathLik
 
     ``stop_after_epochs`` ends this invocation early, as a kill would, leaving ``last.pt`` to
     resume from (used by tests and for time-sliced jobs). ``resume``: True continues from
-    ``last.pt`` (of the same data); "auto" only when it is of the same data, settings and code, from
-    the start otherwise (``dvc repro`` after a kill or a settings change). ``on_checkpoint(out_dir,
+    ``last.pt`` (of the same data); "auto" only when it is of the same data, settings (but
+    :data:`SPEED_SETTINGS`) and code, from the start otherwise (``dvc repro`` after a kill or a
+    settings change). ``on_checkpoint(out_dir,
     improved)`` runs after each epoch's checkpoints are written (:mod:`hsnet.durable` copies them);
     ``on_start(out_dir)`` once this training holds ``out_dir``, before it looks for ``last.pt``
     (:mod:`hsnet.durable` restores its checkpoints there).
@@ -459,7 +468,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
             "stem_weights_sha256": getattr(engine.model, "stem_weights_sha256", None)}  # KTL's stem file
     check_writable(out_dir, "--out")  # before any work: not an epoch trained, then "is the disk full?"
     held.enter_context(only_writer(out_dir, "hsnet train", "wait for it to end, or train into another --out"))
-    clean_stale_tmp(out_dir, "*.pt", older_than=0)  # what a killed checkpoint write left: no other trainer is here
+    clean_stale_tmp(out_dir, older_than=0)  # what a killed write (checkpoint, history) left: no other trainer is here
     if on_start:
         on_start(out_dir)
     _earlier_verdict(out_dir, meta, setup, resume)  # before the data is loaded: a retry to the same end ends now

@@ -377,7 +377,7 @@ def _crop_into(rows: list[dict], root: Path, out: Path, settings: CropParams, de
                workers: int | None, progress: bool) -> dict:
     """:func:`crop`'s work, with ``out`` held against another crop (a second one would mix crops
     of its settings under this one's record, and remove this one's temporary files)."""
-    clean_stale_tmp(out, recursive=True)
+    clean_stale_tmp(out, recursive=True, older_than=0)  # a killed crop's: no other crop writes here (only_writer)
     items, refused = _plan(rows, root, out)
     _clear_the_way(out, items)
     previous = _previous_entries(out, settings)

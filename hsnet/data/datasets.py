@@ -69,6 +69,7 @@ class DatasetSpec:
     official_test: bool = False  # test split given by the dataset; val is drawn from train
     subjects_known: bool = True
     paper_split_sizes: dict[str, int] | None = None  # warn when a copy differs
+    names_photos: bool = False  # a file name is the photo (every field of it parsed): one per name
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -225,7 +226,7 @@ RAFD_PATTERN = re.compile(
     r"(?P<gaze>frontal|left|right)\.jpg$", re.IGNORECASE)
 
 
-@dataset("rafd", RAFD_CLASSES, fractions=(160 / 1005, 201 / 1005),
+@dataset("rafd", RAFD_CLASSES, fractions=(160 / 1005, 201 / 1005), names_photos=True,
          layout="RaFD: files named Rafd{angle}_{subject}_{Caucasian|Moroccan|Kid}_{gender}_{emotion}_"
                 "{frontal|left|right}.jpg, e.g. Rafd090_01_Caucasian_female_angry_frontal.jpg",
          # Sect. 4.3: 644 / 160 / 201 images per class; its total "1,440" for val is not 8 x 160
@@ -243,7 +244,7 @@ KDEF_CODES = {"AF": "afraid", "AN": "angry", "DI": "disgusted", "HA": "happy", "
 KDEF_PATTERN = re.compile(r"^([AB])([FM])(\d\d)(AF|AN|DI|HA|NE|SA|SU)(S|HL|HR|FL|FR)\.JPG$", re.IGNORECASE)
 
 
-@dataset("kdef", KDEF_CODES.values(), fractions=(0.16, 0.2),
+@dataset("kdef", KDEF_CODES.values(), fractions=(0.16, 0.2), names_photos=True,
          layout="KDEF: KDEF/<session><gender><id>/<session><gender><id><emotion><angle>.JPG, "
                 "e.g. KDEF/AF01/AF01ANS.JPG")
 def scan_kdef(root: Path, options: dict) -> Scan:
@@ -361,6 +362,24 @@ def _without_duplicates(root: Path, records: list[Record]) -> tuple[list[Record]
     return [r for r in records if r.path not in dropped], reasons
 
 
+def _one_per_name(records: list[Record]) -> tuple[list[Record], list[str]]:
+    """``records`` (sorted by path) with one file per name (case aside), and what was left out, each
+    with its reason: where a dataset's file name is the photo (RaFD, KDEF), a second file of the same
+    name is another copy of that photo (a resized or re-saved folder beside the originals): split
+    apart, one photo would be trained on and tested on, and no byte comparison sees it."""
+    first: dict[str, Record] = {}
+    kept, reasons = [], []
+    for r in records:
+        name = r.path.rsplit("/", 1)[-1].lower()
+        if name in first:
+            reasons.append(f"{r.path}: the same photo as {first[name].path} (another copy of it under --root; "
+                           "keep one copy of the dataset there)")
+        else:
+            first[name] = r
+            kept.append(r)
+    return kept, reasons
+
+
 def _check_apart(root: Path, out: Path) -> None:
     """Refuse an ``--out`` inside ``--root``: the raw data is read, never written (a manifest there
     would replace a file of the dataset, or change what data.dvc records)."""
@@ -453,6 +472,9 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
                                  "rename them to import them")
     matched = len(scan.records)
     scan.records, duplicates = _without_duplicates(root, scan.records)
+    if spec.names_photos:
+        scan.records, copies = _one_per_name(scan.records)
+        duplicates += copies
     if not scan.records:
         raise DatasetLayoutError(f"{root}: every image is identical to another under another label (e.g. "
                                  f"{'; '.join(duplicates[:2])}): nothing is left to import")
@@ -475,7 +497,7 @@ def import_dataset(name: str, root: str | os.PathLike, out: str | os.PathLike,
         log.info("skipped %d stray file(s) under %s, e.g. %s", len(scan.skipped), root,
                  ", ".join(scan.skipped[:3]))
     if duplicates:  # each named: which photos the dataset lost
-        log.warning("left out %d image(s) identical to another:", matched - len(rows))
+        log.warning("left out %d image(s) identical to another, or another copy of one:", matched - len(rows))
         for reason in duplicates:
             log.warning("  %s", reason)
     for what in scan.inferred:

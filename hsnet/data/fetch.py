@@ -15,12 +15,14 @@ unchanged data is not.
 from __future__ import annotations
 
 import functools
+import getpass
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import HSNetError
@@ -91,7 +93,7 @@ def source_version(source: str, *, dvc_path: str | None = None, rev: str | None 
         safe_join(source, dvc_path, what="--dvc-path", links=False)
         cmd = [sys.executable, "-m", "dvc", "ls", "-R", "--show-hash", "--json", source, dvc_path] + \
             (["--rev", rev] if rev else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dvc_env())
         if proc.returncode != 0:
             raise HSNetError(f"dvc ls {source} {dvc_path}{' --rev ' + rev if rev else ''} failed: "
                              f"{(proc.stderr or proc.stdout).strip()[-1500:]}. Check the repository URL, the path, "
@@ -122,6 +124,21 @@ def source_version(source: str, *, dvc_path: str | None = None, rev: str | None 
     return f"{kind}:{h.hexdigest()}"
 
 
+def dvc_env() -> dict:
+    """The environment of a ``dvc`` subprocess as a pod runs it: no analytics; a user name where the
+    uid has none (a cluster's arbitrary uid without a passwd entry: DVC keys its site cache on
+    ``getpass.getuser()``, which fails there); DVC's site cache (its clones of the repositories
+    read) under the temporary folder, this uid's own, unless set (a read-only root filesystem has
+    no writable /var/tmp/dvc)."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        env["USER"] = f"uid{os.getuid()}"
+    env.setdefault("DVC_SITE_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"dvc-site-cache-{os.getuid()}"))
+    return env
+
+
 def _fetch(source: str, out: Path, *, dvc_path: str | None, rev: str | None, progress: bool) -> str:
     if dvc_path:
         safe_join(source, dvc_path, what="--dvc-path", links=False)
@@ -129,8 +146,7 @@ def _fetch(source: str, out: Path, *, dvc_path: str | None, rev: str | None, pro
         if out.exists():
             out.rmdir()
         cmd = [sys.executable, "-m", "dvc", "get", source, dvc_path, "-o", str(out)] + (["--rev", rev] if rev else [])
-        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dvc_env())
         if proc.returncode != 0:
             raise HSNetError(f"dvc get {source} {dvc_path}{' --rev ' + rev if rev else ''} failed: "
                              f"{(proc.stderr or proc.stdout).strip()[-1500:]}. Check the repository URL, the path, "

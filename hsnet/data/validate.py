@@ -25,7 +25,7 @@ from ..files import DATA_DOCS
 from ..files import GX_RESULTS as RESULTS
 from ..files import VALIDATION_SUMMARY as SUMMARY
 from ..params import ValidateParams
-from ..io import FileReadError, UnsafePath, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
+from ..io import FileReadError, UnsafePath, cache_folder, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
     open_rgb, remove_stale_temporaries, safe_join, sha256_file, write_json
 from .crop import clash_message, colliding_rows
 from .datasets import get_spec
@@ -51,6 +51,16 @@ class ImageInfo:
     height: int
     sha256: str
     error: str
+
+
+def _image_info_cache() -> ImageInfoCache | None:
+    """The image checks' cache under :func:`~hsnet.io.cache_root`; None (every image checked, with a
+    warning) where it can't be made: validation doesn't need it."""
+    try:
+        return ImageInfoCache(cache_folder(cache_root()) / "image-info.sqlite")
+    except (HSNetError, sqlite3.Error) as exc:
+        log.warning("image checks not cached: %s", exc)
+        return None
 
 
 class ImageInfoCache:
@@ -394,7 +404,7 @@ def validate(manifest: str | os.PathLike, root: str | os.PathLike, dataset: str,
     for row in rows:  # a missing core column is reported by the suite, not by a KeyError here
         for col in COLUMNS:
             row.setdefault(col, None)
-    cache = ImageInfoCache(cache_root() / "image-info.sqlite") if use_cache else None
+    cache = _image_info_cache() if use_cache else None
     df = build_table(rows, root, workers, cache, progress)
     present_cols = set(manifest_columns(manifest))
     for col in COLUMNS:

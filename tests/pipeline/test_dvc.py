@@ -103,16 +103,17 @@ def test_repro_then_nothing_to_do(repo):
                                                                                "experiment": "lr-0.002"}
     assert [str(v.version) for v in registry.search_model_versions("name='hsnet-sample'")] == ["1"]
     assert str(registry.get_model_version_by_alias("hsnet-sample", "candidate").version) == "1"
-    # ... unless asked. In a temporary copy (--temp, as dvc queue and hsnet reproduce run them) the
-    # data stages come from DVC's run cache: validation is not run again for every experiment
-    # (a stage with an uncached output never is restored: treeverse/dvc#8738)
+    # ... unless asked. In a temporary copy (--temp, as dvc queue and hsnet reproduce run them) import
+    # and validate come from DVC's run cache: validation is not run again for every experiment (a
+    # stage with an uncached output never is restored: treeverse/dvc#8738); crop, whose output is
+    # persisted (its reuse of unchanged photos; the run cache ignores a param named size), runs again
     env["HSNET_REGISTER_EXPERIMENTS"] = "1"
     try:
         temp = sh("dvc", "exp", "run", "--temp", "-S", "datasets.sample.train.lr=0.003", "--name", "lr-0.003")
     finally:
         del env["HSNET_REGISTER_EXPERIMENTS"]
     assert "Running stage 'train@sample'" in temp.stdout, temp.stdout
-    for stage in ("import", "validate", "crop"):
+    for stage in ("import", "validate"):
         assert f"Running stage '{stage}@sample'" not in temp.stdout, (stage, temp.stdout)
     assert str(registry.get_model_version_by_alias("hsnet-sample", "candidate").version) == "2"
 
@@ -163,8 +164,10 @@ def test_stage_deps_cover_the_code_they_run():
 
 def test_stage_params_are_the_keys_the_kubeflow_steps_take():
     """dvc.yaml's params of import, validate, crop and train name the keys hsnet.params.STEP_KEYS
-    gives the Kubeflow steps (and ``defaults``): both re-run a step for the same edits. evaluate's
-    cover its keys (the whole entry: a params file without an evaluate section still runs)."""
+    gives the Kubeflow steps, of the dataset's entry and of ``defaults`` (hsnet.params.for_step cuts
+    both): both re-run a step for the same edits. ``defaults.input_size`` is not listed: every entry
+    names its own input_size, which wins. evaluate's cover its keys (the whole entry and
+    ``defaults``: a params file without an evaluate section still runs)."""
     from hsnet.params import STEP_KEYS
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -174,4 +177,5 @@ def test_stage_params_are_the_keys_the_kubeflow_steps_take():
         if stage == "evaluate":
             assert listed == ["defaults", "datasets.${item}"]
         else:
-            assert listed == ["defaults"] + [f"datasets.${{item}}.{k}" for k in keys]
+            assert listed == ([f"defaults.{k}" for k in keys if k != "input_size"]
+                              + [f"datasets.${{item}}.{k}" for k in keys])

@@ -84,3 +84,28 @@ def test_a_training_refuses_stem_weights_changed_since_source_version(tmp_path):
         check_stem_version(params, dataset, {}, read)
     assert hashlib.sha256(b"new weights").hexdigest() in str(caught.value)
     assert "Start a new run" in str(caught.value)
+
+
+def test_a_component_step_ends_through_its_finally_blocks_on_sigterm(tmp_path):
+    """components.convert.start_step: a Kubeflow pod is stopped with SIGTERM (preemption, a deleted
+    run) and killed after its grace period; Python's default SIGTERM ends the process at once, with
+    no ``finally`` block run (temporary files left, MLflow runs left RUNNING). After start_step, as
+    with the hsnet CLI (hsnet.interrupt), SIGTERM raises in the step: its ``finally`` runs, and the
+    process exits non-zero (the pod fails and is retried)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "finally-ran"
+    code = ("import sys, time\nfrom components.convert import start_step\nstart_step()\n"
+            "print('ready', flush=True)\ntry:\n    time.sleep(60)\n"
+            f"finally:\n    open({str(marker)!r}, 'w').close()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert marker.exists(), "SIGTERM ended the step without running its finally block"
+    assert proc.returncode != 0
