@@ -311,11 +311,12 @@ def ensure_store(uri: str | None) -> None:
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - an older hsnet's creation cut short, a damaged file
+            if schema_message(exc) is not None:  # another MLflow's store: the step says what to do
+                raise
             raise HSNetError(f"the MLflow store {path} can't be opened ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:300]}). An out-of-date schema: do what MLflow says "
-                             "(mlflow db upgrade); otherwise it may be half-made by a step killed while creating it "
-                             "(before hsnet built stores beside their name): move it aside to start a new store, "
-                             "or point MLFLOW_TRACKING_URI at another") from exc
+                             f"{str(exc).splitlines()[0][:300]}): it may be half-made by a step killed while "
+                             "creating it (before hsnet built stores beside their name). Move it aside to start a "
+                             "new store, or point MLFLOW_TRACKING_URI at another") from exc
 
 
 def connect(create: bool = True) -> str:

@@ -164,10 +164,9 @@ def test_stage_deps_cover_the_code_they_run():
 
 def test_stage_params_are_the_keys_the_kubeflow_steps_take():
     """dvc.yaml's params of import, validate, crop and train name the keys hsnet.params.STEP_KEYS
-    gives the Kubeflow steps, of the dataset's entry and of ``defaults`` (hsnet.params.for_step cuts
-    both): both re-run a step for the same edits. ``defaults.input_size`` is not listed: every entry
-    names its own input_size, which wins. evaluate's cover its keys (the whole entry and
-    ``defaults``: a params file without an evaluate section still runs)."""
+    gives the Kubeflow steps (and ``defaults``, whole: a params file without one of its sections
+    still runs): both re-run a step for the same edits of a dataset's entry. evaluate's cover its
+    keys (the whole entry: a params file without an evaluate section still runs)."""
     from hsnet.params import STEP_KEYS
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -177,5 +176,4 @@ def test_stage_params_are_the_keys_the_kubeflow_steps_take():
         if stage == "evaluate":
             assert listed == ["defaults", "datasets.${item}"]
         else:
-            assert listed == ([f"defaults.{k}" for k in keys if k != "input_size"]
-                              + [f"datasets.${{item}}.{k}" for k in keys])
+            assert listed == ["defaults"] + [f"datasets.${{item}}.{k}" for k in keys]
