@@ -1,4 +1,4 @@
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -10,7 +10,7 @@ from . import SLIM_IMAGE
 def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
                    runs: list = [], require_stem_uri: bool = False, check_run: bool = False,
                    crop_device: str = "cpu", mlflow_tracking_uri: str = "", checkpoint_uri: str = "",
-                   promote: bool = False, deploy: bool = False, canary_percent: int = -1) -> NamedTuple(
+                   promote: bool = False, deploy: bool = False, canary_percent: Optional[int] = None) -> NamedTuple(
         "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict,
         train_settings=dict, evaluate_settings=dict, train_evaluate_settings=dict, stem_version=str,
         run_items=list):
@@ -31,8 +31,8 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     params' training reads (components.convert.stem_version), a train input: new weights at the
     same URI train again; ``run_items``: ``runs`` with each run's own (components.convert.run_items),
     what the ablation's loops iterate over. ``check_run``: the pipeline's other parameters (``crop_device`` ...
-    ``canary_percent``, -1: hsnet.deploy.CANARY_PERCENT) are checked too (components.convert.check_run),
-    before any data is fetched. Not retried (hsnet_pipeline.RETRIES): its checks are deterministic."""
+    ``canary_percent``; None: not a parameter of the pipeline) are checked too
+    (components.convert.check_run), before any data is fetched. Not retried (hsnet_pipeline.RETRIES): its checks are deterministic."""
     from typing import NamedTuple
 
     from components.convert import check_stem_weights, group_settings, params_for, start_step
@@ -40,14 +40,13 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     from components.convert import run_items as run_items_of
     from components.convert import stem_version as stem_version_of
     from hsnet.data.fetch import source_version as version_of
-    from hsnet.deploy import CANARY_PERCENT
     from hsnet.params import for_step
 
     start_step()
     if check_run:
         check_parameters(dataset, crop_device=crop_device, mlflow_tracking_uri=mlflow_tracking_uri,
                          checkpoint_uri=checkpoint_uri, promote=promote, deploy=deploy,
-                         canary_percent=CANARY_PERCENT if canary_percent == -1 else canary_percent)
+                         canary_percent=canary_percent)
     settings = params
     if dataset:
         params_for(params, dataset)  # checked: a wrong key or value stops the run here

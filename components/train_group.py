@@ -21,15 +21,18 @@ def train_evaluate_group(dataset: str, params: dict, mlflow_tracking_uri: str, c
     succeeded with a failed run would be reused as it is by every later submission and its run
     never trained again. A retry of the pipeline run (same run id) resumes the finished runs from
     their checkpoints as finished and trains only the failed ones. Each ``runs`` item may carry its
-    ``stem_version`` (source-version's run_items): part of the cache key only."""
+    ``stem_version`` (source-version's run_items): part of the cache key, and refused when the
+    weights are no longer that version (components.convert.check_stem_version), as train_model."""
     import tempfile
 
-    from components.convert import checkpoint_interval, group_settings, run_id, start_step
+    from components.convert import check_stem_version, checkpoint_interval, group_settings, run_id, start_step
     from hsnet import durable
     from hsnet.concurrent import export, failed, train_and_evaluate
     from hsnet.errors import HSNetError
 
     start_step(mlflow_tracking_uri)
+    for run in runs:  # before any training: each run's weights as its cache key names them
+        check_stem_version(params, dataset, (run or {}).get("model") or {}, (run or {}).get("stem_version", ""))
     settings = group_settings(params, dataset, runs)
     uris = durable.prefixes_for_run(checkpoint_uri, run_id(), settings)
     with tempfile.TemporaryDirectory(prefix="train-group-") as work:

@@ -380,8 +380,9 @@ def _add_train_evaluate(verbs) -> None:
     p.add_argument("--dataset", required=True, help=_dataset_help())
     p.add_argument("--out", required=True, help=f"folder for {LAST}, {BEST}, {HISTORY}")
     p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
-                   help=f"continue from OUT/{LAST} if it exists; 'auto': only if it is of the same data and "
-                   "settings, from the start otherwise (what dvc.yaml uses)")
+                   help=f"continue from OUT/{LAST} if it exists; 'auto': only if it is of the same data, code and "
+                   "settings (but how fast: compile, data_on_device, num_threads), from the start otherwise "
+                   "(what dvc.yaml uses)")
     p.add_argument("--checkpoint-uri", default=None, metavar="S3_PREFIX",
                    help=f"also keep {LAST}/{BEST} at this s3:// prefix, uploaded after the first epoch and then "
                    "every --checkpoint-every seconds at most, and resume from there when OUT has none (a preempted "
@@ -473,7 +474,7 @@ def _add_registry(verbs) -> None:
 
 
 def _add_inference(verbs) -> None:
-    from .limits import ENV_PREFIX, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT, Limits
+    from .limits import ENV_PREFIX, GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT, Limits
     from .params import MTCNN_MIN_FACE_SIZE
 
     p = _verb(verbs, "predict", "find the faces in photos and classify their expressions", _predict)
@@ -493,6 +494,9 @@ def _add_inference(verbs) -> None:
     p.add_argument("--host", default=HOST, help="address to listen on (0.0.0.0 in a container)")
     p.add_argument("--name", default=MODEL_NAME, help="the model's name in the URLs (/v1/models/NAME:predict)")
     p.add_argument("--threads", type=int, default=None, help="requests served in parallel (default: CPU cores)")
+    p.add_argument("--grace-period", type=float, default=GRACE_PERIOD_S, metavar="SECONDS",
+                   help="after SIGTERM, how long requests in flight may still finish (keep it under the pod's "
+                   "terminationGracePeriodSeconds)")
     p.add_argument("--min-prob", type=float, default=MIN_PROB, help="face detection probability threshold")
     p.add_argument("--min-face-size", type=int, default=MIN_FACE_SIZE, help="smallest face searched for, in pixels")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")

@@ -62,7 +62,7 @@ def serve_command(args) -> int:
                "PYTHONPATH": os.pathsep.join(p for p in (str(overlay), os.environ.get("PYTHONPATH")) if p)}
         argv = [sys.executable, "-m", "hsnet.cli", "serve", "--model", str(args.model), "--port", str(args.port),
                 "--host", args.host, "--name", args.name, "--min-prob", str(args.min_prob),
-                "--min-face-size", str(args.min_face_size)]
+                "--min-face-size", str(args.min_face_size), "--grace-period", str(args.grace_period)]
         for flag in ("threads", "device", *Limits.names()):
             if getattr(args, flag) is not None:
                 argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
@@ -72,7 +72,8 @@ def serve_command(args) -> int:
     from .serve import serve
 
     serve(args.model, port=args.port, host=args.host, name=args.name, limits=limits, device=args.device,
-          min_prob=args.min_prob, min_face_size=args.min_face_size, threads=args.threads)
+          min_prob=args.min_prob, min_face_size=args.min_face_size, threads=args.threads,
+          grace_period=args.grace_period)
     return 0
 
 

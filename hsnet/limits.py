@@ -14,6 +14,9 @@ MIN_PROB = 0.9  # face detection probability threshold: below it a candidate is 
 MIN_FACE_SIZE = 40  # pixels; MTCNN's default of 20 finds faces too small to read an expression from
 HOST = "127.0.0.1"  # hsnet serve answers this machine only, unless told (0.0.0.0 in a container)
 PORT = 8080  # KServe's HTTP port (serving/Dockerfile and hsnet/k8s/inferenceservice.yaml expose it)
+# after SIGTERM, how long requests in flight may still finish: inside Kubernetes' default grace of 30 s
+# before its SIGKILL (Knative's is the revision's timeout, 60 s in hsnet/k8s/inferenceservice.yaml)
+GRACE_PERIOD_S = 25
 MODEL_NAME = "hsnet"  # the model's name in the server's URLs: /v1/models/hsnet:predict, /v2/models/hsnet/infer
 
 

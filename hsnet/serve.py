@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import threading
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from kserve.errors import InvalidInput, ModelNotFound
 
 from .errors import HSNetError
 from .io import is_utf8
-from .limits import HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
+from .limits import GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
 from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,44 @@ class Loaded:
     registered_model: str | None
 
 
+# MLflow's error codes for a model, version or alias the registry doesn't have (an unknown alias is
+# INVALID_PARAMETER_VALUE): any other error is the registry's (credentials, permission, its database)
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+# a registry that fails (5xx, 429, a dropped connection) is tried again at start after these delays,
+# each failure logged: about a minute in all, inside the liveness probe's first 120 s (MLflow's own
+# retries, off meanwhile, would wait 4 minutes without a word)
+RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
+_PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted)|timed? ?out",
+                      re.IGNORECASE)
+
+
+def _look_up(text: str, uri: str) -> tuple[str, str]:
+    """:func:`hsnet.tracking.model_version` of ``text``, a failure that may pass tried again
+    (:data:`RESOLVE_DELAYS_S`, each logged); MLflow's error otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    from . import tracking
+
+    retries = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    given = os.environ.get(retries)
+    os.environ.setdefault(retries, "0")
+    try:
+        for delay in (*RESOLVE_DELAYS_S, None):
+            try:
+                return tracking.model_version(text)
+            except MlflowException as exc:
+                if exc.error_code in MISSING or delay is None or not _PASSING.search(str(exc)):
+                    raise
+                log.warning("the registry at %s failed to look up %s (%s): trying again in %d s", uri, text,
+                            str(exc).splitlines()[0][:300], delay)
+                time.sleep(delay)
+    finally:
+        if given is None:
+            os.environ.pop(retries, None)
+
+
 def resolve(model: str) -> tuple[str, str | None, str | None]:
     """(URI to load, version, registered name): an alias is resolved to its version first, so
     the version reported is the one loaded even if the alias moves meanwhile. A checkpoint file's
@@ -98,10 +137,15 @@ def resolve(model: str) -> tuple[str, str | None, str | None]:
 
         uri = tracking.connect(create=False)
         try:
-            name, version = tracking.model_version(text)
+            name, version = _look_up(text, uri)
         except MlflowException as exc:
-            raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
-                             "check the name and alias (hsnet promote)") from exc
+            if exc.error_code in MISSING:  # the registry answered: no such model, version or alias
+                raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
+                                 "check the name and alias (hsnet promote)") from exc
+            raise HSNetError(f"--model {text}: the registry at {uri} refused or failed the lookup "
+                             f"({exc.error_code}: {exc.message[:600]}); check its credentials "
+                             "(MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN: the hsnet-mlflow secret) and that the "
+                             "tracking server and its database are up") from exc
         return tracking.version_uri(name, version), version, name
     if text.startswith("runs:/"):
         return text, text[len("runs:/"):].split("/", 1)[0], None
@@ -432,6 +476,17 @@ async def _refused(_request, exc: InputRefused):
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
+def _client_error(status: int):
+    """KServe's refusal of a client's request (an unknown model name: 404; a body the protocol
+    doesn't allow: 400) answered as KServe does, ``{"error": "<message>"}``, and logged as one line:
+    KServe's own handlers log it as an ERROR with a traceback, which pages whoever alerts on
+    ERROR for every client's typo."""
+    async def handler(request, exc):
+        log.info("%s %s refused (%d): %s", request.method, request.url.path, status, exc)  # escaped by hsnet.logs
+        return JSONResponse({"error": str(exc)}, status_code=status)
+    return handler
+
+
 async def _http_error(_request, exc: StarletteHTTPException):
     """FastAPI's own refusals (no such route, a method not allowed, a streamed body over the limit,
     a client gone) in the protocol's error shape, ``{"error": "<message>"}``, not FastAPI's
@@ -495,8 +550,10 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
 
 def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_NAME,
           limits: Limits | None = None, device: str | None = None, min_prob: float = MIN_PROB,
-          min_face_size: int | None = None, threads: int | None = None) -> None:
-    """Load ``model``, then answer on ``host:port`` until SIGTERM/SIGINT."""
+          min_face_size: int | None = None, threads: int | None = None,
+          grace_period: float = GRACE_PERIOD_S) -> None:
+    """Load ``model``, then answer on ``host:port`` until SIGTERM/SIGINT; then no new connection, and
+    the requests in flight get ``grace_period`` seconds to finish."""
     from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
     from kserve.protocol.rest.server import RESTServer
 
@@ -512,9 +569,25 @@ def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_N
     app.add_exception_handler(InputRefused, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
-    rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
-                      workers=1, grace_period=10)
+    class Server(RESTServer):  # KServe adds its handlers as it starts: a client's mistake, one INFO line
+        def _add_exception_handlers(self, fastapi_app):
+            super()._add_exception_handlers(fastapi_app)
+            fastapi_app.add_exception_handler(InvalidInput, _client_error(400))
+            fastapi_app.add_exception_handler(ModelNotFound, _client_error(404))
+
+    rest = Server(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
+                      workers=1, grace_period=grace_period)
     rest.config.host = host  # KServe binds 0.0.0.0; locally we default to loopback
+    metadata = server.dataplane.model_metadata
+
+    async def model_metadata(model_name: str) -> dict:  # "versions": the one served (KServe says none)
+        out = await metadata(model_name)
+        served = hsnet_model.state.model_version if hsnet_model.state is not None else None
+        if model_name == hsnet_model.name and served:
+            out["versions"] = [str(served)]
+        return out
+
+    server.dataplane.model_metadata = model_metadata
     server._register_and_check_atleast_one_model_is_ready([hsnet_model])
     server._rest_server = rest
     server.servers.append(rest.start())

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -75,6 +76,8 @@ def prune_cache(cache_dir: Path, keep: Path, limit: int | None = None) -> list[P
     that a killed decode left behind more than a day ago. Returns what was deleted.
     """
     limit = cache_limit_bytes() if limit is None else limit
+    if not os.access(cache_dir, os.W_OK | os.X_OK):  # a cache this user reads only: not its to prune
+        return []
     gone = remove_stale_temporaries(cache_dir, "*.tmp", older_than=STALE_DECODE_SECONDS)
     files = []
     for f in cache_dir.glob("*.npy"):
@@ -93,6 +96,8 @@ def prune_cache(cache_dir: Path, keep: Path, limit: int | None = None) -> list[P
             f.unlink()  # a reader that has it memory-mapped keeps its pages (POSIX)
         except FileNotFoundError:
             pass
+        except OSError:  # not ours to remove (a shared cache): left, and counted
+            continue
         total -= size
         gone.append(f)
     return gone
@@ -124,10 +129,11 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
     try:
         os.utime(path)  # a hit: now the most recently used, the last to be pruned
         hit = True
-    except PermissionError:  # a cache this user can read, not write: a hit is used as it is
-        hit = path.is_file()
-    except OSError:  # not there (or its folder can't be: cache_folder names why)
-        hit = False
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a cache this user can read, not write
+            hit = path.is_file()  # (a volume filled before, another user's): a hit is used as it is
+        else:  # not there (or its folder can't be: cache_folder names why)
+            hit = False
     if not hit:
         cache_folder(cache_dir)
         need, free = len(rows) * 3 * size * size, shutil.disk_usage(cache_dir).free

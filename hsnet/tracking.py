@@ -189,7 +189,7 @@ def _sqlite_file(uri: str) -> str | None:
     """The database file of a ``sqlite:///`` URI (None for other stores and ``:memory:``)."""
     if not uri or not uri.startswith("sqlite:///"):
         return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    path = urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0])  # as SQLAlchemy reads it
     return None if not path or path == ":memory:" else path
 
 
@@ -303,11 +303,13 @@ def ensure_store(uri: str | None) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not os.path.exists(path) or os.path.getsize(path) == 0:
-            building = f"{path}.creating"  # under the lock: a leftover is a killed creation's
-            Path(building).unlink(missing_ok=True)
-            mlflow.MlflowClient(f"sqlite:///{building}").search_experiments(max_results=1)
-            os.replace(building, path)
+        real = os.path.realpath(path)  # a link to a store on a volume: the store is made there
+        if not os.path.exists(real) or os.path.getsize(real) == 0:
+            for leftover in Path(real).parent.glob(Path(real).name + ".creating-*"):  # killed creations'
+                leftover.unlink(missing_ok=True)
+            building = f"{real}.creating-{uuid.uuid4().hex[:12]}"  # a new name each time: MLflow keeps an engine per URI
+            mlflow.MlflowClient("sqlite:///" + urllib.parse.quote(building)).search_experiments(max_results=1)
+            os.replace(building, real)
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - an older hsnet's creation cut short, a damaged file

@@ -504,13 +504,18 @@ def _summarise(items: list[_Item], entries: dict[str, dict], report: dict, setti
     return out_rows
 
 
+RUN_COUNTS = ("processed", "reused")  # what this run cut and reused: returned and printed, not in the report file
+
+
 def _write_outputs(out: Path, out_rows: list[dict], report: dict, entries: dict, settings: CropParams) -> None:
     if report["processed"]:
         sync_filesystem(out)  # the crops (written unflushed, thousands of them) reach the disk before the records
     write_manifest(out / MANIFEST, out_rows,
                    columns=["path", "label", "label_name", "split", "subject", "source_path", "source_sha256",
                             "crop", "box_x1", "box_y1", "box_x2", "box_y2", "det_prob", "pixels_sha256"])
-    write_json(out / REPORT, report)
+    # the report in the folder says what the crops are, not what this run did: the same for the same
+    # crops (train and evaluate depend on the folder: a re-run reusing every crop must not re-train)
+    write_json(out / REPORT, {k: v for k, v in report.items() if k not in RUN_COUNTS})
     _remove_stale(out, {out / r["path"] for r in out_rows})  # crops of rows that now have no face
     write_json(out / STATE_FILE, {**_made_with(settings), "entries": entries})
 

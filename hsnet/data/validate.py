@@ -25,7 +25,7 @@ from ..files import DATA_DOCS
 from ..files import GX_RESULTS as RESULTS
 from ..files import VALIDATION_SUMMARY as SUMMARY
 from ..params import ValidateParams
-from ..io import FileReadError, UnsafePath, cache_folder, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
+from ..io import CACHE_ENV, FileReadError, UnsafePath, cache_folder, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
     open_rgb, remove_stale_temporaries, safe_join, sha256_file, write_json
 from .crop import clash_message, colliding_rows
 from .datasets import get_spec
@@ -57,7 +57,10 @@ def _image_info_cache() -> ImageInfoCache | None:
     """The image checks' cache under :func:`~hsnet.io.cache_root`; None (every image checked, with a
     warning) where it can't be made: validation doesn't need it."""
     try:
-        return ImageInfoCache(cache_folder(cache_root()) / "image-info.sqlite")
+        path = cache_folder(cache_root()) / "image-info.sqlite"
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):  # another user's, in a shared cache
+            raise HSNetError(f"{path} can't be written by this user: set {CACHE_ENV} to a folder of your own")
+        return ImageInfoCache(path)
     except (HSNetError, sqlite3.Error) as exc:
         log.warning("image checks not cached: %s", exc)
         return None

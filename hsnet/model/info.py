@@ -22,7 +22,7 @@ def describe(num_classes: int | None = None, sizes=(100, 224), progress: bool = 
     ``num_classes`` expressions (default: those of Table 6's dataset)."""
     from ..data.datasets import get_spec
 
-    num_classes = num_classes or len(get_spec(TABLE6_DATASET).classes)
+    num_classes = len(get_spec(TABLE6_DATASET).classes) if num_classes is None else num_classes
     from tqdm import tqdm
 
     header = "| DIB | FGAL | KTL | parameters | trainable | " + " | ".join(
