@@ -23,30 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("hsnet", "components", "pipelines")
+from tests.test_review_session14 import CODE_DIRS, ROOT, _code_files
+from tests.test_review_session14 import _string_constants as _strings
 
 
 def _flat(path: Path) -> str:
     return " ".join(path.read_text(encoding="utf-8").split())
-
-
-def _code_files():
-    for d in CODE_DIRS:
-        yield from sorted((ROOT / d).rglob("*.py"))
-
-
-def _strings(tree):
-    """String constants of a module that are not docstrings (f-string parts included)."""
-    docstrings = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                docstrings.add(id(first.value))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            yield node
 
 
 def _literal_defaults(names: tuple[str, ...], dirs=CODE_DIRS):

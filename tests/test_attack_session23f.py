@@ -9,7 +9,6 @@ kernel or a sandbox refuses them).
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,18 +19,12 @@ from pathlib import Path
 import pytest
 
 from hsnet.errors import HSNetError
+from tests.test_attack_session23b import _unshare_works
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_UID = 12345  # the owner of a shared cache's files: not this process (and not mapped into its namespace)
 
 
-def _unshare_works(*args: str) -> bool:
-    if not shutil.which("unshare"):
-        return False
-    try:
-        return subprocess.run(["unshare", *args, "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 def _env(**extra) -> dict:
