@@ -1,4 +1,4 @@
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -10,7 +10,7 @@ from . import SLIM_IMAGE
 def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, dataset: str = "",
                    runs: list = [], require_stem_uri: bool = False, check_run: bool = False,
                    crop_device: str = "cpu", mlflow_tracking_uri: str = "", checkpoint_uri: str = "",
-                   promote: bool = False, deploy: bool = False, canary_percent: Optional[int] = None) -> NamedTuple(
+                   promote: bool = False, deploy: bool = False, canary_percent: int = -1) -> NamedTuple(
         "Outputs", version=str, settings=dict, import_settings=dict, validate_settings=dict, crop_settings=dict,
         train_settings=dict, evaluate_settings=dict, train_evaluate_settings=dict, stem_version=str,
         run_items=list):
@@ -31,8 +31,8 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     params' training reads (components.convert.stem_version), a train input: new weights at the
     same URI train again; ``run_items``: ``runs`` with each run's own (components.convert.run_items),
     what the ablation's loops iterate over. ``check_run``: the pipeline's other parameters (``crop_device`` ...
-    ``canary_percent``; None: not a parameter of the pipeline) are checked too
-    (components.convert.check_run), before any data is fetched. Not retried (hsnet_pipeline.RETRIES): its checks are deterministic."""
+    ``canary_percent``: -1, none given, which a run that deploys is refused, as promote refuses it)
+    are checked too (components.convert.check_run), before any data is fetched. Not retried (hsnet_pipeline.RETRIES): its checks are deterministic."""
     from typing import NamedTuple
 
     from components.convert import check_stem_weights, group_settings, params_for, start_step

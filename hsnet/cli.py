@@ -381,7 +381,8 @@ def _add_train_evaluate(verbs) -> None:
     p.add_argument("--out", required=True, help=f"folder for {LAST}, {BEST}, {HISTORY}")
     p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
                    help=f"continue from OUT/{LAST} if it exists; 'auto': only if it is of the same data, code and "
-                   "settings (but how fast: compile, data_on_device, num_threads), from the start otherwise "
+                   "settings (but how fast: compile, data_on_device, data_memory_share, num_threads), from the "
+                   "start otherwise "
                    "(what dvc.yaml uses)")
     p.add_argument("--checkpoint-uri", default=None, metavar="S3_PREFIX",
                    help=f"also keep {LAST}/{BEST} at this s3:// prefix, uploaded after the first epoch and then "
@@ -525,8 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # what to lower when a GPU runs out of memory (another job may hold it: nvidia-smi shows which)
 OUT_OF_MEMORY = {
-    "train": "lower train.batch_size, set train.data_on_device false or train.compile false, or free the GPU; "
-             f"{LAST} holds the last finished epoch: add --resume (dvc repro resumes by itself)",
+    "train": "set train.data_on_device false or train.compile false, or free the GPU, and carry on: "
+             f"{LAST} holds the last finished epoch (add --resume; dvc repro resumes by itself); or lower "
+             "train.batch_size, which trains again from the start (another batch is another training)",
     "crop": "lower --batch-size, or crop on the CPU with --device cpu",
     None: "free the GPU (nvidia-smi shows what holds it), or run on the CPU with --device cpu",
 }

@@ -39,6 +39,7 @@ image, or on a development machine from the overlay ``make serve-env`` installs,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -90,37 +91,43 @@ class Loaded:
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
-# a registry that fails (5xx, 429, a dropped connection) is tried again at start after these delays,
-# each failure logged: about a minute in all, inside the liveness probe's first 120 s (MLflow's own
-# retries, off meanwhile, would wait 4 minutes without a word)
+# a registry that fails (unreachable, 5xx, 429, a dropped connection) is tried again at start after
+# these delays, each failure logged: about a minute in all, inside the liveness probe's first 120 s.
+# MLflow's own HTTP retries are off while the server loads (they would wait 4 minutes without a word).
 RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
 _PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted)|timed? ?out",
                       re.IGNORECASE)
+_MLFLOW_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 
 
-def _look_up(text: str, uri: str) -> tuple[str, str]:
-    """:func:`hsnet.tracking.model_version` of ``text``, a failure that may pass tried again
-    (:data:`RESOLVE_DELAYS_S`, each logged); MLflow's error otherwise."""
+def _may_pass(exc: BaseException) -> bool:
+    """Whether a failed load may work when tried again: the tracking server unreachable or failing
+    (5xx, 429, a dropped connection), not a refusal (credentials, permission) nor a missing model."""
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
+    from .tracking import TrackingUnavailable
 
-    retries = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    given = os.environ.get(retries)
-    os.environ.setdefault(retries, "0")
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TrackingUnavailable):
+            return True
+        if isinstance(exc, MlflowException):
+            return exc.error_code not in MISSING and bool(_PASSING.search(str(exc)))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _without_mlflow_retries():
+    """MLflow's HTTP retries off (unless the user set them): a failure reaches hsnet at once."""
+    given = os.environ.get(_MLFLOW_RETRIES)
+    os.environ.setdefault(_MLFLOW_RETRIES, "0")
     try:
-        for delay in (*RESOLVE_DELAYS_S, None):
-            try:
-                return tracking.model_version(text)
-            except MlflowException as exc:
-                if exc.error_code in MISSING or delay is None or not _PASSING.search(str(exc)):
-                    raise
-                log.warning("the registry at %s failed to look up %s (%s): trying again in %d s", uri, text,
-                            str(exc).splitlines()[0][:300], delay)
-                time.sleep(delay)
+        yield
     finally:
         if given is None:
-            os.environ.pop(retries, None)
+            os.environ.pop(_MLFLOW_RETRIES, None)
 
 
 def resolve(model: str) -> tuple[str, str | None, str | None]:
@@ -137,7 +144,7 @@ def resolve(model: str) -> tuple[str, str | None, str | None]:
 
         uri = tracking.connect(create=False)
         try:
-            name, version = _look_up(text, uri)
+            name, version = tracking.model_version(text)
         except MlflowException as exc:
             if exc.error_code in MISSING:  # the registry answered: no such model, version or alias
                 raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
@@ -186,7 +193,23 @@ class HSNetModel(kserve.Model):
         return [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]  # a JSON record per photo
 
     # --- loading ----------------------------------------------------------------------------
-    def _load(self) -> Loaded:
+    def _load(self, *, retry: bool = False) -> Loaded:
+        """The model loaded, MLflow's silent retries off; with ``retry`` (at start) a failure that
+        may pass is tried again after :data:`RESOLVE_DELAYS_S`, each logged. A reload fails at
+        once: the client waits for its answer, and the old version keeps serving."""
+        for delay in (*RESOLVE_DELAYS_S, None) if retry else (None,):
+            try:
+                with _without_mlflow_retries():
+                    return self._load_once()
+            except Exception as exc:  # noqa: BLE001 - classified by _may_pass
+                if delay is None or not _may_pass(exc):
+                    raise
+                log.warning("loading %s failed, the tracking server (registry) may be starting or failing (%s): "
+                            "trying again in %d s", self.model_ref, str(exc).splitlines()[0][:300], delay)
+                time.sleep(delay)
+        raise AssertionError("the last try raises")
+
+    def _load_once(self) -> Loaded:
         from .data.crop import Detector
         from .predict import load_classifier
 
@@ -202,7 +225,7 @@ class HSNetModel(kserve.Model):
         return loaded
 
     def load(self) -> bool:
-        self.state = self._load()
+        self.state = self._load(retry=True)
         self.ready = True
         return self.ready
 
@@ -482,7 +505,9 @@ def _client_error(status: int):
     KServe's own handlers log it as an ERROR with a traceback, which pages whoever alerts on
     ERROR for every client's typo."""
     async def handler(request, exc):
-        log.info("%s %s refused (%d): %s", request.method, request.url.path, status, exc)  # escaped by hsnet.logs
+        text = str(exc)  # a client's 30 MB input name is not echoed into the log whole
+        shown = text if len(text) <= 500 else f"{text[:500]}... ({len(text):,} characters)"
+        log.info("%s %s refused (%d): %s", request.method, request.url.path, status, shown)  # escaped by hsnet.logs
         return JSONResponse({"error": str(exc)}, status_code=status)
     return handler
 
@@ -513,7 +538,21 @@ class _Repository(kserve.model_repository.ModelRepository):
         model = self.get_model(name)
         if not isinstance(model, HSNetModel):
             raise HSNetError(f"no model {name!r} here")
-        await asyncio.get_running_loop().run_in_executor(None, model.reload)
+        # in a thread of its own, not the loop's executor: a SIGTERM mid-reload (a download of minutes)
+        # ends the server after its grace period, where asyncio.run would wait for the executor's thread
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def work():
+            try:
+                outcome = (done.set_result, model.reload())
+            except BaseException as exc:  # noqa: BLE001 - handed to the request that asked
+                outcome = (done.set_exception, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+                loop.call_soon_threadsafe(*outcome)
+
+        threading.Thread(target=work, name="hsnet-reload", daemon=True).start()
+        await done
         return True
 
 
@@ -574,6 +613,7 @@ def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_N
             super()._add_exception_handlers(fastapi_app)
             fastapi_app.add_exception_handler(InvalidInput, _client_error(400))
             fastapi_app.add_exception_handler(ModelNotFound, _client_error(404))
+            fastapi_app.add_exception_handler(NotImplementedError, _client_error(501))  # unload: refused by design
 
     rest = Server(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port,
                       workers=1, grace_period=grace_period)

@@ -300,8 +300,16 @@ def ensure_store(uri: str | None) -> None:
 
     import mlflow
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{path}.lock", "a")
+    except OSError as exc:
+        real = os.path.realpath(path)
+        if os.path.isfile(real) and os.path.getsize(real) > 0:
+            return  # a store this process can only read (a read-only mount, another user's): MLflow reads it
+        raise HSNetError(f"can't create the MLflow store {path} ({exc.strerror or exc}): point MLFLOW_TRACKING_URI "
+                         "at a store in a folder this user can write") from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         real = os.path.realpath(path)  # a link to a store on a volume: the store is made there
         if not os.path.exists(real) or os.path.getsize(real) == 0:
