@@ -95,8 +95,8 @@ MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # these delays, each failure logged: about a minute in all, inside the liveness probe's first 120 s.
 # MLflow's own HTTP retries are off while the server loads (they would wait 4 minutes without a word).
 RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
-_PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted)|timed? ?out",
-                      re.IGNORECASE)
+_PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted|broken)"
+                      r"|IncompleteRead|ChunkedEncodingError|timed? ?out", re.IGNORECASE)
 _MLFLOW_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 
 
@@ -105,12 +105,12 @@ def _may_pass(exc: BaseException) -> bool:
     (5xx, 429, a dropped connection), not a refusal (credentials, permission) nor a missing model."""
     from mlflow.exceptions import MlflowException
 
-    from .tracking import TrackingUnavailable
+    from .tracking import ServerUnavailable
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, TrackingUnavailable):
+        if isinstance(exc, ServerUnavailable):  # not "no store here": waiting can't make one
             return True
         if isinstance(exc, MlflowException):
             return exc.error_code not in MISSING and bool(_PASSING.search(str(exc)))

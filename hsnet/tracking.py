@@ -46,6 +46,10 @@ class TrackingUnavailable(HSNetError):
     pass
 
 
+class ServerUnavailable(TrackingUnavailable):
+    """The tracking server doesn't answer, or answers 5xx: unlike no store at all, this may pass."""
+
+
 _SCHEME_CHARS = "[A-Za-z][A-Za-z0-9+.-]*://"  # a URI's scheme and its "://" (RFC 3986 3.1)
 _SCHEME = re.compile("^" + _SCHEME_CHARS)
 # a password with a '/', '?' or '#' left unencoded ends the authority early (urllib reads it no
@@ -267,12 +271,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         resp = requests.get(uri.rstrip("/") + "/health", headers=_auth_headers(), timeout=timeout,
                             verify=_verify(), cert=os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None)
     except (requests.RequestException, OSError, ValueError) as exc:
-        raise TrackingUnavailable(
+        raise ServerUnavailable(
             f"MLflow tracking server {shown} (MLFLOW_TRACKING_URI) is unreachable "
             f"({mask_text(str(exc))}). Start it (mlflow/server.sh), fix MLFLOW_TRACKING_URI, or unset it "
             f"to track in the local store {DEFAULT_STORE}") from exc
     if resp.status_code >= 500:  # below: up (e.g. 401/404 behind a proxy): MLflow reports auth errors itself
-        raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status_code}")
+        raise ServerUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status_code}")
 
 
 def _verify():
