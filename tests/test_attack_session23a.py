@@ -146,28 +146,12 @@ def test_dvc_repro_resumes_after_the_out_of_memory_advice_is_followed(tmp_path, 
     the last finished epoch, as an explicit --resume would.
     """
     from hsnet.cli import OUT_OF_MEMORY, main
-    from hsnet.data.crop import crop
-    from hsnet.data.datasets import import_dataset
-    from hsnet.data.sample import generate
-    from hsnet.params import CropParams, Params
-    from hsnet.train import train
 
     assert "train.data_on_device false" in OUT_OF_MEMORY["train"] and "dvc repro resumes" in OUT_OF_MEMORY["train"]
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    generate(tmp_path / "raw", per_class=1, size=96, seed=5)
-    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
-    crop(tmp_path / "manifest.csv", tmp_path / "raw", tmp_path / "crops",
-         settings=CropParams(detector="none", size=80), progress=False)
-    params = {"datasets_to_run": ["sample"], "datasets": {"sample": {
+    params, params_file, out, first_epoch = stopped_after_one_epoch(tmp_path, {
         "input_size": 80, "model": {"ktl": False},
-        "train": {"lr": 0.001, "epochs": 2, "batch_size": 16, "seed": 3}}}}
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    out = tmp_path / "runs" / "train"
-    # the run that stopped (out of GPU memory) after its first epoch: last.pt holds epoch 1
-    train(tmp_path / "crops", Params.resolve(params_file, "sample"), out, resume="auto", track=False,
-          progress=False, stop_after_epochs=1)
-    first_epoch = json.loads((out / "history.json").read_text())[0]
+        "train": {"lr": 0.001, "epochs": 2, "batch_size": 16, "seed": 3}})
 
     params["datasets"]["sample"]["train"]["data_on_device"] = False  # the advice
     params_file.write_text(yaml.safe_dump(params))
@@ -179,3 +163,26 @@ def test_dvc_repro_resumes_after_the_out_of_memory_advice_is_followed(tmp_path, 
     assert history[0] == first_epoch, (
         "dvc repro's train command trained epoch 1 again after train.data_on_device was set false, as the "
         "out-of-memory message advises: last.pt was not resumed ('of other settings')")
+
+
+def stopped_after_one_epoch(tmp_path: Path, entry: dict):
+    """A sample dataset cropped at 80 px and a training of params ``entry`` (datasets.sample) that
+    stopped after its first epoch (out of GPU memory, as dvc repro's command runs it): (params,
+    its file, the --out folder, the first epoch's history row)."""
+    from hsnet.data.crop import crop
+    from hsnet.data.datasets import import_dataset
+    from hsnet.data.sample import generate
+    from hsnet.params import CropParams, Params
+    from hsnet.train import train
+
+    generate(tmp_path / "raw", per_class=1, size=96, seed=5)
+    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
+    crop(tmp_path / "manifest.csv", tmp_path / "raw", tmp_path / "crops",
+         settings=CropParams(detector="none", size=80), progress=False)
+    params = {"datasets_to_run": ["sample"], "datasets": {"sample": entry}}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "runs" / "train"
+    train(tmp_path / "crops", Params.resolve(params_file, "sample"), out, resume="auto", track=False,
+          progress=False, stop_after_epochs=1)
+    return params, params_file, out, json.loads((out / "history.json").read_text())[0]

@@ -134,31 +134,16 @@ def test_the_out_of_memory_advice_to_lower_the_batch_can_be_followed_with_resume
     one trains from the start), or a run killed after epoch 1 and resumed as advised with a lower
     ``train.batch_size`` carries on from epoch 1."""
     from hsnet.cli import OUT_OF_MEMORY, main
-    from hsnet.data.crop import crop
-    from hsnet.data.datasets import import_dataset
-    from hsnet.data.sample import generate
-    from hsnet.params import CropParams, Params
-    from hsnet.train import train
+    from tests.test_attack_session23a import stopped_after_one_epoch
 
     advice = OUT_OF_MEMORY["train"]
     if not ("train.batch_size" in advice and "--resume" in advice and "from the start" not in advice):
         return  # the advice no longer tells to resume after lowering the batch: nothing to hold it to
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    generate(tmp_path / "raw", per_class=1, size=96, seed=5)
-    import_dataset("sample", tmp_path / "raw", tmp_path / "manifest.csv")
-    crop(tmp_path / "manifest.csv", tmp_path / "raw", tmp_path / "crops",
-         settings=CropParams(detector="none", size=80), progress=False)
-    params = {"datasets_to_run": ["sample"], "datasets": {"sample": {
+    params, params_file, out, first_epoch = stopped_after_one_epoch(tmp_path, {
         "input_size": 80, "crop": {"detector": "none"}, "model": {"ktl": False},
-        "train": {"lr": 0.001, "epochs": 2, "batch_size": 32, "seed": 3}}}}
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    out = tmp_path / "runs" / "train"
-    # the run that ran out of GPU memory after its first epoch: last.pt holds epoch 1
-    train(tmp_path / "crops", Params.resolve(params_file, "sample"), out, resume="auto", track=False,
-          progress=False, stop_after_epochs=1)
-    first_epoch = json.loads((out / "history.json").read_text())[0]
+        "train": {"lr": 0.001, "epochs": 2, "batch_size": 32, "seed": 3}})
 
     params["datasets"]["sample"]["train"]["batch_size"] = 16  # the advice's first remedy
     params_file.write_text(yaml.safe_dump(params))
