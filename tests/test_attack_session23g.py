@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -134,29 +133,15 @@ def _registry(api_status: int):
     """An MLflow tracking server stand-in on loopback: ``/health`` answers 200 (MLflow's does
     without touching its database or checking credentials), every API call ``api_status`` with the
     body MLflow's server sends then (its basic-auth app's 401; a 503 from a database that is down)."""
-    from servers import serve_http
+    from tests.test_attack_session23h import _registry as answering
 
     bodies = {401: b"You are not authenticated. Please see https://www.mlflow.org/docs/latest/auth/index.html"
                    b"#authenticating-to-mlflow on how to authenticate.",
               403: b"Permission denied",
               503: b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "the database is not reachable"}'}
-
-    class Registry(BaseHTTPRequestHandler):
-        def do_GET(self):
-            status, body = (200, b"OK") if self.path.rstrip("/").endswith("/health") else (api_status, bodies[api_status])
-            self.send_response(status)
-            if status == 401:
-                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    return serve_http(Registry)
+    server, _ = answering(lambda n, path: (200, b"OK") if path.rstrip("/").endswith("/health")
+                          else (api_status, bodies[api_status]))
+    return server
 
 
 @pytest.mark.parametrize("api_status", [401, 403, 503])

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -40,22 +39,11 @@ def _unavailable_everywhere():
     """A tracking server behind a proxy whose upstream is not ready (an Istio sidecar's or an
     ingress's "503 upstream connect error", an MLflow pod restarting): every path answers 503,
     ``/health`` included."""
-    from servers import serve_http
+    from tests.test_attack_session23h import _registry as answering
 
-    class Down(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-            self.send_response(503)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    return serve_http(Down)
+    body = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+    server, _ = answering(lambda n, path: (503, body))
+    return server
 
 
 def _said_it_tries_again(output: str) -> bool:
