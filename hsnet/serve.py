@@ -197,17 +197,18 @@ class HSNetModel(kserve.Model):
         """The model loaded, MLflow's silent retries off; with ``retry`` (at start) a failure that
         may pass is tried again after :data:`RESOLVE_DELAYS_S`, each logged. A reload fails at
         once: the client waits for its answer, and the old version keeps serving."""
-        for delay in (*RESOLVE_DELAYS_S, None) if retry else (None,):
+        for delay in RESOLVE_DELAYS_S if retry else ():
             try:
                 with _without_mlflow_retries():
                     return self._load_once()
             except Exception as exc:  # noqa: BLE001 - classified by _may_pass
-                if delay is None or not _may_pass(exc):
+                if not _may_pass(exc):
                     raise
                 log.warning("loading %s failed, the tracking server (registry) may be starting or failing (%s): "
                             "trying again in %d s", self.model_ref, str(exc).splitlines()[0][:300], delay)
                 time.sleep(delay)
-        raise AssertionError("the last try raises")
+        with _without_mlflow_retries():  # the last try: its failure is the answer
+            return self._load_once()
 
     def _load_once(self) -> Loaded:
         from .data.crop import Detector
