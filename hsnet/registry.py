@@ -144,7 +144,7 @@ def model_files_digest(folder: str | os.PathLike) -> str:
 def _download_digest(uri: str) -> str:
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="hsnet-verify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hsnet-verify-") as tmp, tracking.download_timeout():
         return model_files_digest(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
 
 

@@ -60,6 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput, ModelNotFound
 
+from . import tracking
 from .errors import HSNetError
 from .io import is_utf8
 from .limits import GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
@@ -93,11 +94,11 @@ MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 # a registry that fails (unreachable, 5xx, 429, a dropped connection) is tried again at start after
 # these delays, each failure logged: about a minute in all, inside the liveness probe's first 120 s.
-# MLflow's own HTTP retries are off while the server loads (they would wait 4 minutes without a word).
+# While the server loads, MLflow's own retries and its long wait for a silent registry are off
+# (tracking.fail_fast): they would keep it silent for minutes.
 RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
 _PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted|broken)"
                       r"|IncompleteRead|ChunkedEncodingError|timed? ?out", re.IGNORECASE)
-_MLFLOW_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 
 
 def _may_pass(exc: BaseException) -> bool:
@@ -116,18 +117,6 @@ def _may_pass(exc: BaseException) -> bool:
             return exc.error_code not in MISSING and bool(_PASSING.search(str(exc)))
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-@contextlib.contextmanager
-def _without_mlflow_retries():
-    """MLflow's HTTP retries off (unless the user set them): a failure reaches hsnet at once."""
-    given = os.environ.get(_MLFLOW_RETRIES)
-    os.environ.setdefault(_MLFLOW_RETRIES, "0")
-    try:
-        yield
-    finally:
-        if given is None:
-            os.environ.pop(_MLFLOW_RETRIES, None)
 
 
 def resolve(model: str) -> tuple[str, str | None, str | None]:
@@ -199,7 +188,7 @@ class HSNetModel(kserve.Model):
         once: the client waits for its answer, and the old version keeps serving."""
         for delay in RESOLVE_DELAYS_S if retry else ():
             try:
-                with _without_mlflow_retries():
+                with tracking.fail_fast():
                     return self._load_once()
             except Exception as exc:  # noqa: BLE001 - classified by _may_pass
                 if not _may_pass(exc):
@@ -207,7 +196,7 @@ class HSNetModel(kserve.Model):
                 log.warning("loading %s failed, the tracking server (registry) may be starting or failing (%s): "
                             "trying again in %d s", self.model_ref, str(exc).splitlines()[0][:300], delay)
                 time.sleep(delay)
-        with _without_mlflow_retries():  # the last try: its failure is the answer
+        with tracking.fail_fast():  # the last try: its failure is the answer
             return self._load_once()
 
     def _load_once(self) -> Loaded:

@@ -381,6 +381,45 @@ def _registered_version(uri: str):
     return client.get_model_version(name, version)
 
 
+# while the model server loads (tracking.fail_fast): a registry that fails or doesn't answer within
+# REGISTRY_TIMEOUT_S reaches hsnet at once, to be logged and maybe tried again. A lookup answers in
+# well under a second; a download keeps MLflow's own timeout (120 s), since MLflow's artifact proxy
+# sends its first byte only once it has the whole file from the artifact store.
+REGISTRY_TIMEOUT_S = 10
+_RETRIES_ENV, _TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
+_FAST: dict[str, str] = {}  # what fail_fast set, while it holds
+
+
+@contextmanager
+def fail_fast():
+    """MLflow's HTTP retries off and its timeout :data:`REGISTRY_TIMEOUT_S` (each unless the user
+    set it) for lookups; :func:`fetch_model`'s downloads keep MLflow's timeout."""
+    ours = {_RETRIES_ENV: "0", _TIMEOUT_ENV: str(REGISTRY_TIMEOUT_S)}
+    set_here = {key: value for key, value in ours.items() if key not in os.environ}
+    os.environ.update(set_here)
+    _FAST.update(set_here)
+    try:
+        yield
+    finally:
+        for key in set_here:
+            os.environ.pop(key, None)
+            _FAST.pop(key, None)
+
+
+@contextmanager
+def download_timeout():
+    """MLflow's own timeout for a download, where :func:`fail_fast` shortened it."""
+    ours = _FAST.get(_TIMEOUT_ENV)
+    if ours is None or os.environ.get(_TIMEOUT_ENV) != ours:
+        yield
+        return
+    os.environ.pop(_TIMEOUT_ENV)
+    try:
+        yield
+    finally:
+        os.environ[_TIMEOUT_ENV] = ours
+
+
 def model_version(uri: str) -> tuple[str, str]:
     """(registered name, version) of ``models:/NAME@ALIAS`` (the alias resolved now) or
     ``models:/NAME/VERSION`` (checked to exist). Errors are MLflow's; the caller names the URI."""
@@ -425,7 +464,8 @@ def fetch_model(uri: str) -> Path | None:
             raise HSNetError(f"can't download {uri} into the model cache {root} ({exc.strerror}): set "
                              f"{CACHE_ENV} to a writable folder") from exc
         try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
+            with download_timeout():
+                got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
                 raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {source})")
             with _cache_lock(root):  # put in place by one process at a time; downloads run side by side

@@ -312,3 +312,101 @@ def test_a_registry_on_a_read_only_folder_can_be_read(tmp_path):
         pytest.skip(f"can't mount the store's folder read-only here: {proc.stderr[-300:]}")
     assert proc.returncode == 0 and "found ('m', '1')" in proc.stdout, (
         f"a lookup in a store on a read-only folder failed:\n{proc.stderr[-1200:]}")
+
+
+# --- 5. (session 24) a registry whose lookup hangs: MLflow's 120 s timeout per try, without a word ----
+def test_a_registry_whose_lookup_hangs_is_named_in_the_log_within_twenty_seconds(tmp_path):
+    """Session 23's note ("left, found and not changed"): "a registry whose lookup hangs (health
+    answers, the database doesn't) waits MLflow's 120 s request timeout per try without a log line".
+    hsnet/k8s/inferenceservice.yaml's liveness probe starts at 120 s: six silent tries of 120 s each
+    would restart the pod long before the first line said why.
+
+    Here the registry answers ``/health`` and never answers the alias lookup. Expected: within 20 s
+    the server has logged a failed try naming the registry (and it goes on trying)."""
+    release = threading.Event()
+
+    def answer(n, path):
+        if path.startswith("/health"):
+            return 200, b"OK"
+        release.wait(60)  # the database behind the server doesn't answer
+        return 503, UNAVAILABLE
+
+    registry, seen = _registry(answer)
+    log = tmp_path / "serve.log"
+    proc = _serve(f"http://127.0.0.1:{registry.server_address[1]}", log, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("/alias" in p for p in seen) and proc.poll() is None:
+            time.sleep(0.2)
+        assert any("/alias" in p for p in seen), (seen, log.read_text(errors="replace")[-800:])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None and not _says_registry_fails(log.read_text(
+                errors="replace")):
+            time.sleep(0.5)
+        said = log.read_text(errors="replace")
+        running = proc.poll() is None
+    finally:
+        release.set()
+        _end(proc)
+        registry.shutdown()
+        registry.server_close()
+    assert _says_registry_fails(said), f"20 s after a lookup that hangs, the server's whole output was: {said[-1500:]!r}"
+    assert running, f"a hanging lookup may pass: the server should try again, not exit: {said[-1500:]!r}"
+
+
+def test_a_download_slower_than_the_lookup_timeout_still_loads(tmp_path, monkeypatch):
+    """hsnet/tracking.py: while the server loads, a lookup that takes more than REGISTRY_TIMEOUT_S
+    fails, but "a download keeps MLflow's own timeout (120 s), since MLflow's artifact proxy sends
+    its first byte only once it has the whole file from the artifact store" (mlflow/server/
+    handlers.py ``_download_artifact``: ``artifact_repo.download_artifacts`` to a temporary folder,
+    then the response). A model of ~100 MB on a slow object store takes longer than a lookup may.
+
+    Here the stand-in proxy answers the run's lookups at once and a file's download only after
+    REGISTRY_TIMEOUT_S + 1.5 s. Expected: the copy is made (the download waited)."""
+    from hsnet import tracking
+
+    mlmodel = b"artifact_path: model\nflavors: {}\n"
+    prefix = "/api/2.0/mlflow-artifacts/artifacts/0/r1/artifacts"
+
+    def answer(n, path):
+        if path.startswith("/api/2.0/mlflow/runs/get"):
+            return 200, json.dumps({"run": {"info": {"run_id": "r1", "experiment_id": "0",
+                                                     "artifact_uri": "mlflow-artifacts:/0/r1/artifacts",
+                                                     "status": "FINISHED", "lifecycle_stage": "active"},
+                                            "data": {}}}).encode()
+        if path.startswith("/api/2.0/mlflow-artifacts/artifacts?"):
+            listed = [{"path": "MLmodel", "is_dir": False, "file_size": len(mlmodel)}]
+            return 200, json.dumps({"files": listed if "model" in path else
+                                    [{"path": "model", "is_dir": True}]}).encode()
+        if path == prefix + "/model/MLmodel":
+            time.sleep(tracking.REGISTRY_TIMEOUT_S + 1.5)  # the proxy fetching the file from the object store
+            return 200, mlmodel
+        return 404, MISSING
+
+    registry, seen = _registry(answer)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{registry.server_address[1]}")
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(key, raising=False)
+    try:
+        with tracking.fail_fast():
+            local = tracking.fetch_model("runs:/r1/model")
+    finally:
+        registry.shutdown()
+        registry.server_close()
+    assert (local / "MLmodel").read_bytes() == mlmodel, seen
+
+
+def test_readme_states_the_timeouts_the_server_loads_with():
+    """README, "Start and stop": "a lookup not answered within N s; a download keeps MLflow's M s":
+    N is hsnet.tracking.REGISTRY_TIMEOUT_S and M MLflow's own default MLFLOW_HTTP_REQUEST_TIMEOUT."""
+    import re
+
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    from hsnet.tracking import REGISTRY_TIMEOUT_S
+
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    m = re.search(r"a lookup not answered within (\d+) s; a download keeps MLflow's (\d+) s", text)
+    assert m, "README states the server's lookup and download timeouts while it loads"
+    assert (int(m.group(1)), int(m.group(2))) == (REGISTRY_TIMEOUT_S, MLFLOW_HTTP_REQUEST_TIMEOUT.default)
