@@ -68,10 +68,7 @@ def group_settings(params: dict, dataset: str, runs: list) -> dict:
         if not isinstance(run, dict) or set(run) - {"model", "seed", "stem_version"}:  # (run_items' version)
             raise HSNetError(f"runs item {run!r}: expected {{'model': {{'dib': ..., 'fgal': ..., 'ktl': ...}}, "
                              "'seed': N}")
-        overrides = {"model": run.get("model") or {}}
-        if run.get("seed", -1) != -1:  # the schema checks the seed's type
-            overrides["train"] = {"seed": run["seed"]}
-        p = params_for(params, dataset, overrides)
+        p = params_for(params, dataset, _run_overrides(run))
         name = exp_name(dataset, tuple(getattr(p.model, k) for k in SWITCHES), p.train.seed)
         if name in settings:
             raise HSNetError(f"runs: {name} is given twice (a seed of -1 or none is params' train.seed, "
@@ -79,6 +76,15 @@ def group_settings(params: dict, dataset: str, runs: list) -> dict:
                              "another seed")
         settings[name] = p
     return settings
+
+
+def _run_overrides(run: dict) -> dict:
+    """A ``runs`` item's overrides of params: its model switches, and its seed unless -1 or none
+    (params' seed; the schema checks and converts a given one: "1" and 1.0 are 1)."""
+    overrides = {"model": run.get("model") or {}}
+    if restore_ints(run.get("seed", -1)) not in (-1, "-1"):
+        overrides["train"] = {"seed": run["seed"]}
+    return overrides
 
 
 def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> None:
@@ -102,30 +108,59 @@ def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> 
 
 
 CROP_DEVICES = ("cpu", "cuda")  # the hsnet pipeline's crop_device: cuda gives crop a GPU, cpu none
+# a pipeline's steps record to a tracking server (a file or sqlite store would be inside one pod)
+SERVER_SCHEMES = ("http", "https", "databricks")
+SOURCE_PARAMETERS = ("raw_source", "dvc_path", "dvc_rev")  # the pipelines' names of fetch's source
+
+
+def _server_uri(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (:data:`SERVER_SCHEMES`; Databricks' bare "databricks")."""
+    scheme, sep, _ = uri.strip().partition("://")
+    return uri.strip() == "databricks" or (bool(sep) and scheme.lower() in SERVER_SCHEMES)
 
 
 def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_uri: str | None = None,
               checkpoint_uri: str | None = None, promote: bool = False, deploy: bool = False,
-              canary_percent: int | None = None) -> None:
+              canary_percent: int | None = None, raw_source: str | None = None, dvc_path: str = "",
+              dvc_rev: str = "") -> None:
     """The pipeline parameters typed in the Kubeflow UI that no later step could work with, refused
     by the first step, before any data is fetched (a run started from the UI gets no check of
-    pipelines.submit's): an empty dataset, a crop device other than :data:`CROP_DEVICES`, no MLflow
-    server (each pod would record into a store deleted with it), a checkpoint prefix that isn't
-    s3://, ``deploy`` without ``promote``, a canary share outside 0..100. None: not a parameter of
-    this pipeline."""
+    pipelines.submit's): an empty or unknown dataset, an empty source or a revision without a DVC
+    path (hsnet.data.fetch.check_source), a crop device other than :data:`CROP_DEVICES`, no MLflow
+    server (each pod would record into a store deleted with it) or a URI that isn't a server's
+    (:data:`SERVER_SCHEMES`), a checkpoint prefix that isn't s3:// or names no valid bucket,
+    ``deploy`` without ``promote``, a canary share outside 0..100. None: not a parameter of this
+    pipeline."""
+    from hsnet.data.datasets import get_spec
+    from hsnet.data.fetch import check_source
     from hsnet.deploy import check_canary
     from hsnet.errors import HSNetError
     from hsnet.s3 import S3Error, split_uri
+    from hsnet.tracking import mask_uri
 
     problems = []
     if not dataset.strip():
         problems.append("dataset is empty: name the params entry to run (datasets.<name>)")
+    else:
+        try:
+            get_spec(dataset)
+        except HSNetError as exc:
+            problems.append(f"dataset: {exc} (a params entry needs one of these names: import reads its layout)")
+    if raw_source is not None:
+        try:
+            check_source(raw_source, dvc_path, dvc_rev, names=SOURCE_PARAMETERS)
+        except HSNetError as exc:
+            problems.append(str(exc))
     if crop_device is not None and crop_device not in CROP_DEVICES:
         problems.append(f"crop_device {crop_device!r}: give {' or '.join(CROP_DEVICES)}")
     if mlflow_tracking_uri is not None and not mlflow_tracking_uri.strip() and not os.environ.get("MLFLOW_TRACKING_URI"):
         problems.append("mlflow_tracking_uri is empty: each step would record into a store inside its own pod, "
                         "deleted with it (train's and evaluate's runs lost, register finding no evaluation); give "
                         "the tracking server's URL")
+    elif mlflow_tracking_uri and mlflow_tracking_uri.strip() and not _server_uri(mlflow_tracking_uri):
+        problems.append(f"mlflow_tracking_uri {mask_uri(mlflow_tracking_uri.strip())!r} is not a tracking server's URL: "
+                        f"give {' or '.join(s + '://HOST[:PORT]' for s in SERVER_SCHEMES[:2])}, e.g. "
+                        "http://mlflow.kubeflow.svc.cluster.local:5000")
     if checkpoint_uri:
         try:
             split_uri(checkpoint_uri)
@@ -200,10 +235,15 @@ def check_stem_version(params: dict, dataset: str, model_overrides: dict, expect
 
 
 def run_items(params: dict, dataset: str, runs: list) -> list[dict]:
-    """The ablation's ``runs`` as its loops take them: each item with its ``seed`` (-1: params') and
-    ``stem_version`` (:func:`stem_versions`: its own, "" with KTL off)."""
-    return [{"model": (run or {}).get("model") or {}, "seed": (run or {}).get("seed", -1), "stem_version": v}
-            for run, v in zip(runs, stem_versions(params, dataset, runs))]
+    """The ablation's ``runs`` as its loops take them: each item with its ``seed`` as the schema
+    read it (an integer; -1: params') and ``stem_version`` (:func:`stem_versions`: its own, "" with
+    KTL off)."""
+    items = []
+    for run, version in zip(runs, stem_versions(params, dataset, runs)):
+        overrides = _run_overrides(run or {})
+        seed = params_for(params, dataset, overrides).train.seed if "train" in overrides else -1
+        items.append({"model": overrides["model"], "seed": seed, "stem_version": version})
+    return items
 
 
 def write_metrics_file(*artifacts) -> None:

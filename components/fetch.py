@@ -19,7 +19,8 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     an input, so new data at the same source is fetched (and everything after it re-run) and
     unchanged data reuses the cache. The first step, so it also checks ``params`` for ``dataset``,
     that no two items of ``runs`` are the same configuration and seed, and (with
-    ``require_stem_uri``) that every KTL run of ``runs`` names its stem weights.
+    ``require_stem_uri``, the ablation's) that ``runs`` holds a training and that every KTL run of
+    it names its stem weights.
     ``settings``: ``params`` cut to what ``dataset``'s settings come from (``defaults`` and
     ``datasets.<dataset>``), for the later steps: a parameter's value is part of their cache key,
     so another dataset's edit to params reuses their results, as DVC does (``params`` itself when
@@ -40,13 +41,14 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
     from components.convert import run_items as run_items_of
     from components.convert import stem_version as stem_version_of
     from hsnet.data.fetch import source_version as version_of
+    from hsnet.errors import HSNetError
     from hsnet.params import for_step
 
     start_step()
     if check_run:
         check_parameters(dataset, crop_device=crop_device, mlflow_tracking_uri=mlflow_tracking_uri,
                          checkpoint_uri=checkpoint_uri, promote=promote, deploy=deploy,
-                         canary_percent=canary_percent)
+                         canary_percent=canary_percent, raw_source=source, dvc_path=dvc_path, dvc_rev=dvc_rev)
     settings = params
     if dataset:
         params_for(params, dataset)  # checked: a wrong key or value stops the run here
@@ -54,7 +56,10 @@ def source_version(source: str, dvc_path: str, dvc_rev: str, params: dict = {}, 
                     **({"defaults": params["defaults"]} if params.get("defaults") else {})}
         if runs:  # the ablation's: one training per configuration and seed (a twin would share its
             group_settings(params, dataset, runs)  # checkpoints and count twice in Table 6)
-        if require_stem_uri:
+        if require_stem_uri:  # the ablation's: its trainings are the runs given
+            if not runs:
+                raise HSNetError("runs is empty: the ablation trains one model per item, and would report a Table 6 "
+                                 "of missing rows; give the configurations and seeds to train (see the default)")
             check_stem_weights(params, dataset, runs)
     steps = {step: for_step(params, dataset, step) if dataset else params
              for step in ("import", "validate", "crop", "train", "evaluate")}

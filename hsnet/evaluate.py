@@ -19,7 +19,7 @@ from . import tracking
 from .data.datasets import check_classes
 from .data.manifest import MANIFEST, TEST, crop_settings, read_manifest
 from .files import COMPARISON, CONFUSION, METRICS_FILE, PREDICTIONS
-from .io import atomic_path, check_creatable, clean_stale_tmp, write_json, write_text
+from .io import atomic_path, check_creatable, clean_stale_tmp, only_writer, write_json, write_text
 from .plots import plot_confusion
 from . import checkpoint as checkpoint_mod
 from .device import forward, pick_device, place
@@ -133,33 +133,35 @@ def evaluate(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir
                    data_version=tracking.data_version(manifest), train_data_version=meta["data_version"],
                    model=meta["model"], checkpoint_sha256=sha, mlflow_run_id=None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not track:
-        _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
-        return metrics
-    import mlflow
+    # one evaluation writes and records this folder at a time: another's files would be logged as its own
+    with only_writer(out_dir, "hsnet evaluate", "wait for it to end, or evaluate into another --out"):
+        if not track:
+            _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
+            return metrics
+        import mlflow
 
-    # the run records the checkpoint's hash and the test data version as params (immutable):
-    # hsnet register and promote take the figures from here, not from an editable metrics.json
-    tags = {"dataset": dataset, "step": "evaluate", "git_commit": tracking.git_commit(),
-            "data_version": metrics["data_version"], "test_data_version": metrics["data_version"],
-            "checkpoint_sha256": sha, **tracking.trained_by(meta)}
-    params = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "split": split,
-              "test_data_version": metrics["data_version"], "tta_hflip": tta_hflip,
-              **{f"model.{k}": v for k, v in meta["model"].items()}}
-    with tracking.run(f"evaluate-{dataset}", params=params, tags=tags, device=setup.device) as active:
-        metrics["mlflow_run_id"] = active.info.run_id
-        _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
-        mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
-                            "test_mean_accuracy": metrics["mean_accuracy"],
-                            **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()
-                               if a is not None}})
-        for name in OUTPUTS:
-            mlflow.log_artifact(str(out_dir / name))
-        with tempfile.TemporaryDirectory() as tmp:  # the bytes evaluated, not the file as it is now
-            copy = Path(tmp) / Path(checkpoint).name
-            copy.write_bytes(ckpt_bytes)
-            mlflow.log_artifact(str(copy), artifact_path="checkpoint")
-    return metrics
+        # the run records the checkpoint's hash and the test data version as params (immutable):
+        # hsnet register and promote take the figures from here, not from an editable metrics.json
+        tags = {"dataset": dataset, "step": "evaluate", "git_commit": tracking.git_commit(),
+                "data_version": metrics["data_version"], "test_data_version": metrics["data_version"],
+                "checkpoint_sha256": sha, **tracking.trained_by(meta)}
+        params = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha, "split": split,
+                  "test_data_version": metrics["data_version"], "tta_hflip": tta_hflip,
+                  **{f"model.{k}": v for k, v in meta["model"].items()}}
+        with tracking.run(f"evaluate-{dataset}", params=params, tags=tags, device=setup.device) as active:
+            metrics["mlflow_run_id"] = active.info.run_id
+            _write_outputs(out_dir, metrics, data, actual, predicted, probs, classes, dataset, split)
+            mlflow.log_metrics({"test_accuracy": metrics["accuracy"],
+                                "test_mean_accuracy": metrics["mean_accuracy"],
+                                **{f"test_accuracy_{c}": a for c, a in metrics["per_class_accuracy"].items()
+                                   if a is not None}})
+            for name in OUTPUTS:
+                mlflow.log_artifact(str(out_dir / name))
+            with tempfile.TemporaryDirectory() as tmp:  # the bytes evaluated, not the file as it is now
+                copy = Path(tmp) / Path(checkpoint).name
+                copy.write_bytes(ckpt_bytes)
+                mlflow.log_artifact(str(copy), artifact_path="checkpoint")
+        return metrics
 
 
 def _write_outputs(out_dir: Path, metrics: dict, data, actual, predicted, probs, classes, dataset, split) -> None:

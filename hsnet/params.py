@@ -33,6 +33,7 @@ import yaml
 
 from .errors import HSNetError
 from .io import MAX_IMAGE_PIXELS
+from .sizes import MIN_INPUT_SIZE
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 WHOLE_STEP = "whole-step"  # train.compile: the whole training step as one CUDA graph (hsnet.step)
@@ -46,8 +47,8 @@ class _OutOfRange(ParamsError):
     """Of the right type, out of range: said as such, also for an optional (``int | None``) setting."""
 
 
-def _range(lo=None, hi=None, *, lo_open=False, hi_open=False) -> dict:
-    return {"range": (lo, hi, lo_open, hi_open)}
+def _range(lo=None, hi=None, *, lo_open=False, hi_open=False, why: str = "") -> dict:
+    return {"range": (lo, hi, lo_open, hi_open), "why": why}
 
 
 SIDE_MAX = math.isqrt(MAX_IMAGE_PIXELS)  # 8000: larger square crops would be refused by every reader (hsnet.io)
@@ -94,7 +95,8 @@ class ModelParams:
     dib: bool = True  # kernel scale: SDIB/RDIB
     fgal: bool = True  # network scale
     ktl: bool = True  # knowledge scale: the frozen VGGFace2 stem
-    stem_weights: str = VGGFACE2  # facenet-pytorch's download, a file or s3:// URI
+    stem_weights: str = field(default=VGGFACE2, metadata={  # facenet-pytorch's download, a file or s3:// URI
+        "keywords": (VGGFACE2,), "nonempty": f"give {VGGFACE2} (facenet-pytorch's download), a file or an s3:// URI"})
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ class Params:
     """Everything one dataset's pipeline run is configured by."""
 
     dataset: str = ""
-    input_size: int = field(default=224, metadata=_range(1, SIDE_MAX))  # train checks HSNet's minimum
+    input_size: int = field(default=224, metadata=_range(
+        MIN_INPUT_SIZE, SIDE_MAX, why="HSNet's smallest input: SDIB-A needs 3x3 features; the largest crop every reader takes"))
     import_: ImportParams = field(default=ImportParams(), metadata={"key": "import"})
     validate: ValidateParams = ValidateParams()
     crop: CropParams = CropParams()
@@ -331,6 +334,10 @@ def _value(tp, value, where: str, meta: dict):
         raise ParamsError(f"{where}: {_show(value)} is not a number")
     if tp is str:
         if isinstance(value, str):
+            if value.strip().lower() in meta.get("keywords", ()):  # "VGGFace2 " is the keyword vggface2
+                return value.strip().lower()
+            if meta.get("nonempty") and not value.strip():
+                raise ParamsError(f"{where} is empty: {meta['nonempty']}")
             return value
         raise ParamsError(f"{where}: {_show(value)} is not a string")
     raise TypeError(f"no rule for {tp}")  # a schema bug, not an input error
@@ -342,7 +349,8 @@ def _in_range(value, where: str, meta: dict):
         ([f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
     if (lo is not None and (value < lo or (lo_open and value == lo))) or \
             (hi is not None and (value > hi or (hi_open and value == hi))):
-        raise _OutOfRange(f"{where}: {value} is out of range; it must be {' and '.join(bounds)}")
+        why = f" ({meta['why']})" if meta.get("why") else ""
+        raise _OutOfRange(f"{where}: {value} is out of range; it must be {' and '.join(bounds)}{why}")
     return value
 
 

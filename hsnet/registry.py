@@ -54,6 +54,7 @@ GATE_METRIC = paper.METRICS[0]  # what promotion compares unless told otherwise
 MIN_DELTA = 0.0  # the gain over production promotion asks for unless told otherwise
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")
 LOCK_SUFFIX = ".promotion-lock"
+FINISH_WAIT_S = 60  # how long a registration waits for a promotion (seconds, in general) to set candidate
 _DATA_VERSION = re.compile(r"^sha256:[0-9a-f]{8,64}$")
 
 
@@ -121,6 +122,9 @@ MODEL_FILES_PARAM = "model_files_sha256"  # registration run param: the digest o
 # registration run param and version tag: the sha256 of the registered weights (artifacts/model.pt, what
 # predict reports as the model's sha256): the checkpoint saved again without resume state, so not checkpoint_sha256
 WEIGHTS_SHA256 = "weights_sha256"
+# registration run param: the checkpoint's format (hsnet.checkpoint.FORMAT), which tells the gate,
+# after an upgrade, that production's checkpoint is one this hsnet can neither evaluate nor serve
+CHECKPOINT_FORMAT_PARAM = "checkpoint_format"
 _NOT_MODEL_FILES = ("registered_model_meta",)  # written by MLflow into a models:/NAME/VERSION download
 
 
@@ -214,7 +218,7 @@ def _version_figures(client, mv) -> dict:
     if figures["checkpoint_sha256"] != sha:
         raise NoEvaluation(f"version {mv.version} of {mv.name}: its evaluation run {eval_id} measured another "
                            "checkpoint than the one registered")
-    return figures
+    return {**figures, CHECKPOINT_FORMAT_PARAM: params.get(CHECKPOINT_FORMAT_PARAM)}
 
 
 def _evaluation_of(client, sha: str, m: dict, metrics_path: Path, checkpoint: Path) -> dict:
@@ -298,8 +302,20 @@ def _not_comparable(cand, prod, p_fig: dict, c: tuple, p: tuple) -> str:
         differ = f"was tested on {c[0]} ({c[1]}) and production (version {prod.version}) on {p[0]} ({p[1]})"
     else:
         differ = f"was evaluated with evaluate.tta_hflip {c[2]} and production (version {prod.version}) with {p[2]}"
+    from .checkpoint import FORMAT
+
+    found = p_fig.get(CHECKPOINT_FORMAT_PARAM)
+    if found is not None and str(found) != str(FORMAT):  # after an upgrade: nothing here can measure it
+        return (f"version {cand.version} {differ}: the metrics are not comparable, and production's checkpoint is of "
+                f"format {found}, which this hsnet (format {FORMAT}) can neither evaluate nor serve. Check version "
+                f"{cand.version}'s figures and promote it with --force (and serve it with this release's image)")
+    unknown = ("" if found is not None else
+               f" (version {prod.version} was registered before hsnet recorded the checkpoint format: should hsnet "
+               "evaluate refuse its checkpoint as written by an older hsnet, this release can neither measure nor "
+               f"serve it; then check version {cand.version}'s figures and promote it with --force)")
     return (f"version {cand.version} {differ}: the metrics are not comparable. To compare them on the candidate's "
-            f"data, evaluate production's checkpoint there ({_how_to_measure(p_fig, c)}, tracked) and promote again")
+            f"data, evaluate production's checkpoint there ({_how_to_measure(p_fig, c)}, tracked) and promote "
+            f"again{unknown}")
 
 
 def _how_to_measure(p_fig: dict, measured: tuple) -> str:
@@ -448,8 +464,8 @@ def register(checkpoint: str | os.PathLike, metrics: str | os.PathLike, dataset:
     }
     run_tags = {"step": "register", **{k: v for k, v in tags.items() if k != "checkpoint_sha256"}}
     tags[STATE_TAG] = PENDING  # until its description and alias are set: a retried register finishes it
-    params = {"checkpoint": str(checkpoint), "name": name, "checkpoint_sha256": sha,
-              "evaluation_run_id": figures["evaluation_run_id"]}  # params: immutable, read by promote
+    params = {"checkpoint": str(checkpoint), "name": name, "checkpoint_sha256": sha,  # immutable, read by promote
+              "evaluation_run_id": figures["evaluation_run_id"], CHECKPOINT_FORMAT_PARAM: ckpt["format"]}
     logged = log_model(ckpt, run_name=f"register-{dataset}", params=params, tags=run_tags,
                        metrics={"test_accuracy": test_acc, "test_mean_accuracy": test_macc})
     run_id = logged["run_id"]
@@ -506,13 +522,18 @@ def _finish(client, name: str, version, tags: dict) -> None:
 
     client.update_model_version(name, str(version), description=_description(tags))
     try:
-        holder = int(client.get_model_version_by_alias(name, CANDIDATE).version)
-    except MlflowException:  # no candidate yet (or its version was deleted)
-        holder = None
-    if holder is None or holder < int(version):
-        client.set_registered_model_alias(name, CANDIDATE, str(version))
-    elif holder > int(version):
-        log.info("%s version %s: %s stays on version %s, registered later", name, version, CANDIDATE, holder)
+        with _promotion_lock(client, name, wait_s=FINISH_WAIT_S):  # read and set as one: no other finish between
+            try:
+                holder = int(client.get_model_version_by_alias(name, CANDIDATE).version)
+            except MlflowException:  # no candidate yet (or its version was deleted)
+                holder = None
+            if holder is None or holder < int(version):
+                client.set_registered_model_alias(name, CANDIDATE, str(version))
+            elif holder > int(version):
+                log.info("%s version %s: %s stays on version %s, registered later", name, version, CANDIDATE, holder)
+    except PromotionLost as exc:
+        raise HSNetError(f"{name} version {version} is registered, but {CANDIDATE} could not be set: {exc} Register "
+                         "the same checkpoint again to finish it (no new version is made)") from None
     client.set_model_version_tag(name, str(version), STATE_TAG, COMPLETE)
 
 
@@ -594,27 +615,39 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
 
 
 @contextmanager
-def _promotion_lock(client, name: str):
+def _promotion_lock(client, name: str, *, wait_s: float = 0):
     """Hold ``<name>.promotion-lock`` (a registered model: creating one is atomic in the registry)
-    for the body; a second holder at the same time is refused with :class:`PromotionLost`."""
+    for the body: the aliases change under it (promote, rollback, register's ``candidate``). A
+    second holder at the same time waits up to ``wait_s`` seconds for it, and is then refused
+    with :class:`PromotionLost`."""
     from mlflow.exceptions import MlflowException
 
     lock = name + LOCK_SUFFIX
     holder = f"{socket.gethostname()} pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-    try:
-        client.create_registered_model(lock, tags={"holder": holder},
-                                       description=f"held while hsnet promotes or rolls back {name}")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise HSNetError(f"{name}: can't take the promotion lock {lock} in "
-                             f"{tracking.mask_uri(tracking.tracking_uri())} ({tracking.mask_text(exc.message)})") from exc
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
         try:
-            other = client.get_registered_model(lock).tags.get("holder", "unknown")
-        except MlflowException:
-            other = "just finished"
-        raise PromotionLost(f"{name}: another promotion or rollback is in progress ({other}); this one lost "
-                            "the race and changed nothing. Check the aliases and retry. If no promotion is "
-                            f"running, the lock is stale: remove it with hsnet promote --name {name} --unlock") from None
+            client.create_registered_model(lock, tags={"holder": holder},
+                                           description=f"held while hsnet changes the aliases of {name}")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise HSNetError(f"{name}: can't take the promotion lock {lock} in "
+                                 f"{tracking.mask_uri(tracking.tracking_uri())} ({tracking.mask_text(exc.message)})") from exc
+            try:
+                other = client.get_registered_model(lock).tags.get("holder", "unknown")
+            except MlflowException:
+                other = "just finished"
+            if time.monotonic() < deadline:
+                if not said:
+                    log.info("%s: waiting for the lock %s (held by %s), up to %.0f s", name, lock, other, wait_s)
+                    said = True
+                time.sleep(0.5)
+                continue
+            raise PromotionLost(f"{name}: another promotion, rollback or registration is changing its aliases "
+                                f"({other}); this one lost the race and changed nothing. Check the aliases and retry. "
+                                "If nothing else is running, the lock is stale: remove it with hsnet promote "
+                                f"--name {name} --unlock") from None
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ S3-compatible stores, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -18,12 +19,19 @@ class S3Error(HSNetError):
     pass
 
 
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")  # botocore's own check of a bucket name (VALID_BUCKET)
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise S3Error(f"{uri!r} is not an s3:// URI")
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise S3Error(f"{uri!r} has no bucket; expected s3://BUCKET/PREFIX")
+    if not _BUCKET.fullmatch(bucket):  # what boto3 refuses before sending anything ("Invalid bucket name")
+        where = " (an S3-compatible store's address goes in AWS_ENDPOINT_URL_S3, not in the URI)" if ":" in bucket else ""
+        raise S3Error(f"{uri!r}: {bucket!r} is not a bucket name (letters, digits, '.', '-', '_'){where}; "
+                      "expected s3://BUCKET/PREFIX")
     return bucket, key
 
 

@@ -134,6 +134,12 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
             hit = path.is_file()  # (a volume filled before, another user's): a hit is used as it is
         else:  # not there (or its folder can't be: cache_folder names why)
             hit = False
+    data = None
+    if hit:  # opened now: once mapped, another process's prune can't take it away (POSIX keeps the pages)
+        try:
+            data = np.load(path, mmap_mode="r")
+        except FileNotFoundError:  # pruned by another process since the utime: decoded again
+            hit = False
     if not hit:
         cache_folder(cache_dir)
         need, free = len(rows) * 3 * size * size, shutil.disk_usage(cache_dir).free
@@ -156,12 +162,13 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
                           desc="decoding into tensor cache", unit="img", leave=False))
             arr.flush()
             del arr
+            data = np.load(tmp, mmap_mode="r")  # mapped before it is in place: no other prune can take it first
             os.replace(tmp, path)
         except BaseException:  # a crop that no longer decodes, Ctrl-C: no partial file left in the cache
             tmp.unlink(missing_ok=True)
             raise
     prune_cache(cache_dir, keep=path)
-    return Split(np.load(path, mmap_mode="r"), labels, paths)
+    return Split(data, labels, paths)
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

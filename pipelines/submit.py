@@ -48,7 +48,11 @@ def submit(host: str, dataset: str, raw_source: str, *, experiment: str = EXPERI
 
     from hsnet.errors import HSNetError
 
+    from components.convert import check_run
+
     params = params if params is not None else load_params(params_path, [dataset])
+    check_run(dataset, mlflow_tracking_uri=mlflow_tracking_uri, checkpoint_uri=checkpoint_uri,
+              raw_source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev)  # as source-version will
     args = {"dataset": dataset, "raw_source": raw_source, "dvc_path": dvc_path, "dvc_rev": dvc_rev, "params": params}
     if mlflow_tracking_uri:
         args["mlflow_tracking_uri"] = mlflow_tracking_uri
@@ -96,7 +100,12 @@ def main(argv=None) -> int:
         p.error(f"{len(args.dataset)} --dataset but {len(sources)} --raw-source: give one --raw-source per "
                 f"--dataset, in the same order (or none for {RAW_PREFIX}DATASET)")
     try:
+        from components.convert import check_run
+
         params = load_params(args.params, args.dataset)  # every dataset checked before any run starts
+        for dataset, source in zip(args.dataset, sources):
+            check_run(dataset, mlflow_tracking_uri=args.mlflow_tracking_uri, checkpoint_uri=args.checkpoint_uri,
+                      raw_source=source, dvc_path=args.dvc_path.replace("DATASET", dataset), dvc_rev=args.dvc_rev)
         for dataset, source in zip(args.dataset, sources):
             dvc_path = args.dvc_path.replace("DATASET", dataset)
             run_id = submit(args.host, dataset, source, experiment=args.experiment, params_path=args.params,

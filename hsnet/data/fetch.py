@@ -30,6 +30,24 @@ from ..io import check_writable, open_regular, safe_join
 from ..tracking import mask_text
 
 
+SOURCE_OPTIONS = ("--source", "--dvc-path", "--rev")  # the names check_source's messages use (the CLI's)
+
+
+def check_source(source: str, dvc_path: str | None = None, rev: str | None = None, *,
+                 names: tuple[str, str, str] = SOURCE_OPTIONS) -> None:
+    """Refuse what :func:`fetch` and :func:`source_version` can't take as meant: an empty source
+    (``Path("")`` is the current folder: whatever the process runs in would be copied), and a
+    revision without a DVC path (only a DVC repository has revisions: it would be ignored, the data
+    taken as it is now). ``names``: the source, path and revision as the caller's user typed them."""
+    source_name, path_name, rev_name = names
+    if not str(source or "").strip():
+        raise HSNetError(f"{source_name} is empty: give an s3:// prefix, a folder, or a DVC repository URL "
+                         f"with {path_name}")
+    if str(rev or "").strip() and not str(dvc_path or "").strip():
+        raise HSNetError(f"{rev_name} {rev!r} without {path_name}: a revision is read only from a DVC repository; "
+                         f"give {path_name} (the data's path in the repository), or leave {rev_name} empty")
+
+
 def _masked(step):
     """``step``'s errors and result with the source's credentials masked (a private repository is
     often given as https://oauth2:TOKEN@host/...; dvc's and git's output may repeat it)."""
@@ -50,6 +68,7 @@ def fetch(source: str, out: str | os.PathLike, *, dvc_path: str | None = None, r
     """Copy the raw dataset at ``source`` into the empty or new folder ``out``. ``expect_version``
     (what :func:`source_version` said before: a pipeline's cache key): the data must still have it
     once fetched, else ``out`` is left empty and the error says the source changed meanwhile."""
+    check_source(source, dvc_path, rev)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise HSNetError(f"--out {out} exists and is not empty; give an empty or new folder")
@@ -88,6 +107,7 @@ def source_version(source: str, *, dvc_path: str | None = None, rev: str | None 
       ``dvc_path`` at ``rev`` (the hashes in the repository's .dvc files, not the data);
     * local folder: sha256 over the sorted (relative path, sha256 of the content) of every file.
     """
+    check_source(source, dvc_path, rev)
     h = hashlib.sha256()
     if dvc_path:
         safe_join(source, dvc_path, what="--dvc-path", links=False)

@@ -2,7 +2,8 @@
 
 from .dib import RDIB, SDIB
 from .fgal import FGAL
-from .hsnet import MIN_INPUT_SIZE, STAGES, HSNet, output_size
+from ..sizes import MIN_INPUT_SIZE, output_size
+from .hsnet import STAGES, HSNet
 from .ktl import StemWeightsError
 
 __all__ = ["FGAL", "HSNet", "MIN_INPUT_SIZE", "RDIB", "SDIB", "STAGES", "StemWeightsError",

@@ -24,6 +24,7 @@ from torch import nn
 from . import dib as dibs
 from . import ktl as ktl_
 from ..params import VGGFACE2
+from ..sizes import MIN_INPUT_SIZE  # Table 1's arithmetic (output_size): torch-free, for params
 from .fgal import FGAL, PooledFeatures
 
 STAGES = ("stem", "rdib_a", "sdib_a", "rdib_b", "sdib_b", "rdib_c")
@@ -31,31 +32,6 @@ LEVEL_CHANNELS = (256, 896, 1792)  # F^A, F^B, F^C
 SKIP_STEM_WEIGHTS = "skip"  # stem_weights value: frozen stem whose weights come from a checkpoint
 
 
-def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def output_size(size: int) -> dict[str, int]:
-    """Spatial size after each stage for a ``size``x``size`` input (Table 1's arithmetic)."""
-    s = _conv_out(size, 3, 2)  # conv2d_1a
-    s = _conv_out(s, 3)  # conv2d_2a
-    s = _conv_out(s, 3, padding=1)  # conv2d_2b
-    s = _conv_out(s, 3, 2)  # maxpool_3a
-    s = _conv_out(s, 3)  # conv2d_4a (conv2d_3b is 1x1)
-    stem = _conv_out(s, 3, 2)  # conv2d_4b
-    a = _conv_out(stem, 3, 2)  # SDIB-A (every branch: floor((H - 1) / 2))
-    b = _conv_out(a, 3, 2)  # SDIB-B
-    return {"stem": stem, "rdib_a": stem, "sdib_a": a, "rdib_b": a, "sdib_b": b, "rdib_c": b}
-
-
-def _min_input_size() -> int:
-    size = 1
-    while min(output_size(size).values()) < 1 or output_size(size)["sdib_a"] < 3:
-        size += 1
-    return size
-
-
-MIN_INPUT_SIZE = _min_input_size()  # 75: the SDIBs need at least 3x3 inputs
 
 
 class PooledClassifier(nn.Module):

@@ -379,21 +379,21 @@ def test_submit_pairs_sources_with_datasets_and_checks_params(tmp_path, capsys, 
     from pipelines.submit import main
 
     good = yaml.safe_load((ROOT / "params.yaml").read_text())
-    good["datasets"]["other"] = {"input_size": 96}
+    good["datasets"]["kdef"] = {"input_size": 96}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(good))
     with pytest.raises(SystemExit):
-        main(["--host", "http://127.0.0.1:1", "--dataset", "sample", "--dataset", "other",
+        main(["--host", "http://127.0.0.1:1", "--dataset", "sample", "--dataset", "kdef",
               "--raw-source", "s3://b/raw/sample", "--params", str(path)])
     assert "2 --dataset but 1 --raw-source" in capsys.readouterr().err
 
     bad = copy.deepcopy(good)
-    bad["datasets"]["other"]["train"] = {"lr": "fast"}
+    bad["datasets"]["kdef"]["train"] = {"lr": "fast"}
     path.write_text(yaml.safe_dump(bad))
-    assert main(["--host", "http://127.0.0.1:1", "--dataset", "sample", "--dataset", "other",
+    assert main(["--host", "http://127.0.0.1:1", "--dataset", "sample", "--dataset", "kdef",
                  "--params", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "datasets.other.train.lr" in err and "did not accept" not in err  # refused before any submission
+    assert "datasets.kdef.train.lr" in err and "did not accept" not in err  # refused before any submission
 
     # what reaches Kubeflow's client: a stand-in for the remote API, recording the calls, whose
     # arguments must fit the real client's method
@@ -416,14 +416,14 @@ def test_submit_pairs_sources_with_datasets_and_checks_params(tmp_path, capsys, 
 
     monkeypatch.setattr(kfp, "Client", Client)
     path.write_text(yaml.safe_dump(good))
-    assert main(["--host", "http://kfp", "--dataset", "sample", "--raw-source", "s3://b/s", "--dataset", "other",
-                 "--raw-source", "s3://b/o", "--params", str(path), "--no-cache"]) == 0
-    assert calls == [("sample", "s3://b/s", False, None), ("other", "s3://b/o", False, None)]
+    assert main(["--host", "http://kfp", "--dataset", "sample", "--raw-source", "s3://b/s", "--dataset", "kdef",
+                 "--raw-source", "s3://b/k", "--params", str(path), "--no-cache"]) == 0
+    assert calls == [("sample", "s3://b/s", False, None), ("kdef", "s3://b/k", False, None)]
     calls.clear()
     # a multi-user Kubeflow refuses an experiment with no namespace (kubeflow/pipelines#5907)
-    assert main(["--host", "http://kfp", "--dataset", "other", "--params", str(path),
+    assert main(["--host", "http://kfp", "--dataset", "kdef", "--params", str(path),
                  "--namespace", "kubeflow-user-example-com"]) == 0
-    assert calls == [("other", "s3://hsnet-data/raw/other", None, "kubeflow-user-example-com")]
+    assert calls == [("kdef", "s3://hsnet-data/raw/kdef", None, "kubeflow-user-example-com")]
 
 
 def test_native_size_crops_train_on_the_same_tensors(tmp_path):

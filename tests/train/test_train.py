@@ -130,7 +130,7 @@ def test_bad_settings_fail_before_training(tiny_data, tiny_params, tmp_path, mon
     opts = dict(track=False, progress=False)
     with pytest.raises(HSNetError, match="unknown dataset 'affectnet'"):
         train(tiny_data, Params(dataset="affectnet"), out, **opts)
-    with pytest.raises(HSNetError, match="smaller than HSNet's minimum 75"):
+    with pytest.raises(HSNetError, match="input_size: 64 is out of range; it must be >= 75"):
         _train(tiny_data, tiny_params, "sample", out, overrides={"input_size": 64}, **opts)
     with pytest.raises(StemWeightsError, match="does not exist"):
         _train(tiny_data, tiny_params, "sample", out,
