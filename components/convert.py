@@ -108,21 +108,34 @@ def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> 
 
 
 CROP_DEVICES = ("cpu", "cuda")  # the hsnet pipeline's crop_device: cuda gives crop a GPU, cpu none
-# a pipeline's steps record to a tracking server (a file or sqlite store would be inside one pod)
-SERVER_SCHEMES = ("http", "https", "databricks")
+# a pipeline's steps record to a tracking server (a file or sqlite store would be inside one pod; the
+# pods get an MLflow server's credentials, hsnet-mlflow, not a Databricks workspace's)
+SERVER_SCHEMES = ("http", "https")
 SOURCE_PARAMETERS = ("raw_source", "dvc_path", "dvc_rev")  # the pipelines' names of fetch's source
 
 
 def _server_uri(uri: str) -> bool:
-    """Whether ``uri`` names a tracking server (:data:`SERVER_SCHEMES`; Databricks' bare "databricks")."""
-    scheme, sep, _ = uri.strip().partition("://")
-    return uri.strip() == "databricks" or (bool(sep) and scheme.lower() in SERVER_SCHEMES)
+    """Whether ``uri`` names a tracking server (:data:`SERVER_SCHEMES`): with a host, and no
+    fragment (the MLflow UI's address, ``http://HOST:5000/#/experiments/0``, would send every API
+    call to the UI's page)."""
+    import urllib.parse
+
+    text = uri.strip()
+    scheme, sep, _ = text.partition("://")
+    if not sep or scheme.lower() not in SERVER_SCHEMES:
+        return False
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that isn't a number
+        return bool(parts.hostname) and not parts.fragment and "#" not in text
+    except ValueError:  # a port that isn't a number, an unclosed [IPv6]
+        return False
 
 
 def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_uri: str | None = None,
               checkpoint_uri: str | None = None, promote: bool = False, deploy: bool = False,
               canary_percent: int | None = None, raw_source: str | None = None, dvc_path: str = "",
-              dvc_rev: str = "") -> None:
+              dvc_rev: str = "", names: dict[str, str] | None = None) -> None:
     """The pipeline parameters typed in the Kubeflow UI that no later step could work with, refused
     by the first step, before any data is fetched (a run started from the UI gets no check of
     pipelines.submit's): an empty or unknown dataset, an empty source or a revision without a DVC
@@ -130,7 +143,8 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
     server (each pod would record into a store deleted with it) or a URI that isn't a server's
     (:data:`SERVER_SCHEMES`), a checkpoint prefix that isn't s3:// or names no valid bucket,
     ``deploy`` without ``promote``, a canary share outside 0..100. None: not a parameter of this
-    pipeline."""
+    pipeline. ``names``: a parameter's name as the caller's user typed it, where not the pipeline's
+    (pipelines.submit's options)."""
     from hsnet.data.datasets import get_spec
     from hsnet.data.fetch import check_source
     from hsnet.deploy import check_canary
@@ -138,34 +152,37 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
     from hsnet.s3 import S3Error, split_uri
     from hsnet.tracking import mask_uri
 
+    def n(parameter: str) -> str:
+        return (names or {}).get(parameter, parameter)
+
     problems = []
     if not dataset.strip():
-        problems.append("dataset is empty: name the params entry to run (datasets.<name>)")
+        problems.append(f"{n('dataset')} is empty: name the params entry to run (datasets.<name>)")
     else:
         try:
             get_spec(dataset)
         except HSNetError as exc:
-            problems.append(f"dataset: {exc} (a params entry needs one of these names: import reads its layout)")
+            problems.append(f"{n('dataset')}: {exc} (a params entry needs one of these names: import reads its layout)")
     if raw_source is not None:
         try:
-            check_source(raw_source, dvc_path, dvc_rev, names=SOURCE_PARAMETERS)
+            check_source(raw_source, dvc_path, dvc_rev, names=tuple(n(p) for p in SOURCE_PARAMETERS), folders=False)
         except HSNetError as exc:
             problems.append(str(exc))
     if crop_device is not None and crop_device not in CROP_DEVICES:
-        problems.append(f"crop_device {crop_device!r}: give {' or '.join(CROP_DEVICES)}")
+        problems.append(f"{n('crop_device')} {crop_device!r}: give {' or '.join(CROP_DEVICES)}")
     if mlflow_tracking_uri is not None and not mlflow_tracking_uri.strip() and not os.environ.get("MLFLOW_TRACKING_URI"):
-        problems.append("mlflow_tracking_uri is empty: each step would record into a store inside its own pod, "
+        problems.append(f"{n('mlflow_tracking_uri')} is empty: each step would record into a store inside its own pod, "
                         "deleted with it (train's and evaluate's runs lost, register finding no evaluation); give "
                         "the tracking server's URL")
     elif mlflow_tracking_uri and mlflow_tracking_uri.strip() and not _server_uri(mlflow_tracking_uri):
-        problems.append(f"mlflow_tracking_uri {mask_uri(mlflow_tracking_uri.strip())!r} is not a tracking server's URL: "
-                        f"give {' or '.join(s + '://HOST[:PORT]' for s in SERVER_SCHEMES[:2])}, e.g. "
+        problems.append(f"{n('mlflow_tracking_uri')} {mask_uri(mlflow_tracking_uri.strip())!r} is not a tracking "
+                        f"server's URL: give {' or '.join(s + '://HOST[:PORT]' for s in SERVER_SCHEMES)}, e.g. "
                         "http://mlflow.kubeflow.svc.cluster.local:5000")
     if checkpoint_uri:
         try:
             split_uri(checkpoint_uri)
         except S3Error as exc:
-            problems.append(f"checkpoint_uri: {exc} (an s3:// prefix, or empty to keep checkpoints in the pod)")
+            problems.append(f"{n('checkpoint_uri')}: {exc} (an s3:// prefix, or empty to keep checkpoints in the pod)")
     if deploy and not promote:
         problems.append("deploy is on and promote off: deploy rolls out what promote moves to production; turn "
                         "promote on too, or deploy off")

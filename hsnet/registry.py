@@ -54,7 +54,9 @@ GATE_METRIC = paper.METRICS[0]  # what promotion compares unless told otherwise
 MIN_DELTA = 0.0  # the gain over production promotion asks for unless told otherwise
 REQUIREMENTS = ("torch", "torchvision", "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "tqdm", "mlflow")
 LOCK_SUFFIX = ".promotion-lock"
-FINISH_WAIT_S = 60  # how long a registration waits for a promotion (seconds, in general) to set candidate
+# how long a registration waits for the aliases' lock (a promotion: seconds, in general), and a
+# promotion or rollback for a registration setting candidate (under a second)
+FINISH_WAIT_S = 60
 _DATA_VERSION = re.compile(r"^sha256:[0-9a-f]{8,64}$")
 
 
@@ -63,7 +65,10 @@ class PromotionRefused(HSNetError):
 
 
 class PromotionLost(PromotionRefused):
-    """Another promotion or rollback of the same model was running: this one changed nothing."""
+    """Another promotion or rollback of the same model was running: this one changed nothing.
+    ``holder``: what holds the lock (its action, host, pid and time)."""
+
+    holder = "unknown"
 
 
 class ModelChanged(PromotionRefused):
@@ -522,7 +527,7 @@ def _finish(client, name: str, version, tags: dict) -> None:
 
     client.update_model_version(name, str(version), description=_description(tags))
     try:
-        with _promotion_lock(client, name, wait_s=FINISH_WAIT_S):  # read and set as one: no other finish between
+        with _promotion_lock(client, name, REGISTER):  # read and set as one: no other finish between
             try:
                 holder = int(client.get_model_version_by_alias(name, CANDIDATE).version)
             except MlflowException:  # no candidate yet (or its version was deleted)
@@ -532,8 +537,11 @@ def _finish(client, name: str, version, tags: dict) -> None:
             elif holder > int(version):
                 log.info("%s version %s: %s stays on version %s, registered later", name, version, CANDIDATE, holder)
     except PromotionLost as exc:
-        raise HSNetError(f"{name} version {version} is registered, but {CANDIDATE} could not be set: {exc} Register "
-                         "the same checkpoint again to finish it (no new version is made)") from None
+        raise HSNetError(f"{name} version {version} is registered but not finished: {CANDIDATE} could not be set, "
+                         f"the aliases' lock being held for {FINISH_WAIT_S} s ({exc.holder}). Once that ends, "
+                         f"register the same checkpoint again: it finishes version {version} (no new version). "
+                         "If nothing else is running, the lock is stale: remove it first with hsnet promote "
+                         f"--name {name} --unlock") from None
     client.set_model_version_tag(name, str(version), STATE_TAG, COMPLETE)
 
 
@@ -614,20 +622,26 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
             return {"model_uri": info.model_uri, "run_id": active.info.run_id, WEIGHTS_SHA256: weights}
 
 
+REGISTER = "register"  # the lock's action while a registration sets candidate (promote and rollback wait for it)
+
+
 @contextmanager
-def _promotion_lock(client, name: str, *, wait_s: float = 0):
+def _promotion_lock(client, name: str, action: str):
     """Hold ``<name>.promotion-lock`` (a registered model: creating one is atomic in the registry)
-    for the body: the aliases change under it (promote, rollback, register's ``candidate``). A
-    second holder at the same time waits up to ``wait_s`` seconds for it, and is then refused
-    with :class:`PromotionLost`."""
+    for the body, while ``action`` changes the aliases: "promote", "rollback", or :data:`REGISTER`
+    (setting ``candidate``). A registration waits up to :data:`FINISH_WAIT_S` for any holder, and
+    a promotion or rollback for a registration (a second or less, in general); a promotion that
+    meets another promotion or rollback is refused at once with :class:`PromotionLost`, as is any
+    holder once the wait is over."""
     from mlflow.exceptions import MlflowException
 
     lock = name + LOCK_SUFFIX
-    holder = f"{socket.gethostname()} pid {os.getpid()} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-    deadline, said = time.monotonic() + wait_s, False
+    holder = (f"{action} on {socket.gethostname()} pid {os.getpid()} at "
+              f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    started, said = time.monotonic(), False
     while True:
         try:
-            client.create_registered_model(lock, tags={"holder": holder},
+            client.create_registered_model(lock, tags={"holder": holder, "action": action},
                                            description=f"held while hsnet changes the aliases of {name}")
             break
         except MlflowException as exc:
@@ -635,19 +649,22 @@ def _promotion_lock(client, name: str, *, wait_s: float = 0):
                 raise HSNetError(f"{name}: can't take the promotion lock {lock} in "
                                  f"{tracking.mask_uri(tracking.tracking_uri())} ({tracking.mask_text(exc.message)})") from exc
             try:
-                other = client.get_registered_model(lock).tags.get("holder", "unknown")
-            except MlflowException:
-                other = "just finished"
-            if time.monotonic() < deadline:
+                tags = client.get_registered_model(lock).tags
+                other, other_action = tags.get("holder", "unknown"), tags.get("action")
+            except MlflowException:  # released meanwhile: try again at once
+                continue
+            if (action == REGISTER or other_action == REGISTER) and time.monotonic() - started < FINISH_WAIT_S:
                 if not said:
-                    log.info("%s: waiting for the lock %s (held by %s), up to %.0f s", name, lock, other, wait_s)
+                    log.info("%s: waiting for the lock %s (held by %s), up to %d s", name, lock, other, FINISH_WAIT_S)
                     said = True
                 time.sleep(0.5)
                 continue
-            raise PromotionLost(f"{name}: another promotion, rollback or registration is changing its aliases "
-                                f"({other}); this one lost the race and changed nothing. Check the aliases and retry. "
-                                "If nothing else is running, the lock is stale: remove it with hsnet promote "
-                                f"--name {name} --unlock") from None
+            lost = PromotionLost(f"{name}: another promotion, rollback or registration is changing its aliases "
+                                 f"({other}); this one lost the race and changed nothing. Check the aliases and retry. "
+                                 "If nothing else is running, the lock is stale: remove it with hsnet promote "
+                                 f"--name {name} --unlock")
+            lost.holder = other
+            raise lost from None
     try:
         yield
     finally:
@@ -746,7 +763,7 @@ def _change_recorded(client, name: str, action: str, **asked):
     """:func:`_recorded` around :func:`_promotion_lock`: a change that fails inside the lock is
     recorded before the lock is released, so the aliases its record shows are those it left, not
     those of a promotion that starts the moment it ends."""
-    with _recorded(client, name, action, **asked) as record, _promotion_lock(client, name):
+    with _recorded(client, name, action, **asked) as record, _promotion_lock(client, name, action):
         try:
             yield record
         except BaseException as exc:

@@ -242,7 +242,9 @@ def ktl_weights_problem(stem_weights: str | None) -> str | None:
     """Why the KTL stem weights can't be used, or None when they can be found."""
     from .model.ktl import vggface2_cache_path
 
-    source = stem_weights or params_mod.VGGFACE2
+    source = params_mod.VGGFACE2
+    if stem_weights:  # as training will read it: the keyword in any case ("VGGFace2 ")
+        source = params_mod.section(params_mod.ModelParams, {"stem_weights": stem_weights}).stem_weights
     if source == params_mod.VGGFACE2:
         path = vggface2_cache_path()
         return None if path.is_file() else (

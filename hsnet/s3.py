@@ -28,6 +28,9 @@ def split_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
         raise S3Error(f"{uri!r} has no bucket; expected s3://BUCKET/PREFIX")
+    if bucket.startswith("arn:"):  # an access point's ARN (the AWS CLI's form): its name has a '/'
+        raise S3Error(f"{uri!r}: an access point ARN is not supported here; give s3://BUCKET/PREFIX with the "
+                      "bucket's name")
     if not _BUCKET.fullmatch(bucket):  # what boto3 refuses before sending anything ("Invalid bucket name")
         where = " (an S3-compatible store's address goes in AWS_ENDPOINT_URL_S3, not in the URI)" if ":" in bucket else ""
         raise S3Error(f"{uri!r}: {bucket!r} is not a bucket name (letters, digits, '.', '-', '_'){where}; "

@@ -25,6 +25,10 @@ HERE = Path(__file__).resolve().parent
 EXPERIMENT = "hsnet"  # the Kubeflow experiment the runs are filed under
 
 
+# the pipeline parameters this command takes as options of the same name (--raw-source for raw_source)
+OPTIONS = ("dataset", "raw_source", "dvc_path", "dvc_rev", "mlflow_tracking_uri", "checkpoint_uri")
+
+
 def load_params(params_path: str, datasets: list[str]) -> dict:
     """params.yaml as a mapping (the pipeline's ``params``), each dataset's settings checked against
     the schema first: a typo fails here, not in a pod an hour later."""
@@ -105,7 +109,8 @@ def main(argv=None) -> int:
         params = load_params(args.params, args.dataset)  # every dataset checked before any run starts
         for dataset, source in zip(args.dataset, sources):
             check_run(dataset, mlflow_tracking_uri=args.mlflow_tracking_uri, checkpoint_uri=args.checkpoint_uri,
-                      raw_source=source, dvc_path=args.dvc_path.replace("DATASET", dataset), dvc_rev=args.dvc_rev)
+                      raw_source=source, dvc_path=args.dvc_path.replace("DATASET", dataset), dvc_rev=args.dvc_rev,
+                      names={key: "--" + key.replace("_", "-") for key in OPTIONS})  # as typed here
         for dataset, source in zip(args.dataset, sources):
             dvc_path = args.dvc_path.replace("DATASET", dataset)
             run_id = submit(args.host, dataset, source, experiment=args.experiment, params_path=args.params,

@@ -34,15 +34,16 @@ SOURCE_OPTIONS = ("--source", "--dvc-path", "--rev")  # the names check_source's
 
 
 def check_source(source: str, dvc_path: str | None = None, rev: str | None = None, *,
-                 names: tuple[str, str, str] = SOURCE_OPTIONS) -> None:
+                 names: tuple[str, str, str] = SOURCE_OPTIONS, folders: bool = True) -> None:
     """Refuse what :func:`fetch` and :func:`source_version` can't take as meant: an empty source
     (``Path("")`` is the current folder: whatever the process runs in would be copied), and a
     revision without a DVC path (only a DVC repository has revisions: it would be ignored, the data
-    taken as it is now). ``names``: the source, path and revision as the caller's user typed them."""
+    taken as it is now). ``names``: the source, path and revision as the caller's user typed them;
+    ``folders``: whether a folder of the caller's is a source it can read (not in a pipeline's pod)."""
     source_name, path_name, rev_name = names
     if not str(source or "").strip():
-        raise HSNetError(f"{source_name} is empty: give an s3:// prefix, a folder, or a DVC repository URL "
-                         f"with {path_name}")
+        raise HSNetError(f"{source_name} is empty: give an s3:// prefix{', a folder,' if folders else ''} or a DVC "
+                         f"repository URL with {path_name}")
     if str(rev or "").strip() and not str(dvc_path or "").strip():
         raise HSNetError(f"{rev_name} {rev!r} without {path_name}: a revision is read only from a DVC repository; "
                          f"give {path_name} (the data's path in the repository), or leave {rev_name} empty")
