@@ -35,13 +35,14 @@ def restore_ints(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def params_for(params: dict, dataset: str, overrides: dict | None = None):
+def params_for(params: dict, dataset: str, overrides: dict | None = None, overrides_name: str = "model_overrides"):
     """The typed, checked settings of ``dataset`` from the pipeline's ``params`` parameter (a whole
-    params.yaml as a mapping)."""
+    params.yaml as a mapping), with ``overrides`` (named ``overrides_name`` in errors: the
+    parameter they came from)."""
     from hsnet.params import Params
 
     return Params.from_mapping(restore_ints(params), dataset, restore_ints(overrides or {}),
-                               source="the pipeline's params", overrides_name="model_overrides")
+                               source="the pipeline's params", overrides_name=overrides_name)
 
 
 def start_step(mlflow_tracking_uri: str = "") -> None:
@@ -64,11 +65,11 @@ def group_settings(params: dict, dataset: str, runs: list) -> dict:
     from hsnet.reproduce import exp_name
 
     settings = {}
-    for run in runs:
+    for i, run in enumerate(runs):
         if not isinstance(run, dict) or set(run) - {"model", "seed", "stem_version"}:  # (run_items' version)
             raise HSNetError(f"runs item {run!r}: expected {{'model': {{'dib': ..., 'fgal': ..., 'ktl': ...}}, "
                              "'seed': N}")
-        p = params_for(params, dataset, _run_overrides(run))
+        p = params_for(params, dataset, _run_overrides(run), f"runs[{i}]")
         name = exp_name(dataset, tuple(getattr(p.model, k) for k in SWITCHES), p.train.seed)
         if name in settings:
             raise HSNetError(f"runs: {name} is given twice (a seed of -1 or none is params' train.seed, "

@@ -577,6 +577,22 @@ class _Extension(kserve.protocol.model_repository_extension.ModelRepositoryExten
         await super().unload(model_name)
 
 
+def check_settings(*, port: int, threads: int | None, grace_period: float) -> None:
+    """The server's own flags, refused by name before anything loads: a port outside 1-65535 (0
+    would listen where no probe looks), threads under 1 (None: the CPU's cores), a grace period
+    that isn't a positive number of seconds (0 would cut every request in flight at SIGTERM)."""
+    problems = []
+    if not 1 <= int(port) <= 65535:
+        problems.append(f"--port {port}: give a port from 1 to 65535")
+    if threads is not None and int(threads) < 1:
+        problems.append(f"--threads {threads}: give 1 or more (or leave it out: one per CPU core)")
+    if not float(grace_period) > 0 or float(grace_period) == float("inf"):  # (nan fails the first test)
+        problems.append(f"--grace-period {grace_period}: give a number of seconds above 0, under the pod's "
+                        f"terminationGracePeriodSeconds (default {GRACE_PERIOD_S})")
+    if problems:
+        raise HSNetError("; ".join(problems))
+
+
 def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_NAME,
           limits: Limits | None = None, device: str | None = None, min_prob: float = MIN_PROB,
           min_face_size: int | None = None, threads: int | None = None,
@@ -586,6 +602,7 @@ def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_N
     from kserve.model_server import FASTAPI_APP_IMPORT_STRING, app
     from kserve.protocol.rest.server import RESTServer
 
+    check_settings(port=port, threads=threads, grace_period=grace_period)  # before minutes of loading
     limits = limits or Limits.from_env()
     hsnet_model = HSNetModel(name, model, limits=limits, device=device, min_prob=min_prob,
                              min_face_size=min_face_size, threads=threads)

@@ -410,3 +410,19 @@ def test_readme_states_the_timeouts_the_server_loads_with():
     m = re.search(r"a lookup not answered within (\d+) s; a download keeps MLflow's (\d+) s", text)
     assert m, "README states the server's lookup and download timeouts while it loads"
     assert (int(m.group(1)), int(m.group(2))) == (REGISTRY_TIMEOUT_S, MLFLOW_HTTP_REQUEST_TIMEOUT.default)
+
+
+@pytest.mark.parametrize("flags, named", [(["--grace-period", "0"], "--grace-period 0.0"),
+                                          (["--grace-period", "-5"], "--grace-period -5.0"),
+                                          (["--grace-period", "nan"], "--grace-period nan"),
+                                          (["--threads", "-1"], "--threads -1"),
+                                          (["--port", "70000"], "--port 70000")])
+def test_serve_refuses_its_own_flags_by_name_before_loading(flags, named, tmp_path):
+    """Session 23's note: "--grace-period 0 or a negative value makes uvicorn log a cosmetic ERROR
+    on each stop"; a negative --threads was ThreadPoolExecutor's traceback after the model loaded.
+    hsnet.serve.check_settings refuses them by name, before the model is looked up (the model here
+    doesn't exist: a refusal that names it would mean the flags were taken)."""
+    proc = subprocess.run([HSNET, "serve", "--model", str(tmp_path / "none.pt"), *flags], capture_output=True,
+                          text=True, timeout=120, env=_env(HSNET_CACHE_DIR=tmp_path / "cache"))
+    assert proc.returncode == 2 and named in proc.stderr, proc.stderr[-1500:]
+    assert "none.pt" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]

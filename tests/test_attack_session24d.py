@@ -112,3 +112,14 @@ def test_first_step_takes_every_server_url_and_only_those(uri, good):
     else:
         with pytest.raises(HSNetError, match="mlflow_tracking_uri"):
             check_run("sample", mlflow_tracking_uri=uri)
+
+
+def test_a_bad_runs_item_is_named_as_the_ablation_names_it():
+    """Attack 24d's note: a bad item of the ablation's ``runs`` was refused as "model_overrides:
+    ...", a parameter the ablation pipeline doesn't have; it is named by its place in ``runs``."""
+    from components.convert import group_settings
+    from hsnet.errors import HSNetError
+    from pipelines.hsnet_pipeline import DEFAULT_PARAMS
+
+    with pytest.raises(HSNetError, match=r"^runs\[1\]: model\.dib: 'x' is not true or false"):
+        group_settings(DEFAULT_PARAMS, "sample", [{"model": {"dib": True}, "seed": 0}, {"model": {"dib": "x"}, "seed": 3}])
