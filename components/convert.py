@@ -117,8 +117,9 @@ SOURCE_PARAMETERS = ("raw_source", "dvc_path", "dvc_rev")  # the pipelines' name
 
 def _server_uri(uri: str) -> bool:
     """Whether ``uri`` names a tracking server (:data:`SERVER_SCHEMES`): with a host, and no
-    fragment (the MLflow UI's address, ``http://HOST:5000/#/experiments/0``, would send every API
-    call to the UI's page)."""
+    fragment or query (MLflow appends its API's path to the URI: the MLflow UI's address,
+    ``http://HOST:5000/#/experiments/0``, or ``...?token=...`` would send every call to a page;
+    credentials go in MLFLOW_TRACKING_TOKEN or the URL's user info)."""
     import urllib.parse
 
     text = uri.strip()
@@ -128,7 +129,7 @@ def _server_uri(uri: str) -> bool:
     try:
         parts = urllib.parse.urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a port that isn't a number
-        return bool(parts.hostname) and not parts.fragment and "#" not in text
+        return bool(parts.hostname) and not any(c in text for c in "#?")  # MLflow appends /api/... to the URI
     except ValueError:  # a port that isn't a number, an unclosed [IPv6]
         return False
 
@@ -177,8 +178,9 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
                         "the tracking server's URL")
     elif mlflow_tracking_uri and mlflow_tracking_uri.strip() and not _server_uri(mlflow_tracking_uri):
         problems.append(f"{n('mlflow_tracking_uri')} {mask_uri(mlflow_tracking_uri.strip())!r} is not a tracking "
-                        f"server's URL: give {' or '.join(s + '://HOST[:PORT]' for s in SERVER_SCHEMES)}, e.g. "
-                        "http://mlflow.kubeflow.svc.cluster.local:5000")
+                        f"server's URL: give {' or '.join(s + '://HOST[:PORT][/PATH]' for s in SERVER_SCHEMES)} "
+                        "without '?' or '#' (MLflow appends its API's path; a token goes in MLFLOW_TRACKING_TOKEN), "
+                        "e.g. http://mlflow.kubeflow.svc.cluster.local:5000")
     if checkpoint_uri:
         try:
             split_uri(checkpoint_uri)

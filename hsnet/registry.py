@@ -651,8 +651,10 @@ def _promotion_lock(client, name: str, action: str):
             try:
                 tags = client.get_registered_model(lock).tags
                 other, other_action = tags.get("holder", "unknown"), tags.get("action")
-            except MlflowException:  # released meanwhile: try again at once
-                continue
+            except MlflowException as read:
+                if read.error_code == "RESOURCE_DOES_NOT_EXIST" and time.monotonic() - started < FINISH_WAIT_S:
+                    continue  # released meanwhile: try again at once
+                other, other_action = f"not readable: {tracking.mask_text(read.message)[:200]}", None
             if (action == REGISTER or other_action == REGISTER) and time.monotonic() - started < FINISH_WAIT_S:
                 if not said:
                     log.info("%s: waiting for the lock %s (held by %s), up to %d s", name, lock, other, FINISH_WAIT_S)

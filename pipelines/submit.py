@@ -55,7 +55,7 @@ def submit(host: str, dataset: str, raw_source: str, *, experiment: str = EXPERI
     from components.convert import check_run
 
     params = params if params is not None else load_params(params_path, [dataset])
-    check_run(dataset, mlflow_tracking_uri=mlflow_tracking_uri, checkpoint_uri=checkpoint_uri,
+    check_run(dataset, mlflow_tracking_uri=mlflow_tracking_uri or None, checkpoint_uri=checkpoint_uri,
               raw_source=raw_source, dvc_path=dvc_path, dvc_rev=dvc_rev)  # as source-version will
     args = {"dataset": dataset, "raw_source": raw_source, "dvc_path": dvc_path, "dvc_rev": dvc_rev, "params": params}
     if mlflow_tracking_uri:
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
 
         params = load_params(args.params, args.dataset)  # every dataset checked before any run starts
         for dataset, source in zip(args.dataset, sources):
-            check_run(dataset, mlflow_tracking_uri=args.mlflow_tracking_uri, checkpoint_uri=args.checkpoint_uri,
+            check_run(dataset, mlflow_tracking_uri=args.mlflow_tracking_uri or None,  # "": the pipeline's default
+                      checkpoint_uri=args.checkpoint_uri,
                       raw_source=source, dvc_path=args.dvc_path.replace("DATASET", dataset), dvc_rev=args.dvc_rev,
                       names={key: "--" + key.replace("_", "-") for key in OPTIONS})  # as typed here
         for dataset, source in zip(args.dataset, sources):
