@@ -109,22 +109,22 @@ def check_stem_weights(params: dict, dataset: str, runs: list | None = None) -> 
 
 
 CROP_DEVICES = ("cpu", "cuda")  # the hsnet pipeline's crop_device: cuda gives crop a GPU, cpu none
-# a pipeline's steps record to a tracking server (a file or sqlite store would be inside one pod; the
-# pods get an MLflow server's credentials, hsnet-mlflow, not a Databricks workspace's)
-SERVER_SCHEMES = ("http", "https")
 SOURCE_PARAMETERS = ("raw_source", "dvc_path", "dvc_rev")  # the pipelines' names of fetch's source
 
 
 def _server_uri(uri: str) -> bool:
-    """Whether ``uri`` names a tracking server (:data:`SERVER_SCHEMES`): with a host, and no
-    fragment or query (MLflow appends its API's path to the URI: the MLflow UI's address,
+    """Whether ``uri`` names a tracking server (hsnet.tracking.is_server: a pipeline's steps record
+    to one; a file or sqlite store would be inside one pod, and the pods get an MLflow server's
+    credentials, hsnet-mlflow, not a Databricks workspace's): with a host, and no fragment or query
+    (MLflow appends its API's path to the URI: the MLflow UI's address,
     ``http://HOST:5000/#/experiments/0``, or ``...?token=...`` would send every call to a page;
     credentials go in MLFLOW_TRACKING_TOKEN or the URL's user info)."""
     import urllib.parse
 
+    from hsnet.tracking import is_server
+
     text = uri.strip()
-    scheme, sep, _ = text.partition("://")
-    if not sep or scheme.lower() not in SERVER_SCHEMES:
+    if not is_server(text):
         return False
     try:
         parts = urllib.parse.urlsplit(text)
@@ -143,7 +143,7 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
     pipelines.submit's): an empty or unknown dataset, an empty source or a revision without a DVC
     path (hsnet.data.fetch.check_source), a crop device other than :data:`CROP_DEVICES`, no MLflow
     server (each pod would record into a store deleted with it) or a URI that isn't a server's
-    (:data:`SERVER_SCHEMES`), a checkpoint prefix that isn't s3:// or names no valid bucket,
+    (hsnet.tracking.SERVER_SCHEMES), a checkpoint prefix that isn't s3:// or names no valid bucket,
     ``deploy`` without ``promote``, a canary share outside 0..100. None: not a parameter of this
     pipeline. ``names``: a parameter's name as the caller's user typed it, where not the pipeline's
     (pipelines.submit's options)."""
@@ -152,7 +152,7 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
     from hsnet.deploy import check_canary
     from hsnet.errors import HSNetError
     from hsnet.s3 import S3Error, split_uri
-    from hsnet.tracking import mask_uri
+    from hsnet.tracking import SERVER_SCHEMES, mask_uri
 
     def n(parameter: str) -> str:
         return (names or {}).get(parameter, parameter)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import stat
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -237,6 +238,17 @@ TMP_SUFFIX = ".tmp"  # atomic_path's temporary files: .NAME.RANDOM.tmp beside th
 STALE_TMP_SECONDS = 3600
 
 
+_NAME_MAX = 255  # bytes in one file name: Linux's (ext4, xfs, overlayfs) and macOS's limit
+
+
+def _tmp_stem(name: str, limit: int = _NAME_MAX) -> str:
+    """``name`` as :func:`atomic_path`'s temporary name holds it: cut so that ``.NAME.XXXXXXXX.tmp``
+    stays within a file name's ``limit`` bytes (NAME_MAX) when ``name`` itself does."""
+    room = limit - len(f"..XXXXXXXX{TMP_SUFFIX}")
+    raw = os.fsencode(name)
+    return name if len(raw) <= room else os.fsdecode(raw[:room])  # a cut character: bytes kept as they are
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = True):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -251,7 +263,7 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_tmp_stem(path.name)}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         mode = os.stat(path).st_mode & 0o777
     except OSError:
@@ -434,8 +446,14 @@ def output_file(path: str | os.PathLike, what: str) -> Path:
     ``what`` (e.g. ``--out``), when it is a folder or its folder can't be written; the temporaries a
     killed write of it left (an hour old) are removed."""
     path = Path(path)
-    if path.is_dir():
-        raise HSNetError(f"{what} {path} is a folder; give a file name")
+    if len(os.fsencode(path.name)) > _NAME_MAX:
+        raise HSNetError(f"{what} {path}: its file name is {len(os.fsencode(path.name))} bytes, over the "
+                         f"{_NAME_MAX} a file name may have; give a shorter one")
+    try:
+        if path.is_dir():
+            raise HSNetError(f"{what} {path} is a folder; give a file name")
+    except OSError as exc:  # a folder in the path too long, a loop of links
+        raise HSNetError(f"{what} {path}: {exc.strerror or exc}; give another path") from exc
     check_creatable(path.parent, what)
     clean_stale_tmp(path.parent, path.name)
     return path
@@ -498,6 +516,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# what Pillow raises for a malformed file: besides OSError/ValueError/SyntaxError, its parsers fail
+# on odd EXIF or TIFF tags with struct.error, TypeError, IndexError, KeyError, EOFError or
+# ZeroDivisionError (attack 24k: TileOffsets stored as text). A file that raises one is unreadable,
+# in its own record, never the end of a batch or a request.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, struct.error, TypeError, IndexError, KeyError, EOFError,
+                 ZeroDivisionError, Image.DecompressionBombError)
+
+
 def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image fully as 8-bit RGB, whatever it was stored as.
 
@@ -518,7 +544,7 @@ def open_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Ima
         raise
     except FileReadError as exc:
         raise ImageReadError(str(exc)) from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except DECODE_ERRORS as exc:
         # PIL names the file object it was given ("<_io.BufferedReader name=7>": a descriptor number,
         # another at every run); the reason must read the same for the same file (validate's verdict)
         said = re.sub(r"\s*<_io\.\w+ name=[^>]*>", "", str(exc))

@@ -88,6 +88,9 @@ class CropParams:
 
 PARAMS_FILE = "params.yaml"  # the settings file: dvc.yaml's stages and hsnet's commands read it
 VGGFACE2 = "vggface2"  # stem_weights: facenet-pytorch's own download of its VGGFace2 weights
+# hsnet's own stem_weights value, never a user's: a frozen stem whose weights come from the checkpoint
+# about to be loaded (read as a file name by mistake it would train a random frozen stem)
+SKIP_STEM_WEIGHTS = "skip"
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,9 @@ class ModelParams:
     fgal: bool = True  # network scale
     ktl: bool = True  # knowledge scale: the frozen VGGFace2 stem
     stem_weights: str = field(default=VGGFACE2, metadata={  # facenet-pytorch's download, a file or s3:// URI
-        "keywords": (VGGFACE2,), "nonempty": f"give {VGGFACE2} (facenet-pytorch's download), a file or an s3:// URI"})
+        "keywords": (VGGFACE2,), "reserved": (SKIP_STEM_WEIGHTS,),
+        "nonempty": f"give {VGGFACE2} (facenet-pytorch's download), a file or an s3:// URI (model.ktl false: no stem "
+                    "weights)"})
 
 
 @dataclass(frozen=True)
@@ -336,6 +341,8 @@ def _value(tp, value, where: str, meta: dict):
         if isinstance(value, str):
             if value.strip().lower() in meta.get("keywords", ()):  # "VGGFace2 " is the keyword vggface2
                 return value.strip().lower()
+            if value.strip().lower() in meta.get("reserved", ()):
+                raise ParamsError(f"{where}: {value!r} is reserved for hsnet's own use; {meta['nonempty']}")
             if meta.get("nonempty") and not value.strip():
                 raise ParamsError(f"{where} is empty: {meta['nonempty']}")
             return value

@@ -246,7 +246,7 @@ def annotate_targets(files: list[tuple[Path, str]], annotate_dir: str | os.PathL
     targets = {}
     for path, rel in first.items():
         if len(owners[rel]) > 1:
-            rel += "." + hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:8]
+            rel += "." + hashlib.sha256(os.fsencode(path.absolute())).hexdigest()[:8]  # any name's bytes
         targets[path] = safe_join(annotate_dir, rel + ANNOTATED, what="annotated copy")
     return targets
 
@@ -420,6 +420,9 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
             raise HSNetError(f"--out {out} is one of the photos to predict on; give another file name "
                              "(JSON lines)")
         output_file(out, "--out")
+        if annotate_dir and os.path.realpath(out) == os.path.realpath(annotate_dir):
+            raise HSNetError(f"--out {out} and --annotate {annotate_dir} are the same path: the results file and the "
+                             "folder of annotated copies need two names")
     if annotate_dir:
         check_writable(annotate_dir, "--annotate")
         clean_stale_tmp(annotate_dir, "*" + ANNOTATED, recursive=True)

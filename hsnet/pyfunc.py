@@ -81,11 +81,13 @@ def open_encoded(data: bytes, row: int, limits: Limits):
     when it is not an image of an accepted format or has more pixels than the limit."""
     from PIL import Image, UnidentifiedImageError
 
+    from .io import DECODE_ERRORS
+
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as exc:
         raise InputRefused(f"image {row}: not a readable image (accepted: {', '.join(FORMATS)})") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except DECODE_ERRORS as exc:
         raise InputRefused(f"image {row}: not a readable image ({type(exc).__name__}: {str(exc)[:200]})") from exc
     pixels = img.width * img.height
     if pixels > limits.max_image_pixels:
@@ -98,16 +100,16 @@ def open_encoded(data: bytes, row: int, limits: Limits):
 
 def decode_opened(img, row: int):
     """An opened image decoded as upright 8-bit RGB (EXIF orientation applied, as for files)."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
-    from .io import to_rgb
+    from .io import DECODE_ERRORS, to_rgb
 
     try:
         with img:
             upright = ImageOps.exif_transpose(img)
             upright.load()
             return to_rgb(upright)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except DECODE_ERRORS as exc:
         raise InputRefused(f"image {row}: can't be decoded ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 

@@ -101,7 +101,7 @@ def mask_text(text: str) -> str:
 def _without_userinfo(uri: str) -> str:
     """An http(s) URI without its ``user:password@`` part (the same URI otherwise)."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+    if parts.scheme not in SERVER_SCHEMES or "@" not in parts.netloc:
         return uri
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
@@ -197,12 +197,21 @@ def _sqlite_file(uri: str) -> str | None:
     return None if not path or path == ":memory:" else path
 
 
+SERVER_SCHEMES = ("http", "https")  # a tracking server's URI (MLflow reads the scheme in any case)
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server's (http(s)://, ``HTTP://`` too), not a local store's."""
+    scheme, sep, _ = uri.strip().partition("://")
+    return bool(sep) and scheme.lower() in SERVER_SCHEMES
+
+
 def artifact_location(uri: str) -> str | None:
     """Where experiment ``hsnet`` keeps its runs' artifacts when hsnet creates it: beside a SQLite
     store (``<its folder>/artifacts``), the server's choice behind a tracking server, else the
     project's ``mlflow/artifacts``. Never relative to the folder a step runs in, which may be a DVC
     experiment's copy."""
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return None
     db = _sqlite_file(uri)
     folder = Path(db).resolve().parent if db else project_root() / DEFAULT_STORE.parent
@@ -262,7 +271,7 @@ def _auth_headers() -> dict:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any training time is spent, when an HTTP tracking server is not answering."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return
     shown = mask_uri(uri)
     import requests
@@ -579,16 +588,33 @@ def data_version(manifest: Path) -> str:
     return "sha256:" + hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
+def _cpu_model() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo; the platform's word elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "cpu model", "hardware")):
+                    return line.split(":", 1)[1].strip()[:250]
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def system_tags(device=None) -> dict:
     """What a run's numbers depend on besides its settings and data: the device it computed on
-    (``device``, a GPU by its name; the CPU when None) and on the CPU the kernels PyTorch picked
-    for this processor (AVX512, AVX2, DEFAULT) and the thread count, which change the
-    floating-point sums (docs/results.md, "Reproducibility")."""
+    (``device``, a GPU by its name; the CPU when None) and on the CPU the processor's model, the
+    kernels PyTorch picked for it (ATen's AVX512, AVX2, DEFAULT; oneDNN's cap, for the
+    convolutions) and the thread count, which change the floating-point sums (docs/results.md,
+    "Reproducibility")."""
     import torch
 
     tags = {"system.python": platform.python_version(), "system.torch": torch.__version__,
-            "system.platform": platform.platform(), "system.device": "cpu",
+            "system.platform": platform.platform(), "system.device": "cpu", "system.cpu": _cpu_model(),
             "system.cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            # the convolutions' kernels are oneDNN's, which picks its own instruction set for the
+            # processor (system.cpu) unless capped: the cap, or "off" when PyTorch doesn't use it
+            "system.onednn": (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "uncapped")
+            if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else "off",
             "system.cpu_threads": str(torch.get_num_threads())}
     if device is not None and torch.device(device).type == "cuda":
         tags["system.device"] = torch.cuda.get_device_name(torch.device(device))

@@ -23,13 +23,12 @@ from torch import nn
 
 from . import dib as dibs
 from . import ktl as ktl_
-from ..params import VGGFACE2
+from ..params import SKIP_STEM_WEIGHTS, VGGFACE2  # stem_weights' keywords
 from ..sizes import MIN_INPUT_SIZE  # Table 1's arithmetic (output_size): torch-free, for params
 from .fgal import FGAL, PooledFeatures
 
 STAGES = ("stem", "rdib_a", "sdib_a", "rdib_b", "sdib_b", "rdib_c")
 LEVEL_CHANNELS = (256, 896, 1792)  # F^A, F^B, F^C
-SKIP_STEM_WEIGHTS = "skip"  # stem_weights value: frozen stem whose weights come from a checkpoint
 
 
 
