@@ -86,15 +86,27 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the log, say ho
   bring_back
 }
 
+CROPS=data/processed/sample/manifest.csv  # ignored by git: on the device machine only when carried
+with_crops() {  # with_crops STEP...: true when the crops are here; else each selected STEP is said skipped
+  [ -f "$CROPS" ] && return 0
+  local name
+  for name in "$@"; do
+    if selected "$name"; then echo "== $name: skipped, no $CROPS (carry data/processed/sample)" | tee -a "$OUT/steps.txt"; fi
+  done
+  bring_back
+  return 1
+}
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu_machine.txt"
 $PY -c "import torch, facenet_pytorch; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu_machine.txt"
 bring_back
 
 # 1. the CUDA path end to end: train (bf16, channels-last, fused Adam, device augmentation) and evaluate
-if [ -f data/processed/sample/manifest.csv ]; then
+if with_crops cuda_train cuda_evaluate; then
   ! selected cuda_train || rm -rf /tmp/hsnet-run  # evaluate only what this run trained
-  step cuda_train 100 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
+  # 200 s: train.compile auto is CUDA graphs here, ~2 minutes of compiling on a fresh machine (performance.md 6)
+  step cuda_train 200 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
     --out /tmp/hsnet-run --no-mlflow --device cuda
   step cuda_evaluate 45 $PY -m hsnet evaluate --checkpoint /tmp/hsnet-run/best.pt --data data/processed/sample \
     --out "$OUT/cuda_eval" --no-mlflow --device cuda
@@ -118,7 +130,7 @@ step gpu_tests 150 $PY -m pytest -q -p no:cacheprovider tests/train/test_step.py
   tests/data/test_mtcnn.py -k "(gpu or tf32 or fp32) and not cpu"
 step mtcnn 75 $PY -m benchmarks.mtcnn --photos 64 --batch 16 --devices cuda --out "$OUT"
 step device_data_whole_step 200 $PY -m benchmarks.device_data --compile whole-step --out "$OUT"
-if [ -f data/processed/sample/manifest.csv ]; then
+if with_crops sample_whole_step sample_whole_step_evaluate; then
   ! selected sample_whole_step || rm -rf /tmp/hsnet-whole-step  # evaluate only what this run trained
   step sample_whole_step 300 $PY -m hsnet train --data data/processed/sample --params params.yaml --dataset sample \
     --out /tmp/hsnet-whole-step --no-mlflow --device cuda --set train.compile=whole-step --set train.data_on_device=true
@@ -131,7 +143,7 @@ step device_data_graphs 160 $PY -m benchmarks.device_data --compile reduce-overh
 step device_data_profile 120 $PY -m benchmarks.device_data --profile --compile reduce-overhead --out "$OUT"
 step concurrent 270 $PY -m benchmarks.concurrent --runs 1,2,4,8 --seconds 10 --out "$OUT"
 step device_data_eager 75 $PY -m benchmarks.device_data --out "$OUT"
-if [ -f data/processed/sample/manifest.csv ]; then
+if with_crops sample_device sample_device_evaluate sample_host sample_host_evaluate; then
   for data in device host; do
     ! selected "sample_$data" || rm -rf "/tmp/hsnet-$data"  # evaluate only what this run trained
     flag=$([ $data = device ] && echo true || echo false)
