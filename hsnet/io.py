@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -455,7 +456,7 @@ def output_file(path: str | os.PathLike, what: str) -> Path:
     except OSError as exc:  # a folder in the path too long, a loop of links
         raise HSNetError(f"{what} {path}: {exc.strerror or exc}; give another path") from exc
     check_creatable(path.parent, what)
-    clean_stale_tmp(path.parent, path.name)
+    clean_stale_tmp(path.parent, glob.escape(_tmp_stem(path.name)))  # as atomic_path names it: "[1]" no glob
     return path
 
 
@@ -561,6 +562,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
+    if img.mode in ("La", "RGBa"):  # alpha stored premultiplied (a TIFF's ExtraSamples 1): Pillow has no La -> L
+        img = img.convert(img.mode[:-1] + "A")
     if img.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))

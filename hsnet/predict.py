@@ -420,9 +420,9 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
             raise HSNetError(f"--out {out} is one of the photos to predict on; give another file name "
                              "(JSON lines)")
         output_file(out, "--out")
-        if annotate_dir and os.path.realpath(out) == os.path.realpath(annotate_dir):
-            raise HSNetError(f"--out {out} and --annotate {annotate_dir} are the same path: the results file and the "
-                             "folder of annotated copies need two names")
+        if annotate_dir and Path(os.path.realpath(out)) in (here := Path(os.path.realpath(annotate_dir)), *here.parents):
+            raise HSNetError(f"--annotate {annotate_dir} is --out {out} or inside it: the results file can't also be "
+                             "the folder of annotated copies (or hold it); give them two places")
     if annotate_dir:
         check_writable(annotate_dir, "--annotate")
         clean_stale_tmp(annotate_dir, "*" + ANNOTATED, recursive=True)
