@@ -146,6 +146,20 @@ def _says_registry_fails(text: str) -> bool:
     return False
 
 
+def _after_lookup(proc: subprocess.Popen, seen: list[str], log: Path, seconds: float) -> tuple[str, bool]:
+    """Once the server has asked for the alias, up to ``seconds`` for it to say the registry fails:
+    (its whole output, whether it still runs)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("/alias" in p for p in seen) and proc.poll() is None:
+        time.sleep(0.2)
+    assert any("/alias" in p for p in seen), (seen, log.read_text(errors="replace")[-800:])
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not _says_registry_fails(log.read_text(
+            errors="replace")):
+        time.sleep(0.5)
+    return log.read_text(errors="replace"), proc.poll() is None
+
+
 def test_a_registry_failing_after_the_alias_lookup_is_in_the_log_before_liveness_kills_the_pod(tmp_path):
     """README (today): "a registry that fails the alias lookup (5xx, a dropped connection) is tried
     again for about a minute, each failure logged"; hsnet/serve.py: "MLflow's own retries, off
@@ -174,15 +188,7 @@ def test_a_registry_failing_after_the_alias_lookup_is_in_the_log_before_liveness
     log = tmp_path / "serve.log"
     proc = _serve(f"http://127.0.0.1:{registry.server_address[1]}", log, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any("/alias" in p for p in seen) and proc.poll() is None:
-            time.sleep(0.2)
-        assert any("/alias" in p for p in seen), (seen, log.read_text(errors="replace")[-800:])
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline and proc.poll() is None and not _says_registry_fails(log.read_text(
-                errors="replace")):
-            time.sleep(0.5)
-        said = log.read_text(errors="replace")
+        said, _ = _after_lookup(proc, seen, log, 12)
     finally:
         _end(proc)
         registry.shutdown()
@@ -335,16 +341,7 @@ def test_a_registry_whose_lookup_hangs_is_named_in_the_log_within_twenty_seconds
     log = tmp_path / "serve.log"
     proc = _serve(f"http://127.0.0.1:{registry.server_address[1]}", log, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any("/alias" in p for p in seen) and proc.poll() is None:
-            time.sleep(0.2)
-        assert any("/alias" in p for p in seen), (seen, log.read_text(errors="replace")[-800:])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and proc.poll() is None and not _says_registry_fails(log.read_text(
-                errors="replace")):
-            time.sleep(0.5)
-        said = log.read_text(errors="replace")
-        running = proc.poll() is None
+        said, running = _after_lookup(proc, seen, log, 20)
     finally:
         release.set()
         _end(proc)
