@@ -75,7 +75,8 @@ def check_epoch(row: dict, history: list[dict], num_classes: int, *, val_labels:
     ``row`` and ``history`` hold ``epoch``, ``loss`` (training), ``val_accuracy`` and ``lr``;
     ``val_labels`` (the validation set's labels) set the chance level, else it is 1/C.
     ``chance_epochs``: epochs in a row at chance that stop the run (default: :func:`chance_window`
-    of the paper's patience; 0: never).
+    of the paper's patience; 0: never). A validation split too small to tell chance from a perfect
+    score (the threshold at 1 or above: about 3 images or fewer) gets no chance verdict.
     """
     if chance_epochs is None:
         chance_epochs = chance_window(SchedulerParams().patience)
@@ -92,6 +93,8 @@ def check_epoch(row: dict, history: list[dict], num_classes: int, *, val_labels:
         return
     recent = (list(history) + [row])[-chance_epochs:]
     chance, at_most = chance_level(num_classes, val_labels)
+    if at_most >= 1.0:  # a validation split so small that even a perfect score is within chance: no verdict
+        return
     if len(recent) == chance_epochs and all(float(r["val_accuracy"]) <= at_most for r in recent):
         raise NotLearning(
             f"training is not learning: the validation accuracy stayed at chance ({chance:.3f}; every epoch "

@@ -30,7 +30,7 @@ from .data.datasets import check_classes, get_spec
 from .data.manifest import MANIFEST, crop_settings, read_manifest
 from .device import NORMALIZATION, Setup, pick_device, place
 from .errors import HSNetError
-from .files import CURVES, HISTORY
+from .files import CROP_REPORT, CURVES, HISTORY
 from .files import TRAIN_SUMMARY as SUMMARY
 from .io import check_writable, clean_stale_tmp, only_writer, write_json
 from .model import MIN_INPUT_SIZE
@@ -343,6 +343,15 @@ def _splits(data_dir: Path, dataset: str, classes) -> tuple[Path, dict[str, list
     # served under other names (FERG's label 0 'anger' as RAF-DB's 'surprise')
     check_classes(rows, classes, manifest, f"{dataset} has", f"Train with the --dataset these crops are of, or "
                   f"give crops of {dataset}", every_class=False)
+    # validate checked every class is in train, but crop may have dropped them all since (no face found)
+    missing = [name for i, name in enumerate(classes) if not any(r["label"] == i for r in splits["train"])]
+    if missing:
+        raise HSNetError(f"the train split of {manifest} has no image of {', '.join(missing)}: a model trained on it "
+                         f"could never answer {'it' if len(missing) == 1 else 'them'}. Check {CROP_REPORT} beside it "
+                         "(crop drops a photo where it finds no face; crop.no_face: center keeps it), or re-import "
+                         "with other split settings")
+    # evaluate follows training everywhere (dvc repro, the pipelines): an empty test split is known now
+    check_nonempty("test", [r for r in rows if r["split"] == "test"], manifest)
     return manifest, splits
 
 

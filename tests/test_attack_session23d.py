@@ -216,13 +216,13 @@ def test_the_papers_augmentation_is_not_copied_into_the_input_pipelines_signatur
 
 
 @pytest.mark.parametrize("literal, home", [
-    ("skip", "hsnet/model/hsnet.py"),  # SKIP_STEM_WEIGHTS = "skip": info.py:29, checkpoint.py:33 write it again
+    ("skip", "hsnet/params.py"),  # SKIP_STEM_WEIGHTS = "skip" (since session 24 beside vggface2: the schema refuses it)
     ("vggface2", "hsnet/params.py"),  # ModelParams.stem_weights' value: model/hsnet.py, ktl.py, reproduce.py, convert.py
 ])
 def test_stem_weights_keywords_have_one_home(literal, home):
     """`stem_weights` takes two keywords besides a file or s3:// URI: "vggface2" (facenet-pytorch's
     download: ModelParams.stem_weights' default) and "skip" (a frozen stem whose weights come from a
-    checkpoint: hsnet.model.hsnet.SKIP_STEM_WEIGHTS, a named constant). Each is compared or passed by
+    checkpoint: hsnet.params.SKIP_STEM_WEIGHTS, a named constant). Each is compared or passed by
     literal in other modules (hsnet/model/info.py and hsnet/checkpoint.py pass "skip" instead of the
     constant; "vggface2" is tested by literal in model/hsnet.py, model/ktl.py, reproduce.py and
     components/convert.py): renaming the keyword in its home leaves those deciding on the old one."""

@@ -9,6 +9,8 @@ gets the GX results as JSON and GX's Data Docs as HTML.
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import logging
 import os
@@ -27,7 +29,7 @@ from ..files import VALIDATION_SUMMARY as SUMMARY
 from ..params import ValidateParams
 from ..io import CACHE_ENV, FileReadError, UnsafePath, cache_folder, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
     open_rgb, remove_stale_temporaries, safe_join, sha256_file, write_json
-from .crop import clash_message, colliding_rows
+from .crop import clash_message, colliding_rows, pixels_sha256
 from .datasets import get_spec
 from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
 
@@ -51,6 +53,7 @@ class ImageInfo:
     height: int
     sha256: str
     error: str
+    pixels: str = ""  # crop.pixels_sha256 of the decoded image: the same photo saved again has the same
 
 
 def _image_info_cache() -> ImageInfoCache | None:
@@ -70,7 +73,7 @@ class ImageInfoCache:
     """sqlite: absolute path -> (:func:`~hsnet.io.file_stamp` and the code version that inspected it,
     ImageInfo). Thread-safe, one connection per thread."""
 
-    TABLE = "image_info_v3"  # v1 was keyed by size and mtime alone; v2's errors named the path as spelled
+    TABLE = "image_info_v4"  # v1 was keyed by size and mtime alone; v2's errors named the path as spelled; v4: pixels
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -80,7 +83,7 @@ class ImageInfoCache:
             with sqlite3.connect(path) as db:
                 db.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (path TEXT PRIMARY KEY, stamp TEXT,"
                            " decodes INTEGER, width INTEGER, height INTEGER,"
-                           " sha256 TEXT, error TEXT)")
+                           " sha256 TEXT, error TEXT, pixels TEXT)")
 
     def _db(self):
         if not hasattr(self._local, "db"):
@@ -95,18 +98,18 @@ class ImageInfoCache:
         db = self._db()
         for start in range(0, len(keys), 900):  # sqlite's default limit of bound parameters
             chunk = keys[start:start + 900]
-            rows = db.execute(f"SELECT path, stamp, decodes, width, height, sha256, error FROM {self.TABLE} "
+            rows = db.execute(f"SELECT path, stamp, decodes, width, height, sha256, error, pixels FROM {self.TABLE} "
                               f"WHERE path IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-            for key, stamp, decodes, w, h, sha, err in rows:
-                out[key] = (stamp, ImageInfo(True, bool(decodes), w, h, sha, err))
+            for key, stamp, decodes, w, h, sha, err, pixels in rows:
+                out[key] = (stamp, ImageInfo(True, bool(decodes), w, h, sha, err, pixels or ""))
         return out
 
     def put_many(self, items: list[tuple[str, str, ImageInfo]]) -> None:
         if self.path is None or not items:
             return
         with sqlite3.connect(self.path, timeout=30) as db:
-            db.executemany(f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(k, stamp, int(i.decodes), i.width, i.height, i.sha256, i.error)
+            db.executemany(f"INSERT OR REPLACE INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(k, stamp, int(i.decodes), i.width, i.height, i.sha256, i.error, i.pixels)
                             for k, stamp, i in items])
 
 
@@ -121,7 +124,7 @@ def _inspect(path: Path) -> ImageInfo:
         reason = str(exc)         # shared by runs that spell the path otherwise: the verdict must not vary)
         prefix = f"{path}: "
         return ImageInfo(True, False, 0, 0, digest, reason[len(prefix):] if reason.startswith(prefix) else reason)
-    return ImageInfo(True, True, img.width, img.height, digest, "")
+    return ImageInfo(True, True, img.width, img.height, digest, "", pixels_sha256(img))
 
 
 LIBRARIES = ("PIL",)  # (import name) what decodes an image for inspection
@@ -197,8 +200,7 @@ def build_table(rows: list[dict], root: Path, workers: int | None, cache: ImageI
     clashes = colliding_rows(paths)
     df["crop_name_unique"] = [i not in clashes for i in range(len(df))]
     for i, j in clashes.items():
-        infos[i] = ImageInfo(infos[i].exists, infos[i].decodes, infos[i].width, infos[i].height, infos[i].sha256,
-                             clash_message(paths[i], paths[j]))
+        infos[i] = dataclasses.replace(infos[i], error=clash_message(paths[i], paths[j]))
     df["file_exists"] = [i.exists for i in infos]
     df["decodes"] = [i.decodes for i in infos]
     df["min_side"] = [min(i.width, i.height) if i.decodes else None for i in infos]  # one failure, one record
@@ -206,8 +208,9 @@ def build_table(rows: list[dict], root: Path, workers: int | None, cache: ImageI
     df["error"] = [i.error for i in infos]
     df["label_pair"] = [f"{lab}:{name}" for lab, name in zip(df["label"], df["label_name"])]
     # what training and evaluation will have: a file that doesn't decode (tolerated or not) is left out
-    # by crop, so it shares nothing with another split and makes no split or class present
-    usable = [d if ok else None for d, ok in zip(df["sha256"], df["decodes"])]
+    # by crop, so it shares nothing with another split and makes no split or class present. Identical
+    # images are those of the same pixels (a photo saved again, with other bytes, is the same photo)
+    usable = [i.pixels or None if ok else None for i, ok in zip(infos, df["decodes"])]
     splits_of = defaultdict(set)
     for digest, split in zip(usable, df["split"]):
         if digest:
@@ -267,7 +270,7 @@ WHAT = {  # expectation type (+ column) -> what a person should read
     "expect_column_values_to_be_in_set:file_exists": "missing files",
     "expect_column_values_to_be_in_set:decodes": "files that do not decode as images",
     "expect_column_values_to_be_between:min_side": "images smaller than the minimum size",
-    "expect_column_values_to_be_in_set:sha256_splits": "identical images in more than one split (leakage)",
+    "expect_column_values_to_be_in_set:sha256_splits": "identical images in more than one split (leakage), by their pixels whatever the files' bytes",
     "expect_column_pair_values_to_be_equal": "split sizes differ from the paper's",
 }
 

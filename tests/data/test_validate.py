@@ -330,9 +330,10 @@ def test_the_image_cache_holds_what_this_code_found_not_what_older_code_did(tmp_
     for root in (old, new):
         shutil.copytree(Path(hsnet.__file__).parent, root / "hsnet", ignore=shutil.ignore_patterns("__pycache__"))
     source = (new / "hsnet" / "data" / "validate.py").read_text()
-    seen = 'return ImageInfo(True, True, img.width, img.height, digest, "")'
+    seen = 'return ImageInfo(True, True, img.width, img.height, digest, "", pixels_sha256(img))'
     assert seen in source
-    (new / "hsnet" / "data" / "validate.py").write_text(source.replace(seen, seen[:-3] + '"checked by the new code")'))
+    (new / "hsnet" / "data" / "validate.py").write_text(
+        source.replace(seen, seen.replace('digest, ""', 'digest, "checked by the new code"')))
 
     def inspect(root: Path) -> str:
         env = {**os.environ, "PYTHONPATH": str(root)}
