@@ -180,7 +180,7 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
         problems.append(f"{n('mlflow_tracking_uri')} {mask_uri(mlflow_tracking_uri.strip())!r} is not a tracking "
                         f"server's URL: give {' or '.join(s + '://HOST[:PORT][/PATH]' for s in SERVER_SCHEMES)} "
                         "without '?' or '#' (MLflow appends its API's path; a token goes in MLFLOW_TRACKING_TOKEN), "
-                        "e.g. http://mlflow.kubeflow.svc.cluster.local:5000")
+                        "as the pipeline's default is")
     if checkpoint_uri:
         try:
             split_uri(checkpoint_uri)

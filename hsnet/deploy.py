@@ -339,7 +339,7 @@ def rollout(model_uri: str, *, name: str, namespace: str | None = None,
     elif plan["action"] == "updated":
         _call(where, api.replace_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, isvc)
         log.info("%s: %s -> %s (%s)", where, plan["previous"], model_uri,
-                 f"canary {plan['canary']}%" if plan["canary"] else "all traffic")
+                 f"canary {plan['canary']}%" if plan["canary"] is not None else "all traffic")
     return plan
 
 
@@ -423,16 +423,44 @@ def promote_and_deploy(name: str, *, version=None, metric: str = GATE_METRIC, mi
     with failures_recorded(name, "promote", version=version, deploy=True):  # refused before the registry is asked
         check_canary(canary_percent)
         require_cluster()
+        check_no_other_canary(name, version, isvc=isvc or name, namespace=namespace)
     decision = promote(name, version=version, metric=metric, min_delta=min_delta, force=force)
     try:
-        return decision, deploy_production(name, decision, isvc=isvc, namespace=namespace,
-                                           canary_percent=canary_percent)
+        # a rollout that fails after production moved is recorded too (--history: not served yet)
+        with failures_recorded(name, "promote", version=decision.get("production"), deploy=True):
+            return decision, deploy_production(name, decision, isvc=isvc, namespace=namespace,
+                                               canary_percent=canary_percent)
     except HSNetError as exc:
         if not decision["promoted"]:
             raise
         raise HSNetError(f"{str(exc).rstrip('.')}. The registry's production is version {decision['production']} "
                          f"already{' (FORCED)' if decision['forced'] else ''}: {decision['reason']}; run the same "
                          "again once the cluster answers (it rolls production out)") from exc
+
+
+def check_no_other_canary(name: str, version, *, isvc: str, namespace: str | None) -> None:
+    """Refuse, before the registry moves, to roll out a version while a canary of another one is
+    running (0 < canaryTrafficPercent < 100): KServe would split the new version's canary with
+    the last version that had all the traffic, not with the canary's, and a rollback (back to
+    ``previous``, the canary's version) would then stop the canary and serve that older version
+    while the registry names the canary's. ``version``: the one promoted (None: the candidate)."""
+    from .registry import CANDIDATE
+
+    api, default_ns = _api()
+    namespace = namespace or default_ns
+    current = _current(api, namespace, isvc)
+    share = (current or {}).get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
+    if current is None or share is None or not 0 < int(share) < 100:
+        return
+    if version is None:
+        _, version = tracking.model_version(tracking.alias_uri(name, CANDIDATE))
+    serving = model_of(current)
+    if serving == tracking.version_uri(name, version):
+        return  # a step of this canary (e.g. to 100%)
+    raise HSNetError(f"InferenceService {namespace}/{isvc} is running a canary of {serving} ({share}% of the traffic): "
+                     f"version {version} can't be rolled out over it. Finish that canary first (hsnet promote --name "
+                     f"{name} --version {serving.rsplit('/', 1)[-1]} --deploy --canary-percent 100) or roll it back "
+                     f"(hsnet promote --name {name} --rollback --deploy); nothing changed")
 
 
 @tracking.as_found
@@ -446,6 +474,7 @@ def rollback_production(name: str, *, isvc: str | None = None, namespace: str | 
     from . import registry, tracking
 
     target = registry.rollback_target(name)
+    production = registry.production_version(name)  # what the registry serves until it swaps
     model_uri = tracking.version_uri(name, target)
     with registry.failures_recorded(name, "rollback", expect=target, deploy=True):  # the traffic refused: as is
         record = rollback(model_uri, name=isvc or name, namespace=namespace)
@@ -453,8 +482,8 @@ def rollback_production(name: str, *, isvc: str | None = None, namespace: str | 
         return registry.rollback(name, expect=target), record
     except Exception as exc:  # noqa: BLE001 - the registry refused or failed (an MlflowException too)
         # the traffic moved, the registry didn't: say both, and the command that puts them together
-        again = f"hsnet promote --name {name} --deploy --namespace {record['namespace']}" + (
-            f" --isvc {record['name']}" if record["name"] != name else "")
+        again = (f"hsnet promote --name {name} --version {production} --deploy --canary-percent 100 "
+                 f"--namespace {record['namespace']}" + (f" --isvc {record['name']}" if record["name"] != name else ""))
         raise HSNetError(f"{exc}. The InferenceService {record['namespace']}/{record['name']} was already changed "
                          f"({record['action']}, to {model_uri}): run the rollback again once the registry "
                          f"answers, or serve production again with `{again}`") from exc
@@ -468,7 +497,7 @@ def describe(r: dict) -> str:
             return f"{where}: already serves {r['model']} with all traffic"
         return (f"{where}: already names {r['model']} with all traffic; KServe has not reported it ready yet "
                 f"(kubectl get inferenceservice -n {r['namespace']} {r['name']})")
-    share = f", canary {r['canary']}%" if r.get("canary") else ""
+    share = f", canary {r['canary']}%" if r.get("canary") is not None else ""  # 0: rolled out, no traffic yet
     return (f"{where}: {r['action']}, {r['model']}{share}" + (f" (was {r['previous']})" if r.get("previous") else "")
             + (f"; {r['note']}" if r.get("note") else ""))
 

@@ -986,6 +986,13 @@ def rollback_target(name: str) -> int:
 
 
 @tracking.as_found
+def production_version(name: str) -> int | None:
+    """The version the ``production`` alias names now (None: none)."""
+    mv = _alias_version(_client(), name, PRODUCTION)
+    return int(mv.version) if mv is not None else None
+
+
+@tracking.as_found
 def rollback(name: str, *, expect: int | str | None = None) -> dict:
     """Put the ``previous`` version back in production (and the rolled-back one becomes ``previous``),
     if its model files are those it was registered with (:func:`check_model_files`), as for a

@@ -248,12 +248,43 @@ def test_a_promotion_whose_rollout_failed_is_recorded_as_such(registry, kube, ca
     registry.new()
     assert promote("--deploy", "--force") == 0
     registry.new()
-    kube.httpd.shutdown()  # the API server stops answering (after the configuration was read)
+    # the API server answers reads and refuses the rollout's write (an admission webhook failing):
+    # since session 24 an unreachable server is refused before the registry moves (check_no_other_canary)
+    kube.refuse_writes = (500, "InternalError")
+    assert promote("--deploy", "--force") == 2
+    err = capsys.readouterr().err
+    assert "InternalError" in err and "production is version 2 already" in err, err
+    rows = promotion_history(NAME)
+    newest = [r for r in rows if r["production"] == 2 or r["outcome"] != "moved"]
+    assert any(r["outcome"] in ("refused", "error") or "InternalError" in r["reason"] for r in newest), [
+        (r["action"], r["outcome"], r["production"], r["reason"][:80]) for r in rows]
+
+
+def test_a_cluster_that_does_not_answer_is_found_before_the_registry_moves(registry, kube, capsys):
+    """Session 24's fix: promote --deploy reads the InferenceService before the alias moves (a
+    canary of another version running refuses the rollout): an API server that doesn't answer
+    then stops the command with production where it was, not after it moved."""
+    registry.new()
+    assert promote("--deploy", "--force") == 0
+    registry.new()
+    kube.httpd.shutdown()
     kube.httpd.server_close()
     assert promote("--deploy", "--force") == 2
     err = capsys.readouterr().err
-    assert "unreachable" in err and "production is version 2 already" in err, err
-    rows = promotion_history(NAME)
-    newest = [r for r in rows if r["production"] == 2 or r["outcome"] != "moved"]
-    assert any(r["outcome"] in ("refused", "error") or "unreachable" in r["reason"] for r in newest), [
-        (r["action"], r["outcome"], r["production"], r["reason"][:80]) for r in rows]
+    assert "unreachable" in err and "already" not in err, err
+    assert registry.production() == 1
+
+
+def test_a_canary_finished_by_its_own_version_is_not_refused(registry, kube, capsys):
+    """The refusal of a rollout over another version's canary leaves the canary's own next step
+    alone: --version N --canary-percent 100 of the version in canary gives it all the traffic."""
+    registry.new()
+    assert promote("--deploy", "--force") == 0
+    registry.new()
+    assert promote("--deploy", "--force", "--canary-percent", "20") == 0
+    assert served(kube) == {uri(1): 80, uri(2): 20}
+    registry.new()
+    assert promote("--deploy", "--force") == 2  # version 3 over version 2's canary: refused, nothing moved
+    assert "running a canary of models:/" in capsys.readouterr().err and registry.production() == 2
+    assert promote("--version", "2", "--deploy", "--force", "--canary-percent", "100") == 0
+    assert served(kube) == {uri(2): 100}

@@ -63,6 +63,7 @@ def test_promote_deploy_of_a_version_already_in_production_is_the_same_from_cli_
 
     monkeypatch.setattr(hsnet.deploy, "rollout", rollout)
     monkeypatch.setattr(hsnet.deploy, "require_cluster", lambda: None)  # the cluster is the fake rollout
+    monkeypatch.setattr(hsnet.deploy, "check_no_other_canary", lambda *a, **k: None)  # (no canary running there)
     assert main(["promote", "--name", "hsnet-x", "--version", "3", "--deploy", "--canary-percent", "100",
                  "--namespace", "ns"]) == 0
     caller = "kfp"

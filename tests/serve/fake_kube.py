@@ -19,6 +19,7 @@ class FakeKube:
         self.requests: list[tuple[str, str, dict | None]] = []
         self.version = 0
         self.lock = threading.Lock()
+        self.refuse_writes: tuple[int, str] | None = None  # (code, reason) for every POST/PUT: a webhook, RBAC
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,8 @@ class FakeKube:
                 if not m:
                     return self._status(404, "NotFound")
                 ns, name = m.group(1), m.group(2)
+                if method in ("POST", "PUT") and fake.refuse_writes:
+                    return self._status(*fake.refuse_writes)
                 with fake.lock:
                     if method == "GET":
                         obj = fake.objects.get((ns, name))
