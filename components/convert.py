@@ -112,26 +112,42 @@ CROP_DEVICES = ("cpu", "cuda")  # the hsnet pipeline's crop_device: cuda gives c
 SOURCE_PARAMETERS = ("raw_source", "dvc_path", "dvc_rev")  # the pipelines' names of fetch's source
 
 
-def _server_uri(uri: str) -> bool:
-    """Whether ``uri`` names a tracking server (hsnet.tracking.is_server: a pipeline's steps record
-    to one; a file or sqlite store would be inside one pod, and the pods get an MLflow server's
-    credentials, hsnet-mlflow, not a Databricks workspace's): with a host, and no fragment or query
-    (MLflow appends its API's path to the URI: the MLflow UI's address,
-    ``http://HOST:5000/#/experiments/0``, or ``...?token=...`` would send every call to a page;
-    credentials go in MLFLOW_TRACKING_TOKEN or the URL's user info)."""
+# the database stores MLflow takes as a tracking URI (SQLAlchemy's dialects, "+driver" allowed)
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _reachable_store(uri: str) -> bool:
+    """Whether every step can record to ``uri``, wherever it runs: a tracking server's URL
+    (hsnet.tracking.is_server) with a host and no fragment or query (MLflow appends its API's path
+    to the URI: the MLflow UI's address, ``http://HOST:5000/#/experiments/0``, or ``...?token=...``
+    would send every call to a page; a token goes in MLFLOW_TRACKING_TOKEN or the URL's user
+    info); a database with a host, or an SQLite file, a ``file:`` store or a path given absolutely
+    (a volume every step mounts; kfp.local's steps share the machine's); Databricks. Not a host
+    and port without a scheme (MLflow refuses it at its first call, in train) nor a relative path
+    (inside each pod, deleted with it)."""
     import urllib.parse
 
     from hsnet.tracking import is_server
 
     text = uri.strip()
-    if not is_server(text):
-        return False
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text == "databricks" or text.startswith("/")
+    scheme = scheme.lower().split("+", 1)[0]
     try:
         parts = urllib.parse.urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError for a port that isn't a number
-        return bool(parts.hostname) and not any(c in text for c in "#?")  # MLflow appends /api/... to the URI
     except ValueError:  # a port that isn't a number, an unclosed [IPv6]
         return False
+    if is_server(text):
+        return bool(parts.hostname) and not any(c in text for c in "#?")
+    if scheme == "sqlite":
+        return rest.startswith("//")  # sqlite:////abs/mlflow.db (sqlite:///mlflow.db is relative)
+    if scheme == "file":
+        return rest.startswith("/")  # file:///abs/mlruns
+    if scheme in DATABASE_SCHEMES:
+        return bool(parts.hostname)
+    return scheme == "databricks"
 
 
 def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_uri: str | None = None,
@@ -142,8 +158,8 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
     by the first step, before any data is fetched (a run started from the UI gets no check of
     pipelines.submit's): an empty or unknown dataset, an empty source or a revision without a DVC
     path (hsnet.data.fetch.check_source), a crop device other than :data:`CROP_DEVICES`, no MLflow
-    server (each pod would record into a store deleted with it) or a URI that isn't a server's
-    (hsnet.tracking.SERVER_SCHEMES), a checkpoint prefix that isn't s3:// or names no valid bucket,
+    server (each pod would record into a store deleted with it) or a URI not every step can reach
+    (:func:`_reachable_store`), a checkpoint prefix that isn't s3:// or names no valid bucket,
     ``deploy`` without ``promote``, a canary share outside 0..100. None: not a parameter of this
     pipeline. ``names``: a parameter's name as the caller's user typed it, where not the pipeline's
     (pipelines.submit's options)."""
@@ -176,11 +192,12 @@ def check_run(dataset: str, *, crop_device: str | None = None, mlflow_tracking_u
         problems.append(f"{n('mlflow_tracking_uri')} is empty: each step would record into a store inside its own pod, "
                         "deleted with it (train's and evaluate's runs lost, register finding no evaluation); give "
                         "the tracking server's URL")
-    elif mlflow_tracking_uri and mlflow_tracking_uri.strip() and not _server_uri(mlflow_tracking_uri):
+    elif mlflow_tracking_uri and mlflow_tracking_uri.strip() and not _reachable_store(mlflow_tracking_uri):
         problems.append(f"{n('mlflow_tracking_uri')} {mask_uri(mlflow_tracking_uri.strip())!r} is not a tracking "
-                        f"server's URL: give {' or '.join(s + '://HOST[:PORT][/PATH]' for s in SERVER_SCHEMES)} "
-                        "without '?' or '#' (MLflow appends its API's path; a token goes in MLFLOW_TRACKING_TOKEN), "
-                        "as the pipeline's default is")
+                        "store every step can reach: give the tracking server's "
+                        f"{' or '.join(s + '://HOST[:PORT][/PATH]' for s in SERVER_SCHEMES)} without '?' or '#' "
+                        "(MLflow appends its API's path; a token goes in MLFLOW_TRACKING_TOKEN), as the pipeline's "
+                        "default is, a database's URI, or an absolute path on a volume every step mounts")
     if checkpoint_uri:
         try:
             split_uri(checkpoint_uri)

@@ -97,13 +97,19 @@ def test_access_point_arn_is_not_told_to_move_into_the_endpoint_variable():
 @pytest.mark.parametrize("uri, good", [("http://mlflow.kubeflow.svc.cluster.local:5000", True),
                                        ("HTTPS://mlflow.example.com/tracking/ ", True),
                                        ("http://[::1]:5000", True), ("https://user:pw@mlflow.example.com", True),
-                                       ("databricks", False), ("sqlite:///mlflow.db", False),
-                                       ("http://mlflow:port", False)])
+                                       ("databricks", True), ("sqlite:///mlflow.db", False),
+                                       ("http://mlflow:port", False), ("sqlite:////mnt/shared/mlflow.db", True),
+                                       ("postgresql+psycopg2://u:p@db.kubeflow:5432/mlflow", True),
+                                       ("postgresql:///mlflow", False), ("file:///mnt/shared/mlruns", True),
+                                       ("./mlruns", False), ("/mnt/shared/mlruns", True)])
 def test_first_step_takes_every_server_url_and_only_those(uri, good):
-    """Session 24's fix: mlflow_tracking_uri must name an MLflow server the pods can reach with the
-    hsnet-mlflow secret: http(s) with a host (any case of the scheme, a path prefix, an IPv6 host,
-    credentials in the URL, which hsnet moves into the environment); not a Databricks workspace
-    (the pods get no Databricks host or token), a local store, or a port that isn't a number."""
+    """Session 24's fix: mlflow_tracking_uri must name a store every step can reach: a server's
+    http(s) URL with a host (any case of the scheme, a path prefix, an IPv6 host, credentials in
+    the URL, which hsnet moves into the environment), a database with a host, an SQLite file, a
+    file store or a path given absolutely (a shared volume; kfp.local's steps share the machine),
+    Databricks; not a relative path (inside each pod), a database without a host, or a port that
+    isn't a number. (The first version of the fix took servers only and broke kfp.local runs with
+    an SQLite store: CI rehearsal 24a.)"""
     from components.convert import check_run
     from hsnet.errors import HSNetError
 

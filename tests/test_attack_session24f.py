@@ -65,7 +65,7 @@ def test_a_tracking_uri_the_first_step_takes_as_a_server_is_treated_as_one(monke
     from hsnet import tracking
 
     claimed("An unreachable server stops the command before training starts.", README)
-    claimed("a non-empty `mlflow_tracking_uri` that is a server's `http(s)://` URL", README)
+    claimed("a server's `http(s)://` URL with a host and no", README)
     uri = f"HTTP://127.0.0.1:{_closed_port()}"
     check_run("sample", mlflow_tracking_uri=uri)  # the first step takes it as a server's URL
     assert tracking.artifact_location(uri) == tracking.artifact_location(uri.lower()) is None, (
