@@ -27,16 +27,10 @@ def _answers(trained, k: int, out: Path) -> tuple[Path, Path]:
     tracking in the current store (what register needs): (checkpoint, metrics.json)."""
     from hsnet.evaluate import evaluate
 
-    ckpt = torch.load(trained["checkpoint"], weights_only=True)
-    for key, value in ckpt["model"].items():
-        if "classifier.weight" in key:
-            value.zero_()
-        elif "classifier.bias" in key:
-            value.zero_()
-            value[k] = 10.0
+    from crafted import answering_checkpoint
+
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"class{k}.pt"
-    torch.save(ckpt, path)
+    path = answering_checkpoint(trained["checkpoint"], k, out / f"class{k}.pt")
     evaluate(path, trained["data"], out / "eval", progress=False)
     return path, out / "eval" / "metrics.json"
 
