@@ -19,7 +19,6 @@ the registry's alias moves, its records and the rollouts are the real code.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -39,15 +38,6 @@ def kube(tmp_path, monkeypatch):
     finally:
         sys.path.pop(0)
     fake = FakeKube()
-    fake.history = []
-    store = fake._store
-
-    def recording_store(ns, name, obj):
-        out = store(ns, name, obj)
-        fake.history.append(json.loads(json.dumps(out)))
-        return out
-
-    fake._store = recording_store
     monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
     yield fake
     fake.stop()

@@ -20,6 +20,7 @@ class FakeKube:
         self.version = 0
         self.lock = threading.Lock()
         self.refuse_writes: tuple[int, str] | None = None  # (code, reason) for every POST/PUT: a webhook, RBAC
+        self.history: list[dict] = []  # every object stored, in order (what each POST/PUT left)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,6 +87,7 @@ class FakeKube:
         obj = json.loads(json.dumps(obj))
         obj.setdefault("metadata", {}).update(namespace=ns, name=name, resourceVersion=str(self.version))
         self.objects[(ns, name)] = obj
+        self.history.append(json.loads(json.dumps(obj)))
         return obj
 
     def kubeconfig(self, path: Path, namespace: str = "models") -> Path:

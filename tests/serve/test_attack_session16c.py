@@ -25,15 +25,6 @@ def kube(tmp_path, monkeypatch):
     from fake_kube import FakeKube
 
     fake = FakeKube()
-    fake.history = []  # every object the fake stored, in order (what each PUT/POST left)
-    store = fake._store
-
-    def recording_store(ns, name, obj):
-        out = store(ns, name, obj)
-        fake.history.append(json.loads(json.dumps(out)))
-        return out
-
-    fake._store = recording_store
     monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
     yield fake
     fake.stop()
