@@ -250,6 +250,11 @@ def _tmp_stem(name: str, limit: int = _NAME_MAX) -> str:
     return name if len(raw) <= room else os.fsdecode(raw[:room])  # a cut character: bytes kept as they are
 
 
+def is_cut_in_tmp_name(name: str) -> bool:
+    """Whether :func:`atomic_path`'s temporary of a file called ``name`` holds only the start of it."""
+    return _tmp_stem(name) != name
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = True):
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -335,6 +340,13 @@ def clean_stale_tmp(folder: str | os.PathLike, name: str = "*", *, recursive: bo
     files only (:func:`atomic_path` makes nothing else). Returns what was deleted."""
     return remove_stale_temporaries(folder, f".{name}.*{TMP_SUFFIX}", recursive=recursive, older_than=older_than,
                                     files_only=True)
+
+
+def clean_stale_tmp_of(path: str | os.PathLike, *, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete the temporaries killed :func:`atomic_path` writes of ``path`` itself left beside it
+    (named as atomic_path names them: a long name cut, no character of it read as a glob)."""
+    path = Path(path)
+    return clean_stale_tmp(path.parent, glob.escape(_tmp_stem(path.name)), older_than=older_than)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *, recursive: bool = False,
@@ -456,7 +468,7 @@ def output_file(path: str | os.PathLike, what: str) -> Path:
     except OSError as exc:  # a folder in the path too long, a loop of links
         raise HSNetError(f"{what} {path}: {exc.strerror or exc}; give another path") from exc
     check_creatable(path.parent, what)
-    clean_stale_tmp(path.parent, glob.escape(_tmp_stem(path.name)))  # as atomic_path names it: "[1]" no glob
+    clean_stale_tmp_of(path)
     return path
 
 

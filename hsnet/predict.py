@@ -31,8 +31,8 @@ from PIL import Image, ImageDraw
 from . import tracking
 from .errors import HSNetError
 from .limits import MIN_FACE_SIZE, MIN_PROB
-from .io import (CACHE_ENV, IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp, open_rgb,
-                 output_file, safe_join, to_rgb)
+from .io import (CACHE_ENV, IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp,
+                 clean_stale_tmp_of, is_cut_in_tmp_name, open_rgb, output_file, safe_join, to_rgb)
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +427,9 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
         check_writable(annotate_dir, "--annotate")
         clean_stale_tmp(annotate_dir, "*" + ANNOTATED, recursive=True)
         targets = annotate_targets(entries, annotate_dir)
+        for target in targets.values():  # a long name's temporary lost the ending matched above
+            if is_cut_in_tmp_name(target.name):
+                clean_stale_tmp_of(target)
     clf = classifier or load_classifier(model, device)
     detector = Detector(str(clf.setup.device), min_face_size=min_face_size)
     results, no_face, unreadable = [], [], []

@@ -123,6 +123,24 @@ def _move_credentials(uri: str) -> str:
     return clean
 
 
+def _as_mlflow_reads(uri: str | None) -> str | None:
+    """MLFLOW_TRACKING_URI as typed (``SQLITE:///...``, a blank pasted at its end) in the one spelling
+    MLflow, SQLAlchemy and hsnet's own store rules all read alike: no blanks around it, the scheme
+    in lower case (RFC 3986 3.1: a scheme is read in any case; SQLAlchemy refuses ``SQLITE``, and a
+    blank kept at the end names another store file). The variable is rewritten with it, for MLflow
+    and the child processes."""
+    if uri is None:
+        return None
+    clean = uri.strip()
+    scheme, sep, rest = clean.partition("://")
+    if sep and _SCHEME.match(clean):
+        clean = f"{scheme.lower()}://{rest}"
+    if clean != uri:
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+        log.debug("MLFLOW_TRACKING_URI read as %s", mask_uri(clean))
+    return clean
+
+
 def is_default_store(uri: str) -> bool:
     """Whether ``uri`` is hsnet's own local store (``mlflow/mlflow.db`` of the project: used when
     MLFLOW_TRACKING_URI is not set), which the ``mlflow`` CLI doesn't know by itself."""
@@ -134,7 +152,7 @@ def tracking_uri(create: bool = True) -> str:
     of the project (:func:`project_root`): created for steps that record, refused by name for those that only
     read (``create=False``: a registry lookup), which would otherwise make an empty store wherever
     they run and then not find the model."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = _as_mlflow_reads(os.environ.get("MLFLOW_TRACKING_URI"))
     if uri:
         return _out_of_experiment_copy(_move_credentials(uri))
     store = project_root() / DEFAULT_STORE
@@ -191,9 +209,10 @@ def project_root() -> Path:
 
 def _sqlite_file(uri: str) -> str | None:
     """The database file of a ``sqlite:///`` URI (None for other stores and ``:memory:``)."""
-    if not uri or not uri.startswith("sqlite:///"):
+    uri = (uri or "").strip()
+    if uri[:len("sqlite:///")].lower() != "sqlite:///":
         return None
-    path = urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0])  # as SQLAlchemy reads it
+    path = urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0])  # as SQLAlchemy reads it
     return None if not path or path == ":memory:" else path
 
 

@@ -1,0 +1,77 @@
+"""Session 25: session 24's "left, found and not changed" items, each a failing test first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hsnet.io import TMP_SUFFIX
+from hsnet.predict import Classifier, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Constant(torch.nn.Module):
+    def forward(self, x):  # (N, 3, S, S) -> (N, 3) logits
+        return torch.zeros(x.shape[0], 3)
+
+
+def _killed_write(path: Path) -> Path:
+    """An atomic write of ``path`` killed in the middle (os._exit: no cleanup runs); its
+    temporary, made two hours old, is returned."""
+    code = ("import os, sys\n"
+            "from hsnet.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_text('half')\n"
+            "    os._exit(9)\n")
+    before = set(path.parent.iterdir()) if path.parent.is_dir() else set()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert subprocess.run([sys.executable, "-c", code, str(path)], env=env, timeout=60).returncode == 9
+    left = [p for p in set(path.parent.iterdir()) - before if p.name.endswith(TMP_SUFFIX)]
+    assert len(left) == 1, left
+    old = time.time() - 7200
+    os.utime(left[0], (old, old))
+    return left[0]
+
+
+def test_predict_removes_a_killed_annotated_copys_temporary_of_a_long_name(tmp_path):
+    """predict cleans the annotate folder of killed writes' temporaries ('*.annotated.jpg'). A photo
+    whose name is 230 bytes has a legal 244-byte annotated copy, but atomic_path cuts its
+    temporary's name to 241 bytes, losing the '.annotated.jpg' ending, so the cleanup never found
+    it: an hour-old half-written copy stayed for ever (session 24's note)."""
+    photos, ann = tmp_path / "photos", tmp_path / "ann"
+    photos.mkdir()
+    name = "p" * 226 + ".jpg"  # 230 bytes
+    Image.new("RGB", (64, 48), (120, 100, 90)).save(photos / name)
+    target = ann / (name + ".annotated.jpg")
+    assert len(target.name) == 244
+    ann.mkdir()
+    stale = _killed_write(target)
+    clf = Classifier(_Constant(), ["anger", "joy", "neutral"], 64, device="cpu")
+    predict([photos], "unused", annotate_dir=ann, classifier=clf, progress=False, workers=1)
+    assert not stale.exists(), f"the killed write's temporary {stale.name} was left in {ann}"
+
+
+def test_a_tracking_uri_with_a_capital_scheme_or_a_trailing_blank_records_in_the_store_it_names(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI as typed in a form or a shell: 'SQLITE:///...' (RFC 3986 3.1: a scheme is
+    read in any case) and a trailing blank (pasted). Before, MLflow failed on the first with
+    SQLAlchemy's "Can't load plugin: sqlalchemy.dialects:SQLITE", and the second made a second
+    store, 'mlflow.db ' (a blank at the end of its file name), beside the one named."""
+    from hsnet import tracking
+
+    db = tmp_path / "mlflow.db"
+    for given in (f"SQLITE:///{db}", f"sqlite:///{db} ", f"\tSqLite:///{db}\n"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
+        uri = tracking.connect()
+        assert uri == f"sqlite:///{db}", given
+        import os as _os
+        assert _os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}", "child processes would see another URI"
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["mlflow.db"], \
+            sorted(p.name for p in tmp_path.iterdir())
+        assert tracking._sqlite_file(uri) == str(db)
