@@ -679,14 +679,21 @@ def _promotion_lock(client, name: str, action: str):
 
 @tracking.as_found
 def unlock(name: str) -> bool:
-    """Remove a stale promotion lock (left by a killed promotion); True if there was one."""
+    """Remove a stale promotion lock (left by a killed promotion); True if there was one, False if
+    there was none. A registry that refuses or fails (no write rights, a 5xx) is an error: the
+    lock may still be there."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
+    lock = name + LOCK_SUFFIX
     try:
-        client.delete_registered_model(name + LOCK_SUFFIX)
-    except MlflowException:
-        return False
+        client.delete_registered_model(lock)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise HSNetError(f"{name}: the registry at {tracking.mask_uri(tracking.tracking_uri())} did not remove the "
+                         f"promotion lock {lock} ({tracking.mask_text(exc.message)[:300]}); it may still be held. "
+                         "Check MLFLOW_TRACKING_URI and that its credentials may write to the registry") from exc
     return True
 
 

@@ -75,3 +75,46 @@ def test_a_tracking_uri_with_a_capital_scheme_or_a_trailing_blank_records_in_the
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["mlflow.db"], \
             sorted(p.name for p in tmp_path.iterdir())
         assert tracking._sqlite_file(uri) == str(db)
+
+
+def test_unlock_refused_by_the_registry_is_said_not_taken_for_a_lock_that_was_not_held(monkeypatch):
+    """hsnet promote --unlock: "Remove a stale promotion lock (left by a killed promotion); True if
+    there was one". Behind an auth proxy that refuses the deletion (HTTP 403, a user without write
+    rights), unlock answered False and the CLI printed "was not held": the user believes there is
+    no lock, while the stale lock is still there and every promotion is refused by it. Expected:
+    an error that names the registry's refusal."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from hsnet.errors import HSNetError
+    from hsnet.registry import unlock
+
+    class Proxy(BaseHTTPRequestHandler):
+        def _answer(self):
+            if self.path.rstrip("/").endswith("/health"):
+                body, code = b"OK", 200
+            else:
+                body, code = _json.dumps({"error_code": "PERMISSION_DENIED",
+                                          "message": "user reader may not write"}).encode(), 403
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = do_PATCH = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(HSNetError, match="(?i)permission|refus|403|may not"):
+            unlock("hsnet-sample")
+    finally:
+        server.shutdown()
