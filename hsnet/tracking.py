@@ -865,8 +865,17 @@ def _continuable(client, run_id: str | None, experiment, params: dict) -> str | 
     except MlflowException:
         log.warning("MLflow run %s of the resumed training is not on this tracking server: a new run", run_id)
         return None
-    if old.info.lifecycle_stage != "active" or old.info.experiment_id != experiment.experiment_id \
-            or old.data.params != {k: str(v) for k, v in params.items()}:
-        log.warning("MLflow run %s of the resumed training was deleted, moved or has other params: a new run", run_id)
-        return None
-    return run_id
+    now = {k: str(v) for k, v in params.items()}
+    if old.info.lifecycle_stage != "active":
+        why = "was deleted"
+    elif old.info.experiment_id != experiment.experiment_id:
+        why = f"is in another experiment ({old.info.experiment_id})"
+    elif old.data.params != now:
+        changed = sorted(k for k in old.data.params.keys() | now.keys() if old.data.params.get(k) != now.get(k))
+        why = (f"was recorded with other params ({', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}: "
+               "other settings, or an older hsnet's names)")
+    else:
+        return run_id
+    log.warning("MLflow run %s of the resumed training %s: a new run, tagged resumed_from_run, with the "
+                "checkpoint's epochs", run_id, why)
+    return None

@@ -514,8 +514,8 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
             import mlflow
 
             mlflow.set_tags({"resumed_from_run": previous_run, "resumed_at_epoch": str(state.epoch)})
-        elif active and previous_run:  # the same run continued
-            _log_missing(state.history, active)
+        if active and previous_run:  # the checkpoint's epochs the run lacks (a new run: all, so that its
+            _log_missing(state.history, active)  # curves are whole even when nothing is left to train)
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
@@ -687,7 +687,8 @@ def _log_rows(rows: list[dict], active) -> list:
 
 
 def _log_missing(history: list[dict], active) -> None:
-    """The resumed epochs the continued MLflow run lacks (a kill between a checkpoint and its log)."""
+    """The resumed epochs the MLflow run lacks: a continued run's, those a kill between a checkpoint
+    and its log left out; a new run's (other settings), all of them."""
     import mlflow
 
     logged = mlflow.MlflowClient().get_metric_history(active.info.run_id, "val_accuracy")

@@ -118,3 +118,36 @@ def test_unlock_refused_by_the_registry_is_said_not_taken_for_a_lock_that_was_no
             unlock("hsnet-sample")
     finally:
         server.shutdown()
+
+
+def test_a_finished_training_rerun_after_a_speed_only_change_keeps_its_curves_in_mlflow(tiny_data, tmp_path,
+                                                                                       local_mlflow):
+    """A finished training, then train.num_threads edited (a speed setting: --resume auto keeps the
+    checkpoint, hsnet/train.py SPEED_SETTINGS) and dvc repro: the train stage re-runs, nothing is
+    left to train, and the MLflow run it starts (the settings differ, so not the old one:
+    tagged resumed_from_run) is the one the model's lineage points to. It had no epoch metrics:
+    its curves were empty in the UI. Expected: the run of the model has every epoch's metrics,
+    epochs 1 and 2, once each."""
+    import mlflow
+
+    from hsnet.params import Params
+    from hsnet.train import train
+
+    params = tmp_path / "params.yaml"
+    body = ("datasets:\n  sample:\n    input_size: 80\n    model: {ktl: false}\n"
+            "    train: {lr: 0.001, epochs: 2, batch_size: 16, seed: 3%s}\n")
+    params.write_text(body % "")
+    first = train(tiny_data, Params.resolve(params, "sample"), tmp_path / "run", progress=False, resume="auto")
+    params.write_text(body % ", num_threads: 1")
+    second = train(tiny_data, Params.resolve(params, "sample"), tmp_path / "run", progress=False, resume="auto")
+    run_id = second["mlflow_run_id"] if isinstance(second, dict) and "mlflow_run_id" in second else None
+    client = mlflow.MlflowClient(local_mlflow)
+    runs = client.search_runs([client.get_experiment_by_name("hsnet").experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2, [r.info.run_id for r in runs]
+    latest = runs[0]
+    assert run_id in (None, latest.info.run_id)
+    assert latest.data.tags.get("resumed_from_run") == runs[1].info.run_id
+    steps = [m.step for m in client.get_metric_history(latest.info.run_id, "val_accuracy")]
+    assert sorted(steps) == [1, 2], f"the model's run {latest.info.run_id} has val_accuracy at epochs {steps}"
+    assert first is not None
