@@ -366,6 +366,10 @@ class HSNetModel(kserve.Model):
         if len(request.inputs) != 1 or request.inputs[0].datatype != "BYTES":
             raise InvalidInput("expected one input of datatype BYTES holding base64-encoded JPEG/PNG images, "
                                f"got {[(i.name, i.datatype) for i in request.inputs]}")
+        asked = [o.name for o in request.request_outputs or []]
+        if any(name != OUTPUT for name in asked):  # OIP: "the output tensors requested": never another one
+            raise InvalidInput(f"requested outputs {asked}: this model has one output, {OUTPUT!r}; ask for it "
+                               "or leave \"outputs\" out")
         params = {**(request.inputs[0].parameters or {}), **(request.parameters or {})}
         data = list(request.inputs[0].data if request.inputs[0].data is not None else [])
         shape = list(request.inputs[0].shape or [])
