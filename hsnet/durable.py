@@ -136,10 +136,15 @@ class Uploader:
         # best.pt goes with the first upload whatever the epoch: a resume may have rewritten it
         # (hsnet.train._best_as_recorded), and the prefix's would then not hold the best epoch
         self.uploaded_at, self.best_pending, self.failed, self.uploads = None, True, 0, 0
+        # the local last.pt holds epochs the prefix may lack (a resume from the local copy, an epoch
+        # not uploaded yet): its epochs' figures wait for an upload (hsnet.train._fit) and the
+        # training's end uploads it even when no epoch was left to train (_settle)
+        self.behind = False
 
     def __call__(self, out_dir: Path, improved: bool) -> bool:
         """True when this epoch's checkpoints went up (a retry starts after this epoch)."""
         self.best_pending |= improved
+        self.behind = True
         now = self.clock()
         if self.uploaded_at is not None and now - self.uploaded_at < self.min_interval_s:
             return False
@@ -169,8 +174,14 @@ class Uploader:
                 log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); %s", bucket, key,
                             type(exc).__name__, exc, then)
                 return False
-        self.uploaded_at, self.best_pending, self.uploads = now, False, self.uploads + 1
+        self.uploaded_at, self.best_pending, self.behind, self.uploads = now, False, False, self.uploads + 1
         return True
+
+    def start(self, out_dir: Path) -> None:
+        """The training's ``on_start``: :func:`restore`; a ``last.pt`` already in ``out_dir`` (not
+        the prefix's) may hold epochs the prefix lacks, which makes the uploader :attr:`behind`."""
+        fetched = restore(self.uri, out_dir)
+        self.behind = (Path(out_dir) / checkpoint.LAST).is_file() and checkpoint.LAST not in fetched
 
 
 def train(data_dir, params: Params, out_dir, checkpoint_uri: str | None, *, min_interval_s: float | None = None,
@@ -190,6 +201,6 @@ def train(data_dir, params: Params, out_dir, checkpoint_uri: str | None, *, min_
 
     if checkpoint_uri is None:
         return train_local(data_dir, params, out_dir, resume="auto", **kwargs)
-    return train_local(data_dir, params, out_dir, resume="auto",
-                       on_start=lambda folder: restore(checkpoint_uri, folder),
-                       on_checkpoint=Uploader(checkpoint_uri, min_interval_s), **kwargs)
+    uploader = Uploader(checkpoint_uri, min_interval_s)
+    return train_local(data_dir, params, out_dir, resume="auto", on_start=uploader.start, on_checkpoint=uploader,
+                       **kwargs)

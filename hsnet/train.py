@@ -514,15 +514,19 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
             import mlflow
 
             mlflow.set_tags({"resumed_from_run": previous_run, "resumed_at_epoch": str(state.epoch)})
-        if active and previous_run:  # the checkpoint's epochs the run lacks (a new run: all, so that its
-            _log_missing(state.history, active)  # curves are whole even when nothing is left to train)
+        # the checkpoint's epochs the run lacks (a new run: all, so that its curves are whole even when
+        # nothing is left to train); logged with the next upload when the durable prefix may lack them
+        # (a retry from the prefix trains those epochs again, and logs them then)
+        missing = _missing_rows(state.history, active) if active and previous_run else []
+        if not getattr(on_checkpoint, "behind", False):
+            missing = _log_rows(missing, active)
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
                  setup.device, len(train_split), len(val_split), size, size, tp.epochs_to_run, tp.batch_size,
                  f" ({setup.amp_dtype})" if setup.amp_dtype else "")
         log.info("training data %s", "held on the device" if train_data is not train_split else "read from the host")
         _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
              val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
-             on_checkpoint=on_checkpoint)
+             on_checkpoint=on_checkpoint, pending=missing)
         return _finish(out_dir, state, meta, setup, active)
 
 
@@ -543,7 +547,7 @@ def _tracking_lost(out_dir: Path):
 
 def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainParams, setup: Setup, out_dir: Path,
          meta: dict, active, *, num_classes: int, val_labels, progress: bool, stop_after_epochs: int | None,
-         on_checkpoint) -> None:
+         on_checkpoint, pending: list[dict]) -> None:
     """The epoch loop from ``state`` on: train, validate, step the scheduler, check the run is
     learning (:mod:`hsnet.guards`), record and checkpoint each epoch; early stopping.
 
@@ -551,9 +555,10 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
     the local ``last.pt``, or, with ``on_checkpoint`` (:class:`hsnet.durable.Uploader`), when that
     says it has the epoch's copy (True), and all of them when the training ends. A retried
     Kubeflow pod, which starts after the last *uploaded* epoch, then trains the lost epochs again
-    without logging them twice; a resumed run logs what a kill between the two steps left out."""
+    without logging them twice; a resumed run logs what a kill between the two steps left out
+    (``pending``: those epochs, when the prefix may lack them)."""
     epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
-    pending: list[dict] = []
+    pending = list(pending)
     try:
         while state.epoch < epochs:
             # checked before an epoch, not after: a run resumed from the epoch it stopped at stops there too
@@ -659,12 +664,14 @@ def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active) -> None:
     (``on_checkpoint.flush``: a step that fails after it is retried from there), then to MLflow;
     if that upload failed they are not logged, since a retry trains them again and logs them then
     (history.json has them)."""
-    if not pending:
+    behind = getattr(on_checkpoint, "behind", False)  # e.g. resumed locally at its last epoch: none pending
+    if not (pending or behind):
         return
     flush = getattr(on_checkpoint, "flush", None)
     if flush is not None and not flush(out_dir):
-        log.warning("epochs %d-%d are not in the MLflow run: their checkpoint did not go up (a retry trains them "
-                    "again); %s in the output has them", pending[0]["epoch"], pending[-1]["epoch"], HISTORY)
+        if pending:
+            log.warning("epochs %d-%d are not in the MLflow run: their checkpoint did not go up (a retry trains "
+                        "them again); %s in the output has them", pending[0]["epoch"], pending[-1]["epoch"], HISTORY)
         return
     _log_rows(pending, active)
 
@@ -686,11 +693,11 @@ def _log_rows(rows: list[dict], active) -> list:
     return []
 
 
-def _log_missing(history: list[dict], active) -> None:
+def _missing_rows(history: list[dict], active) -> list[dict]:
     """The resumed epochs the MLflow run lacks: a continued run's, those a kill between a checkpoint
     and its log left out; a new run's (other settings), all of them."""
     import mlflow
 
     logged = mlflow.MlflowClient().get_metric_history(active.info.run_id, "val_accuracy")
     last = max((m.step for m in logged), default=0)
-    _log_rows([row for row in history if row["epoch"] > last], active)
+    return [row for row in history if row["epoch"] > last]

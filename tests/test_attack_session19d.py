@@ -57,7 +57,7 @@ def test_a_failed_final_upload_does_not_log_the_retried_epochs_twice(tiny_data, 
     (hsnet/train.py: `on_checkpoint.flush(out_dir)` then `_log_rows(pending, active)` whatever it
     returned). The pod then fails after training (export_model, the Model artifact's upload, a
     preemption), Kubeflow retries it, the retry restores the last *uploaded* last.pt (epoch 1),
-    continues the same MLflow run (_log_missing finds step 2 logged, adds nothing) and trains epoch 2
+    continues the same MLflow run (_missing_rows finds step 2 logged, adds nothing) and trains epoch 2
     again: it is logged a second time, from another trajectory -- what 82ad0c7 set out to
     prevent ("without logging them twice")."""
     import mlflow
