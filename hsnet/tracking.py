@@ -710,7 +710,23 @@ def _run_in(uri: str, caller, run_name: str, *, params: dict, tags: dict, contin
         mlflow.set_tags({**system, **tags})
         if not previous:
             mlflow.log_params(flat)
-        yield active
+        try:
+            yield active
+        except KeyboardInterrupt:  # Ctrl-C, or a pod's SIGTERM (hsnet.interrupt.Terminated): not a failure
+            _end_killed()
+            raise
+
+
+def _end_killed() -> None:
+    """End the active run KILLED (MLflow's own context would end it FAILED); a store that fails
+    to answer leaves that to MLflow's context, the interrupt being the error to raise."""
+    import mlflow
+
+    try:
+        mlflow.end_run("KILLED")
+    except Exception as exc:  # noqa: BLE001 - the interrupt is what ends the process, not the store
+        log.warning("the MLflow run could not be ended as killed (%s: %s)", type(exc).__name__,
+                    mask_text(str(exc))[:300])
 
 
 # MLflow's process-wide settings a step may change, put back by as_found
@@ -790,12 +806,19 @@ def _check_artifact_location(experiment, uri: str) -> None:
     """Refuse an experiment whose artifacts would be lost or land outside the project: one kept in
     a DVC experiment's temporary copy (made there by an hsnet before 2026-11-29; DVC deletes the
     copy), or in a folder that no longer exists (the project or its store was moved or renamed:
-    MLflow records absolute paths, and would re-create the old ones)."""
+    MLflow records absolute paths, and would re-create the old ones); behind a tracking server, a
+    ``file:`` location this machine lacks (the experiment made server-less on another machine)."""
     location = experiment.artifact_location or ""
-    if not _sqlite_file(uri) or not location.startswith("file:"):
-        return  # a tracking server's artifact root is the server's (it may be a path on its machine)
+    if not location.startswith("file:") or not (_sqlite_file(uri) or is_server(uri)):
+        return
     path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
-    if _experiment_copy_project(path) is not None:
+    if is_server(uri):  # MLflow's client writes a file: location's artifacts itself, to its own disk
+        if path.parent.is_dir():
+            return  # the machine that made it (the server beside make pipeline's store): its own folder
+        where = ("a path on the disk of the machine that made the experiment (a server-less run, e.g. make "
+                 "pipeline, whose store this server now serves), which this machine lacks: MLflow would write "
+                 "there on this machine's disk, where neither the server nor anyone else reads them")
+    elif _experiment_copy_project(path) is not None:
         where = "inside a DVC experiment's temporary copy, which DVC deletes"
     elif not path.parent.is_dir():
         where = ("in a folder that no longer exists (the project or its store was moved or renamed; MLflow "
@@ -807,7 +830,8 @@ def _check_artifact_location(experiment, uri: str) -> None:
         f"artifacts at {path}, {where}: what this run logs would be lost or written outside the project. Rename "
         f"it (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
         f"{experiment.experiment_id} --new-name {experiment.name}-old); hsnet then makes a new {experiment.name!r} "
-        "with its artifacts beside the store. The old runs keep the paths they recorded")
+        f"with its artifacts {'stored by the server' if is_server(uri) else 'beside the store'}. The old runs keep "
+        "the paths they recorded")
 
 
 PIPELINE_RUN_ENV = "KFP_RUN_ID"  # a Kubeflow step's pipeline run id (set from its pod's label: pipelines/)

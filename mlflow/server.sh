@@ -13,8 +13,8 @@
 #   MLFLOW_S3_ENDPOINT_URL        an S3-compatible store (MinIO, Ceph): http://minio.minio:9000
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION   the S3 credentials
 #   MLFLOW_HOST (127.0.0.1; 0.0.0.0 in a container), MLFLOW_PORT (5000), MLFLOW_WORKERS (2)
-#   MLFLOW_ALLOWED_HOSTS          Host headers to accept besides localhost, comma-separated, e.g.
-#                                 mlflow.kubeflow.svc.cluster.local,mlflow.kubeflow,mlflow.example.com
+#   MLFLOW_ALLOWED_HOSTS          Host names to accept besides localhost (each at any port), comma-separated,
+#                                 e.g. mlflow.kubeflow.svc.cluster.local,mlflow.kubeflow,mlflow.example.com
 set -euo pipefail
 mlflow_bin="$(type -P mlflow || true)"  # a file on PATH only: never the mlflow/ folder beside this script
 if [[ -z "$mlflow_bin" || -d "$mlflow_bin" || ! -x "$mlflow_bin" ]]; then
@@ -30,7 +30,17 @@ port="${MLFLOW_PORT:-5000}"
 args=(server --backend-store-uri "$backend" --serve-artifacts --artifacts-destination "$artifacts"
       --host "$host" --port "$port" --workers "${MLFLOW_WORKERS:-2}")
 if [[ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]]; then
-  args+=(--allowed-hosts "localhost,localhost:${port},127.0.0.1,127.0.0.1:${port},${MLFLOW_ALLOWED_HOSTS}")
+  # MLflow compares the whole Host header (name:port) with each entry: a name is allowed at any port
+  # (a client of http://mlflow.kubeflow:5000, a Service on another port, kubectl port-forward)
+  allowed="localhost,localhost:*,127.0.0.1,127.0.0.1:*"
+  IFS=',' read -ra listed <<< "$MLFLOW_ALLOWED_HOSTS"
+  for name in "${listed[@]}"; do
+    name="${name//[[:space:]]/}"
+    [[ -n "$name" ]] || continue
+    allowed+=",${name}"
+    [[ "$name" == *[:*]* ]] || allowed+=",${name}:*"
+  done
+  args+=(--allowed-hosts "$allowed")
 fi
 case "$artifacts" in
   s3://*|gs://*|wasbs://*|hdfs://*) ;;

@@ -473,7 +473,7 @@ def test_server_script_never_prints_the_database_password(tmp_path):
     args = proc.stdout
     assert "--backend-store-uri postgresql://mlflow:s3cr3t-pw@db:5432/mlflow?sslmode=require" in args
     assert "--artifacts-destination s3://bucket/mlflow" in args and "--serve-artifacts" in args
-    assert "--allowed-hosts localhost,localhost:5000,127.0.0.1,127.0.0.1:5000,mlflow.example.com" in args
+    assert "--allowed-hosts localhost,localhost:*,127.0.0.1,127.0.0.1:*,mlflow.example.com,mlflow.example.com:*" in args
 
 
 def test_server_script_without_hsnet_beside_mlflow_still_hides_the_password(tmp_path):
