@@ -157,18 +157,21 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
         except HSNetError:  # registry.ModelChanged: said as it is
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types
-            raise HSNetError(f"--model {text}: can't load it from MLflow at {uri} "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). Check the name "
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise HSNetError(f"--model {tracking.mask_uri(text)}: can't load it from MLflow at {tracking.mask_uri(uri)} "
+                             f"({type(exc).__name__}: {tracking.mask_text(first)[:300]}). Check the name "
                              "and alias (hsnet promote) and MLFLOW_TRACKING_URI") from exc
         inner = loaded.unwrap_python_model()
         if not hasattr(inner, "classifier"):
-            raise HSNetError(f"--model {text} is not an hsnet model")
+            raise HSNetError(f"--model {tracking.mask_uri(text)} is not an hsnet model")
         if device and str(inner.classifier.setup.device) != device:
             inner.classifier = Classifier(inner.classifier.model, inner.classifier.classes,
                                           inner.classifier.input_size, device=device,
                                           crop=inner.classifier.crop, info=inner.classifier.info)
         return inner.classifier
-    raise HSNetError(f"--model {text}: no such checkpoint file, and not an MLflow model URI "
+    from .tracking import mask_uri
+
+    raise HSNetError(f"--model {mask_uri(text)}: no such checkpoint file, and not an MLflow model URI "
                      "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model)")
 
 

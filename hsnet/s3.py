@@ -53,8 +53,11 @@ def client():
 
 
 def _hint(uri: str, exc: Exception) -> S3Error:
+    from .tracking import mask_text, mask_uri  # the one masking rule: an endpoint or a presigned URL in the text
+
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-    return S3Error(f"{uri}: {type(exc).__name__}: {exc} (endpoint {endpoint}). Check the URI, the credentials "
+    return S3Error(f"{mask_uri(uri)}: {type(exc).__name__}: {mask_text(str(exc))} (endpoint {mask_uri(endpoint)}). "
+                   "Check the URI, the credentials "
                    "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment) and, for MinIO, "
                    "AWS_ENDPOINT_URL_S3")
 

@@ -136,16 +136,19 @@ def resolve(model: str) -> tuple[str, str | None, str | None]:
             name, version = tracking.model_version(text)
         except MlflowException as exc:
             if exc.error_code in MISSING:  # the registry answered: no such model, version or alias
-                raise HSNetError(f"--model {text}: not found in the registry at {uri} ({exc.message[:300]}); "
-                                 "check the name and alias (hsnet promote)") from exc
-            raise HSNetError(f"--model {text}: the registry at {uri} refused or failed the lookup "
-                             f"({exc.error_code}: {exc.message[:600]}); check its credentials "
+                raise HSNetError(f"--model {text}: not found in the registry at {tracking.mask_uri(uri)} "
+                                 f"({tracking.mask_text(exc.message)[:300]}); check the name and alias (hsnet "
+                                 "promote)") from exc
+            raise HSNetError(f"--model {text}: the registry at {tracking.mask_uri(uri)} refused or failed the lookup "
+                             f"({exc.error_code}: {tracking.mask_text(exc.message)[:600]}); check its credentials "
                              "(MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN: the hsnet-mlflow secret) and that the "
                              "tracking server and its database are up") from exc
         return tracking.version_uri(name, version), version, name
     if text.startswith("runs:/"):
         return text, text[len("runs:/"):].split("/", 1)[0], None
-    raise HSNetError(f"--model {text}: no such checkpoint file, and not models:/NAME@ALIAS, models:/NAME/VERSION "
+    from .tracking import mask_uri
+
+    raise HSNetError(f"--model {mask_uri(text)}: no such checkpoint file, and not models:/NAME@ALIAS, models:/NAME/VERSION "
                      "or runs:/RUN_ID/model")
 
 

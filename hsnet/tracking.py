@@ -51,7 +51,7 @@ class ServerUnavailable(TrackingUnavailable):
 
 
 _SCHEME_CHARS = "[A-Za-z][A-Za-z0-9+.-]*://"  # a URI's scheme and its "://" (RFC 3986 3.1)
-_SCHEME = re.compile("^" + _SCHEME_CHARS)
+_SCHEME = SCHEME = re.compile("^" + _SCHEME_CHARS)  # a text that starts as a URI (not a path)
 # a password with a '/', '?' or '#' left unencoded ends the authority early (urllib reads it no
 # better): its user:password@ runs to the next '@', unless a port precedes it (host:5000/a@b); an
 # IPv6 host ([::1]:5000) is no user
@@ -114,13 +114,30 @@ def _move_credentials(uri: str) -> str:
     if clean == uri:
         return uri
     userinfo = urllib.parse.urlsplit(uri).netloc.rpartition("@")[0]
-    user, has_password, password = userinfo.partition(":")
-    os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
-    if has_password:
+    user, _, password = userinfo.partition(":")
+    if password:  # a user and password, or a token with its placeholder password (TOKEN:x-oauth-basic): basic auth
+        os.environ["MLFLOW_TRACKING_USERNAME"] = urllib.parse.unquote(user)
         os.environ["MLFLOW_TRACKING_PASSWORD"] = urllib.parse.unquote(password)
+    else:  # TOKEN@ or TOKEN:@ (mask_uri's token sent as the user): MLflow sends basic auth only with a password
+        os.environ["MLFLOW_TRACKING_TOKEN"] = urllib.parse.unquote(user)
     os.environ["MLFLOW_TRACKING_URI"] = clean
-    log.debug("MLFLOW_TRACKING_URI carried credentials: moved to MLFLOW_TRACKING_USERNAME/PASSWORD")
+    log.debug("MLFLOW_TRACKING_URI carried credentials: moved to MLflow's credential variables")
     return clean
+
+
+def run_user() -> str | None:
+    """The ``mlflow.user`` of hsnet's runs when MLflow's own choice (MLFLOW_TRACKING_USERNAME) is a
+    token sent as the user (a placeholder password: ``TOKEN:x-oauth-basic``): the system's user, as
+    MLflow records without credentials. None: MLflow's choice stands."""
+    if (os.environ.get("MLFLOW_TRACKING_PASSWORD") or "").lower() not in _PLACEHOLDER_PASSWORDS \
+            or not os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return None
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (ImportError, KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        return "unknown"
 
 
 def _as_mlflow_reads(uri: str | None) -> str | None:
@@ -696,9 +713,10 @@ def _run_in(uri: str, caller, run_name: str, *, params: dict, tags: dict, contin
     if previous:  # none for that call, the caller's put back after it
         fluent._active_experiment_id = None
     job_run = os.environ.pop("MLFLOW_RUN_ID", None)  # a job's run (Databricks, AzureML): start_run would log into it
+    user = run_user()
     try:
         started = mlflow.start_run(run_id=previous, run_name=None if previous else run_name,
-                                   nested=caller is not None, **where)
+                                   nested=caller is not None, tags={"mlflow.user": user} if user else None, **where)
     finally:
         fluent._active_experiment_id = held
         if job_run is not None:

@@ -70,8 +70,11 @@ def submit(host: str, dataset: str, raw_source: str, *, experiment: str = EXPERI
                                                       run_name=f"hsnet-{dataset}", namespace=namespace,
                                                       enable_caching=None if enable_caching else False)
     except Exception as exc:  # noqa: BLE001 - kfp raises urllib3/ApiException/...
-        raise HSNetError(f"Kubeflow Pipelines at {host} did not accept the run ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}). Check --host and your login") from exc
+        from hsnet.tracking import mask_text, mask_uri
+
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise HSNetError(f"Kubeflow Pipelines at {mask_uri(host)} did not accept the run ({type(exc).__name__}: "
+                         f"{mask_text(first)[:300]}). Check --host and your login") from exc
     return run.run_id
 
 
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
     if len(sources) != len(args.dataset):
         p.error(f"{len(args.dataset)} --dataset but {len(sources)} --raw-source: give one --raw-source per "
                 f"--dataset, in the same order (or none for {RAW_PREFIX}DATASET)")
+    from hsnet.tracking import mask_uri
+
     try:
         from components.convert import check_run
 
@@ -118,7 +123,7 @@ def main(argv=None) -> int:
                             mlflow_tracking_uri=args.mlflow_tracking_uri, dvc_path=dvc_path, dvc_rev=args.dvc_rev,
                             existing_token=args.existing_token, enable_caching=not args.no_cache,
                             checkpoint_uri=args.checkpoint_uri, params=params, namespace=args.namespace)
-            print(f"{dataset}: run {run_id} in experiment {args.experiment} at {args.host}")
+            print(f"{dataset}: run {run_id} in experiment {args.experiment} at {mask_uri(args.host)}")
     except HSNetError as exc:
         print(f"pipelines.submit: error: {exc}", file=sys.stderr)
         return 2

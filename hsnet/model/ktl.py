@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import HSNetError
 from ..params import VGGFACE2
+from ..tracking import SCHEME, mask_text, mask_uri
 
 STEM_LAYERS = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a",
                "conv2d_4b")
@@ -96,8 +97,9 @@ def _fetch_s3(uri: str) -> Path:
         bucket, key = split_uri(uri)
     except S3Error:
         bucket = key = ""
-    if not key:
-        raise StemWeightsError(f"stem weights URI {uri!r} is not of the form s3://bucket/key")
+    if not key or "@" in bucket:  # s3://KEY:SECRET@bucket/...: credentials come from the environment only
+        raise StemWeightsError(f"stem weights URI {mask_uri(uri)!r} is not of the form s3://bucket/key (the "
+                               "credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never in the URI)")
     fd, tmp = tempfile.mkstemp(suffix=".pt", prefix="hsnet-stem-")
     os.close(fd)
     try:
@@ -105,7 +107,7 @@ def _fetch_s3(uri: str) -> Path:
     except (BotoCoreError, ClientError) as exc:
         os.unlink(tmp)
         raise StemWeightsError(
-            f"could not read the stem weights {uri} ({exc}). Check the URI, the credentials "
+            f"could not read the stem weights {mask_uri(uri)} ({mask_text(str(exc))}). Check the URI, the credentials "
             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment) and, for MinIO, "
             "AWS_ENDPOINT_URL. " + _how_to()) from exc
     return Path(tmp)
@@ -128,6 +130,9 @@ def read_stem_state_dict(source: str | os.PathLike, reference: nn.Sequential) ->
         path = _fetch_vggface2()
     elif source.startswith("s3://"):
         path = cleanup = _fetch_s3(source)
+    elif SCHEME.match(source):  # https://..., gs://...: not a path (read as one, its error printed it whole)
+        raise StemWeightsError(f"stem weights {mask_uri(source)}: only a local file, an s3:// URI or "
+                               f"{VGGFACE2!r} is read; download it first, or copy it to S3. " + _how_to())
     else:
         path = Path(source).expanduser()
         if not path.is_file():
