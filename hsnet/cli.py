@@ -566,8 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "train":
             from .checkpoint import LAST
 
-            hint = (f"; {args.out}/{LAST} holds the last finished epoch: add --resume to continue "
-                    "(dvc repro and make pipeline resume by themselves)")
+            last = os.path.join(args.out, LAST)
+            hint = (f"; {last} holds the last finished epoch: add --resume to continue (dvc repro and make "
+                    "pipeline resume by themselves)" if os.path.isfile(last) else
+                    "; no epoch finished, so the next run starts from the beginning")
         terminated = isinstance(exc, interrupt.Terminated)
         print(f"hsnet {args.verb}: {'terminated (SIGTERM)' if terminated else 'interrupted'}, stopped before "
               f"finishing{hint}", file=sys.stderr)

@@ -174,3 +174,28 @@ def test_a_token_sent_as_the_user_authenticates_and_is_not_recorded_as_the_user(
     run = mlflow.MlflowClient(tracking_uri=mlflow_server.url).get_run(run_id)
     _never_shows(repr((run.info.user_id, run.data.tags, run.data.params)))
     assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_server.url
+
+
+def test_a_training_terminated_before_its_first_epoch_does_not_point_at_a_checkpoint(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """(25e's wording) ``hsnet train`` stopped by SIGTERM or Ctrl-C says "RUN/last.pt holds the last
+    finished epoch: add --resume" also when no epoch finished and there is no last.pt: the user
+    looks for a file that isn't there. Expected: the hint only where the file is; else that the
+    next run starts from the beginning."""
+    import hsnet.train
+    from hsnet import cli, interrupt
+
+    def terminated(*args, **kwargs):
+        raise interrupt.Terminated
+
+    monkeypatch.setattr(hsnet.train, "train", terminated)
+    (tmp_path / "params.yaml").write_text("datasets:\n  sample: {}\n")
+    argv = ["train", "--dataset", "sample", "--data", str(tmp_path / "crops"), "--out", str(tmp_path / "run"),
+            "--params", str(tmp_path / "params.yaml"), "--no-mlflow"]
+    assert cli.main(argv) == 143
+    err = capsys.readouterr().err
+    assert "holds the last finished epoch" not in err and "from the beginning" in err, err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"a checkpoint")
+    assert cli.main(argv) == 143
+    assert "last.pt holds the last finished epoch" in capsys.readouterr().err
