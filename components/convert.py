@@ -222,18 +222,16 @@ def stem_versions(params: dict, dataset: str, runs: list | None = None) -> list[
     again instead of the cache serving trainings made with the old ones (Kubeflow keys a task on
     its parameter values), and the others not."""
     from hsnet.io import sha256_file
-    from hsnet.s3 import _hint, client, split_uri
+    from hsnet.s3 import _hint, client, errors, split_uri
 
     known: dict[str, str] = {}
 
     def version(source: str) -> str:
         if source.startswith("s3://"):
-            from botocore.exceptions import BotoCoreError, ClientError
-
             bucket, key = split_uri(source)
             try:
                 head = client().head_object(Bucket=bucket, Key=key)
-            except (BotoCoreError, ClientError) as exc:
+            except errors() as exc:
                 raise _hint(source, exc) from exc
             return f"{source} {head['ETag']} {head['ContentLength']}"
         if os.path.isfile(source):

@@ -80,19 +80,20 @@ def _key(uri: str, name: str) -> tuple[str, str]:
     return bucket, f"{prefix.rstrip('/')}/{name}" if prefix else name
 
 
-def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
+def restore(uri: str, out_dir: str | os.PathLike, *, over: bool = False) -> list[str]:
     """Bring ``best.pt``/``last.pt`` (and a guard's ``verdict.json``) from the prefix ``uri`` into
     ``out_dir`` unless it already holds a ``last.pt``; returns the names downloaded. Fails (clearly) when the prefix can't be
-    listed: a wrong bucket or missing credentials show before any training, not after."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    listed: a wrong bucket or missing credentials show before any training, not after. ``over``:
+    over the folder's own copies, when the prefix holds a ``last.pt`` (nothing otherwise)."""
     from .io import atomic_path
-    from .s3 import _hint, client, list_objects
+    from .s3 import _hint, client, errors, list_objects
 
     out_dir = Path(out_dir)
     s3 = client()
     present = {o["Key"].rsplit("/", 1)[-1] for o in list_objects(uri, s3=s3)}
-    if (out_dir / checkpoint.LAST).is_file():
+    if over and checkpoint.LAST not in present:
+        return []
+    if (out_dir / checkpoint.LAST).is_file() and not over:
         log.info("%s holds a %s: resuming from it, not from %s", out_dir, checkpoint.LAST, uri)
         return []
     # an earlier attempt's verdict (hsnet.guards) comes too, with or without a checkpoint (a run
@@ -111,7 +112,7 @@ def restore(uri: str, out_dir: str | os.PathLike) -> list[str]:
             try:
                 with atomic_path(out_dir / name) as tmp:
                     s3.download_file(bucket, key, str(tmp))
-            except (BotoCoreError, ClientError) as exc:
+            except errors() as exc:
                 raise _hint(f"s3://{bucket}/{key}", exc) from exc
             fetched.append(name)
     log.info("restored %s from %s", ", ".join(fetched), uri)
@@ -161,7 +162,8 @@ class Uploader:
         return self._upload(out_dir, self.clock(), "a retried step starts from the copy before it")
 
     def _upload(self, out_dir: Path, now: float, then: str) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from .s3 import errors
+        from .tracking import mask_text
 
         for name in FILES:
             if name == checkpoint.BEST and not (self.best_pending and (Path(out_dir) / name).is_file()):
@@ -169,13 +171,24 @@ class Uploader:
             bucket, key = _key(self.uri, name)
             try:
                 self.s3.upload_file(str(Path(out_dir) / name), bucket, key)
-            except (BotoCoreError, ClientError) as exc:
+            except errors() as exc:
                 self.failed += 1
                 log.warning("checkpoint upload to s3://%s/%s failed (%s: %s); %s", bucket, key,
-                            type(exc).__name__, exc, then)
+                            type(exc).__name__, mask_text(str(exc)), then)
                 return False
         self.uploaded_at, self.best_pending, self.behind, self.uploads = now, False, False, self.uploads + 1
         return True
+
+    def replace_local(self, out_dir: Path) -> bool:
+        """The prefix's checkpoints over the folder's ``last.pt``, which the training can't resume
+        (other data, settings or code: ``restore`` kept it as the working copy); True when the
+        prefix had one, for the training to try it instead of starting from scratch."""
+        fetched = restore(self.uri, out_dir, over=True)
+        if checkpoint.LAST in fetched:
+            log.info("%s holds another training's %s: resuming from %s's", out_dir, checkpoint.LAST, self.uri)
+            self.behind = False
+            return True
+        return False
 
     def start(self, out_dir: Path) -> None:
         """The training's ``on_start``: :func:`restore`; a ``last.pt`` already in ``out_dir`` (not

@@ -616,7 +616,9 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
                     name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
                     artifacts={"checkpoint": str(slim)}, code_paths=[str(code)],
                     signature=signature(meta["classes"]), input_example=_input_example(int(meta["input_size"])),
-                    pip_requirements=_requirements())
+                    pip_requirements=_requirements(),
+                    # MLflow 3's LoggedModel takes MLflow's user (MLFLOW_TRACKING_USERNAME) unless told: a token
+                    tags={"mlflow.user": user} if (user := tracking.run_user()) else None)
             # the files as the store holds them, bound to this run (params are immutable)
             mlflow.log_params({MODEL_FILES_PARAM: _download_digest(info.model_uri), WEIGHTS_SHA256: weights})
             return {"model_uri": info.model_uri, "run_id": active.info.run_id, WEIGHTS_SHA256: weights}

@@ -22,20 +22,39 @@ class S3Error(HSNetError):
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")  # botocore's own check of a bucket name (VALID_BUCKET)
 
 
+def _masked(uri: str) -> str:
+    from .tracking import mask_uri  # the one masking rule
+
+    return mask_uri(uri)
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
-        raise S3Error(f"{uri!r} is not an s3:// URI")
+        raise S3Error(f"{_masked(uri)!r} is not an s3:// URI")
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket:
-        raise S3Error(f"{uri!r} has no bucket; expected s3://BUCKET/PREFIX")
+        raise S3Error(f"{_masked(uri)!r} has no bucket; expected s3://BUCKET/PREFIX")
+    if "@" in bucket:  # s3://KEY:SECRET@bucket: S3's credentials come from the environment only
+        raise S3Error(f"{_masked(uri)!r}: credentials in the URI are not read; give s3://BUCKET/PREFIX and the "
+                      "credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     if bucket.startswith("arn:"):  # an access point's ARN (the AWS CLI's form): its name has a '/'
-        raise S3Error(f"{uri!r}: an access point ARN is not supported here; give s3://BUCKET/PREFIX with the "
+        raise S3Error(f"{_masked(uri)!r}: an access point ARN is not supported here; give s3://BUCKET/PREFIX with the "
                       "bucket's name")
     if not _BUCKET.fullmatch(bucket):  # what boto3 refuses before sending anything ("Invalid bucket name")
         where = " (an S3-compatible store's address goes in AWS_ENDPOINT_URL_S3, not in the URI)" if ":" in bucket else ""
-        raise S3Error(f"{uri!r}: {bucket!r} is not a bucket name (letters, digits, '.', '-', '_'){where}; "
+        raise S3Error(f"{_masked(uri)!r}: {bucket!r} is not a bucket name (letters, digits, '.', '-', '_'){where}; "
                       "expected s3://BUCKET/PREFIX")
     return bucket, key
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What a boto3 call raises for a store that refused or failed: botocore's errors, and boto3's
+    own (``upload_file`` turns every refusal, NoSuchBucket or AccessDenied, into its
+    S3UploadFailedError)."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return BotoCoreError, ClientError, Boto3Error
 
 
 def client():
@@ -94,7 +113,6 @@ def local_paths(bucket: str, prefix: str, keys: list[str], dest: Path) -> dict[s
 def list_objects(uri: str, *, s3=None) -> list[dict]:
     """The objects under the prefix ``uri`` (folder markers left out), sorted by key: each a dict
     with Key, ETag and Size as S3 lists them (one request per 1,000 objects, nothing downloaded)."""
-    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = split_uri(uri)
     if prefix and not prefix.endswith("/"):
@@ -104,14 +122,13 @@ def list_objects(uri: str, *, s3=None) -> list[dict]:
         objects = [{"Key": o["Key"], "ETag": o.get("ETag", ""), "Size": o.get("Size", 0)}
                    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
                    for o in page.get("Contents", []) if not o["Key"].endswith("/")]
-    except (BotoCoreError, ClientError) as exc:
+    except errors() as exc:
         raise _hint(uri, exc) from exc
     return sorted(objects, key=lambda o: o["Key"])
 
 
 def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, progress: bool = True) -> int:
     """Copy every object under ``uri`` (a prefix) to ``dest``, keeping the relative paths. Returns the count."""
-    from botocore.exceptions import BotoCoreError, ClientError
     from tqdm import tqdm
 
     bucket, prefix = split_uri(uri)
@@ -133,14 +150,13 @@ def download_prefix(uri: str, dest: str | os.PathLike, *, workers: int = 16, pro
                                                       disable=None if progress else True) as bar:
             for _ in pool.map(get, keys):
                 bar.update()
-    except (BotoCoreError, ClientError) as exc:
+    except errors() as exc:
         raise _hint(uri, exc) from exc
     return len(keys)
 
 
 def upload_dir(src: str | os.PathLike, uri: str, *, workers: int = 16) -> int:
     """Upload every file under ``src`` to the prefix ``uri``. Returns the count."""
-    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = split_uri(uri)
     src = Path(src)
@@ -154,6 +170,6 @@ def upload_dir(src: str | os.PathLike, uri: str, *, workers: int = 16) -> int:
     try:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(put, files))
-    except (BotoCoreError, ClientError) as exc:
+    except errors() as exc:
         raise _hint(uri, exc) from exc
     return len(files)

@@ -827,10 +827,15 @@ def _check_artifact_location(experiment, uri: str) -> None:
     MLflow records absolute paths, and would re-create the old ones); behind a tracking server, a
     ``file:`` location this machine lacks (the experiment made server-less on another machine)."""
     location = experiment.artifact_location or ""
-    if not location.startswith("file:") or not (_sqlite_file(uri) or is_server(uri)):
+    if location.startswith("file:"):
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
+    elif os.path.isabs(location) and not SCHEME.match(location):  # MLflow's own experiments: /x/mlruns/3
+        path = Path(location)
+    else:
         return
-    path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
-    if is_server(uri):  # MLflow's client writes a file: location's artifacts itself, to its own disk
+    if not (_sqlite_file(uri) or is_server(uri)):
+        return
+    if is_server(uri):  # MLflow's client writes a local location's artifacts itself, to its own disk
         if path.parent.is_dir():
             return  # the machine that made it (the server beside make pipeline's store): its own folder
         where = ("a path on the disk of the machine that made the experiment (a server-less run, e.g. make "

@@ -487,7 +487,12 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
                          "resume state: remove it, or train into another --out")
     state, before = TrainingState(), None
     if resume and last_path.is_file():
-        state, before = resume_from(last_path, meta, engine, setup, auto=resume == "auto") or (state, None)
+        resumed = resume_from(last_path, meta, engine, setup, auto=resume == "auto")
+        replace = getattr(on_checkpoint, "replace_local", None)  # hsnet.durable: the prefix's copy instead
+        if resumed is None and replace is not None and replace(out_dir):
+            _earlier_verdict(out_dir, meta, setup, resume)
+            resumed = resume_from(last_path, meta, engine, setup, auto=resume == "auto")
+        state, before = resumed or (state, None)
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
     train_split = load_split(splits["train"], data_dir, size, progress=progress)
@@ -587,14 +592,15 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
                 log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
                 break
     except Exception as exc:  # a guard's verdict, out of memory, the store lost: what trained so far is still shown
-        if isinstance(exc, guards.NotLearning):
-            _keep_verdict(out_dir, meta, setup, exc, on_checkpoint, active)
+        # a verdict a retry finds ends the retry at once: it trains no epoch again, so none would be logged twice
+        final = isinstance(exc, guards.NotLearning) and _keep_verdict(out_dir, meta, setup, exc, on_checkpoint, active)
         try:
-            _settle(pending, on_checkpoint, out_dir, active)
-        except Exception as exc:  # noqa: BLE001 - the error that ended the training is the one to raise
-            log.warning("the last epochs' figures could not be logged (%s: %s)", type(exc).__name__, exc)
+            _settle(pending, on_checkpoint, out_dir, active, final=final)
+        except Exception as err:  # noqa: BLE001 - the error that ended the training is the one to raise
+            log.warning("the last epochs' figures could not be logged (%s: %s)", type(err).__name__,
+                        tracking.mask_text(str(err))[:300])
         raise
-    _settle(pending, on_checkpoint, out_dir, active)
+    _settle(pending, on_checkpoint, out_dir, active, final=True)
 
 
 def _verdict_key(meta: dict, setup: Setup) -> str:
@@ -608,12 +614,12 @@ def _verdict_key(meta: dict, setup: Setup) -> str:
 
 
 def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearning, on_checkpoint,
-                  active) -> None:
+                  active) -> bool:
     """``checkpoint.VERDICT`` in ``out_dir``, where the checkpoints go (``on_checkpoint.keep``, the
     durable prefix) and as the MLflow run's tag ``verdict`` (why it FAILED): a Kubeflow retry of the step, or the next ``dvc repro``, ends with it at once
     (:func:`_earlier_verdict`) instead of training again to the same verdict. KFP retries a failed
-    step whatever failed it."""
-    uri = getattr(on_checkpoint, "uri", None)
+    step whatever failed it. True when it is kept where a retry looks (the prefix too, with one)."""
+    uri, kept = getattr(on_checkpoint, "uri", None), False
     try:
         write_json(out_dir / checkpoint.VERDICT, {
             "epoch": exc.epoch, "message": str(exc), "key": _verdict_key(meta, setup),
@@ -622,9 +628,10 @@ def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearni
         keep = getattr(on_checkpoint, "keep", None)
         if keep is not None:
             keep(out_dir, checkpoint.VERDICT)
+        kept = True
     except Exception as err:  # noqa: BLE001 - the verdict is the error to raise; a retry then trains again
         log.warning("the guard's verdict could not be kept (%s: %s): a retry trains to it again",
-                    type(err).__name__, err)
+                    type(err).__name__, tracking.mask_text(str(err))[:300])
     if active:
         try:
             import mlflow
@@ -633,6 +640,7 @@ def _keep_verdict(out_dir: Path, meta: dict, setup: Setup, exc: guards.NotLearni
         except Exception as err:  # noqa: BLE001 - as above: the store's failure is not the error to show
             log.warning("the MLflow run could not be tagged with the verdict (%s: %s)", type(err).__name__,
                         tracking.mask_text(str(err))[:300])
+    return kept
 
 
 def _earlier_verdict(out_dir: Path, meta: dict, setup: Setup, resume) -> None:
@@ -659,20 +667,23 @@ def _earlier_verdict(out_dir: Path, meta: dict, setup: Setup, resume) -> None:
         f"there again: change the settings, or delete {where} to train it anyway", recorded.get("epoch"))
 
 
-def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active) -> None:
+def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active, *, final: bool) -> None:
     """The end of the epoch loop: the epochs not logged yet go up with the end's checkpoint
-    (``on_checkpoint.flush``: a step that fails after it is retried from there), then to MLflow;
-    if that upload failed they are not logged, since a retry trains them again and logs them then
-    (history.json has them)."""
+    (``on_checkpoint.flush``: a step that fails after it is retried from there), then to MLflow.
+    If that upload failed: logged all the same when no retry will train them again (``final``: the
+    training ended, or a guard's verdict a retry ends with is kept); otherwise not, since a retry
+    trains them again and logs them then (history.json has them)."""
     behind = getattr(on_checkpoint, "behind", False)  # e.g. resumed locally at its last epoch: none pending
     if not (pending or behind):
         return
     flush = getattr(on_checkpoint, "flush", None)
-    if flush is not None and not flush(out_dir):
-        if pending:
+    if flush is not None and not flush(out_dir) and pending:
+        if not final:
             log.warning("epochs %d-%d are not in the MLflow run: their checkpoint did not go up (a retry trains "
                         "them again); %s in the output has them", pending[0]["epoch"], pending[-1]["epoch"], HISTORY)
-        return
+            return
+        log.warning("the end's checkpoint did not go up: epochs %d-%d are logged all the same (should this step "
+                    "fail after the training, its retry trains them again)", pending[0]["epoch"], pending[-1]["epoch"])
     _log_rows(pending, active)
 
 

@@ -38,7 +38,11 @@ if [[ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]]; then
     name="${name//[[:space:]]/}"
     [[ -n "$name" ]] || continue
     allowed+=",${name}"
-    [[ "$name" == *[:*]* ]] || allowed+=",${name}:*"
+    if [[ "$name" == "["*"]" ]]; then           # an IPv6 address: fnmatch reads '[' as a set, so it is escaped
+      allowed+=",[[]${name#[}:*"
+    elif [[ "$name" != "*" && "$name" != *:* && "$name" != "["* ]]; then  # a name or pattern without a port
+      allowed+=",${name}:*"
+    fi
   done
   args+=(--allowed-hosts "$allowed")
 fi

@@ -87,11 +87,11 @@ def _fetch_vggface2() -> Path:
 
 
 def _fetch_s3(uri: str) -> Path:
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError as exc:  # pragma: no cover - boto3 is in the 'pipeline' extra
-        raise StemWeightsError(f"reading {uri} needs boto3: pip install 'hsnet[pipeline]'") from exc
-    from ..s3 import S3Error, client, split_uri
+    import importlib.util
+
+    if importlib.util.find_spec("boto3") is None:  # pragma: no cover - boto3 is in the 'pipeline' extra
+        raise StemWeightsError(f"reading {mask_uri(uri)} needs boto3: pip install 'hsnet[pipeline]'")
+    from ..s3 import S3Error, client, errors, split_uri
 
     try:
         bucket, key = split_uri(uri)
@@ -104,7 +104,7 @@ def _fetch_s3(uri: str) -> Path:
     os.close(fd)
     try:
         client().download_file(bucket, key, tmp)
-    except (BotoCoreError, ClientError) as exc:
+    except errors() as exc:
         os.unlink(tmp)
         raise StemWeightsError(
             f"could not read the stem weights {mask_uri(uri)} ({mask_text(str(exc))}). Check the URI, the credentials "
