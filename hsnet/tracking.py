@@ -827,12 +827,9 @@ def _check_artifact_location(experiment, uri: str) -> None:
     MLflow records absolute paths, and would re-create the old ones); behind a tracking server, a
     ``file:`` location this machine lacks (the experiment made server-less on another machine)."""
     location = experiment.artifact_location or ""
-    if location.startswith("file:"):
-        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
-    elif os.path.isabs(location) and not SCHEME.match(location):  # MLflow's own experiments: /x/mlruns/3
-        path = Path(location)
-    else:
+    if not location.startswith("file:"):
         return
+    path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
     if not (_sqlite_file(uri) or is_server(uri)):
         return
     if is_server(uri):  # MLflow's client writes a local location's artifacts itself, to its own disk

@@ -600,7 +600,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
             log.warning("the last epochs' figures could not be logged (%s: %s)", type(err).__name__,
                         tracking.mask_text(str(err))[:300])
         raise
-    _settle(pending, on_checkpoint, out_dir, active, final=True)
+    _settle(pending, on_checkpoint, out_dir, active, final=False)  # a failed end upload: the step's retry logs them
 
 
 def _verdict_key(meta: dict, setup: Setup) -> str:

