@@ -117,6 +117,18 @@ def s3_server(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture
+def s3(s3_server, monkeypatch, tmp_path):
+    """A boto3 client of moto's S3, hsnet pointed at it (and its tensor cache in this test's folder)."""
+    from hsnet.s3 import client
+    from servers import s3_env
+
+    for key, value in s3_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    return client()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory, s3_server):
     """A real ``mlflow server`` (mlflow/server.sh): sqlite backend, artifacts in s3://hsnet/mlflow on moto."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +89,19 @@ def start_mlflow(workdir: Path, artifacts: str, extra_env: dict | None = None) -
     env.pop("MLFLOW_TRACKING_URI", None)
     return Server(["bash", str(ROOT / "mlflow" / "server.sh")], f"http://127.0.0.1:{port}", "/health", env,
                   workdir / "mlflow-server.log")
+
+
+def host_status(url: str, host: str) -> int:
+    """The status the server at ``url`` answers an MLflow API GET sent with ``Host: host``."""
+    import http.client
+
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def serve_http(handler_cls, ssl_context=None) -> http.server.ThreadingHTTPServer:

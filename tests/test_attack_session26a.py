@@ -36,17 +36,6 @@ def _epoch_of(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=True)["state"]["epoch"]
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch, tmp_path):
-    from hsnet.s3 import client
-    from servers import s3_env
-
-    for key, value in s3_env(s3_server).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    return client()
-
-
 def _put(s3, uri: str, name: str, path: Path) -> None:
     from hsnet.s3 import split_uri
 

@@ -8,7 +8,6 @@ whose artifacts would be lost or land outside the project".
 
 from __future__ import annotations
 
-import http.client
 import urllib.parse
 
 import pytest
@@ -51,16 +50,6 @@ def test_behind_a_server_an_experiment_whose_artifacts_are_a_path_this_machine_l
         server.stop()
 
 
-def _status(url: str, host: str) -> int:
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        conn.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
 def test_an_allowed_host_is_accepted_with_a_port(tmp_path):
     """mlflow/server.sh: MLFLOW_ALLOWED_HOSTS "Host headers to accept besides localhost, e.g.
     mlflow.kubeflow.svc.cluster.local,mlflow.kubeflow". A client of http://mlflow.kubeflow:5000
@@ -69,7 +58,7 @@ def test_an_allowed_host_is_accepted_with_a_port(tmp_path):
     (403) unless the user also guesses to list it with the port. ``kubectl port-forward
     svc/mlflow 8080:5000`` sends ``Host: localhost:8080``. Expected: each listed name accepted at
     any port, localhost too."""
-    from servers import start_mlflow
+    from servers import host_status, start_mlflow
 
     server = start_mlflow(tmp_path, str(tmp_path / "artifacts"),
                           {"MLFLOW_ALLOWED_HOSTS": "mlflow.kubeflow, mlflow.example.com"})
@@ -77,8 +66,8 @@ def test_an_allowed_host_is_accepted_with_a_port(tmp_path):
         port = urllib.parse.urlsplit(server.url).port
         for host in ("mlflow.kubeflow", f"mlflow.kubeflow:{port}", "mlflow.example.com:80",
                      "mlflow.example.com", "localhost:8080", f"127.0.0.1:{port}"):
-            assert _status(server.url, host) == 200, f"Host: {host} refused"
-        assert _status(server.url, "evil.example.com") == 403  # the check still checks
-        assert _status(server.url, "evil.example.com:5000") == 403
+            assert host_status(server.url, host) == 200, f"Host: {host} refused"
+        assert host_status(server.url, "evil.example.com") == 403  # the check still checks
+        assert host_status(server.url, "evil.example.com:5000") == 403
     finally:
         server.stop()

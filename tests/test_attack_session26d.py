@@ -37,17 +37,6 @@ def _steps(run_id: str) -> list[int]:
     return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_accuracy"))
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch, tmp_path):
-    from hsnet.s3 import client
-    from servers import s3_env
-
-    for key, value in s3_env(s3_server).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
-    return client()
-
-
 class _RefusesCheckpoints:
     """The real S3 client, on an S3 that does not take the checkpoint files (*.pt: 185 MB in a real
     run) while small objects (the guard's verdict.json) still go up: a network that drops the long
@@ -198,19 +187,6 @@ def test_a_token_sent_as_the_user_is_not_the_logged_models_user(trained, use_mlf
     _never_shows(repr(model.tags))
 
 
-def _status(url: str, host: str) -> int:
-    import http.client
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        conn.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
 @pytest.mark.slow  # real trainings / a server start: tens of seconds on a loaded machine
 def test_every_allowed_host_entry_is_accepted_at_any_port(tmp_path):
     """mlflow/server.sh: MLFLOW_ALLOWED_HOSTS "Host names to accept besides localhost (each at any
@@ -221,13 +197,13 @@ def test_every_allowed_host_entry_is_accepted_at_any_port(tmp_path):
     defaults do.) Expected: each entry at any port, and nothing else (evil.example.com)."""
     import urllib.parse
 
-    from servers import start_mlflow
+    from servers import host_status, start_mlflow
 
     server = start_mlflow(tmp_path, str(tmp_path / "artifacts"),
                           {"MLFLOW_ALLOWED_HOSTS": "[fd00::1], *.example.org"})
     try:
         port = urllib.parse.urlsplit(server.url).port
-        seen = {host: _status(server.url, host) for host in (
+        seen = {host: host_status(server.url, host) for host in (
             "[fd00::1]", f"[fd00::1]:{port}", "a.example.org", f"a.example.org:{port}", "evil.example.com",
             f"evil.example.com:{port}", "f:5000")}
     finally:
