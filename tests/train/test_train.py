@@ -216,10 +216,13 @@ def test_the_gpu_recipe_bf16_channels_last_trains_on_cpu():
     fp32 = losses(Setup(torch.device("cpu"), None, False))
     bf16 = losses(Setup(torch.device("cpu"), torch.bfloat16, True))
     assert np.isfinite(bf16).all() and bf16[-1] < bf16[0] - 0.5
-    # within 10% of the fp32 loss at every step (measured: at most 6.6%, at the second step, with
-    # the He-initialised heads of eq. 18; bf16 keeps 8 bits of mantissa, and 8 Adam steps amplify
-    # its rounding while the loss falls fastest)
-    assert (np.abs(bf16 - fp32) < 0.1 * fp32).all(), (bf16, fp32)
+    # the first step's loss, before any update, differs by bf16's rounding alone (8 bits of mantissa:
+    # 0.4% a number; measured 0.17%); then within 15% of the fp32 loss at every step: 8 Adam steps
+    # amplify the rounding while the loss falls fastest, by an amount that depends on how the sums are
+    # split among threads (measured, the He-initialised heads of eq. 18: at most 6.6% with 2 threads,
+    # 10.5% with 1, at the fifth step)
+    assert abs(bf16[0] - fp32[0]) < 0.01 * fp32[0], (bf16, fp32)
+    assert (np.abs(bf16 - fp32) < 0.15 * fp32).all(), (bf16, fp32)
 
 
 def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_data, tiny_params, tmp_path, monkeypatch):
