@@ -14,13 +14,7 @@ import torch
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# The tests' own torch computations get the cores shared out among make test's pytest processes
-# (pytest-xdist): with 2 threads each in 2 processes on 2 cores, OpenMP's threads wait for each other
-# and the training tests took 1.8x as long (193.7 s against 104.4 s for 4 tests of
-# tests/train/test_train.py, the same run). The processes the tests start (hsnet, dvc, kfp.local's
-# steps) keep torch's default: their pytest process waits on them, leaving its core free.
-torch.set_num_threads(int(os.environ.get("HSNET_TEST_THREADS") or max(
-    1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(items):
