@@ -255,7 +255,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.table == "ablation":
         r = reproduce.ablation(args.dataset, params_path=args.params, stem_weights=args.stem_weights,
-                               queue=args.queue, jobs=args.jobs, seeds=args.seeds, concurrent=args.concurrent)
+                               queue=args.queue, jobs=args.jobs, seeds=args.seeds, concurrent=args.concurrent,
+                               configs=reproduce.parse_configs(args.configs))
         print(f"ablation on {args.dataset}: {len(r['ran'])} ran, {len(r['queued'])} queued "
               f"(start them: dvc queue start -j N), {len(r['skipped'])} skipped, {len(r['failed'])} failed")
         for name, why in r["skipped"].items():
@@ -430,6 +431,9 @@ def _add_reproduce(verbs) -> None:
     r.add_argument("--concurrent", type=int, default=None, metavar="N",
                    help="train N runs at a time, sharing the GPU or, with several, each on the least busy "
                         "(default 1: one after another)")
+    r.add_argument("--configs", default=None, metavar="NAMES",
+                   help="only these rows, comma-separated, e.g. dib1-fgal0-ktl0,dib0-fgal0-ktl0 "
+                        "(default: all 8; dibD-fgalF-ktlK, 1 = on)")
     r = _verb(rverbs, "datasets", "Tables 2-5: the paper's setting on each dataset", _reproduce)
     r.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     r.add_argument("--params", default=PARAMS_FILE)

@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import params as params_mod
@@ -136,6 +137,20 @@ def paper_orderings(present) -> list[tuple]:
 
 def config_name(cfg: tuple[bool, bool, bool]) -> str:
     return "dib{}-fgal{}-ktl{}".format(*(int(c) for c in cfg))
+
+
+def parse_configs(text: str | None) -> list[tuple[bool, bool, bool]]:
+    """Table 6's rows named in ``text`` (comma-separated config names, e.g. ``dib1-fgal0-ktl0``), in the
+    paper's order; None or blank: all eight."""
+    if text is None or not text.strip():
+        return list(CONFIGS)
+    by_name = {config_name(c): c for c in CONFIGS}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise HSNetError(f"--configs: {', '.join(map(repr, unknown))} is not a Table 6 configuration; give some of "
+                         f"{', '.join(by_name)} (comma-separated; the experiments' names carry them)")
+    return [c for c in CONFIGS if config_name(c) in names]
 
 
 def config_label(cfg: tuple[bool, bool, bool]) -> str:
@@ -271,13 +286,19 @@ def _existing_experiments(repo: Path) -> set[str]:
 
 def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = params_mod.PARAMS_FILE,
              stem_weights: str | None = None, queue: bool = False, jobs: int | None = None,
-             seeds: int | None = None, concurrent: int | None = None) -> dict:
-    """Run (or queue) Table 6's eight configurations on ``dataset`` as DVC experiments, ``seeds`` runs
-    each (train.seed = 0..seeds-1), one at a time, or ``concurrent`` at a time sharing the machine's
-    GPU, or spread over its GPUs (:mod:`hsnet.concurrent`)."""
+             seeds: int | None = None, concurrent: int | None = None,
+             configs: Sequence[tuple[bool, bool, bool]] | None = None) -> dict:
+    """Run (or queue) Table 6's eight configurations (or ``configs`` of them: :func:`parse_configs`) on
+    ``dataset`` as DVC experiments, ``seeds`` runs each (train.seed = 0..seeds-1), one at a time, or
+    ``concurrent`` at a time sharing the machine's GPU, or spread over its GPUs (:mod:`hsnet.concurrent`)."""
     from .concurrent import Job, check_concurrent, run_jobs, visible_gpus
 
     concurrent = check_concurrent(concurrent) if concurrent is not None else 1
+    rows = list(CONFIGS) if configs is None else [c for c in CONFIGS if c in set(configs)]
+    if configs is not None and set(configs) - set(CONFIGS):
+        raise HSNetError(f"configs: {sorted(set(configs) - set(CONFIGS))} not in Table 6 (DIB, FGAL, KTL switches)")
+    if not rows:
+        raise HSNetError("no Table 6 configuration to run: give at least one (--configs)")
     runs_at_once: list = []
     renamed: dict[str, str] = {}  # the name a concurrent run has -> the experiment it re-runs
     repo = Path(repo)
@@ -287,9 +308,9 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
     problem = ktl_weights_problem(weights)
     existing = _existing_experiments(repo)
     result = {"dataset": dataset, "ran": [], "queued": [], "skipped": {}, "failed": {}}
-    total = len(CONFIGS) * len(seed_range)
+    total = len(rows) * len(seed_range)
     # seed by seed: a run cut short still has every configuration at the same number of runs
-    for i, (seed, c) in enumerate(((s, c) for s in seed_range for c in CONFIGS), 1):
+    for i, (seed, c) in enumerate(((s, c) for s in seed_range for c in rows), 1):
         name = exp_name(dataset, c, seed)
         if c[2] and problem:
             result["skipped"][name] = f"KTL on, but {problem}"

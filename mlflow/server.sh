@@ -15,7 +15,12 @@
 #   MLFLOW_HOST (127.0.0.1; 0.0.0.0 in a container), MLFLOW_PORT (5000), MLFLOW_WORKERS (2)
 #   MLFLOW_ALLOWED_HOSTS          Host names to accept besides localhost (each at any port), comma-separated,
 #                                 e.g. mlflow.kubeflow.svc.cluster.local,mlflow.kubeflow,mlflow.example.com
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  false (MLflow's default is true): MLflow's job runner is for its
+#                                 GenAI features (prompt optimisation, scorers, trace roll-ups), which
+#                                 hsnet doesn't use; it started 8 more processes (a runner and 7 huey
+#                                 consumers, ~20 s of CPU at each start, their memory held while idle)
 set -euo pipefail
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 mlflow_bin="$(type -P mlflow || true)"  # a file on PATH only: never the mlflow/ folder beside this script
 if [[ -z "$mlflow_bin" || -d "$mlflow_bin" || ! -x "$mlflow_bin" ]]; then
   echo "mlflow/server.sh: the mlflow command is missing: install it (pip install -e '.[track]', or" \

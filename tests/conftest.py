@@ -14,7 +14,15 @@ import torch
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Each pytest process (make test runs 2: pytest-xdist) and every process it starts (dvc's and
+# kfp.local's steps, servers) gets its share of the cores, as hsnet.concurrent shares them between
+# runs. Torch's default, a thread per core in every process, had 4 or more threads on 2 cores
+# spinning for each other: tests/pipeline/test_dvc.py + test_durable.py in 2 processes took
+# 488 and 453 s so, 369 and 388 s with a thread each (docs/performance.md, "The test suite").
+THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(items):

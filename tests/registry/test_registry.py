@@ -460,6 +460,17 @@ def _fake_mlflow(tmp_path) -> Path:
     return fake
 
 
+def test_server_script_starts_no_job_runner(mlflow_server):
+    """mlflow/server.sh turns MLflow's job execution off (GenAI jobs hsnet doesn't run): the server
+    is its web workers only, not 8 more processes (a job runner and its huey consumers) per start."""
+    import psutil
+
+    processes = psutil.Process(mlflow_server.proc.pid).children(recursive=True)
+    commands = [" ".join(p.cmdline()) for p in processes]
+    assert any("uvicorn" in c for c in commands), commands  # the web server is there to be seen
+    assert not [c for c in commands if "huey" in c or "jobs._job_runner" in c], commands
+
+
 def test_server_script_never_prints_the_database_password(tmp_path):
     """mlflow/server.sh with a Postgres URI: the arguments reach `mlflow server`, the password not the log."""
     fake = _fake_mlflow(tmp_path)
