@@ -219,22 +219,23 @@ def test_rerunning_the_ablation_keeps_the_finished_runs_until_their_replacements
     from hsnet import reproduce
 
     repo, sh = _stand_in_repo(tmp_path, monkeypatch)
-    first = reproduce.ablation("sample", repo=repo, seeds=1)  # the KTL rows are skipped: no VGGFace2 weights
-    assert len(first["ran"]) == 4 and not first["failed"], first
+    rows = [(False, False, False), (True, False, False)]  # two of Table 6's rows (--configs): 2 runs a round
+    first = reproduce.ablation("sample", repo=repo, seeds=1, configs=rows)
+    assert len(first["ran"]) == 2 and not first["failed"], first
     before = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
-    assert len(before) == 4, before
+    assert len(before) == 2, before
 
     (repo / "stage.py").write_text("raise SystemExit('training broke')\n")  # a code change that breaks the runs
     sh("git", "commit", "-qam", "a change that breaks training")
-    second = reproduce.ablation("sample", repo=repo, seeds=1)
-    assert len(second["failed"]) == 4, second
+    second = reproduce.ablation("sample", repo=repo, seeds=1, configs=rows)
+    assert len(second["failed"]) == 2, second
     after = sorted(r["experiment"] for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-"))
     assert after == before, f"finished ablation runs deleted by a re-run that failed: {before} -> {after}"
 
     # a re-run that finishes replaces them, under the same names (one run per configuration and seed)
     (repo / "stage.py").write_text(STAND_IN_STAGE.replace("0.2 if", "0.3 if"))  # the sample sets train.epochs
     sh("git", "commit", "-qam", "training fixed")
-    third = reproduce.ablation("sample", repo=repo, seeds=1)
+    third = reproduce.ablation("sample", repo=repo, seeds=1, configs=rows)
     assert sorted(third["ran"]) == before and not third["failed"], third
     rows = [r for r in reproduce.collect(repo) if str(r["experiment"]).startswith("ablation-")]
     assert sorted(r["experiment"] for r in rows) == before and {r["accuracy"] for r in rows} == {0.3}
