@@ -215,7 +215,6 @@ def test_ablation_with_seeds_then_report(repo, tmp_path, monkeypatch):
     params_before = (path / "params.yaml").read_text()
     # two experiments at a time (--concurrent 2: dvc --wait-for-lock, the MLflow store made first);
     # two rows of Table 6 (--configs) with two seeds each: the baseline and DIB, and HSNet (KTL: skipped)
-    chosen = [BASE, DIB, ALL]
     assert main(["reproduce", "ablation", "--dataset", "sample", "--seeds", "2", "--concurrent", "2",
                  "--configs", "dib1-fgal1-ktl1, dib1-fgal0-ktl0,dib0-fgal0-ktl0"]) == 0
     assert (path / "params.yaml").read_text() == params_before  # the workspace is left as it was
