@@ -14,15 +14,22 @@ import torch
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# Each pytest process (make test runs 2: pytest-xdist) and every process it starts (dvc's and
-# kfp.local's steps, servers) gets its share of the cores, as hsnet.concurrent shares them between
-# runs. Torch's default, a thread per core in every process, had 4 or more threads on 2 cores
-# spinning for each other: tests/pipeline/test_dvc.py + test_durable.py in 2 processes took
-# 488 and 453 s so, 369 and 388 s with a thread each (docs/performance.md, "The test suite").
-THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_configure(config):
+    """Each pytest process (make test runs 2: pytest-xdist) and every process it starts (dvc's and
+    kfp.local's steps, servers) gets its share of the cores, as hsnet.concurrent shares them between
+    runs. Torch's default, a thread per core in every process, had 4 or more threads on 2 cores
+    spinning for each other: tests/pipeline/test_dvc.py + test_durable.py in 2 processes took 488
+    and 453 s so, 369 and 388 s with a thread each (docs/performance.md, "The test suite").
+    Set here, in the first process, before pytest-xdist starts the others: they inherit it. An
+    OMP_NUM_THREADS given from outside is kept."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        processes = getattr(config.option, "numprocesses", None)
+        processes = processes if isinstance(processes, int) and processes > 0 else 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // processes))
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(items):
