@@ -141,11 +141,15 @@ def config_name(cfg: tuple[bool, bool, bool]) -> str:
 
 def parse_configs(text: str | None) -> list[tuple[bool, bool, bool]]:
     """Table 6's rows named in ``text`` (comma-separated config names, e.g. ``dib1-fgal0-ktl0``), in the
-    paper's order; None or blank: all eight."""
-    if text is None or not text.strip():
+    paper's order; None (no --configs): all eight. A blank list is refused: ``--configs "$ROWS"``
+    with ROWS unset would otherwise start all eight."""
+    if text is None:
         return list(CONFIGS)
     by_name = {config_name(c): c for c in CONFIGS}
     names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise HSNetError(f"--configs {text!r} names no configuration: give some of {', '.join(by_name)} "
+                         "(comma-separated), or leave --configs out for all eight")
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise HSNetError(f"--configs: {', '.join(map(repr, unknown))} is not a Table 6 configuration; give some of "

@@ -281,7 +281,10 @@ def test_ktl_configurations_are_skipped_without_weights(repo, tmp_path, monkeypa
 def test_configs_by_name():
     from hsnet.errors import HSNetError
 
-    assert reproduce.parse_configs(None) == reproduce.parse_configs(" ") == list(CONFIGS)
+    assert reproduce.parse_configs(None) == list(CONFIGS)
+    for blank in ("", " ", ",", " , "):  # --configs "$ROWS" with ROWS unset: refused, not all eight started
+        with pytest.raises(HSNetError, match="names no configuration.*leave --configs out for all eight"):
+            reproduce.parse_configs(blank)
     # in the paper's order, whatever order they were given in; blanks and repeats ignored
     assert reproduce.parse_configs("dib1-fgal1-ktl1, dib0-fgal0-ktl0,,dib0-fgal0-ktl0") == [BASE, ALL]
     with pytest.raises(HSNetError, match=r"--configs: 'dib2-fgal0-ktl0' is not a Table 6 configuration.*dib0-fgal0-ktl0"):
