@@ -298,9 +298,10 @@ def ablation(dataset: str, *, repo: str | os.PathLike = ".", params_path: str = 
     from .concurrent import Job, check_concurrent, run_jobs, visible_gpus
 
     concurrent = check_concurrent(concurrent) if concurrent is not None else 1
-    rows = list(CONFIGS) if configs is None else [c for c in CONFIGS if c in set(configs)]
-    if configs is not None and set(configs) - set(CONFIGS):
-        raise HSNetError(f"configs: {sorted(set(configs) - set(CONFIGS))} not in Table 6 (DIB, FGAL, KTL switches)")
+    chosen = set(CONFIGS if configs is None else configs)
+    if chosen - set(CONFIGS):
+        raise HSNetError(f"configs: {sorted(chosen - set(CONFIGS))} not in Table 6 (DIB, FGAL, KTL switches)")
+    rows = [c for c in CONFIGS if c in chosen]
     if not rows:
         raise HSNetError("no Table 6 configuration to run: give at least one (--configs)")
     runs_at_once: list = []
