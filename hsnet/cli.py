@@ -79,10 +79,8 @@ def _crop(args: argparse.Namespace) -> None:
         raise HSNetError("--params needs --dataset (whose 'crop' settings to use)")
     p = _params(args, "crop", {"detector": args.detector, "size": args.size, "margin": args.margin,
                                "no_face": args.no_face, "min_prob": args.min_prob})
-    from .device import asked
-
-    device = asked(args.device) or "cpu"  # dvc repro's stage gives none: HSNET_DEVICE decides
-    report = crop(args.manifest, args.root, args.out, device=device, settings=p.crop,
+    # dvc repro's stage gives no --device: HSNET_DEVICE decides (in the detector: no torch without one)
+    report = crop(args.manifest, args.root, args.out, device=args.device, settings=p.crop,
                   batch_size=args.batch_size)
     print(f"{report['output_images']} of {report['images']} images cropped -> {args.out} "
           f"({report['reused']} unchanged, {len(report['no_face'])} without a face, "

@@ -184,7 +184,11 @@ datasets:
 
 @pytest.fixture
 def local_mlflow(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    """An empty sqlite MLflow store, tmp_path/mlflow.db, as hsnet's steps find it (copied from a
+    migrated one: tests/mlflow_store.py), and tmp_path as the working folder."""
+    from mlflow_store import seed_store
+
+    uri = f"sqlite:///{seed_store(tmp_path / 'mlflow.db')}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # the artifacts go beside the store: tmp_path/artifacts
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))

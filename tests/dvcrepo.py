@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from mlflow_store import seed_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def make_repo(path: Path, sample_settings: dict, *, per_class: int = 3, extra_en
                                  f"{proc.stderr[-3000:]}")
         return proc
 
-    (path / "mlflow").mkdir()
+    seed_store(path / "mlflow" / "mlflow.db")  # an empty store, migrated once per test process
     sh("git", "init", "-q", "-b", "main")
     sh("dvc", "init", "-q")
     generate(path / "data" / "raw" / "sample", per_class=per_class, size=96, seed=11)

@@ -78,6 +78,23 @@ def test_crop_runs_where_hsnet_device_says_when_no_device_is_given(tiny_sample, 
     assert main(args + ["--out", str(tmp_path / "default")]) == 0
 
 
+def test_a_crop_without_a_detector_does_not_load_torch(tiny_sample, tmp_path):
+    """``hsnet data crop --detector none`` (a dataset already aligned, as the sample and FERG-DB)
+    needs no network: it loaded torch (2 s to 3 s per run, each dvc repro) only to read --device."""
+    from hsnet.data.datasets import import_dataset
+
+    import_dataset("sample", tiny_sample, tmp_path / "manifest.csv")
+    code = ("import sys; from hsnet.cli import main; "
+            "rc = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "crop", "--manifest", str(tmp_path / "manifest.csv"),
+                           "--root", str(tiny_sample), "--out", str(tmp_path / "out"), "--detector", "none",
+                           "--no-face", "center", "--size", "48"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False"
+    assert len(list((tmp_path / "out").rglob("*.png"))) + len(list((tmp_path / "out").rglob("*.jpg"))) == 42
+
+
 @pytest.mark.parametrize("verb", [
     ["data", "sample", "--per-class", "1", "--size", "48"],
     ["evaluate", "--checkpoint", "{tmp}/missing.pt", "--data", "{tmp}/missing", "--no-mlflow"],

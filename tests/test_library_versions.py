@@ -137,3 +137,18 @@ def test_validate_inspects_again_after_a_pillow_upgrade(upgrade, tmp_path, monke
     upgrade("Pillow")
     validate.inspect_images(paths, workers=1, cache=cache, progress=False)
     assert len(seen) == 6
+
+
+def test_the_providers_read_are_the_standard_libraries_answer_for_every_installed_distribution():
+    """``sources._provides`` reads top_level.txt and RECORD itself (``packages_distributions`` was
+    0.6 s to 1.7 s per step): for every distribution installed here, the same import names as
+    Python's own ``importlib.metadata.packages_distributions``."""
+    expected: dict[str, list[str]] = {}
+    for module, names in metadata.packages_distributions().items():
+        expected[module] = sorted(names)
+    read: dict[str, list[str]] = {}
+    for dist in metadata.distributions():
+        for module in sources._provides(dist):
+            read.setdefault(module, []).append(dist.metadata["Name"])
+    assert {m: sorted(n) for m, n in read.items()} == expected
+    assert "torch" in read and "PIL" in read  # the ones the caches key by are among them

@@ -66,9 +66,14 @@ class Detector:
     """MTCNN over equal-size batches; returns, per image, an array (k, 5): x1, y1, x2, y2, prob,
     or a :class:`DetectionFailed` for an image the detector failed on alone."""
 
-    def __init__(self, device: str = "cpu", min_face_size: int = MTCNN_MIN_FACE_SIZE):
+    def __init__(self, device: str | None = None, min_face_size: int = MTCNN_MIN_FACE_SIZE):
+        """``device``: cpu, cuda, cuda:1; None: ``HSNET_DEVICE``, else the CPU."""
         import torch
         from facenet_pytorch import MTCNN
+
+        from ..device import asked
+
+        device = asked(device) or "cpu"
 
         if not isinstance(min_face_size, int) or min_face_size < 1:  # 0: a division by zero; < 0: no pyramid
             raise HSNetError(f"--min-face-size {min_face_size}: the smallest face searched for must be at least "
@@ -350,9 +355,10 @@ BATCH_SIZE = 16  # photos per MTCNN batch (hsnet crop --batch-size)
 
 
 def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.PathLike, *,
-         settings: CropParams = Params().crop, device: str = "cpu", batch_size: int = BATCH_SIZE,
+         settings: CropParams = Params().crop, device: str | None = None, batch_size: int = BATCH_SIZE,
          workers: int | None = None, progress: bool = True) -> dict:
     """Crop every row of ``manifest`` (files under ``root``) into ``out``. Returns the report.
+    ``device`` runs the detector (None: ``HSNET_DEVICE``, else the CPU); detector "none" needs none.
 
     Every row path is checked here, validated or not: a path outside ``root`` (absolute, ``..``,
     a symbolic link out of it), a crop that would land on another row's, a file that isn't a
@@ -373,7 +379,7 @@ def crop(manifest: str | os.PathLike, root: str | os.PathLike, out: str | os.Pat
         return _crop_into(rows, root, out, settings, device, batch_size, workers, progress)
 
 
-def _crop_into(rows: list[dict], root: Path, out: Path, settings: CropParams, device: str, batch_size: int,
+def _crop_into(rows: list[dict], root: Path, out: Path, settings: CropParams, device: str | None, batch_size: int,
                workers: int | None, progress: bool) -> dict:
     """:func:`crop`'s work, with ``out`` held against another crop (a second one would mix crops
     of its settings under this one's record, and remove this one's temporary files)."""

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", ["model", "input_pipeline", "crop", "validate", "predict", "gpu", "device_data",
-                                  "concurrent", "mtcnn", "serve"])
+                                  "concurrent", "mtcnn", "serve", "step_overheads"])
 def test_benchmark_runs(name, tmp_path, monkeypatch):
     import importlib
 
@@ -54,6 +54,8 @@ def test_benchmark_runs(name, tmp_path, monkeypatch):
         hostile = saved["serve_hostile"]["by_kind"]
         assert hostile["good"]["error_rate"] == 0 and set(hostile["40_images"]["status"]) == {"413"}
         assert set(saved["pyfunc_hostile"]["by_kind"]["8x_8000x8000_png"]["status"]) == {"400"}
+    elif name == "step_overheads":
+        assert len(saved["rows"]) == 3 and all(r["before_s"] > 0 and r["after_s"] > 0 for r in saved["rows"])
     elif name == "mtcnn":
         row = saved["rows"][0]
         assert row["faces"] == 2 and row["hsnet batched photos_s"] > 0 and row["speedup_batched"] > 0
