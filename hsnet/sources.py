@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import sys
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
@@ -85,11 +86,17 @@ def code_version(module: str, root: Path | None = None) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+# Python 3.11's rule, which _provides reads itself; 3.12 changed it (every file counts, not only .py
+# files; names with a dot and files gone from the disk are left out): there, the standard call
+_READ_ITSELF = sys.version_info[:2] == (3, 11)
+
+
 def _provides(dist: metadata.Distribution) -> set[str]:
-    """The top-level import names ``dist`` provides, as ``importlib.metadata.packages_distributions``
-    reads them (its top_level.txt, else the first part of each ``.py`` file it installed), from the
-    raw text: building a path object for each of torch's 20,000 files and parsing every
-    distribution's METADATA made that call 0.6 s to 1.7 s, paid by each step that keys a cache."""
+    """The top-level import names ``dist`` provides, as Python 3.11's
+    ``importlib.metadata.packages_distributions`` reads them (its top_level.txt, else the first part
+    of each ``.py`` file it installed), from the raw text: building a path object for each of torch's
+    20,000 files and parsing every distribution's METADATA made that call 0.6 s to 1.7 s, paid by
+    each step that keys a cache."""
     declared = (dist.read_text("top_level.txt") or "").split()
     if declared:
         return set(declared)
@@ -113,11 +120,15 @@ def library_versions(modules: tuple[str, ...]) -> dict[str, str]:
     that a drop-in build (Pillow-SIMD for Pillow) is seen, and its upgrades too. A module no
     installed distribution lists (an editable install: its record holds a .pth) is looked up as a
     distribution of its own name; one that nothing installed provides is ``{module: "none"}``."""
-    wanted = set(modules)
     providers: dict[str, set[str]] = {module: set() for module in modules}  # {"PIL": {"pillow"}, ...}
-    for dist in metadata.distributions():
-        for module in _provides(dist) & wanted:
-            providers[module].add(dist.metadata["Name"])
+    if _READ_ITSELF:
+        for dist in metadata.distributions():
+            for module in _provides(dist) & providers.keys():
+                providers[module].add(dist.metadata["Name"])
+    else:
+        standard = metadata.packages_distributions()
+        for module in modules:
+            providers[module].update(standard.get(module, ()))
     found = {}
     for module in modules:
         names = sorted(providers[module])

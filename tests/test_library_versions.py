@@ -139,6 +139,7 @@ def test_validate_inspects_again_after_a_pillow_upgrade(upgrade, tmp_path, monke
     assert len(seen) == 6
 
 
+@pytest.mark.skipif(not sources._READ_ITSELF, reason="Python 3.12 infers otherwise: hsnet asks the standard call")
 def test_the_providers_read_are_the_standard_libraries_answer_for_every_installed_distribution():
     """``sources._provides`` reads top_level.txt and RECORD itself (``packages_distributions`` was
     0.6 s to 1.7 s per step): for every distribution installed here, the same import names as
