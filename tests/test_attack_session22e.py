@@ -32,27 +32,44 @@ def quiet(tmp_path, monkeypatch):
     return dict(track=False, progress=False)
 
 
-@pytest.fixture(scope="module")
-def two_epochs(tiny_data, tmp_path_factory):
-    """Two epochs of a 4-epoch training of the tiny sample (seed 3; epoch 2 improves on epoch 1, epoch
-    3 does not), its epoch-1 best.pt kept aside as ``best-e1.pt``."""
-    base = tmp_path_factory.mktemp("att22e-two-epochs")
-    path = base / "params.yaml"
-    path.write_text("""
+SETTINGS = """
 datasets:
   sample:
     input_size: 80
-    model: {ktl: false}
-    train: {lr: 0.001, epochs: 4, batch_size: 16, seed: 3, scheduler: {patience: 1}}
-""")
+    model: {{ktl: false}}
+    train: {{lr: 0.001, epochs: 4, batch_size: 16, seed: {seed}, scheduler: {{patience: 1}}}}
+"""
+SEEDS = (3, 0, 1, 2, 5, 6, 7, 8, 9)  # 3 first (its trajectory on the CPUs these tests were written on); not 4
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tiny_data, tmp_path_factory):
+    """Two epochs of a 4-epoch training of the tiny sample whose epoch 2 improves on epoch 1 and
+    epoch 3 does not, its epoch-1 best.pt kept aside as ``best-e1.pt``. Which seed gives that
+    trajectory depends on the CPU (another one sums in another order: seed 3 did on the machines
+    these tests were written on, not on a 2026-12-03 Intel Xeon), so the first of ``SEEDS`` that
+    does is found here, by training it, rather than assumed."""
+    base = tmp_path_factory.mktemp("att22e-two-epochs")
+    path = base / "params.yaml"
     mp = pytest.MonkeyPatch()
     mp.setenv("HSNET_CACHE_DIR", str(base / "cache"))
     try:
-        out = base / "run"
-        train(tiny_data, _params(path), out, stop_after_epochs=1, track=False, progress=False)
-        shutil.copyfile(out / "best.pt", base / "best-e1.pt")
-        train(tiny_data, _params(path), out, resume=True, stop_after_epochs=1, track=False, progress=False)
-        yield {"params": path, "run": out, "best-e1": base / "best-e1.pt"}
+        for seed in SEEDS:
+            path.write_text(SETTINGS.format(seed=seed))
+            out = base / f"run-{seed}"
+            train(tiny_data, _params(path), out, stop_after_epochs=1, track=False, progress=False)
+            shutil.copyfile(out / "best.pt", base / "best-e1.pt")
+            train(tiny_data, _params(path), out, resume=True, stop_after_epochs=1, track=False, progress=False)
+            if load(out / "last.pt")["state"]["best_epoch"] != 2:
+                continue
+            third = base / f"third-{seed}"  # epoch 3 on a copy: the fixture's run stays at two epochs
+            shutil.copytree(out, third)
+            train(tiny_data, _params(path), third, resume=True, stop_after_epochs=1, track=False, progress=False)
+            if load(third / "last.pt")["state"]["best_epoch"] == 2:
+                break
+        else:
+            pytest.fail(f"none of the seeds {SEEDS} improves at epoch 2 and not at epoch 3 on this machine")
+        yield {"params": path, "run": out, "best-e1": base / "best-e1.pt", "seed": seed}
     finally:
         mp.undo()
 
@@ -75,7 +92,7 @@ def test_a_best_pt_of_another_training_with_the_same_epoch_number_is_not_kept(ti
     out, other = tmp_path / "run", tmp_path / "other"
     settings = two_epochs["params"]
     out.mkdir()
-    shutil.copyfile(two_epochs["best-e1"], out / "best.pt")  # the earlier training's (seed 3): epoch 1
+    shutil.copyfile(two_epochs["best-e1"], out / "best.pt")  # the earlier training's (another seed): epoch 1
     train(tiny_data, _params(settings, {"train": {"seed": 4}}), other, stop_after_epochs=1, **quiet)  # the new one
     shutil.copyfile(other / "last.pt", out / "last.pt")  # killed before epoch 1's best.pt was written
     assert load(out / "best.pt")["state"]["epoch"] == load(out / "last.pt")["state"]["best_epoch"] == 1
@@ -86,7 +103,8 @@ def test_a_best_pt_of_another_training_with_the_same_epoch_number_is_not_kept(ti
     best, last = load(out / "best.pt"), load(out / "last.pt")
     assert summary["best_epoch"] == last["state"]["epoch"] == 1
     assert best["meta"]["params"]["train"]["seed"] == 4, (
-        "best.pt is the earlier training's (seed 3), kept as the resumed seed-4 training's best epoch 1")
+        f"best.pt is the earlier training's (seed {two_epochs['seed']}), kept as the resumed seed-4 training's "
+        "best epoch 1")
     for key, tensor in last["model"].items():
         assert torch.equal(best["model"][key], tensor), f"best.pt's {key} is not the best (= last) epoch's"
 
@@ -190,7 +208,7 @@ def test_a_best_pt_repaired_after_a_cut_off_upload_reaches_the_prefix(tiny_data,
     makes it "the best from here on": epoch 2's weights, repaired once, are lost, and the run
     reports a worse best epoch. The prefix is given what an attempt killed after epoch 2's
     last.pt upload, during its best.pt upload, leaves: epoch 2's last.pt and epoch 1's best.pt.
-    On the tiny sample with seed 3, epoch 2 improves on epoch 1 and epoch 3 does not."""
+    The fixture's seed is one whose epoch 2 improves on epoch 1 and whose epoch 3 does not."""
     from hsnet import durable
     from hsnet.s3 import client, split_uri
     from servers import s3_env
