@@ -94,20 +94,19 @@ _READ_ITSELF = sys.version_info[:2] == (3, 11)
 def _provides(dist: metadata.Distribution) -> set[str]:
     """The top-level import names ``dist`` provides, as Python 3.11's
     ``importlib.metadata.packages_distributions`` reads them (its top_level.txt, else the first part
-    of each ``.py`` file it installed), from the raw text: building a path object for each of torch's
-    20,000 files and parsing every distribution's METADATA made that call 0.6 s to 1.7 s, paid by
-    each step that keys a cache."""
+    of each ``.py`` file it installed), from the raw text: that call builds a path object for each of
+    torch's files and parses every distribution's METADATA, paid by each step that keys a cache
+    (the times: docs/performance.md, "The test suite")."""
     declared = (dist.read_text("top_level.txt") or "").split()
     if declared:
         return set(declared)
     record = dist.read_text("RECORD")
-    if record is None:  # an egg-info or other layout: the standard reader's own file list
-        return {f.parts[0] if len(f.parts) > 1 else f.with_suffix("").name
-                for f in dist.files or () if f.suffix == ".py"}
+    files = ([row[0] for row in csv.reader(record.splitlines()) if row] if record is not None
+             else map(str, dist.files or ()))  # an egg-info or other layout: the standard reader's file list
     found = set()
-    for row in csv.reader(record.splitlines()):
-        if row and row[0].endswith(".py"):
-            path = PurePosixPath(row[0])
+    for name in files:
+        if name.endswith(".py"):  # most of torch's files are not: no path object made for them
+            path = PurePosixPath(name)
             if path.suffix == ".py":
                 found.add(path.parts[0] if len(path.parts) > 1 else path.stem)
     return found

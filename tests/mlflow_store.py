@@ -1,7 +1,7 @@
 """A new, empty MLflow sqlite store in the time of a file copy.
 
-MLflow makes a new sqlite store by running its ~100 schema migrations: 3 s to 4 s on this
-machine's cores, paid again by each of the ~140 tests (and each temporary dvc repository) that
+MLflow makes a new sqlite store by running its schema migrations (the time: docs/performance.md,
+"The test suite"), paid again by each of the ~140 tests (and each temporary dvc repository) that
 start from an empty store. The migrated schema is the same each time, so it is made once per test
 process and copied. Its Default experiment (id 0) is removed from the copy's source: MLflow
 makes it again when a store lacking it is opened (``SqlAlchemyStore._initialize_store_state``),
