@@ -528,12 +528,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # what to lower when a GPU runs out of memory (another job may hold it: nvidia-smi shows which)
 OUT_OF_MEMORY = {
-    "train": "set train.data_on_device false or train.compile false, or free the GPU, and carry on: "
-             f"{LAST} holds the last finished epoch (add --resume; dvc repro resumes by itself); or lower "
-             "train.batch_size, which trains again from the start (another batch is another training)",
+    "train": "set train.data_on_device false or train.compile false, or free the GPU, and carry on{resume}; or "
+             "lower train.batch_size, which trains again from the start (another batch is another training)",
     "crop": "lower --batch-size, or crop on the CPU with --device cpu",
     None: "free the GPU (nvidia-smi shows what holds it), or run on the CPU with --device cpu",
 }
+
+
+def _resume_hint(args) -> str:
+    """Where a stopped ``hsnet train`` goes on from: its ``last.pt``, when an epoch finished."""
+    last = os.path.join(args.out, LAST)
+    if os.path.isfile(last):
+        return (f"; {last} holds the last finished epoch: add --resume to continue (dvc repro and make pipeline "
+                "resume by themselves)")
+    return "; no epoch finished, so the next run starts from the beginning"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,17 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         if torch is None or not isinstance(exc, torch.OutOfMemoryError):
             raise
         print(f"hsnet {args.verb}: error: out of GPU memory ({str(exc).splitlines()[0][:300]}); "
-              + OUT_OF_MEMORY.get(args.verb, OUT_OF_MEMORY[None]), file=sys.stderr)
+              + OUT_OF_MEMORY.get(args.verb, OUT_OF_MEMORY[None]).format(resume=_resume_hint(args)), file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, SIGTERM: files are written atomically, so none is half-written
-        hint = ""
-        if args.verb == "train":
-            from .checkpoint import LAST
-
-            last = os.path.join(args.out, LAST)
-            hint = (f"; {last} holds the last finished epoch: add --resume to continue (dvc repro and make "
-                    "pipeline resume by themselves)" if os.path.isfile(last) else
-                    "; no epoch finished, so the next run starts from the beginning")
+        hint = _resume_hint(args) if args.verb == "train" else ""
         terminated = isinstance(exc, interrupt.Terminated)
         print(f"hsnet {args.verb}: {'terminated (SIGTERM)' if terminated else 'interrupted'}, stopped before "
               f"finishing{hint}", file=sys.stderr)

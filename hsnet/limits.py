@@ -20,15 +20,28 @@ GRACE_PERIOD_S = 25
 MODEL_NAME = "hsnet"  # the model's name in the server's URLs: /v1/models/hsnet:predict, /v2/models/hsnet/infer
 
 
+PENDING_AT_THE_LIMIT = 8  # requests at max_request_bytes the model server holds at once, by default
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold. Each is settable as ``HSNET_SERVE_<NAME>`` (e.g.
-    ``HSNET_SERVE_MAX_IMAGE_PIXELS``) and by ``hsnet serve``'s flags."""
+    """What one request may hold, and how many requests the model server holds at once. Each is
+    settable as ``HSNET_SERVE_<NAME>`` (e.g. ``HSNET_SERVE_MAX_IMAGE_PIXELS``) and by ``hsnet
+    serve``'s flags."""
 
     max_request_bytes: int = 32 * 1024 * 1024  # the HTTP body (the model server checks it)
     max_images: int = 32  # photos or crops in one request
     max_image_pixels: int = 16_000_000  # one image (a 16 MP photo; 12 MP phone photos fit)
     max_request_pixels: int = 48_000_000  # all images of one request: about 150 MB decoded
+    # the bodies of the requests the model server holds at once (arriving, waiting for a worker,
+    # computed), each counted at its Content-Length (max_request_bytes when it has none): each is
+    # in memory, about twice over, while it waits; a request that would pass this gets 503.
+    # None: PENDING_AT_THE_LIMIT requests of max_request_bytes
+    max_pending_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.max_pending_bytes is None:
+            object.__setattr__(self, "max_pending_bytes", PENDING_AT_THE_LIMIT * self.max_request_bytes)
 
     @classmethod
     def from_env(cls, **overrides) -> "Limits":
@@ -46,6 +59,10 @@ class Limits:
         for f in fields(cls):
             if getattr(limits, f.name) < 1:
                 raise HSNetError(f"{ENV_PREFIX}{f.name.upper()} (--{f.name.replace('_', '-')}) must be at least 1")
+        if limits.max_pending_bytes < limits.max_request_bytes:
+            raise HSNetError(f"{cls.flag('max_pending_bytes')} {limits.max_pending_bytes:,} is below "
+                             f"{cls.flag('max_request_bytes')} {limits.max_request_bytes:,}: a request of that size "
+                             "could never be served; raise it")
         return limits
 
     @staticmethod

@@ -29,7 +29,10 @@ The faces of all photos of a request are classified in one batch; requests run i
 Limits (:class:`hsnet.pyfunc.Limits`): the body size (checked before it is read), the number
 of images and the pixels of all images together (from their headers, before decoding) refuse
 the request with HTTP 413 naming the limit; an image over the per-image pixel limit is a
-per-photo error naming it.
+per-photo error naming it. A request whose body would take the bodies held at once (arriving,
+waiting for a worker or computed) past ``max_pending_bytes`` gets HTTP 503 with ``Retry-After``,
+before its body is read: what waiting requests hold in memory is bounded, as Knative's
+``containerConcurrency`` bounds it on the cluster.
 
 KServe's SDK pins pandas<3 and psutil<6 (serving/requirements.txt): it runs in the serving
 image, or on a development machine from the overlay ``make serve-env`` installs, which
@@ -430,14 +433,21 @@ class Protocol:
             _ASKED_VERSION.reset(token)
 
 
+RETRY_AFTER_S = 1  # what a request refused for a full server is told to wait
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is refused with 413 naming the limit,
-    before it is read (Content-Length) or as soon as a streamed body passes it. Once the body is
-    read it also watches the connection: a client that goes away sets the request's
-    ``_CLIENT_GONE`` event, so that its work is not started (:meth:`HSNetModel._compute`)."""
+    before it is read (Content-Length) or as soon as a streamed body passes it; a request with a
+    body (a POST) whose size, added to the bodies held already, would pass ``max_pending_bytes``
+    is refused with 503 and ``Retry-After``, before its body is read (a body without a
+    Content-Length counts as ``max_bytes``). Once the body is read it also watches the
+    connection: a client that goes away sets the request's ``_CLIENT_GONE`` event, so that its
+    work is not started (:meth:`HSNetModel._compute`)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, int(max_bytes)
+    def __init__(self, app, max_bytes: int, max_pending_bytes: int):
+        self.app, self.max_bytes, self.max_pending_bytes = app, int(max_bytes), int(max_pending_bytes)
+        self.pending = 0  # the bodies of the POST requests held now, in bytes (one event loop: no lock)
 
     def message(self, size: int | None) -> str:
         got = f"{size:,} bytes" if size is not None else "more bytes"
@@ -461,6 +471,25 @@ class BodyLimit:
         if size is not None and size > self.max_bytes:
             response = JSONResponse({"error": self.message(size)}, status_code=413)
             return await response(scope, receive, send)
+        if scope.get("method") != "POST":  # health, readiness, metadata: never refused for a full server
+            return await self._limited(scope, receive, send)
+        holds = self.max_bytes if size is None or size < 0 else size
+        if self.pending + holds > self.max_pending_bytes:
+            log.info("a request of %s bytes is refused: %s bytes of requests are held already, %s", f"{holds:,}",
+                     f"{self.pending:,}", Limits.flag("max_pending_bytes"))
+            response = JSONResponse(
+                {"error": f"the server holds {self.pending:,} bytes of requests already: this one's {holds:,} "
+                          f"would pass the limit of {self.max_pending_bytes:,} bytes, "
+                          f"{Limits.flag('max_pending_bytes')}; retry in a moment, or send fewer requests at once"},
+                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+            return await response(scope, receive, send)
+        self.pending += holds
+        try:
+            return await self._limited(scope, receive, send)
+        finally:
+            self.pending -= holds
+
+    async def _limited(self, scope, receive, send):
         total = 0
         gone = threading.Event()
         watcher: asyncio.Task | None = None
@@ -617,7 +646,7 @@ def serve(model: str, *, port: int = PORT, host: str = HOST, name: str = MODEL_N
     repository = _Repository()
     server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, registered_models=repository)
     server.model_repository_extension = _Extension(model_registry=repository)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes, max_pending_bytes=limits.max_pending_bytes)
     app.add_middleware(Protocol, model=hsnet_model)  # outside BodyLimit: it sees the paths as clients send them
     app.add_exception_handler(InputRefused, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -522,7 +522,10 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
         # the checkpoint's epochs the run lacks (a new run: all, so that its curves are whole even when
         # nothing is left to train); logged with the next upload when the durable prefix may lack them
         # (a retry from the prefix trains those epochs again, and logs them then)
-        missing = _missing_rows(state.history, active) if active and previous_run else []
+        logged = _logged_through(active) if active and previous_run else 0
+        missing = [row for row in state.history if row["epoch"] > logged]
+        if active and logged > state.epoch:
+            _earlier_attempts_epochs(state.epoch + 1, min(logged, tp.epochs_to_run))
         if not getattr(on_checkpoint, "behind", False):
             missing = _log_rows(missing, active)
         log.info("training %s on %s: %d train / %d val images at %dx%d, %d epochs, batch %d%s", params.dataset,
@@ -531,7 +534,7 @@ def _train(data_dir: Path, params: Params, out_dir: Path, held: contextlib.ExitS
         log.info("training data %s", "held on the device" if train_data is not train_split else "read from the host")
         _fit(engine, state, train_data, val_data, tp, setup, out_dir, meta, active, num_classes=len(spec.classes),
              val_labels=val_split.labels, progress=progress, stop_after_epochs=stop_after_epochs,
-             on_checkpoint=on_checkpoint, pending=missing)
+             on_checkpoint=on_checkpoint, pending=missing, logged=logged)
         return _finish(out_dir, state, meta, setup, active)
 
 
@@ -552,7 +555,7 @@ def _tracking_lost(out_dir: Path):
 
 def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainParams, setup: Setup, out_dir: Path,
          meta: dict, active, *, num_classes: int, val_labels, progress: bool, stop_after_epochs: int | None,
-         on_checkpoint, pending: list[dict]) -> None:
+         on_checkpoint, pending: list[dict], logged: int = 0) -> None:
     """The epoch loop from ``state`` on: train, validate, step the scheduler, check the run is
     learning (:mod:`hsnet.guards`), record and checkpoint each epoch; early stopping.
 
@@ -561,7 +564,9 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
     says it has the epoch's copy (True), and all of them when the training ends. A retried
     Kubeflow pod, which starts after the last *uploaded* epoch, then trains the lost epochs again
     without logging them twice; a resumed run logs what a kill between the two steps left out
-    (``pending``: those epochs, when the prefix may lack them)."""
+    (``pending``: those epochs, when the prefix may lack them). ``logged``: the last epoch the
+    MLflow run already has; none up to it is logged again (an earlier attempt whose end upload
+    failed logged its last epochs, which a retry from the prefix trains again)."""
     epochs, stop_at = tp.epochs_to_run, (state.epoch + stop_after_epochs if stop_after_epochs else None)
     pending = list(pending)
     try:
@@ -587,7 +592,7 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
             save_epoch(out_dir, meta, engine, state, setup, improved)
             pending.append(row)
             if on_checkpoint is None or on_checkpoint(out_dir, improved):
-                pending = _log_rows(pending, active)
+                pending = _log_rows(pending, active, after=logged)
             if stop_at and epoch >= stop_at:
                 log.info("stopping after %d epoch(s) as asked; continue with --resume", stop_after_epochs)
                 break
@@ -595,12 +600,13 @@ def _fit(engine: Engine, state: TrainingState, train_data, val_data, tp: TrainPa
         # a verdict a retry finds ends the retry at once: it trains no epoch again, so none would be logged twice
         final = isinstance(exc, guards.NotLearning) and _keep_verdict(out_dir, meta, setup, exc, on_checkpoint, active)
         try:
-            _settle(pending, on_checkpoint, out_dir, active, final=final)
+            _settle(pending, on_checkpoint, out_dir, active, final=final, logged=logged)
         except Exception as err:  # noqa: BLE001 - the error that ended the training is the one to raise
             log.warning("the last epochs' figures could not be logged (%s: %s)", type(err).__name__,
                         tracking.mask_text(str(err))[:300])
         raise
-    _settle(pending, on_checkpoint, out_dir, active, final=False)  # a failed end upload: the step's retry logs them
+    # the training ended: a failed end upload still logs its epochs (nothing may retry the step)
+    _settle(pending, on_checkpoint, out_dir, active, final=True, logged=logged)
 
 
 def _verdict_key(meta: dict, setup: Setup) -> str:
@@ -667,12 +673,14 @@ def _earlier_verdict(out_dir: Path, meta: dict, setup: Setup, resume) -> None:
         f"there again: change the settings, or delete {where} to train it anyway", recorded.get("epoch"))
 
 
-def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active, *, final: bool) -> None:
+def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active, *, final: bool, logged: int = 0) -> None:
     """The end of the epoch loop: the epochs not logged yet go up with the end's checkpoint
     (``on_checkpoint.flush``: a step that fails after it is retried from there), then to MLflow.
-    If that upload failed: logged all the same when no retry will train them again (``final``: the
-    training ended, or a guard's verdict a retry ends with is kept); otherwise not, since a retry
-    trains them again and logs them then (history.json has them)."""
+    If that upload failed: logged all the same when the training ended (``final``: its step may
+    well succeed, and nothing would log them; a retry that trains them again finds them logged and
+    doesn't log them twice), or when a guard's verdict a retry ends with is kept; otherwise (an
+    error ended the training: the step fails and its retry trains them) not (history.json has
+    them)."""
     behind = getattr(on_checkpoint, "behind", False)  # e.g. resumed locally at its last epoch: none pending
     if not (pending or behind):
         return
@@ -683,8 +691,9 @@ def _settle(pending: list[dict], on_checkpoint, out_dir: Path, active, *, final:
                         "them again); %s in the output has them", pending[0]["epoch"], pending[-1]["epoch"], HISTORY)
             return
         log.warning("the end's checkpoint did not go up: epochs %d-%d are logged all the same (should this step "
-                    "fail after the training, its retry trains them again)", pending[0]["epoch"], pending[-1]["epoch"])
-    _log_rows(pending, active)
+                    "fail after the training, its retry trains them again and keeps these figures)",
+                    pending[0]["epoch"], pending[-1]["epoch"])
+    _log_rows(pending, active, after=logged)
 
 
 def _say_epoch(row: dict, epochs: int, weights: dict, improved: bool) -> None:
@@ -694,21 +703,36 @@ def _say_epoch(row: dict, epochs: int, weights: dict, improved: bool) -> None:
              lam, row["images_per_s"], " *" if improved else "")
 
 
-def _log_rows(rows: list[dict], active) -> list:
-    """Log the epochs' figures to the MLflow run (when tracking); nothing is left pending."""
+def _log_rows(rows: list[dict], active, *, after: int = 0) -> list:
+    """Log the epochs' figures to the MLflow run (when tracking), but none up to epoch ``after``,
+    which the run already has (:func:`_earlier_attempts_epochs`); nothing is left pending."""
     if active:
         import mlflow
 
         for row in rows:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            if row["epoch"] > after:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     return []
 
 
-def _missing_rows(history: list[dict], active) -> list[dict]:
-    """The resumed epochs the MLflow run lacks: a continued run's, those a kill between a checkpoint
-    and its log left out; a new run's (other settings), all of them."""
+def _earlier_attempts_epochs(first: int, last: int) -> None:
+    """The continued MLflow run has epochs ``first``-``last``, which this training trains again: an
+    earlier attempt logged them though its end's checkpoint did not go up (:func:`_settle`). They
+    are not logged twice; the run keeps the earlier figures, says so in a tag, and history.json
+    has this attempt's."""
+    import mlflow
+
+    span = f"{first}-{last}"
+    log.warning("epochs %s are in the MLflow run from an earlier attempt of this training (its end's checkpoint did "
+                "not go up): this attempt trains them again and does not log them twice; %s in the output has its "
+                "figures", span, HISTORY)
+    mlflow.set_tag("epochs_logged_by_earlier_attempt", span)
+
+
+def _logged_through(active) -> int:
+    """The last epoch the MLflow run has figures of (0: none): a continued run's; the resumed epochs
+    after it are those a kill between a checkpoint and its log left out."""
     import mlflow
 
     logged = mlflow.MlflowClient().get_metric_history(active.info.run_id, "val_accuracy")
-    last = max((m.step for m in logged), default=0)
-    return [row for row in history if row["epoch"] > last]
+    return max((m.step for m in logged), default=0)

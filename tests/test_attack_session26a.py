@@ -73,7 +73,7 @@ def test_a_training_resumed_at_its_last_epoch_uploads_it(tiny_data, s3, tmp_path
 def test_a_retried_pod_does_not_log_an_epoch_twice(tiny_data, s3, local_mlflow, tmp_path, monkeypatch):
     """Attempt 1 uploads epoch 1 and logs it; epoch 2 is saved locally, not uploaded (the interval),
     and the pod is killed. Attempt 2 on the same node resumes from the local epoch 2, logs it to the
-    run (train._missing_rows: "those a kill between a checkpoint and its log left out") and is killed during
+    run (train._logged_through: "those a kill between a checkpoint and its log left out") and is killed during
     epoch 3. Attempt 3 on another node restores the prefix's epoch 1, trains epoch 2 again and logs
     it again: the run's curves hold epoch 2 twice, of two different trainings. Expected: each epoch
     once (an epoch the prefix may lack is logged once it went up)."""

@@ -133,7 +133,7 @@ async def call(size, declared):
     headers = [(b"content-length", str(size).encode())] if declared else []
     scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}
     try:
-        await BodyLimit(app, max_bytes=100)(scope, receive, send)
+        await BodyLimit(app, max_bytes=100, max_pending_bytes=100)(scope, receive, send)
     except Exception as exc:  # the streamed refusal: an HTTPException that the app's handler answers
         return getattr(exc, "status_code", repr(exc)), 0
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")

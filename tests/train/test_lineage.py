@@ -52,10 +52,10 @@ def test_a_kill_between_an_epochs_checkpoint_and_its_log_is_logged_by_the_resume
     class Killed(BaseException):
         pass
 
-    def dies_at_epoch_2(rows, active):
+    def dies_at_epoch_2(rows, active, **kwargs):
         if any(r["epoch"] == 2 for r in rows):
             raise Killed
-        return real(rows, active)
+        return real(rows, active, **kwargs)
 
     monkeypatch.setattr(train_mod, "_log_rows", dies_at_epoch_2)
     with pytest.raises(Killed):

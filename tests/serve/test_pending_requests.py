@@ -1,0 +1,166 @@
+"""The model server holds at most max_pending_bytes of request bodies at once (hsnet/limits.py):
+each request holds its body in memory while it waits for a worker, and before this limit nothing
+bounded how many a local `hsnet serve` took in (a left-over of sessions 23-30: "queued request
+bodies are held in memory"). A request that would pass it gets 503 with Retry-After, before its
+body is read; health checks are never refused; a request that ends, however it ends, frees its
+bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from serve_helpers import b64, get, post, start_server
+
+import hsnet
+
+_PROBE = r"""
+import asyncio, json
+from fastapi import HTTPException
+from hsnet.serve import BodyLimit
+
+async def main():
+    release = asyncio.Event()
+    held = 0
+
+    async def app(scope, receive, send):
+        nonlocal held
+        if scope["method"] == "POST":
+            message = await receive()
+            if message.get("body", b"").startswith(b"fail"):
+                raise HTTPException(status_code=400, detail="bad")
+            if message.get("body", b"").startswith(b"hold"):
+                held += 1
+                await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limit = BodyLimit(app, max_bytes=100, max_pending_bytes=150)
+
+    async def call(method, body=b"x" * 60, declared=True):
+        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(m):
+            sent.append(m)
+
+        headers = [(b"content-length", str(len(body)).encode())] if declared else []
+        scope = {"type": "http", "method": method, "path": "/v1/models/hsnet:predict", "query_string": b"",
+                 "headers": headers}
+        try:
+            await limit(scope, receive, send)
+        except HTTPException as exc:
+            return [exc.status_code, {}, ""]
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return [start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body.decode()]
+
+    out = {}
+    first = [asyncio.ensure_future(call("POST", b"hold" + b"x" * 56)) for _ in range(2)]  # 120 bytes held
+    while held < 2:
+        await asyncio.sleep(0)
+    out["third"] = await call("POST")  # 60 more: 180 > 150
+    out["fits"] = await call("POST", b"x" * 30)  # 150: at the limit, served
+    out["chunked"] = await call("POST", b"x" * 10, declared=False)  # no Content-Length: counted as 100
+    out["health"] = await call("GET", b"")
+    out["held"] = limit.pending
+    release.set()
+    out["first"] = [await f for f in first]
+    out["failed"] = [await call("POST", b"fail" + b"x" * 96) for _ in range(3)]  # each frees its bytes
+    out["after"] = await call("POST", b"x" * 100, declared=False)
+    out["over_size"] = await call("POST", b"y" * 101)
+    out["pending_at_end"] = limit.pending
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def _probe() -> dict:
+    overlay = os.path.join(sys.prefix, "serve")
+    root = str(Path(hsnet.__file__).resolve().parent.parent)
+    run = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, "PYTHONPATH": os.pathsep.join([overlay, root])},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, f"KServe's SDK (make serve-env) is needed here: {run.stderr[-800:]}"
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_a_request_over_the_pending_bytes_gets_503_and_each_request_frees_its_bytes():
+    out = _probe()
+    status, headers, body = out["third"]
+    assert status == 503 and headers["retry-after"] == "1"
+    error = json.loads(body)["error"]
+    assert "holds 120 bytes" in error and "this one's 60" in error and "limit of 150 bytes" in error
+    assert "max_pending_bytes (HSNET_SERVE_MAX_PENDING_BYTES)" in error
+    assert out["fits"][0] == 200  # 120 + 30 = 150: at the limit, served
+    assert out["chunked"][0] == 503  # 10 bytes sent, but without a Content-Length it may be up to 100
+    assert out["health"][0] == 200  # a readiness probe is never refused
+    assert out["held"] == 120
+    assert [s for s, _, _ in out["first"]] == [200, 200]
+    assert [s for s, _, _ in out["failed"]] == [400, 400, 400]  # 3 x 100 > 150: each freed its bytes
+    assert out["after"][0] == 200  # a chunked body counted at 100 fits an empty server
+    assert out["over_size"][0] == 413
+    assert out["pending_at_end"] == 0
+
+
+def test_the_pending_budget_must_hold_one_request_at_the_limit(monkeypatch):
+    from hsnet.errors import HSNetError
+    from hsnet.limits import PENDING_AT_THE_LIMIT, Limits
+
+    assert Limits().max_pending_bytes == 8 * 32 * 1024 * 1024  # the default: 8 requests of 32 MiB
+    assert Limits.from_env(max_request_bytes=1000).max_pending_bytes == PENDING_AT_THE_LIMIT * 1000
+    monkeypatch.setenv("HSNET_SERVE_MAX_PENDING_BYTES", "999")
+    with pytest.raises(HSNetError, match=r"max_pending_bytes \(HSNET_SERVE_MAX_PENDING_BYTES\) 999 is below "
+                                         r"max_request_bytes \(HSNET_SERVE_MAX_REQUEST_BYTES\) 1,000"):
+        Limits.from_env(max_request_bytes=1000)
+
+
+@pytest.mark.slow
+def test_slow_clients_fill_the_server_and_it_answers_again_once_they_go(trained, photos, tmp_path):
+    """A real `hsnet serve` whose pending budget holds two requests of 100 kB: two clients that send
+    their headers and then stall mid-body (a slowloris, or two huge uploads on a slow link) take it
+    all; a third request is refused at once with 503 and the limit's name, the readiness probe
+    still answers, and once the two go the server answers requests again."""
+    server = start_server(str(trained["checkpoint"]), tmp_path / "serve.log", HSNET_SERVE_MAX_PENDING_BYTES=200_000,
+                          HSNET_SERVE_MAX_REQUEST_BYTES=150_000)
+    stalled = []
+    try:
+        url = server.url + "/v1/models/hsnet:predict"
+        request = {"instances": [{"b64": b64(photos["astronaut"])}]}
+        where = urlparse(server.url)
+        for _ in range(2):
+            s = socket.create_connection((where.hostname, where.port), timeout=30)
+            s.sendall(b"POST /v1/models/hsnet:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100000\r\n\r\n{\"instances\": [")
+            stalled.append(s)
+        deadline, status, body = time.monotonic() + 30, None, {}
+        while time.monotonic() < deadline:  # the server reads the stalled requests' headers in its own time
+            status, body = post(url, request)
+            if status == 503:
+                break
+            time.sleep(0.2)
+        assert status == 503, (status, body)
+        assert "max_pending_bytes (HSNET_SERVE_MAX_PENDING_BYTES)" in body["error"]
+        assert get(server.url + "/v2/models/hsnet/ready")[0] == 200
+        for s in stalled:
+            s.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, body = post(url, request)
+            if status != 503:
+                break
+            time.sleep(0.2)
+        assert status == 200 and len(body["predictions"][0]["faces"]) == 1
+    finally:
+        for s in stalled:
+            s.close()
+        server.stop()
