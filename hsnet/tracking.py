@@ -825,19 +825,27 @@ def _check_artifact_location(experiment, uri: str) -> None:
     a DVC experiment's temporary copy (made there by an hsnet before 2026-11-29; DVC deletes the
     copy), or in a folder that no longer exists (the project or its store was moved or renamed:
     MLflow records absolute paths, and would re-create the old ones); behind a tracking server, a
-    ``file:`` location this machine lacks (the experiment made server-less on another machine)."""
+    ``file:`` location or plain path this machine lacks (the experiment made server-less on another
+    machine, or a server whose artifact root is a path on its own disk)."""
     location = experiment.artifact_location or ""
-    if not location.startswith("file:"):
+    if location.startswith("file:"):
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
+    elif location and is_server(uri) and len(urllib.parse.urlsplit(location).scheme) <= 1:
+        # a plain path (a server started with --default-artifact-root /srv/mlruns, the old way; a
+        # letter is a Windows drive): the client writes there too. Checked behind a server only: a
+        # local store's own mlruns/N, a plain path, is made lazily and refusing it refused good stores
+        path = Path(location)
+    else:
         return
-    path = Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
     if not (_sqlite_file(uri) or is_server(uri)):
         return
     if is_server(uri):  # MLflow's client writes a local location's artifacts itself, to its own disk
         if path.parent.is_dir():
             return  # the machine that made it (the server beside make pipeline's store): its own folder
         where = ("a path on the disk of the machine that made the experiment (a server-less run, e.g. make "
-                 "pipeline, whose store this server now serves), which this machine lacks: MLflow would write "
-                 "there on this machine's disk, where neither the server nor anyone else reads them")
+                 "pipeline, whose store this server now serves, or a server started with a path as its "
+                 "--default-artifact-root), which this machine lacks: MLflow would write there on this machine's "
+                 "disk, where neither the server nor anyone else reads them")
     elif _experiment_copy_project(path) is not None:
         where = "inside a DVC experiment's temporary copy, which DVC deletes"
     elif not path.parent.is_dir():
@@ -850,8 +858,14 @@ def _check_artifact_location(experiment, uri: str) -> None:
         f"artifacts at {path}, {where}: what this run logs would be lost or written outside the project. Rename "
         f"it (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
         f"{experiment.experiment_id} --new-name {experiment.name}-old); hsnet then makes a new {experiment.name!r} "
-        f"with its artifacts {'stored by the server' if is_server(uri) else 'beside the store'}. The old runs keep "
-        "the paths they recorded")
+        f"with its artifacts {'stored by the server' if is_server(uri) else 'beside the store'}"
+        f"{_SERVER_ROOT if is_server(uri) else ''}. The old runs keep the paths they recorded")
+
+
+# a server whose own default is a path makes the new experiment's a path again
+_SERVER_ROOT = (" (a server started with a path as its --default-artifact-root gives the new one a path again: "
+                "start it with --serve-artifacts --artifacts-destination, as mlflow/server.sh does, so that clients "
+                "upload through it)")
 
 
 PIPELINE_RUN_ENV = "KFP_RUN_ID"  # a Kubeflow step's pipeline run id (set from its pod's label: pipelines/)

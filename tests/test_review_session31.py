@@ -43,3 +43,37 @@ def test_out_of_memory_after_an_epoch_points_at_its_checkpoint(tiny_data, tiny_p
     err = _train_out_of_memory_at(2, tiny_data, tiny_params, out, monkeypatch, capsys)
     assert (out / "last.pt").is_file()
     assert f"{out / 'last.pt'} holds the last finished epoch" in err and "--resume" in err
+
+
+def test_behind_a_server_a_plain_path_artifact_location_this_machine_lacks_is_refused(tmp_path, monkeypatch):
+    """26b's case with the location as a plain path, not a ``file:`` URI: a tracking server started
+    with ``--default-artifact-root /srv/mlruns`` (no scheme, the old way), or an experiment made
+    with ``artifact_location="/srv/..."``. MLflow's client writes such a location's artifacts to
+    its own disk, as it does a ``file:`` one (a left-over of sessions 26-30: "plain-path experiment
+    locations are unchecked"). Expected: refused, naming the location, and nothing made here."""
+    import mlflow
+
+    from hsnet import tracking
+    from hsnet.errors import HSNetError
+    from servers import start_mlflow
+
+    workdir = tmp_path / "server"
+    workdir.mkdir()
+    elsewhere = tmp_path / "the-server-machine" / "srv" / "mlruns"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'server.db'}").create_experiment(
+        "hsnet", artifact_location=str(elsewhere))
+    mlflow.set_tracking_uri(None)
+    server = start_mlflow(workdir, str(tmp_path / "served"))
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        location = mlflow.MlflowClient().get_experiment_by_name("hsnet").artifact_location
+        assert "://" not in location and not location.startswith("file:"), location  # a plain path, as given
+        with pytest.raises(HSNetError) as err:
+            with tracking.run("s31", params={"a": 1}, tags={}, computes=False) as active:
+                mlflow.log_text("the model", "model.txt")
+                ran = active.info.run_id
+            pytest.fail(f"run {ran} logged its artifacts to {elsewhere} on the client's disk")
+        assert str(elsewhere) in str(err.value) and "rename" in str(err.value).lower(), err.value
+        assert not elsewhere.parent.exists(), f"{elsewhere.parent} was created on the client"
+    finally:
+        server.stop()
