@@ -477,7 +477,8 @@ def _add_registry(verbs) -> None:
 
 
 def _add_inference(verbs) -> None:
-    from .limits import ENV_PREFIX, GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT, Limits
+    from .limits import (ENV_PREFIX, GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PENDING_AT_THE_LIMIT,
+                         PORT, Limits)
     from .params import MTCNN_MIN_FACE_SIZE
 
     p = _verb(verbs, "predict", "find the faces in photos and classify their expressions", _predict)
@@ -504,8 +505,10 @@ def _add_inference(verbs) -> None:
     p.add_argument("--min-face-size", type=int, default=MIN_FACE_SIZE, help="smallest face searched for, in pixels")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     for limit in Limits.names():
+        default = (f"{PENDING_AT_THE_LIMIT} x --max-request-bytes" if limit == "max_pending_bytes" else
+                   f"{getattr(Limits(), limit):,}")
         p.add_argument("--" + limit.replace("_", "-"), type=int, default=None,
-                       help=f"limit (default: {ENV_PREFIX}{limit.upper()}, else {getattr(Limits(), limit):,})")
+                       help=f"limit (default: {ENV_PREFIX}{limit.upper()}, else {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -569,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         if torch is None or not isinstance(exc, torch.OutOfMemoryError):
             raise
         print(f"hsnet {args.verb}: error: out of GPU memory ({str(exc).splitlines()[0][:300]}); "
-              + OUT_OF_MEMORY.get(args.verb, OUT_OF_MEMORY[None]).format(resume=_resume_hint(args)), file=sys.stderr)
+              + (OUT_OF_MEMORY["train"].format(resume=_resume_hint(args)) if args.verb == "train" else
+                 OUT_OF_MEMORY.get(args.verb, OUT_OF_MEMORY[None])), file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, SIGTERM: files are written atomically, so none is half-written
         hint = _resume_hint(args) if args.verb == "train" else ""

@@ -438,16 +438,29 @@ RETRY_AFTER_S = 1  # what a request refused for a full server is told to wait
 
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is refused with 413 naming the limit,
-    before it is read (Content-Length) or as soon as a streamed body passes it; a request with a
-    body (a POST) whose size, added to the bodies held already, would pass ``max_pending_bytes``
-    is refused with 503 and ``Retry-After``, before its body is read (a body without a
-    Content-Length counts as ``max_bytes``). Once the body is read it also watches the
-    connection: a client that goes away sets the request's ``_CLIENT_GONE`` event, so that its
-    work is not started (:meth:`HSNetModel._compute`)."""
+    before it is read (Content-Length) or as soon as a streamed body passes it. The bodies held at
+    once (the bytes received of the POST requests not answered yet) are kept within
+    ``max_pending_bytes``: a request whose Content-Length would pass it is refused with 503 and
+    ``Retry-After`` before its body is read, and one whose arriving bytes pass it, as they arrive.
+    Only bytes received count: connections that send headers and stall hold no memory, and shut
+    no one out. Once the body is read it also watches the connection: a client that goes away
+    sets the request's ``_CLIENT_GONE`` event, so that its work is not started
+    (:meth:`HSNetModel._compute`)."""
 
     def __init__(self, app, max_bytes: int, max_pending_bytes: int):
         self.app, self.max_bytes, self.max_pending_bytes = app, int(max_bytes), int(max_pending_bytes)
-        self.pending = 0  # the bodies of the POST requests held now, in bytes (one event loop: no lock)
+        self.pending = 0  # bytes received of the POST requests held now (one event loop: no lock)
+
+    def busy(self, size: int | None) -> HTTPException:
+        """The 503 of a request that would take the bodies held past ``max_pending_bytes``."""
+        this = f"this one's {size:,}" if size is not None else "this one's next bytes"
+        log.info("a request is refused: %s bytes of request bodies are held, %s", f"{self.pending:,}",
+                 Limits.flag("max_pending_bytes"))
+        return HTTPException(
+            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+            detail=f"the server holds {self.pending:,} bytes of request bodies: {this} would pass the limit of "
+                   f"{self.max_pending_bytes:,} bytes, {Limits.flag('max_pending_bytes')}; retry in a moment, or "
+                   "send fewer requests at once")
 
     def message(self, size: int | None) -> str:
         got = f"{size:,} bytes" if size is not None else "more bytes"
@@ -472,25 +485,15 @@ class BodyLimit:
             response = JSONResponse({"error": self.message(size)}, status_code=413)
             return await response(scope, receive, send)
         if scope.get("method") != "POST":  # health, readiness, metadata: never refused for a full server
-            return await self._limited(scope, receive, send)
-        holds = self.max_bytes if size is None or size < 0 else size
-        if self.pending + holds > self.max_pending_bytes:
-            log.info("a request of %s bytes is refused: %s bytes of requests are held already, %s", f"{holds:,}",
-                     f"{self.pending:,}", Limits.flag("max_pending_bytes"))
-            response = JSONResponse(
-                {"error": f"the server holds {self.pending:,} bytes of requests already: this one's {holds:,} "
-                          f"would pass the limit of {self.max_pending_bytes:,} bytes, "
-                          f"{Limits.flag('max_pending_bytes')}; retry in a moment, or send fewer requests at once"},
-                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+            return await self._limited(scope, receive, send, counted=False)
+        if size is not None and self.pending + size > self.max_pending_bytes:
+            refused = self.busy(size)
+            response = JSONResponse({"error": refused.detail}, status_code=503, headers=refused.headers)
             return await response(scope, receive, send)
-        self.pending += holds
-        try:
-            return await self._limited(scope, receive, send)
-        finally:
-            self.pending -= holds
+        return await self._limited(scope, receive, send, counted=True)
 
-    async def _limited(self, scope, receive, send):
-        total = 0
+    async def _limited(self, scope, receive, send, *, counted: bool):
+        total = held = 0  # bytes received; of them, counted in self.pending
         gone = threading.Event()
         watcher: asyncio.Task | None = None
 
@@ -500,12 +503,17 @@ class BodyLimit:
             gone.set()
 
         async def limited():
-            nonlocal total, watcher
+            nonlocal total, held, watcher
             message = await receive()
             if message["type"] == "http.request":
-                total += len(message.get("body", b""))
+                got = len(message.get("body", b""))
+                total += got
                 if total > self.max_bytes:
                     raise HTTPException(status_code=413, detail=self.message(None))
+                if counted:
+                    if self.pending + got > self.max_pending_bytes:
+                        raise self.busy(None)
+                    self.pending, held = self.pending + got, held + got
                 if not message.get("more_body", False) and watcher is None:
                     watcher = asyncio.ensure_future(watch())
             elif message["type"] == "http.disconnect":
@@ -517,6 +525,7 @@ class BodyLimit:
             return await self.app(scope, limited, send)
         finally:
             _CLIENT_GONE.reset(token)
+            self.pending -= held
             if watcher is not None:
                 watcher.cancel()
 

@@ -145,13 +145,16 @@ def test_dvc_repro_resumes_after_the_out_of_memory_advice_is_followed(tmp_path, 
     finished epochs (hundreds, for the paper's 500) are thrown away. Expected: it resumes from
     the last finished epoch, as an explicit --resume would.
     """
-    from hsnet.cli import OUT_OF_MEMORY, main
+    from argparse import Namespace
 
-    assert "train.data_on_device false" in OUT_OF_MEMORY["train"] and "dvc repro resumes" in OUT_OF_MEMORY["train"]
+    from hsnet.cli import OUT_OF_MEMORY, _resume_hint, main
+
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
     params, params_file, out, first_epoch = stopped_after_one_epoch(tmp_path, {
         "input_size": 80, "model": {"ktl": False},
         "train": {"lr": 0.001, "epochs": 2, "batch_size": 16, "seed": 3}})
+    advice = OUT_OF_MEMORY["train"].format(resume=_resume_hint(Namespace(out=str(out))))  # what main prints here
+    assert "train.data_on_device false" in advice and "dvc repro and make pipeline resume by themselves" in advice
 
     params["datasets"]["sample"]["train"]["data_on_device"] = False  # the advice
     params_file.write_text(yaml.safe_dump(params))

@@ -1,9 +1,10 @@
 """The model server holds at most max_pending_bytes of request bodies at once (hsnet/limits.py):
 each request holds its body in memory while it waits for a worker, and before this limit nothing
 bounded how many a local `hsnet serve` took in (a left-over of sessions 23-30: "queued request
-bodies are held in memory"). A request that would pass it gets 503 with Retry-After, before its
-body is read; health checks are never refused; a request that ends, however it ends, frees its
-bytes."""
+bodies are held in memory"). The bytes received count: a request whose Content-Length would pass
+the limit gets 503 with Retry-After before its body is read, one whose arriving bytes pass it as
+they arrive; connections that only send headers hold nothing; health checks are never refused;
+a request that ends, however it ends, frees its bytes."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ async def main():
         await asyncio.sleep(0)
     out["third"] = await call("POST")  # 60 more: 180 > 150
     out["fits"] = await call("POST", b"x" * 30)  # 150: at the limit, served
-    out["chunked"] = await call("POST", b"x" * 10, declared=False)  # no Content-Length: counted as 100
+    out["chunked_fits"] = await call("POST", b"x" * 30, declared=False)  # no Content-Length: what arrives, 150
+    out["chunked"] = await call("POST", b"x" * 40, declared=False)  # 160 > 150: refused as it arrives
     out["health"] = await call("GET", b"")
     out["held"] = limit.pending
     release.set()
@@ -102,12 +104,13 @@ def test_a_request_over_the_pending_bytes_gets_503_and_each_request_frees_its_by
     assert "holds 120 bytes" in error and "this one's 60" in error and "limit of 150 bytes" in error
     assert "max_pending_bytes (HSNET_SERVE_MAX_PENDING_BYTES)" in error
     assert out["fits"][0] == 200  # 120 + 30 = 150: at the limit, served
-    assert out["chunked"][0] == 503  # 10 bytes sent, but without a Content-Length it may be up to 100
+    assert out["chunked_fits"][0] == 200
+    assert out["chunked"][0] == 503  # refused as its bytes arrive: no Content-Length to refuse it by
     assert out["health"][0] == 200  # a readiness probe is never refused
     assert out["held"] == 120
     assert [s for s, _, _ in out["first"]] == [200, 200]
     assert [s for s, _, _ in out["failed"]] == [400, 400, 400]  # 3 x 100 > 150: each freed its bytes
-    assert out["after"][0] == 200  # a chunked body counted at 100 fits an empty server
+    assert out["after"][0] == 200  # a chunked body of 100 bytes fits an empty server
     assert out["over_size"][0] == 413
     assert out["pending_at_end"] == 0
 
@@ -127,9 +130,9 @@ def test_the_pending_budget_must_hold_one_request_at_the_limit(monkeypatch):
 @pytest.mark.slow
 def test_slow_clients_fill_the_server_and_it_answers_again_once_they_go(trained, photos, tmp_path):
     """A real `hsnet serve` whose pending budget holds two requests of 100 kB: two clients that send
-    their headers and then stall mid-body (a slowloris, or two huge uploads on a slow link) take it
-    all; a third request is refused at once with 503 and the limit's name, the readiness probe
-    still answers, and once the two go the server answers requests again."""
+    99 kB of their bodies and then stall (two huge uploads on a slow link) take nearly all of it; a
+    third request is refused at once with 503 and the limit's name, the readiness probe still
+    answers, and once the two go the server answers requests again."""
     server = start_server(str(trained["checkpoint"]), tmp_path / "serve.log", HSNET_SERVE_MAX_PENDING_BYTES=200_000,
                           HSNET_SERVE_MAX_REQUEST_BYTES=150_000)
     stalled = []
@@ -140,7 +143,7 @@ def test_slow_clients_fill_the_server_and_it_answers_again_once_they_go(trained,
         for _ in range(2):
             s = socket.create_connection((where.hostname, where.port), timeout=30)
             s.sendall(b"POST /v1/models/hsnet:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100000\r\n\r\n{\"instances\": [")
+                      b"Content-Length: 100000\r\n\r\n{\"instances\": [" + b" " * 99_000)  # all but the end
             stalled.append(s)
         deadline, status, body = time.monotonic() + 30, None, {}
         while time.monotonic() < deadline:  # the server reads the stalled requests' headers in its own time
