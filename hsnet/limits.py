@@ -34,8 +34,8 @@ class Limits:
     max_image_pixels: int = 16_000_000  # one image (a 16 MP photo; 12 MP phone photos fit)
     max_request_pixels: int = 48_000_000  # all images of one request: about 150 MB decoded
     # the bodies of the requests the model server holds at once (arriving, waiting for a worker,
-    # computed), each counted at its Content-Length (max_request_bytes when it has none): each is
-    # in memory, about twice over, while it waits; a request that would pass this gets 503.
+    # computed), counted as their bytes arrive: each is in memory a few times over (its parsed JSON,
+    # the decoded images: docs/performance.md) while it waits; a request that would pass it gets 503.
     # None: PENDING_AT_THE_LIMIT requests of max_request_bytes
     max_pending_bytes: int | None = None
 

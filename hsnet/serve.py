@@ -441,9 +441,9 @@ class BodyLimit:
     before it is read (Content-Length) or as soon as a streamed body passes it. The bodies held at
     once (the bytes received of the POST requests not answered yet) are kept within
     ``max_pending_bytes``: a request whose Content-Length would pass it is refused with 503 and
-    ``Retry-After`` before its body is read, and one whose arriving bytes pass it, as they arrive.
-    Only bytes received count: connections that send headers and stall hold no memory, and shut
-    no one out. Once the body is read it also watches the connection: a client that goes away
+    ``Retry-After`` before its body is kept, and one whose arriving bytes pass it, as they arrive
+    (the rest of its body is read and dropped, then the 503 sent: see :meth:`_drain`). Only bytes
+    received count: connections that send headers and stall hold no memory, and shut no one out. Once the body is read it also watches the connection: a client that goes away
     sets the request's ``_CLIENT_GONE`` event, so that its work is not started
     (:meth:`HSNetModel._compute`)."""
 
@@ -488,14 +488,27 @@ class BodyLimit:
             return await self._limited(scope, receive, send, counted=False)
         if size is not None and self.pending + size > self.max_pending_bytes:
             refused = self.busy(size)
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # else it waits for us: nothing sent
+                await self._drain(receive, {"type": "http.request", "more_body": True}, 0)
             response = JSONResponse({"error": refused.detail}, status_code=503, headers=refused.headers)
             return await response(scope, receive, send)
         return await self._limited(scope, receive, send, counted=True)
+
+    async def _drain(self, receive, message: dict, total: int) -> None:
+        """Read the rest of a refused body (``message`` the last one read, ``total`` its bytes so
+        far) and drop it, up to ``max_bytes``: a client still sending when the server answers and
+        closes gets a TCP reset, not the answer (curl: "Connection reset by peer"), so the 503 is
+        sent once the body is in; nothing of it is kept."""
+        while message["type"] == "http.request" and message.get("more_body", False) and total <= self.max_bytes:
+            message = await receive()
+            total += len(message.get("body", b""))
 
     async def _limited(self, scope, receive, send, *, counted: bool):
         total = held = 0  # bytes received; of them, counted in self.pending
         gone = threading.Event()
         watcher: asyncio.Task | None = None
+        refused: dict | None = None  # the last message of a body refused for the budget
+        answer: list[dict] = []  # its response, sent once the app has let go of the body and the rest is read
 
         async def watch():  # after the whole body: the next message is the disconnect
             while (await receive())["type"] != "http.disconnect":
@@ -503,7 +516,7 @@ class BodyLimit:
             gone.set()
 
         async def limited():
-            nonlocal total, held, watcher
+            nonlocal total, held, watcher, refused
             message = await receive()
             if message["type"] == "http.request":
                 got = len(message.get("body", b""))
@@ -512,6 +525,7 @@ class BodyLimit:
                     raise HTTPException(status_code=413, detail=self.message(None))
                 if counted:
                     if self.pending + got > self.max_pending_bytes:
+                        refused = message
                         raise self.busy(None)
                     self.pending, held = self.pending + got, held + got
                 if not message.get("more_body", False) and watcher is None:
@@ -520,14 +534,24 @@ class BodyLimit:
                 gone.set()
             return message
 
+        async def answering(message):
+            if refused is not None:
+                answer.append(message)
+            else:
+                await send(message)
+
         token = _CLIENT_GONE.set(gone)
         try:
-            return await self.app(scope, limited, send)
+            await self.app(scope, limited, answering)
         finally:
             _CLIENT_GONE.reset(token)
-            self.pending -= held
+            self.pending -= held  # the app has ended: what it read of the body is let go
             if watcher is not None:
                 watcher.cancel()
+        if refused is not None:
+            await self._drain(receive, refused, total)
+            for message in answer:
+                await send(message)
 
 
 async def _refused(_request, exc: InputRefused):

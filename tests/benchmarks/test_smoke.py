@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", ["model", "input_pipeline", "crop", "validate", "predict", "gpu", "device_data",
-                                  "concurrent", "mtcnn", "serve", "step_overheads"])
+                                  "concurrent", "mtcnn", "serve", "serve_uploads", "step_overheads"])
 def test_benchmark_runs(name, tmp_path, monkeypatch):
     import importlib
 
@@ -54,6 +54,10 @@ def test_benchmark_runs(name, tmp_path, monkeypatch):
         hostile = saved["serve_hostile"]["by_kind"]
         assert hostile["good"]["error_rate"] == 0 and set(hostile["40_images"]["status"]) == {"413"}
         assert set(saved["pyfunc_hostile"]["by_kind"]["8x_8000x8000_png"]["status"]) == {"400"}
+    elif name == "serve_uploads":  # 4 bodies of 1 MiB at once against a budget of 2.5: answered or a clean 503
+        budget, lifted = saved["servers"]["budget"]["status"], saved["servers"]["lifted"]["status"]
+        assert set(budget) == {"200", "503"} and sum(budget.values()) == 4, budget
+        assert lifted == {"200": 4}, lifted
     elif name == "step_overheads":
         assert len(saved["rows"]) == 3 and all(r["before_s"] > 0 and r["after_s"] > 0 for r in saved["rows"])
     elif name == "mtcnn":

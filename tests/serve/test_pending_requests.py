@@ -167,3 +167,48 @@ def test_slow_clients_fill_the_server_and_it_answers_again_once_they_go(trained,
         for s in stalled:
             s.close()
         server.stop()
+
+
+def _response(s: socket.socket) -> tuple[int, dict, dict]:
+    """The status, headers and JSON body of the HTTP/1.1 response on ``s`` (Connection: close)."""
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body or b"{}")
+
+
+@pytest.mark.slow
+def test_a_refused_upload_gets_the_503_not_a_connection_reset(trained, tmp_path):
+    """A server that answers and closes while the client is still sending its body gives it a TCP
+    reset, not the answer: the client sees "Connection reset by peer" (or a broken pipe) and
+    can't tell a full server from a crash. A refused upload -- refused from its Content-Length, or
+    as its chunked bytes arrive -- must get the whole 503 with Retry-After and the limit's name,
+    once it has sent its body (read and dropped)."""
+    mib = 1 << 20
+    server = start_server(str(trained["checkpoint"]), tmp_path / "serve.log", HSNET_SERVE_MAX_REQUEST_BYTES=2 * mib,
+                          HSNET_SERVE_MAX_PENDING_BYTES=5 * mib // 2)
+    where = urlparse(server.url)
+    stalled = []
+    try:
+        for _ in range(2):  # 2 MiB held: 1 MiB of each body, then nothing
+            s = socket.create_connection((where.hostname, where.port), timeout=60)
+            s.sendall(b"POST /v1/models/hsnet:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (mib + 10) + b" " * mib)
+            stalled.append(s)
+        time.sleep(1)  # the server reads them
+        body = b" " * mib
+        for framing in (b"Content-Length: %d\r\n\r\n%s" % (mib, body),  # refused from its header
+                        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (mib, body)):  # as it arrives
+            with socket.create_connection((where.hostname, where.port), timeout=60) as s:
+                s.sendall(b"POST /v1/models/hsnet:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Connection: close\r\n" + framing)
+                status, headers, answer = _response(s)
+            assert status == 503 and headers.get("retry-after") == "1", (status, headers, answer)
+            assert "max_pending_bytes (HSNET_SERVE_MAX_PENDING_BYTES)" in answer["error"]
+    finally:
+        for s in stalled:
+            s.close()
+        server.stop()
