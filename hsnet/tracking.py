@@ -698,7 +698,10 @@ def _run_in(uri: str, caller, run_name: str, *, params: dict, tags: dict, contin
                                   f"{mask_text(str(exc))}") from exc
     if experiment is not None:
         _check_artifact_location(experiment, uri)
-    experiment = experiment or client.get_experiment_by_name(EXPERIMENT)
+    else:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if is_server(uri):  # the server chose its location: a path on its own disk is refused as found ones are
+            _check_artifact_location(experiment, uri, made=True)
     flat = {k: ("null" if v is None else v) for k, v in params.items()}
     previous = _continuable(client, continue_run, experiment, flat)
     system = {**(system_tags(device) if computes else {}), **origin_tags()}
@@ -820,7 +823,10 @@ def _holds_run(client, run_id: str) -> bool:
         return False
 
 
-def _check_artifact_location(experiment, uri: str) -> None:
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|^\\\\")  # D:\x, D:/x, \\server\share
+
+
+def _check_artifact_location(experiment, uri: str, *, made: bool = False) -> None:
     """Refuse an experiment whose artifacts would be lost or land outside the project: one kept in
     a DVC experiment's temporary copy (made there by an hsnet before 2026-11-29; DVC deletes the
     copy), or in a folder that no longer exists (the project or its store was moved or renamed:
@@ -840,8 +846,18 @@ def _check_artifact_location(experiment, uri: str) -> None:
     if not (_sqlite_file(uri) or is_server(uri)):
         return
     if is_server(uri):  # MLflow's client writes a local location's artifacts itself, to its own disk
-        if path.parent.is_dir():
+        foreign = os.name != "nt" and bool(_WINDOWS_PATH.match(location))  # on Linux, one odd name in "."
+        if path.parent.is_dir() and not foreign:
             return  # the machine that made it (the server beside make pipeline's store): its own folder
+        if made:
+            raise TrackingUnavailable(
+                f"the tracking server {mask_uri(uri)} gave the new MLflow experiment {experiment.name!r} (id "
+                f"{experiment.experiment_id}) the artifact location {location}, a path on its own disk, which this "
+                "machine lacks: MLflow's client would write the run's artifacts (the model) there on this machine's "
+                f"disk, where neither the server nor anyone else reads them. Start the server with --serve-artifacts "
+                "--artifacts-destination (as mlflow/server.sh does), so that clients upload through it; then rename "
+                f"this experiment (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
+                f"{experiment.experiment_id} --new-name {experiment.name}-old)")
         where = ("a path on the disk of the machine that made the experiment (a server-less run, e.g. make "
                  "pipeline, whose store this server now serves, or a server started with a path as its "
                  "--default-artifact-root), which this machine lacks: MLflow would write there on this machine's "
