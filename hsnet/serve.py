@@ -60,6 +60,7 @@ from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput, ModelNotFound
 
@@ -543,6 +544,11 @@ class BodyLimit:
         token = _CLIENT_GONE.set(gone)
         try:
             await self.app(scope, limited, answering)
+        except ClientDisconnect:  # a client's doing, as a typo is: one line, not uvicorn's ERROR traceback
+            if not gone.is_set():
+                raise
+            log.info("%s %s: the client went away before its body was in (%s bytes received)", scope.get("method"),
+                     scope.get("path"), f"{total:,}")
         finally:
             _CLIENT_GONE.reset(token)
             self.pending -= held  # the app has ended: what it read of the body is let go
