@@ -7,6 +7,7 @@ workers). Nothing here is mocked in-process: boto3, DVC's s3fs and MLflow talk H
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,38 @@ def start_mlflow(workdir: Path, artifacts: str, extra_env: dict | None = None) -
     env.pop("MLFLOW_TRACKING_URI", None)
     return Server(["bash", str(ROOT / "mlflow" / "server.sh")], f"http://127.0.0.1:{port}", "/health", env,
                   workdir / "mlflow-server.log")
+
+
+def refused_run(where: str) -> str:
+    """The message of the HSNetError that refuses an hsnet tracking run in the store
+    MLFLOW_TRACKING_URI names (an artifact location the run's artifacts would be lost at); fails
+    the test, naming ``where`` they went, when the run logs its artifacts instead."""
+    import mlflow
+    import pytest
+
+    from hsnet import tracking
+    from hsnet.errors import HSNetError
+
+    with pytest.raises(HSNetError) as err:
+        with tracking.run("refused", params={"a": 1}, tags={}, computes=False) as active:
+            mlflow.log_text("the model", "model.txt")
+            ran = active.info.run_id
+        pytest.fail(f"run {ran} logged its artifacts to {where} (experiment location "
+                    f"{mlflow.MlflowClient().get_experiment_by_name(tracking.EXPERIMENT).artifact_location})")
+    return str(err.value)
+
+
+def serve_overlay_probe(code: str, *args: str) -> dict:
+    """Run ``code`` in a Python that sees KServe's SDK (the serve overlay, ``make serve-env``) and
+    hsnet, as tests/serve/test_deploy.py probes KServe's SDK; its last stdout line, read as JSON."""
+    import hsnet
+
+    overlay = os.path.join(sys.prefix, "serve")
+    root = str(Path(hsnet.__file__).resolve().parent.parent)
+    run = subprocess.run([sys.executable, "-c", code, *args], env={**os.environ, "PYTHONPATH": os.pathsep.join([overlay, root])},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, f"KServe's SDK (make serve-env) is needed here: {run.stderr[-800:]}"
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def host_status(url: str, host: str) -> int:

@@ -15,15 +15,10 @@ Each test's docstring names the promise it checks and the expectation.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-import hsnet
+from servers import serve_overlay_probe
 
 
 # --- 1. the out-of-memory message of the verbs without a training folder ---------------------------
@@ -132,12 +127,7 @@ asyncio.run(main())
 
 @pytest.fixture(scope="module")
 def probe() -> dict:
-    overlay = os.path.join(sys.prefix, "serve")
-    root = str(Path(hsnet.__file__).resolve().parent.parent)
-    run = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, "PYTHONPATH": os.pathsep.join([overlay, root])},
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, f"KServe's SDK (make serve-env) is needed here: {run.stderr[-800:]}"
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return serve_overlay_probe(_PROBE)
 
 
 def test_connections_that_send_only_headers_do_not_lock_every_client_out(probe):

@@ -9,18 +9,13 @@ a request that ends, however it ends, frees its bytes."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from serve_helpers import b64, get, post, start_server
-
-import hsnet
+from servers import serve_overlay_probe
 
 _PROBE = r"""
 import asyncio, json
@@ -87,17 +82,8 @@ asyncio.run(main())
 """
 
 
-def _probe() -> dict:
-    overlay = os.path.join(sys.prefix, "serve")
-    root = str(Path(hsnet.__file__).resolve().parent.parent)
-    run = subprocess.run([sys.executable, "-c", _PROBE], env={**os.environ, "PYTHONPATH": os.pathsep.join([overlay, root])},
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, f"KServe's SDK (make serve-env) is needed here: {run.stderr[-800:]}"
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def test_a_request_over_the_pending_bytes_gets_503_and_each_request_frees_its_bytes():
-    out = _probe()
+    out = serve_overlay_probe(_PROBE)
     status, headers, body = out["third"]
     assert status == 503 and headers["retry-after"] == "1"
     error = json.loads(body)["error"]
