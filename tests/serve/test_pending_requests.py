@@ -105,7 +105,11 @@ def test_the_pending_budget_must_hold_one_request_at_the_limit(monkeypatch):
     from hsnet.errors import HSNetError
     from hsnet.limits import PENDING_AT_THE_LIMIT, Limits
 
-    assert Limits().max_pending_bytes == 8 * 32 * 1024 * 1024  # the default: 8 requests of 32 MiB
+    from doc_claims import claimed
+    from serve_helpers import ROOT
+
+    claimed("`hsnet serve` also holds at most 8 bodies' worth (256 MiB) of requests at once", ROOT / "README.md")
+    assert Limits().max_pending_bytes == 8 * 32 * 1024 * 1024  # README's: 8 bodies of 32 MiB, 256 MiB
     assert Limits.from_env(max_request_bytes=1000).max_pending_bytes == PENDING_AT_THE_LIMIT * 1000
     monkeypatch.setenv("HSNET_SERVE_MAX_PENDING_BYTES", "999")
     with pytest.raises(HSNetError, match=r"max_pending_bytes \(HSNET_SERVE_MAX_PENDING_BYTES\) 999 is below "
