@@ -381,7 +381,8 @@ def test_mlflow_models_serve(use_mlflow_server, trained, evaluated, tmp_path):
     register(*evaluated("trained")[:2], "sample", name=name)
     promote(name)
     port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # as README's command (a local store is loaded in place)
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = Server(["mlflow", "models", "serve", "-m", f"models:/{name}@production", "--env-manager", "local",
                      "-h", "127.0.0.1", "-p", str(port), "-w", "1"], f"http://127.0.0.1:{port}", "/ping", env,
                     tmp_path / "serve.log")

@@ -82,7 +82,8 @@ def test_mlflow_models_serve_answers_400_naming_the_limit(local_mlflow, trained,
     evaluate(trained["checkpoint"], trained["data"], tmp_path / "eval", progress=False)
     name = register(trained["checkpoint"], tmp_path / "eval" / "metrics.json", "sample")["name"]
     port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # as README's command (a local store is loaded in place)
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HSNET_SERVE_MAX_IMAGE_PIXELS": "500000"}
     server = Server(["mlflow", "models", "serve", "-m", f"models:/{name}/1", "--env-manager", "local",
                      "-h", "127.0.0.1", "-p", str(port), "-w", "1"], f"http://127.0.0.1:{port}", "/ping", env,
