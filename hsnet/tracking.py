@@ -853,11 +853,9 @@ def _check_artifact_location(experiment, uri: str, *, made: bool = False) -> Non
             raise TrackingUnavailable(
                 f"the tracking server {mask_uri(uri)} gave the new MLflow experiment {experiment.name!r} (id "
                 f"{experiment.experiment_id}) the artifact location {location}, a path on its own disk, which this "
-                "machine lacks: MLflow's client would write the run's artifacts (the model) there on this machine's "
-                f"disk, where neither the server nor anyone else reads them. Start the server with --serve-artifacts "
-                "--artifacts-destination (as mlflow/server.sh does), so that clients upload through it; then rename "
-                f"this experiment (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
-                f"{experiment.experiment_id} --new-name {experiment.name}-old)")
+                f"machine lacks: MLflow's client would write the run's artifacts (the model) there on this machine's "
+                f"disk, where neither the server nor anyone else reads them. Start the server {_UPLOAD_THROUGH}; then "
+                f"rename this experiment ({_rename_command(experiment, uri)})")
         where = ("a path on the disk of the machine that made the experiment (a server-less run, e.g. make "
                  "pipeline, whose store this server now serves, or a server started with a path as its "
                  "--default-artifact-root), which this machine lacks: MLflow would write there on this machine's "
@@ -872,16 +870,23 @@ def _check_artifact_location(experiment, uri: str, *, made: bool = False) -> Non
     raise TrackingUnavailable(
         f"MLflow experiment {experiment.name!r} (id {experiment.experiment_id}) in {mask_uri(uri)} keeps its runs' "
         f"artifacts at {path}, {where}: what this run logs would be lost or written outside the project. Rename "
-        f"it (MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
-        f"{experiment.experiment_id} --new-name {experiment.name}-old); hsnet then makes a new {experiment.name!r} "
+        f"it ({_rename_command(experiment, uri)}); hsnet then makes a new {experiment.name!r} "
         f"with its artifacts {'stored by the server' if is_server(uri) else 'beside the store'}"
         f"{_SERVER_ROOT if is_server(uri) else ''}. The old runs keep the paths they recorded")
 
 
+# how a tracking server stores the artifacts itself (mlflow/server.sh starts it so)
+_UPLOAD_THROUGH = ("with --serve-artifacts --artifacts-destination (as mlflow/server.sh does), so that clients upload "
+                   "through it")
 # a server whose own default is a path makes the new experiment's a path again
-_SERVER_ROOT = (" (a server started with a path as its --default-artifact-root gives the new one a path again: "
-                "start it with --serve-artifacts --artifacts-destination, as mlflow/server.sh does, so that clients "
-                "upload through it)")
+_SERVER_ROOT = (" (a server started with a path as its --default-artifact-root gives the new one a path again: start "
+                f"it {_UPLOAD_THROUGH})")
+
+
+def _rename_command(experiment, uri: str) -> str:
+    """The command that moves ``experiment`` out of hsnet's way (hsnet then makes a new one)."""
+    return (f"MLFLOW_TRACKING_URI={mask_uri(uri)} mlflow experiments rename --experiment-id "
+            f"{experiment.experiment_id} --new-name {experiment.name}-old")
 
 
 PIPELINE_RUN_ENV = "KFP_RUN_ID"  # a Kubeflow step's pipeline run id (set from its pod's label: pipelines/)
