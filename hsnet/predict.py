@@ -153,7 +153,8 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
                 local = _checked_copy(name, version)
             else:
                 local = tracking.fetch_model(text)
-            loaded = mlflow.pyfunc.load_model(str(local or text))
+            with tracking.no_bytecode():  # the copy stays as registered, or the next load finds it changed
+                loaded = mlflow.pyfunc.load_model(str(local or text))
         except HSNetError:  # registry.ModelChanged: said as it is
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types

@@ -435,6 +435,31 @@ _RETRIES_ENV, _TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQ
 _FAST: dict[str, str] = {}  # what fail_fast set, while it holds
 
 
+_BYTECODE_LOCK = threading.Lock()
+_bytecode = {"bodies": 0, "before": False}  # no_bytecode's bodies running now, and the setting before the first
+
+
+@contextmanager
+def no_bytecode():
+    """Python writes no ``__pycache__`` for the body: MLflow imports a model's code from its folder
+    when the model is logged (the files registered: only the source, whichever Python registers)
+    and when it is loaded (a cached copy, whose files are checked against the registered ones at
+    each load: a ``.pyc`` written there would make every later load download the version again).
+    The previous setting is put back when the last such body ends (threads may overlap)."""
+    with _BYTECODE_LOCK:
+        if not _bytecode["bodies"]:
+            _bytecode["before"] = sys.dont_write_bytecode
+        _bytecode["bodies"] += 1
+        sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        with _BYTECODE_LOCK:
+            _bytecode["bodies"] -= 1
+            if not _bytecode["bodies"]:
+                sys.dont_write_bytecode = _bytecode["before"]
+
+
 @contextmanager
 def fail_fast():
     """MLflow's HTTP retries off and its timeout :data:`REGISTRY_TIMEOUT_S` (each unless the user

@@ -302,6 +302,9 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     from hsnet.predict import load_classifier
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    # as on a user's box (PYTHONDONTWRITEBYTECODE unset): loading the model imports its code from the
+    # cached copy, and Python's __pycache__ written there would make the next predict download it again
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
     downloads = []
     real_download = mlflow.artifacts.download_artifacts
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
@@ -324,6 +327,7 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     assert len(cached) == 1 and re.fullmatch(rf"{name}-v1-[0-9a-f]{{8}}", cached[0].name) \
         and (cached[0] / "MLmodel").is_file()
     assert not list((tmp_path / "cache" / "models").glob("*/.download-*"))  # no half-downloaded copy left
+    assert not list(cached[0].rglob("*.pyc"))  # the copy is as registered: nothing written into it
 
     better, better_metrics, _ = evaluated("trained")
     register(better, better_metrics, "sample", name=name)
