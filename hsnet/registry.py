@@ -133,21 +133,34 @@ CHECKPOINT_FORMAT_PARAM = "checkpoint_format"
 _NOT_MODEL_FILES = ("registered_model_meta",)  # written by MLflow into a models:/NAME/VERSION download
 
 
-def model_files_digest(folder: str | os.PathLike) -> str:
+BYTECODE_DIR = "__pycache__"  # Python's bytecode caches: never registered (tracking.no_bytecode), but written
+# into a version's own folder by whoever loads it in place (a notebook's or mlflow models serve's load of a local store)
+
+
+def model_files_digest(folder: str | os.PathLike, *, bytecode: bool = True) -> str:
     """One sha256 over every file of an MLflow model folder (relative path and content): the
-    weights, MLmodel, the model-from-code file and hsnet's source that travels with it."""
+    weights, MLmodel, the model-from-code file and hsnet's source that travels with it; with
+    ``bytecode=False``, not the files in :data:`BYTECODE_DIR` folders."""
     import hashlib
 
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(folder).as_posix()
-        if rel in _NOT_MODEL_FILES:
+        if rel in _NOT_MODEL_FILES or (not bytecode and BYTECODE_DIR in PurePath(rel).parts[:-1]):
             continue
         if path.is_symlink():
             raise HSNetError(f"{path}: a symbolic link in the model's files")
         digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
     return "sha256:" + digest.hexdigest()
+
+
+def _drop_bytecode(folder: Path) -> None:
+    """Remove the :data:`BYTECODE_DIR` folders of a model copy whose other files were checked: Python
+    then compiles the checked sources (a bytecode file beside one is run instead of it)."""
+    for cache in sorted(folder.rglob(BYTECODE_DIR), reverse=True):
+        if cache.is_dir() and not cache.is_symlink():
+            shutil.rmtree(cache)
 
 
 def _download_digest(uri: str) -> str:
@@ -161,7 +174,13 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
     """Check that version ``version`` of ``name`` still has the files it was registered with (its
     registration run's immutable ``model_files_sha256``): those in ``folder`` (a local copy about
     to be loaded), else a fresh download. :class:`ModelChanged` if not; False, with a warning, for
-    a version registered before the digest was recorded (nothing to check against)."""
+    a version registered before the digest was recorded (nothing to check against).
+
+    Bytecode Python wrote beside the files (:data:`BYTECODE_DIR`: the version loaded in place) is
+    no change to them: the check is of the other files, and that bytecode is removed from the copy
+    (never run: it is not what was checked). Bytecode registered with a version (hsnet before
+    ``no_bytecode``) is checked as its other files are."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
@@ -174,13 +193,29 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
                     "checked; register its checkpoint again (a new version, whose files are recorded) and "
                     "promote that one", name, version)
         return False
-    got = model_files_digest(folder) if folder is not None else _download_digest(tracking.version_uri(name, version))
-    if got != recorded:
-        raise ModelChanged(f"{name} version {version}: its model files (weights, MLmodel or code) were changed "
-                           f"after registration ({got[:19]}… now, {recorded[:19]}… recorded in registration run "
-                           f"{mv.run_id}); it is not loaded or promoted. Register the checkpoint again "
-                           "(hsnet register) and check who can write to the tracking server")
+    if folder is not None:
+        _check_files(Path(folder), recorded, mv)
+        return True
+    with tempfile.TemporaryDirectory(prefix="hsnet-verify-") as tmp, tracking.download_timeout():
+        _check_files(Path(mlflow.artifacts.download_artifacts(artifact_uri=tracking.version_uri(name, version),
+                                                              dst_path=tmp)), recorded, mv)
     return True
+
+
+def _check_files(folder: Path, recorded: str, mv) -> None:
+    """:func:`check_model_files` of the files in ``folder``, bytecode there removed unless registered."""
+    got = model_files_digest(folder)
+    if got == recorded:
+        return
+    if model_files_digest(folder, bytecode=False) == recorded:  # the registered files, and Python's bytecode
+        log.info("%s version %s: Python bytecode was written beside its files (loaded in place): not run",
+                 mv.name, mv.version)
+        _drop_bytecode(folder)
+        return
+    raise ModelChanged(f"{mv.name} version {mv.version}: its model files (weights, MLmodel or code) were changed "
+                       f"after registration ({got[:19]}… now, {recorded[:19]}… recorded in registration run "
+                       f"{mv.run_id}); it is not loaded or promoted. Register the checkpoint again "
+                       "(hsnet register) and check who can write to the tracking server")
 
 
 def _figures(client, run) -> dict:

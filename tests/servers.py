@@ -92,6 +92,14 @@ def start_mlflow(workdir: Path, artifacts: str, extra_env: dict | None = None) -
                   workdir / "mlflow-server.log")
 
 
+def models_serve_env(**extra: str) -> dict:
+    """The environment of README's ``mlflow models serve`` as a user runs it: this venv's ``mlflow``
+    first on PATH, and Python free to write bytecode (PYTHONDONTWRITEBYTECODE unset: this test
+    machine sets it, most boxes don't; a local store's version is loaded in place)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
 def refused_run(where: str) -> str:
     """The message of the HSNetError that refuses an hsnet tracking run in the store
     MLFLOW_TRACKING_URI names (an artifact location the run's artifacts would be lost at); fails

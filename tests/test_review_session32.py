@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
 
 from hsnet import tracking
 
@@ -22,3 +26,53 @@ def test_no_bytecode_puts_the_users_setting_back_when_the_last_of_overlapping_bo
     with tracking.no_bytecode():
         pass
     assert sys.dont_write_bytecode is True
+
+
+@pytest.mark.slow
+def test_a_version_loaded_in_place_by_a_notebook_stays_usable_and_its_bytecode_is_never_run(
+        trained, tmp_path, monkeypatch):
+    """README's local store (sqlite + a folder of artifacts): ``mlflow.pyfunc.load_model("models:/...")``
+    in a notebook, or ``mlflow models serve``, loads the version's own folder in place, and Python
+    (PYTHONDONTWRITEBYTECODE unset, as on most boxes) writes ``__pycache__`` there. Seen in session
+    32's CI rehearsal without PYTHONDONTWRITEBYTECODE: hsnet then refused the version for good as
+    "changed after registration ... check who can write to the tracking server", though only
+    Python's own cache had been added. A bytecode file is never registered (tracking.no_bytecode),
+    so it is no part of the check; but hsnet must not run one it didn't check: one planted in the
+    store that Python would take for mlflow_model.py's (its header matches the source) is not run."""
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_timestamp_pyc
+
+    import mlflow
+
+    from hsnet.evaluate import evaluate
+    from hsnet.predict import load_classifier
+    from hsnet.registry import check_model_files, promote, register
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # the artifacts go beside the store
+    evaluate(trained["checkpoint"], trained["data"], tmp_path / "eval", progress=False)
+    name = "hsnet-inplace"
+    assert register(trained["checkpoint"], tmp_path / "eval" / "metrics.json", "sample", name=name)["version"] == 1
+    client = mlflow.MlflowClient()
+    model_id = client.get_model_version(name, "1").source.removeprefix("models:/")
+    folder = Path(unquote(urlparse(client.get_logged_model(model_id).artifact_location).path))
+    assert not list(folder.rglob("*.pyc"))  # registered without bytecode
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    mlflow.pyfunc.load_model(f"models:/{name}/1")  # a notebook's load: in place
+    written = list(folder.rglob("__pycache__/*.pyc"))
+    assert written, "the scenario: Python wrote its bytecode into the store's folder"
+    assert check_model_files(client, name, 1)  # what hsnet promote checks: not "changed"
+    promote(name)
+
+    source = folder / "mlflow_model.py"  # the model-from-code file MLflow imports first
+    marker = tmp_path / "planted-code-ran"
+    planted = compile(f"open({str(marker)!r}, 'w').close()\n" + source.read_text(), str(source), "exec")
+    st = source.stat()
+    Path(importlib.util.cache_from_source(str(source))).write_bytes(
+        _code_to_timestamp_pyc(planted, int(st.st_mtime), st.st_size))  # what Python would load for it
+    clf = load_classifier(f"models:/{name}@production", device="cpu")
+    assert clf.classes and not marker.exists(), "hsnet loaded bytecode it never checked"
+    cached = [p for p in (tmp_path / "cache" / "models").glob("*/*") if not p.name.startswith(".")]
+    assert len(cached) == 1 and not list(cached[0].rglob("*.pyc"))  # Python compiled the checked sources

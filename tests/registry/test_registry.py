@@ -374,19 +374,15 @@ def test_unreachable_registry_fails_fast(trained, monkeypatch, tmp_path):
 def test_mlflow_models_serve(use_mlflow_server, trained, evaluated, tmp_path):
     """`mlflow models serve -m models:/NAME@production --env-manager local` answers REST requests."""
     import base64
-    import os
-    import sys
     import urllib.request
-    from pathlib import Path
 
-    from servers import Server, free_port
+    from servers import Server, free_port, models_serve_env
 
     name = "hsnet-sample-serve"
     register(*evaluated("trained")[:2], "sample", name=name)
     promote(name)
     port = free_port()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # as README's command (a local store is loaded in place)
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = models_serve_env()
     server = Server(["mlflow", "models", "serve", "-m", f"models:/{name}@production", "--env-manager", "local",
                      "-h", "127.0.0.1", "-p", str(port), "-w", "1"], f"http://127.0.0.1:{port}", "/ping", env,
                     tmp_path / "serve.log")

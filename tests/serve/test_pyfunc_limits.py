@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,7 +71,7 @@ def test_exif_orientation_is_applied(pyfunc, trained):
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_400_naming_the_limit(local_mlflow, trained, tmp_path):
-    from servers import Server, free_port
+    from servers import Server, free_port, models_serve_env
 
     from hsnet.evaluate import evaluate
     from hsnet.registry import register
@@ -82,9 +79,7 @@ def test_mlflow_models_serve_answers_400_naming_the_limit(local_mlflow, trained,
     evaluate(trained["checkpoint"], trained["data"], tmp_path / "eval", progress=False)
     name = register(trained["checkpoint"], tmp_path / "eval" / "metrics.json", "sample")["name"]
     port = free_port()
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",  # as README's command (a local store is loaded in place)
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HSNET_SERVE_MAX_IMAGE_PIXELS": "500000"}
+    env = models_serve_env(HSNET_SERVE_MAX_IMAGE_PIXELS="500000")
     server = Server(["mlflow", "models", "serve", "-m", f"models:/{name}/1", "--env-manager", "local",
                      "-h", "127.0.0.1", "-p", str(port), "-w", "1"], f"http://127.0.0.1:{port}", "/ping", env,
                     tmp_path / "serve.log")
