@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HSNetError
+from .io import usable_cores
 from .params import PARAMS_FILE
 from .tracking import ensure_store
 
@@ -55,7 +56,7 @@ def check_concurrent(concurrent) -> int:
 
 def threads_per_job(concurrent: int, cores: int | None = None) -> int:
     """The CPU threads each of ``concurrent`` processes gets: the cores shared out, at least one."""
-    return max(1, (cores or os.cpu_count() or 1) // concurrent)
+    return max(1, (cores or usable_cores()) // concurrent)
 
 
 def visible_gpus(device: str | None = None) -> list[str]:

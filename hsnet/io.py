@@ -8,6 +8,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -20,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import HSNetError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MAX_IMAGE_PIXELS = 64_000_000  # larger files are refused (decompression bombs, scans)
@@ -235,6 +238,26 @@ def _umask() -> int:
     return old
 
 
+CPU_MAX = "/sys/fs/cgroup/cpu.max"  # a container's CPU limit (cgroup v2): "QUOTA PERIOD", or "max PERIOD"
+
+
+def usable_cores(cpu_max: str | os.PathLike = CPU_MAX) -> int:
+    """The CPU cores this process may use, not the machine's: those it may run on (a container's
+    cpuset, ``taskset``, a Kubernetes pod's exclusive cores), fewer where its cgroup's CPU limit
+    (``cpu.max``: a pod's ``limits.cpu``) allows less time than that, rounded up; at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity here (macOS)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text(encoding="ascii").split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 limit here
+        pass
+    return max(1, cores)
+
+
 TMP_SUFFIX = ".tmp"  # atomic_path's temporary files: .NAME.RANDOM.tmp beside the target
 STALE_TMP_SECONDS = 3600
 
@@ -253,6 +276,19 @@ def _tmp_stem(name: str, limit: int = _NAME_MAX) -> str:
 def is_cut_in_tmp_name(name: str) -> bool:
     """Whether :func:`atomic_path`'s temporary of a file called ``name`` holds only the start of it."""
     return _tmp_stem(name) != name
+
+
+def temp_dir(prefix: str, suffix: str = "", *, dir: str | os.PathLike) -> Path:
+    """A new folder in ``dir`` named as :func:`tempfile.mkdtemp` names one (no other process takes
+    it), with the mode an ordinary ``mkdir`` gives (0777 less the umask: 0755 by default), not
+    mkdtemp's 0700: it is renamed into place, and what it becomes is read by others too (a
+    teammate sharing a cache, a pod's uid reading a volume another filled, a web server)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
+    try:
+        path.chmod(0o777 & ~_umask())
+    except OSError:  # a filesystem without modes: keep mkdtemp's
+        pass
+    return path
 
 
 @contextlib.contextmanager
@@ -379,6 +415,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *, recursi
             gone.append(item)
         except FileNotFoundError:  # another process removed it, or its owner finished
             pass
+        except OSError as exc:  # another user's, in a shared folder (sticky, as /tmp): theirs to remove
+            log.info("left %s, which a killed process left: this user can't remove it (%s)", item, exc.strerror)
     return gone
 
 
@@ -392,7 +430,6 @@ def only_writer(folder: str | os.PathLike, who: str, instead: str):
     A file system without such locks for folders (NFS emulates flock with write locks, which a
     folder can't take) gets a warning, and the block runs unguarded."""
     import fcntl
-    import logging
 
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -405,8 +442,8 @@ def only_writer(folder: str | os.PathLike, who: str, instead: str):
         except BlockingIOError:
             raise HSNetError(f"{folder} is in use by another {who}, which is still running: {instead}") from None
         except OSError as exc:
-            logging.getLogger(__name__).warning("%s: can't lock the folder here (%s); make sure no other %s "
-                                                "writes into it", folder, exc.strerror, who)
+            log.warning("%s: can't lock the folder here (%s); make sure no other %s writes into it", folder,
+                        exc.strerror, who)
         yield Path(folder)
     finally:
         os.close(fd)  # releases the lock

@@ -32,7 +32,7 @@ from . import tracking
 from .errors import HSNetError
 from .limits import MIN_FACE_SIZE, MIN_PROB
 from .io import (CACHE_ENV, IMAGE_SUFFIXES, ImageReadError, atomic_path, check_writable, clean_stale_tmp,
-                 clean_stale_tmp_of, is_cut_in_tmp_name, open_rgb, output_file, safe_join, to_rgb)
+                 clean_stale_tmp_of, is_cut_in_tmp_name, open_rgb, output_file, safe_join, to_rgb, usable_cores)
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ def predict(inputs: list[str | os.PathLike], model: str | os.PathLike, *, out: s
     results, no_face, unreadable = [], [], []
     bar = tqdm(total=len(files), desc="predict", unit="photo", disable=None if progress else True)
     on_gpu = clf.setup.device.type == "cuda"
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, usable_cores())
     pool = None if on_gpu else ThreadPoolExecutor(workers)
     try:
         for chunk in _read_chunks(files, pool, workers):

@@ -46,7 +46,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -66,7 +65,7 @@ from kserve.errors import InvalidInput, ModelNotFound
 
 from . import tracking
 from .errors import HSNetError
-from .io import is_utf8
+from .io import is_utf8, usable_cores
 from .limits import GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
 from .pyfunc import InputRefused, Limits, as_bytes, check_budget, check_count, decode_opened, open_encoded
 
@@ -174,7 +173,7 @@ class HSNetModel(kserve.Model):
         self.device = device
         self.min_prob = float(min_prob)
         self.min_face_size = int(min_face_size or MIN_FACE_SIZE)
-        self.threads = int(threads or os.cpu_count() or 1)
+        self.threads = int(threads or usable_cores())
         self.state: Loaded | None = None
         self._reload_lock = threading.Lock()
         self._busy_lock = threading.Lock()

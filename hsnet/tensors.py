@@ -25,6 +25,7 @@ import os
 import queue
 import shutil
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ from PIL import Image
 
 from . import sources
 from .errors import HSNetError
-from .io import CACHE_ENV, cache_folder, cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join
+from .io import CACHE_ENV, cache_folder, cache_root, dvc_cache_of, file_stamp, open_rgb, remove_stale_temporaries, safe_join, \
+    usable_cores
 from .params import MIN_BATCH
 
 
@@ -147,7 +149,8 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
             raise HSNetError(f"the tensor cache of {len(rows)} images at {size}x{size} need {need / 1e9:.1f} GB, "
                              f"but {cache_dir} has {free / 1e9:.1f} GB free: free space there, set {CACHE_ENV} "
                              "to a folder on a larger disk, or lower input_size (params.yaml) to the crops' size")
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        # a name no other decode takes: not the PID alone (hsnet is PID 1 in each container sharing a cache volume)
+        tmp = path.with_suffix(f".{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, size, size))
 
         def decode(i):
@@ -157,7 +160,7 @@ def load_split(rows: list[dict], root: Path, size: int, *, cache_dir: Path | Non
             arr[i] = np.asarray(img).transpose(2, 0, 1)
 
         try:
-            with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            with ThreadPoolExecutor(max_workers=min(8, usable_cores() * 2)) as pool:
                 list(tqdm(pool.map(decode, range(len(rows))), total=len(rows), disable=None if progress else True,
                           desc="decoding into tensor cache", unit="img", leave=False))
             arr.flush()

@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -30,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HSNetError
-from .io import CACHE_ENV, cache_root, remove_stale_temporaries, safe_join
+from .io import CACHE_ENV, cache_root, remove_stale_temporaries, safe_join, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -526,10 +525,15 @@ def fetch_model(uri: str) -> Path | None:
     if folder != key:  # 'a b' and 'a_b' are different models: never one cache folder
         folder += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     local = safe_join(root, folder, what=f"model cache folder for {uri}")
-    if not _complete(local):
+    try:
+        whole = _complete(local)
+    except OSError as exc:  # another user's cache, kept private (umask 077): the cache, not the registry
+        raise HSNetError(f"can't read the model cache {root} for {uri} ({exc.strerror}): set {CACHE_ENV} to a "
+                         "folder this user can read and write") from exc
+    if not whole:
         try:
             root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+            tmp = temp_dir(".download-", dir=root)  # the copy: readable by whoever may read the cache
         except OSError as exc:
             raise HSNetError(f"can't download {uri} into the model cache {root} ({exc.strerror}): set "
                              f"{CACHE_ENV} to a writable folder") from exc
@@ -623,7 +627,9 @@ def git_commit() -> str:
     which has no checkout), else the git checkout this package lives in (never the working
     directory's repository), ``-dirty`` when the package's own files have uncommitted changes (not
     the checkout's other files: ``dvc repro`` rewrites dvc.lock and runs/ as it goes); else
-    ``unknown``."""
+    ``unknown``. A checkout git refuses as another user's ("dubious ownership": a shared checkout,
+    a container's uid over a host user's files): its commit read from its files, ``-unchecked``
+    (git would run that user's configuration to compare the files: never done for them)."""
     if os.environ.get("HSNET_GIT_COMMIT"):
         return os.environ["HSNET_GIT_COMMIT"]
     here = str(Path(__file__).resolve().parent)
@@ -634,9 +640,58 @@ def git_commit() -> str:
             dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", "."],
                                    capture_output=True, text=True, timeout=10).stdout.strip()
             return commit + ("-dirty" if dirty else "")
+        if "dubious ownership" in out.stderr:
+            commit = _head_commit(Path(here))
+            if commit:
+                log.warning("git refuses the checkout of %s as another user's: its commit %s is read from its "
+                            "files, uncommitted changes not checked (-unchecked); `git config --global --add "
+                            "safe.directory PATH` (PATH: the checkout) lets git check them", here, commit[:12])
+                return commit + "-unchecked"
     except (OSError, subprocess.SubprocessError):
         pass
     return "unknown"
+
+
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # a commit id (SHA-1, or SHA-256 repositories)
+_REF = re.compile(r"refs/[A-Za-z0-9._/-]+")
+
+
+def _head_commit(here: Path) -> str | None:
+    """The commit HEAD names in the git checkout holding ``here``, read from its files only (HEAD,
+    the ref's file or packed-refs: nothing run, no configuration read); None where not found."""
+    for folder in (here, *here.parents):
+        dotgit = folder / ".git"
+        try:
+            if dotgit.is_file():  # a worktree or submodule: "gitdir: PATH"
+                text = dotgit.read_text(encoding="utf-8").strip()
+                if not text.startswith("gitdir:"):
+                    return None
+                gitdir = folder / text[len("gitdir:"):].strip()
+            elif dotgit.is_dir():
+                gitdir = dotgit
+            else:
+                continue
+            common = gitdir / (gitdir / "commondir").read_text(encoding="utf-8").strip() \
+                if (gitdir / "commondir").is_file() else gitdir
+            head = (gitdir / "HEAD").read_text(encoding="utf-8").strip()
+            if not head.startswith("ref:"):
+                return head if _SHA.fullmatch(head) else None
+            ref = head[len("ref:"):].strip()
+            if not _REF.fullmatch(ref) or ".." in ref.split("/"):
+                return None
+            for base in (gitdir, common):
+                if (base / ref).is_file():
+                    sha = (base / ref).read_text(encoding="utf-8").strip()
+                    return sha if _SHA.fullmatch(sha) else None
+            if (common / "packed-refs").is_file():
+                for line in (common / "packed-refs").read_text(encoding="utf-8").splitlines():
+                    sha, _, name = line.partition(" ")
+                    if name == ref and _SHA.fullmatch(sha):
+                        return sha
+            return None
+        except (OSError, UnicodeDecodeError):
+            return None
+    return None
 
 
 def data_version(manifest: Path) -> str:

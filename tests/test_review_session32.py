@@ -1,6 +1,7 @@
 """Session 32's review: defects found by reading the code and the CI rehearsal again."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -76,3 +77,52 @@ def test_a_version_loaded_in_place_by_a_notebook_stays_usable_and_its_bytecode_i
     assert clf.classes and not marker.exists(), "hsnet loaded bytecode it never checked"
     cached = [p for p in (tmp_path / "cache" / "models").glob("*/*") if not p.name.startswith(".")]
     assert len(cached) == 1 and not list(cached[0].rglob("*.pyc"))  # Python compiled the checked sources
+
+
+def test_usable_cores_counts_a_containers_cpu_limit(tmp_path):
+    """A pod with ``limits.cpu: 1.5`` on a big node runs on every core but gets 1.5 cores' time
+    (cgroup v2 ``cpu.max`` "150000 100000"): hsnet's thread pools size to 2, not the node's cores;
+    no limit ("max") leaves the cores it may run on (its affinity: tested in attack 32a)."""
+    from hsnet.io import usable_cores
+
+    mine = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    for text, by_hand in (("150000 100000\n", 2), ("50000 100000\n", 1), ("100000 100000\n", 1),
+                          ("max 100000\n", mine), ("6400000 100000\n", mine)):
+        cpu_max.write_text(text)
+        assert usable_cores(cpu_max) == min(by_hand, mine), text
+    assert usable_cores(tmp_path / "none") == mine  # no cgroup v2 limit
+    cpu_max.write_text("garbage")
+    assert usable_cores(cpu_max) == mine
+
+
+def test_the_commit_of_a_checkout_is_read_from_its_files_as_git_reads_it(tmp_path):
+    """tracking._head_commit (git_commit's answer where git refuses another user's checkout): the
+    commit ``git rev-parse HEAD`` gives, with the branch's ref loose, packed, detached, and in a
+    worktree (``.git`` a file naming its folder); nothing for a folder outside any checkout."""
+    import subprocess
+
+    from hsnet.tracking import _head_commit
+
+    def git(*args, cwd=tmp_path / "repo"):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    git("init", "-q", "-b", "main")
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    assert _head_commit(repo / "pkg") == first  # refs/heads/main, loose
+    (repo / "pkg" / "a.py").write_text("x = 2\n")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two")
+    git("pack-refs", "--all")
+    assert not (repo / ".git" / "refs" / "heads" / "main").exists()
+    assert _head_commit(repo / "pkg") == git("rev-parse", "HEAD") != first  # packed-refs
+    git("worktree", "add", "-q", str(tmp_path / "wt"), first)
+    assert _head_commit(tmp_path / "wt" / "pkg") == first  # a worktree, detached at the first commit
+    git("checkout", "-q", "--detach", first)
+    assert _head_commit(repo / "pkg") == first
+    (tmp_path / "plain").mkdir()
+    assert _head_commit(tmp_path / "plain") is None  # no checkout above (pytest's folders are in /tmp)

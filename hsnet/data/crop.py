@@ -38,7 +38,7 @@ from PIL import Image
 from .. import sources
 from ..errors import HSNetError
 from ..io import (FileReadError, ImageReadError, atomic_path, check_writable, clean_stale_tmp, dvc_cache_of,
-                  only_writer, open_rgb, safe_join, sha256_file, sync_filesystem, write_json)
+                  only_writer, open_rgb, safe_join, sha256_file, sync_filesystem, usable_cores, write_json)
 from ..params import MTCNN_MIN_FACE_SIZE, CropParams, Params, allowed
 from .manifest import CROP_REPORT as REPORT, MANIFEST, read_manifest, write_manifest
 
@@ -415,7 +415,7 @@ def _crop_all(items: list[_Item], previous: dict, detector, settings: CropParams
     # batch_size 1: one image at a time; more: MTCNN batches on a GPU, one image per core on a CPU
     parallel_cpu = detector is not None and detector.device.type == "cpu" and batch_size > 1
     entries: dict[str, dict] = {}
-    n_workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    n_workers = workers or min(8, usable_cores() * 2)
     pool = ThreadPoolExecutor(max_workers=n_workers)
     bar = tqdm(total=len(items), disable=None if progress else True, desc="cropping", unit="img")
 

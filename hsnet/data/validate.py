@@ -28,7 +28,7 @@ from ..files import GX_RESULTS as RESULTS
 from ..files import VALIDATION_SUMMARY as SUMMARY
 from ..params import ValidateParams
 from ..io import CACHE_ENV, FileReadError, UnsafePath, cache_folder, cache_root, check_writable, clean_stale_tmp, dvc_cache_of, file_stamp, \
-    open_rgb, remove_stale_temporaries, safe_join, sha256_file, write_json
+    open_rgb, remove_stale_temporaries, safe_join, sha256_file, temp_dir, usable_cores, write_json
 from .crop import clash_message, colliding_rows, pixels_sha256
 from .datasets import get_spec
 from .manifest import COLUMNS, SPLITS, manifest_columns, read_manifest
@@ -166,7 +166,7 @@ def inspect_images(paths: list[Path], *, workers: int | None = None,
 
     fresh = []
     if todo:
-        with ThreadPoolExecutor(max_workers=workers or min(32, (os.cpu_count() or 1) * 2)) as pool:
+        with ThreadPoolExecutor(max_workers=workers or min(32, usable_cores() * 2)) as pool:
             results = pool.map(lambda t: _inspect(t[1]), todo)
             for (i, _, key, st), info in tqdm(zip(todo, results), total=len(todo), disable=None if progress else True,
                                               desc="inspecting images", unit="img", leave=False):
@@ -360,7 +360,7 @@ def _build_docs(docs_dir: Path, run):
     import shutil
     import tempfile
 
-    building = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", suffix=".tmp", dir=docs_dir.parent))
+    building = temp_dir(f".{docs_dir.name}.", ".tmp", dir=docs_dir.parent)  # others read it as any folder
     try:
         result = run(building)
         if docs_dir.exists():
