@@ -142,7 +142,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
     if "://" in text or text.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from . import tracking
+        from . import registry, tracking
 
         # a registry or run lookup needs the tracking server (and makes no empty store wherever this
         # runs); an MLflow model folder or s3:// URI needs none
@@ -153,7 +153,8 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
                 local = _checked_copy(name, version)
             else:
                 local = tracking.fetch_model(text)
-            with tracking.no_bytecode():  # the copy stays as registered, or the next load finds it changed
+            # nothing written into the copy (checked at each load); bytecode found there is not run
+            with tracking.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)):
                 loaded = mlflow.pyfunc.load_model(str(local or text))
         except HSNetError:  # registry.ModelChanged: said as it is
             raise

@@ -141,26 +141,54 @@ def model_files_digest(folder: str | os.PathLike, *, bytecode: bool = True) -> s
     """One sha256 over every file of an MLflow model folder (relative path and content): the
     weights, MLmodel, the model-from-code file and hsnet's source that travels with it; with
     ``bytecode=False``, not the files in :data:`BYTECODE_DIR` folders."""
-    import hashlib
+    return _digest(f for f in _model_files(folder) if bytecode or not _is_bytecode(f[0]))
 
+
+def _model_files(folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """(relative path, sha256) of each file of a model folder, in the digest's order."""
     folder = Path(folder)
-    digest = hashlib.sha256()
+    files = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(folder).as_posix()
-        if rel in _NOT_MODEL_FILES or (not bytecode and BYTECODE_DIR in PurePath(rel).parts[:-1]):
+        if rel in _NOT_MODEL_FILES:
             continue
         if path.is_symlink():
             raise HSNetError(f"{path}: a symbolic link in the model's files")
-        digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
+        files.append((rel, sha256_file(path)))
+    return files
+
+
+def _digest(files) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel, sha in files:
+        digest.update(f"{rel}\0{sha}\n".encode())
     return "sha256:" + digest.hexdigest()
 
 
-def _drop_bytecode(folder: Path) -> None:
-    """Remove the :data:`BYTECODE_DIR` folders of a model copy whose other files were checked: Python
-    then compiles the checked sources (a bytecode file beside one is run instead of it)."""
-    for cache in sorted(folder.rglob(BYTECODE_DIR), reverse=True):
-        if cache.is_dir() and not cache.is_symlink():
-            shutil.rmtree(cache)
+def _is_bytecode(rel: str) -> bool:
+    return BYTECODE_DIR in PurePath(rel).parts[:-1]
+
+
+def holds_bytecode(folder: str | os.PathLike) -> bool:
+    """Whether a model folder holds Python bytecode (:data:`BYTECODE_DIR`), which hsnet's check
+    leaves out: to be ignored when it loads (:func:`hsnet.tracking.no_bytecode`)."""
+    return any(p.is_dir() for p in Path(folder).rglob(BYTECODE_DIR))
+
+
+def _registered_forms(files: list[tuple[str, str]]):
+    """The digests a version's files may have been recorded under, Python's bytecode aside (hsnet
+    never runs bytecode found in a copy: tracking.no_bytecode): all of them as they are; none of the
+    bytecode (hsnet registers none); and, for versions older hsnet registered where Python wrote
+    bytecode (its model-from-code file's, in the model's own ``__pycache__``), the other files with
+    those of that folder, or with one of them (another Python loaded it in place since)."""
+    source = [f for f in files if not _is_bytecode(f[0])]
+    top = [f for f in files if _is_bytecode(f[0]) and PurePath(f[0]).parts[0] == BYTECODE_DIR]
+    yield _digest(files)
+    yield _digest(source)
+    for kept in ([top] if len(top) > 1 else []) + [[one] for one in top]:
+        yield _digest(sorted(source + kept, key=lambda f: PurePath(f[0])))
 
 
 def _download_digest(uri: str) -> str:
@@ -203,18 +231,13 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
 
 
 def _check_files(folder: Path, recorded: str, mv) -> None:
-    """:func:`check_model_files` of the files in ``folder``, bytecode there removed unless registered."""
-    got = model_files_digest(folder)
-    if got == recorded:
-        return
-    if model_files_digest(folder, bytecode=False) == recorded:  # the registered files, and Python's bytecode
-        log.info("%s version %s: Python bytecode was written beside its files (loaded in place): not run",
-                 mv.name, mv.version)
-        _drop_bytecode(folder)
+    """:func:`check_model_files` of the files in ``folder``: as registered, Python's bytecode aside."""
+    files = _model_files(folder)
+    if recorded in _registered_forms(files):
         return
     raise ModelChanged(f"{mv.name} version {mv.version}: its model files (weights, MLmodel or code) were changed "
-                       f"after registration ({got[:19]}… now, {recorded[:19]}… recorded in registration run "
-                       f"{mv.run_id}); it is not loaded or promoted. Register the checkpoint again "
+                       f"after registration ({_digest(files)[:19]}… now, {recorded[:19]}… recorded in registration "
+                       f"run {mv.run_id}); it is not loaded or promoted. Register the checkpoint again "
                        "(hsnet register) and check who can write to the tracking server")
 
 

@@ -13,20 +13,26 @@ from hsnet import tracking
 
 def test_no_bytecode_puts_the_users_setting_back_when_the_last_of_overlapping_bodies_ends(monkeypatch):
     """Two model loads overlap (serve's threads): the first to end must not turn bytecode writing
-    back on under the second, and the last to end puts back what the user had (False here)."""
+    (or reading, for a copy that holds some) back on under the second, and the last to end puts
+    back what the user had (False, None here)."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
-    first, second = tracking.no_bytecode(), tracking.no_bytecode()
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    first, second = tracking.no_bytecode(ignore_found=True), tracking.no_bytecode()
     first.__enter__()
     assert sys.dont_write_bytecode is True
+    empty = Path(sys.pycache_prefix)
+    assert empty.is_dir() and not any(empty.iterdir())  # bytecode looked for where there is none
     second.__enter__()
     first.__exit__(None, None, None)  # the first ends while the second still loads
-    assert sys.dont_write_bytecode is True
+    assert sys.dont_write_bytecode is True and sys.pycache_prefix is None and not empty.exists()
     second.__exit__(None, None, None)
-    assert sys.dont_write_bytecode is False
+    assert sys.dont_write_bytecode is False and sys.pycache_prefix is None
+    with tracking.no_bytecode():  # a copy without bytecode: found bytecode (the installed packages') is read
+        assert sys.dont_write_bytecode is True and sys.pycache_prefix is None
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE=1: kept
-    with tracking.no_bytecode():
+    with tracking.no_bytecode(ignore_found=True):
         pass
-    assert sys.dont_write_bytecode is True
+    assert sys.dont_write_bytecode is True and sys.pycache_prefix is None
 
 
 @pytest.mark.slow
@@ -76,7 +82,8 @@ def test_a_version_loaded_in_place_by_a_notebook_stays_usable_and_its_bytecode_i
     clf = load_classifier(f"models:/{name}@production", device="cpu")
     assert clf.classes and not marker.exists(), "hsnet loaded bytecode it never checked"
     cached = [p for p in (tmp_path / "cache" / "models").glob("*/*") if not p.name.startswith(".")]
-    assert len(cached) == 1 and not list(cached[0].rglob("*.pyc"))  # Python compiled the checked sources
+    assert len(cached) == 1 and (cached[0] / "__pycache__" / Path(importlib.util.cache_from_source(
+        str(source))).name).is_file()  # the planted file came with the copy, and was not run
 
 
 def test_usable_cores_counts_a_containers_cpu_limit(tmp_path):
