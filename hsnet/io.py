@@ -284,8 +284,8 @@ def temp_dir(prefix: str, suffix: str = "", *, dir: str | os.PathLike) -> Path:
     mkdtemp's 0700: it is renamed into place, and what it becomes is read by others too (a
     teammate sharing a cache, a pod's uid reading a volume another filled, a web server)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
-    try:
-        path.chmod(0o777 & ~_umask())
+    try:  # the setgid bit mkdir gave it in a team's setgid folder kept (its files get the team's group)
+        path.chmod((path.stat().st_mode & 0o7000) | (0o777 & ~_umask()))
     except OSError:  # a filesystem without modes: keep mkdtemp's
         pass
     return path
@@ -415,7 +415,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, pattern: str, *, recursi
             gone.append(item)
         except FileNotFoundError:  # another process removed it, or its owner finished
             pass
-        except OSError as exc:  # another user's, in a shared folder (sticky, as /tmp): theirs to remove
+        except PermissionError as exc:  # another user's, in a shared folder (sticky, as /tmp): theirs to remove
             log.info("left %s, which a killed process left: this user can't remove it (%s)", item, exc.strerror)
     return gone
 

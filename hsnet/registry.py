@@ -171,6 +171,15 @@ def _is_bytecode(rel: str) -> bool:
     return BYTECODE_DIR in PurePath(rel).parts[:-1]
 
 
+def _hash_based(pyc: Path) -> bool:
+    """Whether a ``.pyc`` is hash-based (PEP 552: its header's flags not 0): valid for its source
+    wherever the source is copied, and never written by Python's imports (timestamp-based ones, valid
+    only for the source's modification time, which a download renews)."""
+    with open(pyc, "rb") as f:
+        header = f.read(8)
+    return len(header) == 8 and int.from_bytes(header[4:8], "little") != 0
+
+
 def holds_bytecode(folder: str | os.PathLike) -> bool:
     """Whether a model folder holds Python bytecode (:data:`BYTECODE_DIR`), which hsnet's check
     leaves out: to be ignored when it loads (:func:`hsnet.tracking.no_bytecode`)."""
@@ -205,9 +214,10 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
     a version registered before the digest was recorded (nothing to check against).
 
     Bytecode Python wrote beside the files (:data:`BYTECODE_DIR`: the version loaded in place) is
-    no change to them: the check is of the other files, and that bytecode is removed from the copy
-    (never run: it is not what was checked). Bytecode registered with a version (hsnet before
-    ``no_bytecode``) is checked as its other files are."""
+    no change to them: the check is of the other files (hsnet never runs bytecode found in a copy:
+    :func:`hsnet.tracking.no_bytecode`), but hash-based bytecode, which Python's imports never
+    write and other loaders would run after any download, is refused. Bytecode registered with a
+    version (hsnet before ``no_bytecode``) is recognised by the digest it was recorded with."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -234,7 +244,14 @@ def _check_files(folder: Path, recorded: str, mv) -> None:
     """:func:`check_model_files` of the files in ``folder``: as registered, Python's bytecode aside."""
     files = _model_files(folder)
     if recorded in _registered_forms(files):
-        return
+        planted = [rel for rel, _ in files if _is_bytecode(rel) and _hash_based(folder / rel)]
+        if not planted:
+            return
+        raise ModelChanged(f"{mv.name} version {mv.version}: {planted[0]} is hash-based bytecode, which Python's "
+                           "imports never write (a .pyc that a download keeps valid for its source, so MLflow's "
+                           "loaders would run it instead of the checked file); it is not loaded or promoted. "
+                           "Register the checkpoint again (hsnet register) and check who can write to the "
+                           "tracking server")
     raise ModelChanged(f"{mv.name} version {mv.version}: its model files (weights, MLmodel or code) were changed "
                        f"after registration ({_digest(files)[:19]}… now, {recorded[:19]}… recorded in registration "
                        f"run {mv.run_id}); it is not loaded or promoted. Register the checkpoint again "

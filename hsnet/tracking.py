@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -451,13 +452,15 @@ def no_bytecode(*, ignore_found: bool = False):
     from its source (a model load: about 3 s more on 2 cores). The settings are put back when the
     last such body ends (threads may overlap)."""
     with _BYTECODE_LOCK:
+        empty = tempfile.mkdtemp(prefix="hsnet-no-bytecode-") if ignore_found and not _bytecode["ignoring"] \
+            else None  # first: a failure here changes nothing
         if not _bytecode["bodies"]:
             _bytecode["before"] = (sys.dont_write_bytecode, sys.pycache_prefix)
         _bytecode["bodies"] += 1
         sys.dont_write_bytecode = True
         if ignore_found:
-            if not _bytecode["ignoring"]:
-                _bytecode["empty"] = tempfile.mkdtemp(prefix="hsnet-no-bytecode-")
+            if empty is not None:
+                _bytecode["empty"] = empty
             _bytecode["ignoring"] += 1
             sys.pycache_prefix = _bytecode["empty"]
     try:
@@ -649,7 +652,9 @@ def git_commit() -> str:
         return os.environ["HSNET_GIT_COMMIT"]
     here = str(Path(__file__).resolve().parent)
     try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        c_locale = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", "LC_MESSAGES")} | {"LC_ALL": "C"}
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             env=c_locale)  # its refusal read in English
         commit = out.stdout.strip() if out.returncode == 0 else ""
         if commit:
             dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--", "."],
@@ -671,6 +676,18 @@ _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # a commit id (SHA-1, or SHA-
 _REF = re.compile(r"refs/[A-Za-z0-9._/-]+")
 
 
+def _git_file(path: Path, limit: int = 4096) -> str | None:
+    """A checkout's small file as text: a regular file (never a FIFO or a device a link points
+    to), at most ``limit`` bytes read; None otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode("utf-8")
+    finally:
+        os.close(fd)
+
+
 def _head_commit(here: Path) -> str | None:
     """The commit HEAD names in the git checkout holding ``here``, read from its files only (HEAD,
     the ref's file or packed-refs: nothing run, no configuration read); None where not found."""
@@ -678,7 +695,7 @@ def _head_commit(here: Path) -> str | None:
         dotgit = folder / ".git"
         try:
             if dotgit.is_file():  # a worktree or submodule: "gitdir: PATH"
-                text = dotgit.read_text(encoding="utf-8").strip()
+                text = (_git_file(dotgit) or "").strip()
                 if not text.startswith("gitdir:"):
                     return None
                 gitdir = folder / text[len("gitdir:"):].strip()
@@ -686,9 +703,9 @@ def _head_commit(here: Path) -> str | None:
                 gitdir = dotgit
             else:
                 continue
-            common = gitdir / (gitdir / "commondir").read_text(encoding="utf-8").strip() \
+            common = gitdir / (_git_file(gitdir / "commondir") or "").strip() \
                 if (gitdir / "commondir").is_file() else gitdir
-            head = (gitdir / "HEAD").read_text(encoding="utf-8").strip()
+            head = (_git_file(gitdir / "HEAD") or "").strip()
             if not head.startswith("ref:"):
                 return head if _SHA.fullmatch(head) else None
             ref = head[len("ref:"):].strip()
@@ -696,15 +713,15 @@ def _head_commit(here: Path) -> str | None:
                 return None
             for base in (gitdir, common):
                 if (base / ref).is_file():
-                    sha = (base / ref).read_text(encoding="utf-8").strip()
+                    sha = (_git_file(base / ref) or "").strip()
                     return sha if _SHA.fullmatch(sha) else None
             if (common / "packed-refs").is_file():
-                for line in (common / "packed-refs").read_text(encoding="utf-8").splitlines():
+                for line in (_git_file(common / "packed-refs", 64 << 20) or "").splitlines():
                     sha, _, name = line.partition(" ")
                     if name == ref and _SHA.fullmatch(sha):
                         return sha
             return None
-        except (OSError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError, ValueError):  # unreadable, not text, a NUL in a path
             return None
     return None
 

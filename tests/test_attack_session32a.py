@@ -40,11 +40,14 @@ NAME = "hsnet-sample"
 
 
 def _can_be_nobody() -> bool:
+    """Root, util-linux's setpriv, and a checkout and interpreter another user can reach (a clone
+    in a 0700 folder, as ``mktemp -d`` makes, is not: these tests are skipped there)."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return False
     try:
-        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "true"],
-                              capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+                               sys.executable, "-c", "import hsnet.cli"], env={"PYTHONPATH": str(ROOT)}, cwd="/",
+                              capture_output=True, timeout=120).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -99,7 +102,7 @@ def registry(trained):
     as root, in-process (``hsnet predict``'s own load), and ``predict(cache, out)`` runs ``hsnet
     predict --model models:/hsnet-sample/1`` as nobody with that cache."""
     if not _can_be_nobody():
-        pytest.skip("needs root and util-linux's setpriv to run as another user")
+        pytest.skip("needs root, util-linux's setpriv and a checkout another user can read")
     from hsnet.evaluate import evaluate
     from hsnet.predict import load_classifier
     from hsnet.registry import register
@@ -338,7 +341,7 @@ def test_a_run_in_a_checkout_another_user_owns_records_the_checkouts_commit():
     commit the checkout is at, as ``git -c safe.directory=* rev-parse HEAD`` reads it (with
     ``-dirty`` or not: the package's files are as the owner's git_commit finds them); not ``unknown``."""
     if not _can_be_nobody() or not shutil.which("git"):
-        pytest.skip("needs root, util-linux's setpriv and git")
+        pytest.skip("needs root, util-linux's setpriv, git and a checkout another user can read")
     import hsnet
     from hsnet.tracking import git_commit
 
@@ -392,7 +395,7 @@ def test_a_training_in_a_shared_tensor_cache_leaves_another_users_stale_leftover
     hand: the split is decoded and loaded (a leftover that isn't this user's is left, as prune_cache
     leaves another user's tensor files), and the leftover is still there."""
     if not _can_be_nobody():
-        pytest.skip("needs root and util-linux's setpriv to run as another user")
+        pytest.skip("needs root, util-linux's setpriv and a checkout another user can read")
     data = shared / "crops"
     shutil.copytree(tiny_data, data)
     for p in [data, *data.rglob("*")]:
