@@ -6,6 +6,7 @@ workers). Nothing here is mocked in-process: boto3, DVC's s3fs and MLflow talk H
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -98,6 +99,22 @@ def models_serve_env(**extra: str) -> dict:
     machine sets it, most boxes don't; a local store's version is loaded in place)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` read-only for the body (a bind mount of itself, remounted ro: what a read-only
+    volume is); the test is skipped where the machine can't make one (not root)."""
+    import pytest
+
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("can't bind-mount here (not root): no read-only filesystem to test with")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("can't remount read-only here")
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 def refused_run(where: str) -> str:

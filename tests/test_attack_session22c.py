@@ -8,7 +8,6 @@ under another name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -16,6 +15,7 @@ from urllib.parse import unquote, urlparse
 import mlflow
 import pandas as pd
 import pytest
+from servers import read_only
 
 from hsnet.errors import HSNetError
 
@@ -259,22 +259,6 @@ def test_a_complete_model_copy_in_a_read_only_cache_is_used(store, cache):
             assert "HSNET_CACHE_DIR" in str(exc), f"a read-only cache with the whole copy in it: {exc}"
         else:
             assert clf.classes
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """``folder`` read-only for the body (a bind mount of itself, remounted ro); the test is skipped
-    where the machine can't make one (not root)."""
-    import subprocess
-
-    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("can't bind-mount here (not root): no read-only filesystem to test with")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode != 0:
-            pytest.skip("can't remount read-only here")
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 def test_a_version_measured_with_test_time_flips_says_so(store, cache, tmp_path):

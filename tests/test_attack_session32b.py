@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from servers import read_only
 
 from hsnet.errors import HSNetError
 
@@ -40,20 +41,6 @@ def _store_folder(client, name: str, version) -> Path:
     """Where the local store holds a version's model files (its own folder: what loads in place)."""
     model_id = client.get_model_version(name, str(version)).source.removeprefix("models:/")
     return Path(unquote(urlparse(client.get_logged_model(model_id).artifact_location).path))
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """``folder`` read-only for the body (a bind mount of itself, remounted ro: what a read-only
-    volume is); the test is skipped where the machine can't make one (not root)."""
-    if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("can't bind-mount here (not root): no read-only filesystem to test with")
-    try:
-        if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode != 0:
-            pytest.skip("can't remount read-only here")
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 def test_a_version_registered_before_9a4cc18_survives_a_notebooks_in_place_load(trained, tmp_path, monkeypatch):
