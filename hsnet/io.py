@@ -8,6 +8,7 @@ import functools
 import glob
 import hashlib
 import json
+import math
 import logging
 import os
 import re
@@ -238,23 +239,91 @@ def _umask() -> int:
     return old
 
 
-CPU_MAX = "/sys/fs/cgroup/cpu.max"  # a container's CPU limit (cgroup v2): "QUOTA PERIOD", or "max PERIOD"
+PROC_SELF = "/proc/self"  # its mountinfo (where the cgroup hierarchies are) and cgroup (where in them this process is)
 
 
-def usable_cores(cpu_max: str | os.PathLike = CPU_MAX) -> int:
+def _cgroup_mounts(proc_self: Path):
+    """(version, root, mountpoint) of each cgroup hierarchy that holds the CPU controller, from
+    mountinfo: ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS``."""
+    for line in (proc_self / "mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+        mine, sep, theirs = line.partition(" - ")
+        fields, fs = mine.split(), theirs.split()
+        if not sep or len(fields) < 5 or len(fs) < 3:
+            continue
+        root, point = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f) for f in fields[3:5])
+        if fs[0] == "cgroup2":
+            yield 2, root, Path(point)
+        elif fs[0] == "cgroup" and "cpu" in fs[2].split(","):
+            yield 1, root, Path(point)
+
+
+def _cpu_limit_at(version: int, folder: Path) -> float | None:
+    """The CPU limit one cgroup sets, in cores: v2's ``cpu.max`` ("QUOTA PERIOD", QUOTA "max" for
+    none) or v1's ``cpu.cfs_quota_us`` (-1 for none) over ``cpu.cfs_period_us``; None for none."""
+    try:
+        if version == 2:
+            quota, period = (folder / "cpu.max").read_text(encoding="ascii").split()[:2]
+            if quota == "max":
+                return None
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
+            period = (folder / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
+        quota, period = int(quota), int(period)
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_limit(proc_self: str | os.PathLike = PROC_SELF) -> float | None:
+    """The CPU time this process's cgroups allow it, in cores (``docker --cpus``, a pod's
+    ``limits.cpu``, a systemd ``CPUQuota``), or None where none is set: the smallest limit on the
+    way from its own cgroup up to the top of the hierarchy it can see, in cgroup v2 and in v1's
+    CPU controller. /proc/self/cgroup names the process's cgroup from the hierarchy's root; a
+    container sees the hierarchy from its own cgroup down (mountinfo's ROOT), which is cut off."""
+    proc_self = Path(proc_self)
+    try:
+        mounts = list(_cgroup_mounts(proc_self))
+        where = {}  # version -> the process's cgroup path
+        for line in (proc_self / "cgroup").read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            if parts[0] == "0" and parts[1] == "":
+                where[2] = parts[2]
+            elif "cpu" in parts[1].split(","):
+                where[1] = parts[2]
+    except OSError:  # no /proc (macOS) or none readable
+        return None
+    limits = []
+    for version, root, point in mounts:
+        path = where.get(version)
+        if path is None:
+            continue
+        if root != "/":
+            if path != root and not path.startswith(root.rstrip("/") + "/"):
+                continue  # this mount shows another part of the hierarchy
+            path = path[len(root.rstrip("/")):]
+        parts = [p for p in path.split("/") if p]
+        if ".." in parts:
+            continue
+        for depth in range(len(parts), -1, -1):  # the process's own cgroup, then each parent
+            limit = _cpu_limit_at(version, point.joinpath(*parts[:depth]))
+            if limit is not None:
+                limits.append(limit)
+    return min(limits, default=None)
+
+
+def usable_cores(proc_self: str | os.PathLike = PROC_SELF) -> int:
     """The CPU cores this process may use, not the machine's: those it may run on (a container's
-    cpuset, ``taskset``, a Kubernetes pod's exclusive cores), fewer where its cgroup's CPU limit
-    (``cpu.max``: a pod's ``limits.cpu``) allows less time than that, rounded up; at least one."""
+    cpuset, ``taskset``, a Kubernetes pod's exclusive cores), fewer where its cgroups allow less
+    CPU time than that (:func:`cgroup_cpu_limit`), rounded up; at least one."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity here (macOS)
         cores = os.cpu_count() or 1
-    try:
-        quota, period = Path(cpu_max).read_text(encoding="ascii").split()[:2]
-        if quota != "max":
-            cores = min(cores, -(-int(quota) // int(period)))
-    except (OSError, ValueError):  # no cgroup v2 limit here
-        pass
+    limit = cgroup_cpu_limit(proc_self)
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
     return max(1, cores)
 
 

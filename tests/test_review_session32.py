@@ -93,14 +93,18 @@ def test_usable_cores_counts_a_containers_cpu_limit(tmp_path):
     from hsnet.io import usable_cores
 
     mine = len(os.sched_getaffinity(0))
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "mountinfo").write_text(f"30 25 0:27 / {tmp_path} ro - cgroup2 cgroup rw\n")
+    (proc / "cgroup").write_text("0::/\n")  # a container's own cgroup namespace: its limit at the root
     cpu_max = tmp_path / "cpu.max"
     for text, by_hand in (("150000 100000\n", 2), ("50000 100000\n", 1), ("100000 100000\n", 1),
                           ("max 100000\n", mine), ("6400000 100000\n", mine)):
         cpu_max.write_text(text)
-        assert usable_cores(cpu_max) == min(by_hand, mine), text
-    assert usable_cores(tmp_path / "none") == mine  # no cgroup v2 limit
+        assert usable_cores(proc) == min(by_hand, mine), text
+    assert usable_cores(tmp_path / "none") == mine  # no cgroups here
     cpu_max.write_text("garbage")
-    assert usable_cores(cpu_max) == mine
+    assert usable_cores(proc) == mine
 
 
 def test_the_commit_of_a_checkout_is_read_from_its_files_as_git_reads_it(tmp_path):
