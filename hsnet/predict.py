@@ -154,7 +154,8 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
             else:
                 local = tracking.fetch_model(text)
             # nothing written into the copy (checked at each load); bytecode found there is not run
-            with tracking.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)):
+            with tracking.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)), \
+                    tracking.import_path_kept():
                 loaded = mlflow.pyfunc.load_model(str(local or text))
         except HSNetError:  # registry.ModelChanged: said as it is
             raise

@@ -685,8 +685,10 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
         with tracking.run(run_name, params=params, tags=tags) as active:
             if metrics:
                 mlflow.log_metrics(metrics)
-            # MLflow runs the model's code from the folder it logs: no __pycache__ among its files
-            with warnings.catch_warnings(), tracking.no_bytecode():  # "add type hints": the signature is explicit
+            # MLflow runs the model's code from the folder it logs: no __pycache__ among its files, nor
+            # that temporary folder left on the import path
+            with warnings.catch_warnings(), tracking.no_bytecode(), tracking.import_path_kept():
+                # "add type hints": the signature is explicit
                 warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),

@@ -477,6 +477,31 @@ def no_bytecode(*, ignore_found: bool = False):
                 sys.dont_write_bytecode = _bytecode["before"][0]
 
 
+# import_path_kept's bodies running now, and sys.path's entries before the first
+_import_path: dict = {"bodies": 0, "before": frozenset()}
+
+
+@contextmanager
+def import_path_kept():
+    """What MLflow adds to ``sys.path`` in the body is taken out when it ends: logging or loading a
+    model puts its ``code/`` folder (a temporary folder, a cached copy) in front of the import path
+    for good, so ``hsnet serve``, reloading at each promotion, searched one more folder, perhaps
+    since removed, at every later import. hsnet is imported before any model loads, so its own
+    modules never come from a model's copy; entries added are removed when the last of
+    overlapping bodies (serve's threads) ends."""
+    with _BYTECODE_LOCK:
+        if not _import_path["bodies"]:
+            _import_path["before"] = frozenset(sys.path)
+        _import_path["bodies"] += 1
+    try:
+        yield
+    finally:
+        with _BYTECODE_LOCK:
+            _import_path["bodies"] -= 1
+            if not _import_path["bodies"]:
+                sys.path[:] = [entry for entry in sys.path if entry in _import_path["before"]]
+
+
 @contextmanager
 def fail_fast():
     """MLflow's HTTP retries off and its timeout :data:`REGISTRY_TIMEOUT_S` (each unless the user
