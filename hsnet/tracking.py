@@ -560,7 +560,7 @@ def fetch_model(uri: str) -> Path | None:
         which = hashlib.sha256(repr((mv.run_id, mv.source, mv.creation_timestamp)).encode()).hexdigest()[:8]
         source, key = version_uri(name, version), f"{name}-v{version}-{which}"
     elif uri.startswith("runs:/"):
-        source, key = uri, "run-" + uri[len("runs:/"):].strip("/")
+        source, key = _run_model_source(uri), "run-" + uri[len("runs:/"):].strip("/")
     else:
         return None
     root = cache_root() / "models" / hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
@@ -607,6 +607,43 @@ def fetch_model(uri: str) -> Path | None:
             if old != local:
                 _remove_copy(old)
     return local
+
+
+# a tracking server's answer to a search for logged models where it has none to search (MLflow 2's
+# servers: no such endpoint), not a failure
+_NO_LOGGED_MODELS = ("ENDPOINT_NOT_FOUND", "RESOURCE_DOES_NOT_EXIST", "NOT_IMPLEMENTED", "FEATURE_DISABLED")
+
+
+def _run_model_source(uri: str) -> str:
+    """Where the files of ``runs:/RUN_ID/NAME[/PATH]`` are, found as MLflow's runs:/ repository
+    finds them (the model NAME the run logged, else the run's own artifacts at NAME/PATH), so that
+    a download's errors are the store's own. MLflow's repository catches every error of both
+    lookups and says only "please ensure that the path is correct" (RESOURCE_DOES_NOT_EXIST): a
+    dropped connection looked like a model that doesn't exist, and was never tried again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)  # no such run: RESOURCE_DOES_NOT_EXIST, said as MLflow says it
+    name, _, rest = path.partition("/")
+    if name and "'" not in name:  # a quote can't be said in MLflow's filter: none of its models has one
+        token = None
+        while True:
+            try:
+                page = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                   filter_string=f"name = '{name}'", page_token=token)
+            except MlflowException as exc:
+                if exc.error_code not in _NO_LOGGED_MODELS:
+                    raise  # the server failing or refusing: said as it is
+                break  # a tracking server older than logged models (MLflow 2): the run's artifacts
+            found = next((m for m in page if m.source_run_id == run_id), None)
+            if found is not None:
+                return f"models:/{found.model_id}" + (f"/{rest}" if rest else "")
+            token = page.token
+            if not token:
+                break
+    return run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else "")
 
 
 @contextlib.contextmanager

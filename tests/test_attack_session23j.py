@@ -153,6 +153,7 @@ def logged_on_server(trained, tmp_path, monkeypatch):
         got = registry.log_model(checkpoint.load(trained["checkpoint"]), run_name="attack23j", params={},
                                  tags={"step": "attack23j"})
         version = mlflow.register_model(got["model_uri"], "hsnet-t")
+        server.run_uri = f"runs:/{got['run_id']}/model"  # the same model by the run that logged it
         yield f"models:/hsnet-t/{version.version}", server
     finally:
         server.stop()
@@ -191,3 +192,38 @@ def test_a_connection_dropped_during_the_models_download_at_start_is_tried_again
     finally:
         proxy.close()
     assert proxy.cuts, "the proxy cut no download: the test did not test anything"
+
+
+def test_a_connection_dropped_during_a_runs_models_download_at_start_is_tried_again(logged_on_server, tmp_path):
+    """The same cut for ``--model runs:/RUN_ID/model`` (README: serve takes runs:/ URIs). MLflow's
+    runs:/ repository catches every error of both its downloads (the run's artifacts, then the
+    logged model's) and raises "Failed to download artifacts ... please ensure that the path is
+    correct" as RESOURCE_DOES_NOT_EXIST, without a cause: serve took a dropped connection for a
+    model that doesn't exist and ended at once (a crash-loop for a pod, where a models:/ URI is
+    tried again). Expected: the server becomes ready; a run that doesn't exist still ends it at
+    once, naming the run."""
+    from servers import Server, free_port
+
+    _model, server = logged_on_server
+    proxy = _Proxy(server.url, cut=1)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    try:
+        try:
+            srv = Server([HSNET, "serve", "--model", server.run_uri, "--port", str(port), "--host", "127.0.0.1",
+                          "--threads", "1"], f"http://127.0.0.1:{port}", "/v2/models/hsnet/ready",
+                         _env(MLFLOW_TRACKING_URI=proxy.url, HSNET_CACHE_DIR=tmp_path / "cache"), log)
+        except RuntimeError as exc:
+            pytest.fail(f"the download of {proxy.cuts} was cut once and the server did not try again: {exc}"[-2500:])
+        srv.stop()
+    finally:
+        proxy.close()
+    assert proxy.cuts, "the proxy cut no download: the test did not test anything"
+
+    missing = "runs:/" + "0" * 32 + "/model"
+    started = time.monotonic()
+    done = subprocess.run([HSNET, "serve", "--model", missing, "--port", str(free_port()), "--host", "127.0.0.1",
+                           "--threads", "1"], capture_output=True, text=True, timeout=120,
+                          env=_env(MLFLOW_TRACKING_URI=server.url, HSNET_CACHE_DIR=tmp_path / "cache"))
+    assert done.returncode != 0 and time.monotonic() - started < 30, done.stderr[-2000:]
+    assert "0" * 32 in done.stderr and "trying again" not in done.stderr, done.stderr[-2000:]
