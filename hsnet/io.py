@@ -247,7 +247,7 @@ def _cgroup_mounts(proc_self: Path):
     mountinfo: ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS``."""
     for line in (proc_self / "mountinfo").read_text(encoding="utf-8", errors="replace").splitlines():
         mine, sep, theirs = line.partition(" - ")
-        fields, fs = mine.split(), theirs.split()
+        fields, fs = mine.split(), theirs.split(" ")  # one space each: a source may be empty ("cgroup2  rw")
         if not sep or len(fields) < 5 or len(fs) < 3:
             continue
         root, point = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f) for f in fields[3:5])
@@ -269,9 +269,9 @@ def _cpu_limit_at(version: int, folder: Path) -> float | None:
             quota = (folder / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
             period = (folder / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
         quota, period = int(quota), int(period)
-    except (OSError, ValueError):
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError, OverflowError):  # none here, or nothing a kernel writes
         return None
-    return quota / period if quota > 0 and period > 0 else None
 
 
 def cgroup_cpu_limit(proc_self: str | os.PathLike = PROC_SELF) -> float | None:

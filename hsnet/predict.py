@@ -161,9 +161,11 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types
             first = str(exc).splitlines()[0] if str(exc) else ""
+            check = ("the run id and the model's path in it" if text.startswith("runs:/") else
+                     "the name and alias (hsnet promote)" if text.startswith("models:/") else "the URI")
             raise HSNetError(f"--model {tracking.mask_uri(text)}: can't load it from MLflow at {tracking.mask_uri(uri)} "
-                             f"({type(exc).__name__}: {tracking.mask_text(first)[:300]}). Check the name "
-                             "and alias (hsnet promote) and MLFLOW_TRACKING_URI") from exc
+                             f"({type(exc).__name__}: {tracking.mask_text(first)[:300]}). Check {check} "
+                             "and MLFLOW_TRACKING_URI") from exc
         inner = loaded.unwrap_python_model()
         if not hasattr(inner, "classifier"):
             raise HSNetError(f"--model {tracking.mask_uri(text)} is not an hsnet model")

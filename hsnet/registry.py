@@ -23,6 +23,7 @@ always find ``production``. See docs/security.md for what this does and doesn't 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -200,11 +201,19 @@ def _registered_forms(files: list[tuple[str, str]]):
         yield _digest(sorted(source + kept, key=lambda f: PurePath(f[0])))
 
 
-def _download_digest(uri: str) -> str:
+@contextlib.contextmanager
+def _downloaded(uri: str):
+    """A fresh download of ``uri``'s files into a temporary folder (removed after), under
+    :func:`hsnet.tracking.download_timeout`."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="hsnet-verify-") as tmp, tracking.download_timeout():
-        return model_files_digest(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        yield Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+
+
+def _download_digest(uri: str) -> str:
+    with _downloaded(uri) as folder:
+        return model_files_digest(folder)
 
 
 def check_model_files(client, name: str, version, folder: str | os.PathLike | None = None) -> bool:
@@ -218,7 +227,6 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
     :func:`hsnet.tracking.no_bytecode`), but hash-based bytecode, which Python's imports never
     write and other loaders would run after any download, is refused. Bytecode registered with a
     version (hsnet before ``no_bytecode``) is recognised by the digest it was recorded with."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
@@ -234,9 +242,8 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
     if folder is not None:
         _check_files(Path(folder), recorded, mv)
         return True
-    with tempfile.TemporaryDirectory(prefix="hsnet-verify-") as tmp, tracking.download_timeout():
-        _check_files(Path(mlflow.artifacts.download_artifacts(artifact_uri=tracking.version_uri(name, version),
-                                                              dst_path=tmp)), recorded, mv)
+    with _downloaded(tracking.version_uri(name, version)) as fresh:
+        _check_files(fresh, recorded, mv)
     return True
 
 

@@ -481,14 +481,22 @@ def no_bytecode(*, ignore_found: bool = False):
 _import_path: dict = {"bodies": 0, "before": frozenset()}
 
 
+def _model_code_folder(entry: str) -> bool:
+    """Whether a ``sys.path`` entry is the ``code/`` folder MLflow adds for a model it logs or loads
+    (``<model>/code``, beside its MLmodel file, or gone with the temporary folder it was in)."""
+    folder = Path(entry)
+    return folder.name == "code" and ((folder.parent / "MLmodel").is_file() or not folder.parent.exists())
+
+
 @contextmanager
 def import_path_kept():
-    """What MLflow adds to ``sys.path`` in the body is taken out when it ends: logging or loading a
-    model puts its ``code/`` folder (a temporary folder, a cached copy) in front of the import path
-    for good, so ``hsnet serve``, reloading at each promotion, searched one more folder, perhaps
-    since removed, at every later import. hsnet is imported before any model loads, so its own
-    modules never come from a model's copy; entries added are removed when the last of
-    overlapping bodies (serve's threads) ends."""
+    """The model ``code/`` folders MLflow adds to ``sys.path`` in the body are taken out when it
+    ends: logging or loading a model puts its ``code/`` folder (a temporary folder, a cached copy)
+    in front of the import path for good, so ``hsnet serve``, reloading at each promotion, searched
+    one more folder, perhaps since removed, at every later import. hsnet is imported before any
+    model loads, so its own modules never come from a model's copy. Entries are removed when the
+    last of overlapping bodies (serve's threads) ends; what else was added meanwhile (another
+    thread's, the user's) stays."""
     with _BYTECODE_LOCK:
         if not _import_path["bodies"]:
             _import_path["before"] = frozenset(sys.path)
@@ -499,7 +507,11 @@ def import_path_kept():
         with _BYTECODE_LOCK:
             _import_path["bodies"] -= 1
             if not _import_path["bodies"]:
-                sys.path[:] = [entry for entry in sys.path if entry in _import_path["before"]]
+                before = _import_path["before"]
+                added = {entry for entry in sys.path if entry not in before and isinstance(entry, str)
+                         and _model_code_folder(entry)}
+                if added:
+                    sys.path[:] = [entry for entry in sys.path if entry not in added]
 
 
 @contextmanager
@@ -559,8 +571,8 @@ def fetch_model(uri: str) -> Path | None:
         name, version = mv.name, str(mv.version)
         which = hashlib.sha256(repr((mv.run_id, mv.source, mv.creation_timestamp)).encode()).hexdigest()[:8]
         source, key = version_uri(name, version), f"{name}-v{version}-{which}"
-    elif uri.startswith("runs:/"):
-        source, key = _run_model_source(uri), "run-" + uri[len("runs:/"):].strip("/")
+    elif uri.startswith("runs:/"):  # where its files are: looked up only when they are downloaded
+        source, key = None, "run-" + uri[len("runs:/"):].strip("/")
     else:
         return None
     root = cache_root() / "models" / hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
@@ -581,10 +593,12 @@ def fetch_model(uri: str) -> Path | None:
             raise HSNetError(f"can't download {uri} into the model cache {root} ({exc.strerror}): set "
                              f"{CACHE_ENV} to a writable folder") from exc
         try:
+            if source is None:
+                source = _run_model_source(uri)
             with download_timeout():
                 got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
-                raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {source})")
+                raise HSNetError(f"{uri} is not an MLflow model (no MLmodel file in {mask_uri(source)})")
             with _cache_lock(root):  # put in place by one process at a time; downloads run side by side
                 if not _complete(local):  # else another process's copy is in place: ours is dropped
                     if local.exists():
@@ -593,7 +607,7 @@ def fetch_model(uri: str) -> Path | None:
                     _marker(local).write_text(uuid.uuid4().hex, encoding="ascii")  # last: a copy without it is never used
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        log.info("downloaded %s (%s) to %s", uri, source, local)
+        log.info("downloaded %s (%s) to %s", uri, mask_uri(source), local)
     if not os.access(root, os.W_OK):  # a read-only cache holding the whole copy (a volume filled before)
         log.debug("%s: the model cache %s is read-only: its copy used as it is", uri, root)
         return local
@@ -623,6 +637,8 @@ def _run_model_source(uri: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    if uri.startswith("runs://"):  # a profile's server (runs://PROFILE@databricks/...): MLflow's own lookup
+        return uri
     run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)  # no such run: RESOURCE_DOES_NOT_EXIST, said as MLflow says it
@@ -638,8 +654,8 @@ def _run_model_source(uri: str) -> str:
                     raise  # the server failing or refusing: said as it is
                 break  # a tracking server older than logged models (MLflow 2): the run's artifacts
             found = next((m for m in page if m.source_run_id == run_id), None)
-            if found is not None:
-                return f"models:/{found.model_id}" + (f"/{rest}" if rest else "")
+            if found is not None:  # its files, and PATH among them
+                return found.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
             token = page.token
             if not token:
                 break
