@@ -155,16 +155,18 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
                 local = tracking.fetch_model(text)
             # nothing written into the copy (checked at each load); bytecode found there is not run
             with tracking.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)), \
-                    tracking.import_path_kept():
+                    tracking.import_path_kept(local if local is not None else
+                                              text if Path(text).is_dir() else None):
                 loaded = mlflow.pyfunc.load_model(str(local or text))
         except HSNetError:  # registry.ModelChanged: said as it is
             raise
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            # all of it: MLflow's download errors say the failure itself on their second line
+            said = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             check = ("the run id and the model's path in it" if text.startswith("runs:/") else
                      "the name and alias (hsnet promote)" if text.startswith("models:/") else "the URI")
             raise HSNetError(f"--model {tracking.mask_uri(text)}: can't load it from MLflow at {tracking.mask_uri(uri)} "
-                             f"({type(exc).__name__}: {tracking.mask_text(first)[:300]}). Check {check} "
+                             f"({type(exc).__name__}: {tracking.mask_text(said)[:600]}). Check {check} "
                              "and MLFLOW_TRACKING_URI") from exc
         inner = loaded.unwrap_python_model()
         if not hasattr(inner, "classifier"):

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HSNetError
-from .io import CACHE_ENV, cache_root, remove_stale_temporaries, safe_join, temp_dir
+from .io import CACHE_ENV, atomic_path, cache_root, remove_stale_temporaries, safe_join, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -477,41 +477,44 @@ def no_bytecode(*, ignore_found: bool = False):
                 sys.dont_write_bytecode = _bytecode["before"][0]
 
 
-# import_path_kept's bodies running now, and sys.path's entries before the first
-_import_path: dict = {"bodies": 0, "before": frozenset()}
-
-
-def _model_code_folder(entry: str) -> bool:
-    """Whether a ``sys.path`` entry is the ``code/`` folder MLflow adds for a model it logs or loads
-    (``<model>/code``, beside its MLmodel file, or gone with the temporary folder it was in)."""
-    folder = Path(entry)
-    return folder.name == "code" and ((folder.parent / "MLmodel").is_file() or not folder.parent.exists())
+# import_path_kept's bodies running now, sys.path's entries before the first, and the models' folders
+_import_path: dict = {"bodies": 0, "before": frozenset(), "models": set()}
 
 
 @contextmanager
-def import_path_kept():
-    """The model ``code/`` folders MLflow adds to ``sys.path`` in the body are taken out when it
-    ends: logging or loading a model puts its ``code/`` folder (a temporary folder, a cached copy)
-    in front of the import path for good, so ``hsnet serve``, reloading at each promotion, searched
-    one more folder, perhaps since removed, at every later import. hsnet is imported before any
-    model loads, so its own modules never come from a model's copy. Entries are removed when the
-    last of overlapping bodies (serve's threads) ends; what else was added meanwhile (another
-    thread's, the user's) stays."""
+def import_path_kept(model: str | os.PathLike | None = None):
+    """The ``code/`` folder MLflow adds to ``sys.path`` when it loads the model in folder ``model``
+    (a cached copy) or logs one (a temporary folder, gone after) is taken out when the body ends:
+    MLflow leaves it in front of the import path for good, so ``hsnet serve``, reloading at each
+    promotion, searched one more folder, perhaps since removed, at every later import. hsnet is
+    imported before any model loads, so its own modules never come from a model's copy. Taken
+    out when the last of overlapping bodies (serve's threads) ends: ``model``'s ``code/`` and the
+    ``code/`` folders of models whose folder is gone, added meanwhile; another thread's model that
+    is still there, and any other entry, stay."""
     with _BYTECODE_LOCK:
         if not _import_path["bodies"]:
-            _import_path["before"] = frozenset(sys.path)
+            _import_path["before"], _import_path["models"] = frozenset(sys.path), set()
         _import_path["bodies"] += 1
+        if model is not None:
+            _import_path["models"].add(os.path.abspath(os.path.join(model, "code")))
     try:
         yield
     finally:
         with _BYTECODE_LOCK:
             _import_path["bodies"] -= 1
             if not _import_path["bodies"]:
-                before = _import_path["before"]
+                before, ours = _import_path["before"], _import_path["models"]
                 added = {entry for entry in sys.path if entry not in before and isinstance(entry, str)
-                         and _model_code_folder(entry)}
+                         and (os.path.abspath(entry) in ours or _gone_model_code(entry))}
                 if added:
                     sys.path[:] = [entry for entry in sys.path if entry not in added]
+
+
+def _gone_model_code(entry: str) -> bool:
+    """Whether a ``sys.path`` entry is the ``code/`` folder of a model whose folder is gone (MLflow's
+    temporary one, when it logs a model): it can't give any import, to anyone."""
+    folder = Path(entry)
+    return folder.name == "code" and not folder.parent.exists()
 
 
 @contextmanager
@@ -566,16 +569,28 @@ def fetch_model(uri: str) -> Path | None:
     """
     import mlflow
 
+    root = cache_root() / "models" / hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
     if uri.startswith(MODELS_SCHEME):
         mv = _registered_version(uri)
         name, version = mv.name, str(mv.version)
         which = hashlib.sha256(repr((mv.run_id, mv.source, mv.creation_timestamp)).encode()).hexdigest()[:8]
         source, key = version_uri(name, version), f"{name}-v{version}-{which}"
-    elif uri.startswith("runs:/"):  # where its files are: looked up only when they are downloaded
-        source, key = None, "run-" + uri[len("runs:/"):].strip("/")
+    elif uri.startswith("runs:/"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            source, which = _run_model_source(uri)
+        except MlflowException as exc:  # the server failing: the copy this URI gave last time, if any
+            kept = None if exc.error_code in _ANSWERED else _last_run_copy(root, uri)
+            if kept is None:
+                raise
+            log.warning("%s: the tracking server failed the run's lookup (%s): using the copy cached before, %s",
+                        uri, mask_text(str(exc).splitlines()[0] if str(exc) else "")[:300], kept)
+            return kept
+        # a run may log a model of the same name again: each is its own copy
+        key = "run-" + uri[len("runs:/"):].strip("/") + (f"-{which}" if which else "")
     else:
         return None
-    root = cache_root() / "models" / hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
     if folder != key:  # 'a b' and 'a_b' are different models: never one cache folder
         folder += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -593,8 +608,6 @@ def fetch_model(uri: str) -> Path | None:
             raise HSNetError(f"can't download {uri} into the model cache {root} ({exc.strerror}): set "
                              f"{CACHE_ENV} to a writable folder") from exc
         try:
-            if source is None:
-                source = _run_model_source(uri)
             with download_timeout():
                 got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
             if not (got / "MLmodel").is_file():
@@ -613,6 +626,9 @@ def fetch_model(uri: str) -> Path | None:
         return local
     with _cache_lock(root):
         os.utime(local)
+        if uri.startswith("runs:/"):  # what a failing server's lookup falls back on
+            with atomic_path(_run_index(root, uri), durable=False) as tmp:
+                tmp.write_text(local.name, encoding="utf-8")
         for leftover in (".download-*", REMOVING + "*"):
             remove_stale_temporaries(root, leftover)
         copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
@@ -626,23 +642,43 @@ def fetch_model(uri: str) -> Path | None:
 # a tracking server's answer to a search for logged models where it has none to search (MLflow 2's
 # servers: no such endpoint), not a failure
 _NO_LOGGED_MODELS = ("ENDPOINT_NOT_FOUND", "RESOURCE_DOES_NOT_EXIST", "NOT_IMPLEMENTED", "FEATURE_DISABLED")
+# the server answered (no such run; refused): not a failure a cached copy stands in for
+_ANSWERED = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED", "UNAUTHENTICATED")
 
 
-def _run_model_source(uri: str) -> str:
-    """Where the files of ``runs:/RUN_ID/NAME[/PATH]`` are, found as MLflow's runs:/ repository
-    finds them (the model NAME the run logged, else the run's own artifacts at NAME/PATH), so that
-    a download's errors are the store's own. MLflow's repository catches every error of both
-    lookups and says only "please ensure that the path is correct" (RESOURCE_DOES_NOT_EXIST): a
-    dropped connection looked like a model that doesn't exist, and was never tried again."""
+def _run_index(root: Path, uri: str) -> Path:
+    """The file in the model cache naming the copy ``uri`` (a runs:/ URI) gave last."""
+    return root / (".run-" + hashlib.sha256(uri.encode()).hexdigest()[:16])
+
+
+def _last_run_copy(root: Path, uri: str) -> Path | None:
+    try:
+        name = _run_index(root, uri).read_text(encoding="utf-8").strip()
+        local = safe_join(root, name, what=f"model cache folder for {uri}")
+        return local if name and _complete(local) else None
+    except (OSError, ValueError, HSNetError):
+        return None
+
+
+def _run_model_source(uri: str) -> tuple[str, str]:
+    """Where the files of ``runs:/RUN_ID/NAME[/PATH]`` are, and which model they are: the newest
+    model NAME the run logged that is whole (READY), found as MLflow's runs:/ repository finds it,
+    with its id; else the run's own artifacts at NAME/PATH (a model logged by MLflow 2), and "".
+    MLflow's repository catches every error of both lookups and says only "please ensure that
+    the path is correct" (RESOURCE_DOES_NOT_EXIST): a dropped connection looked like a model that
+    doesn't exist, and was never tried again. Here the store's own errors come through. Unlike
+    MLflow, a logged model still uploading (PENDING) or cut short (FAILED) is not taken, and the
+    run's artifacts are not laid under a logged model's files (hsnet's runs have none there)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     if uri.startswith("runs://"):  # a profile's server (runs://PROFILE@databricks/...): MLflow's own lookup
-        return uri
+        return uri, ""
     run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)  # no such run: RESOURCE_DOES_NOT_EXIST, said as MLflow says it
     name, _, rest = path.partition("/")
+    unfinished = []  # (model id, status) of the run's models NAME that are not whole, newest first
     if name and "'" not in name:  # a quote can't be said in MLflow's filter: none of its models has one
         token = None
         while True:
@@ -653,13 +689,20 @@ def _run_model_source(uri: str) -> str:
                 if exc.error_code not in _NO_LOGGED_MODELS:
                     raise  # the server failing or refusing: said as it is
                 break  # a tracking server older than logged models (MLflow 2): the run's artifacts
-            found = next((m for m in page if m.source_run_id == run_id), None)
-            if found is not None:  # its files, and PATH among them
-                return found.artifact_location.rstrip("/") + (f"/{rest}" if rest else "")
+            for model in (m for m in page if m.source_run_id == run_id):
+                if str(model.status) in ("PENDING", "FAILED"):
+                    unfinished.append((model.model_id, str(model.status)))
+                    continue
+                return model.artifact_location.rstrip("/") + (f"/{rest}" if rest else ""), model.model_id
             token = page.token
             if not token:
                 break
-    return run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else "")
+    if unfinished:
+        model_id, status = unfinished[0]
+        state = ("is still being uploaded (PENDING): try again once it is READY" if status == "PENDING" else
+                 "failed to upload (FAILED): log it again")
+        raise HSNetError(f"{uri}: the run's model {name!r} ({model_id}) {state}")
+    return run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else ""), ""
 
 
 @contextlib.contextmanager
