@@ -159,25 +159,11 @@ def logged_on_server(trained, tmp_path, monkeypatch):
         server.stop()
 
 
-def test_a_connection_dropped_during_the_models_download_at_start_is_tried_again(logged_on_server, tmp_path):
-    """hsnet/serve.py: "a registry that fails (unreachable, 5xx, 429, a dropped connection) is tried
-    again at start"; ``HSNetModel._load``: the whole load is retried, "(health check and downloads
-    too ...)" (commit b096f43); README: "a dropped connection is tried again".
-
-    With MLflow's own HTTP retries now off during the load, a download whose connection is closed
-    before the whole body arrived (a tracking-server pod restarting, a proxy's stream timeout while
-    four replicas pull the same weights) fails at once with MLflow's "The following failures
-    occurred while downloading ...: ('Connection broken: IncompleteRead(...)')". ``_PASSING`` knows
-    "Connection (Error|refused|reset|aborted)" and "Max retries exceeded", not "Connection broken"
-    (urllib3's/requests' ChunkedEncodingError text), so ``_may_pass`` says False and the server ends
-    on the first dropped download: before b096f43 MLflow retried it itself, so the change turned a
-    transient failure into a crash-loop.
-
-    Here the proxy in front of a real ``mlflow server`` cuts the first artifact download half-way and
-    answers everything after. Expected: the server becomes ready (the load tried again)."""
+def _serves_after_one_cut(model: str, server, tmp_path) -> None:
+    """``hsnet serve --model MODEL`` through a :class:`_Proxy` that cuts the first artifact download:
+    the server becomes ready (the load tried again)."""
     from servers import Server, free_port
 
-    model, server = logged_on_server
     proxy = _Proxy(server.url, cut=1)
     port = free_port()
     log = tmp_path / "serve.log"
@@ -194,6 +180,26 @@ def test_a_connection_dropped_during_the_models_download_at_start_is_tried_again
     assert proxy.cuts, "the proxy cut no download: the test did not test anything"
 
 
+def test_a_connection_dropped_during_the_models_download_at_start_is_tried_again(logged_on_server, tmp_path):
+    """hsnet/serve.py: "a registry that fails (unreachable, 5xx, 429, a dropped connection) is tried
+    again at start"; ``HSNetModel._load``: the whole load is retried, "(health check and downloads
+    too ...)" (commit b096f43); README: "a dropped connection is tried again".
+
+    With MLflow's own HTTP retries now off during the load, a download whose connection is closed
+    before the whole body arrived (a tracking-server pod restarting, a proxy's stream timeout while
+    four replicas pull the same weights) fails at once with MLflow's "The following failures
+    occurred while downloading ...: ('Connection broken: IncompleteRead(...)')". ``_PASSING`` knows
+    "Connection (Error|refused|reset|aborted)" and "Max retries exceeded", not "Connection broken"
+    (urllib3's/requests' ChunkedEncodingError text), so ``_may_pass`` says False and the server ends
+    on the first dropped download: before b096f43 MLflow retried it itself, so the change turned a
+    transient failure into a crash-loop.
+
+    Here the proxy in front of a real ``mlflow server`` cuts the first artifact download half-way and
+    answers everything after. Expected: the server becomes ready (the load tried again)."""
+    model, server = logged_on_server
+    _serves_after_one_cut(model, server, tmp_path)
+
+
 def test_a_connection_dropped_during_a_runs_models_download_at_start_is_tried_again(logged_on_server, tmp_path):
     """The same cut for ``--model runs:/RUN_ID/model`` (README: serve takes runs:/ URIs). MLflow's
     runs:/ repository catches every error of both its downloads (the run's artifacts, then the
@@ -202,23 +208,10 @@ def test_a_connection_dropped_during_a_runs_models_download_at_start_is_tried_ag
     model that doesn't exist and ended at once (a crash-loop for a pod, where a models:/ URI is
     tried again). Expected: the server becomes ready; a run that doesn't exist still ends it at
     once, naming the run."""
-    from servers import Server, free_port
+    from servers import free_port
 
     _model, server = logged_on_server
-    proxy = _Proxy(server.url, cut=1)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    try:
-        try:
-            srv = Server([HSNET, "serve", "--model", server.run_uri, "--port", str(port), "--host", "127.0.0.1",
-                          "--threads", "1"], f"http://127.0.0.1:{port}", "/v2/models/hsnet/ready",
-                         _env(MLFLOW_TRACKING_URI=proxy.url, HSNET_CACHE_DIR=tmp_path / "cache"), log)
-        except RuntimeError as exc:
-            pytest.fail(f"the download of {proxy.cuts} was cut once and the server did not try again: {exc}"[-2500:])
-        srv.stop()
-    finally:
-        proxy.close()
-    assert proxy.cuts, "the proxy cut no download: the test did not test anything"
+    _serves_after_one_cut(server.run_uri, server, tmp_path)
 
     missing = "runs:/" + "0" * 32 + "/model"
     started = time.monotonic()
