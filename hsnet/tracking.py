@@ -557,11 +557,14 @@ def model_version(uri: str) -> tuple[str, str]:
 def fetch_model(uri: str) -> Path | None:
     """A local copy of the MLflow model at ``uri``, downloaded once and reused.
 
-    ``models:/NAME@ALIAS`` is resolved to its version first; model versions and run artifacts
-    never change, so ``models:/NAME/VERSION`` and ``runs:/RUN_ID/PATH`` are cached under
+    ``models:/NAME@ALIAS`` is resolved to its version first; model versions never change, so
+    ``models:/NAME/VERSION`` and ``runs:/RUN_ID/PATH`` are cached under
     ``<cache>/models/<tracking server>/``, of which the :data:`MODEL_CACHE_KEEP` most recently
     used are kept. A version is cached by what it is (its run, source and creation time), not
     only its number: a registered model deleted and registered again starts again at version 1.
+    ``runs:/RUN_ID/NAME`` is the run's newest whole logged model NAME (:func:`_run_model_source`),
+    cached by its id (a run may log NAME again); where the server fails that lookup, the copy the
+    URI gave last stands in (:func:`_last_run_copy`).
     A copy is used only once whole (a marker beside it, made last); leftovers of a download or a
     deletion killed half-way are removed after :data:`~hsnet.io.STALE_TMP_SECONDS`.
     Other URIs (a local folder, ``s3://``): ``None``, MLflow loads them as they are.
