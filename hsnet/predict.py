@@ -155,8 +155,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
                 local = tracking.fetch_model(text)
             # nothing written into the copy (checked at each load); bytecode found there is not run
             with tracking.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)), \
-                    tracking.import_path_kept(local if local is not None else
-                                              text if Path(text).is_dir() else None):
+                    tracking.import_path_kept(local if local is not None else _file_uri_folder(text)):
                 loaded = mlflow.pyfunc.load_model(str(local or text))
         except HSNetError:  # registry.ModelChanged: said as it is
             raise
@@ -180,6 +179,14 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
 
     raise HSNetError(f"--model {mask_uri(text)}: no such checkpoint file, and not an MLflow model URI "
                      "(models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model)")
+
+
+def _file_uri_folder(uri: str) -> Path | None:
+    """The folder of a ``file://`` model URI, loaded in place (other schemes: None)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
 
 
 def _checked_copy(name: str, version: str) -> Path:

@@ -90,9 +90,9 @@ class Loaded:
     registered_model: str | None
 
 
-# MLflow's error codes for a model, version or alias the registry doesn't have (an unknown alias is
-# INVALID_PARAMETER_VALUE): any other error is the registry's (credentials, permission, its database)
-MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+# MLflow's error codes for a model, version or alias the registry doesn't have: any other error is
+# the registry's (credentials, permission, its database)
+MISSING = tracking.MISSING
 
 
 # a registry that fails (unreachable, 5xx, 429, a dropped connection) is tried again at start after
@@ -100,9 +100,6 @@ MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # While the server loads, MLflow's own retries and its long wait for a silent registry are off
 # (tracking.fail_fast): they would keep it silent for minutes.
 RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
-_PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted|broken)"
-                      r"|IncompleteRead|ChunkedEncodingError|timed? ?out", re.IGNORECASE)
-
 
 def _may_pass(exc: BaseException) -> bool:
     """Whether a failed load may work when tried again: the tracking server unreachable or failing
@@ -117,7 +114,7 @@ def _may_pass(exc: BaseException) -> bool:
         if isinstance(exc, ServerUnavailable):  # not "no store here": waiting can't make one
             return True
         if isinstance(exc, MlflowException):
-            return exc.error_code not in MISSING and bool(_PASSING.search(str(exc)))
+            return tracking.may_pass(exc)
         exc = exc.__cause__ or exc.__context__
     return False
 

@@ -584,7 +584,7 @@ def fetch_model(uri: str) -> Path | None:
         try:
             source, which = _run_model_source(uri)
         except MlflowException as exc:  # the server failing: the copy this URI gave last time, if any
-            kept = None if exc.error_code in _ANSWERED else _last_run_copy(root, uri)
+            kept = _last_run_copy(root, uri) if may_pass(exc) else None
             if kept is None:
                 raise
             log.warning("%s: the tracking server failed the run's lookup (%s): using the copy cached before, %s",
@@ -630,8 +630,7 @@ def fetch_model(uri: str) -> Path | None:
     with _cache_lock(root):
         os.utime(local)
         if uri.startswith("runs:/"):  # what a failing server's lookup falls back on
-            with atomic_path(_run_index(root, uri), durable=False) as tmp:
-                tmp.write_text(local.name, encoding="utf-8")
+            _note_run_copy(root, uri, local)
         for leftover in (".download-*", REMOVING + "*"):
             remove_stale_temporaries(root, leftover)
         copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
@@ -645,13 +644,37 @@ def fetch_model(uri: str) -> Path | None:
 # a tracking server's answer to a search for logged models where it has none to search (MLflow 2's
 # servers: no such endpoint), not a failure
 _NO_LOGGED_MODELS = ("ENDPOINT_NOT_FOUND", "RESOURCE_DOES_NOT_EXIST", "NOT_IMPLEMENTED", "FEATURE_DISABLED")
-# the server answered (no such run; refused): not a failure a cached copy stands in for
-_ANSWERED = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED", "UNAUTHENTICATED")
+# what MLflow's errors say when the tracking server is unreachable or failing (5xx, 429, a dropped
+# connection, a timeout), not answering: a failure that may pass (a refusal or "no such run" won't)
+PASSING = re.compile(r"\b(429|50[0-4])\b|Max retries exceeded|Connection ?(Error|refused|reset|aborted|broken)"
+                     r"|IncompleteRead|ChunkedEncodingError|timed? ?out", re.IGNORECASE)
+# MLflow's error codes for a model, version, alias or run the server doesn't have (an unknown alias
+# is INVALID_PARAMETER_VALUE)
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def may_pass(exc) -> bool:
+    """Whether an MLflow error is the tracking server failing (:data:`PASSING`), not its answer."""
+    return getattr(exc, "error_code", None) not in MISSING and bool(PASSING.search(str(exc)))
 
 
 def _run_index(root: Path, uri: str) -> Path:
     """The file in the model cache naming the copy ``uri`` (a runs:/ URI) gave last."""
     return root / (".run-" + hashlib.sha256(uri.encode()).hexdigest()[:16])
+
+
+def _note_run_copy(root: Path, uri: str, local: Path) -> None:
+    """Name ``local`` in ``uri``'s index (:func:`_run_index`), where it doesn't yet: a cached copy
+    is loaded without writing anything (a full disk), and an index that can't be written is no
+    reason to refuse a copy that is there."""
+    index = _run_index(root, uri)
+    try:
+        if index.is_file() and index.read_text(encoding="utf-8").strip() == local.name:
+            return
+        with atomic_path(index, durable=False) as tmp:
+            tmp.write_text(local.name, encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        log.debug("%s: can't name its copy in %s (%s)", uri, index, exc)
 
 
 def _last_run_copy(root: Path, uri: str) -> Path | None:
