@@ -101,6 +101,7 @@ MISSING = tracking.MISSING
 # (tracking.fail_fast): they would keep it silent for minutes.
 RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
 
+
 def _may_pass(exc: BaseException) -> bool:
     """Whether a failed load may work when tried again: the tracking server unreachable or failing
     (5xx, 429, a dropped connection), not a refusal (credentials, permission) nor a missing model."""
