@@ -90,11 +90,6 @@ class Loaded:
     registered_model: str | None
 
 
-# MLflow's error codes for a model, version or alias the registry doesn't have: any other error is
-# the registry's (credentials, permission, its database)
-MISSING = tracking.MISSING
-
-
 # a registry that fails (unreachable, 5xx, 429, a dropped connection) is tried again at start after
 # these delays, each failure logged: about a minute in all, inside the liveness probe's first 120 s.
 # While the server loads, MLflow's own retries and its long wait for a silent registry are off
@@ -136,7 +131,7 @@ def resolve(model: str) -> tuple[str, str | None, str | None]:
         try:
             name, version = tracking.model_version(text)
         except MlflowException as exc:
-            if exc.error_code in MISSING:  # the registry answered: no such model, version or alias
+            if exc.error_code in tracking.MISSING:  # the registry answered: no such model, version or alias
                 raise HSNetError(f"--model {text}: not found in the registry at {tracking.mask_uri(uri)} "
                                  f"({tracking.mask_text(exc.message)[:300]}); check the name and alias (hsnet "
                                  "promote)") from exc
