@@ -99,15 +99,16 @@ RESOLVE_DELAYS_S = (2, 4, 8, 16, 32)
 
 def _may_pass(exc: BaseException) -> bool:
     """Whether a failed load may work when tried again: the tracking server unreachable or failing
-    (5xx, 429, a dropped connection), not a refusal (credentials, permission) nor a missing model."""
+    (5xx, 429, a dropped connection) or a runs:/ model still uploading, not a refusal (credentials,
+    permission), a missing model nor a failed upload."""
     from mlflow.exceptions import MlflowException
 
-    from .tracking import ServerUnavailable
+    from .tracking import ModelUploading, ServerUnavailable
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, ServerUnavailable):  # not "no store here": waiting can't make one
+        if isinstance(exc, (ServerUnavailable, ModelUploading)):  # not "no store here": waiting can't make one
             return True
         if isinstance(exc, MlflowException):
             return tracking.may_pass(exc)
@@ -192,8 +193,10 @@ class HSNetModel(kserve.Model):
             except Exception as exc:  # noqa: BLE001 - classified by _may_pass
                 if not _may_pass(exc):
                     raise
-                log.warning("loading %s failed, the tracking server (registry) may be starting or failing (%s): "
-                            "trying again in %d s", self.model_ref, str(exc).splitlines()[0][:300], delay)
+                why = ("the model is still being uploaded" if isinstance(exc, tracking.ModelUploading) else
+                       "the tracking server (registry) may be starting or failing")
+                log.warning("loading %s failed, %s (%s): trying again in %d s", self.model_ref, why,
+                            str(exc).splitlines()[0][:300], delay)
                 time.sleep(delay)
         with tracking.fail_fast():  # the last try: its failure is the answer
             return self._load_once()

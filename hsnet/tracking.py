@@ -51,6 +51,10 @@ class ServerUnavailable(TrackingUnavailable):
     """The tracking server doesn't answer, or answers 5xx: unlike no store at all, this may pass."""
 
 
+class ModelUploading(HSNetError):
+    """A run's logged model is still being uploaded (PENDING): it may be READY soon."""
+
+
 _SCHEME_CHARS = "[A-Za-z][A-Za-z0-9+.-]*://"  # a URI's scheme and its "://" (RFC 3986 3.1)
 _SCHEME = SCHEME = re.compile("^" + _SCHEME_CHARS)  # a text that starts as a URI (not a path)
 # a password with a '/', '?' or '#' left unencoded ends the authority early (urllib reads it no
@@ -436,7 +440,8 @@ _RETRIES_ENV, _TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQ
 _FAST: dict[str, str] = {}  # what fail_fast set, while it holds
 
 
-_BYTECODE_LOCK = threading.Lock()
+# held while no_bytecode and import_path_kept change or restore sys (its bytecode settings, its path)
+_SYS_LOCK = threading.Lock()
 # no_bytecode's bodies running now (those ignoring bytecode found), and Python's settings before the first
 _bytecode: dict = {"bodies": 0, "ignoring": 0, "before": (False, None), "empty": None}
 
@@ -451,7 +456,7 @@ def no_bytecode(*, ignore_found: bool = False):
     (``sys.pycache_prefix``), so each module imported for the first time in the body is compiled
     from its source (a model load: about 3 s more on 2 cores). The settings are put back when the
     last such body ends (threads may overlap)."""
-    with _BYTECODE_LOCK:
+    with _SYS_LOCK:
         empty = tempfile.mkdtemp(prefix="hsnet-no-bytecode-") if ignore_found and not _bytecode["ignoring"] \
             else None  # first: a failure here changes nothing
         if not _bytecode["bodies"]:
@@ -466,7 +471,7 @@ def no_bytecode(*, ignore_found: bool = False):
     try:
         yield
     finally:
-        with _BYTECODE_LOCK:
+        with _SYS_LOCK:
             _bytecode["bodies"] -= 1
             if ignore_found:
                 _bytecode["ignoring"] -= 1
@@ -491,7 +496,7 @@ def import_path_kept(model: str | os.PathLike | None = None):
     out when the last of overlapping bodies (serve's threads) ends: ``model``'s ``code/`` and the
     ``code/`` folders of models whose folder is gone, added meanwhile; another thread's model that
     is still there, and any other entry, stay."""
-    with _BYTECODE_LOCK:
+    with _SYS_LOCK:
         if not _import_path["bodies"]:
             _import_path["before"], _import_path["models"] = frozenset(sys.path), set()
         _import_path["bodies"] += 1
@@ -500,7 +505,7 @@ def import_path_kept(model: str | os.PathLike | None = None):
     try:
         yield
     finally:
-        with _BYTECODE_LOCK:
+        with _SYS_LOCK:
             _import_path["bodies"] -= 1
             if not _import_path["bodies"]:
                 before, ours = _import_path["before"], _import_path["models"]
@@ -725,9 +730,10 @@ def _run_model_source(uri: str) -> tuple[str, str]:
                 break
     if unfinished:
         model_id, status = unfinished[0]
-        state = ("is still being uploaded (PENDING): try again once it is READY" if status == "PENDING" else
-                 "failed to upload (FAILED): log it again")
-        raise HSNetError(f"{uri}: the run's model {name!r} ({model_id}) {state}")
+        if status == "PENDING":
+            raise ModelUploading(f"{uri}: the run's model {name!r} ({model_id}) is still being uploaded (PENDING): "
+                                 "try again once it is READY")
+        raise HSNetError(f"{uri}: the run's model {name!r} ({model_id}) failed to upload (FAILED): log it again")
     return run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else ""), ""
 
 
