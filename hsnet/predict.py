@@ -142,7 +142,7 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
     if "://" in text or text.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from . import registry, tracking
+        from . import model_copies, registry, tracking
 
         # a registry or run lookup needs the tracking server (and makes no empty store wherever this
         # runs); an MLflow model folder or s3:// URI needs none
@@ -152,10 +152,10 @@ def load_classifier(model: str | os.PathLike, device: str | None = None) -> Clas
                 name, version = tracking.model_version(text)
                 local = _checked_copy(name, version)
             else:
-                local = tracking.fetch_model(text)
+                local = model_copies.fetch_model(text)
             # nothing written into the copy (checked at each load); bytecode found there is not run
-            with tracking.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)), \
-                    tracking.import_path_kept(local if local is not None else _file_uri_folder(text)):
+            with model_copies.no_bytecode(ignore_found=local is not None and registry.holds_bytecode(local)), \
+                    model_copies.import_path_kept(local if local is not None else _file_uri_folder(text)):
                 loaded = mlflow.pyfunc.load_model(str(local or text))
         except HSNetError:  # registry.ModelChanged: said as it is
             raise
@@ -195,23 +195,23 @@ def _checked_copy(name: str, version: str) -> Path:
     on this disk is downloaded again (once) and that download checked, not refused for ever."""
     import mlflow
 
-    from . import registry, tracking
+    from . import model_copies, registry, tracking
 
     client, uri = mlflow.MlflowClient(), tracking.version_uri(name, version)
-    local = tracking.fetch_model(uri)
-    seen = tracking.copy_identity(local)
+    local = model_copies.fetch_model(uri)
+    seen = model_copies.copy_identity(local)
     try:
         registry.check_model_files(client, name, version, local)
     except registry.ModelChanged:
         try:
-            tracking.discard_copy(local, seen)
+            model_copies.discard_copy(local, seen)
         except OSError as exc:  # can't repair it: say which files differ, the copy's or the registry's
             registry.check_model_files(client, name, version)  # the registry's: ModelChanged if they changed
             raise HSNetError(f"the local copy {local} of {uri} differs from the registry's files, which are intact, "
                              f"and the model cache can't be written ({exc.strerror}): remove the copy, or set "
                              f"{CACHE_ENV} to a writable folder") from exc
         log.warning("the local copy %s of %s differs from the files registered: downloading it again", local, uri)
-        local = tracking.fetch_model(uri)
+        local = model_copies.fetch_model(uri)
         registry.check_model_files(client, name, version, local)  # a fresh copy: ModelChanged if the registry's changed
     return local
 

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path, PurePath
 
-from . import paper, tracking
+from . import model_copies, paper, tracking
 from .data.manifest import SPLITS, TEST
 from .errors import HSNetError
 from .files import METRICS_FILE
@@ -134,7 +134,7 @@ CHECKPOINT_FORMAT_PARAM = "checkpoint_format"
 _NOT_MODEL_FILES = ("registered_model_meta",)  # written by MLflow into a models:/NAME/VERSION download
 
 
-BYTECODE_DIR = "__pycache__"  # Python's bytecode caches: never registered (tracking.no_bytecode), but written
+BYTECODE_DIR = "__pycache__"  # Python's bytecode caches: never registered (model_copies.no_bytecode), but written
 # into a version's own folder by whoever loads it in place (a notebook's or mlflow models serve's load of a local store)
 
 
@@ -183,13 +183,13 @@ def _hash_based(pyc: Path) -> bool:
 
 def holds_bytecode(folder: str | os.PathLike) -> bool:
     """Whether a model folder holds Python bytecode (:data:`BYTECODE_DIR`), which hsnet's check
-    leaves out: to be ignored when it loads (:func:`hsnet.tracking.no_bytecode`)."""
+    leaves out: to be ignored when it loads (:func:`hsnet.model_copies.no_bytecode`)."""
     return any(p.is_dir() for p in Path(folder).rglob(BYTECODE_DIR))
 
 
 def _registered_forms(files: list[tuple[str, str]]):
     """The digests a version's files may have been recorded under, Python's bytecode aside (hsnet
-    never runs bytecode found in a copy: tracking.no_bytecode): all of them as they are; none of the
+    never runs bytecode found in a copy: model_copies.no_bytecode): all of them as they are; none of the
     bytecode (hsnet registers none); and, for versions older hsnet registered where Python wrote
     bytecode (its model-from-code file's, in the model's own ``__pycache__``), the other files with
     those of that folder, or with one of them (another Python loaded it in place since)."""
@@ -224,7 +224,7 @@ def check_model_files(client, name: str, version, folder: str | os.PathLike | No
 
     Bytecode Python wrote beside the files (:data:`BYTECODE_DIR`: the version loaded in place) is
     no change to them: the check is of the other files (hsnet never runs bytecode found in a copy:
-    :func:`hsnet.tracking.no_bytecode`), but hash-based bytecode, which Python's imports never
+    :func:`hsnet.model_copies.no_bytecode`), but hash-based bytecode, which Python's imports never
     write and other loaders would run after any download, is refused. Bytecode registered with a
     version (hsnet before ``no_bytecode``) is recognised by the digest it was recorded with."""
     from mlflow.exceptions import MlflowException
@@ -694,7 +694,7 @@ def log_model(ckpt: dict, *, run_name: str, params: dict, tags: dict, metrics: d
                 mlflow.log_metrics(metrics)
             # MLflow runs the model's code from the folder it logs: no __pycache__ among its files, nor
             # that temporary folder left on the import path
-            with warnings.catch_warnings(), tracking.no_bytecode(), tracking.import_path_kept():
+            with warnings.catch_warnings(), model_copies.no_bytecode(), model_copies.import_path_kept():
                 # "add type hints": the signature is explicit
                 warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
                 info = mlflow.pyfunc.log_model(

@@ -63,7 +63,7 @@ from starlette.requests import ClientDisconnect
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput, ModelNotFound
 
-from . import tracking
+from . import model_copies, tracking
 from .errors import HSNetError
 from .io import is_utf8, usable_cores
 from .limits import GRACE_PERIOD_S, HOST, MIN_FACE_SIZE, MIN_PROB, MODEL_NAME, PORT
@@ -103,12 +103,13 @@ def _may_pass(exc: BaseException) -> bool:
     permission), a missing model nor a failed upload."""
     from mlflow.exceptions import MlflowException
 
-    from .tracking import ModelUploading, ServerUnavailable
+    from .tracking import ServerUnavailable
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (ServerUnavailable, ModelUploading)):  # not "no store here": waiting can't make one
+        # not "no store here" (TrackingUnavailable): waiting can't make one
+        if isinstance(exc, (ServerUnavailable, model_copies.ModelUploading)):
             return True
         if isinstance(exc, MlflowException):
             return tracking.may_pass(exc)
@@ -193,7 +194,7 @@ class HSNetModel(kserve.Model):
             except Exception as exc:  # noqa: BLE001 - classified by _may_pass
                 if not _may_pass(exc):
                     raise
-                why = ("the model is still being uploaded" if isinstance(exc, tracking.ModelUploading) else
+                why = ("the model is still being uploaded" if isinstance(exc, model_copies.ModelUploading) else
                        "the tracking server (registry) may be starting or failing")
                 log.warning("loading %s failed, %s (%s): trying again in %d s", self.model_ref, why,
                             str(exc).splitlines()[0][:300], delay)

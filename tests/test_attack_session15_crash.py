@@ -216,7 +216,7 @@ def test_a_checkpoint_is_on_disk_before_it_replaces_the_previous_one(tmp_path, m
 
 
 def test_a_model_cache_copy_left_half_deleted_by_a_killed_prune_is_downloaded_again(local_mlflow, monkeypatch):
-    """hsnet.tracking.fetch_model: "A local copy of the MLflow model at ``uri``, downloaded once and
+    """hsnet.model_copies.fetch_model: "A local copy of the MLflow model at ``uri``, downloaded once and
     reused"; "Leftovers of a download killed half-way are removed"; docs/architecture.md: the
     models predict/serve downloaded are kept in the cache, "the MODEL_CACHE_KEEP most recently used
     versions".
@@ -230,7 +230,7 @@ def test_a_model_cache_copy_left_half_deleted_by_a_killed_prune_is_downloaded_ag
     of that version fails the same way until someone deletes the cache folder by hand."""
     import mlflow
 
-    from hsnet.tracking import fetch_model
+    from hsnet.model_copies import fetch_model
 
     mlflow.set_tracking_uri(local_mlflow)  # this test's store and experiment (an earlier test may have set others)
     mlflow.set_experiment("model-cache")

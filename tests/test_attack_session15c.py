@@ -168,7 +168,7 @@ def test_serve_reports_the_version_of_the_checkpoint_bytes_it_loaded(trained, tm
 
 
 def test_a_copy_half_deleted_by_older_code_with_its_mlmodel_left_is_downloaded_again(local_mlflow):
-    """hsnet.tracking.fetch_model: "A local copy of the MLflow model at ``uri``, downloaded once and
+    """hsnet.model_copies.fetch_model: "A local copy of the MLflow model at ``uri``, downloaded once and
     reused"; today's fix there: "what a copy removed by older code (not renamed first) may have left"
     is removed and downloaded again (commit: "a half-deleted model-cache copy no longer breaks that
     version").
@@ -183,7 +183,7 @@ def test_a_copy_half_deleted_by_older_code_with_its_mlmodel_left_is_downloaded_a
 
     import mlflow
 
-    from hsnet.tracking import fetch_model
+    from hsnet.model_copies import fetch_model
 
     mlflow.set_tracking_uri(local_mlflow)
     mlflow.set_experiment("model-cache-15c")

@@ -44,7 +44,7 @@ def test_finishing_a_registration_older_code_left_half_done_needs_no_tag_it_neve
 
 
 def test_a_fetch_never_deletes_the_copy_another_fetch_just_put_in_place(local_mlflow, monkeypatch):
-    """hsnet.tracking.fetch_model: "A local copy of the MLflow model at ``uri``, downloaded once and
+    """hsnet.model_copies.fetch_model: "A local copy of the MLflow model at ``uri``, downloaded once and
     reused"; its rename's comment: "another process cached it meanwhile" (two processes fetching
     one version, e.g. two replicas of ``hsnet serve`` starting together, are meant to be safe).
 
@@ -59,7 +59,7 @@ def test_a_fetch_never_deletes_the_copy_another_fetch_just_put_in_place(local_ml
 
     import mlflow
 
-    from hsnet.tracking import fetch_model
+    from hsnet.model_copies import fetch_model
 
     mlflow.set_tracking_uri(local_mlflow)
     mlflow.set_experiment("model-cache-15d")

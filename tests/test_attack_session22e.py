@@ -152,7 +152,7 @@ from tests.test_attack_session22c import NAME, read_only, store  # noqa: E402,F4
 
 
 def test_a_damaged_copy_in_a_read_only_model_cache_is_named_as_such(store, tmp_path, monkeypatch):
-    """hsnet.tracking.fetch_model (today): "a read-only cache holding the whole copy (a volume
+    """hsnet.model_copies.fetch_model (today): "a read-only cache holding the whole copy (a volume
     filled before)": "its copy used as it is"; an unwritable cache is named: "set HSNET_CACHE_DIR
     to a writable folder". hsnet.predict._checked_copy (today): "A copy damaged on this disk (the
     registry's files intact) is downloaded again, not refused for ever".

@@ -362,7 +362,7 @@ def test_a_download_slower_than_the_lookup_timeout_still_loads(tmp_path, monkeyp
 
     Here the stand-in proxy answers the run's lookups at once and a file's download only after
     REGISTRY_TIMEOUT_S + 1.5 s. Expected: the copy is made (the download waited)."""
-    from hsnet import tracking
+    from hsnet import model_copies, tracking
 
     mlmodel = b"artifact_path: model\nflavors: {}\n"
     prefix = "/api/2.0/mlflow-artifacts/artifacts/0/r1/artifacts"
@@ -389,7 +389,7 @@ def test_a_download_slower_than_the_lookup_timeout_still_loads(tmp_path, monkeyp
         monkeypatch.delenv(key, raising=False)
     try:
         with tracking.fail_fast():
-            local = tracking.fetch_model("runs:/r1/model")
+            local = model_copies.fetch_model("runs:/r1/model")
     finally:
         registry.shutdown()
         registry.server_close()

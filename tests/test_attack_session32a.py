@@ -147,7 +147,7 @@ def registry(trained):
 def test_a_registered_model_copy_cached_by_another_user_is_used_from_a_read_only_cache(registry):
     """README ("Registry, promotion and inference"): a registry URI "is downloaded once into
     $HSNET_CACHE_DIR/models ... and reused by later runs ... a read-only cache that holds the whole
-    copy is used as it is"; tracking.fetch_model: "a read-only cache holding the whole copy (a volume
+    copy is used as it is"; model_copies.fetch_model: "a read-only cache holding the whole copy (a volume
     filled before)". The volume is filled before by someone: an init container, a job that warms the
     cache, a teammate; hsnet/k8s/inferenceservice.yaml then serves from it as uid 1000.
 

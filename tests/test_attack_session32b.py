@@ -1,5 +1,5 @@
 """Attack 32b: the model cache's file check against Python's bytecode cache (commits 9a4cc18,
-hsnet.tracking.no_bytecode, and 6f01244, bytecode left out of hsnet.registry's check and removed
+hsnet.model_copies.no_bytecode, and 6f01244, bytecode left out of hsnet.registry's check and removed
 from hsnet's copy), for the versions and caches that older hsnet left behind."""
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ NAME = "hsnet-sample"
 
 def _register_as_before_9a4cc18(trained, metrics, monkeypatch, name: str = NAME) -> int:
     """``hsnet register`` as hsnet registered on a user's box before 9a4cc18 (PYTHONDONTWRITEBYTECODE
-    unset, no tracking.no_bytecode): MLflow's check of the input example imports mlflow_model.py from
+    unset, no model_copies.no_bytecode): MLflow's check of the input example imports mlflow_model.py from
     the folder it then uploads, so ``__pycache__/mlflow_model.cpython-3XX.pyc`` is registered too
     (and is in the version's recorded digest)."""
-    from hsnet import tracking
+    from hsnet import model_copies
     from hsnet.registry import register
 
     with monkeypatch.context() as before:
         before.setattr(sys, "dont_write_bytecode", False)
-        before.setattr(tracking, "no_bytecode", contextlib.nullcontext)
+        before.setattr(model_copies, "no_bytecode", contextlib.nullcontext)
         return register(trained["checkpoint"], metrics, "sample", name=name)["version"]
 
 

@@ -1,4 +1,4 @@
-"""Attack 32c on today's changes (4b3bce1..4aa7315): io.temp_dir, tracking.no_bytecode, the
+"""Attack 32c on today's changes (4b3bce1..4aa7315): io.temp_dir, model_copies.no_bytecode, the
 bytecode left out of registry's model-file check, and tracking.git_commit's reading of another
 user's checkout. Each test fails for the reason its docstring gives."""
 
@@ -53,10 +53,10 @@ def test_temp_dir_keeps_the_setgid_group_an_ordinary_mkdir_keeps(tmp_path):
             "a file downloaded into temp_dir's folder lost the shared folder's group"
 
 
-# --- 2. tracking.no_bytecode that can't start ------------------------------------------------------
+# --- 2. model_copies.no_bytecode that can't start ------------------------------------------------------
 
 def test_no_bytecode_that_cant_start_leaves_pythons_settings_as_they_were(tmp_path, monkeypatch):
-    """tracking.no_bytecode: Python's settings "are put back when the last such body ends". With
+    """model_copies.no_bytecode: Python's settings "are put back when the last such body ends". With
     ``ignore_found`` (every hsnet load of a copy that holds bytecode: all versions older hsnet
     registered, and the local store's versions loaded in place) it makes its empty folder with
     tempfile.mkdtemp after it has counted the body and turned bytecode writing off, and before its
@@ -66,21 +66,21 @@ def test_no_bytecode_that_cant_start_leaves_pythons_settings_as_they_were(tmp_pa
     and no later body puts it back, as the count never returns to zero."""
     import tempfile
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
-    monkeypatch.setattr(tracking, "_bytecode", dict(tracking._bytecode))  # this test's count only
+    monkeypatch.setattr(model_copies, "_bytecode", dict(model_copies._bytecode))  # this test's count only
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     monkeypatch.setattr(sys, "pycache_prefix", None)
     with monkeypatch.context() as no_tmp:
         no_tmp.setattr(tempfile, "tempdir", str(tmp_path / "removed"))  # no usable temporary folder
         try:
-            with tracking.no_bytecode(ignore_found=True):
+            with model_copies.no_bytecode(ignore_found=True):
                 pass
         except OSError:
             pass  # refused: fine, where nothing is left changed
         assert (sys.dont_write_bytecode, sys.pycache_prefix) == (False, None), \
             "a no_bytecode that failed to start left Python's settings changed"
-    with tracking.no_bytecode():  # the next load, a temporary folder usable again
+    with model_copies.no_bytecode():  # the next load, a temporary folder usable again
         pass
     assert sys.dont_write_bytecode is False, "bytecode writing stays off for good after one failed start"
 

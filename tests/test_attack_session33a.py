@@ -14,14 +14,14 @@ def test_an_import_path_entry_another_thread_adds_during_a_model_load_is_kept(tm
     background (hsnet serve's reload, a notebook's executor) disappears when the load ends, and the
     user's next ``import`` of a module there fails. Expected: MLflow's code/ folder goes, the
     user's entry stays."""
-    from hsnet import tracking
+    from hsnet import model_copies
 
     saved = list(sys.path)
     code, users = str(tmp_path / "model-copy" / "code"), str(tmp_path / "notebook-lib")
     inside, finish = threading.Event(), threading.Event()
 
     def load():  # what mlflow.pyfunc.load_model does to the import path, in a background thread
-        with tracking.import_path_kept():
+        with model_copies.import_path_kept():
             sys.path = [code] + sys.path  # mlflow.utils.model_utils._add_code_to_system_path
             inside.set()
             finish.wait(10)
@@ -53,7 +53,7 @@ def test_a_cached_runs_model_is_used_while_the_tracking_servers_api_fails(tmp_pa
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
@@ -62,7 +62,7 @@ def test_a_cached_runs_model_is_used_while_the_tracking_servers_api_fails(tmp_pa
     with mlflow.start_run() as active:
         mlflow.log_text("flavors: {}\n", "model/MLmodel")  # a run's own model files (MLflow 2's layout)
     uri = f"runs:/{active.info.run_id}/model"
-    first = tracking.fetch_model(uri)
+    first = model_copies.fetch_model(uri)
     assert (first / "MLmodel").is_file()
 
     def down(*args, **kwargs):
@@ -72,7 +72,7 @@ def test_a_cached_runs_model_is_used_while_the_tracking_servers_api_fails(tmp_pa
     monkeypatch.setattr(mlflow.MlflowClient, "get_run", down)
     monkeypatch.setattr(mlflow.MlflowClient, "search_logged_models", down)
     try:
-        again = tracking.fetch_model(uri)
+        again = model_copies.fetch_model(uri)
     except MlflowException as exc:
         pytest.fail(f"the cached copy {first} of {uri} was refused while the tracking server's API fails: {exc}")
     assert again == first
@@ -105,7 +105,7 @@ def test_a_path_inside_a_runs_logged_model_is_found_as_mlflow_finds_it(tmp_path,
     repository downloads PATH from the logged model's repository. Expected: what MLflow finds."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
@@ -124,7 +124,7 @@ def test_a_path_inside_a_runs_logged_model_is_found_as_mlflow_finds_it(tmp_path,
 
     theirs = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "theirs"))
     assert (tmp_path / "theirs" / "model" / "inner" / "MLmodel").is_file(), theirs  # MLflow's own runs:/ finds it
-    local = tracking.fetch_model(uri)
+    local = model_copies.fetch_model(uri)
     assert (local / "MLmodel").is_file()
 
 
@@ -139,7 +139,7 @@ def test_a_runs_downloads_log_line_masks_the_artifact_stores_credentials(tmp_pat
 
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
@@ -152,7 +152,7 @@ def test_a_runs_downloads_log_line_masks_the_artifact_stores_credentials(tmp_pat
         mlflow.log_text("flavors: {}\n", "model/MLmodel")
     assert "s3cret-pw@" in active.info.artifact_uri
     with caplog.at_level(logging.INFO, logger="hsnet"):
-        local = tracking.fetch_model(f"runs:/{active.info.run_id}/model")
+        local = model_copies.fetch_model(f"runs:/{active.info.run_id}/model")
     assert (local / "MLmodel").is_file()
     assert "downloaded" in caplog.text
     assert "s3cret-pw" not in caplog.text, caplog.text

@@ -38,7 +38,7 @@ def test_a_runs_model_logged_again_under_its_name_is_the_one_fetched(tmp_path, m
     files MLflow gives for the URI."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     experiment, client = _store(tmp_path, monkeypatch, "attack33b-again")
     with mlflow.start_run() as active:
@@ -46,13 +46,13 @@ def test_a_runs_model_logged_again_under_its_name_is_the_one_fetched(tmp_path, m
     run_id = active.info.run_id
     _logged(client, experiment, run_id, tmp_path / "first", {"MLmodel": "flavors: {}\n", "which": "first"})
     uri = f"runs:/{run_id}/model"
-    assert (tracking.fetch_model(uri) / "which").read_text() == "first"
+    assert (model_copies.fetch_model(uri) / "which").read_text() == "first"
 
     time.sleep(0.05)  # the newer of the two by creation time (MLflow's order), not by id
     _logged(client, experiment, run_id, tmp_path / "second", {"MLmodel": "flavors: {}\n", "which": "second"})
     theirs = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "theirs"))
     assert (tmp_path / "theirs" / "model" / "which").read_text() == "second", theirs  # MLflow: the new one
-    assert (tracking.fetch_model(uri) / "which").read_text() == "second", \
+    assert (model_copies.fetch_model(uri) / "which").read_text() == "second", \
         "hsnet serves the run's first logged model, cached, where MLflow gives the one logged since"
 
 
@@ -66,7 +66,7 @@ def test_a_runs_model_still_uploading_is_not_cached_as_whole(tmp_path, monkeypat
     fetch_model's copy holds its files."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     experiment, client = _store(tmp_path, monkeypatch, "attack33b-pending")
     with mlflow.start_run() as active:
@@ -75,7 +75,7 @@ def test_a_runs_model_still_uploading_is_not_cached_as_whole(tmp_path, monkeypat
     model = _logged(client, experiment, run_id, tmp_path / "part", {"MLmodel": "flavors: {}\n"}, status=None)
     uri = f"runs:/{run_id}/model"
     try:
-        tracking.fetch_model(uri)  # while it uploads: a refusal or a copy, either is fine
+        model_copies.fetch_model(uri)  # while it uploads: a refusal or a copy, either is fine
     except Exception:  # noqa: BLE001
         pass
     rest = tmp_path / "rest"
@@ -83,7 +83,7 @@ def test_a_runs_model_still_uploading_is_not_cached_as_whole(tmp_path, monkeypat
     (rest / "weights.pt").write_text("the weights")
     client.log_model_artifacts(model.model_id, str(rest))
     client.finalize_logged_model(model.model_id, "READY")
-    local = tracking.fetch_model(uri)
+    local = model_copies.fetch_model(uri)
     assert (local / "weights.pt").is_file(), f"the copy of {uri} cached while it uploaded lacks its weights: " \
                                              f"{sorted(p.name for p in local.iterdir())}"
 
@@ -100,7 +100,7 @@ def test_a_model_code_folder_another_thread_loads_during_an_hsnet_load_is_kept(t
     import sys
     import threading
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     saved = list(sys.path)
     ours, theirs = tmp_path / "hsnet-copy" / "code", tmp_path / "their-model" / "code"
@@ -110,7 +110,7 @@ def test_a_model_code_folder_another_thread_loads_during_an_hsnet_load_is_kept(t
     inside, finish = threading.Event(), threading.Event()
 
     def hsnet_load():  # what load_classifier's body does to the import path, in a background thread
-        with tracking.import_path_kept(ours.parent):  # the copy load_classifier loads
+        with model_copies.import_path_kept(ours.parent):  # the copy load_classifier loads
             sys.path = [str(ours)] + sys.path  # mlflow.utils.model_utils._add_code_to_system_path
             inside.set()
             finish.wait(10)
@@ -165,7 +165,7 @@ def test_a_runs_model_whose_upload_failed_is_not_served(tmp_path, monkeypatch):
     or a refusal)."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     experiment, client = _store(tmp_path, monkeypatch, "attack33b-failed")
     with mlflow.start_run() as active:
@@ -175,7 +175,7 @@ def test_a_runs_model_whose_upload_failed_is_not_served(tmp_path, monkeypatch):
     time.sleep(0.05)  # the newer of the two by creation time (MLflow's order), not by id
     _logged(client, experiment, run_id, tmp_path / "cut", {"MLmodel": "flavors: {}\n"}, status="FAILED")
     try:
-        local = tracking.fetch_model(f"runs:/{run_id}/model")
+        local = model_copies.fetch_model(f"runs:/{run_id}/model")
     except Exception:  # noqa: BLE001 - a refusal is fine
         return
     assert (local / "weights.pt").is_file(), "the cut files of the run's FAILED logged model were served"

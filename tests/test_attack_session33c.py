@@ -22,13 +22,13 @@ def _cached_run_model(tmp_path, monkeypatch, experiment: str):
     """A run with its own model files (MLflow 2's layout, as 33a's test), fetched once: (uri, copy)."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     _store(tmp_path, monkeypatch, experiment)
     with mlflow.start_run() as active:
         mlflow.log_text("flavors: {}\n", "model/MLmodel")
     uri = f"runs:/{active.info.run_id}/model"
-    first = tracking.fetch_model(uri)
+    first = model_copies.fetch_model(uri)
     assert (first / "MLmodel").is_file()
     return uri, first
 
@@ -47,12 +47,12 @@ def test_a_cached_runs_model_still_loads_when_the_cache_disk_is_full(tmp_path, m
     uri, first = _cached_run_model(tmp_path, monkeypatch, "attack33c-full")
     child = textwrap.dedent("""
         import resource, signal, sys
-        from hsnet import tracking
-        tracking._run_model_source(sys.argv[1])  # the store opened (and MLflow imported) before the disk fills
+        from hsnet import model_copies
+        model_copies._run_model_source(sys.argv[1])  # the store opened (and MLflow imported) before the disk fills
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         try:
-            print("GOT", tracking.fetch_model(sys.argv[1]))
+            print("GOT", model_copies.fetch_model(sys.argv[1]))
         except BaseException as exc:
             print("FAILED", type(exc).__name__, exc)
     """)
@@ -92,7 +92,7 @@ def test_a_runs_lookup_refused_by_an_auth_gateway_is_not_answered_with_the_cache
     Expected: the refusal is raised, as for MLflow's own basic-auth app."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
 
     uri, first = _cached_run_model(tmp_path, monkeypatch, f"attack33c-refused-{status}")
     refused = _refusal(status, body)
@@ -103,7 +103,7 @@ def test_a_runs_lookup_refused_by_an_auth_gateway_is_not_answered_with_the_cache
     monkeypatch.setattr(mlflow.MlflowClient, "get_run", refuse)
     monkeypatch.setattr(mlflow.MlflowClient, "search_logged_models", refuse)
     try:
-        got = tracking.fetch_model(uri)
+        got = model_copies.fetch_model(uri)
     except Exception:  # noqa: BLE001 - the refusal, said: expected
         return
     pytest.fail(f"HTTP {status} {body!r} (MLflow: {refused.error_code}: {refused}) was answered with the "

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from hsnet import tracking
+from hsnet import model_copies
 
 
 def test_no_bytecode_puts_the_users_setting_back_when_the_last_of_overlapping_bodies_ends(monkeypatch):
@@ -17,7 +17,7 @@ def test_no_bytecode_puts_the_users_setting_back_when_the_last_of_overlapping_bo
     back what the user had (False, None here)."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     monkeypatch.setattr(sys, "pycache_prefix", None)
-    first, second = tracking.no_bytecode(ignore_found=True), tracking.no_bytecode()
+    first, second = model_copies.no_bytecode(ignore_found=True), model_copies.no_bytecode()
     first.__enter__()
     assert sys.dont_write_bytecode is True
     empty = Path(sys.pycache_prefix)
@@ -27,10 +27,10 @@ def test_no_bytecode_puts_the_users_setting_back_when_the_last_of_overlapping_bo
     assert sys.dont_write_bytecode is True and sys.pycache_prefix is None and not empty.exists()
     second.__exit__(None, None, None)
     assert sys.dont_write_bytecode is False and sys.pycache_prefix is None
-    with tracking.no_bytecode():  # a copy without bytecode: found bytecode (the installed packages') is read
+    with model_copies.no_bytecode():  # a copy without bytecode: found bytecode (the installed packages') is read
         assert sys.dont_write_bytecode is True and sys.pycache_prefix is None
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE=1: kept
-    with tracking.no_bytecode(ignore_found=True):
+    with model_copies.no_bytecode(ignore_found=True):
         pass
     assert sys.dont_write_bytecode is True and sys.pycache_prefix is None
 
@@ -43,7 +43,7 @@ def test_a_version_loaded_in_place_by_a_notebook_stays_usable_and_its_bytecode_i
     (PYTHONDONTWRITEBYTECODE unset, as on most boxes) writes ``__pycache__`` there. Seen in session
     32's CI rehearsal without PYTHONDONTWRITEBYTECODE: hsnet then refused the version for good as
     "changed after registration ... check who can write to the tracking server", though only
-    Python's own cache had been added. A bytecode file is never registered (tracking.no_bytecode),
+    Python's own cache had been added. A bytecode file is never registered (model_copies.no_bytecode),
     so it is no part of the check; but hsnet must not run one it didn't check: one planted in the
     store that Python would take for mlflow_model.py's (its header matches the source) is not run."""
     import importlib.util

@@ -218,7 +218,7 @@ def test_model_cache_keeps_names_that_sanitise_alike_apart(local_mlflow, tmp_pat
     """'hsnet sample' and 'hsnet_sample' shared one cache folder: one model was served as the other."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies, tracking
 
     tracking.connect()
     mlflow.set_experiment("model-cache")  # not the experiment an earlier test left active (another store)
@@ -229,7 +229,7 @@ def test_model_cache_keeps_names_that_sanitise_alike_apart(local_mlflow, tmp_pat
         with mlflow.start_run() as run:
             mlflow.log_artifacts(str(d), "model")
         mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
-    a, b = tracking.fetch_model("models:/hsnet sample/1"), tracking.fetch_model("models:/hsnet_sample/1")
+    a, b = model_copies.fetch_model("models:/hsnet sample/1"), model_copies.fetch_model("models:/hsnet_sample/1")
     assert a != b and a.parent == b.parent
     assert (a / "MLmodel").read_text() == "# one\n" and (b / "MLmodel").read_text() == "# two\n"
 
@@ -297,12 +297,12 @@ def test_a_fifo_named_like_a_photo_in_a_folder_is_a_record_not_silence(photos, t
 
 
 def test_discarding_a_damaged_copy_keeps_a_copy_another_process_has_put_in_its_place(tmp_path):
-    """hsnet.tracking.discard_copy: two processes that both found the same cached copy damaged
+    """hsnet.model_copies.discard_copy: two processes that both found the same cached copy damaged
     each discard it; the second, taking the cache lock after the first has put a new copy in
     place, must keep that new copy (the first may be loading it), and remove only the copy it
     checked. By hand: the copy it checked is identified before the check; the new one is another
     folder (renamed into place, a new inode)."""
-    from hsnet import tracking
+    from hsnet import model_copies
 
     root = tmp_path / "models" / "store"
     local = root / "hsnet-v1-abc"
@@ -311,15 +311,15 @@ def test_discarding_a_damaged_copy_keeps_a_copy_another_process_has_put_in_its_p
         got = Path(tempfile.mkdtemp(dir=root))
         (got / "MLmodel").write_text("flavors: {}\n")
         os.rename(got, local)
-        tracking._marker(local).write_text(uuid.uuid4().hex)
+        model_copies._marker(local).write_text(uuid.uuid4().hex)
 
     root.mkdir(parents=True)
     put_in_place()
-    checked = tracking.copy_identity(local)  # both processes checked this copy
-    tracking.discard_copy(local, checked)  # the first process: removed
-    assert not local.exists() and not tracking._complete(local)
+    checked = model_copies.copy_identity(local)  # both processes checked this copy
+    model_copies.discard_copy(local, checked)  # the first process: removed
+    assert not local.exists() and not model_copies._complete(local)
     put_in_place()  # the first process's new download
-    tracking.discard_copy(local, checked)  # the second process, late
-    assert tracking._complete(local), "the second discard removed the copy the first had just put in place"
-    tracking.discard_copy(local, tracking.copy_identity(local))
+    model_copies.discard_copy(local, checked)  # the second process, late
+    assert model_copies._complete(local), "the second discard removed the copy the first had just put in place"
+    model_copies.discard_copy(local, model_copies.copy_identity(local))
     assert not local.exists()

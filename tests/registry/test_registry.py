@@ -298,7 +298,7 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     downloaded once into the model cache and reused; promoting another version moves to it."""
     import mlflow
 
-    from hsnet import tracking
+    from hsnet import model_copies
     from hsnet.predict import load_classifier
 
     monkeypatch.setenv("HSNET_CACHE_DIR", str(tmp_path / "cache"))
@@ -338,7 +338,7 @@ def test_predict_from_the_registry_downloads_each_version_once(use_mlflow_server
     x = [np.asarray(Image.open(sorted((trained["data"] / "images").rglob("*.png"))[0]).convert("RGB"))]
     np.testing.assert_allclose(classifier.probabilities(x), local.probabilities(x), atol=1e-5)
 
-    monkeypatch.setattr(tracking, "MODEL_CACHE_KEEP", 1)
+    monkeypatch.setattr(model_copies, "MODEL_CACHE_KEEP", 1)
     load_classifier(f"models:/{name}/1")
     assert [p.name for p in (tmp_path / "cache" / "models").glob("*/*") if not p.name.startswith(".")] == [
         cached[0].name]
