@@ -12,7 +12,6 @@ load registered models, so a change here re-runs no training (dvc.yaml's deps).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -28,99 +27,18 @@ from pathlib import Path
 
 from .errors import HSNetError
 from .io import CACHE_ENV, atomic_path, cache_root, remove_stale_temporaries, safe_join, temp_dir
-from .tracking import (MODELS_SCHEME, version_record, download_timeout, mask_text, mask_uri, may_pass,
+from .tracking import (MODELS_SCHEME, download_timeout, mask_text, mask_uri, may_pass, version_record,
                        version_uri)
 
 log = logging.getLogger(__name__)
 
+# --- the cache: one copy per version or logged model, whole or not used ------------------------------
 
 MODEL_CACHE_KEEP = 5  # model copies kept per tracking server, the most recently used
 
 
 class ModelUploading(HSNetError):
     """A run's logged model is still being uploaded (PENDING): it may be READY soon."""
-
-
-# held while no_bytecode and import_path_kept change or restore sys (its bytecode settings, its path)
-_SYS_LOCK = threading.Lock()
-# no_bytecode's bodies running now (those ignoring bytecode found), and Python's settings before the first
-_bytecode: dict = {"bodies": 0, "ignoring": 0, "before": (False, None), "empty": None}
-
-
-@contextmanager
-def no_bytecode(*, ignore_found: bool = False):
-    """Python writes no bytecode (``__pycache__``) for the body: MLflow imports a model's code from
-    its folder when the model is logged (the files registered: only the source, whichever Python
-    registers) and when it is loaded (a cached copy, checked at each load). With ``ignore_found``
-    it reads none either: a ``.pyc`` beside a checked source (planted, or written by an in-place
-    load of the version) is never run instead of it. Bytecode is then looked for in an empty folder
-    (``sys.pycache_prefix``), so each module imported for the first time in the body is compiled
-    from its source (a model load: about 3 s more on 2 cores). The settings are put back when the
-    last such body ends (threads may overlap)."""
-    with _SYS_LOCK:
-        empty = tempfile.mkdtemp(prefix="hsnet-no-bytecode-") if ignore_found and not _bytecode["ignoring"] \
-            else None  # first: a failure here changes nothing
-        if not _bytecode["bodies"]:
-            _bytecode["before"] = (sys.dont_write_bytecode, sys.pycache_prefix)
-        _bytecode["bodies"] += 1
-        sys.dont_write_bytecode = True
-        if ignore_found:
-            if empty is not None:
-                _bytecode["empty"] = empty
-            _bytecode["ignoring"] += 1
-            sys.pycache_prefix = _bytecode["empty"]
-    try:
-        yield
-    finally:
-        with _SYS_LOCK:
-            _bytecode["bodies"] -= 1
-            if ignore_found:
-                _bytecode["ignoring"] -= 1
-                if not _bytecode["ignoring"]:
-                    sys.pycache_prefix = _bytecode["before"][1]
-                    shutil.rmtree(_bytecode["empty"], ignore_errors=True)
-            if not _bytecode["bodies"]:
-                sys.dont_write_bytecode = _bytecode["before"][0]
-
-
-# import_path_kept's bodies running now, sys.path's entries before the first, and the models' folders
-_import_path: dict = {"bodies": 0, "before": frozenset(), "models": set()}
-
-
-@contextmanager
-def import_path_kept(model: str | os.PathLike | None = None):
-    """The ``code/`` folder MLflow adds to ``sys.path`` when it loads the model in folder ``model``
-    (a cached copy) or logs one (a temporary folder, gone after) is taken out when the body ends:
-    MLflow leaves it in front of the import path for good, so ``hsnet serve``, reloading at each
-    promotion, searched one more folder, perhaps since removed, at every later import. hsnet is
-    imported before any model loads, so its own modules never come from a model's copy. Taken
-    out when the last of overlapping bodies (serve's threads) ends: ``model``'s ``code/`` and the
-    ``code/`` folders of models whose folder is gone, added meanwhile; another thread's model that
-    is still there, and any other entry, stay."""
-    with _SYS_LOCK:
-        if not _import_path["bodies"]:
-            _import_path["before"], _import_path["models"] = frozenset(sys.path), set()
-        _import_path["bodies"] += 1
-        if model is not None:
-            _import_path["models"].add(os.path.abspath(os.path.join(model, "code")))
-    try:
-        yield
-    finally:
-        with _SYS_LOCK:
-            _import_path["bodies"] -= 1
-            if not _import_path["bodies"]:
-                before, ours = _import_path["before"], _import_path["models"]
-                added = {entry for entry in sys.path if entry not in before and isinstance(entry, str)
-                         and (os.path.abspath(entry) in ours or _gone_model_code(entry))}
-                if added:
-                    sys.path[:] = [entry for entry in sys.path if entry not in added]
-
-
-def _gone_model_code(entry: str) -> bool:
-    """Whether a ``sys.path`` entry is the ``code/`` folder of a model whose folder is gone (MLflow's
-    temporary one, when it logs a model): it can't give any import, to anyone."""
-    folder = Path(entry)
-    return folder.name == "code" and not folder.parent.exists()
 
 
 def fetch_model(uri: str) -> Path | None:
@@ -289,7 +207,7 @@ def _run_model_source(uri: str) -> tuple[str, str]:
     return run.info.artifact_uri.rstrip("/") + (f"/{path}" if path else ""), ""
 
 
-@contextlib.contextmanager
+@contextmanager
 def _cache_lock(root: Path):
     """The model cache of one tracking server, held while copies are put in place or removed (an
     flock on ``root/.lock``, released when the process ends, killed or not)."""
@@ -343,3 +261,87 @@ def _remove_copy(path: Path) -> None:
     except FileNotFoundError:  # removed by another process
         return
     shutil.rmtree(aside, ignore_errors=True)
+
+
+# --- a model's code: Python's settings around MLflow's load or log of it ---------------------------
+
+# held while no_bytecode and import_path_kept change or restore sys (its bytecode settings, its path)
+_SYS_LOCK = threading.Lock()
+# no_bytecode's bodies running now (those ignoring bytecode found), and Python's settings before the first
+_bytecode: dict = {"bodies": 0, "ignoring": 0, "before": (False, None), "empty": None}
+
+
+@contextmanager
+def no_bytecode(*, ignore_found: bool = False):
+    """Python writes no bytecode (``__pycache__``) for the body: MLflow imports a model's code from
+    its folder when the model is logged (the files registered: only the source, whichever Python
+    registers) and when it is loaded (a cached copy, checked at each load). With ``ignore_found``
+    it reads none either: a ``.pyc`` beside a checked source (planted, or written by an in-place
+    load of the version) is never run instead of it. Bytecode is then looked for in an empty folder
+    (``sys.pycache_prefix``), so each module imported for the first time in the body is compiled
+    from its source (a model load: about 3 s more on 2 cores). The settings are put back when the
+    last such body ends (threads may overlap)."""
+    with _SYS_LOCK:
+        empty = tempfile.mkdtemp(prefix="hsnet-no-bytecode-") if ignore_found and not _bytecode["ignoring"] \
+            else None  # first: a failure here changes nothing
+        if not _bytecode["bodies"]:
+            _bytecode["before"] = (sys.dont_write_bytecode, sys.pycache_prefix)
+        _bytecode["bodies"] += 1
+        sys.dont_write_bytecode = True
+        if ignore_found:
+            if empty is not None:
+                _bytecode["empty"] = empty
+            _bytecode["ignoring"] += 1
+            sys.pycache_prefix = _bytecode["empty"]
+    try:
+        yield
+    finally:
+        with _SYS_LOCK:
+            _bytecode["bodies"] -= 1
+            if ignore_found:
+                _bytecode["ignoring"] -= 1
+                if not _bytecode["ignoring"]:
+                    sys.pycache_prefix = _bytecode["before"][1]
+                    shutil.rmtree(_bytecode["empty"], ignore_errors=True)
+            if not _bytecode["bodies"]:
+                sys.dont_write_bytecode = _bytecode["before"][0]
+
+
+# import_path_kept's bodies running now, sys.path's entries before the first, and the models' folders
+_import_path: dict = {"bodies": 0, "before": frozenset(), "models": set()}
+
+
+@contextmanager
+def import_path_kept(model: str | os.PathLike | None = None):
+    """The ``code/`` folder MLflow adds to ``sys.path`` when it loads the model in folder ``model``
+    (a cached copy) or logs one (a temporary folder, gone after) is taken out when the body ends:
+    MLflow leaves it in front of the import path for good, so ``hsnet serve``, reloading at each
+    promotion, searched one more folder, perhaps since removed, at every later import. hsnet is
+    imported before any model loads, so its own modules never come from a model's copy. Taken
+    out when the last of overlapping bodies (serve's threads) ends: ``model``'s ``code/`` and the
+    ``code/`` folders of models whose folder is gone, added meanwhile; another thread's model that
+    is still there, and any other entry, stay."""
+    with _SYS_LOCK:
+        if not _import_path["bodies"]:
+            _import_path["before"], _import_path["models"] = frozenset(sys.path), set()
+        _import_path["bodies"] += 1
+        if model is not None:
+            _import_path["models"].add(os.path.abspath(os.path.join(model, "code")))
+    try:
+        yield
+    finally:
+        with _SYS_LOCK:
+            _import_path["bodies"] -= 1
+            if not _import_path["bodies"]:
+                before, ours = _import_path["before"], _import_path["models"]
+                added = {entry for entry in sys.path if entry not in before and isinstance(entry, str)
+                         and (os.path.abspath(entry) in ours or _gone_model_code(entry))}
+                if added:
+                    sys.path[:] = [entry for entry in sys.path if entry not in added]
+
+
+def _gone_model_code(entry: str) -> bool:
+    """Whether a ``sys.path`` entry is the ``code/`` folder of a model whose folder is gone (MLflow's
+    temporary one, when it logs a model): it can't give any import, to anyone."""
+    folder = Path(entry)
+    return folder.name == "code" and not folder.parent.exists()

@@ -431,7 +431,7 @@ _FAST: dict[str, str] = {}  # what fail_fast set, while it holds
 @contextmanager
 def fail_fast():
     """MLflow's HTTP retries off and its timeout :data:`REGISTRY_TIMEOUT_S` (each unless the user
-    set it) for lookups; :func:`fetch_model`'s downloads keep MLflow's timeout."""
+    set it) for lookups; :func:`hsnet.model_copies.fetch_model`'s downloads keep MLflow's timeout."""
     ours = {_RETRIES_ENV: "0", _TIMEOUT_ENV: str(REGISTRY_TIMEOUT_S)}
     set_here = {key: value for key, value in ours.items() if key not in os.environ}
     os.environ.update(set_here)
